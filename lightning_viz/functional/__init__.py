@@ -1,0 +1,39 @@
+"""Pure tensor functions behind the callbacks: no Lightning, no logging, no host sync."""
+
+from lightning_viz.functional.activations import activation_stats
+from lightning_viz.functional.filters import filter_noise
+from lightning_viz.functional.gradcam import grad_cam
+from lightning_viz.functional.images import (
+    colorize,
+    grid,
+    normalize,
+    normalize_signed,
+    overlay,
+    to_rgb,
+    to_uint8,
+    upsample,
+)
+from lightning_viz.functional.projection import (
+    project_layers,
+    project_to_input,
+    relu_rule,
+    top_channels,
+)
+
+__all__ = [
+    "activation_stats",
+    "colorize",
+    "filter_noise",
+    "grad_cam",
+    "grid",
+    "normalize",
+    "normalize_signed",
+    "overlay",
+    "project_layers",
+    "project_to_input",
+    "relu_rule",
+    "to_rgb",
+    "to_uint8",
+    "top_channels",
+    "upsample",
+]

@@ -1,0 +1,83 @@
+"""Grad-CAM (Selvaraju et al., 2017) for several layers from one forward and one backward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_viz.functional._pass import checked_inputs, gradient_pass
+from lightning_viz.hooks import resolve_layers, run_until_captured
+
+
+def grad_cam(
+    model: nn.Module,
+    inputs: Tensor,
+    layers: str | nn.Module | Sequence[str | nn.Module],
+    targets: Tensor | Sequence[int] | int | None = None,
+) -> dict[str, Tensor]:
+    """Raw Grad-CAM maps of every layer in ``layers`` for a batch of images.
+
+    For each layer with output ``A`` (N, C, h, w) and class score ``y_t`` the map is
+    ``ReLU(sum_c mean_hw(dy_t/dA_c) * A_c)``. All layers come from one forward and one
+    ``torch.autograd.grad`` call; parameters' ``.grad`` are not touched and no hook outlives the
+    call. ``A`` is the tensor the module returned, even when a later in-place op rewrites it. A
+    module that runs several times per forward is read at its first call.
+
+    Run the model in eval mode: the function leaves train/eval flags alone, and BatchNorm in train
+    mode would update its statistics. Autocast is off inside (maps in fp32); works under
+    ``torch.no_grad`` and ``torch.inference_mode``.
+
+    Args:
+        model: a classifier returning logits of shape (N, num_classes).
+        inputs: images (N, C, H, W) on the model's device.
+        layers: names from ``model.named_modules()`` or the modules themselves.
+        targets: (N,) class indices, one int for all images, or None for the predicted class.
+
+    Returns:
+        ``{layer_name: map}`` with maps of shape (N, h_l, w_l), float32, not normalized.
+
+    Raises:
+        ValueError: unknown layer, a layer whose output is not 4-D, targets out of range or of the
+            wrong length, inputs on another device than the model, a model output that is not
+            (N, num_classes).
+    """
+    modules = resolve_layers(model, layers)
+    with gradient_pass(inputs.device):
+        x = checked_inputs(model, inputs)
+        logits, activations = run_until_captured(model, x, modules, full_forward=True)
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
+        target_index = _target_index(targets, logits)
+        score = logits.gather(1, target_index[:, None]).sum()
+        names = list(activations)
+        gradients = torch.autograd.grad(score, [activations[n] for n in names], allow_unused=True)
+    maps = {}
+    for name, gradient in zip(names, gradients, strict=True):
+        activation = activations[name].detach().float()
+        if gradient is None:
+            maps[name] = torch.zeros_like(activation[:, 0])
+            continue
+        weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+        maps[name] = torch.relu((weights * activation).sum(dim=1))
+    return maps
+
+
+def _target_index(targets: Tensor | Sequence[int] | int | None, logits: Tensor) -> Tensor:
+    """Turn ``targets`` into an (N,) long tensor on the logits' device, checked for range."""
+    n, num_classes = logits.shape
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    index = torch.as_tensor(targets, device=logits.device).long()
+    if index.dim() == 0:
+        index = index.expand(n)
+    if index.shape != (n,):
+        raise ValueError(f"`targets` must have shape ({n},), got {tuple(index.shape)}")
+    if index.min() < 0 or index.max() >= num_classes:
+        raise ValueError(
+            f"`targets` must lie in [0, {num_classes}) for a model with {num_classes} classes, "
+            f"got values from {int(index.min())} to {int(index.max())}"
+        )
+    return index

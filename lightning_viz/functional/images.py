@@ -1,0 +1,97 @@
+"""Display helpers: everything stays on the tensors' device until one uint8 transfer at the end."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import matplotlib
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.utils import make_grid
+
+EPS = 1e-8
+
+
+def normalize(maps: Tensor, eps: float = EPS) -> Tensor:
+    """Min-max normalize each image (first dimension) to [0, 1]; a constant image becomes 0."""
+    flat = maps.detach().float().flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low + eps)).view_as(maps)
+
+
+def normalize_signed(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -> Tensor:
+    """Map each signed image (first dimension) to [0, 1] with 0 at 0.5, clipping outliers.
+
+    The scale is the ``percentile`` of the absolute values of that image, so a few extreme
+    pixels do not wash out the rest (the usual display of deconvnet reconstructions).
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"`percentile` must lie in (0, 100], got {percentile}")
+    flat = maps.detach().float().flatten(1)
+    scale = torch.quantile(flat.abs(), percentile / 100, dim=1, keepdim=True)
+    return ((flat / (scale + eps)).clamp(-1, 1) * 0.5 + 0.5).view_as(maps)
+
+
+@lru_cache(maxsize=16)
+def _colormap_table(cmap: str) -> Tensor:
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown matplotlib colormap {cmap!r}") from None
+    return torch.as_tensor(colormap(torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
+
+
+def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
+    """Apply a matplotlib colormap as a 256-entry lookup table on the maps' device.
+
+    Args:
+        maps: (N, H, W) values in [0, 1] (values outside are clipped).
+        cmap: a name in ``matplotlib.colormaps``.
+
+    Returns:
+        (N, 3, H, W) RGB in [0, 1].
+    """
+    table = _colormap_table(cmap).to(maps.device)
+    index = (maps.detach().float().clamp(0, 1) * 255).round().long()
+    return table[index].permute(0, 3, 1, 2)
+
+
+def overlay(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
+    """Blend RGB heatmaps (N, 3, H, W) over RGB display images (N, 3, H, W), both in [0, 1]."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"`alpha` must lie in [0, 1], got {alpha}")
+    if images.shape != heat.shape:
+        raise ValueError(
+            f"images {tuple(images.shape)} and heatmaps {tuple(heat.shape)} must have one shape"
+        )
+    return (1 - alpha) * images.float() + alpha * heat.float()
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly resize (N, h, w) maps to (N, *size)."""
+    return F.interpolate(
+        maps.detach().float()[:, None], size=size, mode="bilinear", align_corners=False
+    )[:, 0]
+
+
+def to_rgb(images: Tensor) -> Tensor:
+    """Repeat grey (N, 1, H, W) images to RGB; RGB images pass unchanged."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected (N, 1, H, W) or (N, 3, H, W) images, got {tuple(images.shape)}")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Tile (N, 3, H, W) images in [0, 1] into one (3, H', W') uint8 image, on the device.
+
+    ``nrow`` is the number of images per row (torchvision's naming).
+    """
+    tiled = make_grid(images.float(), nrow=nrow, padding=padding, pad_value=pad_value)
+    return to_uint8(tiled)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[0, 1] floats to uint8, on the same device (move to the host once, after this)."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)

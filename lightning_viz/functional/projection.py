@@ -1,0 +1,236 @@
+"""Project feature maps back to pixel space (Zeiler & Fergus, 2014) with a switchable ReLU rule.
+
+The rule replaces the backward pass of every ReLU the forward runs: ``nn.ReLU`` modules (in-place
+and reused ones) and ``F.relu`` / ``torch.relu`` / ``Tensor.relu(_)`` calls alike, through a
+``TorchFunctionMode`` active for the forward only. Max-pooling routes the signal through its
+switches by plain gradient; with overlapping pools (3x3, stride 2) a location chosen by two windows
+receives both contributions, where Zeiler & Fergus's unpooling would keep one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from lightning_viz.functional._pass import checked_inputs, gradient_pass
+from lightning_viz.hooks import resolve_layers, run_until_captured
+
+Rule = Literal["deconvnet", "guided", "gradient"]
+Seed = Literal["map", "max"]
+RULES = ("deconvnet", "guided", "gradient")
+SEEDS = ("map", "max")
+
+_RELU_CALLS = {F.relu, torch.relu, Tensor.relu}
+_INPLACE_RELU_CALLS = {torch.relu_, Tensor.relu_}
+_RULELESS_ACTIVATIONS = {
+    F.gelu: "GELU",
+    F.silu: "SiLU",
+    F.mish: "Mish",
+    F.hardswish: "Hardswish",
+    F.hardsigmoid: "Hardsigmoid",
+    F.hardtanh: "Hardtanh/ReLU6",
+    F.relu6: "ReLU6",
+    F.leaky_relu: "LeakyReLU",
+    F.elu: "ELU",
+    F.selu: "SELU",
+    F.celu: "CELU",
+    F.softplus: "Softplus",
+    F.prelu: "PReLU",
+    F.rrelu: "RReLU",
+}
+
+
+class _RuleReLU(torch.autograd.Function):
+    """ReLU whose backward follows a visualization rule instead of the true derivative."""
+
+    @staticmethod
+    def forward(x: Tensor, rule: str, inplace: bool) -> Tensor:
+        return x.relu_() if inplace else x.relu()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, rule, inplace = inputs
+        ctx.rule = rule
+        if inplace:
+            ctx.mark_dirty(x)
+        if rule != "deconvnet":
+            ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if ctx.rule == "deconvnet":
+            return grad.clamp(min=0), None, None
+        (output,) = ctx.saved_tensors
+        passed = grad.clamp(min=0) if ctx.rule == "guided" else grad
+        return passed * (output > 0), None, None
+
+
+class _ReLURuleMode(TorchFunctionMode):
+    """Route every ReLU call through :class:`_RuleReLU`; note activations that have no rule."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+        self.ruleless: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU_CALLS:
+            return _RuleReLU.apply(args[0], self.rule, bool(kwargs.get("inplace", False)))
+        if func in _INPLACE_RELU_CALLS:
+            return _RuleReLU.apply(args[0], self.rule, True)
+        if func in _RULELESS_ACTIVATIONS:
+            self.ruleless.add(_RULELESS_ACTIVATIONS[func])
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def relu_rule(rule: Rule) -> Iterator[set[str]]:
+    """Apply ``rule`` to the backward of every ReLU run inside the block.
+
+    Yields the set of activation names without a rule that ran (they pass plain gradients).
+    ``rule="gradient"`` changes nothing.
+    """
+    if rule == "gradient":
+        yield set()
+        return
+    mode = _ReLURuleMode(rule)
+    with mode:
+        yield mode.ruleless
+
+
+def top_channels(activations: Tensor, k: int) -> Tensor:
+    """Per image, the ``k`` channels with the largest summed activation, strongest first.
+
+    Args:
+        activations: (N, C, H, W).
+        k: how many channels, 1 <= k <= C.
+
+    Returns:
+        (N, k) long indices.
+    """
+    if activations.dim() != 4:
+        raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
+    channels = activations.shape[1]
+    if not 1 <= k <= channels:
+        raise ValueError(f"`k` must lie in [1, {channels}] for {channels} channels, got {k}")
+    return activations.detach().sum(dim=(2, 3)).topk(k, dim=1).indices
+
+
+def project_to_input(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str | nn.Module,
+    channels: Tensor,
+    rule: Rule = "deconvnet",
+    seed: Seed = "map",
+) -> Tensor:
+    """Project chosen channels of a layer back to pixel space.
+
+    For each image and each chosen channel, the backward pass starts from that channel alone
+    (every other channel zero) and runs to the input with ``rule`` at every ReLU:
+    ``"deconvnet"`` passes ``relu(grad)`` and ignores the forward mask (Zeiler & Fergus),
+    ``"guided"`` passes ``relu(grad)`` where the forward input was positive (guided backprop),
+    ``"gradient"`` is plain backprop (saliency). Activations without such a rule (GELU, SiLU,
+    Hardswish, ReLU6, LeakyReLU, ...) pass plain gradients, with one warning naming them.
+
+    The forward stops at ``layer``; all K channels go through one batched backward. Parameters'
+    ``.grad`` are untouched and no hook outlives the call. Run the model in eval mode.
+
+    Args:
+        model: the network; its output is not used.
+        inputs: images (N, C, H, W) on the model's device.
+        layer: a name from ``model.named_modules()`` or the module itself.
+        channels: (N, K) channel indices to project for each image (see :func:`top_channels`).
+        rule: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
+        seed: ``"map"`` seeds the backward with the channel's whole feature map; ``"max"`` with
+            its single strongest activation only.
+
+    Returns:
+        (N, K, C_in, H, W) float32 reconstructions, signed, not normalized.
+
+    Raises:
+        ValueError: unknown layer or rule or seed, a layer whose output is not 4-D, channels out
+            of range or of the wrong shape, inputs on another device than the model.
+    """
+    name = next(iter(resolve_layers(model, [layer])))
+    return project_layers(model, inputs, {name: channels}, rule=rule, seed=seed)[name]
+
+
+def project_layers(
+    model: nn.Module,
+    inputs: Tensor,
+    channels: Mapping[str, Tensor],
+    rule: Rule = "deconvnet",
+    seed: Seed = "map",
+) -> dict[str, Tensor]:
+    """:func:`project_to_input` for several layers from one shared forward pass.
+
+    Args:
+        channels: ``{layer_name: (N, K) channel indices}``.
+
+    Returns:
+        ``{layer_name: (N, K, C_in, H, W)}``.
+    """
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}")
+    if seed not in SEEDS:
+        raise ValueError(f"`seed` must be one of {SEEDS}, got {seed!r}")
+    modules = resolve_layers(model, list(channels))
+    with gradient_pass(inputs.device):
+        x = checked_inputs(model, inputs)
+        with relu_rule(rule) as ruleless:
+            _, activations = run_until_captured(model, x, modules, full_forward=False)
+        if ruleless:
+            warnings.warn(
+                f"{', '.join(sorted(ruleless))} {'has' if len(ruleless) == 1 else 'have'} no "
+                f"{rule} rule: gradients pass through unchanged there",
+                stacklevel=3,
+            )
+        names = list(activations)
+        seeds = {n: backward_seeds(activations[n].detach(), channels[n], seed, n) for n in names}
+        projections = {}
+        for i, n in enumerate(names):
+            (gradient,) = torch.autograd.grad(
+                activations[n],
+                x,
+                grad_outputs=seeds[n],
+                is_grads_batched=True,
+                retain_graph=i < len(names) - 1,
+            )
+            projections[n] = gradient.transpose(0, 1).float()
+    return projections
+
+
+def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str = "") -> Tensor:
+    """The (K, N, C, h, w) gradient seeds: channel ``channels[n, k]`` of image n, all else zero."""
+    n, c, h, w = activation.shape
+    channels = torch.as_tensor(channels, device=activation.device)
+    if channels.dim() != 2 or channels.shape[0] != n or channels.dtype.is_floating_point:
+        raise ValueError(
+            f"`channels` for layer {layer!r} must be integer indices of shape ({n}, K), "
+            f"got {tuple(channels.shape)} {channels.dtype}"
+        )
+    channels = channels.long()
+    if channels.numel() and (channels.min() < 0 or channels.max() >= c):
+        raise ValueError(
+            f"`channels` for layer {layer!r} must lie in [0, {c}) (it has {c} channels), "
+            f"got values from {int(channels.min())} to {int(channels.max())}"
+        )
+    k = channels.shape[1]
+    index = channels[:, :, None, None].expand(n, k, h, w)
+    chosen = activation.gather(1, index)
+    if seed == "max":
+        flat = chosen.flatten(2)
+        peak = flat.argmax(dim=2, keepdim=True)
+        chosen = torch.zeros_like(flat).scatter(2, peak, flat.gather(2, peak)).view(n, k, h, w)
+    seeds = activation.new_zeros(n, k, c, h, w)
+    seeds.scatter_(2, index[:, :, None], chosen[:, :, None])
+    return seeds.transpose(0, 1)

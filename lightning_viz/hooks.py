@@ -1,0 +1,136 @@
+"""Capture named layer outputs for the length of one forward pass.
+
+Hooks exist only inside the ``with`` block and are removed in ``finally``, also when the forward
+raises (DESIGN.md, promise 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+
+class StopForward(Exception):
+    """Raised by a capture hook once every requested layer has run, to skip the rest of the net."""
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> dict[str, nn.Module]:
+    """Map layer names (or modules) to ``{name: module}`` in ``model.named_modules()`` order.
+
+    Raises:
+        ValueError: a name that is not a submodule (the closest valid names are listed), a module
+            that is not part of ``model``, or an empty selection.
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if len(layers) == 0:
+        raise ValueError("`layers` is empty: give at least one layer name from model.named_modules()")
+    named = dict(model.named_modules())
+    names_of = {id(module): name for name, module in named.items()}
+    chosen: dict[str, nn.Module] = {}
+    for layer in layers:
+        if isinstance(layer, nn.Module):
+            if id(layer) not in names_of:
+                raise ValueError(
+                    f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}"
+                )
+            name = names_of[id(layer)]
+        elif isinstance(layer, str):
+            if layer not in named or layer == "":
+                raise ValueError(unknown_layer_message(layer, list(named)))
+            name = layer
+        else:
+            raise TypeError(f"a layer is a name or an nn.Module, got {type(layer).__name__}")
+        chosen[name] = named[name]
+    order = {name: i for i, name in enumerate(named)}
+    return dict(sorted(chosen.items(), key=lambda item: order[item[0]]))
+
+
+def unknown_layer_message(name: str, valid: Sequence[str]) -> str:
+    """Say that ``name`` is not a layer and list the closest valid names."""
+    valid = [v for v in valid if v]
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
+    hint = close or valid[:10]
+    label = "closest valid names" if close else "valid names start with"
+    return f"unknown layer {name!r}; {label}: {', '.join(repr(v) for v in hint)}"
+
+
+@contextmanager
+def capture_outputs(
+    modules: dict[str, nn.Module], *, stop_when_done: bool = False
+) -> Iterator[dict[str, Tensor]]:
+    """Record each module's output at its first call in the pass.
+
+    The recorded tensor is the module's own output; a clone goes downstream, so a later in-place
+    op (``ReLU(inplace=True)``) cannot rewrite what was recorded, and gradients taken w.r.t. the
+    recorded tensor flow through everything that follows. With ``stop_when_done`` the hook raises
+    :class:`StopForward` once every module has run; the caller catches it.
+
+    Yields:
+        The dict ``{name: output}`` that fills as the forward pass runs.
+    """
+    captured: dict[str, Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> object:
+            if name in captured:
+                return None
+            if not isinstance(output, Tensor):
+                raise ValueError(
+                    f"layer {name!r} ({type(module).__name__}) returned {type(output).__name__}; "
+                    "expected a 4-D (N, C, H, W) tensor"
+                )
+            captured[name] = output
+            if stop_when_done and len(captured) == len(modules):
+                raise StopForward
+            return output.clone()
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until_captured(
+    model: nn.Module, inputs: Tensor, modules: dict[str, nn.Module], *, full_forward: bool
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Run ``model(inputs)`` with capture hooks; return (model output or None, captured outputs).
+
+    With ``full_forward=False`` the pass stops as soon as every module has run, and the model
+    output is None.
+
+    Raises:
+        ValueError: a module did not run, or its output is not a 4-D tensor.
+    """
+    output = None
+    with capture_outputs(modules, stop_when_done=not full_forward) as captured:
+        try:
+            output = model(inputs)
+        except StopForward:
+            pass
+    for name, module in modules.items():
+        if name not in captured:
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) did not run in the forward")
+        if captured[name].dim() != 4:
+            raise ValueError(
+                f"layer {name!r} ({type(module).__name__}) returned shape "
+                f"{tuple(captured[name].shape)}; expected a 4-D (N, C, H, W) feature map"
+            )
+    return output, captured
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer; None for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
