@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,9 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> dict[
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if len(layers) == 0:
-        raise ValueError("`layers` is empty: give at least one layer name from model.named_modules()")
+        raise ValueError(
+            "`layers` is empty: give at least one layer name from model.named_modules()"
+        )
     named = dict(model.named_modules())
     names_of = {id(module): name for name, module in named.items()}
     chosen: dict[str, nn.Module] = {}
@@ -111,11 +113,11 @@ def run_until_captured(
         ValueError: a module did not run, or its output is not a 4-D tensor.
     """
     output = None
-    with capture_outputs(modules, stop_when_done=not full_forward) as captured:
-        try:
-            output = model(inputs)
-        except StopForward:
-            pass
+    with (
+        capture_outputs(modules, stop_when_done=not full_forward) as captured,
+        suppress(StopForward),
+    ):
+        output = model(inputs)
     for name, module in modules.items():
         if name not in captured:
             raise ValueError(f"layer {name!r} ({type(module).__name__}) did not run in the forward")

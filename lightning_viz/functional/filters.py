@@ -28,7 +28,9 @@ def filter_noise(weight: Tensor) -> Tensor:
         ValueError: not a 4-D weight, or kernels smaller than 2x2.
     """
     if weight.dim() != 4:
-        raise ValueError(f"`weight` must be a conv weight (out, in, kh, kw), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"`weight` must be a conv weight (out, in, kh, kw), got {tuple(weight.shape)}"
+        )
     kh, kw = weight.shape[-2:]
     if kh < 2 or kw < 2:
         raise ValueError(

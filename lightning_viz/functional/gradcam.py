@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_viz.functional._pass import checked_inputs, gradient_pass
+from lightning_viz.functional._pass import gradient_pass
 from lightning_viz.hooks import resolve_layers, run_until_captured
 
 
@@ -44,8 +44,7 @@ def grad_cam(
             (N, num_classes).
     """
     modules = resolve_layers(model, layers)
-    with gradient_pass(inputs.device):
-        x = checked_inputs(model, inputs)
+    with gradient_pass(model, inputs) as x:
         logits, activations = run_until_captured(model, x, modules, full_forward=True)
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_viz.functional._pass import checked_inputs, gradient_pass
+from lightning_viz.functional._pass import gradient_pass
 from lightning_viz.hooks import resolve_layers, run_until_captured
 
 Rule = Literal["deconvnet", "guided", "gradient"]
@@ -184,8 +184,7 @@ def project_layers(
     if seed not in SEEDS:
         raise ValueError(f"`seed` must be one of {SEEDS}, got {seed!r}")
     modules = resolve_layers(model, list(channels))
-    with gradient_pass(inputs.device):
-        x = checked_inputs(model, inputs)
+    with gradient_pass(model, inputs) as x:
         with relu_rule(rule) as ruleless:
             _, activations = run_until_captured(model, x, modules, full_forward=False)
         if ruleless:

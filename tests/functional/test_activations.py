@@ -1,0 +1,75 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_viz.functional import activation_stats
+
+
+def test_sparsity_and_moments_match_direct_computation():
+    a = torch.randn(4, 6, 5, 5).relu()
+    a[:, 2] = 0
+    stats = activation_stats(a)
+    assert stats["zero_fraction"].item() == pytest.approx((a <= 0).float().mean().item())
+    assert stats["channel_active"].tolist() == [True, True, False, True, True, True]
+    assert stats["mean"].item() == pytest.approx(a.mean().item())
+    assert stats["std"].item() == pytest.approx(a.std().item())
+    assert stats["nonfinite_fraction"].item() == 0
+
+
+def test_channel_active_is_any_image():
+    a = -torch.ones(3, 2, 4, 4)
+    a[2, 1, 0, 0] = 0.1
+    assert activation_stats(a)["channel_active"].tolist() == [False, True]
+
+
+def test_localization_is_one_on_a_pixel_and_zero_when_spread():
+    point = torch.zeros(2, 3, 8, 8)
+    point[:, :, 4, 4] = 3.0
+    assert activation_stats(point)["localization"].item() == pytest.approx(1.0)
+    assert activation_stats(torch.ones(2, 3, 8, 8))["localization"].item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_localization_averages_active_maps_only():
+    a = torch.zeros(1, 3, 4, 4)
+    a[0, 0, 1, 1] = 1.0  # a single pixel: 1
+    a[0, 1, :2, :2] = 1.0  # 4 of 16 pixels: 1 - log 4 / log 16 = 0.5
+    expected = (1.0 + (1 - math.log(4) / math.log(16))) / 2
+    assert activation_stats(a)["localization"].item() == pytest.approx(expected)
+
+
+def test_localization_undefined_without_active_channels():
+    assert math.isnan(activation_stats(torch.zeros(2, 3, 4, 4))["localization"].item())
+
+
+def test_histogram_matches_numpy():
+    a = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    stats = activation_stats(a, bins=16)
+    counts, edges = np.histogram(a.numpy(), bins=16)
+    np.testing.assert_allclose(stats["histogram_edges"].numpy(), edges, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(stats["histogram_counts"].numpy(), counts)
+
+
+def test_non_finite_values_are_counted_and_kept_out_of_the_rest():
+    a = torch.ones(1, 2, 2, 2)
+    a[0, 0, 0, 0] = float("nan")
+    a[0, 1, 0, 0] = float("inf")
+    stats = activation_stats(a)
+    assert stats["nonfinite_fraction"].item() == pytest.approx(0.25)
+    assert stats["histogram_counts"].sum().item() == 6
+    assert torch.isfinite(stats["mean"])
+
+
+def test_everything_stays_on_the_input_device():
+    stats = activation_stats(torch.randn(2, 3, 4, 4, device="meta"))
+    assert all(value.device.type == "meta" for value in stats.values())
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        activation_stats(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="`bins` must be at least 1"):
+        activation_stats(torch.randn(1, 1, 2, 2), bins=0)

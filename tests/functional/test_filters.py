@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_viz.functional import filter_noise
+
+
+def geary_reference(weight: np.ndarray) -> np.ndarray:
+    """Geary's C straight from its definition, with an explicit rook weight matrix."""
+    out_channels, in_channels, kh, kw = weight.shape
+    n = kh * kw
+    adjacency = np.zeros((n, n))
+    for i in range(kh):
+        for j in range(kw):
+            for di, dj in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                if 0 <= i + di < kh and 0 <= j + dj < kw:
+                    adjacency[i * kw + j, (i + di) * kw + j + dj] = 1
+    scores = []
+    for f in range(out_channels):
+        numerator = denominator = 0.0
+        for s in range(in_channels):
+            x = weight[f, s].reshape(-1) - weight[f, s].mean()
+            numerator += (adjacency * (x[:, None] - x[None, :]) ** 2).sum()
+            denominator += (x**2).sum()
+        scores.append((n - 1) * numerator / (2 * adjacency.sum() * denominator))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 5, 5), (4, 2, 3, 3), (3, 1, 2, 4), (2, 5, 7, 3)])
+def test_matches_the_definition(shape):
+    weight = torch.randn(shape, dtype=torch.float64)
+    weight[0] += torch.linspace(0, 3, shape[-1], dtype=torch.float64)
+    expected = geary_reference(weight.numpy())
+    np.testing.assert_allclose(filter_noise(weight).numpy(), expected, rtol=1e-5)
+
+
+def test_fresh_init_scores_about_one():
+    weight = torch.empty(64, 3, 7, 7)
+    nn.init.kaiming_normal_(weight)
+    scores = filter_noise(weight)
+    assert scores.shape == (64,)
+    assert scores.dtype == torch.float32
+    assert 0.9 <= scores.mean().item() <= 1.1
+
+
+def test_smooth_ramp_scores_low():
+    ramp = torch.linspace(-1, 1, 7)
+    weight = (ramp[:, None] + 0.5 * ramp[None, :]).expand(8, 3, 7, 7)
+    assert (filter_noise(weight) < 0.3).all()
+
+
+def test_checkerboard_scores_high():
+    rows = torch.arange(5)
+    board = ((rows[:, None] + rows[None, :]) % 2).float() * 2 - 1
+    weight = board.expand(4, 3, 5, 5)
+    assert (filter_noise(weight) > 1.5).all()
+
+
+def test_constant_filter_scores_zero_and_half_precision_works():
+    weight = torch.randn(3, 2, 3, 3).half()
+    weight[1] = 0.7
+    scores = filter_noise(weight)
+    assert scores.dtype == torch.float32
+    assert scores[1] == 0
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 1, 1), (4, 3, 1, 5)])
+def test_kernels_below_2x2_have_no_score(shape):
+    with pytest.raises(ValueError, match=r"at least 2x2.*got 1x"):
+        filter_noise(torch.randn(shape))
+
+
+def test_rejects_non_conv_weights():
+    with pytest.raises(ValueError, match=r"\(out, in, kh, kw\)"):
+        filter_noise(torch.randn(10, 5))

@@ -1,0 +1,129 @@
+import pytest
+import torch
+from captum.attr import LayerGradCam
+from torch import nn
+
+from lightning_viz.functional import grad_cam
+from tests.helpers import TinyCNN, assert_untouched, relative_error, train_flags
+
+
+def captum_grad_cam(model, inputs, layer_name, targets):
+    layer = dict(model.named_modules())[layer_name]
+    cam = LayerGradCam(model, layer).attribute(inputs, target=targets, relu_attributions=True)
+    return cam[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "layers"),
+    [
+        # features.0 is a conv followed by ReLU(inplace=True)
+        ("vgg11", ["features.0", "features.8", "features.18"]),
+        ("resnet18", ["layer1.0.conv1", "layer3", "layer4"]),
+    ],
+)
+def test_grad_cam_matches_captum(request, model_name, layers, images):
+    model = request.getfixturevalue(model_name)
+    targets = torch.tensor([1, 4, 9])
+    maps = grad_cam(model, images, layers, targets)
+    assert list(maps) == layers
+    for name in layers:
+        expected = captum_grad_cam(model, images, name, targets)
+        assert maps[name].dtype == torch.float32
+        assert maps[name].shape == expected.shape
+        assert expected.abs().max() > 0
+        assert relative_error(maps[name], expected) < 1e-5
+
+
+def test_default_target_is_the_predicted_class(vgg11, images):
+    predicted = vgg11(images).argmax(dim=1)
+    maps = grad_cam(vgg11, images, "features.18")
+    expected = captum_grad_cam(vgg11, images, "features.18", predicted)
+    assert relative_error(maps["features.18"], expected) < 1e-5
+
+
+def test_other_targets_give_other_maps(vgg11, images):
+    first = grad_cam(vgg11, images, "features.18", 0)["features.18"]
+    second = grad_cam(vgg11, images, "features.18", 5)["features.18"]
+    assert not torch.allclose(first, second)
+
+
+def test_in_place_relu_after_the_layer_does_not_rewrite_the_activation(images):
+    model = TinyCNN().eval()
+    conv_output = model.bn1(model.conv1(images))
+    assert (conv_output < 0).any()
+    with torch.no_grad():
+        logits = model(images)
+    maps = grad_cam(model, images, model.bn1, targets=logits.argmax(1))
+    expected = captum_grad_cam(model, images, "bn1", logits.argmax(1))
+    assert relative_error(maps["bn1"], expected) < 1e-5
+
+
+def test_one_forward_for_all_layers(vgg11, images):
+    calls = []
+    handle = vgg11.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        grad_cam(vgg11, images, ["features.0", "features.8", "features.18"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_under_no_grad_and_inference_mode(context, vgg11, images):
+    expected = grad_cam(vgg11, images, "features.18")["features.18"]
+    with context():
+        inference_images = images.clone()
+        maps = grad_cam(vgg11, inference_images, "features.18")
+    assert torch.equal(maps["features.18"], expected)
+
+
+def test_leaves_model_untouched_also_in_inference_mode(images):
+    model = TinyCNN().eval()
+    model.conv2.train()
+    flags = train_flags(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        grad_cam(model, images, ["conv1", "conv2"])
+    assert_untouched(model, flags)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_hooks_removed_when_the_model_raises(images):
+    model = TinyCNN().eval()
+    with pytest.raises(RuntimeError):
+        grad_cam(model, images[:, :2], ["conv2"])
+    assert_untouched(model, train_flags(model))
+
+
+def test_unknown_layer_lists_the_closest_names(vgg11, images):
+    with pytest.raises(ValueError, match=r"unknown layer 'feature.8'.*'features.8'"):
+        grad_cam(vgg11, images, "feature.8")
+
+
+def test_layer_with_non_4d_output_is_rejected(vgg11, images):
+    with pytest.raises(ValueError, match=r"'classifier.0'.*\(3, 4096\).*4-D"):
+        grad_cam(vgg11, images, "classifier.0")
+    assert_untouched(vgg11, train_flags(vgg11))
+
+
+def test_module_outside_the_model_is_rejected(vgg11, images):
+    with pytest.raises(ValueError, match="not a submodule"):
+        grad_cam(vgg11, images, nn.Conv2d(3, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (torch.tensor([0, 10, 2]), r"\[0, 10\).*10"),
+        (torch.tensor([0, 1]), r"shape \(3,\)"),
+        (-1, "0, 10"),
+    ],
+)
+def test_targets_out_of_range(vgg11, images, targets, message):
+    with pytest.raises(ValueError, match=message):
+        grad_cam(vgg11, images, "features.18", targets)
+
+
+def test_inputs_on_another_device(vgg11):
+    with pytest.raises(ValueError, match="on meta but the model is on cpu"):
+        grad_cam(vgg11, torch.empty(1, 3, 64, 64, device="meta"), "features.18")

@@ -1,0 +1,93 @@
+import matplotlib
+import pytest
+import torch
+from torchvision.utils import make_grid
+
+from lightning_viz.functional import (
+    colorize,
+    grid,
+    normalize,
+    normalize_signed,
+    overlay,
+    to_rgb,
+    to_uint8,
+    upsample,
+)
+
+
+def test_normalize_maps_each_image_to_unit_range():
+    maps = torch.stack([torch.linspace(2, 6, 16).view(4, 4), torch.full((4, 4), 3.0)])
+    result = normalize(maps)
+    assert result[0].min() == 0
+    assert result[0].max().item() == pytest.approx(1.0)
+    assert torch.equal(result[1], torch.zeros(4, 4))
+
+
+def test_normalize_is_linear_within_an_image():
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
+    assert torch.allclose(normalize(maps), torch.tensor([[[0.0, 0.25], [0.5, 1.0]]]), atol=1e-6)
+
+
+def test_normalize_signed_keeps_zero_at_half_and_clips_outliers():
+    values = torch.linspace(-1, 1, 201)
+    values[-1] = 100.0
+    result = normalize_signed(values[None])[0]
+    assert result[100].item() == pytest.approx(0.5)
+    assert result[-1].item() == 1.0
+    assert result[0].item() == pytest.approx(0.0, abs=0.02)
+    assert result.min() >= 0
+    with pytest.raises(ValueError, match="percentile"):
+        normalize_signed(values[None], percentile=0)
+
+
+def test_colorize_matches_matplotlib():
+    maps = torch.rand(2, 5, 7)
+    rgb = colorize(maps, "viridis")
+    assert rgb.shape == (2, 3, 5, 7)
+    expected = torch.as_tensor(matplotlib.colormaps["viridis"](maps.numpy())[..., :3]).permute(
+        0, 3, 1, 2
+    )
+    assert (rgb - expected.float()).abs().max() < 0.02
+    with pytest.raises(ValueError, match="unknown matplotlib colormap 'nope'"):
+        colorize(maps, "nope")
+
+
+def test_colorize_ends_of_jet():
+    rgb = colorize(torch.tensor([[[0.0, 1.0]]]))
+    blue, red = rgb[0, :, 0, 0], rgb[0, :, 0, 1]
+    assert torch.allclose(blue, torch.tensor([0.0, 0.0, 0.5]))
+    assert torch.allclose(red, torch.tensor([0.5, 0.0, 0.0]))
+
+
+def test_overlay_blends_with_alpha():
+    images = torch.zeros(1, 3, 2, 2)
+    heat = torch.ones(1, 3, 2, 2)
+    assert torch.allclose(overlay(images, heat, 0.25), torch.full((1, 3, 2, 2), 0.25))
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(images, heat, 1.5)
+    with pytest.raises(ValueError, match="one shape"):
+        overlay(images, heat[:, :, :1], 0.5)
+
+
+def test_upsample_is_bilinear_to_the_input_size():
+    maps = torch.tensor([[[0.0, 1.0]]])
+    result = upsample(maps, (1, 4))
+    assert torch.allclose(result, torch.tensor([[[0.0, 0.25, 0.75, 1.0]]]))
+
+
+def test_to_rgb_and_grid():
+    grey = torch.rand(5, 1, 4, 4)
+    rgb = to_rgb(grey)
+    assert rgb.shape == (5, 3, 4, 4)
+    assert torch.equal(rgb[:, 0], rgb[:, 2])
+    tiled = grid(rgb, nrow=3)
+    assert tiled.dtype == torch.uint8
+    assert torch.equal(tiled, to_uint8(make_grid(rgb, nrow=3, padding=2, pad_value=1.0)))
+    assert tiled.shape == (3, 2 * 6 + 2, 3 * 6 + 2)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\) or \(N, 3, H, W\)"):
+        to_rgb(torch.rand(2, 2, 4, 4))
+
+
+def test_to_uint8_rounds_and_clips():
+    values = torch.tensor([-0.5, 0.0, 0.5, 1.0, 2.0])
+    assert to_uint8(values).tolist() == [0, 0, 128, 255, 255]

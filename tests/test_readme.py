@@ -1,0 +1,20 @@
+"""The README's code must run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert blocks
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["shown"].dtype.is_floating_point is False
+
+
+def test_readme_starts_with_the_test_command():
+    commands = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert commands[0].strip().endswith("pytest")
