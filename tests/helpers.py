@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,3 +55,144 @@ def assert_untouched(model: nn.Module, flags: dict[str, bool]) -> None:
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
+
+
+def digits_tensors(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled handwritten digits, upsampled to ``size`` and standardized."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = (images - images.mean()) / images.std()
+    return images, torch.tensor(digits.target)
+
+
+class DigitsCNN(nn.Module):
+    """Three Conv-BN-ReLU blocks with a 5x5 first layer, for 1x32x32 digits."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 5, padding=2, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class DigitsClassifier(pl.LightningModule):
+    """DigitsCNN trained with a chosen optimizer; ``reinit_first_conv_at`` corrupts it mid-run."""
+
+    def __init__(
+        self,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        freeze_first_conv: bool = False,
+        reinit_first_conv_at: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = DigitsCNN()
+        self.optimizer_name, self.lr = optimizer, lr
+        self.reinit_first_conv_at = reinit_first_conv_at
+        if freeze_first_conv:
+            self.model.features[0].weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean())
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == self.reinit_first_conv_at:
+            with torch.no_grad(), torch.random.fork_rng():
+                torch.manual_seed(1234)
+                nn.init.kaiming_uniform_(self.model.features[0].weight, a=5**0.5)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.AdamW(params, lr=self.lr)
+
+
+def digits_loaders(batch_size: int = 64, train_size: int = 1437, seed: int = 0):
+    """Deterministic train/validation DataLoaders over the digits."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    images, labels = digits_tensors()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    train, val = order[:train_size], order[train_size:]
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(
+            TensorDataset(images[train], labels[train]),
+            batch_size,
+            shuffle=True,
+            generator=generator,
+        ),
+        DataLoader(TensorDataset(images[val], labels[val]), 256),
+    )
+
+
+def fit(
+    module: pl.LightningModule,
+    callbacks,
+    log_dir,
+    epochs: int = 2,
+    limit_train_batches=None,
+    **trainer_args,
+):
+    """A real, seeded, deterministic CPU Trainer run on the digits; returns the trainer."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    pl.seed_everything(0, verbose=False)
+    train, val = digits_loaders()
+    trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        deterministic=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_train_batches=limit_train_batches,
+        log_every_n_steps=5,
+        **trainer_args,
+    )
+    trainer.fit(module, train, val)
+    return trainer
+
+
+def read_events(log_dir):
+    """Everything TensorBoard would show for ``log_dir``, read with tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(
+        str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
+    )
+    accumulator.Reload()
+    return accumulator

@@ -5,6 +5,7 @@ from lightning_viz.functional.filters import filter_noise
 from lightning_viz.functional.gradcam import grad_cam
 from lightning_viz.functional.images import (
     colorize,
+    filter_tiles,
     grid,
     normalize,
     normalize_signed,
@@ -24,6 +25,7 @@ __all__ = [
     "activation_stats",
     "colorize",
     "filter_noise",
+    "filter_tiles",
     "grad_cam",
     "grid",
     "normalize",

@@ -95,3 +95,24 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
 def to_uint8(images: Tensor) -> Tensor:
     """[0, 1] floats to uint8, on the same device (move to the host once, after this)."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def filter_tiles(weight: Tensor, min_tile: int = 24) -> Tensor:
+    """One display tile per conv filter, (out, 3, t, t) in [0, 1], on the weight's device.
+
+    Filters over 3 input channels are shown as RGB; others as grey, each filter by its in-channel
+    slice with the largest energy (the input it listens to most), since an average over inputs
+    would cancel opposite slices. Each tile is min-max normalized and enlarged by nearest-neighbour
+    to at least ``min_tile`` pixels, so a 3x3 kernel stays visible.
+    """
+    if weight.dim() != 4:
+        raise ValueError(
+            f"`weight` must be a conv weight (out, in, kh, kw), got {tuple(weight.shape)}"
+        )
+    w = weight.detach().float()
+    if w.shape[1] != 3:
+        strongest = w.square().sum(dim=(2, 3)).argmax(dim=1)
+        w = w[torch.arange(w.shape[0], device=w.device), strongest][:, None]
+    tiles = to_rgb(normalize(w))
+    scale = max(1, -(-min_tile // max(w.shape[-2:])))
+    return F.interpolate(tiles, scale_factor=scale, mode="nearest")

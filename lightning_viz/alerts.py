@@ -1,0 +1,81 @@
+"""Alert records and what happens when one is raised: a warning, a stop, or the user's callable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+OnAlert = Literal["warn", "stop"] | Callable[["Alert"], Any]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One finding about the run.
+
+    Attributes:
+        source: the callback that raised it, e.g. ``"FilterMonitor"``.
+        kind: what was found, e.g. ``"not_learning"``, ``"exploding"``, ``"noisy_filters"``.
+        layer: the layer's name in ``model.named_modules()``.
+        value: the measured value that crossed the threshold.
+        threshold: the threshold it crossed.
+        epoch: the epoch in which it was measured.
+        step: ``trainer.global_step`` when it was measured.
+        message: a full sentence for people: what, where, how much, and what to check.
+    """
+
+    source: str
+    kind: str
+    layer: str
+    value: float
+    threshold: float
+    epoch: int
+    step: int
+    message: str
+
+
+def check_on_alert(on_alert: OnAlert) -> OnAlert:
+    """Validate the ``on_alert`` argument of a callback."""
+    if on_alert in ("warn", "stop") or callable(on_alert):
+        return on_alert
+    raise ValueError(f"`on_alert` must be 'warn', 'stop' or a callable, got {on_alert!r}")
+
+
+class AlertBook:
+    """Which (layer, kind) alerts are active, so that each alerts once until it clears."""
+
+    def __init__(self) -> None:
+        self.active: set[tuple[str, str]] = set()
+        self.raised: list[Alert] = []
+
+    def update(self, key: tuple[str, str], firing: bool) -> bool:
+        """Record whether ``key`` is firing now; True only when it starts firing."""
+        if not firing:
+            self.active.discard(key)
+            return False
+        if key in self.active:
+            return False
+        self.active.add(key)
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "active": [list(key) for key in sorted(self.active)],
+            "raised": [asdict(alert) for alert in self.raised],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.active = {tuple(key) for key in state.get("active", [])}
+        self.raised = [Alert(**alert) for alert in state.get("raised", [])]
+
+
+def deliver(alert: Alert, on_alert: OnAlert, trainer: Any) -> None:
+    """Warn (always), then stop the trainer or call the user's function as asked."""
+    rank_zero_warn(alert.message)
+    if on_alert == "stop":
+        trainer.should_stop = True
+        rank_zero_info(f"{alert.source} stopped training: {alert.kind} in {alert.layer!r}.")
+    elif callable(on_alert):
+        on_alert(alert)

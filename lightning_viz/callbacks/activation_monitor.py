@@ -1,0 +1,295 @@
+"""ActivationMonitor: sparsity, localization and dead channels of the feature maps in training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import VizCallback, as_host, check_fraction, check_positive_int
+from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.functional import activation_stats
+from lightning_viz.functional.activations import HISTOGRAM_BINS
+
+ACTIVATION_TYPES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+)
+_SCALARS = ("zero_fraction", "localization", "nonfinite_fraction")
+
+
+def _is_activation(name: str, module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATION_TYPES)
+
+
+class ActivationMonitor(VizCallback):
+    r"""Watch how sparse and localized the feature maps are, and which channels are dead.
+
+    On sampled training batches (every ``every_n_steps``), forward hooks on the watched layers
+    reduce each feature map on the device to a few statistics
+    (:func:`~lightning_viz.functional.activation_stats`). The hooks exist for that batch only;
+    everything is packed into one tensor and moved to the host once per sampled step. Steps that
+    are not sampled cost nothing and sync nothing. Validation batches are not sampled. Under DDP
+    the scalars are averaged over ranks (every rank reaches the same collective at the same step).
+
+    Default layers are the activation modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ...), with
+    4-D outputs: what a user thinks of as "the activations". A module that runs several times per
+    forward is one activation per call: torchvision's ResNet calls a block's ``relu`` twice, and
+    the calls are logged as ``layer1.0.relu`` and ``layer1.0.relu#2``. ReLUs called as functions
+    (``F.relu``) have no module to hook: name the modules whose outputs you want with ``layers=``.
+
+    Alerts (each (layer, kind) once until it clears; see ``on_alert``):
+
+    - ``dead_channels``: after ``warmup_epochs``, a layer's fraction of channels with no positive
+      value in any sampled batch of the epoch is at least ``dead_threshold``.
+    - ``nonfinite_activations``: NaN or Inf in a sampled feature map.
+
+    Args:
+        layers: names of modules whose (4-D) outputs to watch; default every activation module.
+        every_n_steps: sample every this many optimizer steps; default the Trainer's
+            ``log_every_n_steps``.
+        dead_threshold: the dead fraction at which ``dead_channels`` fires.
+        warmup_epochs: epochs before ``dead_channels`` may fire.
+        histograms: also log a histogram of each layer's values per sampled step.
+        on_alert: ``"warn"``, ``"stop"`` (also sets ``trainer.should_stop``), or a callable that
+            receives the :class:`~lightning_viz.alerts.Alert`.
+        strict: re-raise a failure of the monitor instead of turning it into an alert.
+
+    Raises:
+        ValueError: bad arguments (at construction); unknown layer names (the closest valid names
+            are listed) or a model without activation modules (at fit start).
+
+    Logged keys (``<layer>`` is the module's name, ``#k`` added for its k-th call in a forward):
+
+    - ``activations/<layer>/zero_fraction``: fraction of values <= 0 (sparsity), per sampled step.
+    - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
+      over the image, 1 when it sits on one pixel (mean over images and active channels).
+    - ``activations/<layer>`` (histogram): the values of the sampled batch.
+    - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
+      positive value in any sampled batch of the epoch.
+    - ``alerts`` (text) and ``alerts/count`` when an alert fires.
+
+    How to read it: good feature maps are sparse (a high zero fraction after a ReLU) and
+    localized (a few strong spots); a dead fraction that grows means channels died (often a
+    learning rate too high); maps that are neither sparse nor localized mean the layer has not
+    learned much.
+
+    Cost: on sampled steps, a few reductions per watched feature map and one host transfer; on
+    other steps nothing. At ``every_n_steps=1`` this is the worst case.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ActivationMonitor(every_n_steps=50)])
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        every_n_steps: int | None = None,
+        dead_threshold: float = 0.5,
+        warmup_epochs: int = 1,
+        histograms: bool = True,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+    ) -> None:
+        super().__init__(on_alert=on_alert, strict=strict)
+        self.layer_names = check_layer_names(layers)
+        self.every_n_steps = check_positive_int("every_n_steps", every_n_steps, allow_none=True)
+        self.dead_threshold = check_fraction("dead_threshold", dead_threshold)
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, int)
+            or warmup_epochs < 0
+        ):
+            raise ValueError(
+                f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}"
+            )
+        self.warmup_epochs = warmup_epochs
+        self.histograms = bool(histograms)
+        self._layers: dict[str, nn.Module] = {}
+        self._interval = 1
+        self._handles: list[RemovableHandle] = []
+        self._batch: dict[str, dict[str, Tensor]] = {}
+        self._calls: dict[str, int] = {}
+        self._problems: list[str] = []
+        self._active: dict[str, Tensor] = {}
+        self._last_sampled_step = -1
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"layers": self.layer_names, "every_n_steps": self.every_n_steps}
+
+    # ----------------------------------------------------------------------------- hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._layers = select_layers(
+            pl_module, self.layer_names, _is_activation, "activation module", type(self).__name__
+        )
+        self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = {}
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if (step + 1) % self._interval != 0 or step == self._last_sampled_step:
+            return
+        self._last_sampled_step = step
+        self._remove_hooks()
+        self._batch, self._calls, self._problems = {}, {}, []
+        self._handles = [
+            module.register_forward_hook(self._make_hook(name))
+            for name, module in self._layers.items()
+        ]
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._handles:
+            return
+        self._remove_hooks()
+        with self.guarded(trainer, "activation statistics"):
+            if self._problems:
+                raise ValueError("; ".join(self._problems))
+            self._log_batch(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active:
+            return
+        with self.guarded(trainer, "dead channels"):
+            self._log_dead(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    # ------------------------------------------------------------------------ measurement
+    def _make_hook(self, name: str):
+        explicit = self.layer_names is not None
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            try:
+                count = self._calls[name] = self._calls.get(name, 0) + 1
+                key = name if count == 1 else f"{name}#{count}"
+                if not isinstance(output, Tensor) or output.dim() != 4:
+                    if explicit:
+                        shape = (
+                            tuple(output.shape)
+                            if isinstance(output, Tensor)
+                            else type(output).__name__
+                        )
+                        self._problems.append(
+                            f"layer {key!r} returned {shape}, not a 4-D feature map"
+                        )
+                    return
+                self._batch[key] = activation_stats(output)
+            except Exception as error:  # a hook must never break the training step
+                self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
+
+        return hook
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _log_batch(self, trainer: pl.Trainer) -> None:
+        if not self._batch:
+            return
+        keys = list(self._batch)
+        scalars = torch.stack([torch.stack([self._batch[k][s] for s in _SCALARS]) for k in keys])
+        if trainer.world_size > 1:
+            scalars = trainer.strategy.reduce(scalars, reduce_op="mean")
+        parts = [scalars.flatten()]
+        if self.histograms:
+            parts += [
+                torch.cat([self._batch[k]["histogram_edges"], self._batch[k]["histogram_counts"]])
+                for k in keys
+            ]
+        host = torch.tensor(as_host(torch.cat(parts)))
+        for key in keys:
+            active = self._batch[key]["channel_active"]
+            self._active[key] = active | self._active[key] if key in self._active else active
+        values = host[: scalars.numel()].view(len(keys), len(_SCALARS))
+        metrics = {}
+        for key, (zero_fraction, localization, nonfinite) in zip(
+            keys, values.tolist(), strict=True
+        ):
+            metrics[f"activations/{key}/zero_fraction"] = zero_fraction
+            if math.isfinite(localization):
+                metrics[f"activations/{key}/localization"] = localization
+            self.raise_alert(
+                trainer,
+                "nonfinite_activations",
+                key,
+                nonfinite > 0,
+                value=nonfinite,
+                threshold=0.0,
+                message=f"layer {key!r} produced NaN or Inf in {nonfinite:.1%} of its values at "
+                f"step {trainer.global_step}. Check the inputs and the loss for NaN, lower the "
+                "learning rate, or use gradient clipping.",
+            )
+        self.log_scalars(trainer, metrics)
+        if self.histograms:
+            offset, width = scalars.numel(), 2 * HISTOGRAM_BINS + 1
+            for i, key in enumerate(keys):
+                chunk = host[offset + i * width : offset + (i + 1) * width]
+                self.log_histogram(
+                    trainer,
+                    f"activations/{key}",
+                    chunk[: HISTOGRAM_BINS + 1],
+                    chunk[HISTOGRAM_BINS + 1 :],
+                )
+
+    def _log_dead(self, trainer: pl.Trainer) -> None:
+        keys = list(self._active)
+        alive = [self._active[k].float() for k in keys]
+        if trainer.world_size > 1:
+            alive = [trainer.strategy.reduce(a, reduce_op="sum") for a in alive]
+        dead = as_host(torch.stack([(a == 0).float().mean() for a in alive]))
+        self.log_scalars(
+            trainer, {f"activations/{k}/dead_fraction": d for k, d in zip(keys, dead, strict=True)}
+        )
+        trained = trainer.current_epoch + 1
+        if trained < self.warmup_epochs:
+            return
+        for key, fraction in zip(keys, dead, strict=True):
+            self.raise_alert(
+                trainer,
+                "dead_channels",
+                key,
+                fraction >= self.dead_threshold,
+                value=fraction,
+                threshold=self.dead_threshold,
+                message=f"{fraction:.0%} of the channels of layer {key!r} had no positive value in "
+                f"any sampled batch of epoch {trainer.current_epoch} (threshold "
+                f"dead_threshold={self.dead_threshold:g}). Dead ReLUs: check for a learning rate "
+                "too high, a bad initialization, or a large negative bias.",
+            )

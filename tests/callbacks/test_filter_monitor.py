@@ -1,0 +1,189 @@
+import warnings
+
+import pytest
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+
+from lightning_viz import Alert, FilterMonitor
+from tests.helpers import DigitsClassifier, fit, read_events
+
+FIRST = "model.features.0"
+CONVS = [FIRST, "model.features.4", "model.features.8"]
+STEPS_PER_EPOCH = 23  # 1437 training digits in batches of 64
+
+
+def alerts_of(callback: FilterMonitor) -> set[tuple[str, str]]:
+    return {(alert.kind, alert.layer) for alert in callback.alerts.raised}
+
+
+def test_logs_every_key_at_the_expected_steps(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor], tmp_path, epochs=2)
+    events = read_events(tmp_path)
+    tags = events.Tags()
+    epoch_ends = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    for layer in CONVS:
+        for key in ("noise", "noisy_fraction", "drift"):
+            assert [e.step for e in events.Scalars(f"filters/{layer}/{key}")] == [0, *epoch_ends]
+        assert [e.step for e in events.Scalars(f"filters/{layer}/update_noise")] == epoch_ends
+        assert f"filters/{layer}" in tags["histograms"]
+        histogram = events.Histograms(f"filters/{layer}")
+        assert [h.step for h in histogram] == [0, *epoch_ends]
+        assert (
+            histogram[0].histogram_value.num == dict(zip(CONVS, (16, 32, 64), strict=True))[layer]
+        )
+    baseline = events.Scalars(f"filters/{FIRST}/noise")[0].value
+    assert 0.85 < baseline < 1.15  # a fresh init is white noise
+    assert events.Scalars(f"filters/{FIRST}/drift")[0].value == 0
+    assert events.Scalars(f"filters/{FIRST}/drift")[-1].value > 0.1
+    assert tags["images"] == [f"filters/{FIRST}"]
+    images = events.Images(f"filters/{FIRST}")
+    assert [i.step for i in images] == [0, *epoch_ends]
+    # 16 grey 5x5 filters in a 4x4 grid of 25-pixel tiles with 2-pixel padding
+    assert (images[0].width, images[0].height) == (4 * 27 + 2, 4 * 27 + 2)
+    assert not monitor.alerts.raised
+
+
+def test_noise_and_drift_values_match_the_weights(tmp_path):
+    module = DigitsClassifier("sgd", 0.05)
+    initial = module.model.features[0].weight.detach().clone()
+    monitor = FilterMonitor(layers=[FIRST], strict=True)
+    fit(module, [monitor], tmp_path, epochs=1)
+    from lightning_viz.functional import filter_noise
+
+    final = module.model.features[0].weight.detach()
+    events = read_events(tmp_path)
+    noise = events.Scalars(f"filters/{FIRST}/noise")
+    assert noise[0].value == pytest.approx(filter_noise(initial).median().item(), rel=1e-5)
+    assert noise[1].value == pytest.approx(filter_noise(final).median().item(), rel=1e-5)
+    drift = (final - initial).norm() / initial.norm()
+    assert events.Scalars(f"filters/{FIRST}/drift")[1].value == pytest.approx(
+        drift.item(), rel=1e-4
+    )
+    update = events.Scalars(f"filters/{FIRST}/update_noise")[0].value
+    assert update == pytest.approx(filter_noise(final - initial).median().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 1e-3), ("adamw", 3e-3), ("sgd", 0.05)])
+def test_healthy_runs_raise_no_alert(tmp_path, optimizer, lr):
+    monitor = FilterMonitor(strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(num_workers|isinstance\\(treespec).*")
+        fit(DigitsClassifier(optimizer, lr), [monitor], tmp_path, epochs=6)
+    assert monitor.alerts.raised == []
+
+
+def test_frozen_first_layer_is_not_learning(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=rf"'{FIRST}' has barely moved.*drift 0 < min_drift=0.02"):
+        fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=3)
+    assert alerts_of(monitor) == {("not_learning", FIRST)}
+    alert = monitor.alerts.raised[0]
+    assert (alert.epoch, alert.value, alert.threshold) == (0, 0.0, 0.02)
+
+
+def test_far_too_high_learning_rate_is_exploding(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=r"learning rate is likely far too high"):
+        fit(DigitsClassifier("adam", 1.0), [monitor], tmp_path, epochs=2)
+    exploding = [a for a in monitor.alerts.raised if a.kind == "exploding"]
+    assert {a.layer for a in exploding} == set(CONVS)
+    assert all(a.epoch == 0 and a.value > 5 for a in exploding)  # once each, no flood
+
+
+def test_mid_run_reinitialization_gives_noisy_filters(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    module = DigitsClassifier("sgd", 0.05, reinit_first_conv_at=3)
+    with pytest.warns(
+        UserWarning, match=rf"'{FIRST}' filters turned noisy at epoch 3: update noise"
+    ):
+        fit(module, [monitor], tmp_path, epochs=5)
+    noisy = [a for a in monitor.alerts.raised if a.kind == "noisy_filters"]
+    assert [(a.layer, a.epoch) for a in noisy] == [(FIRST, 3)]
+    assert alerts_of(monitor) == {("noisy_filters", FIRST)}
+
+
+def test_alerts_reach_tensorboard_and_the_callable(tmp_path):
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append, strict=True)
+    with pytest.warns(UserWarning, match="barely moved"):
+        fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=2)
+    assert [a.kind for a in received] == ["not_learning"]
+    events = read_events(tmp_path)
+    texts = events.Tensors("alerts/text_summary")
+    assert len(texts) == 1
+    assert texts[0].step == STEPS_PER_EPOCH
+    assert f"{FIRST}" in texts[0].tensor_proto.string_val[0].decode()
+    assert [(e.step, e.value) for e in events.Scalars("alerts/count")] == [(STEPS_PER_EPOCH, 1.0)]
+
+
+def test_on_alert_stop_stops_training(tmp_path):
+    monitor = FilterMonitor(on_alert="stop", strict=True)
+    with pytest.warns(UserWarning, match="far too high"):
+        trainer = fit(DigitsClassifier("adam", 1.0), [monitor], tmp_path, epochs=5)
+    assert trainer.current_epoch == 1
+    assert trainer.should_stop
+
+
+def test_state_round_trips_and_resume_keeps_the_initial_weights(tmp_path):
+    module = DigitsClassifier("sgd", 0.05)
+    initial = module.model.features[0].weight.detach().clone()
+    monitor = FilterMonitor(strict=True)
+    fit(module, [monitor], tmp_path / "first", epochs=1)
+    state = monitor.state_dict()
+    torch.save(state, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert torch.equal(loaded["initial"][FIRST], initial)
+    resumed = FilterMonitor(strict=True)
+    resumed.load_state_dict(loaded)
+    fit(module, [resumed], tmp_path / "second", epochs=1)
+    drift = read_events(tmp_path / "second").Scalars(f"filters/{FIRST}/drift")
+    assert drift[0].value > 0  # measured from the original init, not from the resumed weights
+    assert resumed.lowest[FIRST].keys() == {"noise", "update_noise"}
+
+
+def test_without_tensorboard_scalars_still_go_to_other_loggers(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match="no TensorBoardLogger is attached") as record:
+        fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, logger=CSVLogger(str(tmp_path)))
+    assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert f"filters/{FIRST}/noise" in metrics
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every_n_epochs": 0}, "`every_n_epochs` must be a positive integer, got 0"),
+        ({"rise": 2}, r"`rise` must be a number in \[0, 1\], got 2"),
+        ({"min_drift": -1}, "`min_drift` must be a non-negative number, got -1"),
+        ({"min_drift": 1.0, "max_drift": 0.5}, r"`max_drift` \(0.5\) must be larger"),
+        ({"warmup_epochs": -1}, "`warmup_epochs` must be a non-negative integer"),
+        ({"on_alert": "email"}, "`on_alert` must be 'warn', 'stop' or a callable, got 'email'"),
+        ({"layers": []}, "`layers` must be None or a non-empty list"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FilterMonitor(**kwargs)
+
+
+def test_unknown_layer_fails_at_fit_start_with_the_closest_names(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown layer 'model.feature.0'.*'model.features.0'"):
+        fit(DigitsClassifier(), [FilterMonitor(layers=["model.feature.0"])], tmp_path, epochs=1)
+
+
+def test_model_without_conv_layers_fails_at_fit_start(tmp_path):
+    module = DigitsClassifier()
+    module.model.features = nn.Sequential(
+        nn.Flatten(), nn.Linear(1024, 64), nn.Unflatten(1, (64, 1, 1))
+    )
+    with pytest.raises(ValueError, match="has no nn.Conv2d layer with kernels of at least 2x2"):
+        fit(module, [FilterMonitor()], tmp_path, epochs=1)
+
+
+def test_two_instances_keep_separate_state(tmp_path):
+    first, second = FilterMonitor(layers=[FIRST]), FilterMonitor(layers=["model.features.4"])
+    assert first.state_key != second.state_key
