@@ -196,3 +196,36 @@ def read_events(log_dir):
     )
     accumulator.Reload()
     return accumulator
+
+
+class Classifier(pl.LightningModule):
+    """Any image classifier trained by plain SGD (for torchvision models and synthetic data)."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.01) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def random_loader(
+    n: int = 8, size: int = 32, channels: int = 3, classes: int = 10, batch_size: int = 4
+):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(n, channels, size, size, generator=generator)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size)

@@ -132,14 +132,16 @@ class VizCallback(pl.Callback):
 
     @contextmanager
     def guarded(self, trainer: pl.Trainer, what: str) -> Iterator[None]:
-        """Turn a failure of the visualization into an alert; training goes on (not if strict)."""
+        """Turn a failure into an alert (once until it succeeds again); training goes on.
+
+        With ``strict=True`` the exception propagates instead (for tests and debugging).
+        """
         try:
             yield
         except Exception as error:
             if self.strict:
                 raise
             cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            self.alerts.active.discard((what, "failed"))
             self.raise_alert(
                 trainer,
                 "failed",
@@ -148,6 +150,8 @@ class VizCallback(pl.Callback):
                 message=f"{what} failed and was skipped ({cause}). Training goes on; pass "
                 "strict=True to raise instead.",
             )
+        else:
+            self.alerts.update((what, "failed"), False)
 
 
 def as_host(values: Tensor) -> list[float]:

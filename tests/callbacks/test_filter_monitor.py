@@ -180,7 +180,7 @@ def test_model_without_conv_layers_fails_at_fit_start(tmp_path):
     module.model.features = nn.Sequential(
         nn.Flatten(), nn.Linear(1024, 64), nn.Unflatten(1, (64, 1, 1))
     )
-    with pytest.raises(ValueError, match="has no nn.Conv2d layer with kernels of at least 2x2"):
+    with pytest.raises(ValueError, match=r"has no nn.Conv2d layer with kernels of at least 2x2"):
         fit(module, [FilterMonitor()], tmp_path, epochs=1)
 
 

@@ -1,0 +1,239 @@
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+from torch import nn
+
+from lightning_viz import ActivationMonitor
+from lightning_viz.functional import activation_stats
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    fit,
+    hook_count,
+    random_loader,
+    read_events,
+)
+
+RELUS = ["model.features.2", "model.features.6", "model.features.10"]
+STEPS_PER_EPOCH = 23
+
+
+def test_logs_every_key_at_the_sampled_steps(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=10, strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor], tmp_path, epochs=2)
+    events = read_events(tmp_path)
+    sampled = [10, 20, 30, 40]
+    for layer in RELUS:
+        zero = events.Scalars(f"activations/{layer}/zero_fraction")
+        assert [e.step for e in zero] == sampled
+        assert all(0.2 < e.value < 0.9 for e in zero)
+        localization = events.Scalars(f"activations/{layer}/localization")
+        assert [e.step for e in localization] == sampled
+        assert all(0 < e.value < 1 for e in localization)
+        histograms = events.Histograms(f"activations/{layer}")
+        assert [h.step for h in histograms] == sampled
+        # one sampled batch of 64 digits, every value counted once
+        channels = {"model.features.2": 16, "model.features.6": 32, "model.features.10": 64}[layer]
+        side = {"model.features.2": 32, "model.features.6": 16, "model.features.10": 8}[layer]
+        assert histograms[0].histogram_value.num == 64 * channels * side * side
+        dead = events.Scalars(f"activations/{layer}/dead_fraction")
+        assert [(e.step, e.value) for e in dead] == [
+            (STEPS_PER_EPOCH, 0.0),
+            (2 * STEPS_PER_EPOCH, 0.0),
+        ]
+    assert not monitor.alerts.raised
+
+
+def test_default_cadence_is_the_trainers_log_every_n_steps(tmp_path):
+    monitor = ActivationMonitor(layers=[RELUS[0]], histograms=False, strict=True)
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1)
+    steps = [e.step for e in read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")]
+    assert steps == [5, 10, 15, 20]  # fit() sets log_every_n_steps=5
+
+
+class Recorder(pl.Callback):
+    """Records the first training batch and the hooks present in training and validation."""
+
+    def __init__(self):
+        self.batch = None
+        self.hooks_in_validation = []
+        self.hooks_in_training = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.batch is None:
+            self.batch = [t.clone() for t in batch]
+        self.hooks_in_training.append(hook_count(pl_module))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.hooks_in_validation.append(hook_count(pl_module))
+
+
+def test_statistics_are_those_of_the_sampled_training_batch(tmp_path):
+    module = DigitsClassifier()
+    before = DigitsClassifier()
+    before.load_state_dict(module.state_dict())
+    recorder = Recorder()
+    monitor = ActivationMonitor(every_n_steps=1, strict=True)
+    fit(module, [recorder, monitor], tmp_path, epochs=1, limit_train_batches=1)
+    x, _ = recorder.batch
+    outputs = {}
+    handles = [
+        before.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: outputs.__setitem__(n, o.clone())
+        )
+        for n in RELUS
+    ]
+    before.train()(x)
+    for handle in handles:
+        handle.remove()
+    events = read_events(tmp_path)
+    for layer in RELUS:
+        expected = activation_stats(outputs[layer])
+        assert events.Scalars(f"activations/{layer}/zero_fraction")[0].value == pytest.approx(
+            expected["zero_fraction"].item(), rel=1e-5
+        )
+        assert events.Scalars(f"activations/{layer}/localization")[0].value == pytest.approx(
+            expected["localization"].item(), rel=1e-5
+        )
+    assert recorder.hooks_in_validation and set(recorder.hooks_in_validation) == {0}
+
+
+def test_hooks_exist_only_on_sampled_batches(tmp_path):
+    recorder = Recorder()
+    monitor = ActivationMonitor(every_n_steps=3, strict=True)
+    module = DigitsClassifier()
+    # Lightning calls callbacks in list order: the recorder looks after the monitor registered
+    fit(module, [monitor, recorder], tmp_path, epochs=1, limit_train_batches=7)
+    assert recorder.hooks_in_training == [0, 0, 3, 0, 0, 3, 0]
+    assert hook_count(module) == 0
+
+
+def test_hooks_removed_when_training_raises(tmp_path):
+    class Crashing(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+    module = Crashing()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(module, [ActivationMonitor(every_n_steps=1)], tmp_path, epochs=1)
+    assert hook_count(module) == 0
+
+
+def test_resnet18_names_each_call_of_a_reused_relu_apart(tmp_path):
+    torch.manual_seed(0)
+    module = Classifier(torchvision.models.resnet18(num_classes=10))
+    monitor = ActivationMonitor(every_n_steps=1, histograms=False, strict=True)
+    trainer = pl.Trainer(
+        max_steps=1,
+        callbacks=[monitor],
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="", version=""),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, random_loader())
+    scalars = set(read_events(tmp_path).Tags()["scalars"])
+    relus = {t.split("/")[1] for t in scalars if t.startswith("activations/")}
+    blocks = [f"model.layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert relus == {"model.relu"} | {f"{b}.relu" for b in blocks} | {f"{b}.relu#2" for b in blocks}
+    # the second call sees the block output after the residual sum: a different activation
+    first = read_events(tmp_path).Scalars("activations/model.layer1.0.relu/zero_fraction")[0].value
+    second = (
+        read_events(tmp_path).Scalars("activations/model.layer1.0.relu#2/zero_fraction")[0].value
+    )
+    assert first != second
+
+
+class DeadBias(DigitsClassifier):
+    """The second block's BN has a huge negative bias: its ReLU outputs only zeros."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.model.features[5].bias.fill_(-100.0)
+        self.model.features[5].bias.requires_grad_(False)
+        self.model.features[5].weight.requires_grad_(False)
+
+
+def test_dead_channels_alert_names_the_layer(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=2, strict=True)
+    with pytest.warns(
+        UserWarning, match=r"100% of the channels of layer 'model.features.6' had no positive"
+    ):
+        fit(DeadBias(), [monitor], tmp_path, epochs=2)
+    # everything after a dead layer is dead too: its input is all zeros
+    assert [(a.kind, a.layer, a.epoch) for a in monitor.alerts.raised] == [
+        ("dead_channels", "model.features.6", 0),
+        ("dead_channels", "model.features.10", 0),
+    ]
+    dead = read_events(tmp_path).Scalars("activations/model.features.6/dead_fraction")
+    assert [e.value for e in dead] == [1.0, 1.0]
+    assert math.isclose(monitor.alerts.raised[0].value, 1.0)
+
+
+def test_nonfinite_activations_alert(tmp_path):
+    class NaNInput(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if batch_idx == 1:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return super().training_step((x, y), batch_idx)
+
+    monitor = ActivationMonitor(every_n_steps=1, on_alert="stop", strict=True)
+    with pytest.warns(UserWarning, match="produced NaN or Inf"):
+        trainer = fit(NaNInput(), [monitor], tmp_path, epochs=1, limit_train_batches=4)
+    assert monitor.alerts.raised[0].kind == "nonfinite_activations"
+    assert trainer.global_step == 2
+
+
+def test_user_layer_with_a_non_4d_output_becomes_an_alert(tmp_path):
+    monitor = ActivationMonitor(layers=["model.head"], every_n_steps=1)
+    with pytest.warns(
+        UserWarning, match=r"'model.head' returned \(64, 10\), not a 4-D feature map"
+    ):
+        fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, limit_train_batches=2)
+    assert [a.kind for a in monitor.alerts.raised] == ["failed"]
+    strict = ActivationMonitor(layers=["model.head"], every_n_steps=1, strict=True)
+    with pytest.raises(ValueError, match="not a 4-D feature map"):
+        fit(DigitsClassifier(), [strict], tmp_path / "strict", epochs=1, limit_train_batches=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every_n_steps": 0}, "`every_n_steps` must be a positive integer, got 0"),
+        ({"dead_threshold": 1.5}, r"`dead_threshold` must be a number in \[0, 1\], got 1.5"),
+        ({"layers": "model.features.2"}, None),
+    ],
+)
+def test_arguments(kwargs, message):
+    if message is None:
+        assert ActivationMonitor(**kwargs).layer_names == ["model.features.2"]
+        return
+    with pytest.raises(ValueError, match=message):
+        ActivationMonitor(**kwargs)
+
+
+def test_unknown_layer_or_no_activation_fails_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown layer 'model.features.20'.*'model.features.2'"):
+        fit(
+            DigitsClassifier(),
+            [ActivationMonitor(layers=["model.features.20"])],
+            tmp_path,
+            epochs=1,
+        )
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+    with pytest.raises(ValueError, match="has no activation module; pass `layers=`"):
+        fit(Classifier(Functional()), [ActivationMonitor()], tmp_path, epochs=1)

@@ -1,0 +1,50 @@
+"""Promise 1: with the callbacks attached, training computes exactly what it computes without."""
+
+import pytest
+import torch
+
+from lightning_viz import ActivationMonitor, FilterMonitor
+from tests.helpers import DigitsClassifier, fit
+
+
+def train(tmp_path, callbacks):
+    torch.manual_seed(0)
+    module = DigitsClassifier("sgd", 0.05)
+    trainer = fit(module, callbacks, tmp_path, epochs=2)
+    return module, trainer, torch.random.get_rng_state()
+
+
+def assert_same_training(a, b):
+    (module_a, trainer_a, rng_a), (module_b, trainer_b, rng_b) = a, b
+    state_a, state_b = module_a.state_dict(), module_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:  # weights and BatchNorm statistics
+        assert torch.equal(state_a[key], state_b[key]), key
+    optimizer_a = trainer_a.optimizers[0].state_dict()["state"]
+    optimizer_b = trainer_b.optimizers[0].state_dict()["state"]
+    assert optimizer_a.keys() == optimizer_b.keys()
+    for index in optimizer_a:
+        for name, value in optimizer_a[index].items():
+            assert torch.equal(value, optimizer_b[index][name])
+    assert torch.equal(rng_a, rng_b)
+
+
+def test_monitors_leave_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    monitors = [
+        FilterMonitor(image_layers="all", strict=True),
+        ActivationMonitor(every_n_steps=1, strict=True),
+    ]
+    with_monitors = train(tmp_path / "with", monitors)
+    assert_same_training(without, with_monitors)
+    assert without[0].state_dict()["model.features.0.weight"].abs().sum() > 0
+
+
+def test_the_check_itself_sees_a_difference(tmp_path):
+    class Nudge(FilterMonitor):
+        def on_train_epoch_end(self, trainer, pl_module):
+            with torch.no_grad():
+                pl_module.model.features[0].weight.mul_(1.0 + 1e-7)
+
+    with pytest.raises(AssertionError):
+        assert_same_training(train(tmp_path / "a", []), train(tmp_path / "b", [Nudge()]))
