@@ -9,10 +9,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_blocks_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks
+    namespace: dict = {}
     for block in blocks:
-        namespace: dict = {}
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["shown"].dtype.is_floating_point is False
+    assert len(namespace["trainer"].callbacks) >= 2
 
 
 def test_readme_starts_with_the_test_command():

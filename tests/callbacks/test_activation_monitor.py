@@ -98,7 +98,8 @@ def test_statistics_are_those_of_the_sampled_training_batch(tmp_path):
         assert events.Scalars(f"activations/{layer}/localization")[0].value == pytest.approx(
             expected["localization"].item(), rel=1e-5
         )
-    assert recorder.hooks_in_validation and set(recorder.hooks_in_validation) == {0}
+    assert recorder.hooks_in_validation
+    assert set(recorder.hooks_in_validation) == {0}
 
 
 def test_hooks_exist_only_on_sampled_batches(tmp_path):
