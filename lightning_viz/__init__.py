@@ -1,8 +1,17 @@
 """lightning-viz: PyTorch Lightning callbacks that show in TensorBoard what a CNN learns."""
 
 from lightning_viz.alerts import Alert
-from lightning_viz.callbacks import ActivationMonitor, FilterMonitor
+from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz.probes import Probes
 
 __version__ = "0.1.0"
 
-__all__ = ["ActivationMonitor", "Alert", "FilterMonitor", "__version__"]
+__all__ = [
+    "ActivationMonitor",
+    "Alert",
+    "DeconvLogger",
+    "FilterMonitor",
+    "GradCAMLogger",
+    "Probes",
+    "__version__",
+]

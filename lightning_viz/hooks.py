@@ -136,3 +136,27 @@ def model_device(model: nn.Module) -> torch.device | None:
     for tensor in model.buffers():
         return tensor.device
     return None
+
+
+def output_shapes(model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """(name, module, output shape) of every submodule whose output is a tensor, in the order
+    the modules finish during one forward pass (a container finishes after its children)."""
+    finished: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    seen: set[str] = set()
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if name not in seen and isinstance(output, Tensor):
+                seen.add(name)
+                finished.append((name, module, tuple(output.shape)))
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return finished

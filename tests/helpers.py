@@ -170,6 +170,10 @@ def fit(
     pl.seed_everything(0, verbose=False)
     train, val = digits_loaders()
     trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
+    trainer_args.setdefault("enable_checkpointing", False)
+    ckpt_path = trainer_args.pop("ckpt_path", None)
+    if not trainer_args.pop("validate", True):
+        val = None
     trainer = pl.Trainer(
         max_epochs=epochs,
         callbacks=callbacks,
@@ -178,12 +182,11 @@ def fit(
         deterministic=True,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
         limit_train_batches=limit_train_batches,
         log_every_n_steps=5,
         **trainer_args,
     )
-    trainer.fit(module, train, val)
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -229,3 +232,49 @@ def random_loader(
     images = torch.randn(n, channels, size, size, generator=generator)
     labels = torch.randint(0, classes, (n,), generator=generator)
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
+
+
+def shapes_task(n: int, size: int = 32, seed: int = 0):
+    """A shape pasted at a random spot on clutter; the class is the shape (plus, ring, cross).
+
+    Returns images (n, 1, size, size), labels (n,) and the shapes' boxes (n, 4) as
+    (top, left, bottom, right), bottom and right exclusive.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    s = 8
+    plus = torch.zeros(s, s)
+    plus[3:5, :] = plus[:, 3:5] = 1
+    ring = torch.ones(s, s)
+    ring[2:-2, 2:-2] = 0
+    cross = (torch.eye(s) + torch.eye(s).flip(1)).clamp(max=1)
+    shapes = torch.stack([plus, ring, cross])
+    images = 0.5 * torch.randn(n, 1, size, size, generator=generator)
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    corners = torch.randint(0, size - s + 1, (n, 2), generator=generator)
+    for i in range(n):
+        top, left = corners[i].tolist()
+        images[i, 0, top : top + s, left : left + s] += 2.5 * shapes[labels[i]]
+    boxes = torch.cat([corners, corners + s], dim=1)
+    return images, labels, boxes
+
+
+class ShapesCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))

@@ -1,6 +1,8 @@
 """The Lightning callbacks: they decide when to compute and where to log."""
 
 from lightning_viz.callbacks.activation_monitor import ActivationMonitor
+from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
+from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
 
-__all__ = ["ActivationMonitor", "FilterMonitor"]
+__all__ = ["ActivationMonitor", "DeconvLogger", "FilterMonitor", "GradCAMLogger"]

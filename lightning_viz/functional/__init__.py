@@ -2,7 +2,7 @@
 
 from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.filters import filter_noise
-from lightning_viz.functional.gradcam import grad_cam
+from lightning_viz.functional.gradcam import grad_cam, grad_cam_and_logits, guided_backprop
 from lightning_viz.functional.images import (
     colorize,
     filter_tiles,
@@ -27,7 +27,9 @@ __all__ = [
     "filter_noise",
     "filter_tiles",
     "grad_cam",
+    "grad_cam_and_logits",
     "grid",
+    "guided_backprop",
     "normalize",
     "normalize_signed",
     "overlay",

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_viz.functional._pass import gradient_pass
+from lightning_viz.functional.projection import relu_rule, warn_ruleless
 from lightning_viz.hooks import resolve_layers, run_until_captured
 
 
@@ -43,12 +44,20 @@ def grad_cam(
             wrong length, inputs on another device than the model, a model output that is not
             (N, num_classes).
     """
+    return grad_cam_and_logits(model, inputs, layers, targets)[0]
+
+
+def grad_cam_and_logits(
+    model: nn.Module,
+    inputs: Tensor,
+    layers: str | nn.Module | Sequence[str | nn.Module],
+    targets: Tensor | Sequence[int] | int | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`grad_cam` plus the logits of the same forward pass (detached), to show predictions."""
     modules = resolve_layers(model, layers)
     with gradient_pass(model, inputs) as x:
         logits, activations = run_until_captured(model, x, modules, full_forward=True)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
+        _check_logits(logits, x)
         target_index = _target_index(targets, logits)
         score = logits.gather(1, target_index[:, None]).sum()
         names = list(activations)
@@ -61,7 +70,35 @@ def grad_cam(
             continue
         weights = gradient.float().mean(dim=(2, 3), keepdim=True)
         maps[name] = torch.relu((weights * activation).sum(dim=1))
-    return maps
+    return maps, logits.detach().float()
+
+
+def guided_backprop(
+    model: nn.Module, inputs: Tensor, targets: Tensor | Sequence[int] | int | None = None
+) -> Tensor:
+    """Guided backprop (Springenberg et al., 2015) of the target class score w.r.t. the inputs.
+
+    Every ReLU passes ``relu(grad)`` where its forward input was positive (see
+    :func:`~lightning_viz.functional.project_to_input` for which ReLUs are reached). Multiply by
+    an upsampled Grad-CAM map for guided Grad-CAM.
+
+    Returns:
+        (N, C, H, W) float32.
+    """
+    with gradient_pass(model, inputs) as x:
+        with relu_rule("guided") as ruleless:
+            logits = model(x)
+        warn_ruleless(ruleless, "guided")
+        _check_logits(logits, x)
+        score = logits.gather(1, _target_index(targets, logits)[:, None]).sum()
+        (gradient,) = torch.autograd.grad(score, x)
+    return gradient.float()
+
+
+def _check_logits(logits: object, x: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
 
 
 def _target_index(targets: Tensor | Sequence[int] | int | None, logits: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ def normalize_signed(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -
 
 
 @lru_cache(maxsize=16)
-def _colormap_table(cmap: str) -> Tensor:
+def colormap_table(cmap: str) -> Tensor:
+    """The (256, 3) RGB lookup table of a matplotlib colormap; ValueError for an unknown name."""
     try:
         colormap = matplotlib.colormaps[cmap]
     except KeyError:
@@ -53,7 +54,7 @@ def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
     Returns:
         (N, 3, H, W) RGB in [0, 1].
     """
-    table = _colormap_table(cmap).to(maps.device)
+    table = colormap_table(cmap).to(maps.device)
     index = (maps.detach().float().clamp(0, 1) * 255).round().long()
     return table[index].permute(0, 3, 1, 2)
 
@@ -88,7 +89,11 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
 
     ``nrow`` is the number of images per row (torchvision's naming).
     """
-    tiled = make_grid(images.float(), nrow=nrow, padding=padding, pad_value=pad_value)
+    images = images.float()
+    if len(images) == 1:  # make_grid returns a lone image unpadded; keep every grid alike
+        tiled = F.pad(images[0], (padding,) * 4, value=pad_value)
+    else:
+        tiled = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
     return to_uint8(tiled)
 
 

@@ -10,9 +10,9 @@ receives both contributions, where Zeiler & Fergus's unpooling would keep one.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,17 @@ def relu_rule(rule: Rule) -> Iterator[set[str]]:
         yield mode.ruleless
 
 
+def warn_ruleless(ruleless: set[str], rule: str) -> None:
+    """One warning naming the activations that ran without a ``rule`` (plain gradients there)."""
+    if ruleless:
+        verb = "has" if len(ruleless) == 1 else "have"
+        warnings.warn(
+            f"{', '.join(sorted(ruleless))} {verb} no {rule} rule: gradients pass through "
+            "unchanged there",
+            stacklevel=4,
+        )
+
+
 def top_channels(activations: Tensor, k: int) -> Tensor:
     """Per image, the ``k`` channels with the largest summed activation, strongest first.
 
@@ -161,23 +172,37 @@ def project_to_input(
             of range or of the wrong shape, inputs on another device than the model.
     """
     name = next(iter(resolve_layers(model, [layer])))
-    return project_layers(model, inputs, {name: channels}, rule=rule, seed=seed)[name]
+    return project_layers(model, inputs, {name: channels}, rule=rule, seed=seed)[name].images
+
+
+class LayerProjection(NamedTuple):
+    """What :func:`project_layers` returns per layer."""
+
+    channels: Tensor
+    """(N, K) the channels projected for each image."""
+    images: Tensor
+    """(N, K, C_in, H, W) the reconstructions, float32, signed, not normalized."""
+
+
+ChannelChoice = Tensor | Callable[[Tensor], Tensor]
 
 
 def project_layers(
     model: nn.Module,
     inputs: Tensor,
-    channels: Mapping[str, Tensor],
+    channels: Mapping[str, ChannelChoice],
     rule: Rule = "deconvnet",
     seed: Seed = "map",
-) -> dict[str, Tensor]:
+) -> dict[str, LayerProjection]:
     """:func:`project_to_input` for several layers from one shared forward pass.
 
     Args:
-        channels: ``{layer_name: (N, K) channel indices}``.
+        channels: ``{layer_name: choice}``, a choice being (N, K) channel indices or a function
+            that receives the layer's (detached) activation and returns them, so that channels
+            can be picked from the same forward pass (e.g. ``lambda a: top_channels(a, 4)``).
 
     Returns:
-        ``{layer_name: (N, K, C_in, H, W)}``.
+        ``{layer_name: LayerProjection(channels, images)}``.
     """
     if rule not in RULES:
         raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}")
@@ -187,14 +212,13 @@ def project_layers(
     with gradient_pass(model, inputs) as x:
         with relu_rule(rule) as ruleless:
             _, activations = run_until_captured(model, x, modules, full_forward=False)
-        if ruleless:
-            warnings.warn(
-                f"{', '.join(sorted(ruleless))} {'has' if len(ruleless) == 1 else 'have'} no "
-                f"{rule} rule: gradients pass through unchanged there",
-                stacklevel=3,
-            )
+        warn_ruleless(ruleless, rule)
         names = list(activations)
-        seeds = {n: backward_seeds(activations[n].detach(), channels[n], seed, n) for n in names}
+        chosen = {}
+        for n in names:
+            choice = channels[n]
+            chosen[n] = choice(activations[n].detach()) if callable(choice) else choice
+        seeds = {n: backward_seeds(activations[n].detach(), chosen[n], seed, n) for n in names}
         projections = {}
         for i, n in enumerate(names):
             (gradient,) = torch.autograd.grad(
@@ -204,7 +228,8 @@ def project_layers(
                 is_grads_batched=True,
                 retain_graph=i < len(names) - 1,
             )
-            projections[n] = gradient.transpose(0, 1).float()
+            images = gradient.transpose(0, 1).float()
+            projections[n] = LayerProjection(torch.as_tensor(chosen[n]).long(), images)
     return projections
 
 

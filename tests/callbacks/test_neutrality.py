@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from lightning_viz import ActivationMonitor, FilterMonitor
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
 from tests.helpers import DigitsClassifier, fit
 
 
-def train(tmp_path, callbacks):
+def train(tmp_path, callbacks, **trainer_args):
     torch.manual_seed(0)
     module = DigitsClassifier("sgd", 0.05)
-    trainer = fit(module, callbacks, tmp_path, epochs=2)
+    trainer = fit(module, callbacks, tmp_path, epochs=2, **trainer_args)
     return module, trainer, torch.random.get_rng_state()
 
 
@@ -38,6 +38,34 @@ def test_monitors_leave_training_bit_identical(tmp_path):
     with_monitors = train(tmp_path / "with", monitors)
     assert_same_training(without, with_monitors)
     assert without[0].state_dict()["model.features.0.weight"].abs().sum() > 0
+
+
+def test_probe_loggers_leave_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    loggers = [GradCAMLogger(guided=True, strict=True), DeconvLogger(strict=True)]
+    with_loggers = train(tmp_path / "with", loggers)
+    assert loggers[0].probes is loggers[1].probes  # picked from the validation loader
+    assert_same_training(without, with_loggers)
+
+
+def test_probes_from_the_shuffled_training_loader_leave_training_bit_identical(tmp_path):
+    """Without validation data the probes come from the training loader, whose iterator draws
+    a seed from the global generator: picking them must not shift training's RNG stream."""
+    without = train(tmp_path / "without", [], validate=False)
+    gradcam = GradCAMLogger(strict=True)
+    assert_same_training(without, train(tmp_path / "with", [gradcam], validate=False))
+    assert len(gradcam.probes) == 8
+
+
+def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    callbacks = [
+        FilterMonitor(image_layers="all", strict=True),
+        ActivationMonitor(every_n_steps=1, strict=True),
+        GradCAMLogger(strict=True),
+        DeconvLogger(rule="guided", strict=True),
+    ]
+    assert_same_training(without, train(tmp_path / "with", callbacks))
 
 
 def test_the_check_itself_sees_a_difference(tmp_path):

@@ -138,7 +138,8 @@ def test_layers_share_one_forward_that_stops_at_the_deepest(vgg11, images):
             handle.remove()
     assert calls == {"conv": 1, "classifier": 0}
     for layer in ("features.3", "features.13"):
-        assert torch.equal(together[layer], project_to_input(vgg11, images, layer, channels))
+        assert torch.equal(together[layer].images, project_to_input(vgg11, images, layer, channels))
+        assert torch.equal(together[layer].channels, channels)
 
 
 def test_ruleless_activations_are_named_in_one_warning(images):
@@ -203,6 +204,17 @@ def test_bad_arguments(vgg11, images):
         project_to_input(vgg11, images, "classifier.1", channels)
     with pytest.raises(ValueError, match="on meta but the model is on cpu"):
         project_to_input(vgg11, images.to("meta"), "features.3", channels)
+
+
+def test_channels_can_be_chosen_from_the_same_forward(vgg11, images):
+    chosen = project_layers(vgg11, images, {"features.8": lambda a: top_channels(a, 3)})
+    with torch.no_grad():
+        activation = vgg11.features[:9](images)
+    expected = top_channels(activation, 3)
+    assert torch.equal(chosen["features.8"].channels, expected)
+    assert torch.equal(
+        chosen["features.8"].images, project_to_input(vgg11, images, "features.8", expected)
+    )
 
 
 def test_top_channels_ranks_by_summed_activation():

@@ -1,0 +1,226 @@
+"""DeconvLogger: Zeiler & Fergus reconstructions of the top feature maps, and their evolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import check_positive_int
+from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.callbacks.probe_base import ProbeCallback
+from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
+from lightning_viz.functional.images import to_uint8
+from lightning_viz.probes import Probes
+
+MAX_DEFAULT_LAYERS = 5
+
+
+def _is_conv(name: str, module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d)
+
+
+def spread(names: list[str], count: int) -> list[str]:
+    """At most ``count`` of ``names``, evenly spread from the first to the last."""
+    if len(names) <= count:
+        return names
+    picks = torch.linspace(0, len(names) - 1, count).round().long().tolist()
+    return [names[i] for i in picks]
+
+
+class DeconvLogger(ProbeCallback):
+    r"""Deconvnet reconstructions of the strongest feature maps, and how chosen features evolve.
+
+    Every ``every_n_epochs`` at the end of a training epoch, for each watched layer and each
+    probe, the ``top_k`` channels with the largest summed activation are projected back to pixel
+    space (:func:`~lightning_viz.functional.project_layers`: Zeiler & Fergus's deconvnet, or
+    guided backprop). All layers share one forward pass that stops at the deepest one; each
+    layer's channels go through one batched backward. Model in eval mode for the pass, fp32,
+    train flags restored, no ``.grad`` touched; global rank 0 only.
+
+    Feature evolution (Zeiler & Fergus 2013, figure 4): on the first logged epoch the features to
+    follow are chosen per layer (the top channel of each of the first ``num_features`` probes, or
+    the given ``features``); every logged epoch each is projected again from the probe that
+    activates it most in that epoch, and the grid gains a column. Past columns are kept as small
+    uint8 thumbnails on the CPU, in the callback's state (a resumed run continues the grid), at
+    most ``max_columns`` of them: when there are more, old epochs are thinned evenly.
+
+    Args:
+        layers: names from ``model.named_modules()``; default at most 5 ``nn.Conv2d`` layers
+            evenly spread from the first to the last (in definition order).
+        top_k: channels per probe and layer.
+        rule: ``"deconvnet"`` (Zeiler & Fergus) or ``"guided"`` (guided backprop).
+        evolution: also log the feature-evolution grid.
+        features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
+        num_features: how many features per layer to follow by default.
+        max_columns: the most epochs the evolution grid shows.
+        probes, num_probes, every_n_epochs, on_alert, strict: as in ``GradCAMLogger``.
+
+    Raises:
+        ValueError: bad arguments (at construction); unknown layers or channels, probes that do
+            not fit the model (at fit start).
+
+    Logged keys:
+
+    - ``deconv/<layer>`` (image): one row per probe, the probe then its top-k reconstructions,
+      each mapped to [0, 1] with 0 at mid-grey and the 99th percentile of |value| clipped.
+    - ``deconv/<layer>/channels`` (text): the channel indices of each row.
+    - ``evolution/<layer>`` (image): one row per followed feature, one column per logged epoch.
+    - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
+
+    How to read it: early layers should reconstruct edges and colour blobs, deeper ones textures
+    and object parts. Reconstructions that look like the whole input mean the layer has not
+    learned much yet; in the evolution grid, features that keep changing late in training have
+    not converged.
+
+    Cost: per logged epoch one forward on the probes up to the deepest layer, and per layer one
+    batched backward of probes x (top_k + followed features).
+
+    Example::
+
+        trainer = Trainer(callbacks=[DeconvLogger(top_k=4, rule="deconvnet")])
+    """
+
+    baseline = False
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        top_k: int = 4,
+        rule: Literal["deconvnet", "guided"] = "deconvnet",
+        evolution: bool = True,
+        features: Sequence[tuple[str, int]] | None = None,
+        num_features: int = 4,
+        max_columns: int = 16,
+        probes: Probes | None = None,
+        num_probes: int = 8,
+        every_n_epochs: int = 1,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+    ) -> None:
+        super().__init__(probes, num_probes, every_n_epochs, on_alert, strict)
+        self.layer_names = check_layer_names(layers)
+        self.top_k = check_positive_int("top_k", top_k)
+        if rule not in ("deconvnet", "guided"):
+            raise ValueError(f"`rule` must be 'deconvnet' or 'guided', got {rule!r}")
+        self.rule = rule
+        self.evolution = bool(evolution)
+        self.num_features = check_positive_int("num_features", num_features)
+        self.max_columns = check_positive_int("max_columns", max_columns)
+        self.given_features: dict[str, list[int]] = {}
+        for pair in features or ():
+            if (
+                not isinstance(pair, (tuple, list))
+                or len(pair) != 2
+                or not isinstance(pair[0], str)
+                or not isinstance(pair[1], int)
+                or pair[1] < 0
+            ):
+                raise ValueError(f"`features` must be (layer, channel) pairs, got {pair!r}")
+            self.given_features.setdefault(pair[0], []).append(pair[1])
+        self._layers: list[str] = []
+        self.features: dict[str, list[int]] = {}
+        self.columns: dict[str, list[Tensor]] = {}
+        self.column_epochs: dict[str, list[int]] = {}
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"layers": self.layer_names, "rule": self.rule}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        source = type(self).__name__
+        chosen = select_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
+        layers = (
+            list(chosen)
+            if self.layer_names is not None
+            else spread(list(chosen), MAX_DEFAULT_LAYERS)
+        )
+        if self.given_features:
+            followed = select_layers(pl_module, list(self.given_features), _is_conv, "", source)
+            layers += [name for name in followed if name not in layers]
+        self._layers = layers
+        if not self.features:
+            self.features = {n: list(c) for n, c in self.given_features.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "features": {n: list(c) for n, c in self.features.items()},
+            "columns": {n: list(c) for n, c in self.columns.items()},
+            "column_epochs": {n: list(e) for n, e in self.column_epochs.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.features = {n: list(c) for n, c in state_dict.get("features", {}).items()}
+        self.columns = {n: list(c) for n, c in state_dict.get("columns", {}).items()}
+        self.column_epochs = {n: list(e) for n, e in state_dict.get("column_epochs", {}).items()}
+
+    # ------------------------------------------------------------------------ the pass
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        best_probe: dict[str, Tensor] = {}
+
+        def choose(layer: str):
+            def chooser(activation: Tensor) -> Tensor:
+                top = top_channels(activation, min(self.top_k, activation.shape[1]))
+                if not self.evolution:
+                    return top
+                if layer not in self.features:
+                    firsts = top[: self.num_features, 0].tolist()
+                    self.features[layer] = list(dict.fromkeys(firsts))
+                followed = torch.tensor(self.features[layer], device=activation.device)
+                if followed.max() >= activation.shape[1]:
+                    raise ValueError(
+                        f"feature channels {self.features[layer]} out of range for layer "
+                        f"{layer!r} with {activation.shape[1]} channels"
+                    )
+                best_probe[layer] = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
+                return torch.cat([top, followed.expand(len(activation), -1)], dim=1)
+
+            return chooser
+
+        layers = {layer: choose(layer) for layer in self._layers}
+        projections = project_layers(pl_module, probes.images, layers, rule=self.rule)
+        writer = self.writer(trainer)
+        for layer, (channels, images) in projections.items():
+            k = min(self.top_k, channels.shape[1])
+            recon = to_rgb(normalize_signed(images[:, :k].flatten(0, 1))).unflatten(
+                0, (len(probes), k)
+            )
+            rows = torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1)
+            self.log_image(trainer, f"deconv/{layer}", grid(rows, nrow=k + 1))
+            if writer is not None:
+                lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
+                writer.add_text(f"deconv/{layer}/channels", "  \n".join(lines), trainer.global_step)
+            if self.evolution:
+                followed = images[best_probe[layer], torch.arange(len(best_probe[layer])) + k]
+                self._add_column(trainer, layer, followed)
+
+    def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
+        thumbnails = to_rgb(normalize_signed(followed))
+        if max(thumbnails.shape[-2:]) > 64:
+            thumbnails = F.interpolate(thumbnails, size=(64, 64), mode="area")
+        columns = self.columns.setdefault(layer, [])
+        epochs = self.column_epochs.setdefault(layer, [])
+        columns.append(to_uint8(thumbnails).cpu())
+        epochs.append(trainer.current_epoch)
+        if len(columns) > self.max_columns:
+            keep = torch.linspace(0, len(columns) - 1, self.max_columns).round().long().tolist()
+            self.columns[layer] = [columns[i] for i in keep]
+            self.column_epochs[layer] = [epochs[i] for i in keep]
+        tiles = torch.stack(self.columns[layer], dim=1).flatten(0, 1)
+        image = grid(tiles.float() / 255, nrow=len(self.columns[layer]))
+        self.log_image(trainer, f"evolution/{layer}", image)
+        writer = self.writer(trainer)
+        if writer is not None:
+            text = (
+                f"rows: channels {self.features[layer]}  \n"
+                f"columns: epochs {self.column_epochs[layer]}"
+            )
+            writer.add_text(f"evolution/{layer}/features", text, trainer.global_step)

@@ -1,0 +1,184 @@
+"""GradCAMLogger: where the network looks, on fixed probe images, epoch after epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import check_fraction
+from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.callbacks.probe_base import ProbeCallback
+from lightning_viz.functional import (
+    colorize,
+    grad_cam_and_logits,
+    grid,
+    guided_backprop,
+    normalize,
+    normalize_signed,
+    overlay,
+    to_rgb,
+    upsample,
+)
+from lightning_viz.functional.images import colormap_table
+from lightning_viz.hooks import output_shapes
+from lightning_viz.probes import Probes
+
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def default_gradcam_layer(model: nn.Module, images: torch.Tensor) -> str:
+    """The last module to finish with a 4-D output larger than 1x1, adaptive pooling excluded.
+
+    One forward of a probe records the order in which modules finish; the last feature map
+    before the classifier is then e.g. ``layer4`` in a ResNet or ``features`` in a VGG (a
+    container finishes after its last child, so the whole stage is named).
+    """
+    candidates = [
+        name
+        for name, module, shape in output_shapes(model, images)
+        if len(shape) == 4 and shape[2] * shape[3] > 1 and not isinstance(module, _POOLING)
+    ]
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no layer with a 4-D output larger than 1x1; "
+            "pass `layers=` with names from model.named_modules()"
+        )
+    return candidates[-1]
+
+
+class GradCAMLogger(ProbeCallback):
+    r"""Grad-CAM heatmaps on fixed probe images: where the network looks for its decision.
+
+    At fit start (the untrained baseline) and every ``every_n_epochs`` at the end of a training
+    epoch, one forward and one backward on the probes (model in eval mode for the pass, fp32,
+    each submodule's train flag restored, no parameter ``.grad`` touched) give the Grad-CAM map of
+    every layer (:func:`~lightning_viz.functional.grad_cam`), upsampled to the probe size,
+    normalized per probe, colored and overlaid on the probe's display image. Runs on global rank
+    0 only.
+
+    Args:
+        layers: names from ``model.named_modules()``; default the last layer with a 4-D output
+            larger than 1x1 before the classifier (adaptive pooling excluded), found by one
+            forward of a probe: ``model.layer4`` in a ResNet inside a LightningModule's ``model``.
+        target: the class each map explains: ``"label"`` (default when the probes have labels),
+            ``"pred"`` (the predicted class; default without labels), or a class index.
+        probes: a :class:`~lightning_viz.Probes`; default ``num_probes`` picked from the
+            validation dataloader (shared with the other probe callbacks of the Trainer).
+        num_probes: how many probes to pick when ``probes`` is None.
+        every_n_epochs: log every this many training epochs.
+        cmap: a matplotlib colormap name for the heatmap.
+        alpha: heatmap opacity over the display image.
+        guided: also log guided Grad-CAM (guided backprop times the upsampled map); costs one more
+            forward and backward.
+        on_alert: what to do when the visualization fails (see ``FilterMonitor``).
+        strict: re-raise failures instead of turning them into alerts.
+
+    Raises:
+        ValueError: bad arguments (at construction); unknown layers, probes that do not fit the
+            model, labels out of range, or ``target="label"`` without labels (at fit start).
+
+    Logged keys:
+
+    - ``gradcam/<layer>`` (image): one row per probe, the display image then the overlay.
+    - ``gradcam/<layer>/targets`` (text): per probe, the class explained, the predicted class and
+      its probability.
+    - ``gradcam/<layer>/guided`` (image, with ``guided=True``): one row per probe.
+
+    How to read it: warm colors mark where evidence for the target class sits. Early in training
+    maps are diffuse or stick to borders; a net that learned the task lights up the object.
+    A map on the background or on a watermark points at a shortcut in the data.
+
+    Cost: per logged epoch one forward and one backward on the probes (two with ``guided``).
+
+    Example::
+
+        trainer = Trainer(callbacks=[GradCAMLogger(target="pred")])
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        target: Literal["label", "pred"] | int | None = None,
+        probes: Probes | None = None,
+        num_probes: int = 8,
+        every_n_epochs: int = 1,
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        guided: bool = False,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+    ) -> None:
+        super().__init__(probes, num_probes, every_n_epochs, on_alert, strict)
+        self.layer_names = check_layer_names(layers)
+        if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
+            raise ValueError(
+                f"`target` must be 'label', 'pred', a class index >= 0 or None, got {target!r}"
+            )
+        self.target = target
+        colormap_table(cmap)
+        self.cmap = cmap
+        self.alpha = check_fraction("alpha", alpha)
+        self.guided = bool(guided)
+        self._layers: list[str] = []
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"layers": self.layer_names, "target": self.target}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.layer_names is not None:
+            self._layers = list(
+                select_layers(
+                    pl_module, self.layer_names, lambda n, m: False, "", type(self).__name__
+                )
+            )
+
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
+        if not self._layers:
+            self._layers = [default_gradcam_layer(pl_module, probes.images[:1])]
+
+    def _check_probes(self, pl_module: pl.LightningModule) -> None:
+        super()._check_probes(pl_module)
+        if self.target == "label" and self.probes.labels is None:
+            raise ValueError(
+                f"{type(self).__name__}: target='label' needs probes with labels; pass "
+                "Probes(images, labels) or target='pred'"
+            )
+
+    def _targets(self, probes: Probes) -> torch.Tensor | int | None:
+        target = self.target
+        if target is None:
+            target = "label" if probes.labels is not None else "pred"
+        if target == "label":
+            return probes.labels
+        return None if target == "pred" else target
+
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        maps, logits = grad_cam_and_logits(pl_module, probes.images, self._layers, targets)
+        size = tuple(probes.images.shape[-2:])
+        n = len(probes)
+        explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
+        probabilities = logits.softmax(dim=1)
+        confidence, predicted = probabilities.max(dim=1)
+        guided = guided_backprop(pl_module, probes.images, targets) if self.guided else None
+        for layer, cam in maps.items():
+            heat = normalize(upsample(cam, size))
+            overlays = overlay(probes.display, colorize(heat, self.cmap), self.alpha)
+            rows = torch.stack([probes.display, overlays], dim=1).flatten(0, 1)
+            self.log_image(trainer, f"gradcam/{layer}", grid(rows, nrow=2))
+            if guided is not None:
+                product = normalize_signed(guided * heat[:, None]).mean(dim=1, keepdim=True)
+                rows = torch.stack([probes.display, to_rgb(product)], dim=1).flatten(0, 1)
+                self.log_image(trainer, f"gradcam/{layer}/guided", grid(rows, nrow=2))
+        table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
+        rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
+        table += [f"| {i} | {t} | {p} | {c:.2f} |" for i, (t, p, c) in enumerate(rows)]
+        writer = self.writer(trainer)
+        if writer is not None:
+            for layer in maps:
+                writer.add_text(f"gradcam/{layer}/targets", "\n".join(table), trainer.global_step)

@@ -1,0 +1,165 @@
+"""What the probe callbacks share: one probe set per Trainer, checked at fit start, eval passes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import VizCallback, check_positive_int
+from lightning_viz.probes import Probes
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the block; afterwards every submodule gets its own train flag back."""
+    flags = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in flags.items():
+            submodule.training = training
+
+
+def default_probe_loader(trainer: pl.Trainer) -> Any:
+    """The validation dataloader of the fit, else the training one (the first of several)."""
+    sources = (trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source)
+    for source in sources:
+        if source.instance is None or not source.is_defined():
+            continue
+        loader = source.dataloader()
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        elif isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        if loader is not None:
+            return loader
+    raise ValueError("no dataloader to pick probes from: pass probes=Probes(images, labels)")
+
+
+class ProbeCallback(VizCallback):
+    """Base of the callbacks that look at the model through fixed probe images.
+
+    Probes are resolved when training starts: the user's, else those another probe callback of
+    the same Trainer already picked, else ``num_probes`` picked from the validation dataloader
+    (the training one when there is none). They live on the module's device and in the state
+    dict, so a resumed run uses the same ones.
+    """
+
+    baseline = True
+    """Whether to visualize at fit start, before any training (the untrained baseline)."""
+
+    def __init__(
+        self,
+        probes: Probes | None = None,
+        num_probes: int = 8,
+        every_n_epochs: int = 1,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+    ) -> None:
+        super().__init__(on_alert=on_alert, strict=strict)
+        if probes is not None and not isinstance(probes, Probes):
+            raise ValueError(
+                f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"
+            )
+        self.user_probes = probes
+        self.num_probes = check_positive_int("num_probes", num_probes)
+        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.probes: Probes | None = None
+
+    # ----------------------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        resumed = self.probes is not None
+        self.probes = self._resolve_probes(trainer).to(pl_module.device)
+        self._check_probes(pl_module)
+        with eval_mode(pl_module):
+            self.prepare(pl_module, self.probes)
+        if self.baseline and not resumed:
+            self._run(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._run(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.probes is not None:
+            state["probes"] = self.probes.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "probes" in state_dict:
+            self.probes = Probes.from_state_dict(state_dict["probes"])
+
+    # ------------------------------------------------------------------------- internals
+    def _resolve_probes(self, trainer: pl.Trainer) -> Probes:
+        if self.probes is not None:
+            return self.probes
+        if self.user_probes is not None:
+            return self.user_probes
+        for callback in trainer.callbacks:
+            if (
+                isinstance(callback, ProbeCallback)
+                and callback is not self
+                and callback.user_probes is None
+                and callback.probes is not None
+                and len(callback.probes) == self.num_probes
+            ):
+                return callback.probes
+        return Probes.from_dataloader(default_probe_loader(trainer), n=self.num_probes)
+
+    def _check_probes(self, pl_module: pl.LightningModule) -> None:
+        """Fail at fit start, clearly, when the probes do not fit the model."""
+        probes, source = self.probes, type(self).__name__
+        first_conv = next(
+            ((n, m) for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d)), None
+        )
+        if first_conv is not None and first_conv[1].in_channels != probes.images.shape[1]:
+            raise ValueError(
+                f"{source}: the probes have {probes.images.shape[1]} channels but the model's "
+                f"first conv layer {first_conv[0]!r} expects {first_conv[1].in_channels}"
+            )
+        try:
+            with eval_mode(pl_module), torch.no_grad():
+                logits = pl_module(probes.images[:1])
+        except Exception as error:
+            raise ValueError(
+                f"{source}: the model cannot run on the probes of shape "
+                f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = (
+                tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            )
+            raise ValueError(
+                f"{source}: the model must return logits (N, num_classes), got {shape}"
+            )
+        if probes.labels is not None:
+            classes = logits.shape[1]
+            low, high = int(probes.labels.min()), int(probes.labels.max())
+            if low < 0 or high >= classes:
+                raise ValueError(
+                    f"{source}: probe labels must lie in [0, {classes}) for a model with {classes} "
+                    f"outputs, got labels from {low} to {high}"
+                )
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
+        if not trainer.is_global_zero:
+            return
+        with self.guarded(trainer, type(self).__name__), eval_mode(pl_module):
+            self.visualize(trainer, pl_module, self.probes)
+
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
+        """Model-dependent choices that need the checked probes (in eval mode); default none."""
+
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        """Compute and log one probe visualization (rank 0, eval mode, failures become alerts)."""
+        raise NotImplementedError

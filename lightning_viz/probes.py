@@ -1,0 +1,208 @@
+"""Probes: the fixed images a run is looked at through, epoch after epoch."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_viz.functional.images import normalize, to_rgb
+
+_IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
+_LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+
+
+class Probes:
+    """A fixed set of probe images, with optional labels and display images.
+
+    Args:
+        images: (N, C, H, W) float tensor, as the model takes them (normalized etc.).
+        labels: optional (N,) integer class labels.
+        display: optional (N, 3, H, W) RGB in [0, 1] that overlays are drawn on; by default each
+            probe min-max normalized, grey (one channel, or the mean of other than 3) repeated to
+            RGB.
+
+    Raises:
+        ValueError: images that are not a non-empty (N, C, H, W) float batch, labels of another
+            length or not integers, display images of another shape or outside [0, 1].
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor | None = None, display: Tensor | None = None):
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"probe images must be a non-empty (N, C, H, W) tensor, got {shape}")
+        if not images.dtype.is_floating_point:
+            raise ValueError(f"probe images must be floating point, got {images.dtype}")
+        n, _, height, width = images.shape
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"probe labels must be {n} integer class indices, got shape "
+                    f"{tuple(labels.shape)} {labels.dtype}"
+                )
+            labels = labels.long()
+        if display is None:
+            grey = images if images.shape[1] in (1, 3) else images.mean(dim=1, keepdim=True)
+            display = to_rgb(normalize(grey.detach()))
+        elif not isinstance(display, Tensor) or display.shape != (n, 3, height, width):
+            shape = tuple(display.shape) if isinstance(display, Tensor) else type(display).__name__
+            raise ValueError(
+                f"probe display images must be RGB of shape {(n, 3, height, width)} (one per "
+                f"probe, the probes' size), got {shape}"
+            )
+        elif display.min() < 0 or display.max() > 1:
+            raise ValueError("probe display images must lie in [0, 1]")
+        self.images = images.detach()
+        self.labels = labels
+        self.display = display.detach().float()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        labels = "with labels" if self.labels is not None else "no labels"
+        return f"Probes({len(self)} x {tuple(self.images.shape[1:])}, {labels})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> Probes:
+        """These probes on ``device`` (self when already there)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        labels = None if self.labels is None else self.labels.to(device)
+        return Probes(self.images.to(device), labels, self.display.to(device))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {"images": self.images.cpu(), "display": self.display.cpu()}
+        if self.labels is not None:
+            state["labels"] = self.labels.cpu()
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> Probes:
+        return cls(state["images"], state.get("labels"), state["display"])
+
+    @classmethod
+    def from_dataloader(cls, loader: Iterable, n: int = 8, max_batches: int = 64) -> Probes:
+        """Pick ``n`` probes from a DataLoader, deterministically, without touching training's RNG.
+
+        With labels, one image per class comes first (classes in increasing order), then the
+        rest in dataset order. A map-style DataLoader is read through a fresh, unshuffled loader
+        over its dataset (its own sampler and generator are not touched); any other iterable is
+        read as it is. Either way under a fixed seed, with the global torch, numpy and Python
+        generators restored afterwards (a DataLoader iterator draws a seed from the global
+        generator), reading at most ``max_batches`` batches.
+
+        Raises:
+            ValueError: ``n`` < 1, an empty loader, or batches without recognizable images.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"`n` must be a positive integer, got {n!r}")
+        images, labels = [], []
+        with preserved_rng(seed=0):
+            for index, batch in enumerate(_in_dataset_order(loader)):
+                batch_images, batch_labels = _split_batch(batch)
+                images.append(batch_images.detach().cpu())
+                if batch_labels is not None:
+                    labels.append(batch_labels.detach().cpu())
+                seen = torch.cat(labels).unique().numel() if labels else 0
+                count = sum(len(b) for b in images)
+                if index + 1 >= max_batches or (count >= n and (not labels or seen >= n)):
+                    break
+        if not images:
+            raise ValueError("the dataloader yielded no batch to pick probes from")
+        all_images = torch.cat(images)
+        all_labels = torch.cat(labels) if len(labels) == len(images) else None
+        order = (
+            _class_first_order(all_labels)
+            if all_labels is not None
+            else torch.arange(len(all_images))
+        )
+        chosen = order[:n]
+        return cls(all_images[chosen], None if all_labels is None else all_labels[chosen])
+
+    @classmethod
+    def from_files(
+        cls,
+        paths: Sequence[str | Path],
+        transform: Callable[[Any], Tensor],
+        labels: Sequence[int] | None = None,
+    ) -> Probes:
+        """Load image files with PIL (as RGB) and ``transform`` each to a (C, H, W) tensor."""
+        from PIL import Image
+
+        if not paths:
+            raise ValueError("`paths` is empty: give at least one image file")
+        tensors = []
+        for path in paths:
+            with Image.open(path) as image:
+                tensors.append(transform(image.convert("RGB")))
+        return cls(torch.stack(tensors), None if labels is None else torch.as_tensor(labels))
+
+
+def _in_dataset_order(loader: Iterable) -> Iterable:
+    """An unshuffled single-process view of a map-style DataLoader; other iterables unchanged."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size or 64,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+    )
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """(images, labels or None) from a tensor, an (images, labels, ...) sequence or a dict."""
+    images = labels = None
+    if isinstance(batch, Tensor):
+        images = batch
+    elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+        images = batch[0]
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+    elif isinstance(batch, dict):
+        images = next((batch[k] for k in _IMAGE_KEYS if isinstance(batch.get(k), Tensor)), None)
+        labels = next((batch[k] for k in _LABEL_KEYS if isinstance(batch.get(k), Tensor)), None)
+    if images is None or images.dim() != 4:
+        raise ValueError(
+            f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}; "
+            "pass probes=Probes(images, labels) instead"
+        )
+    if labels is not None and (labels.shape != images.shape[:1] or labels.dtype.is_floating_point):
+        labels = None
+    return images, labels
+
+
+def _class_first_order(labels: Tensor) -> Tensor:
+    """Indices: the first image of each class (classes ascending), then the rest in order."""
+    firsts = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()]
+    rest = [i for i in range(len(labels)) if i not in set(firsts)]
+    return torch.tensor(firsts + rest, dtype=torch.long)
+
+
+@contextmanager
+def preserved_rng(seed: int) -> Iterator[None]:
+    """Run the block under ``seed``; torch (CPU, CUDA), numpy and Python RNGs get their state back.
+
+    The legacy numpy global state is what user transforms draw from, so that is what is saved.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002

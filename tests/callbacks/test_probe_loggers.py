@@ -1,0 +1,234 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+from captum.attr import GuidedBackprop
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_viz import DeconvLogger, GradCAMLogger, Probes
+from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
+from lightning_viz.callbacks.probe_base import eval_mode
+from lightning_viz.functional import grad_cam, guided_backprop, upsample
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    ShapesCNN,
+    fit,
+    hook_count,
+    read_events,
+    relative_error,
+    shapes_task,
+    train_flags,
+)
+
+CONVS = ["model.features.0", "model.features.4", "model.features.8"]
+EPOCH_ENDS = [23, 46, 69]
+
+
+def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
+    gradcam, deconv = GradCAMLogger(strict=True), DeconvLogger(strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [gradcam, deconv], tmp_path, epochs=3)
+    assert gradcam.probes is deconv.probes  # one probe set shared
+    assert len(gradcam.probes) == 8
+    assert gradcam.probes.labels.tolist() == list(range(8))  # one per class first
+    events = read_events(tmp_path)
+    cam = events.Images("gradcam/model.features")
+    assert [i.step for i in cam] == [0, *EPOCH_ENDS]
+    assert (cam[0].width, cam[0].height) == (2 * 34 + 2, 8 * 34 + 2)
+    assert [e.step for e in events.Tensors("gradcam/model.features/targets/text_summary")] == [
+        0,
+        *EPOCH_ENDS,
+    ]
+    for layer in CONVS:
+        deconv_images = events.Images(f"deconv/{layer}")
+        assert [i.step for i in deconv_images] == EPOCH_ENDS
+        assert (deconv_images[0].width, deconv_images[0].height) == (5 * 34 + 2, 8 * 34 + 2)
+        evolution = events.Images(f"evolution/{layer}")
+        assert [i.step for i in evolution] == EPOCH_ENDS
+        assert [i.width for i in evolution] == [1 * 34 + 2, 2 * 34 + 2, 3 * 34 + 2]
+        rows = len(deconv.features[layer])
+        assert 1 <= rows <= 4
+        assert {i.height for i in evolution} == {rows * 34 + 2}
+    assert hook_count(module) == 0
+
+
+def test_feature_evolution_columns_are_the_followed_features(tmp_path):
+    deconv = DeconvLogger(
+        layers=["model.features.4"], features=[("model.features.4", 7)], strict=True
+    )
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [deconv], tmp_path, epochs=2)
+    assert deconv.features == {"model.features.4": [7]}
+    assert deconv.column_epochs["model.features.4"] == [0, 1]
+    last = deconv.columns["model.features.4"][-1]
+    assert last.dtype == torch.uint8
+    assert last.shape == (1, 3, 32, 32)
+    probes = deconv.probes
+    from lightning_viz.functional import normalize_signed, project_to_input, to_rgb, to_uint8
+
+    with eval_mode(module), torch.no_grad():
+        activation = module.model.features[:5](probes.images)
+    best = activation[:, 7].sum(dim=(1, 2)).argmax()
+    projection = project_to_input(
+        module.eval(), probes.images[best : best + 1], "model.features.4", torch.tensor([[7]])
+    )
+    expected = to_uint8(to_rgb(normalize_signed(projection[:, 0])))
+    assert torch.equal(last, expected)
+
+
+def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    deconv = DeconvLogger(layers=["model.features.0"], strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [deconv, checkpoint], tmp_path / "a", epochs=2, enable_checkpointing=True)
+    path = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(path, weights_only=True)  # the checkpoint loads without pickle
+    assert any("DeconvLogger" in key for key in state["callbacks"])
+
+    resumed = DeconvLogger(layers=["model.features.0"], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [resumed], tmp_path / "b", epochs=3, ckpt_path=str(path))
+    assert resumed.column_epochs["model.features.0"] == [0, 1, 2]
+    assert torch.equal(resumed.probes.images.cpu(), deconv.probes.images.cpu())
+    assert torch.equal(
+        resumed.columns["model.features.0"][0], deconv.columns["model.features.0"][0]
+    )
+    evolution = read_events(tmp_path / "b").Images("evolution/model.features.0")
+    assert [i.width for i in evolution] == [3 * 34 + 2]
+
+
+def test_evolution_columns_are_capped_and_thinned(tmp_path):
+    deconv = DeconvLogger(layers=["model.features.0"], max_columns=3, strict=True)
+    fit(DigitsClassifier(), [deconv], tmp_path, epochs=5, limit_train_batches=2)
+    assert deconv.column_epochs["model.features.0"] == [0, 3, 4]
+    assert len(deconv.columns["model.features.0"]) == 3
+
+
+def test_grad_cam_localizes_the_shape(tmp_path):
+    """The pointing game: the map's peak falls inside the shape that decides the class."""
+    images, labels, _ = shapes_task(1200)
+    probe_images, probe_labels, boxes = shapes_task(50, seed=1)
+    torch.manual_seed(0)
+    module = Classifier(ShapesCNN(), lr=0.05)
+    gradcam = GradCAMLogger(probes=Probes(probe_images, probe_labels), strict=True)
+    trainer = pl.Trainer(
+        max_epochs=5,
+        callbacks=[gradcam],
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="", version=""),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
+    assert gradcam._layers == ["model.features"]
+    maps = grad_cam(module.eval(), probe_images, "model.features", probe_labels)
+    peak = upsample(maps["model.features"], (32, 32)).flatten(1).argmax(dim=1)
+    row, col = peak // 32, peak % 32
+    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
+    assert inside.float().mean() >= 0.8
+    assert len(read_events(tmp_path).Images("gradcam/model.features")) == 6
+
+
+def test_default_gradcam_layer_is_the_last_feature_map():
+    resnet = Classifier(torchvision.models.resnet18(num_classes=10)).eval()
+    assert default_gradcam_layer(resnet, torch.randn(1, 3, 64, 64)) == "model.layer4"
+    vgg = Classifier(torchvision.models.vgg11(num_classes=10)).eval()
+    assert default_gradcam_layer(vgg, torch.randn(1, 3, 64, 64)) == "model.features"
+    assert hook_count(resnet) == hook_count(vgg) == 0
+
+
+def test_guided_backprop_matches_captum(vgg11, images):
+    targets = torch.tensor([2, 5, 7])
+    expected = GuidedBackprop(vgg11).attribute(images, target=targets)
+    assert relative_error(guided_backprop(vgg11, images, targets), expected) < 1e-5
+
+
+def test_guided_gradcam_image_and_targets(tmp_path):
+    gradcam = GradCAMLogger(target="pred", guided=True, strict=True)
+    fit(DigitsClassifier(), [gradcam], tmp_path, epochs=1, limit_train_batches=2)
+    events = read_events(tmp_path)
+    assert len(events.Images("gradcam/model.features/guided")) == 2
+    text = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
+    table = text.tensor_proto.string_val[0].decode().splitlines()
+    assert table[0] == "| probe | explains class | predicted | probability |"
+    explained, predicted = zip(
+        *[(row.split("|")[2], row.split("|")[3]) for row in table[2:]], strict=True
+    )
+    assert explained == predicted  # target="pred" explains the predicted class
+
+
+def test_probe_pass_restores_each_flag_and_leaves_no_grad(tmp_path):
+    class Watch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.flags = train_flags(pl_module)
+            self.grads = [p.grad for p in pl_module.parameters()]
+
+    module = DigitsClassifier()
+    module.model.features[1].eval()  # a frozen BatchNorm stays in eval mode
+    watch = Watch()
+    fit(
+        module,
+        [watch, GradCAMLogger(strict=True), DeconvLogger(strict=True)],
+        tmp_path,
+        epochs=1,
+        limit_train_batches=2,
+    )
+    assert watch.flags["model.features.1"] is False
+    assert watch.flags["model.features.5"] is True
+
+
+@pytest.mark.parametrize(
+    ("probes", "message"),
+    [
+        (
+            Probes(torch.randn(2, 3, 32, 32)),
+            r"probes have 3 channels but .*'model.features.0' expects 1",
+        ),
+        (Probes(torch.randn(2, 1, 3, 3)), r"cannot run on the probes of shape \(2, 1, 3, 3\)"),
+        (
+            Probes(torch.randn(2, 1, 32, 32), torch.tensor([0, 10])),
+            r"labels must lie in \[0, 10\).*0 to 10",
+        ),
+    ],
+)
+@pytest.mark.parametrize("callback", [GradCAMLogger, DeconvLogger])
+def test_bad_probes_fail_at_fit_start(tmp_path, callback, probes, message):
+    with pytest.raises(ValueError, match=message):
+        fit(DigitsClassifier(), [callback(probes=probes)], tmp_path, epochs=1)
+
+
+def test_target_label_needs_labels(tmp_path):
+    with pytest.raises(ValueError, match="target='label' needs probes with labels"):
+        fit(
+            DigitsClassifier(),
+            [GradCAMLogger(target="label", probes=Probes(torch.randn(2, 1, 32, 32)))],
+            tmp_path,
+        )
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: GradCAMLogger(target="best"), "`target` must be 'label', 'pred'"),
+        (lambda: GradCAMLogger(cmap="nope"), "unknown matplotlib colormap 'nope'"),
+        (lambda: GradCAMLogger(alpha=2), r"`alpha` must be a number in \[0, 1\]"),
+        (lambda: GradCAMLogger(probes=torch.zeros(1)), "`probes` must be a lightning_viz.Probes"),
+        (lambda: DeconvLogger(rule="gradient"), "`rule` must be 'deconvnet' or 'guided'"),
+        (lambda: DeconvLogger(top_k=0), "`top_k` must be a positive integer"),
+        (
+            lambda: DeconvLogger(features=[("x", -1)]),
+            r"`features` must be \(layer, channel\) pairs",
+        ),
+    ],
+)
+def test_bad_arguments_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_unknown_layers_fail_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown layer 'model.features.30'.*closest"):
+        fit(DigitsClassifier(), [DeconvLogger(features=[("model.features.30", 1)])], tmp_path)
+    with pytest.raises(ValueError, match=r"unknown layer 'model.feature'"):
+        fit(DigitsClassifier(), [GradCAMLogger(layers=["model.feature"])], tmp_path)

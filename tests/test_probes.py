@@ -1,0 +1,104 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_viz import Probes
+
+
+def labelled_loader(shuffle: bool) -> DataLoader:
+    images = torch.arange(40, dtype=torch.float32).view(40, 1, 1, 1).expand(40, 1, 4, 4).clone()
+    labels = torch.tensor([3, 3, 1, 1, 0, 2, 0, 4] * 5)
+    return DataLoader(TensorDataset(images, labels), batch_size=8, shuffle=shuffle)
+
+
+def test_from_dataloader_puts_one_image_per_class_first():
+    probes = Probes.from_dataloader(labelled_loader(shuffle=False), n=7)
+    assert probes.labels.tolist() == [0, 1, 2, 3, 4, 3, 1]
+    assert probes.images[:, 0, 0, 0].tolist() == [4, 2, 5, 0, 7, 1, 3]
+
+
+def test_from_dataloader_is_deterministic_and_leaves_every_rng_alone():
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    states = (torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    first = Probes.from_dataloader(labelled_loader(shuffle=True), n=6)
+    second = Probes.from_dataloader(labelled_loader(shuffle=True), n=6)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(torch.random.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+
+
+def test_from_dataloader_leaves_the_loaders_own_generator_alone():
+    generator = torch.Generator().manual_seed(3)
+    loader = labelled_loader(shuffle=False)
+    loader = DataLoader(loader.dataset, batch_size=8, shuffle=True, generator=generator)
+    before = generator.get_state()
+    probes = Probes.from_dataloader(loader, n=5)
+    assert torch.equal(generator.get_state(), before)
+    assert probes.labels.tolist() == [0, 1, 2, 3, 4]  # dataset order, whatever the shuffle
+
+
+def test_default_display_is_normalized_rgb():
+    images = torch.randn(3, 1, 5, 5) * 10
+    probes = Probes(images)
+    assert probes.display.shape == (3, 3, 5, 5)
+    for display in probes.display:
+        assert display.min() == 0
+        assert display.max() == pytest.approx(1.0)
+    assert Probes(torch.randn(2, 4, 5, 5)).display.shape == (2, 3, 5, 5)
+
+
+def test_state_round_trip_loads_with_weights_only(tmp_path):
+    probes = Probes(torch.randn(2, 3, 4, 4), torch.tensor([1, 0]))
+    torch.save(probes.state_dict(), tmp_path / "probes.pt")
+    restored = Probes.from_state_dict(torch.load(tmp_path / "probes.pt", weights_only=True))
+    assert torch.equal(restored.images, probes.images)
+    assert torch.equal(restored.labels, probes.labels)
+    assert torch.equal(restored.display, probes.display)
+
+
+def test_from_files(tmp_path):
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (6, 4), colour).save(path)
+        paths.append(path)
+
+    def transform(image):
+        return torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1) / 255
+
+    probes = Probes.from_files(paths, transform, labels=[0, 1])
+    assert probes.images.shape == (2, 3, 4, 6)
+    assert probes.images[0, 0].mean() == 1
+    assert probes.images[1, 2].mean() == 1
+    assert probes.labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": torch.randn(3, 4, 4)}, r"\(N, C, H, W\) tensor, got \(3, 4, 4\)"),
+        ({"images": torch.zeros(2, 1, 4, 4, dtype=torch.long)}, "floating point"),
+        ({"labels": torch.tensor([1, 2, 3])}, r"2 integer class indices, got shape \(3,\)"),
+        ({"labels": torch.tensor([0.5, 1.0])}, "integer class indices"),
+        ({"display": torch.rand(2, 3, 5, 5)}, r"RGB of shape \(2, 3, 4, 4\).*got \(2, 3, 5, 5\)"),
+        ({"display": torch.rand(2, 3, 4, 4) * 2}, r"lie in \[0, 1\]"),
+    ],
+)
+def test_bad_probes(kwargs, message):
+    arguments = {"images": torch.randn(2, 1, 4, 4), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Probes(**arguments)
+
+
+def test_batches_without_images_are_rejected():
+    with pytest.raises(ValueError, match="cannot find"):
+        Probes.from_dataloader([["not", "images"]], n=2)
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+        Probes.from_dataloader(labelled_loader(False), n=0)
