@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import VizCallback, as_host, check_fraction, check_positive_int
+from lightning_viz.callbacks.base import VizCallback, as_host, check_fraction, check_int
 from lightning_viz.callbacks.layers import check_layer_names, select_layers
 from lightning_viz.functional import activation_stats
 from lightning_viz.functional.activations import HISTOGRAM_BINS
@@ -110,17 +110,9 @@ class ActivationMonitor(VizCallback):
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict)
         self.layer_names = check_layer_names(layers)
-        self.every_n_steps = check_positive_int("every_n_steps", every_n_steps, allow_none=True)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, allow_none=True)
         self.dead_threshold = check_fraction("dead_threshold", dead_threshold)
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, int)
-            or warmup_epochs < 0
-        ):
-            raise ValueError(
-                f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}"
-            )
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
         self.histograms = bool(histograms)
         self._layers: dict[str, nn.Module] = {}
         self._interval = 1

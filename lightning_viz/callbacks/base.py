@@ -159,11 +159,13 @@ def as_host(values: Tensor) -> list[float]:
     return values.detach().float().cpu().tolist()
 
 
-def check_positive_int(name: str, value: Any, allow_none: bool = False) -> Any:
+def check_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> Any:
+    """Validate an integer argument (``minimum`` 1: positive, 0: non-negative)."""
     if value is None and allow_none:
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+        raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}")
     return value
 
 

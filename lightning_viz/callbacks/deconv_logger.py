@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import check_positive_int
+from lightning_viz.callbacks.base import check_int
 from lightning_viz.callbacks.layers import check_layer_names, select_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
@@ -105,13 +105,13 @@ class DeconvLogger(ProbeCallback):
     ) -> None:
         super().__init__(probes, num_probes, every_n_epochs, on_alert, strict)
         self.layer_names = check_layer_names(layers)
-        self.top_k = check_positive_int("top_k", top_k)
+        self.top_k = check_int("top_k", top_k)
         if rule not in ("deconvnet", "guided"):
             raise ValueError(f"`rule` must be 'deconvnet' or 'guided', got {rule!r}")
         self.rule = rule
         self.evolution = bool(evolution)
-        self.num_features = check_positive_int("num_features", num_features)
-        self.max_columns = check_positive_int("max_columns", max_columns)
+        self.num_features = check_int("num_features", num_features)
+        self.max_columns = check_int("max_columns", max_columns)
         self.given_features: dict[str, list[int]] = {}
         for pair in features or ():
             if (

@@ -16,8 +16,8 @@ from lightning_viz.callbacks.base import (
     VizCallback,
     as_host,
     check_fraction,
+    check_int,
     check_non_negative,
-    check_positive_int,
 )
 from lightning_viz.callbacks.layers import check_layer_names, select_layers
 from lightning_viz.functional import filter_noise, filter_tiles, grid
@@ -119,17 +119,9 @@ class FilterMonitor(VizCallback):
         if isinstance(image_layers, str) and image_layers not in ("first", "all"):
             image_layers = [image_layers]
         self.image_layers = image_layers if isinstance(image_layers, str) else list(image_layers)
-        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.noise_threshold = check_non_negative("noise_threshold", noise_threshold)
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, int)
-            or warmup_epochs < 0
-        ):
-            raise ValueError(
-                f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}"
-            )
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
         self.min_drift = check_non_negative("min_drift", min_drift)
         self.max_drift = check_non_negative("max_drift", max_drift)
         if self.max_drift <= self.min_drift:

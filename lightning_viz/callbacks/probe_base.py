@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import VizCallback, check_positive_int
+from lightning_viz.callbacks.base import VizCallback, check_int
 from lightning_viz.probes import Probes
 
 
@@ -69,8 +69,8 @@ class ProbeCallback(VizCallback):
                 f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"
             )
         self.user_probes = probes
-        self.num_probes = check_positive_int("num_probes", num_probes)
-        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.num_probes = check_int("num_probes", num_probes)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.probes: Probes | None = None
 
     # ----------------------------------------------------------------------------- hooks
