@@ -165,29 +165,38 @@ def fit(
     **trainer_args,
 ):
     """A real, seeded, deterministic CPU Trainer run on the digits; returns the trainer."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
     pl.seed_everything(0, verbose=False)
     train, val = digits_loaders()
-    trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
-    trainer_args.setdefault("enable_checkpointing", False)
     ckpt_path = trainer_args.pop("ckpt_path", None)
     if not trainer_args.pop("validate", True):
         val = None
-    trainer = pl.Trainer(
+    trainer = make_trainer(
+        log_dir,
+        callbacks,
         max_epochs=epochs,
-        callbacks=callbacks,
-        accelerator="cpu",
-        devices=1,
         deterministic=True,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_train_batches=limit_train_batches,
         log_every_n_steps=5,
         **trainer_args,
     )
     trainer.fit(module, train, val, ckpt_path=ckpt_path)
     return trainer
+
+
+def make_trainer(log_dir, callbacks, **trainer_args) -> pl.Trainer:
+    """A quiet single-CPU Trainer that logs to TensorBoard in ``log_dir``."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
+    trainer_args.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_args,
+    )
 
 
 def read_events(log_dir):

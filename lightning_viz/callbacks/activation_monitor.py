@@ -225,7 +225,7 @@ class ActivationMonitor(VizCallback):
                 torch.cat([self._batch[k]["histogram_edges"], self._batch[k]["histogram_counts"]])
                 for k in keys
             ]
-        host = torch.tensor(as_host(torch.cat(parts)))
+        host = torch.cat(parts).detach().float().cpu()  # the one transfer of this step
         for key in keys:
             active = self._batch[key]["channel_active"]
             self._active[key] = active | self._active[key] if key in self._active else active

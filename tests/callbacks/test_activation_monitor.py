@@ -13,6 +13,7 @@ from tests.helpers import (
     DigitsClassifier,
     fit,
     hook_count,
+    make_trainer,
     random_loader,
     read_events,
 )
@@ -127,15 +128,7 @@ def test_resnet18_names_each_call_of_a_reused_relu_apart(tmp_path):
     torch.manual_seed(0)
     module = Classifier(torchvision.models.resnet18(num_classes=10))
     monitor = ActivationMonitor(every_n_steps=1, histograms=False, strict=True)
-    trainer = pl.Trainer(
-        max_steps=1,
-        callbacks=[monitor],
-        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="", version=""),
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, random_loader())
+    make_trainer(tmp_path, [monitor], max_steps=1).fit(module, random_loader())
     scalars = set(read_events(tmp_path).Tags()["scalars"])
     relus = {t.split("/")[1] for t in scalars if t.startswith("activations/")}
     blocks = [f"model.layer{i}.{j}" for i in range(1, 5) for j in range(2)]

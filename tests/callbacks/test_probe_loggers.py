@@ -16,6 +16,7 @@ from tests.helpers import (
     ShapesCNN,
     fit,
     hook_count,
+    make_trainer,
     read_events,
     relative_error,
     shapes_task,
@@ -112,14 +113,7 @@ def test_grad_cam_localizes_the_shape(tmp_path):
     torch.manual_seed(0)
     module = Classifier(ShapesCNN(), lr=0.05)
     gradcam = GradCAMLogger(probes=Probes(probe_images, probe_labels), strict=True)
-    trainer = pl.Trainer(
-        max_epochs=5,
-        callbacks=[gradcam],
-        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="", version=""),
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(tmp_path, [gradcam], max_epochs=5)
     trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
     assert gradcam._layers == ["model.features"]
     maps = grad_cam(module.eval(), probe_images, "model.features", probe_labels)
