@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS
 from lightning_viz.alerts import Alert, AlertBook, OnAlert, check_on_alert, deliver
 
 
-class VizCallback(pl.Callback):
+class VizCallback(*CALLBACK_BASES):
     """Base of the lightning-viz callbacks: they decide when to compute and where to log.
 
     Scalars go to every attached logger's ``log_metrics``; images, histograms and text go to the
@@ -47,7 +47,7 @@ class VizCallback(pl.Callback):
     def writer(self, trainer: pl.Trainer) -> Any | None:
         """The SummaryWriter of the first TensorBoardLogger (global rank 0 only), else None."""
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if isinstance(logger, TENSORBOARD_LOGGERS):
                 return logger.experiment if trainer.is_global_zero else None
         if not self._warned_no_tensorboard:
             self._warned_no_tensorboard = True
