@@ -189,6 +189,11 @@ class DeconvLogger(ProbeCallback):
         projections = project_layers(pl_module, probes.images, layers, rule=self.rule)
         writer = self.writer(trainer)
         for layer, (channels, images) in projections.items():
+            if not images.isfinite().all():
+                raise ValueError(
+                    f"the reconstructions of {layer!r} have NaN or Inf: the probes or the "
+                    "model's weights are not finite"
+                )
             k = min(self.top_k, channels.shape[1])
             recon = to_rgb(normalize_signed(images[:, :k].flatten(0, 1))).unflatten(
                 0, (len(probes), k)

@@ -167,6 +167,11 @@ class GradCAMLogger(ProbeCallback):
         confidence, predicted = probabilities.max(dim=1)
         guided = guided_backprop(pl_module, probes.images, targets) if self.guided else None
         for layer, cam in maps.items():
+            if not cam.isfinite().all():
+                raise ValueError(
+                    f"the Grad-CAM map of {layer!r} has NaN or Inf: the probes, the model's "
+                    "outputs or its weights are not finite"
+                )
             heat = normalize(upsample(cam, size))
             overlays = overlay(probes.display, colorize(heat, self.cmap), self.alpha)
             rows = torch.stack([probes.display, overlays], dim=1).flatten(0, 1)

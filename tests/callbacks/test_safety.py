@@ -1,0 +1,140 @@
+"""Safe to leave on: failures become alerts, no hook outlives a fit, memory stays flat."""
+
+import contextlib
+import gc
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, Probes
+from tests.helpers import DigitsClassifier, digits_tensors, fit, hook_count
+
+
+def all_callbacks(strict: bool = False):
+    return [
+        FilterMonitor(strict=strict),
+        ActivationMonitor(every_n_steps=1, strict=strict),
+        GradCAMLogger(strict=strict),
+        DeconvLogger(strict=strict),
+    ]
+
+
+def test_out_of_memory_in_a_visualization_becomes_an_alert(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr("lightning_viz.callbacks.gradcam_logger.grad_cam_and_logits", out_of_memory)
+    gradcam = GradCAMLogger()
+    with pytest.warns(
+        UserWarning,
+        match=r"GradCAMLogger failed and was skipped \(OutOfMemoryError: CUDA out of memory. "
+        r"Tried to allocate 2.00 GiB\)",
+    ):
+        trainer = fit(DigitsClassifier(), [gradcam], tmp_path, epochs=2, limit_train_batches=2)
+    assert trainer.current_epoch == 2  # training went on
+    assert [(a.kind, a.layer) for a in gradcam.alerts.raised] == [("failed", "GradCAMLogger")]
+    assert "\n" not in gradcam.alerts.raised[0].message
+
+
+def test_strict_re_raises(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("lightning_viz.callbacks.deconv_logger.project_layers", out_of_memory)
+    module = DigitsClassifier()
+    with pytest.raises(torch.OutOfMemoryError):
+        fit(module, [DeconvLogger(strict=True)], tmp_path, epochs=1, limit_train_batches=2)
+    assert hook_count(module) == 0
+
+
+def test_nan_maps_become_alerts_and_training_goes_on(tmp_path):
+    images, labels = digits_tensors()
+    probes = images[:4].clone()
+    probes[:, :, :2, :2] = float("nan")
+    callbacks = [
+        GradCAMLogger(probes=Probes(probes, labels[:4])),
+        DeconvLogger(probes=Probes(probes)),
+    ]
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=2, limit_train_batches=2)
+    assert trainer.current_epoch == 2
+    assert [a.kind for a in callbacks[0].alerts.raised] == ["failed"]  # once, not every epoch
+    assert "map of 'model.features' has NaN" in callbacks[0].alerts.raised[0].message
+    assert [a.kind for a in callbacks[1].alerts.raised] == ["failed"]
+
+
+class Switch(nn.Module):
+    """Passes its input through; once ``broken``, an eval-mode call returns a tuple instead."""
+
+    broken = False
+
+    def forward(self, x):
+        return (x, x) if self.broken and not self.training else x
+
+
+def test_a_layer_that_changes_shape_at_run_time_becomes_an_alert(tmp_path):
+    class Changing(DigitsClassifier):
+        def __init__(self):
+            super().__init__()
+            self.model.features.append(Switch())
+
+        def on_train_epoch_start(self):
+            self.model.features[-1].broken = True
+
+    deconv = DeconvLogger(layers=["model.features.11"])
+    with pytest.warns(
+        UserWarning,
+        match=r"DeconvLogger failed.*ValueError: layer 'model.features.11' \(Switch\) "
+        r"returned tuple",
+    ):
+        trainer = fit(
+            Changing(), [deconv], tmp_path, epochs=2, limit_train_batches=2, validate=False
+        )
+    assert trainer.current_epoch == 2
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_no_hook_remains_after_fit_ends_by_an_exception(tmp_path, error):
+    class Crashing(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                raise error
+            return super().training_step(batch, batch_idx)
+
+    module = Crashing()
+    with contextlib.suppress(RuntimeError, KeyboardInterrupt, SystemExit):
+        fit(module, all_callbacks(strict=True), tmp_path, epochs=1)
+    assert hook_count(module) == 0
+
+
+def test_no_hook_remains_after_a_normal_fit(tmp_path):
+    module = DigitsClassifier()
+    fit(module, all_callbacks(strict=True), tmp_path, epochs=1, limit_train_batches=3)
+    assert hook_count(module) == 0
+
+
+def test_memory_stays_flat_over_30_epochs(tmp_path):
+    class CountTensors(pl.Callback):
+        def __init__(self):
+            self.counts = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            gc.collect()
+            self.counts.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
+
+    counter = CountTensors()
+    callbacks = [*all_callbacks(strict=True), counter]
+    callbacks[3].max_columns = 8
+    fit(
+        DigitsClassifier(),
+        callbacks,
+        tmp_path,
+        epochs=30,
+        limit_train_batches=1,
+        limit_val_batches=1,
+    )
+    # the evolution grid fills up to max_columns thumbnails (epoch 8), then nothing grows
+    assert abs(counter.counts[29] - counter.counts[15]) <= 2
+    assert counter.counts[15] - counter.counts[0] < 100
