@@ -1,0 +1,67 @@
+"""Every callback, with default arguments, on real torchvision architectures (random weights)."""
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from tests.helpers import Classifier, make_trainer, random_loader, read_events
+
+ZOO = {
+    "vgg16": (lambda: torchvision.models.vgg16(num_classes=10), set()),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), set()),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=10), set()),
+    "mobilenet_v3_small": (
+        lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+        {"Hardswish", "Hardsigmoid"},
+    ),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), {"SiLU"}),
+    "sequential": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 10),
+        ),
+        set(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_default_callbacks_work(tmp_path, name):
+    factory, ruleless = ZOO[name]
+    torch.manual_seed(0)
+    module = Classifier(factory())
+    callbacks = [
+        FilterMonitor(strict=True),
+        ActivationMonitor(every_n_steps=1, strict=True),
+        GradCAMLogger(strict=True),
+        DeconvLogger(strict=True),
+    ]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, random_loader(n=8, size=64, batch_size=8))
+    messages = [str(w.message) for w in caught]
+    for activation in ruleless:
+        assert any(activation in m and "no deconvnet rule" in m for m in messages), messages
+    if not ruleless:
+        assert not any("no deconvnet rule" in m for m in messages)
+    tags = read_events(tmp_path).Tags()
+    gradcam_layer = callbacks[2]._layers[0]
+    assert f"gradcam/{gradcam_layer}" in tags["images"]
+    assert 1 <= len(callbacks[3]._layers) <= 5
+    for layer in callbacks[3]._layers:
+        assert f"deconv/{layer}" in tags["images"]
+        assert f"evolution/{layer}" in tags["images"]
+    assert any(t.startswith("filters/") and t.endswith("/noise") for t in tags["scalars"])
+    assert any(t.endswith("/zero_fraction") for t in tags["scalars"])
+    assert all(not c.alerts.raised or c.alerts.raised[0].kind != "failed" for c in callbacks)
