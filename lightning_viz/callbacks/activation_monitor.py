@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ ACTIVATION_TYPES = (
     nn.Mish,
     nn.Hardswish,
 )
-_SCALARS = ("zero_fraction", "localization", "nonfinite_fraction")
+_SUMS = ("zero", "localization", "nonfinite", "elements", "active_maps")
 
 
 def _is_activation(name: str, module: nn.Module) -> bool:
@@ -201,7 +200,7 @@ class ActivationMonitor(VizCallback):
                             f"layer {key!r} returned {shape}, not a 4-D feature map"
                         )
                     return
-                self._batch[key] = activation_stats(output)
+                self._batch[key] = {**activation_stats(output), "elements": output.numel()}
             except Exception as error:  # a hook must never break the training step
                 self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -216,10 +215,10 @@ class ActivationMonitor(VizCallback):
         if not self._batch:
             return
         keys = list(self._batch)
-        scalars = torch.stack([torch.stack([self._batch[k][s] for s in _SCALARS]) for k in keys])
+        sums = torch.stack([self._weighted_sums(self._batch[k]) for k in keys])
         if trainer.world_size > 1:
-            scalars = trainer.strategy.reduce(scalars, reduce_op="mean")
-        parts = [scalars.flatten()]
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        parts = [sums.flatten()]
         if self.histograms:
             parts += [
                 torch.cat([self._batch[k]["histogram_edges"], self._batch[k]["histogram_counts"]])
@@ -229,14 +228,15 @@ class ActivationMonitor(VizCallback):
         for key in keys:
             active = self._batch[key]["channel_active"]
             self._active[key] = active | self._active[key] if key in self._active else active
-        values = host[: scalars.numel()].view(len(keys), len(_SCALARS))
+        values = host[: sums.numel()].view(len(keys), len(_SUMS))
         metrics = {}
-        for key, (zero_fraction, localization, nonfinite) in zip(
+        for key, (zero, localization, nonfinite, elements, active) in zip(
             keys, values.tolist(), strict=True
         ):
-            metrics[f"activations/{key}/zero_fraction"] = zero_fraction
-            if math.isfinite(localization):
-                metrics[f"activations/{key}/localization"] = localization
+            nonfinite = nonfinite / elements
+            metrics[f"activations/{key}/zero_fraction"] = zero / elements
+            if active > 0:
+                metrics[f"activations/{key}/localization"] = localization / active
             self.raise_alert(
                 trainer,
                 "nonfinite_activations",
@@ -250,7 +250,7 @@ class ActivationMonitor(VizCallback):
             )
         self.log_scalars(trainer, metrics)
         if self.histograms:
-            offset, width = scalars.numel(), 2 * HISTOGRAM_BINS + 1
+            offset, width = sums.numel(), 2 * HISTOGRAM_BINS + 1
             for i, key in enumerate(keys):
                 chunk = host[offset + i * width : offset + (i + 1) * width]
                 self.log_histogram(
@@ -259,6 +259,22 @@ class ActivationMonitor(VizCallback):
                     chunk[: HISTOGRAM_BINS + 1],
                     chunk[HISTOGRAM_BINS + 1 :],
                 )
+
+    @staticmethod
+    def _weighted_sums(stats: dict[str, Any]) -> Tensor:
+        """Numerators and denominators of the batch's statistics, so that summing them over
+        ranks and dividing gives exactly the statistics of the ranks' batches put together."""
+        elements = stats["zero_fraction"].new_full((), float(stats["elements"]))
+        active = stats["active_maps"].float()
+        return torch.stack(
+            [
+                stats["zero_fraction"] * elements,
+                stats["localization"].nan_to_num(0.0) * active,
+                stats["nonfinite_fraction"] * elements,
+                elements,
+                active,
+            ]
+        )
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)

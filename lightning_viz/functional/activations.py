@@ -24,6 +24,8 @@ def activation_stats(activations: Tensor, bins: int = HISTOGRAM_BINS) -> dict[st
         ``localization``: mean over images and active channels of ``1 - H(p) / log(H*W)``, with p
         the positive part normalized over space: 0 when spread evenly, 1 on a single pixel (NaN
         when no channel is active or maps are 1x1);
+        ``active_maps``: how many (image, channel) maps have a positive value (the weight of
+        ``localization`` when averaging over batches or ranks);
         ``mean``, ``std``: over all elements;
         ``nonfinite_fraction``: fraction of NaN or Inf elements;
         ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,): the finite values'
@@ -45,6 +47,7 @@ def activation_stats(activations: Tensor, bins: int = HISTOGRAM_BINS) -> dict[st
         "zero_fraction": (a <= 0).float().mean(),
         "channel_active": (mass > 0).any(dim=0),
         "localization": _localization(positive, mass),
+        "active_maps": (mass > 0).sum(),
         "mean": a.mean(),
         "std": a.std() if a.numel() > 1 else torch.zeros((), device=a.device),
         "nonfinite_fraction": (~finite).float().mean(),

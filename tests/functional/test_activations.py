@@ -39,6 +39,7 @@ def test_localization_averages_active_maps_only():
     a[0, 1, :2, :2] = 1.0  # 4 of 16 pixels: 1 - log 4 / log 16 = 0.5
     expected = (1.0 + (1 - math.log(4) / math.log(16))) / 2
     assert activation_stats(a)["localization"].item() == pytest.approx(expected)
+    assert activation_stats(a)["active_maps"].item() == 2
 
 
 def test_localization_undefined_without_active_channels():

@@ -1,0 +1,67 @@
+"""One training run for the DDP test: ``python tests/ddp_run.py OUT DEVICES``.
+
+With DEVICES=2 Lightning's DDP launcher starts the second process by running this file again.
+The batches are the same in both modes: each of 2 ranks takes every other sample of a batch of
+16, a single process takes the whole batch.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from tests.helpers import Classifier, digits_tensors
+
+
+def main(out: Path, devices: int) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = nn.Sequential(  # no BatchNorm: per-rank batch statistics would differ
+        nn.Conv2d(1, 8, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    images, labels = digits_tensors()
+    rank = int(os.environ.get("LOCAL_RANK", 0))  # set by Lightning for the process it starts
+    data = TensorDataset(images[:64][rank::devices], labels[:64][rank::devices])
+    loader = DataLoader(data, batch_size=16 // devices, shuffle=False)
+    callbacks = [
+        FilterMonitor(strict=True),
+        ActivationMonitor(every_n_steps=1, strict=True),
+        GradCAMLogger(strict=True),
+        DeconvLogger(strict=True),
+    ]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_epochs=2,
+        callbacks=callbacks,
+        logger=pl.loggers.TensorBoardLogger(str(out), name="", version=""),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        deterministic=True,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(Classifier(model, lr=0.1), loader)
+    summary = {
+        "rank": trainer.global_rank,
+        "alerts": [a.kind for c in callbacks for a in c.alerts.raised],
+    }
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))

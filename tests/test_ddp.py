@@ -1,0 +1,46 @@
+"""DDP through Lightning (2 CPU processes, gloo): no hang, exact statistics, images written once."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import read_events
+
+SCRIPT = Path(__file__).with_name("ddp_run.py")
+
+
+def run(out: Path, devices: int) -> None:
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=SCRIPT.parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_matches_a_single_process_over_the_same_batches(tmp_path):
+    run(tmp_path / "ddp", 2)
+    run(tmp_path / "single", 1)
+    ddp, single = read_events(tmp_path / "ddp"), read_events(tmp_path / "single")
+    for key in ("zero_fraction", "localization", "dead_fraction"):
+        for layer in ("model.1", "model.4"):
+            tag = f"activations/{layer}/{key}"
+            expected = [(e.step, e.value) for e in single.Scalars(tag)]
+            actual = [(e.step, e.value) for e in ddp.Scalars(tag)]
+            assert [s for s, _ in actual] == [s for s, _ in expected]
+            for (_, a), (_, e) in zip(actual, expected, strict=True):
+                assert a == pytest.approx(e, rel=1e-4, abs=1e-6), tag
+    # images and text from global rank 0 only: one entry per logged step, one events file
+    assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 1
+    cam = "gradcam/model.4"
+    assert [i.step for i in ddp.Images(cam)] == [i.step for i in single.Images(cam)] == [0, 4, 8]
+    assert len(ddp.Images("deconv/model.0")) == 2
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["alerts"] == ranks[1]["alerts"]
