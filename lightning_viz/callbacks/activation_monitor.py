@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_viz._compat import compiled_parts
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback, as_host, check_fraction, check_int
 from lightning_viz.callbacks.layers import check_layer_names, select_layers
@@ -52,6 +53,9 @@ class ActivationMonitor(VizCallback):
     forward is one activation per call: torchvision's ResNet calls a block's ``relu`` twice, and
     the calls are logged as ``layer1.0.relu`` and ``layer1.0.relu#2``. ReLUs called as functions
     (``F.relu``) have no module to hook: name the modules whose outputs you want with ``layers=``.
+
+    A torch.compile'd model fails at fit start: compiled code skips hooks added after compilation,
+    and running the sampled steps eagerly could change what training computes.
 
     Alerts (each (layer, kind) once until it clears; see ``on_alert``):
 
@@ -129,8 +133,18 @@ class ActivationMonitor(VizCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        source = type(self).__name__
+        compiled = compiled_parts(pl_module)
+        if compiled:
+            where = "the LightningModule's forward" if compiled[0] == "" else repr(compiled[0])
+            raise ValueError(
+                f"{source} needs forward hooks in the training forward, but {where} is "
+                "torch.compile'd and compiled code skips hooks added after compilation. Use "
+                "ActivationMonitor on an uncompiled run (e.g. a short diagnostic run); the other "
+                "lightning-viz callbacks work with compiled models."
+            )
         self._layers = select_layers(
-            pl_module, self.layer_names, _is_activation, "activation module", type(self).__name__
+            pl_module, self.layer_names, _is_activation, "activation module", source
         )
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lightning_viz._compat import eager
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback, check_int
 from lightning_viz.probes import Probes
@@ -25,6 +26,13 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for submodule, training in flags.items():
             submodule.training = training
+
+
+@contextmanager
+def probe_pass(module: nn.Module) -> Iterator[None]:
+    """Eval mode with flags restored, and torch.compile'd code run eagerly so hooks fire."""
+    with eval_mode(module), eager():
+        yield
 
 
 def default_probe_loader(trainer: pl.Trainer) -> Any:
@@ -45,6 +53,9 @@ def default_probe_loader(trainer: pl.Trainer) -> Any:
 
 class ProbeCallback(VizCallback):
     """Base of the callbacks that look at the model through fixed probe images.
+
+    Probe passes run torch.compile'd code eagerly (``torch.compiler.set_stance("force_eager")``)
+    so that their hooks fire; training steps are not affected.
 
     Probes are resolved when training starts: the user's, else those another probe callback of
     the same Trainer already picked, else ``num_probes`` picked from the validation dataloader
@@ -78,7 +89,7 @@ class ProbeCallback(VizCallback):
         resumed = self.probes is not None
         self.probes = self._resolve_probes(trainer).to(pl_module.device)
         self._check_probes(pl_module)
-        with eval_mode(pl_module):
+        with probe_pass(pl_module):
             self.prepare(pl_module, self.probes)
         if self.baseline and not resumed:
             self._run(trainer, pl_module)
@@ -127,7 +138,7 @@ class ProbeCallback(VizCallback):
                 f"first conv layer {first_conv[0]!r} expects {first_conv[1].in_channels}"
             )
         try:
-            with eval_mode(pl_module), torch.no_grad():
+            with probe_pass(pl_module), torch.no_grad():
                 logits = pl_module(probes.images[:1])
         except Exception as error:
             raise ValueError(
@@ -154,7 +165,7 @@ class ProbeCallback(VizCallback):
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
         if not trainer.is_global_zero:
             return
-        with self.guarded(trainer, type(self).__name__), eval_mode(pl_module):
+        with self.guarded(trainer, type(self).__name__), probe_pass(pl_module):
             self.visualize(trainer, pl_module, self.probes)
 
     def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:

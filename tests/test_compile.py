@@ -1,0 +1,41 @@
+"""torch.compile'd models: probe callbacks and FilterMonitor work, ActivationMonitor refuses."""
+
+import pytest
+import torch
+
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from tests.helpers import DigitsClassifier, fit, hook_count, read_events
+
+
+@pytest.mark.parametrize("compiled", ["module", "inner"])
+def test_probe_callbacks_and_filter_monitor_work_on_compiled_models(tmp_path, compiled):
+    module = DigitsClassifier()
+    if compiled == "inner":
+        module.model = torch.compile(module.model, backend="eager")
+        prefix = "model._orig_mod"
+        target = module
+    else:
+        prefix = "model"
+        target = torch.compile(module, backend="eager")
+    callbacks = [FilterMonitor(strict=True), GradCAMLogger(strict=True), DeconvLogger(strict=True)]
+    fit(target, callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    tags = read_events(tmp_path).Tags()
+    assert f"filters/{prefix}.features.0" in tags["images"]
+    assert f"gradcam/{prefix}.features" in tags["images"]
+    assert f"deconv/{prefix}.features.8" in tags["images"]
+    assert hook_count(module) == 0
+
+
+@pytest.mark.parametrize("compiled", ["module", "inner"])
+def test_activation_monitor_fails_at_fit_start_saying_why(tmp_path, compiled):
+    module = DigitsClassifier()
+    if compiled == "inner":
+        module.model = torch.compile(module.model, backend="eager")
+        where = "'model'"
+    else:
+        module = torch.compile(module, backend="eager")
+        where = "the LightningModule's forward"
+    with pytest.raises(
+        ValueError, match=rf"ActivationMonitor needs forward hooks .* {where} is torch.compile'd"
+    ):
+        fit(module, [ActivationMonitor()], tmp_path, epochs=1)
