@@ -167,6 +167,7 @@ def fit(
     """A real, seeded, deterministic CPU Trainer run on the digits; returns the trainer."""
     pl.seed_everything(0, verbose=False)
     train, val = digits_loaders()
+    trainer_args.setdefault("deterministic", True)
     ckpt_path = trainer_args.pop("ckpt_path", None)
     if not trainer_args.pop("validate", True):
         val = None
@@ -174,7 +175,6 @@ def fit(
         log_dir,
         callbacks,
         max_epochs=epochs,
-        deterministic=True,
         limit_train_batches=limit_train_batches,
         log_every_n_steps=5,
         **trainer_args,
@@ -184,14 +184,14 @@ def fit(
 
 
 def make_trainer(log_dir, callbacks, **trainer_args) -> pl.Trainer:
-    """A quiet single-CPU Trainer that logs to TensorBoard in ``log_dir``."""
+    """A quiet single-device Trainer (CPU unless told) that logs to TensorBoard in ``log_dir``."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
     trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
     trainer_args.setdefault("enable_checkpointing", False)
+    trainer_args.setdefault("accelerator", "cpu")
     return pl.Trainer(
         callbacks=callbacks,
-        accelerator="cpu",
         devices=1,
         enable_progress_bar=False,
         enable_model_summary=False,

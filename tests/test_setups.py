@@ -34,6 +34,30 @@ def test_bf16_mixed_training_runs_every_callback(tmp_path):
     assert not [a for c in callbacks for a in c.alerts.raised if a.kind == "failed"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs a GPU")
+def test_16_mixed_on_a_gpu_runs_every_callback(tmp_path):
+    callbacks = every_callback()
+    fit(
+        DigitsClassifier(),
+        callbacks,
+        tmp_path,
+        epochs=1,
+        limit_train_batches=3,
+        accelerator="gpu",
+        precision="16-mixed",
+        deterministic=False,  # the histogram's scatter_add_ has no deterministic CUDA kernel
+    )
+    assert "deconv/model.features.8" in read_events(tmp_path).Tags()["images"]
+    assert not [a for c in callbacks for a in c.alerts.raised if a.kind == "failed"]
+    model = DigitsClassifier().cuda().eval()
+    probes = callbacks[2].probes.images.cuda()
+    expected = grad_cam(model, probes, "model.features")["model.features"]
+    with torch.autocast("cuda", dtype=torch.float16):
+        cam = grad_cam(model, probes, "model.features")
+    assert cam["model.features"].dtype == torch.float32
+    assert torch.equal(cam["model.features"], expected)
+
+
 def test_probe_passes_ignore_autocast(vgg11, images):
     channels = torch.tensor([[1, 2], [3, 4], [5, 6]])
     expected_cam = grad_cam(vgg11, images, "features.18")["features.18"]
