@@ -77,5 +77,15 @@ def _histogram(values: Tensor, counted: Tensor, bins: int) -> tuple[Tensor, Tens
     width = (high - low).clamp(min=torch.finfo(values.dtype).eps) / bins
     edges = low + width * torch.arange(bins + 1, device=values.device, dtype=values.dtype)
     index = ((flat - low) / width).long().clamp(0, bins - 1)
+    if values.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return edges, _count_by_sorting(index, counted.flatten(), bins)
     counts = torch.zeros(bins, device=values.device).scatter_add_(0, index, weight)
     return edges, counts
+
+
+def _count_by_sorting(index: Tensor, counted: Tensor, bins: int) -> Tensor:
+    """Bin counts with deterministic kernels (scatter_add_ has none on CUDA): sort the bin
+    indices, then find where each bin starts."""
+    index = torch.where(counted, index, bins).sort().values
+    starts = torch.searchsorted(index, torch.arange(bins + 1, device=index.device))
+    return starts.diff().float()

@@ -54,6 +54,15 @@ def test_histogram_matches_numpy():
     np.testing.assert_array_equal(stats["histogram_counts"].numpy(), counts)
 
 
+def test_deterministic_counting_matches_scatter_add():
+    from lightning_viz.functional.activations import _count_by_sorting
+
+    index = torch.randint(0, 16, (1000,))
+    counted = torch.rand(1000) > 0.1
+    expected = torch.zeros(16).scatter_add_(0, index, counted.float())
+    assert torch.equal(_count_by_sorting(index, counted, 16), expected)
+
+
 def test_non_finite_values_are_counted_and_kept_out_of_the_rest():
     a = torch.ones(1, 2, 2, 2)
     a[0, 0, 0, 0] = float("nan")
