@@ -164,7 +164,7 @@ class DeconvLogger(ProbeCallback):
 
     # ------------------------------------------------------------------------ the pass
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        best_probe: dict[str, Tensor] = {}
+        followed_at: dict[str, tuple[Tensor, Tensor]] = {}
 
         def choose(layer: str):
             def chooser(activation: Tensor) -> Tensor:
@@ -180,8 +180,14 @@ class DeconvLogger(ProbeCallback):
                         f"feature channels {self.features[layer]} out of range for layer "
                         f"{layer!r} with {activation.shape[1]} channels"
                     )
-                best_probe[layer] = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
-                return torch.cat([top, followed.expand(len(activation), -1)], dim=1)
+                # each followed feature is projected from the probe that activates it most;
+                # features that share a probe take extra rows, the other probes' slots stay -1
+                best = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
+                slot = (best[None, :] == best[:, None]).tril(diagonal=-1).sum(dim=1)
+                extra = torch.full((len(activation), int(slot.max()) + 1), -1, device=top.device)
+                extra[best, slot] = followed
+                followed_at[layer] = (best, top.shape[1] + slot)
+                return torch.cat([top, extra], dim=1)
 
             return chooser
 
@@ -204,8 +210,7 @@ class DeconvLogger(ProbeCallback):
                 lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
                 writer.add_text(f"deconv/{layer}/channels", "  \n".join(lines), trainer.global_step)
             if self.evolution:
-                followed = images[best_probe[layer], torch.arange(len(best_probe[layer])) + k]
-                self._add_column(trainer, layer, followed)
+                self._add_column(trainer, layer, images[followed_at[layer]])
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
         thumbnails = to_rgb(normalize_signed(followed))

@@ -159,7 +159,8 @@ def project_to_input(
         model: the network; its output is not used.
         inputs: images (N, C, H, W) on the model's device.
         layer: a name from ``model.named_modules()`` or the module itself.
-        channels: (N, K) channel indices to project for each image (see :func:`top_channels`).
+        channels: (N, K) channel indices to project for each image (see :func:`top_channels`);
+            -1 projects nothing (a zero image).
         rule: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
         seed: ``"map"`` seeds the backward with the channel's whole feature map; ``"max"`` with
             its single strongest activation only.
@@ -234,7 +235,11 @@ def project_layers(
 
 
 def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str = "") -> Tensor:
-    """The (K, N, C, h, w) gradient seeds: channel ``channels[n, k]`` of image n, all else zero."""
+    """The (K, N, C, h, w) gradient seeds: channel ``channels[n, k]`` of image n, all else zero.
+
+    A channel index of -1 seeds nothing (its reconstruction is zero): it lets rows of different
+    lengths share one batched backward.
+    """
     n, c, h, w = activation.shape
     channels = torch.as_tensor(channels, device=activation.device)
     if channels.dim() != 2 or channels.shape[0] != n or channels.dtype.is_floating_point:
@@ -243,14 +248,14 @@ def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str 
             f"got {tuple(channels.shape)} {channels.dtype}"
         )
     channels = channels.long()
-    if channels.numel() and (channels.min() < 0 or channels.max() >= c):
+    if channels.numel() and (channels.min() < -1 or channels.max() >= c):
         raise ValueError(
-            f"`channels` for layer {layer!r} must lie in [0, {c}) (it has {c} channels), "
-            f"got values from {int(channels.min())} to {int(channels.max())}"
+            f"`channels` for layer {layer!r} must lie in [0, {c}) (it has {c} channels; -1 "
+            f"seeds nothing), got values from {int(channels.min())} to {int(channels.max())}"
         )
     k = channels.shape[1]
-    index = channels[:, :, None, None].expand(n, k, h, w)
-    chosen = activation.gather(1, index)
+    index = channels.clamp(min=0)[:, :, None, None].expand(n, k, h, w)
+    chosen = activation.gather(1, index) * (channels >= 0)[:, :, None, None]
     if seed == "max":
         flat = chosen.flatten(2)
         peak = flat.argmax(dim=2, keepdim=True)

@@ -182,7 +182,7 @@ def test_hooks_removed_when_the_model_raises(images):
     ("channels", "message"),
     [
         (torch.tensor([[0], [16], [1]]), r"\[0, 16\).*16 channels.*0 to 16"),
-        (torch.tensor([[0], [-1], [1]]), r"\[0, 16\)"),
+        (torch.tensor([[0], [-2], [1]]), r"\[0, 16\).*-1 seeds nothing"),
         (torch.zeros(2, 1, dtype=torch.long), r"shape \(3, K\)"),
         (torch.zeros(3, 1), "integer"),
     ],
@@ -190,6 +190,16 @@ def test_hooks_removed_when_the_model_raises(images):
 def test_channels_out_of_range_or_misshapen(channels, message, images):
     with pytest.raises(ValueError, match=message):
         project_to_input(TinyCNN().eval(), images, "conv2", channels)
+
+
+def test_channel_minus_one_projects_nothing(images):
+    model = TinyCNN().eval()
+    full = project_to_input(model, images, "conv2", torch.tensor([[1, 4], [0, 15], [7, 7]]))
+    holes = project_to_input(model, images, "conv2", torch.tensor([[1, -1], [-1, 15], [7, 7]]))
+    assert torch.equal(holes[0, 1], torch.zeros_like(holes[0, 1]))
+    assert torch.equal(holes[1, 0], torch.zeros_like(holes[1, 0]))
+    assert torch.equal(holes[0, 0], full[0, 0])
+    assert torch.equal(holes[2], full[2])
 
 
 def test_bad_arguments(vgg11, images):

@@ -1,0 +1,141 @@
+"""Cost of one GradCAMLogger and one DeconvLogger epoch, in optimizer steps, and its memory.
+
+    python -m benchmarks.probe_cost
+
+Each logger's epoch (8 probes; DeconvLogger: 5 layers x top-4, evolution on) is timed through a
+real Trainer and divided by the time of one optimizer step at batch 64 on the same model. Memory:
+the extra peak of a probe pass over what was allocated before it, against the size of all module
+outputs of one forward of the probe batch (torch.cuda.max_memory_allocated on a GPU; on the CPU
+the process's peak RSS, reset through /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks.common import MODELS, alternate, machine, table
+from lightning_viz import DeconvLogger, GradCAMLogger
+from lightning_viz.hooks import output_shapes
+from tests.helpers import Classifier
+
+
+def optimizer_step(module: Classifier, batch: int, shape: tuple[int, ...]):
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        F.cross_entropy(module(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def saved_bytes(run) -> int:
+    """Bytes autograd saves for backward during ``run`` (parameters excluded): on the CPU, where
+    the allocator keeps freed memory and RSS cannot isolate one pass, the graph's memory."""
+    parameters: set[int] = set()
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def measure(module: torch.nn.Module) -> int:
+        parameters.update(p.untyped_storage().data_ptr() for p in module.parameters())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            run()
+        return sum(storages.values())
+
+    return measure
+
+
+def extra_peak(module: torch.nn.Module, run) -> int:
+    """Peak memory a probe pass adds: allocator peak on a GPU, autograd's saved bytes on a CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return saved_bytes(run)(module)
+
+
+def measure(name: str, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    factory, shape = MODELS[name]
+    module = Classifier(factory())
+    data = TensorDataset(torch.randn(64, *shape), torch.randint(0, 10, (64,)))
+    gradcam, deconv = GradCAMLogger(), DeconvLogger()
+    trainer = pl.Trainer(
+        max_steps=1,
+        callbacks=[gradcam, deconv],
+        logger=pl.loggers.TensorBoardLogger("/tmp/lightning-viz-bench", name=f"probe-{name}"),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=8))
+
+    def gradcam_epoch():
+        gradcam._run(trainer, module)
+
+    def deconv_epoch():
+        deconv._run(trainer, module)
+
+    times = alternate(
+        {
+            "step": optimizer_step(module, 64, shape),
+            "gradcam": gradcam_epoch,
+            "deconv": deconv_epoch,
+        },
+        repeats,
+    )
+    shapes = output_shapes(module.eval(), gradcam.probes.images)
+    activations = sum(torch.Size(shape).numel() * 4 for _, _, shape in shapes)
+    gradcam_memory = extra_peak(module, gradcam_epoch)
+    deconv_memory = extra_peak(module, deconv_epoch)
+    return [
+        name,
+        f"{times['step'] * 1e3:.1f}",
+        f"{times['gradcam'] / times['step']:.2f}",
+        f"{times['deconv'] / times['step']:.2f}",
+        f"{activations / 2**20:.1f}",
+        f"{gradcam_memory / activations:.2f}x",
+        f"{deconv_memory / activations:.2f}x",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rows = [measure(name, args.repeats) for name in args.models]
+    print(f"machine: {machine()}; 8 probes, median of {args.repeats}")
+    print(
+        table(
+            rows,
+            [
+                "model",
+                "step at batch 64 (ms)",
+                "GradCAM epoch (steps)",
+                "Deconv epoch (steps)",
+                "probe activations (MiB)",
+                "GradCAM extra peak",
+                "Deconv extra peak",
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
