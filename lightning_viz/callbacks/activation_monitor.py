@@ -32,6 +32,8 @@ ACTIVATION_TYPES = (
     nn.Hardswish,
 )
 _SUMS = ("zero", "localization", "nonfinite", "elements", "active_maps")
+HISTOGRAM_SAMPLES = 2**16
+"""Activation histograms count an evenly strided sample of at most this many values."""
 
 
 def _is_activation(name: str, module: nn.Module) -> bool:
@@ -83,7 +85,8 @@ class ActivationMonitor(VizCallback):
     - ``activations/<layer>/zero_fraction``: fraction of values <= 0 (sparsity), per sampled step.
     - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
       over the image, 1 when it sits on one pixel (mean over images and active channels).
-    - ``activations/<layer>`` (histogram): the values of the sampled batch.
+    - ``activations/<layer>`` (histogram): the values of the sampled batch (an evenly strided
+      sample of at most 65,536 of them; the scalars use every value).
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch.
     - ``alerts`` (text) and ``alerts/count`` when an alert fires.
@@ -214,7 +217,8 @@ class ActivationMonitor(VizCallback):
                             f"layer {key!r} returned {shape}, not a 4-D feature map"
                         )
                     return
-                self._batch[key] = {**activation_stats(output), "elements": output.numel()}
+                stats = activation_stats(output, histogram_samples=HISTOGRAM_SAMPLES)
+                self._batch[key] = {**stats, "elements": output.numel()}
             except Exception as error:  # a hook must never break the training step
                 self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -244,28 +248,31 @@ class ActivationMonitor(VizCallback):
             self._active[key] = active | self._active[key] if key in self._active else active
         values = host[: sums.numel()].view(len(keys), len(_SUMS))
         metrics = {}
+        nonfinite_layers = set()
         for key, (zero, localization, nonfinite, elements, active) in zip(
             keys, values.tolist(), strict=True
         ):
-            nonfinite = nonfinite / elements
-            metrics[f"activations/{key}/zero_fraction"] = zero / elements
-            if active > 0:
-                metrics[f"activations/{key}/localization"] = localization / active
+            if nonfinite > 0:
+                nonfinite_layers.add(key)
+            else:
+                metrics[f"activations/{key}/zero_fraction"] = zero / elements
+                if active > 0:
+                    metrics[f"activations/{key}/localization"] = localization / active
             self.raise_alert(
                 trainer,
                 "nonfinite_activations",
                 key,
                 nonfinite > 0,
-                value=nonfinite,
-                threshold=0.0,
-                message=f"layer {key!r} produced NaN or Inf in {nonfinite:.1%} of its values at "
-                f"step {trainer.global_step}. Check the inputs and the loss for NaN, lower the "
-                "learning rate, or use gradient clipping.",
+                message=f"layer {key!r} produced NaN or Inf at step {trainer.global_step}. Check "
+                "the inputs and the loss for NaN, lower the learning rate, or use gradient "
+                "clipping.",
             )
         self.log_scalars(trainer, metrics)
         if self.histograms:
             offset, width = sums.numel(), 2 * HISTOGRAM_BINS + 1
             for i, key in enumerate(keys):
+                if key in nonfinite_layers:
+                    continue
                 chunk = host[offset + i * width : offset + (i + 1) * width]
                 self.log_histogram(
                     trainer,
@@ -284,7 +291,7 @@ class ActivationMonitor(VizCallback):
             [
                 stats["zero_fraction"] * elements,
                 stats["localization"].nan_to_num(0.0) * active,
-                stats["nonfinite_fraction"] * elements,
+                stats["nonfinite"].float(),
                 elements,
                 active,
             ]

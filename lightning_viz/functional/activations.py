@@ -10,12 +10,19 @@ from torch import Tensor
 HISTOGRAM_BINS = 64
 
 
-def activation_stats(activations: Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, Tensor]:
+def activation_stats(
+    activations: Tensor, bins: int = HISTOGRAM_BINS, histogram_samples: int | None = None
+) -> dict[str, Tensor]:
     """Statistics of one batch of feature maps, every value a tensor on the input's device.
+
+    Written for the training hot path: a handful of passes over the tensor, no data-dependent
+    shapes, no host sync.
 
     Args:
         activations: (N, C, H, W) feature maps.
-        bins: number of equal-width histogram bins between the batch's min and max.
+        bins: number of equal-width histogram bins between the (sampled) values' min and max.
+        histogram_samples: count the histogram over an evenly strided subset of at most this
+            many values (None: all of them); the other statistics always use every value.
 
     Returns:
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
@@ -27,65 +34,69 @@ def activation_stats(activations: Tensor, bins: int = HISTOGRAM_BINS) -> dict[st
         ``active_maps``: how many (image, channel) maps have a positive value (the weight of
         ``localization`` when averaging over batches or ranks);
         ``mean``, ``std``: over all elements;
-        ``nonfinite_fraction``: fraction of NaN or Inf elements;
-        ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,): the finite values'
-        histogram, for TensorBoard.
+        ``nonfinite``: bool, the batch holds NaN or Inf (then the other values may be NaN too);
+        ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,), for TensorBoard.
 
     Raises:
-        ValueError: not a 4-D tensor, or bins < 1.
+        ValueError: not a 4-D tensor, bins < 1 or histogram_samples < 1.
     """
     if activations.dim() != 4:
         raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
     if bins < 1:
         raise ValueError(f"`bins` must be at least 1, got {bins}")
+    if histogram_samples is not None and histogram_samples < 1:
+        raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
     a = activations.detach().float()
-    finite = a.isfinite()
-    a = torch.where(finite, a, torch.zeros((), device=a.device))
     positive = a.clamp(min=0)
     mass = positive.sum(dim=(2, 3))
+    var, mean = torch.var_mean(a) if a.numel() > 1 else (torch.zeros_like(a.sum()), a.mean())
     stats = {
-        "zero_fraction": (a <= 0).float().mean(),
+        "zero_fraction": 1 - positive.count_nonzero() / a.numel(),
         "channel_active": (mass > 0).any(dim=0),
         "localization": _localization(positive, mass),
         "active_maps": (mass > 0).sum(),
-        "mean": a.mean(),
-        "std": a.std() if a.numel() > 1 else torch.zeros((), device=a.device),
-        "nonfinite_fraction": (~finite).float().mean(),
+        "mean": mean,
+        "std": var.sqrt(),
+        "nonfinite": ~(mean.isfinite() & var.isfinite()),
     }
-    stats["histogram_edges"], stats["histogram_counts"] = _histogram(a, finite, bins)
+    flat = a.flatten()
+    if histogram_samples is not None and flat.numel() > histogram_samples:
+        flat = flat[:: -(-flat.numel() // histogram_samples)]
+    stats["histogram_edges"], stats["histogram_counts"] = _histogram(flat, bins)
     return stats
 
 
 def _localization(positive: Tensor, mass: Tensor) -> Tensor:
-    """Mean normalized negentropy of the spatial distribution of each active (image, channel)."""
+    """Mean normalized negentropy of the spatial distribution of each active (image, channel).
+
+    With ``x`` the positive values of a map and ``M = sum(x)``, ``p = x / M`` has entropy
+    ``H = log M - sum(x log x) / M``: one pass, no normalized copy of the maps.
+    """
     area = positive.shape[2] * positive.shape[3]
-    active = mass > 0
     if area < 2:
         return torch.full((), math.nan, device=positive.device)
-    p = positive.flatten(2) / mass.clamp(min=torch.finfo(mass.dtype).tiny)[..., None]
-    entropy = -torch.special.xlogy(p, p).sum(dim=2)
+    active = mass > 0
+    safe_mass = mass.clamp(min=torch.finfo(mass.dtype).tiny)
+    x_log_x = torch.special.xlogy(positive, positive).sum(dim=(2, 3))
+    entropy = safe_mass.log() - x_log_x / safe_mass
     score = 1 - entropy / math.log(area)
     return (score * active).sum() / active.sum()
 
 
-def _histogram(values: Tensor, counted: Tensor, bins: int) -> tuple[Tensor, Tensor]:
-    """Equal-width bins over the counted values' range, by scatter_add: no data-dependent shape."""
-    flat, weight = values.flatten(), counted.flatten().float()
-    inf = torch.tensor(math.inf, device=values.device)
-    low = torch.where(counted, values, inf).min().clamp(max=torch.finfo(values.dtype).max)
-    high = torch.where(counted, values, -inf).max().clamp(min=low)
+def _histogram(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+    """Equal-width bins over the values' range, with no data-dependent shape."""
+    low, high = values.min(), values.max()
     width = (high - low).clamp(min=torch.finfo(values.dtype).eps) / bins
     edges = low + width * torch.arange(bins + 1, device=values.device, dtype=values.dtype)
-    index = ((flat - low) / width).long().clamp(0, bins - 1)
+    index = ((values - low) / width).long().clamp(0, bins - 1)
     if values.is_cuda and torch.are_deterministic_algorithms_enabled():
-        return edges, _count_by_sorting(index, counted.flatten(), bins)
-    counts = torch.zeros(bins, device=values.device).scatter_add_(0, index, weight)
+        return edges, _count_by_sorting(index, bins)
+    counts = torch.zeros(bins, device=values.device).scatter_add_(0, index, torch.ones_like(values))
     return edges, counts
 
 
-def _count_by_sorting(index: Tensor, counted: Tensor, bins: int) -> Tensor:
+def _count_by_sorting(index: Tensor, bins: int) -> Tensor:
     """Bin counts with deterministic kernels (scatter_add_ has none on CUDA): sort the bin
     indices, then find where each bin starts."""
-    index = torch.where(counted, index, bins).sort().values
-    starts = torch.searchsorted(index, torch.arange(bins + 1, device=index.device))
+    starts = torch.searchsorted(index.sort().values, torch.arange(bins + 1, device=index.device))
     return starts.diff().float()

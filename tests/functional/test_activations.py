@@ -15,7 +15,7 @@ def test_sparsity_and_moments_match_direct_computation():
     assert stats["channel_active"].tolist() == [True, True, False, True, True, True]
     assert stats["mean"].item() == pytest.approx(a.mean().item())
     assert stats["std"].item() == pytest.approx(a.std().item())
-    assert stats["nonfinite_fraction"].item() == 0
+    assert not stats["nonfinite"]
 
 
 def test_channel_active_is_any_image():
@@ -58,19 +58,27 @@ def test_deterministic_counting_matches_scatter_add():
     from lightning_viz.functional.activations import _count_by_sorting
 
     index = torch.randint(0, 16, (1000,))
-    counted = torch.rand(1000) > 0.1
-    expected = torch.zeros(16).scatter_add_(0, index, counted.float())
-    assert torch.equal(_count_by_sorting(index, counted, 16), expected)
+    expected = torch.zeros(16).scatter_add_(0, index, torch.ones(1000))
+    assert torch.equal(_count_by_sorting(index, 16), expected)
 
 
-def test_non_finite_values_are_counted_and_kept_out_of_the_rest():
+def test_histogram_of_a_strided_sample():
+    a = torch.randn(4, 8, 16, 16)
+    stats = activation_stats(a, bins=8, histogram_samples=1000)
+    sample = a.flatten()[::9]  # ceil(8192 / 1000)
+    counts, _ = np.histogram(sample.numpy(), bins=8)
+    np.testing.assert_array_equal(stats["histogram_counts"].numpy(), counts)
+    assert stats["zero_fraction"].item() == pytest.approx((a <= 0).float().mean().item())
+    with pytest.raises(ValueError, match="`histogram_samples` must be at least 1"):
+        activation_stats(a, histogram_samples=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_are_flagged(bad):
     a = torch.ones(1, 2, 2, 2)
-    a[0, 0, 0, 0] = float("nan")
-    a[0, 1, 0, 0] = float("inf")
-    stats = activation_stats(a)
-    assert stats["nonfinite_fraction"].item() == pytest.approx(0.25)
-    assert stats["histogram_counts"].sum().item() == 6
-    assert torch.isfinite(stats["mean"])
+    a[0, 1, 0, 0] = bad
+    assert activation_stats(a)["nonfinite"]
+    assert not activation_stats(torch.ones(1, 2, 2, 2))["nonfinite"]
 
 
 def test_everything_stays_on_the_input_device():
