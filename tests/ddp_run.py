@@ -11,27 +11,17 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import Classifier, digits_tensors
+from tests.helpers import Classifier, digits_tensors, sequential_cnn
 
 
 def main(out: Path, devices: int) -> None:
     pl.seed_everything(0, verbose=False)
-    model = nn.Sequential(  # no BatchNorm: per-rank batch statistics would differ
-        nn.Conv2d(1, 8, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
+    model = sequential_cnn(in_channels=1, kernel=5)  # no BatchNorm: per-rank statistics differ
     images, labels = digits_tensors()
     rank = int(os.environ.get("LOCAL_RANK", 0))  # set by Lightning for the process it starts
     data = TensorDataset(images[:64][rank::devices], labels[:64][rank::devices])

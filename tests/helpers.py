@@ -287,3 +287,17 @@ class ShapesCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def sequential_cnn(in_channels: int = 3, kernel: int = 3) -> nn.Sequential:
+    """A plain nn.Sequential CNN without BatchNorm (so DDP ranks compute what one process does)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel, padding=kernel // 2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )

@@ -5,10 +5,9 @@ import warnings
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import Classifier, make_trainer, random_loader, read_events
+from tests.helpers import Classifier, make_trainer, random_loader, read_events, sequential_cnn
 
 ZOO = {
     "vgg16": (lambda: torchvision.models.vgg16(num_classes=10), set()),
@@ -20,16 +19,7 @@ ZOO = {
     ),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), {"SiLU"}),
     "sequential": (
-        lambda: nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(16, 10),
-        ),
+        sequential_cnn,
         set(),
     ),
 }
