@@ -32,7 +32,7 @@ ACTIVATION_TYPES = (
     nn.Hardswish,
 )
 _SUMS = ("zero", "localization", "nonfinite", "elements", "active_maps")
-HISTOGRAM_SAMPLES = 2**16
+HISTOGRAM_SAMPLES = 2**14
 """Activation histograms count an evenly strided sample of at most this many values."""
 
 
@@ -86,7 +86,7 @@ class ActivationMonitor(VizCallback):
     - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
       over the image, 1 when it sits on one pixel (mean over images and active channels).
     - ``activations/<layer>`` (histogram): the values of the sampled batch (an evenly strided
-      sample of at most 65,536 of them; the scalars use every value).
+      sample of at most 16,384 of them; the scalars use every value).
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch.
     - ``alerts`` (text) and ``alerts/count`` when an alert fires.

@@ -47,19 +47,24 @@ def activation_stats(
     if histogram_samples is not None and histogram_samples < 1:
         raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
     a = activations.detach().float()
+    flat = a.flatten()
+    count = flat.numel()
     positive = a.clamp(min=0)
     mass = positive.sum(dim=(2, 3))
-    var, mean = torch.var_mean(a) if a.numel() > 1 else (torch.zeros_like(a.sum()), a.mean())
+    # sums that are cheap on every device (count_nonzero and var_mean are 10-30x slower on CPU);
+    # NaN or Inf anywhere makes one of them non-finite
+    total, squares = flat.sum(), torch.dot(flat, flat)
+    mean = total / count
+    var = (squares - count * mean.square()).clamp(min=0) / max(count - 1, 1)
     stats = {
-        "zero_fraction": 1 - positive.count_nonzero() / a.numel(),
+        "zero_fraction": 1 - positive.sign().sum() / count,
         "channel_active": (mass > 0).any(dim=0),
         "localization": _localization(positive, mass),
         "active_maps": (mass > 0).sum(),
         "mean": mean,
         "std": var.sqrt(),
-        "nonfinite": ~(mean.isfinite() & var.isfinite()),
+        "nonfinite": ~(total.isfinite() & squares.isfinite()),
     }
-    flat = a.flatten()
     if histogram_samples is not None and flat.numel() > histogram_samples:
         flat = flat[:: -(-flat.numel() // histogram_samples)]
     stats["histogram_edges"], stats["histogram_counts"] = _histogram(flat, bins)
@@ -76,9 +81,10 @@ def _localization(positive: Tensor, mass: Tensor) -> Tensor:
     if area < 2:
         return torch.full((), math.nan, device=positive.device)
     active = mass > 0
-    safe_mass = mass.clamp(min=torch.finfo(mass.dtype).tiny)
-    x_log_x = torch.special.xlogy(positive, positive).sum(dim=(2, 3))
-    entropy = safe_mass.log() - x_log_x / safe_mass
+    tiny = torch.finfo(mass.dtype).tiny
+    # x * log(x + tiny) is x log x with 0 at 0, several times faster than xlogy on a CPU
+    x_log_x = (positive + tiny).log_().mul_(positive).sum(dim=(2, 3))
+    entropy = mass.clamp(min=tiny).log() - x_log_x / mass.clamp(min=tiny)
     score = 1 - entropy / math.log(area)
     return (score * active).sum() / active.sum()
 

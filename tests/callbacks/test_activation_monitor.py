@@ -36,11 +36,11 @@ def test_logs_every_key_at_the_sampled_steps(tmp_path):
         assert all(0 < e.value < 1 for e in localization)
         histograms = events.Histograms(f"activations/{layer}")
         assert [h.step for h in histograms] == sampled
-        # one sampled batch of 64 digits: every value, or an evenly strided 2**16 of them
+        # one sampled batch of 64 digits: every value, or an evenly strided 2**14 of them
         channels = {"model.features.2": 16, "model.features.6": 32, "model.features.10": 64}[layer]
         side = {"model.features.2": 32, "model.features.6": 16, "model.features.10": 8}[layer]
         values = 64 * channels * side * side
-        stride = -(-values // 2**16)
+        stride = -(-values // 2**14)
         assert histograms[0].histogram_value.num == -(-values // stride)
         dead = events.Scalars(f"activations/{layer}/dead_fraction")
         assert [(e.step, e.value) for e in dead] == [
