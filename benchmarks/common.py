@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import DigitsCNN
+from examples.digits import DigitsCNN
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
     "digits_cnn": (lambda: DigitsCNN(), (1, 32, 32)),

@@ -2,6 +2,7 @@
 
 from lightning_viz.alerts import Alert
 from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz.presets import default_callbacks
 from lightning_viz.probes import Probes
 
 __version__ = "0.1.0"
@@ -14,4 +15,5 @@ __all__ = [
     "GradCAMLogger",
     "Probes",
     "__version__",
+    "default_callbacks",
 ]

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from examples.digits import digits_tensors
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import Classifier, digits_tensors, sequential_cnn
+from tests.helpers import Classifier, sequential_cnn
 
 
 def main(out: Path, devices: int) -> None:

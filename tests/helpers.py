@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from examples.digits import DigitsCNN, digits_loaders
+
 
 class TinyCNN(nn.Module):
     """Conv-BN-ReLU blocks with module ReLUs (one in-place) and a linear head."""
@@ -57,41 +59,6 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
 
 
-def digits_tensors(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled handwritten digits, upsampled to ``size`` and standardized."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    images = (images - images.mean()) / images.std()
-    return images, torch.tensor(digits.target)
-
-
-class DigitsCNN(nn.Module):
-    """Three Conv-BN-ReLU blocks with a 5x5 first layer, for 1x32x32 digits."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(4 * width),
-            nn.ReLU(inplace=True),
-        )
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
 class DigitsClassifier(pl.LightningModule):
     """DigitsCNN trained with a chosen optimizer; ``reinit_first_conv_at`` corrupts it mid-run."""
 
@@ -135,25 +102,6 @@ class DigitsClassifier(pl.LightningModule):
         if self.optimizer_name == "adam":
             return torch.optim.Adam(params, lr=self.lr)
         return torch.optim.AdamW(params, lr=self.lr)
-
-
-def digits_loaders(batch_size: int = 64, train_size: int = 1437, seed: int = 0):
-    """Deterministic train/validation DataLoaders over the digits."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    images, labels = digits_tensors()
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    train, val = order[:train_size], order[train_size:]
-    generator = torch.Generator().manual_seed(seed)
-    return (
-        DataLoader(
-            TensorDataset(images[train], labels[train]),
-            batch_size,
-            shuffle=True,
-            generator=generator,
-        ),
-        DataLoader(TensorDataset(images[val], labels[val]), 256),
-    )
 
 
 def fit(

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from examples.digits import DigitsCNN, digits_loaders
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import DigitsCNN, digits_loaders, read_events
+from tests.helpers import read_events
 
 
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])

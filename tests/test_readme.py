@@ -16,6 +16,8 @@ def test_readme_python_blocks_run():
     assert len(namespace["trainer"].callbacks) >= 2
 
 
-def test_readme_starts_with_the_test_command():
-    commands = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert commands[0].strip().endswith("pytest")
+def test_readme_starts_with_the_demo_and_the_test_command():
+    first_block = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
+    demo, tests = first_block.strip().splitlines()
+    assert demo.endswith('pip install -e ".[demo]" && python examples/train_digits.py')
+    assert tests.endswith('pip install -e ".[test]" && pytest')

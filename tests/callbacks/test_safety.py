@@ -8,8 +8,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from examples.digits import digits_tensors
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, Probes
-from tests.helpers import DigitsClassifier, digits_tensors, fit, hook_count
+from tests.helpers import DigitsClassifier, fit, hook_count
 
 
 def all_callbacks(strict: bool = False):

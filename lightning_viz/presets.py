@@ -1,0 +1,39 @@
+"""Every lightning-viz callback in one line."""
+
+from __future__ import annotations
+
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz.callbacks.base import VizCallback
+from lightning_viz.probes import Probes
+
+
+def default_callbacks(
+    probes: Probes | None = None,
+    on_alert: OnAlert = "warn",
+    activations: bool = True,
+) -> list[VizCallback]:
+    """FilterMonitor, ActivationMonitor, GradCAMLogger and DeconvLogger with their defaults.
+
+    The two probe loggers share one probe set: ``probes``, or 8 picked from the validation
+    dataloader at fit start.
+
+    Args:
+        probes: the probe images for Grad-CAM and the deconvnet; None picks them.
+        on_alert: ``"warn"``, ``"stop"`` or a callable, for every callback.
+        activations: include the ActivationMonitor (leave it out for a torch.compile'd model,
+            whose compiled training forward cannot be hooked).
+
+    Example::
+
+        callbacks = lightning_viz.default_callbacks()
+        trainer = Trainer(callbacks=callbacks, logger=TensorBoardLogger("logs"))
+    """
+    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert)]
+    if activations:
+        callbacks.append(ActivationMonitor(on_alert=on_alert))
+    callbacks += [
+        GradCAMLogger(probes=probes, on_alert=on_alert),
+        DeconvLogger(probes=probes, on_alert=on_alert),
+    ]
+    return callbacks

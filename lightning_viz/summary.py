@@ -1,0 +1,84 @@
+"""``lightning-viz summary LOGDIR``: a per-layer health table and the alerts, for a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+COLUMNS = (
+    ("filters", "noise", "noise"),
+    ("filters", "drift", "drift"),
+    ("activations", "zero_fraction", "zero frac"),
+    ("activations", "dead_fraction", "dead frac"),
+    ("activations", "localization", "localization"),
+)
+
+
+def runs(logdir: Path) -> list[Path]:
+    """Every directory under ``logdir`` (itself included) that holds TensorBoard event files."""
+    return sorted({path.parent for path in logdir.rglob("events.out.tfevents.*")})
+
+
+def summarize(run: Path) -> str | None:
+    """The health table and alerts of one run, or None when it holds no lightning-viz logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    layers: dict[str, dict[str, str]] = {}
+    for prefix, key, column in COLUMNS:
+        for tag in sorted(scalars):
+            if tag.startswith(f"{prefix}/") and tag.endswith(f"/{key}"):
+                layer = tag[len(prefix) + 1 : -len(key) - 1]
+                values = [e.value for e in events.Scalars(tag)]
+                layers.setdefault(layer, {})[column] = _cell(values)
+    alerts = []
+    if "alerts/text_summary" in events.Tags()["tensors"]:
+        for event in events.Tensors("alerts/text_summary"):
+            text = event.tensor_proto.string_val[0].decode()
+            alerts.append(f"step {event.step}: {text}")
+    if not layers and not alerts:
+        return None
+    header = ["layer", *(column for _, _, column in COLUMNS)]
+    rows = [[layer, *(cells.get(c, "-") for c in header[1:])] for layer, cells in layers.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append("values: latest (change since the first)")
+    lines.append(f"alerts: {len(alerts)}")
+    lines += [f"  - {alert}" for alert in alerts]
+    return "\n".join(lines)
+
+
+def _cell(values: list[float]) -> str:
+    latest = values[-1]
+    if not math.isfinite(latest):
+        return "nan"
+    if len(values) < 2:
+        return f"{latest:.3g}"
+    return f"{latest:.3g} ({latest - values[0]:+.2g})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-viz", description="lightning-viz tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser("summary", help="per-layer health table and alerts of a run")
+    summary.add_argument("logdir", type=Path, help="a TensorBoard log directory")
+    args = parser.parse_args(argv)
+    if not args.logdir.is_dir():
+        print(f"lightning-viz: {args.logdir} is not a directory", file=sys.stderr)
+        return 2
+    tables = [table for run in runs(args.logdir) if (table := summarize(run)) is not None]
+    if not tables:
+        print(
+            f"lightning-viz: no lightning-viz logs under {args.logdir} (no filters/*, "
+            "activations/* or alerts entries in its TensorBoard event files)",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n\n".join(tables))
+    return 0

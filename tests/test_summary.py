@@ -1,0 +1,60 @@
+"""``lightning-viz summary LOGDIR`` reads the event files back and prints health and alerts."""
+
+import subprocess
+import sys
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from lightning_viz import ActivationMonitor, FilterMonitor
+from lightning_viz.summary import main
+from tests.helpers import DigitsClassifier, fit
+
+
+def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
+    with pytest.warns(UserWarning, match="barely moved"):
+        fit(
+            DigitsClassifier(freeze_first_conv=True),
+            [FilterMonitor(), ActivationMonitor()],
+            tmp_path / "run",
+            epochs=2,
+        )
+    assert main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("layer"))
+    assert header.split() == [
+        "layer",
+        "noise",
+        "drift",
+        "zero",
+        "frac",
+        "dead",
+        "frac",
+        "localization",
+    ]
+    frozen = next(line for line in lines if line.startswith("model.features.0 "))
+    assert " 0 (+0) " in frozen  # drift of the frozen layer: none, and no change
+    relu = next(line for line in lines if line.startswith("model.features.2 "))
+    assert relu.split()[1] == "-"  # no filter scalars on a ReLU
+    assert "alerts: 1" in out
+    assert "'model.features.0' has barely moved" in out
+
+
+def test_a_directory_without_our_logs_says_so(tmp_path, capsys):
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+    assert main(["summary", str(tmp_path)]) == 1
+    assert "no lightning-viz logs under" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "missing")]) == 2
+
+
+def test_python_dash_m(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_viz", "summary", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "no lightning-viz logs" in result.stderr
