@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,6 +151,19 @@ class ActivationMonitor(VizCallback):
             pl_module, self.layer_names, _is_activation, "activation module", source
         )
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
+
+    def layout(self) -> dict[str, dict[str, list[str]]]:
+        return {
+            f"layer {name}": {
+                "activation sparsity": [
+                    rf"^activations/{re.escape(name)}(#\d+)?/(zero_fraction|dead_fraction)$"
+                ],
+                "activation localization": [
+                    rf"^activations/{re.escape(name)}(#\d+)?/localization$"
+                ],
+            }
+            for name in self._layers
+        }
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = {}

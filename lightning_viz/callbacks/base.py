@@ -43,6 +43,30 @@ class VizCallback(*CALLBACK_BASES):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.alerts.load_state_dict(state_dict.get("alerts", {}))
 
+    # ------------------------------------------------------------------------------ layout
+    def layout(self) -> dict[str, dict[str, list[str]]]:
+        """``{category: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard."""
+        return {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The first lightning-viz callback writes, once, the dashboard layout of all of them."""
+        ours = [cb for cb in trainer.callbacks if isinstance(cb, VizCallback)]
+        if ours[0] is not self:
+            return
+        layout: dict[str, dict[str, list[str]]] = {}
+        for callback in ours:
+            for category, charts in callback.layout().items():
+                layout.setdefault(category, {}).update(charts)
+        writer = self.writer(trainer)
+        if layout and writer is not None:
+            layout["alerts"] = {"alerts raised": [r"^alerts/count$"]}
+            writer.add_custom_scalars(
+                {
+                    category: {chart: ["Multiline", tags] for chart, tags in charts.items()}
+                    for category, charts in layout.items()
+                }
+            )
+
     # ----------------------------------------------------------------------------- logging
     def writer(self, trainer: pl.Trainer) -> Any | None:
         """The SummaryWriter of the first TensorBoardLogger (global rank 0 only), else None."""

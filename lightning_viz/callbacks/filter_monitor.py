@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -83,7 +84,8 @@ class FilterMonitor(VizCallback):
     - ``filters/<layer>/noisy_fraction``: fraction of filters with C >= ``noise_threshold``.
     - ``filters/<layer>/drift``: ``||W - W_init|| / ||W_init||``, W_init the weights at fit start.
     - ``filters/<layer>/update_noise``: median Geary's C of ``W - W_init`` (not at step 0).
-    - ``filters/<layer>`` (histogram): per-filter C.
+    - ``filters/<layer>/noise_histogram`` (histogram): per-filter C. (Not ``filters/<layer>``:
+      TensorBoard shows one kind of data per tag, and that tag is the image.)
     - ``filters/<layer>`` (image): the filters as a grid; RGB for 3 input channels, else one grey
       tile per filter showing its strongest in-channel slice; each tile min-max normalized.
     - ``alerts`` (text) and ``alerts/count`` when an alert fires.
@@ -170,6 +172,17 @@ class FilterMonitor(VizCallback):
                 )
             self._image_layers = list(self.image_layers)
 
+    def layout(self) -> dict[str, dict[str, list[str]]]:
+        return {
+            f"layer {name}": {
+                "filter noise": [
+                    rf"^filters/{re.escape(name)}/(noise|update_noise|noisy_fraction)$"
+                ],
+                "filter drift": [rf"^filters/{re.escape(name)}/drift$"],
+            }
+            for name in self._layers
+        }
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.initial:
             return
@@ -234,7 +247,9 @@ class FilterMonitor(VizCallback):
             for name, noise in zip(names, scores, strict=True):
                 count = noise.numel()
                 self.log_values_histogram(
-                    trainer, f"filters/{name}", np.asarray(host[offset : offset + count])
+                    trainer,
+                    f"filters/{name}/noise_histogram",
+                    np.asarray(host[offset : offset + count]),
                 )
                 offset += count
             for name in self._image_layers:

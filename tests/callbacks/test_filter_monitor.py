@@ -27,8 +27,9 @@ def test_logs_every_key_at_the_expected_steps(tmp_path):
         for key in ("noise", "noisy_fraction", "drift"):
             assert [e.step for e in events.Scalars(f"filters/{layer}/{key}")] == [0, *epoch_ends]
         assert [e.step for e in events.Scalars(f"filters/{layer}/update_noise")] == epoch_ends
-        assert f"filters/{layer}" in tags["histograms"]
-        histogram = events.Histograms(f"filters/{layer}")
+        assert f"filters/{layer}/noise_histogram" in tags["histograms"]
+        assert f"filters/{layer}" not in tags["histograms"]  # the image's tag, not shared
+        histogram = events.Histograms(f"filters/{layer}/noise_histogram")
         assert [h.step for h in histogram] == [0, *epoch_ends]
         assert (
             histogram[0].histogram_value.num == dict(zip(CONVS, (16, 32, 64), strict=True))[layer]

@@ -1,0 +1,134 @@
+"""End to end: a real TensorBoard server serves our tags from a short demo run."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(base: str, path: str, **query) -> bytes:
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("logs")
+    demo = subprocess.run(
+        [sys.executable, "examples/train_digits.py", "--epochs", "2", "--logdir", str(logdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                runs = json.loads(get(base, "/data/runs"))
+                if runs:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(
+                    f"tensorboard did not serve the run: {process.stderr.read()[-2000:]!r}"
+                )
+            time.sleep(0.5)
+        yield base, runs[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_scalars_histograms_and_text_are_served(server):
+    base, run = server
+    scalars = json.loads(get(base, "/data/plugin/scalars/tags"))[run]
+    for tag in (
+        "filters/model.features.0/noise",
+        "filters/model.features.0/drift",
+        "activations/model.features.2/zero_fraction",
+        "activations/model.features.2/localization",
+    ):
+        assert tag in scalars
+    histograms = json.loads(get(base, "/data/plugin/histograms/tags"))[run]
+    assert "activations/model.features.2" in histograms
+    assert "filters/model.features.0/noise_histogram" in histograms
+    text = json.loads(get(base, "/data/plugin/text/tags"))[run]
+    # torch's SummaryWriter.add_text files text under "<tag>/text_summary"
+    assert "gradcam/model.features/targets/text_summary" in text
+    assert "deconv/model.features.0/channels/text_summary" in text
+    values = json.loads(
+        get(base, "/data/plugin/scalars/scalars", run=run, tag="filters/model.features.0/noise")
+    )
+    assert values[0][1] == 0
+
+
+def test_images_are_served_as_decodable_pngs(server):
+    base, run = server
+    images = json.loads(get(base, "/data/plugin/images/tags"))[run]
+    for tag in (
+        "gradcam/model.features",
+        "deconv/model.features.0",
+        "evolution/model.features.8",
+        "filters/model.features.0",
+    ):
+        assert tag in images
+    entries = json.loads(
+        get(base, "/data/plugin/images/images", run=run, tag="gradcam/model.features")
+    )
+    assert entries[0]["step"] == 0
+    png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    assert image.size == (2 * 34 + 2, 8 * 34 + 2)
+
+
+def test_custom_scalars_layout_groups_each_layer(server):
+    base, _ = server
+    layout = json.loads(get(base, "/data/plugin/custom_scalars/layout"))
+    categories = {category["title"]: category for category in layout["category"]}
+    conv = categories["layer model.features.0"]
+    titles = [chart["title"] for chart in conv["chart"]]
+    assert titles == ["filter noise", "filter drift"]
+    relu = categories["layer model.features.2"]
+    tags = [chart["multiline"]["tag"] for chart in relu["chart"]]
+    assert tags[0] == [r"^activations/model\.features\.2(#\d+)?/(zero_fraction|dead_fraction)$"]
+    assert "alerts" in categories
