@@ -83,3 +83,27 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The digits as a LightningDataModule (for LightningCLI configs)."""
+
+    def __init__(self, batch_size: int = 64) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str) -> None:
+        self.train, self.val = digits_loaders(self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.train
+
+    def val_dataloader(self) -> DataLoader:
+        return self.val
+
+
+class DigitsClassifier(ImageClassifier):
+    """ImageClassifier around DigitsCNN, configurable by plain numbers (for LightningCLI)."""
+
+    def __init__(self, width: int = 16, lr: float = 0.05) -> None:
+        super().__init__(DigitsCNN(width), lr)

@@ -33,3 +33,44 @@ def test_train_digits_demo(tmp_path):
     ):
         assert image in tags["images"]
     assert "activations/model.features.2/zero_fraction" in tags["scalars"]
+
+
+def test_resnet18_synthetic_example(tmp_path):
+    from examples.train_resnet_synthetic import main
+
+    trainer = main(["--epochs", "1", "--train-size", "192", "--logdir", str(tmp_path)])
+    run = Path(trainer.logger.log_dir)
+    tags = read_events(run).Tags()
+    assert "gradcam/model.layer4" in tags["images"]
+    assert "activations/model.layer1.0.relu#2/zero_fraction" in tags["scalars"]
+    assert len([t for t in tags["images"] if t.startswith("deconv/")]) == 5
+
+
+def test_lightning_cli_config_configures_the_callbacks(tmp_path):
+    from examples.cli import main
+
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "examples" / "digits_config.yaml"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    import lightning_viz
+
+    kinds = {type(c): c for c in cli.trainer.callbacks}
+    assert kinds[lightning_viz.FilterMonitor].image_layers == "all"
+    assert kinds[lightning_viz.ActivationMonitor].every_n_steps == 10
+    assert kinds[lightning_viz.GradCAMLogger].guided is True
+    assert kinds[lightning_viz.DeconvLogger].rule == "deconvnet"
+    tags = read_events(cli.trainer.logger.log_dir).Tags()
+    assert "gradcam/model.features/guided" in tags["images"]
+    assert "filters/model.features.8" in tags["images"]
