@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from examples.common import ImageClassifier
+
 
 def digits_tensors(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The 1,797 digits (8x8, shipped with scikit-learn) upsampled to ``size`` and standardized."""
@@ -59,30 +61,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class ImageClassifier(pl.LightningModule):
-    """A classifier trained with SGD and momentum; logs the validation accuracy."""
-
-    def __init__(self, model: nn.Module, lr: float = 0.05) -> None:
-        super().__init__()
-        self.model, self.lr = model, lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
 class DigitsDataModule(pl.LightningDataModule):

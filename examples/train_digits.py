@@ -18,7 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_viz
-from examples.digits import DigitsCNN, ImageClassifier, digits_loaders
+from examples.common import ImageClassifier, report
+from examples.digits import DigitsCNN, digits_loaders
 
 
 def main(argv: list[str] | None = None) -> pl.Trainer:
@@ -41,13 +42,7 @@ def main(argv: list[str] | None = None) -> pl.Trainer:
     )
     trainer.fit(ImageClassifier(DigitsCNN()), train, val)
 
-    alerts = [alert for callback in callbacks for alert in callback.alerts.raised]
-    print(f"\nvalidation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
-    print(f"logs: {Path(logger.log_dir).resolve()}")
-    print(f"see them: tensorboard --logdir {Path(args.logdir).resolve()}")
-    print(f"alerts: {len(alerts)}")
-    for alert in alerts:
-        print(f"  - {alert.message}")
+    report(trainer, callbacks, args.logdir)
     return trainer
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from examples.common import ImageClassifier
 from examples.digits import DigitsCNN, digits_loaders
 
 
@@ -158,26 +159,9 @@ def read_events(log_dir):
     return accumulator
 
 
-class Classifier(pl.LightningModule):
+def Classifier(model: nn.Module, lr: float = 0.01) -> ImageClassifier:
     """Any image classifier trained by plain SGD (for torchvision models and synthetic data)."""
-
-    def __init__(self, model: nn.Module, lr: float = 0.01) -> None:
-        super().__init__()
-        self.model, self.lr = model, lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+    return ImageClassifier(model, lr=lr, momentum=0.0)
 
 
 def random_loader(
@@ -189,30 +173,6 @@ def random_loader(
     images = torch.randn(n, channels, size, size, generator=generator)
     labels = torch.randint(0, classes, (n,), generator=generator)
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
-
-
-def shapes_task(n: int, size: int = 32, seed: int = 0):
-    """A shape pasted at a random spot on clutter; the class is the shape (plus, ring, cross).
-
-    Returns images (n, 1, size, size), labels (n,) and the shapes' boxes (n, 4) as
-    (top, left, bottom, right), bottom and right exclusive.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    s = 8
-    plus = torch.zeros(s, s)
-    plus[3:5, :] = plus[:, 3:5] = 1
-    ring = torch.ones(s, s)
-    ring[2:-2, 2:-2] = 0
-    cross = (torch.eye(s) + torch.eye(s).flip(1)).clamp(max=1)
-    shapes = torch.stack([plus, ring, cross])
-    images = 0.5 * torch.randn(n, 1, size, size, generator=generator)
-    labels = torch.randint(0, 3, (n,), generator=generator)
-    corners = torch.randint(0, size - s + 1, (n, 2), generator=generator)
-    for i in range(n):
-        top, left = corners[i].tolist()
-        images[i, 0, top : top + s, left : left + s] += 2.5 * shapes[labels[i]]
-    boxes = torch.cat([corners, corners + s], dim=1)
-    return images, labels, boxes
 
 
 class ShapesCNN(nn.Module):

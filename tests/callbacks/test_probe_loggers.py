@@ -6,6 +6,7 @@ from captum.attr import GuidedBackprop
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from examples.common import shapes_task
 from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
@@ -19,7 +20,6 @@ from tests.helpers import (
     make_trainer,
     read_events,
     relative_error,
-    shapes_task,
     train_flags,
 )
 
