@@ -1,4 +1,4 @@
-"""One training run for the DDP test: ``python tests/ddp_run.py OUT DEVICES``.
+"""One training run for the DDP test: ``python tests/ddp_run.py OUT DEVICES [flaky]``.
 
 With DEVICES=2 Lightning's DDP launcher starts the second process by running this file again.
 The batches are the same in both modes: each of 2 ranks takes every other sample of a batch of
@@ -20,7 +20,21 @@ from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCA
 from tests.helpers import Classifier, sequential_cnn
 
 
-def main(out: Path, devices: int) -> None:
+def fail_on_rank_1_at_step_2(trainer: pl.Trainer) -> None:
+    """Make ActivationMonitor's statistics raise on rank 1 only, at one step."""
+    import lightning_viz.callbacks.activation_monitor as monitor
+
+    original = monitor.activation_stats
+
+    def flaky(*args, **kwargs):
+        if trainer.global_rank == 1 and trainer.global_step == 2:
+            raise RuntimeError("out of memory on rank 1")
+        return original(*args, **kwargs)
+
+    monitor.activation_stats = flaky
+
+
+def main(out: Path, devices: int, flaky: bool) -> None:
     pl.seed_everything(0, verbose=False)
     model = sequential_cnn(in_channels=1, kernel=5)  # no BatchNorm: per-rank statistics differ
     images, labels = digits_tensors()
@@ -29,7 +43,7 @@ def main(out: Path, devices: int) -> None:
     loader = DataLoader(data, batch_size=16 // devices, shuffle=False)
     callbacks = [
         FilterMonitor(strict=True),
-        ActivationMonitor(every_n_steps=1, strict=True),
+        ActivationMonitor(every_n_steps=1, strict=not flaky),
         GradCAMLogger(strict=True),
         DeconvLogger(strict=True),
     ]
@@ -46,6 +60,8 @@ def main(out: Path, devices: int) -> None:
         deterministic=True,
         use_distributed_sampler=False,
     )
+    if flaky:
+        fail_on_rank_1_at_step_2(trainer)
     trainer.fit(Classifier(model, lr=0.1), loader)
     summary = {
         "rank": trainer.global_rank,
@@ -55,4 +71,4 @@ def main(out: Path, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), flaky=sys.argv[3:] == ["flaky"])

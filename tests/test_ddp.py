@@ -12,13 +12,13 @@ from tests.helpers import read_events
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
-def run(out: Path, devices: int) -> None:
+def run(out: Path, devices: int, *extra: str) -> None:
     out.mkdir()
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices)],
+        [sys.executable, str(SCRIPT), str(out), str(devices), *extra],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=150,
         cwd=SCRIPT.parents[1],
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,3 +44,16 @@ def test_ddp_matches_a_single_process_over_the_same_batches(tmp_path):
     assert len(ddp.Images("deconv/model.0")) == 2
     ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["alerts"] == ranks[1]["alerts"]
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_does_not_hang_the_others(tmp_path):
+    """Rank 1's statistics fail at one step: every rank skips that step's reduction together."""
+    run(tmp_path / "ddp", 2, "flaky")
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["alerts"].count("failed") == 0
+    assert ranks[1]["alerts"].count("failed") == 1
+    steps = [
+        e.step for e in read_events(tmp_path / "ddp").Scalars("activations/model.1/zero_fraction")
+    ]
+    assert steps == [1, 2, 4, 5, 6, 7, 8]  # the step sampled at global step 2 is skipped

@@ -194,15 +194,16 @@ class ActivationMonitor(VizCallback):
             return
         self._remove_hooks()
         with self.guarded(trainer, "activation statistics"):
+            agreed = self._ranks_agree(trainer, not self._problems, len(self._batch))
             if self._problems:
                 raise ValueError("; ".join(self._problems))
-            self._log_batch(trainer)
+            if agreed:
+                self._log_batch(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._active:
-            return
         with self.guarded(trainer, "dead channels"):
-            self._log_dead(trainer)
+            if self._ranks_agree(trainer, True, len(self._active)) and self._active:
+                self._log_dead(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -237,6 +238,21 @@ class ActivationMonitor(VizCallback):
                 self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
         return hook
+
+    @staticmethod
+    def _ranks_agree(trainer: pl.Trainer, ok: bool, size: int) -> bool:
+        """Whether every rank is ready for the same collective (all ok, same size).
+
+        Every rank calls this at the same point, so a failure on one rank makes all of them
+        skip the step's reduction instead of leaving the others waiting in it.
+        """
+        if trainer.world_size == 1:
+            return ok
+        flags = [0.0 if ok else 1.0, float(size), -float(size)]
+        flags = trainer.strategy.reduce(
+            torch.tensor(flags, device=trainer.strategy.root_device), reduce_op="max"
+        ).tolist()
+        return flags[0] == 0 and flags[1] == -flags[2]
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
