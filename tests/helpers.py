@@ -60,7 +60,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)).item()
 
 
-class DigitsClassifier(pl.LightningModule):
+class DigitsClassifier(ImageClassifier):
     """DigitsCNN trained with a chosen optimizer; ``reinit_first_conv_at`` corrupts it mid-run."""
 
     def __init__(
@@ -70,25 +70,11 @@ class DigitsClassifier(pl.LightningModule):
         freeze_first_conv: bool = False,
         reinit_first_conv_at: int | None = None,
     ) -> None:
-        super().__init__()
-        self.model = DigitsCNN()
-        self.optimizer_name, self.lr = optimizer, lr
+        super().__init__(DigitsCNN(), lr=lr)
+        self.optimizer_name = optimizer
         self.reinit_first_conv_at = reinit_first_conv_at
         if freeze_first_conv:
             self.model.features[0].weight.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean())
 
     def on_train_epoch_start(self) -> None:
         if self.current_epoch == self.reinit_first_conv_at:
