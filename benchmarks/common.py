@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from examples.digits import DigitsCNN
+from lightning_viz.testing import DigitsCNN
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
     "digits_cnn": (lambda: DigitsCNN(), (1, 32, 32)),

@@ -20,8 +20,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from benchmarks.common import alternate, machine, model_and_inputs, table
 from lightning_viz.functional import grad_cam, project_layers, top_channels
-from lightning_viz.hooks import resolve_layers, run_until_captured
-from tests.functional.test_projection import ChannelEnergy
+from lightning_viz.functional._capture import resolve_layers, run_until_captured
+from lightning_viz.testing import ChannelEnergy
 
 GRADCAM_LAYERS = {
     "vgg11": ["features.8", "features.13", "features.18", "features.20"],

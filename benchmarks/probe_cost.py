@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import MODELS, alternate, machine, table
 from lightning_viz import DeconvLogger, GradCAMLogger
-from lightning_viz.hooks import output_shapes
-from tests.helpers import Classifier
+from lightning_viz.functional._capture import output_shapes
+from lightning_viz.testing import ImageClassifier
 
 
-def optimizer_step(module: Classifier, batch: int, shape: tuple[int, ...]):
+def optimizer_step(module: ImageClassifier, batch: int, shape: tuple[int, ...]):
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-4)
 
@@ -72,7 +72,7 @@ def extra_peak(module: torch.nn.Module, run) -> int:
 def measure(name: str, repeats: int) -> list[str]:
     torch.manual_seed(0)
     factory, shape = MODELS[name]
-    module = Classifier(factory())
+    module = ImageClassifier(factory(), lr=0.01, momentum=0.0)
     data = TensorDataset(torch.randn(64, *shape), torch.randint(0, 10, (64,)))
     gradcam, deconv = GradCAMLogger(), DeconvLogger()
     trainer = pl.Trainer(

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import MODELS, machine, synchronize, table
 from lightning_viz import ActivationMonitor
-from tests.helpers import Classifier
+from lightning_viz.testing import ImageClassifier
 
 
 class StepStart(pl.Callback):
@@ -61,7 +61,9 @@ def mean_step(name: str, monitor: ActivationMonitor | None, steps: int, batch: i
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    trainer.fit(Classifier(factory()), DataLoader(data, batch_size=batch))
+    trainer.fit(
+        ImageClassifier(factory(), lr=0.01, momentum=0.0), DataLoader(data, batch_size=batch)
+    )
     return statistics.fmean(durations)
 
 

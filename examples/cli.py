@@ -10,7 +10,14 @@ from pytorch_lightning.cli import LightningCLI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.digits import DigitsClassifier, DigitsDataModule
+from lightning_viz.testing import DigitsCNN, DigitsDataModule, ImageClassifier
+
+
+class DigitsClassifier(ImageClassifier):
+    """ImageClassifier around DigitsCNN, configurable by plain numbers (for LightningCLI)."""
+
+    def __init__(self, width: int = 16, lr: float = 0.05) -> None:
+        super().__init__(DigitsCNN(width), lr)
 
 
 def main(args: list[str] | None = None) -> LightningCLI:

@@ -18,8 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_viz
-from examples.common import ImageClassifier, report
-from examples.digits import DigitsCNN, digits_loaders
+from examples.common import report
+from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 
 
 def main(argv: list[str] | None = None) -> pl.Trainer:

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_viz
-from examples.common import ImageClassifier, report, shapes_task
+from examples.common import report
+from lightning_viz.testing import ImageClassifier, shapes_task
 
 
 def main(argv: list[str] | None = None) -> pl.Trainer:

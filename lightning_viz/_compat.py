@@ -1,5 +1,6 @@
-"""Both Lightning namespaces: ``pytorch_lightning`` and ``lightning.pytorch`` (the unified package).
+"""Everything that depends on Lightning's or torch's internals, each with its public fallback.
 
+Both Lightning namespaces: ``pytorch_lightning`` and ``lightning.pytorch`` (the unified package).
 Their Trainers check callbacks with ``isinstance`` against their own ``Callback`` class, so our
 callbacks derive from every ``Callback`` class that is installed.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -43,3 +45,23 @@ def eager() -> Iterator[None]:
     """Run torch.compile'd code as plain Python in the block, so that module hooks fire."""
     with torch.compiler.set_stance("force_eager"):
         yield
+
+
+def fit_dataloaders(trainer: Any) -> Iterator[Any]:
+    """The fit's validation dataloader(s), then its training dataloader(s); None where absent.
+
+    The public ``trainer.val_dataloaders`` / ``trainer.train_dataloader`` are set only once their
+    loop has set itself up (validation: after the sanity check, if any); before that the loops'
+    data sources (a private API) say what they will load.
+    """
+    yield _public_or_source(trainer.val_dataloaders, trainer.fit_loop.epoch_loop.val_loop)
+    yield _public_or_source(trainer.train_dataloader, trainer.fit_loop)
+
+
+def _public_or_source(public: Any, loop: Any) -> Any:
+    if public is not None:
+        return public
+    source = getattr(loop, "_data_source", None)
+    if source is None or source.instance is None or not source.is_defined():
+        return None
+    return source.dataloader()

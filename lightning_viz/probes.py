@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_viz.functional._validation import check_int
 from lightning_viz.functional.images import normalize, to_rgb
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
@@ -107,8 +108,7 @@ class Probes:
         Raises:
             ValueError: ``n`` < 1, an empty loader, or batches without recognizable images.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"`n` must be a positive integer, got {n!r}")
+        check_int("n", n)
         images, labels = [], []
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_viz import tags
+
 COLUMNS = (
-    ("filters", "noise", "noise"),
-    ("filters", "drift", "drift"),
-    ("activations", "zero_fraction", "zero frac"),
-    ("activations", "dead_fraction", "dead frac"),
-    ("activations", "localization", "localization"),
+    (tags.FILTERS, "noise", "noise"),
+    (tags.FILTERS, "drift", "drift"),
+    (tags.ACTIVATIONS, "zero_fraction", "zero frac"),
+    (tags.ACTIVATIONS, "dead_fraction", "dead frac"),
+    (tags.ACTIVATIONS, "localization", "localization"),
 )
 
 
@@ -32,13 +34,14 @@ def summarize(run: Path) -> str | None:
     layers: dict[str, dict[str, str]] = {}
     for prefix, key, column in COLUMNS:
         for tag in sorted(scalars):
-            if tag.startswith(f"{prefix}/") and tag.endswith(f"/{key}"):
-                layer = tag[len(prefix) + 1 : -len(key) - 1]
+            parsed = tags.split_layer_scalar(tag, prefix, [key])
+            if parsed is not None:
                 values = [e.value for e in events.Scalars(tag)]
-                layers.setdefault(layer, {})[column] = _cell(values)
+                layers.setdefault(parsed[0], {})[column] = _cell(values)
     alerts = []
-    if "alerts/text_summary" in events.Tags()["tensors"]:
-        for event in events.Tensors("alerts/text_summary"):
+    alert_texts = tags.text_summary(tags.ALERTS)
+    if alert_texts in events.Tags()["tensors"]:
+        for event in events.Tensors(alert_texts):
             text = event.tensor_proto.string_val[0].decode()
             alerts.append(f"step {event.step}: {text}")
     if not layers and not alerts:

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import TinyCNN
+from lightning_viz.testing import TinyCNN
 
 
 @pytest.fixture(autouse=True)

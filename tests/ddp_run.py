@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.digits import digits_tensors
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import Classifier, sequential_cnn
+from lightning_viz.testing import digits_tensors, sequential_cnn
+from tests.helpers import Classifier
 
 
 def fail_on_rank_1_at_step_2(trainer: pl.Trainer) -> None:

@@ -4,39 +4,9 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from examples.common import ImageClassifier
-from examples.digits import DigitsCNN, digits_loaders
-
-
-class TinyCNN(nn.Module):
-    """Conv-BN-ReLU blocks with module ReLUs (one in-place) and a linear head."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 8, 5, padding=2)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.head = nn.Linear(16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
-        x = self.relu2(self.conv2(x))
-        return self.head(x.mean(dim=(2, 3)))
-
-
-class TinyFunctionalCNN(TinyCNN):
-    """TinyCNN's twin that calls ReLU functionally (as torchvision's DenseNet does)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.bn1(self.conv1(x)), inplace=True))
-        x = self.conv2(x).relu()
-        return self.head(x.mean(dim=(2, 3)))
+from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 
 
 def hook_count(model: nn.Module) -> int:
@@ -148,50 +118,3 @@ def read_events(log_dir):
 def Classifier(model: nn.Module, lr: float = 0.01) -> ImageClassifier:
     """Any image classifier trained by plain SGD (for torchvision models and synthetic data)."""
     return ImageClassifier(model, lr=lr, momentum=0.0)
-
-
-def random_loader(
-    n: int = 8, size: int = 32, channels: int = 3, classes: int = 10, batch_size: int = 4
-):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(n, channels, size, size, generator=generator)
-    labels = torch.randint(0, classes, (n,), generator=generator)
-    return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
-
-
-class ShapesCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-def sequential_cnn(in_channels: int = 3, kernel: int = 3) -> nn.Sequential:
-    """A plain nn.Sequential CNN without BatchNorm (so DDP ranks compute what one process does)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, kernel, padding=kernel // 2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )

@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from tests.helpers import Classifier, make_trainer, random_loader, read_events, sequential_cnn
+from lightning_viz.testing import random_loader, sequential_cnn
+from tests.helpers import Classifier, make_trainer, read_events
 
 ZOO = {
     "vgg16": (lambda: torchvision.models.vgg16(num_classes=10), set()),

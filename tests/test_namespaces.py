@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from examples.digits import DigitsCNN, digits_loaders
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz.testing import DigitsCNN, digits_loaders
 from tests.helpers import read_events
 
 

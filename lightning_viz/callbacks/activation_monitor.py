@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,13 +9,17 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
+from lightning_viz import tags
 from lightning_viz._compat import compiled_parts
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import VizCallback, as_host, check_fraction, check_int
-from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.callbacks.base import VizCallback, to_host
+from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional import activation_stats
-from lightning_viz.functional.activations import HISTOGRAM_BINS
+from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
+from lightning_viz.functional.activations import activation_sums, stats_from_sums
+from lightning_viz.functional.alert_rules import dead_channel_finding, nonfinite_activation_finding
 
 ACTIVATION_TYPES = (
     nn.ReLU,
@@ -32,7 +35,6 @@ ACTIVATION_TYPES = (
     nn.Mish,
     nn.Hardswish,
 )
-_SUMS = ("zero", "localization", "nonfinite", "elements", "active_maps")
 HISTOGRAM_SAMPLES = 2**14
 """Activation histograms count an evenly strided sample of at most this many values."""
 
@@ -130,10 +132,12 @@ class ActivationMonitor(VizCallback):
         self._active: dict[str, Tensor] = {}
         self._last_sampled_step = -1
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {"layers": self.layer_names, "every_n_steps": self.every_n_steps}
 
     # ----------------------------------------------------------------------------- hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -147,27 +151,29 @@ class ActivationMonitor(VizCallback):
                 "ActivationMonitor on an uncompiled run (e.g. a short diagnostic run); the other "
                 "lightning-viz callbacks work with compiled models."
             )
-        self._layers = select_layers(
+        self._layers = watched_layers(
             pl_module, self.layer_names, _is_activation, "activation module", source
         )
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
+    @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
+        sparsity, localization = ("zero_fraction", "dead_fraction"), ("localization",)
         return {
             f"layer {name}": {
-                "activation sparsity": [
-                    rf"^activations/{re.escape(name)}(#\d+)?/(zero_fraction|dead_fraction)$"
-                ],
+                "activation sparsity": [tags.scalar_regex(tags.ACTIVATIONS, name, sparsity, True)],
                 "activation localization": [
-                    rf"^activations/{re.escape(name)}(#\d+)?/localization$"
+                    tags.scalar_regex(tags.ACTIVATIONS, name, localization, True)
                 ],
             }
             for name in self._layers
         }
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = {}
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -182,6 +188,7 @@ class ActivationMonitor(VizCallback):
             for name, module in self._layers.items()
         ]
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -200,16 +207,19 @@ class ActivationMonitor(VizCallback):
             if agreed:
                 self._log_batch(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with self.guarded(trainer, "dead channels"):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._remove_hooks()
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
 
@@ -232,8 +242,7 @@ class ActivationMonitor(VizCallback):
                             f"layer {key!r} returned {shape}, not a 4-D feature map"
                         )
                     return
-                stats = activation_stats(output, histogram_samples=HISTOGRAM_SAMPLES)
-                self._batch[key] = {**stats, "elements": output.numel()}
+                self._batch[key] = activation_stats(output, histogram_samples=HISTOGRAM_SAMPLES)
             except Exception as error:  # a hook must never break the training step
                 self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -263,92 +272,56 @@ class ActivationMonitor(VizCallback):
         if not self._batch:
             return
         keys = list(self._batch)
-        sums = torch.stack([self._weighted_sums(self._batch[k]) for k in keys])
+        sums = torch.stack([activation_sums(self._batch[key]) for key in keys])
         if trainer.world_size > 1:
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        parts = [sums.flatten()]
+        on_device: dict[Any, Tensor] = {"sums": sums}
         if self.histograms:
-            parts += [
-                torch.cat([self._batch[k]["histogram_edges"], self._batch[k]["histogram_counts"]])
-                for k in keys
-            ]
-        host = torch.cat(parts).detach().float().cpu()  # the one transfer of this step
+            for key in keys:
+                on_device[key, "edges"] = self._batch[key]["histogram_edges"]
+                on_device[key, "counts"] = self._batch[key]["histogram_counts"]
+        host = to_host(on_device)  # the one transfer of this step
         for key in keys:
             active = self._batch[key]["channel_active"]
             self._active[key] = active | self._active[key] if key in self._active else active
-        values = host[: sums.numel()].view(len(keys), len(_SUMS))
         metrics = {}
-        nonfinite_layers = set()
-        for key, (zero, localization, nonfinite, elements, active) in zip(
-            keys, values.tolist(), strict=True
-        ):
-            if nonfinite > 0:
-                nonfinite_layers.add(key)
-            else:
-                metrics[f"activations/{key}/zero_fraction"] = zero / elements
-                if active > 0:
-                    metrics[f"activations/{key}/localization"] = localization / active
+        finite_keys = []
+        for key, row in zip(keys, host["sums"].tolist(), strict=True):
+            stats = stats_from_sums(row)
+            if not stats["nonfinite"]:
+                finite_keys.append(key)
+                metrics[tags.activation_scalar(key, "zero_fraction")] = stats["zero_fraction"]
+                if row[-1] > 0:
+                    metrics[tags.activation_scalar(key, "localization")] = stats["localization"]
             self.raise_alert(
                 trainer,
-                "nonfinite_activations",
-                key,
-                nonfinite > 0,
-                message=f"layer {key!r} produced NaN or Inf at step {trainer.global_step}. Check "
-                "the inputs and the loss for NaN, lower the learning rate, or use gradient "
-                "clipping.",
+                nonfinite_activation_finding(key, stats["nonfinite"], trainer.global_step),
             )
         self.log_scalars(trainer, metrics)
         if self.histograms:
-            offset, width = sums.numel(), 2 * HISTOGRAM_BINS + 1
-            for i, key in enumerate(keys):
-                if key in nonfinite_layers:
-                    continue
-                chunk = host[offset + i * width : offset + (i + 1) * width]
+            for key in finite_keys:
                 self.log_histogram(
-                    trainer,
-                    f"activations/{key}",
-                    chunk[: HISTOGRAM_BINS + 1],
-                    chunk[HISTOGRAM_BINS + 1 :],
+                    trainer, tags.activation_histogram(key), host[key, "edges"], host[key, "counts"]
                 )
-
-    @staticmethod
-    def _weighted_sums(stats: dict[str, Any]) -> Tensor:
-        """Numerators and denominators of the batch's statistics, so that summing them over
-        ranks and dividing gives exactly the statistics of the ranks' batches put together."""
-        elements = stats["zero_fraction"].new_full((), float(stats["elements"]))
-        active = stats["active_maps"].float()
-        return torch.stack(
-            [
-                stats["zero_fraction"] * elements,
-                stats["localization"].nan_to_num(0.0) * active,
-                stats["nonfinite"].float(),
-                elements,
-                active,
-            ]
-        )
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)
         alive = [self._active[k].float() for k in keys]
         if trainer.world_size > 1:
             alive = [trainer.strategy.reduce(a, reduce_op="sum") for a in alive]
-        dead = as_host(torch.stack([(a == 0).float().mean() for a in alive]))
+        dead = to_host({"dead": torch.stack([(a == 0).float().mean() for a in alive])})["dead"]
+        dead = dead.tolist()
         self.log_scalars(
-            trainer, {f"activations/{k}/dead_fraction": d for k, d in zip(keys, dead, strict=True)}
+            trainer,
+            {
+                tags.activation_scalar(key, "dead_fraction"): fraction
+                for key, fraction in zip(keys, dead, strict=True)
+            },
         )
-        trained = trainer.current_epoch + 1
-        if trained < self.warmup_epochs:
+        if trainer.current_epoch + 1 < self.warmup_epochs:
             return
         for key, fraction in zip(keys, dead, strict=True):
-            self.raise_alert(
-                trainer,
-                "dead_channels",
-                key,
-                fraction >= self.dead_threshold,
-                value=fraction,
-                threshold=self.dead_threshold,
-                message=f"{fraction:.0%} of the channels of layer {key!r} had no positive value in "
-                f"any sampled batch of epoch {trainer.current_epoch} (threshold "
-                f"dead_threshold={self.dead_threshold:g}). Dead ReLUs: check for a learning rate "
-                "too high, a bad initialization, or a large negative bias.",
+            finding = dead_channel_finding(
+                key, fraction, self.dead_threshold, trainer.current_epoch
             )
+            self.raise_alert(trainer, finding)

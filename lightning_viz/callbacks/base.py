@@ -1,18 +1,84 @@
-"""What every lightning-viz callback shares: logger access, alerts, failure isolation, state."""
+"""What every lightning-viz callback shares: logging, alerts, failure isolation, state, and the
+per-Trainer :class:`RunContext`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+import weakref
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_viz import tags
 from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS
 from lightning_viz.alerts import Alert, AlertBook, OnAlert, check_on_alert, deliver
+from lightning_viz.functional.alert_rules import Finding
+
+if TYPE_CHECKING:
+    from lightning_viz.probes import Probes
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class RunContext:
+    """What the lightning-viz callbacks of one Trainer share, in one place.
+
+    - ``picked_probes``: probes picked from the data, by count, so that probe callbacks that were
+      not given probes look through the same images;
+    - the custom-scalars layout of all of them, written once by whichever logs first (so a
+      subclass that overrides a hook cannot lose the dashboard);
+    - the alert total logged as ``alerts/count``.
+
+    One context lives per Trainer (weakly referenced, gone with the Trainer): a callbacks list
+    attached to a new Trainer starts with a new one.
+    """
+
+    _of_trainer: ClassVar[weakref.WeakKeyDictionary[Any, RunContext]] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.picked_probes: dict[int, Probes] = {}
+        self.layout_written = False
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer) -> RunContext:
+        """The context of ``trainer``, created on first use."""
+        if trainer not in cls._of_trainer:
+            cls._of_trainer[trainer] = cls()
+        return cls._of_trainer[trainer]
+
+    @staticmethod
+    def callbacks(trainer: pl.Trainer) -> list[VizCallback]:
+        """The lightning-viz callbacks attached to ``trainer``, in order."""
+        return [callback for callback in trainer.callbacks if isinstance(callback, VizCallback)]
+
+    def alert_total(self, trainer: pl.Trainer) -> int:
+        """Alerts raised by every lightning-viz callback of the Trainer (restored ones included)."""
+        return sum(len(callback.alerts.raised) for callback in self.callbacks(trainer))
+
+    def write_layout_once(self, trainer: pl.Trainer, writer: Any) -> None:
+        """Write the custom-scalars layout of every lightning-viz callback, once per Trainer."""
+        if self.layout_written:
+            return
+        self.layout_written = True
+        layout: dict[str, dict[str, list[str]]] = {}
+        for callback in self.callbacks(trainer):
+            for category, charts in callback.layout().items():
+                layout.setdefault(category, {}).update(charts)
+        if not layout:
+            return
+        layout["alerts"] = {"alerts raised": [rf"^{re.escape(tags.ALERT_COUNT)}$"]}
+        writer.add_custom_scalars(
+            {
+                category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
+                for category, charts in layout.items()
+            }
+        )
 
 
 class VizCallback(*CALLBACK_BASES):
@@ -43,36 +109,19 @@ class VizCallback(*CALLBACK_BASES):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.alerts.load_state_dict(state_dict.get("alerts", {}))
 
-    # ------------------------------------------------------------------------------ layout
     def layout(self) -> dict[str, dict[str, list[str]]]:
         """``{category: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard."""
         return {}
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The first lightning-viz callback writes, once, the dashboard layout of all of them."""
-        ours = [cb for cb in trainer.callbacks if isinstance(cb, VizCallback)]
-        if ours[0] is not self:
-            return
-        layout: dict[str, dict[str, list[str]]] = {}
-        for callback in ours:
-            for category, charts in callback.layout().items():
-                layout.setdefault(category, {}).update(charts)
-        writer = self.writer(trainer)
-        if layout and writer is not None:
-            layout["alerts"] = {"alerts raised": [r"^alerts/count$"]}
-            writer.add_custom_scalars(
-                {
-                    category: {chart: ["Multiline", tags] for chart, tags in charts.items()}
-                    for category, charts in layout.items()
-                }
-            )
 
     # ----------------------------------------------------------------------------- logging
     def writer(self, trainer: pl.Trainer) -> Any | None:
         """The SummaryWriter of the first TensorBoardLogger (global rank 0 only), else None."""
         for logger in trainer.loggers:
             if isinstance(logger, TENSORBOARD_LOGGERS):
-                return logger.experiment if trainer.is_global_zero else None
+                if not trainer.is_global_zero:
+                    return None
+                RunContext.of(trainer).write_layout_once(trainer, logger.experiment)
+                return logger.experiment
         if not self._warned_no_tensorboard:
             self._warned_no_tensorboard = True
             rank_zero_warn(
@@ -120,38 +169,32 @@ class VizCallback(*CALLBACK_BASES):
         if writer is not None:
             writer.add_image(tag, image.cpu().numpy(), global_step=trainer.global_step)
 
+    def log_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
+        """Log markdown text (rank 0 only); TensorBoard files it under ``<tag>/text_summary``."""
+        writer = self.writer(trainer)
+        if writer is not None:
+            writer.add_text(tag, text, global_step=trainer.global_step)
+
     # ------------------------------------------------------------------------------ alerts
-    def raise_alert(
-        self,
-        trainer: pl.Trainer,
-        kind: str,
-        layer: str,
-        firing: bool,
-        value: float = float("nan"),
-        threshold: float = float("nan"),
-        message: str = "",
-    ) -> None:
-        """Raise an alert for (layer, kind) when it starts firing; clear it when it stops."""
-        if not self.alerts.update((layer, kind), firing):
+    def raise_alert(self, trainer: pl.Trainer, finding: Finding) -> None:
+        """Deliver an alert when ``finding`` starts firing for its (layer, kind); clear it when
+        it stops."""
+        if not self.alerts.update((finding.layer, finding.kind), finding.firing):
             return
         alert = Alert(
             source=type(self).__name__,
-            kind=kind,
-            layer=layer,
-            value=float(value),
-            threshold=float(threshold),
+            kind=finding.kind,
+            layer=finding.layer,
+            value=float(finding.value),
+            threshold=float(finding.threshold),
             epoch=trainer.current_epoch,
             step=trainer.global_step,
-            message=f"{type(self).__name__}: {message}",
+            message=f"{type(self).__name__}: {finding.message}",
         )
         self.alerts.raised.append(alert)
-        writer = self.writer(trainer)
-        if writer is not None:
-            writer.add_text("alerts", alert.message, global_step=trainer.global_step)
-        total = sum(
-            len(cb.alerts.raised) for cb in trainer.callbacks if isinstance(cb, VizCallback)
-        )
-        self.log_scalars(trainer, {"alerts/count": float(total)})
+        self.log_text(trainer, tags.ALERTS, alert.message)
+        total = RunContext.of(trainer).alert_total(trainer)
+        self.log_scalars(trainer, {tags.ALERT_COUNT: float(total)})
         deliver(alert, self.on_alert, trainer)
 
     @contextmanager
@@ -166,40 +209,22 @@ class VizCallback(*CALLBACK_BASES):
             if self.strict:
                 raise
             cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            self.raise_alert(
-                trainer,
-                "failed",
-                what,
-                True,
-                message=f"{what} failed and was skipped ({cause}). Training goes on; pass "
-                "strict=True to raise instead.",
+            message = (
+                f"{what} failed and was skipped ({cause}). Training goes on; pass strict=True "
+                "to raise instead."
             )
+            self.raise_alert(trainer, Finding("failed", what, True, message=message))
         else:
             self.alerts.update((what, "failed"), False)
 
 
-def as_host(values: Tensor) -> list[float]:
-    """Move one packed tensor of results to the host in a single transfer."""
-    return values.detach().float().cpu().tolist()
+def to_host(values: Mapping[Key, Tensor]) -> dict[Key, Tensor]:
+    """Move several device tensors to the host in one transfer (float32, shapes kept).
 
-
-def check_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> Any:
-    """Validate an integer argument (``minimum`` 1: positive, 0: non-negative)."""
-    if value is None and allow_none:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
-        raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}")
-    return value
-
-
-def check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def check_non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
-    return float(value)
+    Packing them into one flat tensor makes a single copy, so a measurement syncs once.
+    """
+    keys = list(values)
+    flat = [values[key].detach().float().flatten() for key in keys]
+    host = torch.cat(flat).cpu() if flat else torch.empty(0)
+    parts = host.split([part.numel() for part in flat])
+    return {key: part.view(values[key].shape) for key, part in zip(keys, parts, strict=True)}

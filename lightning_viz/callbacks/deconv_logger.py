@@ -9,28 +9,24 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
+from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import check_int
-from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
+from lightning_viz.functional._validation import check_choice, check_int, check_layer_names
 from lightning_viz.functional.images import to_uint8
+from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
 from lightning_viz.probes import Probes
 
 MAX_DEFAULT_LAYERS = 5
+RULES = ("deconvnet", "guided")
 
 
 def _is_conv(name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d)
-
-
-def spread(names: list[str], count: int) -> list[str]:
-    """At most ``count`` of ``names``, evenly spread from the first to the last."""
-    if len(names) <= count:
-        return names
-    picks = torch.linspace(0, len(names) - 1, count).round().long().tolist()
-    return [names[i] for i in picks]
 
 
 class DeconvLogger(ProbeCallback):
@@ -103,12 +99,16 @@ class DeconvLogger(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
-        super().__init__(probes, num_probes, every_n_epochs, on_alert, strict)
+        super().__init__(
+            probes=probes,
+            num_probes=num_probes,
+            every_n_epochs=every_n_epochs,
+            on_alert=on_alert,
+            strict=strict,
+        )
         self.layer_names = check_layer_names(layers)
         self.top_k = check_int("top_k", top_k)
-        if rule not in ("deconvnet", "guided"):
-            raise ValueError(f"`rule` must be 'deconvnet' or 'guided', got {rule!r}")
-        self.rule = rule
+        self.rule = check_choice("rule", rule, RULES)
         self.evolution = bool(evolution)
         self.num_features = check_int("num_features", num_features)
         self.max_columns = check_int("max_columns", max_columns)
@@ -128,26 +128,28 @@ class DeconvLogger(ProbeCallback):
         self.columns: dict[str, list[Tensor]] = {}
         self.column_epochs: dict[str, list[int]] = {}
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {"layers": self.layer_names, "rule": self.rule}
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         source = type(self).__name__
-        chosen = select_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
-        layers = (
-            list(chosen)
-            if self.layer_names is not None
-            else spread(list(chosen), MAX_DEFAULT_LAYERS)
+        layers = list(
+            watched_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
         )
+        if self.layer_names is None:
+            layers = [layers[i] for i in evenly_spaced(len(layers), MAX_DEFAULT_LAYERS)]
         if self.given_features:
-            followed = select_layers(pl_module, list(self.given_features), _is_conv, "", source)
+            followed = named_layers(pl_module, list(self.given_features), source)
             layers += [name for name in followed if name not in layers]
         self._layers = layers
         if not self.features:
             self.features = {n: list(c) for n, c in self.given_features.items()}
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
@@ -156,6 +158,7 @@ class DeconvLogger(ProbeCallback):
             "column_epochs": {n: list(e) for n, e in self.column_epochs.items()},
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.features = {n: list(c) for n, c in state_dict.get("features", {}).items()}
@@ -163,37 +166,29 @@ class DeconvLogger(ProbeCallback):
         self.column_epochs = {n: list(e) for n, e in state_dict.get("column_epochs", {}).items()}
 
     # ------------------------------------------------------------------------ the pass
+    @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         followed_at: dict[str, tuple[Tensor, Tensor]] = {}
+        chosen_now: dict[str, list[int]] = {}
 
-        def choose(layer: str):
-            def chooser(activation: Tensor) -> Tensor:
+        def channels_of(layer: str):
+            """Picks the channels to project from the layer's activation in the shared pass."""
+
+            def pick(activation: Tensor) -> Tensor:
                 top = top_channels(activation, min(self.top_k, activation.shape[1]))
                 if not self.evolution:
                     return top
-                if layer not in self.features:
-                    firsts = top[: self.num_features, 0].tolist()
-                    self.features[layer] = list(dict.fromkeys(firsts))
-                followed = torch.tensor(self.features[layer], device=activation.device)
-                if followed.max() >= activation.shape[1]:
-                    raise ValueError(
-                        f"feature channels {self.features[layer]} out of range for layer "
-                        f"{layer!r} with {activation.shape[1]} channels"
-                    )
-                # each followed feature is projected from the probe that activates it most;
-                # features that share a probe take extra rows, the other probes' slots stay -1
-                best = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
-                slot = (best[None, :] == best[:, None]).tril(diagonal=-1).sum(dim=1)
-                extra = torch.full((len(activation), int(slot.max()) + 1), -1, device=top.device)
-                extra[best, slot] = followed
-                followed_at[layer] = (best, top.shape[1] + slot)
-                return torch.cat([top, extra], dim=1)
+                features = self.features.get(layer)
+                if features is None:
+                    features = chosen_now[layer] = first_features(top, self.num_features)
+                channels, followed_at[layer] = follow_features(activation, top, features, layer)
+                return channels
 
-            return chooser
+            return pick
 
-        layers = {layer: choose(layer) for layer in self._layers}
+        layers = {layer: channels_of(layer) for layer in self._layers}
         projections = project_layers(pl_module, probes.images, layers, rule=self.rule)
-        writer = self.writer(trainer)
+        self.features.update(chosen_now)
         for layer, (channels, images) in projections.items():
             if not images.isfinite().all():
                 raise ValueError(
@@ -205,10 +200,9 @@ class DeconvLogger(ProbeCallback):
                 0, (len(probes), k)
             )
             rows = torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1)
-            self.log_image(trainer, f"deconv/{layer}", grid(rows, nrow=k + 1))
-            if writer is not None:
-                lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
-                writer.add_text(f"deconv/{layer}/channels", "  \n".join(lines), trainer.global_step)
+            self.log_image(trainer, tags.deconv(layer), grid(rows, nrow=k + 1))
+            lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
+            self.log_text(trainer, tags.deconv_channels(layer), "  \n".join(lines))
             if self.evolution:
                 self._add_column(trainer, layer, images[followed_at[layer]])
 
@@ -220,17 +214,13 @@ class DeconvLogger(ProbeCallback):
         epochs = self.column_epochs.setdefault(layer, [])
         columns.append(to_uint8(thumbnails).cpu())
         epochs.append(trainer.current_epoch)
-        if len(columns) > self.max_columns:
-            keep = torch.linspace(0, len(columns) - 1, self.max_columns).round().long().tolist()
-            self.columns[layer] = [columns[i] for i in keep]
-            self.column_epochs[layer] = [epochs[i] for i in keep]
+        keep = evenly_spaced(len(columns), self.max_columns)
+        self.columns[layer] = [columns[i] for i in keep]
+        self.column_epochs[layer] = [epochs[i] for i in keep]
         tiles = torch.stack(self.columns[layer], dim=1).flatten(0, 1)
         image = grid(tiles.float() / 255, nrow=len(self.columns[layer]))
-        self.log_image(trainer, f"evolution/{layer}", image)
-        writer = self.writer(trainer)
-        if writer is not None:
-            text = (
-                f"rows: channels {self.features[layer]}  \n"
-                f"columns: epochs {self.column_epochs[layer]}"
-            )
-            writer.add_text(f"evolution/{layer}/features", text, trainer.global_step)
+        self.log_image(trainer, tags.evolution(layer), image)
+        text = (
+            f"rows: channels {self.features[layer]}  \ncolumns: epochs {self.column_epochs[layer]}"
+        )
+        self.log_text(trainer, tags.evolution_features(layer), text)

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
+from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import (
-    VizCallback,
-    as_host,
+from lightning_viz.callbacks.base import VizCallback, to_host
+from lightning_viz.callbacks.layers import watched_layers
+from lightning_viz.functional import filter_tiles, grid
+from lightning_viz.functional._validation import (
     check_fraction,
     check_int,
+    check_layer_names,
     check_non_negative,
 )
-from lightning_viz.callbacks.layers import check_layer_names, select_layers
-from lightning_viz.functional import filter_noise, filter_tiles, grid
-
-_PER_LAYER = ("noise", "noisy_fraction", "drift", "update_noise", "finite")
+from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings
+from lightning_viz.functional.filters import filter_health
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
@@ -131,20 +131,28 @@ class FilterMonitor(VizCallback):
                 f"`max_drift` ({max_drift!r}) must be larger than `min_drift` ({min_drift!r})"
             )
         self.rise = check_fraction("rise", rise)
+        self.thresholds = FilterThresholds(
+            min_drift=self.min_drift,
+            max_drift=self.max_drift,
+            rise=self.rise,
+            warmup_epochs=self.warmup_epochs,
+        )
         self._layers: dict[str, nn.Module] = {}
         self._image_layers: list[str] = []
         self.initial: dict[str, Tensor] = {}
         self.lowest: dict[str, dict[str, float]] = {}
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {"layers": self.layer_names, "every_n_epochs": self.every_n_epochs}
 
     # ----------------------------------------------------------------------------- hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         source = type(self).__name__
-        self._layers = select_layers(
+        self._layers = watched_layers(
             pl_module,
             self.layer_names,
             _is_spatial_conv,
@@ -172,17 +180,18 @@ class FilterMonitor(VizCallback):
                 )
             self._image_layers = list(self.image_layers)
 
+    @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
+        noise = ("noise", "update_noise", "noisy_fraction")
         return {
             f"layer {name}": {
-                "filter noise": [
-                    rf"^filters/{re.escape(name)}/(noise|update_noise|noisy_fraction)$"
-                ],
-                "filter drift": [rf"^filters/{re.escape(name)}/drift$"],
+                "filter noise": [tags.scalar_regex(tags.FILTERS, name, noise)],
+                "filter drift": [tags.scalar_regex(tags.FILTERS, name, ["drift"])],
             }
             for name in self._layers
         }
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.initial:
             return
@@ -193,14 +202,17 @@ class FilterMonitor(VizCallback):
         with self.guarded(trainer, "filter baseline"):
             self._measure(trainer, baseline=True)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             with self.guarded(trainer, "filter measurement"):
                 self._measure(trainer, baseline=False)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "initial": dict(self.initial), "lowest": dict(self.lowest)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial = dict(state_dict.get("initial", {}))
@@ -208,126 +220,44 @@ class FilterMonitor(VizCallback):
 
     # ------------------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, baseline: bool) -> None:
-        names = list(self._layers)
-        packed, scores = [], []
-        for name in names:
-            weight = self._layers[name].weight.detach()
-            initial = self.initial[name].to(weight.device, non_blocking=True)
-            noise = filter_noise(weight)
-            update = weight.float() - initial
-            packed.append(
-                torch.stack(
-                    [
-                        noise.median(),
-                        (noise >= self.noise_threshold).float().mean(),
-                        update.norm() / initial.norm().clamp(min=torch.finfo(torch.float32).tiny),
-                        filter_noise(update).median(),
-                        weight.isfinite().all().float(),
-                    ]
-                )
-            )
-            scores.append(noise)
-        host = as_host(torch.cat([torch.stack(packed).flatten(), *scores]))
-        per_layer = {
-            name: dict(
-                zip(_PER_LAYER, host[i * len(_PER_LAYER) : (i + 1) * len(_PER_LAYER)], strict=True)
-            )
-            for i, name in enumerate(names)
+        health = {
+            name: filter_health(module.weight, self.initial[name], self.noise_threshold)
+            for name, module in self._layers.items()
         }
-        offset = len(names) * len(_PER_LAYER)
+        host = to_host(
+            {(name, key): value for name, values in health.items() for key, value in values.items()}
+        )
         metrics = {}
-        for name, values in per_layer.items():
-            metrics[f"filters/{name}/noise"] = values["noise"]
-            metrics[f"filters/{name}/noisy_fraction"] = values["noisy_fraction"]
-            metrics[f"filters/{name}/drift"] = values["drift"]
-            if not baseline and values["drift"] > 0:
-                metrics[f"filters/{name}/update_noise"] = values["update_noise"]
+        for name in self._layers:
+            drift = host[name, "drift"].item()
+            keys = ["noise", "noisy_fraction", "drift"]
+            if not baseline and drift > 0:
+                keys.append("update_noise")
+            metrics.update({tags.filter_scalar(name, key): host[name, key].item() for key in keys})
         self.log_scalars(trainer, metrics)
         if self.writer(trainer) is not None:
-            for name, noise in zip(names, scores, strict=True):
-                count = noise.numel()
+            for name in self._layers:
                 self.log_values_histogram(
-                    trainer,
-                    f"filters/{name}/noise_histogram",
-                    np.asarray(host[offset : offset + count]),
+                    trainer, tags.filter_noise_histogram(name), host[name, "filter_noise"].numpy()
                 )
-                offset += count
             for name in self._image_layers:
                 tiles = filter_tiles(self._layers[name].weight)
                 self.log_image(
-                    trainer, f"filters/{name}", grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))
+                    trainer,
+                    tags.filter_image(name),
+                    grid(tiles, nrow=math.ceil(math.sqrt(len(tiles)))),
                 )
-        for name, values in per_layer.items():
-            self._check(trainer, name, values, baseline)
-
-    def _check(
-        self, trainer: pl.Trainer, name: str, values: dict[str, float], baseline: bool
-    ) -> None:
-        epoch = trainer.current_epoch
-        trained = 0 if baseline else epoch + 1
-        drift = values["drift"]
-        self.raise_alert(
-            trainer,
-            "nonfinite_weights",
-            name,
-            values["finite"] < 1,
-            value=math.nan,
-            threshold=math.nan,
-            message=f"layer {name!r} has NaN or Inf weights at epoch {epoch}. Check the loss for "
-            "NaN, lower the learning rate, or use gradient clipping / a smaller loss scale.",
-        )
-        self.raise_alert(
-            trainer,
-            "exploding",
-            name,
-            drift > self.max_drift,
-            value=drift,
-            threshold=self.max_drift,
-            message=f"layer {name!r} weights moved {drift:.3g}x their initial norm by epoch "
-            f"{epoch} (threshold max_drift={self.max_drift:g}). The learning rate is likely far "
-            "too high: lower it, add weight decay or a warm-up.",
-        )
-        if baseline:
-            return
-        rises = self._rises(name, values)
-        if trained < self.warmup_epochs:
-            return
-        self.raise_alert(
-            trainer,
-            "not_learning",
-            name,
-            drift < self.min_drift,
-            value=drift,
-            threshold=self.min_drift,
-            message=f"layer {name!r} has barely moved from its initial weights after {trained} "
-            f"epoch(s): drift {drift:.3g} < min_drift={self.min_drift:g}. Check that it is not "
-            "frozen (requires_grad, optimizer param groups), that the learning rate is not far "
-            "too low, and that gradients reach it.",
-        )
-        detail = "; ".join(
-            f"{label} {v:.2f} rose from its lowest {low:.2f}" for label, v, low in rises
-        )
-        self.raise_alert(
-            trainer,
-            "noisy_filters",
-            name,
-            bool(rises),
-            value=rises[0][1] - rises[0][2] if rises else math.nan,
-            threshold=self.rise,
-            message=f"layer {name!r} filters turned noisy at epoch {epoch}: {detail} (threshold "
-            f"rise={self.rise:g}). Its learned structure is being replaced by noise: check for a "
-            "learning-rate spike, a re-initialized or corrupted layer, or loss spikes.",
-        )
-
-    def _rises(self, name: str, values: dict[str, float]) -> list[tuple[str, float, float]]:
-        """Which median C rose more than ``rise`` above its lowest so far; updates the lowest."""
-        lowest = self.lowest.setdefault(name, {})
-        rises = []
-        for key, label in (("noise", "weight noise"), ("update_noise", "update noise")):
-            value = values[key]
-            if not math.isfinite(value) or (key == "update_noise" and values["drift"] == 0):
-                continue
-            if key in lowest and value - lowest[key] > self.rise:
-                rises.append((label, value, lowest[key]))
-            lowest[key] = min(lowest.get(key, value), value)
-        return rises
+        for name in self._layers:
+            values = {
+                key: host[name, key].item() for key in ("noise", "drift", "update_noise", "finite")
+            }
+            findings, self.lowest[name] = filter_findings(
+                name,
+                values,
+                self.lowest.get(name, {}),
+                epoch=trainer.current_epoch,
+                baseline=baseline,
+                thresholds=self.thresholds,
+            )
+            for finding in findings:
+                self.raise_alert(trainer, finding)

@@ -8,10 +8,11 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
+from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import check_fraction
-from lightning_viz.callbacks.layers import check_layer_names, select_layers
+from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback
 from lightning_viz.functional import (
     colorize,
@@ -24,8 +25,9 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
+from lightning_viz.functional._capture import output_shapes
+from lightning_viz.functional._validation import check_fraction, check_layer_names
 from lightning_viz.functional.images import colormap_table
-from lightning_viz.hooks import output_shapes
 from lightning_viz.probes import Probes
 
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -113,7 +115,13 @@ class GradCAMLogger(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
-        super().__init__(probes, num_probes, every_n_epochs, on_alert, strict)
+        super().__init__(
+            probes=probes,
+            num_probes=num_probes,
+            every_n_epochs=every_n_epochs,
+            on_alert=on_alert,
+            strict=strict,
+        )
         self.layer_names = check_layer_names(layers)
         if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
             raise ValueError(
@@ -126,21 +134,21 @@ class GradCAMLogger(ProbeCallback):
         self.guided = bool(guided)
         self._layers: list[str] = []
 
+    @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {"layers": self.layer_names, "target": self.target}
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.layer_names is not None:
-            self._layers = list(
-                select_layers(
-                    pl_module, self.layer_names, lambda n, m: False, "", type(self).__name__
-                )
-            )
+            self._layers = list(named_layers(pl_module, self.layer_names, type(self).__name__))
 
+    @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
         if not self._layers:
             self._layers = [default_gradcam_layer(pl_module, probes.images[:1])]
 
+    @override
     def _check_probes(self, pl_module: pl.LightningModule) -> None:
         super()._check_probes(pl_module)
         if self.target == "label" and self.probes.labels is None:
@@ -157,6 +165,7 @@ class GradCAMLogger(ProbeCallback):
             return probes.labels
         return None if target == "pred" else target
 
+    @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
         maps, logits = grad_cam_and_logits(pl_module, probes.images, self._layers, targets)
@@ -175,15 +184,13 @@ class GradCAMLogger(ProbeCallback):
             heat = normalize(upsample(cam, size))
             overlays = overlay(probes.display, colorize(heat, self.cmap), self.alpha)
             rows = torch.stack([probes.display, overlays], dim=1).flatten(0, 1)
-            self.log_image(trainer, f"gradcam/{layer}", grid(rows, nrow=2))
+            self.log_image(trainer, tags.gradcam(layer), grid(rows, nrow=2))
             if guided is not None:
                 product = normalize_signed(guided * heat[:, None]).mean(dim=1, keepdim=True)
                 rows = torch.stack([probes.display, to_rgb(product)], dim=1).flatten(0, 1)
-                self.log_image(trainer, f"gradcam/{layer}/guided", grid(rows, nrow=2))
+                self.log_image(trainer, tags.gradcam_guided(layer), grid(rows, nrow=2))
         table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
         rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
         table += [f"| {i} | {t} | {p} | {c:.2f} |" for i, (t, p, c) in enumerate(rows)]
-        writer = self.writer(trainer)
-        if writer is not None:
-            for layer in maps:
-                writer.add_text(f"gradcam/{layer}/targets", "\n".join(table), trainer.global_step)
+        for layer in maps:
+            self.log_text(trainer, tags.gradcam_targets(layer), "\n".join(table))

@@ -1,4 +1,4 @@
-"""Choosing the layers a callback watches, with errors that name the closest valid layers."""
+"""Which layers a callback watches: the user's names through the one resolver, else a default."""
 
 from __future__ import annotations
 
@@ -6,46 +6,42 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from lightning_viz.hooks import unknown_layer_message
+from lightning_viz.functional._capture import resolve_layers
 
 
-def select_layers(
+def named_layers(model: nn.Module, names: Sequence[str], source: str) -> dict[str, nn.Module]:
+    """``{name: module}`` for the given names in model order (:func:`resolve_layers`), with the
+    callback's name in front of an error.
+
+    Raises:
+        ValueError: a name that is not in ``model.named_modules()`` (closest names listed).
+    """
+    try:
+        return resolve_layers(model, names)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def watched_layers(
     model: nn.Module,
-    layers: Sequence[str] | None,
+    names: Sequence[str] | None,
     default: Callable[[str, nn.Module], bool],
     what: str,
     source: str,
 ) -> dict[str, nn.Module]:
-    """``{name: module}`` for the given names, or every module that ``default`` accepts.
+    """The named layers, or, without names, every submodule that ``default`` accepts.
 
     Raises:
-        ValueError: a name that is not in ``model.named_modules()`` (closest names listed), or
-            nothing to watch.
+        ValueError: an unknown name (closest names listed), or no layer ``default`` accepts.
     """
-    named = dict(model.named_modules())
-    if layers is None:
-        chosen = {name: module for name, module in named.items() if name and default(name, module)}
-        if not chosen:
-            raise ValueError(
-                f"{source}: {type(model).__name__} has no {what}; pass `layers=` with names "
-                "from model.named_modules()"
-            )
-        return chosen
-    for name in layers:
-        if name not in named or not name:
-            raise ValueError(f"{source}: {unknown_layer_message(name, list(named))}")
-    return {name: named[name] for name in layers}
-
-
-def check_layer_names(layers: Sequence[str] | None, argument: str = "layers") -> list[str] | None:
-    """Validate a ``layers=`` argument at construction: None or a non-empty list of strings."""
-    if layers is None:
-        return None
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers or not all(isinstance(name, str) for name in layers):
+    if names is not None:
+        return named_layers(model, names, source)
+    chosen = {
+        name: module for name, module in model.named_modules() if name and default(name, module)
+    }
+    if not chosen:
         raise ValueError(
-            f"`{argument}` must be None or a non-empty list of layer names, got {layers!r}"
+            f"{source}: {type(model).__name__} has no {what}; pass `layers=` with names "
+            "from model.named_modules()"
         )
-    return layers
+    return chosen

@@ -9,10 +9,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
-from lightning_viz._compat import eager
+from lightning_viz._compat import eager, fit_dataloaders
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import VizCallback, check_int
+from lightning_viz.callbacks.base import RunContext, VizCallback
+from lightning_viz.functional._validation import check_int, check_logits, target_index
 from lightning_viz.probes import Probes
 
 
@@ -37,11 +39,7 @@ def probe_pass(module: nn.Module) -> Iterator[None]:
 
 def default_probe_loader(trainer: pl.Trainer) -> Any:
     """The validation dataloader of the fit, else the training one (the first of several)."""
-    sources = (trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source)
-    for source in sources:
-        if source.instance is None or not source.is_defined():
-            continue
-        loader = source.dataloader()
+    for loader in fit_dataloaders(trainer):
         if isinstance(loader, (list, tuple)):
             loader = loader[0] if loader else None
         elif isinstance(loader, dict):
@@ -85,6 +83,7 @@ class ProbeCallback(VizCallback):
         self.probes: Probes | None = None
 
     # ----------------------------------------------------------------------------- hooks
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resumed = self.probes is not None
         self.probes = self._resolve_probes(trainer).to(pl_module.device)
@@ -94,16 +93,19 @@ class ProbeCallback(VizCallback):
         if self.baseline and not resumed:
             self._run(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._run(trainer, pl_module)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.probes is not None:
             state["probes"] = self.probes.state_dict()
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "probes" in state_dict:
@@ -115,16 +117,11 @@ class ProbeCallback(VizCallback):
             return self.probes
         if self.user_probes is not None:
             return self.user_probes
-        for callback in trainer.callbacks:
-            if (
-                isinstance(callback, ProbeCallback)
-                and callback is not self
-                and callback.user_probes is None
-                and callback.probes is not None
-                and len(callback.probes) == self.num_probes
-            ):
-                return callback.probes
-        return Probes.from_dataloader(default_probe_loader(trainer), n=self.num_probes)
+        picked = RunContext.of(trainer).picked_probes
+        if self.num_probes not in picked:
+            loader = default_probe_loader(trainer)
+            picked[self.num_probes] = Probes.from_dataloader(loader, n=self.num_probes)
+        return picked[self.num_probes]
 
     def _check_probes(self, pl_module: pl.LightningModule) -> None:
         """Fail at fit start, clearly, when the probes do not fit the model."""
@@ -145,21 +142,12 @@ class ProbeCallback(VizCallback):
                 f"{source}: the model cannot run on the probes of shape "
                 f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}"
             ) from error
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            shape = (
-                tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            )
-            raise ValueError(
-                f"{source}: the model must return logits (N, num_classes), got {shape}"
-            )
-        if probes.labels is not None:
-            classes = logits.shape[1]
-            low, high = int(probes.labels.min()), int(probes.labels.max())
-            if low < 0 or high >= classes:
-                raise ValueError(
-                    f"{source}: probe labels must lie in [0, {classes}) for a model with {classes} "
-                    f"outputs, got labels from {low} to {high}"
-                )
+        try:
+            logits = check_logits(logits, 1)
+            if probes.labels is not None:
+                target_index(probes.labels, logits.expand(len(probes), -1), name="probe labels")
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""

@@ -1,5 +1,6 @@
 """Pure tensor functions behind the callbacks: no Lightning, no logging, no host sync."""
 
+from lightning_viz.functional._relu_rules import relu_rule
 from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.filters import filter_noise
 from lightning_viz.functional.gradcam import grad_cam, grad_cam_and_logits, guided_backprop
@@ -17,7 +18,6 @@ from lightning_viz.functional.images import (
 from lightning_viz.functional.projection import (
     project_layers,
     project_to_input,
-    relu_rule,
     top_channels,
 )
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from lightning_viz.hooks import model_device
+from lightning_viz.functional._capture import model_device
 
 
 @contextmanager

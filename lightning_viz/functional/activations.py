@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ def activation_stats(
         when no channel is active or maps are 1x1);
         ``active_maps``: how many (image, channel) maps have a positive value (the weight of
         ``localization`` when averaging over batches or ranks);
-        ``mean``, ``std``: over all elements;
+        ``elements``: how many values (the weight of ``zero_fraction``);
         ``nonfinite``: bool, the batch holds NaN or Inf (then the other values may be NaN too);
         ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,), for TensorBoard.
 
@@ -51,24 +52,55 @@ def activation_stats(
     count = flat.numel()
     positive = a.clamp(min=0)
     mass = positive.sum(dim=(2, 3))
-    # sums that are cheap on every device (count_nonzero and var_mean are 10-30x slower on CPU);
-    # NaN or Inf anywhere makes one of them non-finite
-    total, squares = flat.sum(), torch.dot(flat, flat)
-    mean = total / count
-    var = (squares - count * mean.square()).clamp(min=0) / max(count - 1, 1)
+    # sign().sum() is cheap on every device (count_nonzero is 10-30x slower on a CPU); NaN or
+    # Inf anywhere makes the plain sum non-finite
     stats = {
         "zero_fraction": 1 - positive.sign().sum() / count,
         "channel_active": (mass > 0).any(dim=0),
         "localization": _localization(positive, mass),
         "active_maps": (mass > 0).sum(),
-        "mean": mean,
-        "std": var.sqrt(),
-        "nonfinite": ~(total.isfinite() & squares.isfinite()),
+        "elements": a.new_full((), count),
+        "nonfinite": ~flat.sum().isfinite(),
     }
     if histogram_samples is not None and flat.numel() > histogram_samples:
         flat = flat[:: -(-flat.numel() // histogram_samples)]
     stats["histogram_edges"], stats["histogram_counts"] = _histogram(flat, bins)
     return stats
+
+
+SUMMED = ("zero", "localization", "nonfinite", "elements", "active_maps")
+"""The columns of :func:`activation_sums`."""
+
+
+def activation_sums(stats: dict[str, Tensor]) -> Tensor:
+    """The numerators and denominators behind one batch's statistics, as one (5,) tensor.
+
+    Summing these over batches or ranks, then :func:`stats_from_sums`, gives exactly the
+    statistics of the batches put together (averaging per-batch means would not, when batches
+    have different numbers of active maps). Columns: :data:`SUMMED`.
+    """
+    elements = stats["elements"].float()
+    active = stats["active_maps"].float()
+    return torch.stack(
+        [
+            stats["zero_fraction"] * elements,
+            stats["localization"].nan_to_num(0.0) * active,
+            stats["nonfinite"].float(),
+            elements,
+            active,
+        ]
+    )
+
+
+def stats_from_sums(sums: Sequence[float]) -> dict[str, float | bool]:
+    """``zero_fraction``, ``localization`` (NaN without active maps) and ``nonfinite`` from
+    (summed) :func:`activation_sums` on the host."""
+    zero, localization, nonfinite, elements, active = sums
+    return {
+        "zero_fraction": zero / elements if elements else math.nan,
+        "localization": localization / active if active > 0 else math.nan,
+        "nonfinite": nonfinite > 0,
+    }
 
 
 def _localization(positive: Tensor, mass: Tensor) -> Tensor:

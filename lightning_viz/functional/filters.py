@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -45,3 +46,34 @@ def filter_noise(weight: Tensor) -> Tensor:
     pairs = kh * (kw - 1) + (kh - 1) * kw
     score = (taps - 1) * (horizontal + vertical) / (2 * pairs * variation)
     return score.nan_to_num(nan=0.0)
+
+
+def filter_health(
+    weight: Tensor, initial: Tensor, noise_threshold: float = 0.9
+) -> dict[str, Tensor]:
+    """How smooth a conv layer's filters are and how far training moved them, on the device.
+
+    Args:
+        weight: the conv weight now, (out, in, kh, kw).
+        initial: the same weight at the start of training (any device; moved to the weight's).
+        noise_threshold: a filter with Geary's C at or above it counts as noisy.
+
+    Returns:
+        ``filter_noise`` (out,) Geary's C of each filter; ``noise`` its median;
+        ``noisy_fraction`` the fraction of filters with C >= ``noise_threshold``; ``drift``
+        ``||W - W_init|| / ||W_init||``; ``update_noise`` the median C of ``W - W_init`` (the
+        structure training added); ``finite`` 1.0 when every weight is finite, else 0.0. All
+        float32 tensors on the weight's device: no host sync.
+    """
+    weight = weight.detach()
+    initial = initial.to(weight.device, non_blocking=True)
+    noise = filter_noise(weight)
+    update = weight.float() - initial
+    return {
+        "filter_noise": noise,
+        "noise": noise.median(),
+        "noisy_fraction": (noise >= noise_threshold).float().mean(),
+        "drift": update.norm() / initial.norm().clamp(min=torch.finfo(torch.float32).tiny),
+        "update_noise": filter_noise(update).median(),
+        "finite": weight.isfinite().all().float(),
+    }

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_viz.functional._capture import resolve_layers, run_until_captured
 from lightning_viz.functional._pass import gradient_pass
-from lightning_viz.functional.projection import relu_rule, warn_ruleless
-from lightning_viz.hooks import resolve_layers, run_until_captured
+from lightning_viz.functional._relu_rules import relu_rule, warn_ruleless
+from lightning_viz.functional._validation import check_logits, target_index
 
 
 def grad_cam(
@@ -57,9 +58,8 @@ def grad_cam_and_logits(
     modules = resolve_layers(model, layers)
     with gradient_pass(model, inputs) as x:
         logits, activations = run_until_captured(model, x, modules, full_forward=True)
-        _check_logits(logits, x)
-        target_index = _target_index(targets, logits)
-        score = logits.gather(1, target_index[:, None]).sum()
+        check_logits(logits, len(x))
+        score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
         names = list(activations)
         gradients = torch.autograd.grad(score, [activations[n] for n in names], allow_unused=True)
     maps = {}
@@ -89,31 +89,7 @@ def guided_backprop(
         with relu_rule("guided") as ruleless:
             logits = model(x)
         warn_ruleless(ruleless, "guided")
-        _check_logits(logits, x)
-        score = logits.gather(1, _target_index(targets, logits)[:, None]).sum()
+        check_logits(logits, len(x))
+        score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
         (gradient,) = torch.autograd.grad(score, x)
     return gradient.float()
-
-
-def _check_logits(logits: object, x: Tensor) -> None:
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
-
-
-def _target_index(targets: Tensor | Sequence[int] | int | None, logits: Tensor) -> Tensor:
-    """Turn ``targets`` into an (N,) long tensor on the logits' device, checked for range."""
-    n, num_classes = logits.shape
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    index = torch.as_tensor(targets, device=logits.device).long()
-    if index.dim() == 0:
-        index = index.expand(n)
-    if index.shape != (n,):
-        raise ValueError(f"`targets` must have shape ({n},), got {tuple(index.shape)}")
-    if index.min() < 0 or index.max() >= num_classes:
-        raise ValueError(
-            f"`targets` must lie in [0, {num_classes}) for a model with {num_classes} classes, "
-            f"got values from {int(index.min())} to {int(index.max())}"
-        )
-    return index

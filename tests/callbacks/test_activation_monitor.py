@@ -8,15 +8,8 @@ from torch import nn
 
 from lightning_viz import ActivationMonitor
 from lightning_viz.functional import activation_stats
-from tests.helpers import (
-    Classifier,
-    DigitsClassifier,
-    fit,
-    hook_count,
-    make_trainer,
-    random_loader,
-    read_events,
-)
+from lightning_viz.testing import random_loader
+from tests.helpers import Classifier, DigitsClassifier, fit, hook_count, make_trainer, read_events
 
 RELUS = ["model.features.2", "model.features.6", "model.features.10"]
 STEPS_PER_EPOCH = 23

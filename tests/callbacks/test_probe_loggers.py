@@ -6,15 +6,14 @@ from captum.attr import GuidedBackprop
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from examples.common import shapes_task
 from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
+from lightning_viz.testing import ShapesCNN, shapes_task
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
-    ShapesCNN,
     fit,
     hook_count,
     make_trainer,
@@ -208,7 +207,7 @@ def test_target_label_needs_labels(tmp_path):
         (lambda: GradCAMLogger(cmap="nope"), "unknown matplotlib colormap 'nope'"),
         (lambda: GradCAMLogger(alpha=2), r"`alpha` must be a number in \[0, 1\]"),
         (lambda: GradCAMLogger(probes=torch.zeros(1)), "`probes` must be a lightning_viz.Probes"),
-        (lambda: DeconvLogger(rule="gradient"), "`rule` must be 'deconvnet' or 'guided'"),
+        (lambda: DeconvLogger(rule="gradient"), r"`rule` must be one of \('deconvnet', 'guided'\)"),
         (lambda: DeconvLogger(top_k=0), "`top_k` must be a positive integer"),
         (
             lambda: DeconvLogger(features=[("x", -1)]),

@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from examples.digits import digits_tensors
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, Probes
+from lightning_viz.testing import digits_tensors
 from tests.helpers import DigitsClassifier, fit, hook_count
 
 

@@ -7,14 +7,13 @@ import torch
 from lightning_viz.functional import activation_stats
 
 
-def test_sparsity_and_moments_match_direct_computation():
+def test_sparsity_matches_direct_computation():
     a = torch.randn(4, 6, 5, 5).relu()
     a[:, 2] = 0
     stats = activation_stats(a)
     assert stats["zero_fraction"].item() == pytest.approx((a <= 0).float().mean().item())
     assert stats["channel_active"].tolist() == [True, True, False, True, True, True]
-    assert stats["mean"].item() == pytest.approx(a.mean().item())
-    assert stats["std"].item() == pytest.approx(a.std().item())
+    assert stats["elements"].item() == a.numel()
     assert not stats["nonfinite"]
 
 

@@ -4,7 +4,8 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from lightning_viz.functional import grad_cam
-from tests.helpers import TinyCNN, assert_untouched, relative_error, train_flags
+from lightning_viz.testing import TinyCNN
+from tests.helpers import assert_untouched, relative_error, train_flags
 
 
 def captum_grad_cam(model, inputs, layer_name, targets):

@@ -6,42 +6,8 @@ from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 
 from lightning_viz.functional import project_layers, project_to_input, relu_rule, top_channels
-from tests.helpers import (
-    TinyCNN,
-    TinyFunctionalCNN,
-    assert_untouched,
-    relative_error,
-    train_flags,
-)
-
-
-class ChannelEnergy(nn.Module):
-    """Scalar sum(A_c * A_c.detach()) per image: its gradient w.r.t. A_c is A_c itself.
-
-    Run through captum, this makes the channel's own feature map the backward seed.
-    """
-
-    def __init__(self, model: nn.Module, layer: str, channels: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.layer = dict(model.named_modules())[layer]
-        self.channels = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        captured = {}
-
-        def hook(module, args, output):
-            captured["a"] = output
-            return output.clone()
-
-        handle = self.layer.register_forward_hook(hook)
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        chosen = captured["a"][torch.arange(x.shape[0]), self.channels]
-        return (chosen * chosen.detach()).flatten(1).sum(dim=1)
-
+from lightning_viz.testing import ChannelEnergy, TinyCNN, TinyFunctionalCNN
+from tests.helpers import assert_untouched, relative_error, train_flags
 
 CAPTUM = {"deconvnet": Deconvolution, "guided": GuidedBackprop}
 

@@ -1,7 +1,7 @@
-"""Capture named layer outputs for the length of one forward pass.
+"""Resolve layer names and capture their outputs for the length of one forward pass.
 
-Hooks exist only inside the ``with`` block and are removed in ``finally``, also when the forward
-raises (DESIGN.md, promise 2).
+Module hooks exist only inside the ``with`` block and are removed in ``finally``, also when the
+forward raises (docs/architecture.md, promise 2).
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""Argument checks shared by the functional core and the callbacks: one home, one wording.
+
+Each check returns the validated value, or raises ``ValueError`` naming the argument, what was
+expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> Any:
+    """An integer argument (``minimum`` 1: positive, 0: non-negative)."""
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+        raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: Any) -> float:
+    """A number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of a few names."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_layer_names(layers: Sequence[str] | None, argument: str = "layers") -> list[str] | None:
+    """A ``layers=`` argument: None or a non-empty list of strings (one string is a list of one)."""
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers or not all(isinstance(name, str) for name in layers):
+        raise ValueError(
+            f"`{argument}` must be None or a non-empty list of layer names, got {layers!r}"
+        )
+    return layers
+
+
+def check_logits(logits: object, batch_size: int) -> Tensor:
+    """A model output that is a (batch_size, num_classes) tensor of logits."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch_size:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
+    return logits
+
+
+def target_index(
+    targets: Tensor | Sequence[int] | int | None, logits: Tensor, name: str = "`targets`"
+) -> Tensor:
+    """``targets`` as an (N,) long tensor on the logits' device, checked against the classes.
+
+    None means the predicted class. ``name`` is how the error message calls the targets.
+    """
+    n, num_classes = logits.shape
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    index = torch.as_tensor(targets, device=logits.device).long()
+    if index.dim() == 0:
+        index = index.expand(n)
+    if index.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(index.shape)}")
+    if index.min() < 0 or index.max() >= num_classes:
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}) for a model with {num_classes} classes, "
+            f"got values from {int(index.min())} to {int(index.max())}"
+        )
+    return index

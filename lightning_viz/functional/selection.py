@@ -1,0 +1,65 @@
+"""Choosing what to show: evenly spread picks, and the features a deconvnet evolution follows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """At most ``count`` indices into ``range(length)``, evenly spread from the first to the last.
+
+    All of them when ``length <= count``; always the first and the last otherwise.
+    """
+    if length <= count:
+        return list(range(length))
+    return torch.linspace(0, length - 1, count).round().long().tolist()
+
+
+def first_features(top: Tensor, count: int) -> list[int]:
+    """The features to follow: the strongest channel of each of the first ``count`` probes, in
+    probe order, each channel once.
+
+    Args:
+        top: (N, K) channels per probe, strongest first (:func:`top_channels`).
+    """
+    return list(dict.fromkeys(top[:count, 0].tolist()))
+
+
+def follow_features(
+    activation: Tensor, top: Tensor, features: Sequence[int], layer: str = ""
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Add to each probe's channels the followed features that this probe activates most.
+
+    Each followed feature is projected from the probe whose map of it has the largest sum. Features
+    that share a probe take extra slots on its row; the other probes' extra slots are -1 (nothing
+    projected), so every row has the same length and one batched backward serves them all.
+
+    Args:
+        activation: (N, C, h, w) the layer's output for the probes.
+        top: (N, K) the channels each probe shows anyway.
+        features: the followed channels.
+        layer: the layer's name, for the error message.
+
+    Returns:
+        ``(channels, (probe, slot))``: channels (N, K + S) to project, and for each followed
+        feature the row and column of ``channels`` that hold it.
+
+    Raises:
+        ValueError: a followed channel that the layer does not have.
+    """
+    followed = torch.as_tensor(list(features), device=activation.device, dtype=torch.long)
+    if followed.numel() and (followed.min() < 0 or followed.max() >= activation.shape[1]):
+        raise ValueError(
+            f"feature channels {list(features)} out of range for layer {layer!r} with "
+            f"{activation.shape[1]} channels"
+        )
+    best = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
+    rank_on_probe = (best[None, :] == best[:, None]).tril(diagonal=-1).sum(dim=1)
+    extra = torch.full(
+        (len(activation), int(rank_on_probe.max()) + 1), -1, device=top.device, dtype=top.dtype
+    )
+    extra[best, rank_on_probe] = followed
+    return torch.cat([top, extra], dim=1), (best, top.shape[1] + rank_on_probe)
