@@ -29,6 +29,12 @@ TENSORBOARD_LOGGERS: tuple[type, ...] = (
 )
 
 
+def state_key(callback: Any, **fields: Any) -> str:
+    """Lightning's key for a callback's state in checkpoints, from its class and ``fields``
+    (``Callback._generate_state_key``), so that two instances of one class coexist."""
+    return callback._generate_state_key(**fields)
+
+
 def compiled_parts(module: torch.nn.Module) -> list[str]:
     """Names of the parts of ``module`` that run torch.compile'd code ("" for a LightningModule
     whose forward Lightning compiled): code that skips hooks added after compilation."""

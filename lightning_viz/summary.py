@@ -11,11 +11,11 @@ from pathlib import Path
 from lightning_viz import tags
 
 COLUMNS = (
-    (tags.FILTERS, "noise", "noise"),
-    (tags.FILTERS, "drift", "drift"),
-    (tags.ACTIVATIONS, "zero_fraction", "zero frac"),
-    (tags.ACTIVATIONS, "dead_fraction", "dead frac"),
-    (tags.ACTIVATIONS, "localization", "localization"),
+    (tags.FILTER_SCALAR, "noise", "noise"),
+    (tags.FILTER_SCALAR, "drift", "drift"),
+    (tags.ACTIVATION_SCALAR, "zero_fraction", "zero frac"),
+    (tags.ACTIVATION_SCALAR, "dead_fraction", "dead frac"),
+    (tags.ACTIVATION_SCALAR, "localization", "localization"),
 )
 
 
@@ -32,9 +32,9 @@ def summarize(run: Path) -> str | None:
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     layers: dict[str, dict[str, str]] = {}
-    for prefix, key, column in COLUMNS:
+    for template, key, column in COLUMNS:
         for tag in sorted(scalars):
-            parsed = tags.split_layer_scalar(tag, prefix, [key])
+            parsed = tags.split_layer_scalar(tag, template, [key])
             if parsed is not None:
                 values = [e.value for e in events.Scalars(tag)]
                 layers.setdefault(parsed[0], {})[column] = _cell(values)

@@ -6,6 +6,8 @@ import torch
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
 from tests.helpers import DigitsClassifier, fit, hook_count, read_events
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("compiled", ["module", "inner"])
 def test_probe_callbacks_and_filter_monitor_work_on_compiled_models(tmp_path, compiled):

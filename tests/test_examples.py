@@ -4,11 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_digits_demo(tmp_path):
     result = subprocess.run(
         [sys.executable, "examples/train_digits.py", "--epochs", "5", "--logdir", str(tmp_path)],
@@ -35,6 +38,7 @@ def test_train_digits_demo(tmp_path):
     assert "activations/model.features.2/zero_fraction" in tags["scalars"]
 
 
+@pytest.mark.slow
 def test_resnet18_synthetic_example(tmp_path):
     from examples.train_resnet_synthetic import main
 

@@ -10,6 +10,8 @@ from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCA
 from lightning_viz.testing import random_loader, sequential_cnn
 from tests.helpers import Classifier, make_trainer, read_events
 
+pytestmark = pytest.mark.slow
+
 ZOO = {
     "vgg16": (lambda: torchvision.models.vgg16(num_classes=10), set()),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), set()),

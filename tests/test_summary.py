@@ -49,6 +49,7 @@ def test_a_directory_without_our_logs_says_so(tmp_path, capsys):
     assert main(["summary", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow
 def test_python_dash_m(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lightning_viz", "summary", str(tmp_path)],

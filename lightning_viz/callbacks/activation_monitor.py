@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ ACTIVATION_TYPES = (
     nn.Mish,
     nn.Hardswish,
 )
+_BATCH_KEYS = ("zero_fraction", "localization")
 HISTOGRAM_SAMPLES = 2**14
 """Activation histograms count an evenly strided sample of at most this many values."""
 
@@ -158,13 +160,13 @@ class ActivationMonitor(VizCallback):
 
     @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
-        sparsity, localization = ("zero_fraction", "dead_fraction"), ("localization",)
+        def regex(name: str, *keys: str) -> list[str]:
+            return [tags.scalar_regex(tags.ACTIVATION_SCALAR, name, keys, numbered_calls=True)]
+
         return {
             f"layer {name}": {
-                "activation sparsity": [tags.scalar_regex(tags.ACTIVATIONS, name, sparsity, True)],
-                "activation localization": [
-                    tags.scalar_regex(tags.ACTIVATIONS, name, localization, True)
-                ],
+                "activation sparsity": regex(name, "zero_fraction", "dead_fraction"),
+                "activation localization": regex(name, "localization"),
             }
             for name in self._layers
         }
@@ -290,9 +292,8 @@ class ActivationMonitor(VizCallback):
             stats = stats_from_sums(row)
             if not stats["nonfinite"]:
                 finite_keys.append(key)
-                metrics[tags.activation_scalar(key, "zero_fraction")] = stats["zero_fraction"]
-                if row[-1] > 0:
-                    metrics[tags.activation_scalar(key, "localization")] = stats["localization"]
+                logged = ["zero_fraction"] if math.isnan(stats["localization"]) else _BATCH_KEYS
+                metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
             self.raise_alert(
                 trainer,
                 nonfinite_activation_finding(key, stats["nonfinite"], trainer.global_step),
@@ -301,7 +302,10 @@ class ActivationMonitor(VizCallback):
         if self.histograms:
             for key in finite_keys:
                 self.log_histogram(
-                    trainer, tags.activation_histogram(key), host[key, "edges"], host[key, "counts"]
+                    trainer,
+                    tags.tag(tags.ACTIVATION_HISTOGRAM, key),
+                    host[key, "edges"],
+                    host[key, "counts"],
                 )
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
@@ -314,7 +318,7 @@ class ActivationMonitor(VizCallback):
         self.log_scalars(
             trainer,
             {
-                tags.activation_scalar(key, "dead_fraction"): fraction
+                tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction"): fraction
                 for key, fraction in zip(keys, dead, strict=True)
             },
         )

@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_viz import tags
-from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS
+from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, state_key
 from lightning_viz.alerts import Alert, AlertBook, OnAlert, check_on_alert, deliver
 from lightning_viz.functional.alert_rules import Finding
 
@@ -98,7 +98,7 @@ class VizCallback(*CALLBACK_BASES):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self._state_key_fields())
+        return state_key(self, **self._state_key_fields())
 
     def _state_key_fields(self) -> dict[str, Any]:
         return {}

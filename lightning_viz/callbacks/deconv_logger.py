@@ -16,7 +16,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
-from lightning_viz.functional._validation import check_choice, check_int, check_layer_names
+from lightning_viz.functional._validation import check_choice, check_int
 from lightning_viz.functional.images import to_uint8
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
 from lightning_viz.probes import Probes
@@ -100,13 +100,13 @@ class DeconvLogger(ProbeCallback):
         strict: bool = False,
     ) -> None:
         super().__init__(
+            layers=layers,
             probes=probes,
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             on_alert=on_alert,
             strict=strict,
         )
-        self.layer_names = check_layer_names(layers)
         self.top_k = check_int("top_k", top_k)
         self.rule = check_choice("rule", rule, RULES)
         self.evolution = bool(evolution)
@@ -200,9 +200,9 @@ class DeconvLogger(ProbeCallback):
                 0, (len(probes), k)
             )
             rows = torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1)
-            self.log_image(trainer, tags.deconv(layer), grid(rows, nrow=k + 1))
+            self.log_image(trainer, tags.tag(tags.DECONV, layer), grid(rows, nrow=k + 1))
             lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
-            self.log_text(trainer, tags.deconv_channels(layer), "  \n".join(lines))
+            self.log_text(trainer, tags.tag(tags.DECONV_CHANNELS, layer), "  \n".join(lines))
             if self.evolution:
                 self._add_column(trainer, layer, images[followed_at[layer]])
 
@@ -219,8 +219,8 @@ class DeconvLogger(ProbeCallback):
         self.column_epochs[layer] = [epochs[i] for i in keep]
         tiles = torch.stack(self.columns[layer], dim=1).flatten(0, 1)
         image = grid(tiles.float() / 255, nrow=len(self.columns[layer]))
-        self.log_image(trainer, tags.evolution(layer), image)
+        self.log_image(trainer, tags.tag(tags.EVOLUTION, layer), image)
         text = (
             f"rows: channels {self.features[layer]}  \ncolumns: epochs {self.column_epochs[layer]}"
         )
-        self.log_text(trainer, tags.evolution_features(layer), text)
+        self.log_text(trainer, tags.tag(tags.EVOLUTION_FEATURES, layer), text)

@@ -185,8 +185,8 @@ class FilterMonitor(VizCallback):
         noise = ("noise", "update_noise", "noisy_fraction")
         return {
             f"layer {name}": {
-                "filter noise": [tags.scalar_regex(tags.FILTERS, name, noise)],
-                "filter drift": [tags.scalar_regex(tags.FILTERS, name, ["drift"])],
+                "filter noise": [tags.scalar_regex(tags.FILTER_SCALAR, name, noise)],
+                "filter drift": [tags.scalar_regex(tags.FILTER_SCALAR, name, ["drift"])],
             }
             for name in self._layers
         }
@@ -233,18 +233,22 @@ class FilterMonitor(VizCallback):
             keys = ["noise", "noisy_fraction", "drift"]
             if not baseline and drift > 0:
                 keys.append("update_noise")
-            metrics.update({tags.filter_scalar(name, key): host[name, key].item() for key in keys})
+            metrics.update(
+                {tags.tag(tags.FILTER_SCALAR, name, key): host[name, key].item() for key in keys}
+            )
         self.log_scalars(trainer, metrics)
         if self.writer(trainer) is not None:
             for name in self._layers:
                 self.log_values_histogram(
-                    trainer, tags.filter_noise_histogram(name), host[name, "filter_noise"].numpy()
+                    trainer,
+                    tags.tag(tags.FILTER_NOISE_HISTOGRAM, name),
+                    host[name, "filter_noise"].numpy(),
                 )
             for name in self._image_layers:
                 tiles = filter_tiles(self._layers[name].weight)
                 self.log_image(
                     trainer,
-                    tags.filter_image(name),
+                    tags.tag(tags.FILTER_IMAGE, name),
                     grid(tiles, nrow=math.ceil(math.sqrt(len(tiles)))),
                 )
         for name in self._layers:

@@ -26,7 +26,7 @@ from lightning_viz.functional import (
     upsample,
 )
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._validation import check_fraction, check_layer_names
+from lightning_viz.functional._validation import check_fraction
 from lightning_viz.functional.images import colormap_table
 from lightning_viz.probes import Probes
 
@@ -116,13 +116,13 @@ class GradCAMLogger(ProbeCallback):
         strict: bool = False,
     ) -> None:
         super().__init__(
+            layers=layers,
             probes=probes,
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             on_alert=on_alert,
             strict=strict,
         )
-        self.layer_names = check_layer_names(layers)
         if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
             raise ValueError(
                 f"`target` must be 'label', 'pred', a class index >= 0 or None, got {target!r}"
@@ -184,13 +184,13 @@ class GradCAMLogger(ProbeCallback):
             heat = normalize(upsample(cam, size))
             overlays = overlay(probes.display, colorize(heat, self.cmap), self.alpha)
             rows = torch.stack([probes.display, overlays], dim=1).flatten(0, 1)
-            self.log_image(trainer, tags.gradcam(layer), grid(rows, nrow=2))
+            self.log_image(trainer, tags.tag(tags.GRADCAM, layer), grid(rows, nrow=2))
             if guided is not None:
                 product = normalize_signed(guided * heat[:, None]).mean(dim=1, keepdim=True)
                 rows = torch.stack([probes.display, to_rgb(product)], dim=1).flatten(0, 1)
-                self.log_image(trainer, tags.gradcam_guided(layer), grid(rows, nrow=2))
+                self.log_image(trainer, tags.tag(tags.GRADCAM_GUIDED, layer), grid(rows, nrow=2))
         table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
         rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
         table += [f"| {i} | {t} | {p} | {c:.2f} |" for i, (t, p, c) in enumerate(rows)]
         for layer in maps:
-            self.log_text(trainer, tags.gradcam_targets(layer), "\n".join(table))
+            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), "\n".join(table))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +14,12 @@ from typing_extensions import override
 from lightning_viz._compat import eager, fit_dataloaders
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
-from lightning_viz.functional._validation import check_int, check_logits, target_index
+from lightning_viz.functional._validation import (
+    check_int,
+    check_layer_names,
+    check_logits,
+    target_index,
+)
 from lightning_viz.probes import Probes
 
 
@@ -66,6 +71,7 @@ class ProbeCallback(VizCallback):
 
     def __init__(
         self,
+        layers: Sequence[str] | None = None,
         probes: Probes | None = None,
         num_probes: int = 8,
         every_n_epochs: int = 1,
@@ -73,6 +79,7 @@ class ProbeCallback(VizCallback):
         strict: bool = False,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict)
+        self.layer_names = check_layer_names(layers)
         if probes is not None and not isinstance(probes, Probes):
             raise ValueError(
                 f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"

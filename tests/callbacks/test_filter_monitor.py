@@ -66,6 +66,7 @@ def test_noise_and_drift_values_match_the_weights(tmp_path):
     assert update == pytest.approx(filter_noise(final - initial).median().item(), rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 1e-3), ("adamw", 3e-3), ("sgd", 0.05)])
 def test_healthy_runs_raise_no_alert(tmp_path, optimizer, lr):
     monitor = FilterMonitor(strict=True)
@@ -94,6 +95,7 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     assert all(a.epoch == 0 and a.value > 5 for a in exploding)  # once each, no flood
 
 
+@pytest.mark.slow
 def test_mid_run_reinitialization_gives_noisy_filters(tmp_path):
     monitor = FilterMonitor(strict=True)
     module = DigitsClassifier("sgd", 0.05, reinit_first_conv_at=3)

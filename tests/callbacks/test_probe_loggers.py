@@ -105,6 +105,7 @@ def test_evolution_columns_are_capped_and_thinned(tmp_path):
     assert len(deconv.columns["model.features.0"]) == 3
 
 
+@pytest.mark.slow
 def test_grad_cam_localizes_the_shape(tmp_path):
     """The pointing game: the map's peak falls inside the shape that decides the class."""
     images, labels, _ = shapes_task(1200)

@@ -116,6 +116,7 @@ def test_no_hook_remains_after_a_normal_fit(tmp_path):
     assert hook_count(module) == 0
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_30_epochs(tmp_path):
     class CountTensors(pl.Callback):
         def __init__(self):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lightning_viz.functional import activation_stats
+from lightning_viz.functional.activations import activation_sums, stats_from_sums
 
 
 def test_sparsity_matches_direct_computation():
@@ -90,3 +91,25 @@ def test_rejects_bad_input():
         activation_stats(torch.randn(3, 4))
     with pytest.raises(ValueError, match="`bins` must be at least 1"):
         activation_stats(torch.randn(1, 1, 2, 2), bins=0)
+
+
+def test_sums_over_batches_give_the_statistics_of_the_batches_together():
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(3, 4, 6, 6, generator=generator)
+    second = torch.randn(5, 4, 6, 6, generator=generator) - 1.0  # sparser: fewer active maps
+    second[:, 1] = -1.0
+    summed = activation_sums(activation_stats(first)) + activation_sums(activation_stats(second))
+    combined = stats_from_sums(summed.tolist())
+    together = activation_stats(torch.cat([first, second]))
+    assert combined["zero_fraction"] == pytest.approx(together["zero_fraction"].item(), rel=1e-6)
+    assert combined["localization"] == pytest.approx(together["localization"].item(), rel=1e-5)
+    assert not combined["nonfinite"]
+    # the mean of the two batches' localizations is not the combined one
+    means = (activation_stats(first)["localization"] + activation_stats(second)["localization"]) / 2
+    assert abs(means.item() - combined["localization"]) > 1e-3
+
+
+def test_stats_from_sums_without_active_maps():
+    stats = stats_from_sums(activation_sums(activation_stats(-torch.ones(2, 3, 4, 4))).tolist())
+    assert stats["zero_fraction"] == 1.0
+    assert math.isnan(stats["localization"])

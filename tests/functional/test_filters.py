@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_viz.functional import filter_noise
+from lightning_viz.functional import filter_health, filter_noise
 
 
 def geary_reference(weight: np.ndarray) -> np.ndarray:
@@ -75,3 +75,25 @@ def test_kernels_below_2x2_have_no_score(shape):
 def test_rejects_non_conv_weights():
     with pytest.raises(ValueError, match=r"\(out, in, kh, kw\)"):
         filter_noise(torch.randn(10, 5))
+
+
+def test_filter_health_matches_its_definitions():
+    torch.manual_seed(0)
+    initial = torch.randn(8, 3, 5, 5)
+    weight = initial * 0.9 + 0.3 * torch.randn(8, 3, 5, 5)
+    health = filter_health(weight, initial, noise_threshold=0.95)
+    noise = filter_noise(weight)
+    assert torch.equal(health["filter_noise"], noise)
+    assert health["noise"] == noise.median()
+    assert health["noisy_fraction"] == (noise >= 0.95).float().mean()
+    drift = (weight - initial).norm() / initial.norm()
+    assert health["drift"].item() == pytest.approx(drift.item(), rel=1e-6)
+    assert health["update_noise"] == filter_noise(weight - initial).median()
+    assert health["finite"] == 1.0
+    weight[2, 0, 1, 1] = float("nan")
+    assert filter_health(weight, initial)["finite"] == 0.0
+
+
+def test_filter_health_stays_on_the_weights_device():
+    health = filter_health(torch.randn(4, 2, 3, 3, device="meta"), torch.randn(4, 2, 3, 3))
+    assert all(value.device.type == "meta" for value in health.values())

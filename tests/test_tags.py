@@ -1,0 +1,55 @@
+"""The tag contract: templates, the layout regexes, and a module that reads without torch."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_viz import tags
+
+
+def test_templates_build_the_documented_keys():
+    assert tags.tag(tags.FILTER_SCALAR, "model.features.0", "drift") == (
+        "filters/model.features.0/drift"
+    )
+    assert tags.tag(tags.FILTER_IMAGE, "conv1") == "filters/conv1"
+    assert tags.tag(tags.ACTIVATION_HISTOGRAM, "layer1.0.relu#2") == "activations/layer1.0.relu#2"
+    assert tags.tag(tags.EVOLUTION_FEATURES, "c") == "evolution/c/features"
+    assert tags.text_summary(tags.ALERTS) == "alerts/text_summary"
+
+
+def test_layout_regex_matches_the_layer_and_its_numbered_calls_only():
+    regex = tags.scalar_regex(
+        tags.ACTIVATION_SCALAR, "layer1.0.relu", ["zero_fraction"], numbered_calls=True
+    )
+    assert re.match(regex, "activations/layer1.0.relu/zero_fraction")
+    assert re.match(regex, "activations/layer1.0.relu#2/zero_fraction")
+    assert not re.match(regex, "activations/layer1x0.relu/zero_fraction")  # dots escaped
+    assert not re.match(regex, "activations/layer1.0.relu/localization")
+    plain = tags.scalar_regex(tags.FILTER_SCALAR, "conv", ["noise", "drift"])
+    assert re.match(plain, "filters/conv/drift")
+    assert not re.match(plain, "filters/conv#2/drift")
+    assert "?P<" not in plain  # TensorBoard's frontend reads these regexes too
+
+
+@pytest.mark.parametrize("layer", ["model.features.0", "a/b", "layer1.0.relu#2"])
+def test_split_inverts_tag(layer):
+    tag = tags.tag(tags.FILTER_SCALAR, layer, "noise")
+    assert tags.split_layer_scalar(tag, tags.FILTER_SCALAR, ["noise"]) == (layer, "noise")
+    assert tags.split_layer_scalar(tag + "_histogram", tags.FILTER_SCALAR, ["noise"]) is None
+
+
+def test_the_module_imports_no_third_party_package():
+    path = Path(tags.__file__)
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('tags', {str(path)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'pytorch_lightning') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
