@@ -123,7 +123,7 @@ class DeconvLogger(ProbeCallback):
             ):
                 raise ValueError(f"`features` must be (layer, channel) pairs, got {pair!r}")
             self.given_features.setdefault(pair[0], []).append(pair[1])
-        self._layers: list[str] = []
+        self._layers: dict[str, nn.Module] = {}
         self.features: dict[str, list[int]] = {}
         self.columns: dict[str, list[Tensor]] = {}
         self.column_epochs: dict[str, list[int]] = {}
@@ -137,14 +137,15 @@ class DeconvLogger(ProbeCallback):
         if stage != "fit":
             return
         source = type(self).__name__
-        layers = list(
-            watched_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
-        )
+        layers = watched_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
         if self.layer_names is None:
-            layers = [layers[i] for i in evenly_spaced(len(layers), MAX_DEFAULT_LAYERS)]
+            names = list(layers)
+            layers = {
+                names[i]: layers[names[i]] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)
+            }
         if self.given_features:
             followed = named_layers(pl_module, list(self.given_features), source)
-            layers += [name for name in followed if name not in layers]
+            layers.update({name: m for name, m in followed.items() if name not in layers})
         self._layers = layers
         if not self.features:
             self.features = {n: list(c) for n, c in self.given_features.items()}

@@ -132,7 +132,7 @@ class GradCAMLogger(ProbeCallback):
         self.cmap = cmap
         self.alpha = check_fraction("alpha", alpha)
         self.guided = bool(guided)
-        self._layers: list[str] = []
+        self._layers: dict[str, nn.Module] = {}
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -141,12 +141,13 @@ class GradCAMLogger(ProbeCallback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.layer_names is not None:
-            self._layers = list(named_layers(pl_module, self.layer_names, type(self).__name__))
+            self._layers = named_layers(pl_module, self.layer_names, type(self).__name__)
 
     @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
         if not self._layers:
-            self._layers = [default_gradcam_layer(pl_module, probes.images[:1])]
+            name = default_gradcam_layer(pl_module, probes.images[:1])
+            self._layers = {name: pl_module.get_submodule(name)}
 
     @override
     def _check_probes(self, pl_module: pl.LightningModule) -> None:
@@ -168,7 +169,7 @@ class GradCAMLogger(ProbeCallback):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        maps, logits = grad_cam_and_logits(pl_module, probes.images, self._layers, targets)
+        maps, logits = grad_cam_and_logits(pl_module, probes.images, list(self._layers), targets)
         size = tuple(probes.images.shape[-2:])
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
