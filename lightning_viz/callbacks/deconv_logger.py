@@ -139,10 +139,8 @@ class DeconvLogger(ProbeCallback):
         source = type(self).__name__
         layers = watched_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
         if self.layer_names is None:
-            names = list(layers)
-            layers = {
-                names[i]: layers[names[i]] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)
-            }
+            names = [list(layers)[i] for i in evenly_spaced(len(layers), MAX_DEFAULT_LAYERS)]
+            layers = {name: layers[name] for name in names}
         if self.given_features:
             followed = named_layers(pl_module, list(self.given_features), source)
             layers.update({name: m for name, m in followed.items() if name not in layers})

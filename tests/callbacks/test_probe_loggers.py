@@ -115,7 +115,7 @@ def test_grad_cam_localizes_the_shape(tmp_path):
     gradcam = GradCAMLogger(probes=Probes(probe_images, probe_labels), strict=True)
     trainer = make_trainer(tmp_path, [gradcam], max_epochs=5)
     trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
-    assert gradcam._layers == ["model.features"]
+    assert list(gradcam._layers) == ["model.features"]
     maps = grad_cam(module.eval(), probe_images, "model.features", probe_labels)
     peak = upsample(maps["model.features"], (32, 32)).flatten(1).argmax(dim=1)
     row, col = peak // 32, peak % 32
