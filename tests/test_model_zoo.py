@@ -49,7 +49,7 @@ def test_default_callbacks_work(tmp_path, name):
     if not ruleless:
         assert not any("no deconvnet rule" in m for m in messages)
     tags = read_events(tmp_path).Tags()
-    gradcam_layer = callbacks[2]._layers[0]
+    (gradcam_layer,) = callbacks[2]._layers
     assert f"gradcam/{gradcam_layer}" in tags["images"]
     assert 1 <= len(callbacks[3]._layers) <= 5
     for layer in callbacks[3]._layers:
