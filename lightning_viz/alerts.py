@@ -50,15 +50,16 @@ class AlertBook:
         self.active: set[tuple[str, str]] = set()
         self.raised: list[Alert] = []
 
-    def update(self, key: tuple[str, str], firing: bool) -> bool:
-        """Record whether ``key`` is firing now; True only when it starts firing."""
-        if not firing:
-            self.active.discard(key)
-            return False
-        if key in self.active:
-            return False
-        self.active.add(key)
-        return True
+    def update(self, key: tuple[str, str], firing: bool) -> Literal["raised", "cleared"] | None:
+        """Record whether ``key`` is firing now: ``"raised"`` when it starts firing,
+        ``"cleared"`` when it stops, None when nothing changed."""
+        if firing == (key in self.active):
+            return None
+        if firing:
+            self.active.add(key)
+            return "raised"
+        self.active.discard(key)
+        return "cleared"
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -71,10 +72,14 @@ class AlertBook:
         self.raised = [Alert(**alert) for alert in state.get("raised", [])]
 
 
+NOTICE_KINDS = frozenset({"failed", "frozen"})
+"""Kinds that report on lightning-viz or the setup, not on training's health: never a stop."""
+
+
 def deliver(alert: Alert, on_alert: OnAlert, trainer: Any) -> None:
-    """Warn (always), then stop the trainer or call the user's function as asked."""
+    """Warn (always), then stop the trainer (health alerts only) or call the user's function."""
     rank_zero_warn(alert.message)
-    if on_alert == "stop":
+    if on_alert == "stop" and alert.kind not in NOTICE_KINDS:
         trainer.should_stop = True
         rank_zero_info(f"{alert.source} stopped training: {alert.kind} in {alert.layer!r}.")
     elif callable(on_alert):

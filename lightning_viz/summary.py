@@ -41,9 +41,13 @@ def summarize(run: Path) -> str | None:
     alerts = []
     alert_texts = tags.text_summary(tags.ALERTS)
     if alert_texts in events.Tags()["tensors"]:
-        for event in events.Tensors(alert_texts):
-            text = event.tensor_proto.string_val[0].decode()
-            alerts.append(f"step {event.step}: {text}")
+        # the last entry of a step holds every alert of that step
+        by_step = {
+            e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors(alert_texts)
+        }
+        for step, text in sorted(by_step.items()):
+            for row in tags.parse_alert_table(text):
+                alerts.append(f"step {step}: [{row['status']}] {row['what to check']}")
     if not layers and not alerts:
         return None
     header = ["layer", *(column for _, _, column in COLUMNS)]

@@ -46,7 +46,10 @@ EVOLUTION_FEATURES = "evolution/{layer}/features"
 """Text, DeconvLogger: the followed channels and the epochs of the columns."""
 
 ALERTS = "alerts"
-"""Text, every callback that alerts: the alerts of a step."""
+"""Text, every callback that alerts: the alerts of a step as one markdown table
+(:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
+holds them all."""
+ALERT_COLUMNS = ("status", "kind", "layer", "value", "threshold", "what to check")
 ALERT_COUNT = "alerts/count"
 """Scalar: how many alerts the lightning-viz callbacks of the Trainer raised so far."""
 
@@ -80,3 +83,21 @@ def _template_regex(template: str, layer: str, keys: Sequence[str], key_group: s
     alternatives = "|".join(re.escape(key) for key in keys)
     pattern = re.escape(template).replace(re.escape("{layer}"), layer)
     return "^" + pattern.replace(re.escape("{key}"), f"{key_group}{alternatives})") + "$"
+
+
+def alert_table(rows: Sequence[Sequence[object]]) -> str:
+    """The markdown table of a step's alerts, one row per alert in :data:`ALERT_COLUMNS` order."""
+
+    def cell(value: object) -> str:
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        return "-" if text == "nan" else text.replace("|", "/").replace("\n", " ")
+
+    lines = ["| " + " | ".join(ALERT_COLUMNS) + " |", "|---" * len(ALERT_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parse_alert_table(text: str) -> list[dict[str, str]]:
+    """The rows of an :func:`alert_table`, as ``{column: cell}``."""
+    rows = [line.strip().strip("|").split(" | ") for line in text.splitlines()[2:]]
+    return [dict(zip(ALERT_COLUMNS, (c.strip() for c in row), strict=False)) for row in rows]

@@ -12,7 +12,7 @@ from tests.helpers import DigitsClassifier, fit
 
 
 def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
-    with pytest.warns(UserWarning, match="barely moved"):
+    with pytest.warns(UserWarning, match="will not be trained"):
         fit(
             DigitsClassifier(freeze_first_conv=True),
             [FilterMonitor(), ActivationMonitor()],
@@ -38,7 +38,7 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     relu = next(line for line in lines if line.startswith("model.features.2 "))
     assert relu.split()[1] == "-"  # no filter scalars on a ReLU
     assert "alerts: 1" in out
-    assert "'model.features.0' has barely moved" in out
+    assert "step 0: [raised] FilterMonitor: 1 watched layer(s) will not be trained" in out
 
 
 def test_a_directory_without_our_logs_says_so(tmp_path, capsys):

@@ -298,7 +298,7 @@ class ActivationMonitor(VizCallback):
                 trainer,
                 nonfinite_activation_finding(key, stats["nonfinite"], trainer.global_step),
             )
-        self.log_scalars(trainer, metrics)
+        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
         if self.histograms:
             for key in finite_keys:
                 self.log_histogram(
@@ -314,18 +314,12 @@ class ActivationMonitor(VizCallback):
         if trainer.world_size > 1:
             alive = [trainer.strategy.reduce(a, reduce_op="sum") for a in alive]
         dead = to_host({"dead": torch.stack([(a == 0).float().mean() for a in alive])})["dead"]
-        dead = dead.tolist()
-        self.log_scalars(
-            trainer,
-            {
-                tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction"): fraction
-                for key, fraction in zip(keys, dead, strict=True)
-            },
-        )
-        if trainer.current_epoch + 1 < self.warmup_epochs:
-            return
-        for key, fraction in zip(keys, dead, strict=True):
-            finding = dead_channel_finding(
-                key, fraction, self.dead_threshold, trainer.current_epoch
-            )
-            self.raise_alert(trainer, finding)
+        metrics = {}
+        for key, fraction in zip(keys, dead.tolist(), strict=True):
+            metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
+            if trainer.current_epoch + 1 >= self.warmup_epochs:
+                finding = dead_channel_finding(
+                    key, fraction, self.dead_threshold, trainer.current_epoch
+                )
+                self.raise_alert(trainer, finding)
+        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})

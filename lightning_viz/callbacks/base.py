@@ -12,12 +12,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_viz import tags
 from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, state_key
-from lightning_viz.alerts import Alert, AlertBook, OnAlert, check_on_alert, deliver
+from lightning_viz.alerts import (
+    Alert,
+    AlertBook,
+    OnAlert,
+    check_on_alert,
+    deliver,
+)
 from lightning_viz.functional.alert_rules import Finding
 
 if TYPE_CHECKING:
@@ -33,7 +39,7 @@ class RunContext:
       not given probes look through the same images;
     - the custom-scalars layout of all of them, written once by whichever logs first (so a
       subclass that overrides a hook cannot lose the dashboard);
-    - the alert total logged as ``alerts/count``.
+    - the alert total logged as ``alerts/count``, and the rows of the current step's alert table.
 
     One context lives per Trainer (weakly referenced, gone with the Trainer): a callbacks list
     attached to a new Trainer starts with a new one.
@@ -44,6 +50,23 @@ class RunContext:
     def __init__(self) -> None:
         self.picked_probes: dict[int, Probes] = {}
         self.layout_written = False
+        self.alert_rows: list[tuple[str, Alert]] = []
+
+    def add_alert_row(self, status: str, alert: Alert) -> str:
+        """Add a raised or cleared alert to its step's rows; the markdown table of that step.
+
+        TensorBoard's Text tab shows one entry per step and tag, so every callback that alerts
+        at a step writes the table of all the step's alerts so far: the last one is complete.
+        """
+        if self.alert_rows and self.alert_rows[0][1].step != alert.step:
+            self.alert_rows = []
+        self.alert_rows.append((status, alert))
+        return tags.alert_table(
+            [
+                (status, a.kind, a.layer, a.value, a.threshold, a.message)
+                for status, a in self.alert_rows
+            ]
+        )
 
     @classmethod
     def of(cls, trainer: pl.Trainer) -> RunContext:
@@ -177,25 +200,38 @@ class VizCallback(*CALLBACK_BASES):
 
     # ------------------------------------------------------------------------------ alerts
     def raise_alert(self, trainer: pl.Trainer, finding: Finding) -> None:
-        """Deliver an alert when ``finding`` starts firing for its (layer, kind); clear it when
-        it stops."""
-        if not self.alerts.update((finding.layer, finding.kind), finding.firing):
+        """Deliver an alert when ``finding`` starts firing for its (layer, kind); say so when it
+        clears. Either joins the step's alert table in TensorBoard's Text tab."""
+        status = self.alerts.update((finding.layer, finding.kind), finding.firing)
+        if status is None:
             return
+        source = type(self).__name__
+        message = finding.message
+        if status == "cleared":
+            message = f"{finding.kind} in {finding.layer!r} cleared"
         alert = Alert(
-            source=type(self).__name__,
+            source=source,
             kind=finding.kind,
             layer=finding.layer,
             value=float(finding.value),
             threshold=float(finding.threshold),
             epoch=trainer.current_epoch,
             step=trainer.global_step,
-            message=f"{type(self).__name__}: {finding.message}",
+            message=message if message.startswith(source) else f"{source}: {message}",
         )
-        self.alerts.raised.append(alert)
-        self.log_text(trainer, tags.ALERTS, alert.message)
-        total = RunContext.of(trainer).alert_total(trainer)
-        self.log_scalars(trainer, {tags.ALERT_COUNT: float(total)})
-        deliver(alert, self.on_alert, trainer)
+        if status == "raised":
+            self.alerts.raised.append(alert)
+        else:
+            rank_zero_info(f"{alert.message} at epoch {alert.epoch} (step {alert.step}).")
+        table = RunContext.of(trainer).add_alert_row(status, alert)
+        self.log_text(trainer, tags.ALERTS, table)
+        if status == "raised":
+            deliver(alert, self.on_alert, trainer)
+
+    def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
+        """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every
+        measurement (0 included)."""
+        return {tags.ALERT_COUNT: float(RunContext.of(trainer).alert_total(trainer))}
 
     @contextmanager
     def guarded(self, trainer: pl.Trainer, what: str) -> Iterator[None]:
@@ -214,8 +250,10 @@ class VizCallback(*CALLBACK_BASES):
                 "to raise instead."
             )
             self.raise_alert(trainer, Finding("failed", what, True, message=message))
+            self.log_scalars(trainer, self.alert_count(trainer))
         else:
-            self.alerts.update((what, "failed"), False)
+            if (what, "failed") in self.alerts.active:
+                self.raise_alert(trainer, Finding("failed", what, False))
 
 
 def to_host(values: Mapping[Key, Tensor]) -> dict[Key, Tensor]:

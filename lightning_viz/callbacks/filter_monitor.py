@@ -22,8 +22,10 @@ from lightning_viz.functional._validation import (
     check_layer_names,
     check_non_negative,
 )
-from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings
+from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings, frozen_finding
 from lightning_viz.functional.filters import filter_health
+
+_RULE_INPUTS = ("noise", "drift", "update_noise", "finite")
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
@@ -139,6 +141,7 @@ class FilterMonitor(VizCallback):
         )
         self._layers: dict[str, nn.Module] = {}
         self._image_layers: list[str] = []
+        self._frozen: list[str] = []
         self.initial: dict[str, Tensor] = {}
         self.lowest: dict[str, dict[str, float]] = {}
 
@@ -193,6 +196,7 @@ class FilterMonitor(VizCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._frozen_notice(trainer)
         if self.initial:
             return
         self.initial = {
@@ -229,39 +233,44 @@ class FilterMonitor(VizCallback):
         )
         metrics = {}
         for name in self._layers:
-            drift = host[name, "drift"].item()
             keys = ["noise", "noisy_fraction", "drift"]
-            if not baseline and drift > 0:
+            if not baseline and host[name, "drift"].item() > 0:
                 keys.append("update_noise")
             metrics.update(
-                {tags.tag(tags.FILTER_SCALAR, name, key): host[name, key].item() for key in keys}
+                {tags.tag(tags.FILTER_SCALAR, name, k): host[name, k].item() for k in keys}
             )
-        self.log_scalars(trainer, metrics)
-        if self.writer(trainer) is not None:
-            for name in self._layers:
-                self.log_values_histogram(
-                    trainer,
-                    tags.tag(tags.FILTER_NOISE_HISTOGRAM, name),
-                    host[name, "filter_noise"].numpy(),
-                )
-            for name in self._image_layers:
-                tiles = filter_tiles(self._layers[name].weight)
-                self.log_image(
-                    trainer,
-                    tags.tag(tags.FILTER_IMAGE, name),
-                    grid(tiles, nrow=math.ceil(math.sqrt(len(tiles)))),
-                )
-        for name in self._layers:
-            values = {
-                key: host[name, key].item() for key in ("noise", "drift", "update_noise", "finite")
-            }
             findings, self.lowest[name] = filter_findings(
                 name,
-                values,
+                {key: host[name, key].item() for key in _RULE_INPUTS},
                 self.lowest.get(name, {}),
                 epoch=trainer.current_epoch,
                 baseline=baseline,
                 thresholds=self.thresholds,
+                learning=name not in self._frozen,
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)
+        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
+        if self.writer(trainer) is None:
+            return
+        for name in self._layers:
+            histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
+            self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
+        for name in self._image_layers:
+            tiles = filter_tiles(self._layers[name].weight)
+            image = grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))
+            self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), image)
+
+    def _frozen_notice(self, trainer: pl.Trainer) -> None:
+        """Find the watched layers that will not train; say so once, as a ``frozen`` notice."""
+        in_optimizer = {
+            id(p) for o in trainer.optimizers for group in o.param_groups for p in group["params"]
+        }
+        self._frozen = [
+            name
+            for name, module in self._layers.items()
+            if not module.weight.requires_grad
+            or (in_optimizer and id(module.weight) not in in_optimizer)
+        ]
+        if self._frozen:
+            self.raise_alert(trainer, frozen_finding(self._frozen))

@@ -8,7 +8,7 @@ fires (each (layer, kind) once until it clears).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -45,6 +45,7 @@ def filter_findings(
     epoch: int,
     baseline: bool,
     thresholds: FilterThresholds,
+    learning: bool = True,
 ) -> tuple[list[Finding], dict[str, float]]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -56,6 +57,8 @@ def filter_findings(
         epoch: the epoch just measured (0-based); ignored at the baseline.
         baseline: whether this is the step-0 measurement, before any training.
         thresholds: the rules' thresholds.
+        learning: whether the layer is meant to learn; a layer frozen on purpose (no gradient,
+            in no optimizer) gets no ``not_learning`` and no ``noisy_filters``.
 
     Returns:
         The findings, and ``lowest`` updated with this measurement.
@@ -80,7 +83,7 @@ def filter_findings(
             "too high: lower it, add weight decay or a warm-up.",
         ),
     ]
-    if baseline:
+    if baseline or not learning:
         return findings, dict(lowest)
     rises, lowest = noise_rises(values, lowest, thresholds.rise)
     trained = epoch + 1
@@ -135,6 +138,20 @@ def noise_rises(
             rises.append((key, value, lowest[key]))
         lowest[key] = min(lowest.get(key, value), value)
     return rises, lowest
+
+
+def frozen_finding(layers: Sequence[str]) -> Finding:
+    """A notice, once at fit start: these watched layers will not be trained."""
+    names = ", ".join(repr(name) for name in layers)
+    return Finding(
+        "frozen",
+        ", ".join(layers),
+        True,
+        float(len(layers)),
+        message=f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
+        f"optimizer param group): {names}. They get no learning alerts. If this is not meant "
+        "(an accidental freeze), check requires_grad and the optimizer's param groups.",
+    )
 
 
 def dead_channel_finding(layer: str, fraction: float, threshold: float, epoch: int) -> Finding:

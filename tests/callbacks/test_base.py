@@ -4,8 +4,9 @@ import pytest
 import torch
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger
-from lightning_viz.callbacks.base import RunContext, to_host
+from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, tags
+from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
+from lightning_viz.functional.alert_rules import Finding
 from tests.helpers import DigitsClassifier, fit, read_events
 
 
@@ -62,14 +63,52 @@ def test_one_context_per_trainer_and_probes_shared_within_it(tmp_path):
     assert RunContext.of(other) is not context
 
 
-def test_alert_total_counts_the_alerts_of_every_callback(tmp_path):
+def test_alerts_of_several_callbacks_at_one_step_share_one_text_entry(tmp_path):
     monitors = [
         FilterMonitor(layers=["model.features.0"]),
         FilterMonitor(layers=["model.features.4"]),
     ]
     module = DigitsClassifier(freeze_first_conv=True)
     module.model.features[4].weight.requires_grad_(False)
-    with pytest.warns(UserWarning, match="barely moved"):
+    with pytest.warns(UserWarning, match="will not be trained"):
         trainer = fit(module, monitors, tmp_path, epochs=1)
     assert RunContext.of(trainer).alert_total(trainer) == 2
-    assert [e.value for e in read_events(tmp_path).Scalars("alerts/count")] == [1.0, 2.0]
+    events = read_events(tmp_path)
+    assert [e.value for e in events.Scalars("alerts/count")] == [1.0, 2.0, 2.0, 2.0]
+    (step,) = {e.step for e in events.Tensors("alerts/text_summary")}
+    last = events.Tensors("alerts/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert step == 0
+    assert [row["layer"] for row in tags.parse_alert_table(last)] == [
+        "model.features.0",
+        "model.features.4",
+    ]
+
+
+class Flapping(VizCallback):
+    """Fires at the first epoch's end, clears at the second."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        firing = trainer.current_epoch == 0
+        self.raise_alert(trainer, Finding("flapping", "layer", firing, 1.0, 0.5, "look here"))
+
+
+def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
+    callback = Flapping(on_alert="stop")
+    with pytest.warns(UserWarning, match="Flapping: look here"), caplog.at_level("INFO"):
+        trainer = fit(DigitsClassifier(), [callback], tmp_path, epochs=3, limit_train_batches=2)
+    assert trainer.current_epoch == 1  # the health alert stopped the run after its epoch
+    callback = Flapping()
+    caplog.clear()
+    with pytest.warns(UserWarning, match="Flapping: look here") as record, caplog.at_level("INFO"):
+        fit(DigitsClassifier(), [callback], tmp_path / "b", epochs=3, limit_train_batches=2)
+    assert sum("look here" in str(w.message) for w in record) == 1  # printed once
+    cleared = [r.getMessage() for r in caplog.records if "cleared" in r.getMessage()]
+    assert cleared == ["Flapping: flapping in 'layer' cleared at epoch 1 (step 4)."]
+    texts = read_events(tmp_path / "b").Tensors("alerts/text_summary")
+    rows = [
+        (t.step, r["status"], r["kind"])
+        for t in texts
+        for r in tags.parse_alert_table(t.tensor_proto.string_val[0].decode())
+    ]
+    assert rows == [(2, "raised", "flapping"), (4, "cleared", "flapping")]
+    assert len(callback.alerts.raised) == 1

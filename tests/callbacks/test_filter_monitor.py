@@ -5,7 +5,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
-from lightning_viz import Alert, FilterMonitor
+from lightning_viz import Alert, FilterMonitor, tags
 from tests.helpers import DigitsClassifier, fit, read_events
 
 FIRST = "model.features.0"
@@ -77,13 +77,37 @@ def test_healthy_runs_raise_no_alert(tmp_path, optimizer, lr):
     assert monitor.alerts.raised == []
 
 
-def test_frozen_first_layer_is_not_learning(tmp_path):
-    monitor = FilterMonitor(strict=True)
-    with pytest.warns(UserWarning, match=rf"'{FIRST}' has barely moved.*drift 0 < min_drift=0.02"):
-        fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=3)
-    assert alerts_of(monitor) == {("not_learning", FIRST)}
+def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_path):
+    monitor = FilterMonitor(on_alert="stop", strict=True)
+    with pytest.warns(UserWarning, match=rf"1 watched layer\(s\) will not be trained .*'{FIRST}'"):
+        trainer = fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=3)
+    assert alerts_of(monitor) == {("frozen", FIRST)}
     alert = monitor.alerts.raised[0]
-    assert (alert.epoch, alert.value, alert.threshold) == (0, 0.0, 0.02)
+    assert (alert.epoch, alert.step, alert.value) == (0, 0, 1.0)
+    assert trainer.current_epoch == 3  # a notice, not a health alert: no stop
+    events = read_events(tmp_path)
+    assert events.Scalars(f"filters/{FIRST}/drift")[-1].value == 0  # still measured
+
+
+def test_layer_in_no_optimizer_group_is_frozen(tmp_path):
+    class FirstConvNotOptimized(DigitsClassifier):
+        def configure_optimizers(self):
+            first = self.model.features[0].weight
+            rest = [p for p in self.parameters() if p is not first]
+            return torch.optim.SGD(rest, lr=0.05)
+
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match="will not be trained"):
+        fit(FirstConvNotOptimized(), [monitor], tmp_path, epochs=2)
+    assert alerts_of(monitor) == {("frozen", FIRST)}
+
+
+def test_far_too_low_learning_rate_is_not_learning(tmp_path):
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=rf"'{FIRST}' has barely moved.*< min_drift=0.02"):
+        fit(DigitsClassifier("sgd", 1e-7), [monitor], tmp_path, epochs=2)
+    assert alerts_of(monitor) == {("not_learning", layer) for layer in CONVS}
+    assert {(a.epoch, a.threshold) for a in monitor.alerts.raised} == {(0, 0.02)}
 
 
 def test_far_too_high_learning_rate_is_exploding(tmp_path):
@@ -112,14 +136,20 @@ def test_alerts_reach_tensorboard_and_the_callable(tmp_path):
     received: list[Alert] = []
     monitor = FilterMonitor(on_alert=received.append, strict=True)
     with pytest.warns(UserWarning, match="barely moved"):
-        fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=2)
-    assert [a.kind for a in received] == ["not_learning"]
+        fit(DigitsClassifier("sgd", 1e-7), [monitor], tmp_path, epochs=2)
+    assert [(a.kind, a.layer) for a in received] == [("not_learning", c) for c in CONVS]
     events = read_events(tmp_path)
     texts = events.Tensors("alerts/text_summary")
-    assert len(texts) == 1
-    assert texts[0].step == STEPS_PER_EPOCH
-    assert f"{FIRST}" in texts[0].tensor_proto.string_val[0].decode()
-    assert [(e.step, e.value) for e in events.Scalars("alerts/count")] == [(STEPS_PER_EPOCH, 1.0)]
+    assert {t.step for t in texts} == {STEPS_PER_EPOCH}
+    # the last entry of the step holds every alert of the step, one table row each
+    rows = tags.parse_alert_table(texts[-1].tensor_proto.string_val[0].decode())
+    assert [(r["status"], r["kind"], r["layer"]) for r in rows] == [
+        ("raised", "not_learning", c) for c in CONVS
+    ]
+    assert all("has barely moved" in r["what to check"] for r in rows)
+    # a point at every measurement, 0 included
+    counts = [(e.step, e.value) for e in events.Scalars("alerts/count")]
+    assert counts == [(0, 0.0), (STEPS_PER_EPOCH, 3.0), (2 * STEPS_PER_EPOCH, 3.0)]
 
 
 def test_on_alert_stop_stops_training(tmp_path):

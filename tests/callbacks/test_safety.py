@@ -37,6 +37,19 @@ def test_out_of_memory_in_a_visualization_becomes_an_alert(tmp_path, monkeypatch
     assert trainer.current_epoch == 2  # training went on
     assert [(a.kind, a.layer) for a in gradcam.alerts.raised] == [("failed", "GradCAMLogger")]
     assert "\n" not in gradcam.alerts.raised[0].message
+    assert gradcam.alerts.raised[0].message.count("GradCAMLogger") == 1
+
+
+def test_a_failed_visualization_never_stops_training(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("lightning_viz.callbacks.gradcam_logger.grad_cam_and_logits", boom)
+    gradcam = GradCAMLogger(on_alert="stop")
+    with pytest.warns(UserWarning, match="GradCAMLogger failed and was skipped"):
+        trainer = fit(DigitsClassifier(), [gradcam], tmp_path, epochs=3, limit_train_batches=2)
+    assert trainer.current_epoch == 3
+    assert not trainer.should_stop
 
 
 def test_strict_re_raises(tmp_path, monkeypatch):
