@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 FILTER_SCALAR = "filters/{layer}/{key}"
 """Scalar, FilterMonitor: ``key`` one of :data:`FILTER_KEYS`."""
-FILTER_KEYS = ("noise", "noisy_fraction", "drift", "update_noise")
+FILTER_KEYS = ("noise", "noisy_fraction", "drift", "learned", "update_noise")
 FILTER_IMAGE = "filters/{layer}"
 """Image, FilterMonitor: the layer's filters as a grid."""
 FILTER_NOISE_HISTOGRAM = "filters/{layer}/noise_histogram"
@@ -25,7 +25,7 @@ FILTER_NOISE_HISTOGRAM = "filters/{layer}/noise_histogram"
 
 ACTIVATION_SCALAR = "activations/{layer}/{key}"
 """Scalar, ActivationMonitor: ``key`` one of :data:`ACTIVATION_KEYS`."""
-ACTIVATION_KEYS = ("zero_fraction", "dead_fraction", "localization")
+ACTIVATION_KEYS = ("zero_fraction", "dead_fraction", "localization", "saturated_fraction")
 ACTIVATION_HISTOGRAM = "activations/{layer}"
 """Histogram, ActivationMonitor: the values of a sampled batch."""
 

@@ -20,7 +20,11 @@ from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional import activation_stats
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
 from lightning_viz.functional.activations import activation_sums, stats_from_sums
-from lightning_viz.functional.alert_rules import dead_channel_finding, nonfinite_activation_finding
+from lightning_viz.functional.alert_rules import (
+    dead_channel_finding,
+    nonfinite_activation_finding,
+    saturation_finding,
+)
 
 ACTIVATION_TYPES = (
     nn.ReLU,
@@ -35,14 +39,42 @@ ACTIVATION_TYPES = (
     nn.SiLU,
     nn.Mish,
     nn.Hardswish,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
 )
-_BATCH_KEYS = ("zero_fraction", "localization")
+"""The torch activation modules watched by default."""
+ACTIVATION_NAMES = frozenset(
+    {
+        "relu", "relu6", "leakyrelu", "prelu", "elu", "selu", "celu", "gelu", "gelutanh",
+        "quickgelu", "silu", "swish", "mish", "hardswish", "hardsigmoid", "sigmoid", "tanh",
+        "hardtanh", "softplus", "starrelu", "squaredrelu",
+    }
+)  # fmt: skip
+"""Class names (lower case) of other libraries' activation modules (timm's ``GELU``, ...) that
+are watched by default too."""
+SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+"""Output ranges of the activations that saturate, by lower-case class name."""
+_RELU_KEYS = ("zero_fraction", "localization")
 HISTOGRAM_SAMPLES = 2**14
 """Activation histograms count an evenly strided sample of at most this many values."""
 
 
-def _is_activation(name: str, module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATION_TYPES)
+def is_activation(module: nn.Module, types: tuple[type[nn.Module], ...] | None = None) -> bool:
+    """Whether ``module`` is an activation: an instance of ``types``, or by default one of
+    :data:`ACTIVATION_TYPES` or a class named like one (:data:`ACTIVATION_NAMES`)."""
+    if types is not None:
+        return isinstance(module, types)
+    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.lower() in ACTIVATION_NAMES
+
+
+def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """The output range of a saturating activation (sigmoid, tanh, hardtanh...), else None."""
+    if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6):
+        return (float(module.min_val), float(module.max_val))
+    return SATURATING_BOUNDS.get(type(module).__name__.lower())
 
 
 class ActivationMonitor(VizCallback):
@@ -55,11 +87,16 @@ class ActivationMonitor(VizCallback):
     are not sampled cost nothing and sync nothing. Validation batches are not sampled. Under DDP
     the scalars are averaged over ranks (every rank reaches the same collective at the same step).
 
-    Default layers are the activation modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ...), with
-    4-D outputs: what a user thinks of as "the activations". A module that runs several times per
-    forward is one activation per call: torchvision's ResNet calls a block's ``relu`` twice, and
-    the calls are logged as ``layer1.0.relu`` and ``layer1.0.relu#2``. ReLUs called as functions
-    (``F.relu``) have no module to hook: name the modules whose outputs you want with ``layers=``.
+    Default layers are the activation modules with 4-D outputs: what a user thinks of as "the
+    activations": torch's (:data:`ACTIVATION_TYPES`: ReLU and its kin, GELU, SiLU, Mish,
+    Hardswish, Sigmoid, Tanh, ...) and other libraries' by class name (:data:`ACTIVATION_NAMES`,
+    e.g. timm's ``GELU``); ``activation_types=`` chooses the classes instead. ReLU-like layers
+    are read for sparsity, localization and dead channels; saturating ones (sigmoid, tanh,
+    hardsigmoid, hardtanh) for how often they sit at their bounds. A module that runs several
+    times per forward is one activation per call: torchvision's ResNet calls a block's ``relu``
+    twice, and the calls are logged as ``layer1.0.relu`` and ``layer1.0.relu#2``. ReLUs called as
+    functions (``F.relu``) have no module to hook: name the modules whose outputs you want with
+    ``layers=``.
 
     A torch.compile'd model fails at fit start: compiled code skips hooks added after compilation,
     and running the sampled steps eagerly could change what training computes.
@@ -68,6 +105,8 @@ class ActivationMonitor(VizCallback):
 
     - ``dead_channels``: after ``warmup_epochs``, a layer's fraction of channels with no positive
       value in any sampled batch of the epoch is at least ``dead_threshold``.
+    - ``saturated``: after ``warmup_epochs``, a sigmoid/tanh layer's mean saturated fraction over
+      the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
     - ``nonfinite_activations``: NaN or Inf in a sampled feature map.
 
     Args:
@@ -75,8 +114,11 @@ class ActivationMonitor(VizCallback):
         every_n_steps: sample every this many optimizer steps; default the Trainer's
             ``log_every_n_steps``.
         dead_threshold: the dead fraction at which ``dead_channels`` fires.
-        warmup_epochs: epochs before ``dead_channels`` may fire.
+        saturated_threshold: the saturated fraction at which ``saturated`` fires.
+        warmup_epochs: epochs before ``dead_channels`` and ``saturated`` may fire.
         histograms: also log a histogram of each layer's values per sampled step.
+        activation_types: the module classes to watch by default; None: every common
+            activation (see above).
         on_alert: ``"warn"``, ``"stop"`` (also sets ``trainer.should_stop``), or a callable that
             receives the :class:`~lightning_viz.alerts.Alert`.
         strict: re-raise a failure of the monitor instead of turning it into an alert.
@@ -94,7 +136,10 @@ class ActivationMonitor(VizCallback):
       sample of at most 16,384 of them; the scalars use every value).
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch.
-    - ``alerts`` (text) and ``alerts/count`` when an alert fires.
+    - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
+      above): fraction of values within 2% of the output range from either bound.
+    - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (with every
+      measurement).
 
     How to read it: good feature maps are sparse (a high zero fraction after a ReLU) and
     localized (a few strong spots); a dead fraction that grows means channels died (often a
@@ -114,13 +159,26 @@ class ActivationMonitor(VizCallback):
         layers: Sequence[str] | None = None,
         every_n_steps: int | None = None,
         dead_threshold: float = 0.5,
+        saturated_threshold: float = 0.5,
         warmup_epochs: int = 1,
         histograms: bool = True,
+        activation_types: Sequence[type[nn.Module]] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict)
         self.layer_names = check_layer_names(layers)
+        self.saturated_threshold = check_fraction("saturated_threshold", saturated_threshold)
+        if activation_types is not None:
+            activation_types = tuple(activation_types)
+            if not activation_types or not all(
+                isinstance(t, type) and issubclass(t, nn.Module) for t in activation_types
+            ):
+                raise ValueError(
+                    "`activation_types` must be None or a non-empty sequence of nn.Module "
+                    f"classes, got {activation_types!r}"
+                )
+        self.activation_types = activation_types
         self.every_n_steps = check_int("every_n_steps", every_n_steps, allow_none=True)
         self.dead_threshold = check_fraction("dead_threshold", dead_threshold)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
@@ -132,6 +190,8 @@ class ActivationMonitor(VizCallback):
         self._calls: dict[str, int] = {}
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
+        self._bounds: dict[str, tuple[float, float] | None] = {}
+        self._saturation: dict[str, list[float]] = {}
         self._last_sampled_step = -1
 
     @override
@@ -153,9 +213,15 @@ class ActivationMonitor(VizCallback):
                 "ActivationMonitor on an uncompiled run (e.g. a short diagnostic run); the other "
                 "lightning-viz callbacks work with compiled models."
             )
+        types = self.activation_types
         self._layers = watched_layers(
-            pl_module, self.layer_names, _is_activation, "activation module", source
+            pl_module,
+            self.layer_names,
+            lambda name, module: is_activation(module, types),
+            "activation module",
+            source,
         )
+        self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
@@ -163,17 +229,19 @@ class ActivationMonitor(VizCallback):
         def regex(name: str, *keys: str) -> list[str]:
             return [tags.scalar_regex(tags.ACTIVATION_SCALAR, name, keys, numbered_calls=True)]
 
-        return {
-            f"layer {name}": {
+        def charts(name: str) -> dict[str, list[str]]:
+            if self._bounds.get(name) is not None:
+                return {"activation saturation": regex(name, "saturated_fraction")}
+            return {
                 "activation sparsity": regex(name, "zero_fraction", "dead_fraction"),
                 "activation localization": regex(name, "localization"),
             }
-            for name in self._layers
-        }
+
+        return {f"layer {name}": charts(name) for name in self._layers}
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active = {}
+        self._active, self._saturation = {}, {}
 
     @override
     def on_train_batch_start(
@@ -214,6 +282,8 @@ class ActivationMonitor(VizCallback):
         with self.guarded(trainer, "dead channels"):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
+        with self.guarded(trainer, "saturation"):
+            self._check_saturation(trainer)
 
     @override
     def on_exception(
@@ -244,7 +314,9 @@ class ActivationMonitor(VizCallback):
                             f"layer {key!r} returned {shape}, not a 4-D feature map"
                         )
                     return
-                self._batch[key] = activation_stats(output, histogram_samples=HISTOGRAM_SAMPLES)
+                self._batch[key] = activation_stats(
+                    output, histogram_samples=HISTOGRAM_SAMPLES, bounds=self._bounds.get(name)
+                )
             except Exception as error:  # a hook must never break the training step
                 self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -283,7 +355,10 @@ class ActivationMonitor(VizCallback):
                 on_device[key, "edges"] = self._batch[key]["histogram_edges"]
                 on_device[key, "counts"] = self._batch[key]["histogram_counts"]
         host = to_host(on_device)  # the one transfer of this step
+        saturating = {key for key in keys if self._bounds.get(key.split("#")[0]) is not None}
         for key in keys:
+            if key in saturating:
+                continue  # a sigmoid is never "dead": it saturates instead
             active = self._batch[key]["channel_active"]
             self._active[key] = active | self._active[key] if key in self._active else active
         metrics = {}
@@ -292,7 +367,14 @@ class ActivationMonitor(VizCallback):
             stats = stats_from_sums(row)
             if not stats["nonfinite"]:
                 finite_keys.append(key)
-                logged = ["zero_fraction"] if math.isnan(stats["localization"]) else _BATCH_KEYS
+                if key in saturating:
+                    logged = ["saturated_fraction"]
+                    total = self._saturation.setdefault(key, [0.0, 0])
+                    total[0], total[1] = total[0] + stats["saturated_fraction"], total[1] + 1
+                elif math.isnan(stats["localization"]):
+                    logged = ["zero_fraction"]
+                else:
+                    logged = _RELU_KEYS
                 metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
             self.raise_alert(
                 trainer,
@@ -323,3 +405,14 @@ class ActivationMonitor(VizCallback):
                 )
                 self.raise_alert(trainer, finding)
         self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
+
+    def _check_saturation(self, trainer: pl.Trainer) -> None:
+        """``saturated`` on the epoch's mean saturated fraction (host values, the same on every
+        rank: the per-step sums were reduced already)."""
+        if trainer.current_epoch + 1 < self.warmup_epochs:
+            return
+        for key, (total, count) in self._saturation.items():
+            finding = saturation_finding(
+                key, total / count, self.saturated_threshold, trainer.current_epoch
+            )
+            self.raise_alert(trainer, finding)

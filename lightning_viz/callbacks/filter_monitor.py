@@ -17,15 +17,14 @@ from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional import filter_tiles, grid
 from lightning_viz.functional._validation import (
-    check_fraction,
     check_int,
     check_layer_names,
     check_non_negative,
 )
 from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings, frozen_finding
-from lightning_viz.functional.filters import filter_health
+from lightning_viz.functional.filters import filter_health, weight_sample
 
-_RULE_INPUTS = ("noise", "drift", "update_noise", "finite")
+_RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
@@ -33,32 +32,38 @@ def _is_spatial_conv(name: str, module: nn.Module) -> bool:
 
 
 class FilterMonitor(VizCallback):
-    r"""Watch the smoothness of conv filters and how far training moved them; alert when unhealthy.
+    r"""Watch the conv filters: how smooth they are, how training moves them, and alert when a
+    layer does not learn, explodes, collapses, is overwritten, or learns noise.
 
     Smoothness is Geary's C (:func:`~lightning_viz.functional.filter_noise`): about 1 for white
     noise (a fresh init), towards 0 for smooth filters. On its own it does not tell a healthy run
     from a broken one (AdamW leaves first-layer filters near their init, C about 0.95, while
-    reaching 97% accuracy), so the monitor also tracks the *drift* ``||W - W_init|| / ||W_init||``
-    and the *update noise*, Geary's C of ``W - W_init``: updates of healthy first layers are smooth
-    (C 0.2-0.5) because their gradients are sums of image patches.
+    reaching 99% accuracy), so the monitor reads how the weights moved
+    (:func:`~lightning_viz.functional.filter_health`): the *drift* ``||W - W0|| / ||W0||``, what
+    the layer *learned* (the part of ``W - W0`` orthogonal to ``W0``, which weight decay alone
+    cannot produce), the *norm ratio* ``||W|| / ||W0||``, the cosine between consecutive
+    measurements, and the *update noise*, Geary's C of ``W - W0``.
 
-    Measured at the untrained baseline (fit start, step 0) and every ``every_n_epochs`` at the end
-    of a training epoch.
+    Measured at the untrained baseline (train start, step 0) and every ``every_n_epochs`` at the
+    end of a training epoch, with one host transfer per measurement.
 
-    Alerts (each (layer, kind) once until it clears; see ``on_alert``):
+    Alerts (each (layer, kind) once until it clears; see ``on_alert``; thresholds from the alert
+    benchmark ``benchmarks/alerts.py``, whose table the README shows):
 
-    - ``not_learning``: after ``warmup_epochs``, drift below ``min_drift`` (a frozen layer, a
-      learning rate far too low, dead gradients).
-    - ``exploding``: drift above ``max_drift`` (learning rate far too high, no weight decay).
-    - ``noisy_filters``: after ``warmup_epochs``, the median C of the weights or of the update
-      rose more than ``rise`` above its lowest value so far: learned structure is being replaced
-      by noise (a learning-rate spike, a re-initialized or corrupted layer).
+    - ``not_learning``: after ``warmup_steps`` optimizer steps, ``learned`` below
+      ``min_learned`` (dead ReLUs, vanishing gradients, a learning rate far too low).
+    - ``overwritten``: the cosine between the weights now and at the previous measurement below
+      ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence).
+    - ``exploding``: drift above ``max_drift`` (a learning rate far too high); clears below half
+      of it.
+    - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
+    - ``noisy_filters``: on the first watched layer, once it learned something (``learned`` >=
+      0.1), an update noise of at least ``max_update_noise``: the structure training added is
+      itself noise.
     - ``nonfinite_weights``: NaN or Inf in the weights.
-
-    Defaults come from calibration runs on scikit-learn's digits (a 3-block Conv-BN-ReLU net):
-    healthy AdamW and SGD runs drift 0.07-1.6 and their update noise rises at most 0.15 over 6
-    epochs; learning rate 1e-5 drifts under 0.01 in the first layer; learning rates far too high
-    drift 8-190 after one epoch; re-initializing a layer mid-run lifts its update noise by 0.5.
+    - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
+      no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
+      distillation teacher is not a fault; an accidental freeze shows here at step 0).
 
     Args:
         layers: names of the conv layers to watch; default every ``nn.Conv2d`` with kernels of
@@ -67,12 +72,15 @@ class FilterMonitor(VizCallback):
             watched layer), ``"all"``, or a list of names.
         every_n_epochs: measure every this many training epochs.
         noise_threshold: a filter with C at or above it counts as noisy in ``noisy_fraction``.
-        warmup_epochs: epochs before ``not_learning`` and ``noisy_filters`` may fire.
-        min_drift: ``not_learning`` below this drift; 0 turns it off (e.g. for fine-tuning).
+        warmup_steps: optimizer steps before ``not_learning`` and ``noisy_filters`` may fire.
+        min_learned: ``not_learning`` below this; 0 turns the rule off.
         max_drift: ``exploding`` above this drift.
-        rise: ``noisy_filters`` when a median C rises this much above its lowest value.
+        min_step_cosine: ``overwritten`` below this cosine; -1 turns the rule off.
+        min_norm_ratio: ``collapse`` below this norm ratio; 0 turns it off.
+        max_update_noise: ``noisy_filters`` at or above this first-layer update noise.
         on_alert: ``"warn"`` (a warning, plus the ``alerts`` text and ``alerts/count``), ``"stop"``
-            (also sets ``trainer.should_stop``), or a callable that receives the
+            (also sets ``trainer.should_stop``, for health alerts; never for ``frozen`` or a
+            failure of the monitor), or a callable that receives the
             :class:`~lightning_viz.alerts.Alert`.
         strict: re-raise a failure of the monitor instead of turning it into an alert.
 
@@ -84,21 +92,24 @@ class FilterMonitor(VizCallback):
 
     - ``filters/<layer>/noise``: median Geary's C of the layer's filters.
     - ``filters/<layer>/noisy_fraction``: fraction of filters with C >= ``noise_threshold``.
-    - ``filters/<layer>/drift``: ``||W - W_init|| / ||W_init||``, W_init the weights at fit start.
-    - ``filters/<layer>/update_noise``: median Geary's C of ``W - W_init`` (not at step 0).
+    - ``filters/<layer>/drift``: ``||W - W0|| / ||W0||``, W0 the weights at train start.
+    - ``filters/<layer>/learned``: the part of ``W - W0`` orthogonal to W0, over ``||W0||``.
+    - ``filters/<layer>/update_noise``: median Geary's C of ``W - W0`` (not at step 0).
     - ``filters/<layer>/noise_histogram`` (histogram): per-filter C. (Not ``filters/<layer>``:
       TensorBoard shows one kind of data per tag, and that tag is the image.)
     - ``filters/<layer>`` (image): the filters as a grid; RGB for 3 input channels, else one grey
       tile per filter showing its strongest in-channel slice; each tile min-max normalized.
-    - ``alerts`` (text) and ``alerts/count`` when an alert fires.
+    - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
+      measurement).
 
     How to read it: smooth, oriented, colour-opponent first-layer filters are the classic sign of
-    a net that learned; a drift near 0 means the layer is not training; a drift in the tens means
-    the learning rate is far too high; an update noise that jumps means the layer is being
-    overwritten by noise.
+    a net that learned; ``learned`` near 0 means the layer is not training (while ``drift`` may
+    still grow from weight decay alone); a drift in the tens means the learning rate is far too
+    high.
 
-    Cost: a few reductions over the conv weights per measured epoch, one host transfer, and a copy
-    of the watched weights at fit start, kept on the CPU in float32 (also in checkpoints).
+    Cost: a few reductions over the conv weights per measured epoch, one host transfer, a copy of
+    the watched weights at train start (on the CPU, float32, also in checkpoints) and a sample of
+    at most 4,096 weights per layer from the previous measurement.
 
     Example::
 
@@ -111,10 +122,12 @@ class FilterMonitor(VizCallback):
         image_layers: Literal["first", "all"] | Sequence[str] = "first",
         every_n_epochs: int = 1,
         noise_threshold: float = 0.9,
-        warmup_epochs: int = 1,
-        min_drift: float = 0.02,
+        warmup_steps: int = 10,
+        min_learned: float = 1e-3,
         max_drift: float = 5.0,
-        rise: float = 0.25,
+        min_step_cosine: float = 0.5,
+        min_norm_ratio: float = 0.1,
+        max_update_noise: float = 0.95,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
@@ -125,25 +138,22 @@ class FilterMonitor(VizCallback):
         self.image_layers = image_layers if isinstance(image_layers, str) else list(image_layers)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.noise_threshold = check_non_negative("noise_threshold", noise_threshold)
-        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
-        self.min_drift = check_non_negative("min_drift", min_drift)
-        self.max_drift = check_non_negative("max_drift", max_drift)
-        if self.max_drift <= self.min_drift:
-            raise ValueError(
-                f"`max_drift` ({max_drift!r}) must be larger than `min_drift` ({min_drift!r})"
-            )
-        self.rise = check_fraction("rise", rise)
+        if isinstance(min_step_cosine, bool) or not isinstance(min_step_cosine, (int, float)):
+            raise ValueError(f"`min_step_cosine` must be a number, got {min_step_cosine!r}")
         self.thresholds = FilterThresholds(
-            min_drift=self.min_drift,
-            max_drift=self.max_drift,
-            rise=self.rise,
-            warmup_epochs=self.warmup_epochs,
+            min_learned=check_non_negative("min_learned", min_learned),
+            max_drift=check_non_negative("max_drift", max_drift),
+            min_step_cosine=float(min_step_cosine),
+            min_norm_ratio=check_non_negative("min_norm_ratio", min_norm_ratio),
+            max_update_noise=check_non_negative("max_update_noise", max_update_noise),
+            warmup_steps=check_int("warmup_steps", warmup_steps, minimum=0),
         )
         self._layers: dict[str, nn.Module] = {}
         self._image_layers: list[str] = []
         self._frozen: list[str] = []
+        self._samples: dict[str, Tensor] = {}
         self.initial: dict[str, Tensor] = {}
-        self.lowest: dict[str, dict[str, float]] = {}
+        self.previous: dict[str, Tensor] = {}
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -182,14 +192,16 @@ class FilterMonitor(VizCallback):
                     f"{list(self._layers)}"
                 )
             self._image_layers = list(self.image_layers)
+        self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
 
     @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
         noise = ("noise", "update_noise", "noisy_fraction")
+        moved = ("drift", "learned")
         return {
             f"layer {name}": {
                 "filter noise": [tags.scalar_regex(tags.FILTER_SCALAR, name, noise)],
-                "filter drift": [tags.scalar_regex(tags.FILTER_SCALAR, name, ["drift"])],
+                "filter drift": [tags.scalar_regex(tags.FILTER_SCALAR, name, moved)],
             }
             for name in self._layers
         }
@@ -214,39 +226,50 @@ class FilterMonitor(VizCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "initial": dict(self.initial), "lowest": dict(self.lowest)}
+        return {
+            **super().state_dict(),
+            "initial": dict(self.initial),
+            "previous": dict(self.previous),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial = dict(state_dict.get("initial", {}))
-        self.lowest = {name: dict(values) for name, values in state_dict.get("lowest", {}).items()}
+        self.previous = dict(state_dict.get("previous", {}))
 
     # ------------------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, baseline: bool) -> None:
         health = {
-            name: filter_health(module.weight, self.initial[name], self.noise_threshold)
+            name: filter_health(
+                module.weight,
+                self.initial[name],
+                self.noise_threshold,
+                sample=self._samples[name],
+                previous=self.previous.get(name),
+            )
             for name, module in self._layers.items()
         }
         host = to_host(
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
+        first = next(iter(self._layers))
         metrics = {}
         for name in self._layers:
-            keys = ["noise", "noisy_fraction", "drift"]
+            self.previous[name] = host[name, "sample"].clone()
+            keys = ["noise", "noisy_fraction", "drift", "learned"]
             if not baseline and host[name, "drift"].item() > 0:
                 keys.append("update_noise")
-            metrics.update(
-                {tags.tag(tags.FILTER_SCALAR, name, k): host[name, k].item() for k in keys}
-            )
-            findings, self.lowest[name] = filter_findings(
+            for key in keys:
+                metrics[tags.tag(tags.FILTER_SCALAR, name, key)] = host[name, key].item()
+            findings = filter_findings(
                 name,
                 {key: host[name, key].item() for key in _RULE_INPUTS},
-                self.lowest.get(name, {}),
-                epoch=trainer.current_epoch,
-                baseline=baseline,
+                steps=trainer.global_step,
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
+                first_layer=name == first,
+                exploding=(name, "exploding") in self.alerts.active,
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)

@@ -11,8 +11,15 @@ from torch import Tensor
 HISTOGRAM_BINS = 64
 
 
+SATURATION_MARGIN = 0.02
+"""A value within this fraction of the output range from a bound counts as saturated."""
+
+
 def activation_stats(
-    activations: Tensor, bins: int = HISTOGRAM_BINS, histogram_samples: int | None = None
+    activations: Tensor,
+    bins: int = HISTOGRAM_BINS,
+    histogram_samples: int | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> dict[str, Tensor]:
     """Statistics of one batch of feature maps, every value a tensor on the input's device.
 
@@ -24,6 +31,8 @@ def activation_stats(
         bins: number of equal-width histogram bins between the (sampled) values' min and max.
         histogram_samples: count the histogram over an evenly strided subset of at most this
             many values (None: all of them); the other statistics always use every value.
+        bounds: the output range of a saturating activation (sigmoid: (0, 1), tanh: (-1, 1)),
+            to count the values stuck near either end.
 
     Returns:
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
@@ -35,6 +44,8 @@ def activation_stats(
         ``active_maps``: how many (image, channel) maps have a positive value (the weight of
         ``localization`` when averaging over batches or ranks);
         ``elements``: how many values (the weight of ``zero_fraction``);
+        ``saturated_fraction``: with ``bounds``, the fraction of values within 2% of the range
+        from either bound, where the activation's gradient all but vanishes (else 0);
         ``nonfinite``: bool, the batch holds NaN or Inf (then the other values may be NaN too);
         ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,), for TensorBoard.
 
@@ -60,6 +71,7 @@ def activation_stats(
         "localization": _localization(positive, mass),
         "active_maps": (mass > 0).sum(),
         "elements": a.new_full((), count),
+        "saturated_fraction": _saturated_fraction(flat, bounds),
         "nonfinite": ~flat.sum().isfinite(),
     }
     if histogram_samples is not None and flat.numel() > histogram_samples:
@@ -68,7 +80,7 @@ def activation_stats(
     return stats
 
 
-SUMMED = ("zero", "localization", "nonfinite", "elements", "active_maps")
+SUMMED = ("zero", "localization", "nonfinite", "elements", "active_maps", "saturated")
 """The columns of :func:`activation_sums`."""
 
 
@@ -88,19 +100,30 @@ def activation_sums(stats: dict[str, Tensor]) -> Tensor:
             stats["nonfinite"].float(),
             elements,
             active,
+            stats["saturated_fraction"] * elements,
         ]
     )
 
 
 def stats_from_sums(sums: Sequence[float]) -> dict[str, float | bool]:
-    """``zero_fraction``, ``localization`` (NaN without active maps) and ``nonfinite`` from
-    (summed) :func:`activation_sums` on the host."""
-    zero, localization, nonfinite, elements, active = sums
+    """``zero_fraction``, ``localization`` (NaN without active maps), ``saturated_fraction`` and
+    ``nonfinite`` from (summed) :func:`activation_sums` on the host."""
+    zero, localization, nonfinite, elements, active, saturated = sums
     return {
         "zero_fraction": zero / elements if elements else math.nan,
         "localization": localization / active if active > 0 else math.nan,
+        "saturated_fraction": saturated / elements if elements else math.nan,
         "nonfinite": nonfinite > 0,
     }
+
+
+def _saturated_fraction(flat: Tensor, bounds: tuple[float, float] | None) -> Tensor:
+    if bounds is None:
+        return flat.new_zeros(())
+    low, high = bounds
+    margin = SATURATION_MARGIN * (high - low)
+    near = (flat <= low + margin) | (flat >= high - margin)
+    return near.sum() / flat.numel()
 
 
 def _localization(positive: Tensor, mass: Tensor) -> Tensor:

@@ -48,32 +48,76 @@ def filter_noise(weight: Tensor) -> Tensor:
     return score.nan_to_num(nan=0.0)
 
 
+SAMPLE_SIZE = 4096
+"""How many weights :func:`weight_sample` keeps to compare consecutive measurements."""
+
+
+def weight_sample(numel: int, size: int = SAMPLE_SIZE, seed: int = 0) -> Tensor:
+    """Fixed indices of at most ``size`` of a weight's ``numel`` entries (all of them when it
+    has fewer), drawn from a private generator: the global RNG is not touched."""
+    if numel <= size:
+        return torch.arange(numel)
+    return torch.randperm(numel, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
 def filter_health(
-    weight: Tensor, initial: Tensor, noise_threshold: float = 0.9
+    weight: Tensor,
+    initial: Tensor,
+    noise_threshold: float = 0.9,
+    sample: Tensor | None = None,
+    previous: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """How smooth a conv layer's filters are and how far training moved them, on the device.
+    """How smooth a conv layer's filters are and how far, and how, training moved them.
 
     Args:
         weight: the conv weight now, (out, in, kh, kw).
         initial: the same weight at the start of training (any device; moved to the weight's).
         noise_threshold: a filter with Geary's C at or above it counts as noisy.
+        sample: flat indices of the weights compared with the previous measurement
+            (:func:`weight_sample`); default all of them.
+        previous: ``weight.flatten()[sample]`` at the previous measurement, if any.
 
     Returns:
-        ``filter_noise`` (out,) Geary's C of each filter; ``noise`` its median;
-        ``noisy_fraction`` the fraction of filters with C >= ``noise_threshold``; ``drift``
-        ``||W - W_init|| / ||W_init||``; ``update_noise`` the median C of ``W - W_init`` (the
-        structure training added); ``finite`` 1.0 when every weight is finite, else 0.0. All
-        float32 tensors on the weight's device: no host sync.
+        All float32 tensors on the weight's device (no host sync):
+
+        - ``filter_noise`` (out,): Geary's C of each filter; ``noise``: its median;
+          ``noisy_fraction``: the fraction of filters with C >= ``noise_threshold``;
+        - ``drift``: ``||W - W0|| / ||W0||``;
+        - ``learned``: ``||(W - W0) - proj_W0(W - W0)|| / ||W0||``, the part of the change
+          orthogonal to W0: what the layer learned other than growing or shrinking (weight decay
+          alone cannot move it);
+        - ``norm_ratio``: ``||W|| / ||W0||`` (a collapse towards 0 shows here);
+        - ``step_cosine``: the cosine between the sampled weights now and ``previous`` (NaN
+          without it): near 1 when training refined the layer, near 0 or below when something
+          overwrote it;
+        - ``update_noise``: the median C of ``W - W0``, the structure training added;
+        - ``finite``: 1.0 when every weight is finite, else 0.0;
+        - ``sample``: ``W.flatten()[sample]``, the next measurement's ``previous``.
     """
     weight = weight.detach()
-    initial = initial.to(weight.device, non_blocking=True)
+    flat = weight.float().flatten()
+    initial = initial.to(weight.device, non_blocking=True).float()
+    tiny = torch.finfo(torch.float32).tiny
     noise = filter_noise(weight)
     update = weight.float() - initial
+    initial_norm = initial.norm().clamp(min=tiny)
+    along = torch.dot(update.flatten(), initial.flatten()) / initial_norm.square()
+    orthogonal = update - along * initial
+    sampled = flat if sample is None else flat[sample.to(weight.device)]
+    step_cosine = torch.full((), float("nan"), device=weight.device)
+    if previous is not None:
+        previous = previous.to(weight.device).float()
+        norms = (sampled.norm() * previous.norm()).clamp(min=tiny)
+        step_cosine = torch.dot(sampled, previous) / norms
     return {
         "filter_noise": noise,
         "noise": noise.median(),
         "noisy_fraction": (noise >= noise_threshold).float().mean(),
-        "drift": update.norm() / initial.norm().clamp(min=torch.finfo(torch.float32).tiny),
+        "drift": update.norm() / initial_norm,
+        "learned": orthogonal.norm() / initial_norm,
+        "norm_ratio": flat.norm() / initial_norm,
+        "step_cosine": step_cosine,
         "update_noise": filter_noise(update).median(),
         "finite": weight.isfinite().all().float(),
+        "sample": sampled,
     }

@@ -226,3 +226,63 @@ def test_unknown_layer_or_no_activation_fails_at_fit_start(tmp_path):
 
     with pytest.raises(ValueError, match="has no activation module; pass `layers=`"):
         fit(Classifier(Functional()), [ActivationMonitor()], tmp_path, epochs=1)
+
+
+class GELU(nn.Module):
+    """Another library's activation (timm has its own GELU class): not an nn.GELU."""
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(x)
+
+
+def sigmoid_net(bias: float = 0.0) -> nn.Sequential:
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.Sigmoid(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    with torch.no_grad():
+        net[0].bias.fill_(bias)
+    return net
+
+
+def test_sigmoid_tanh_and_foreign_activations_are_watched(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=5, strict=True)
+    fit(Classifier(sigmoid_net()), [monitor], tmp_path, epochs=1, limit_train_batches=10)
+    assert list(monitor._layers) == ["model.1", "model.3", "model.5"]
+    scalars = set(read_events(tmp_path).Tags()["scalars"])
+    for layer in ("model.1", "model.3"):  # saturating: saturation, no sparsity or dead channels
+        assert f"activations/{layer}/saturated_fraction" in scalars
+        assert f"activations/{layer}/zero_fraction" not in scalars
+        assert f"activations/{layer}/dead_fraction" not in scalars
+    assert "activations/model.5/zero_fraction" in scalars
+    assert "activations/model.5/saturated_fraction" not in scalars
+    assert not monitor.alerts.raised
+    layout = monitor.layout()
+    assert list(layout["layer model.1"]) == ["activation saturation"]
+    assert list(layout["layer model.5"]) == ["activation sparsity", "activation localization"]
+
+
+def test_saturated_sigmoid_alerts(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=2, strict=True)
+    with pytest.warns(UserWarning, match=r"of the outputs of layer 'model.1' sat within 2%"):
+        fit(Classifier(sigmoid_net(bias=8.0)), [monitor], tmp_path, epochs=1, limit_train_batches=6)
+    (alert,) = [a for a in monitor.alerts.raised if a.kind == "saturated"]
+    assert alert.layer == "model.1"
+    assert alert.value > 0.9
+    saturated = read_events(tmp_path).Scalars("activations/model.1/saturated_fraction")
+    assert all(e.value > 0.9 for e in saturated)
+
+
+def test_activation_types_choose_the_watched_classes(tmp_path):
+    monitor = ActivationMonitor(activation_types=[GELU], every_n_steps=5, strict=True)
+    fit(Classifier(sigmoid_net()), [monitor], tmp_path, epochs=1, limit_train_batches=5)
+    assert list(monitor._layers) == ["model.5"]
+    with pytest.raises(ValueError, match="`activation_types` must be None or a non-empty"):
+        ActivationMonitor(activation_types=["GELU"])

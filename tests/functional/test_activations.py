@@ -113,3 +113,12 @@ def test_stats_from_sums_without_active_maps():
     stats = stats_from_sums(activation_sums(activation_stats(-torch.ones(2, 3, 4, 4))).tolist())
     assert stats["zero_fraction"] == 1.0
     assert math.isnan(stats["localization"])
+
+
+def test_saturated_fraction_counts_values_near_the_bounds():
+    a = torch.tensor([0.0, 0.01, 0.5, 0.97, 0.99, 1.0]).view(1, 1, 2, 3)
+    stats = activation_stats(a, bounds=(0.0, 1.0))
+    assert stats["saturated_fraction"].item() == pytest.approx(4 / 6)  # 0, 0.01, 0.99, 1
+    tanh = torch.tensor([-1.0, -0.5, 0.0, 0.97]).view(1, 1, 2, 2)
+    assert activation_stats(tanh, bounds=(-1.0, 1.0))["saturated_fraction"].item() == 0.5
+    assert activation_stats(a)["saturated_fraction"].item() == 0.0

@@ -1,0 +1,621 @@
+"""The alert benchmark: labelled runs (healthy, planted faults, frozen on purpose), both monitors
+at their defaults, and a confusion table of what fired when.
+
+    python -m benchmarks.alerts                 # every scenario (2-core CPU: about 3 minutes)
+    python -m benchmarks.alerts --only adamw    # the scenarios whose name contains "adamw"
+    python -m benchmarks.alerts --signals out.json  # also save every layer's signals per epoch
+
+A healthy run passes with no alert; a frozen-on-purpose run with only ``frozen`` notices; a
+faulty run when the alert meant for its fault fires within ``grace`` epochs of the onset. Some
+scenarios are marked ``held_out``: the rules' thresholds were not fitted on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from pytorch_lightning.loggers import Logger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_viz import ActivationMonitor, FilterMonitor
+from lightning_viz.functional.filters import filter_health, weight_sample
+from lightning_viz.testing import digits_tensors, shapes_task
+
+
+# ----------------------------------------------------------------------------------- models
+def conv_net(
+    in_channels: int = 1,
+    width: int = 16,
+    depth: int = 3,
+    norm: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
+    classes: int = 10,
+    first_kernel: int = 5,
+) -> nn.Module:
+    """Conv(-BN)-activation blocks with a 5x5 first layer, pooling every block but the last."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for block in range(depth):
+        out = width * 2 ** min(block, 2)
+        kernel = first_kernel if block == 0 else 3
+        layers.append(nn.Conv2d(channels, out, kernel, padding=kernel // 2, bias=not norm))
+        if norm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(activation())
+        if block < min(depth - 1, 2):
+            layers.append(nn.MaxPool2d(2))
+        channels = out
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)
+    )
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+# ----------------------------------------------------------------------------------- module
+@dataclass
+class Recipe:
+    """How a scenario trains: model, optimizer and the fault it plants (if any)."""
+
+    model: Callable[[], nn.Module]
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    cosine: bool = False
+    augment: bool = False
+    reinit_first_at: int | None = None
+    lr_spike_at: int | None = None
+    nan_loss_at: int | None = None
+    dead_bias: float | None = None
+    freeze: Callable[[nn.Module], None] | None = None
+    ema: bool = False
+    teacher: bool = False
+
+
+class ScenarioModule(pl.LightningModule):
+    def __init__(self, recipe: Recipe, epochs: int) -> None:
+        super().__init__()
+        self.recipe, self.epochs = recipe, epochs
+        self.model = recipe.model()
+        if recipe.dead_bias is not None:
+            with torch.no_grad():
+                for m in self.model.modules():
+                    if isinstance(m, (nn.BatchNorm2d, nn.Conv2d)) and m.bias is not None:
+                        m.bias.fill_(recipe.dead_bias)
+        if recipe.freeze is not None:
+            recipe.freeze(self.model)
+        if recipe.ema:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99)
+            )
+        if recipe.teacher:
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.recipe.augment:
+            shift = torch.randint(-2, 3, (2,)).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3)) + 0.1 * torch.randn_like(x)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        if self.recipe.teacher:
+            with torch.no_grad():
+                soft = self.teacher(x).softmax(dim=1)
+            loss = loss + F.kl_div(logits.log_softmax(dim=1), soft, reduction="batchmean")
+        if self.current_epoch == self.recipe.nan_loss_at and batch_idx == 3:
+            loss = loss * float("nan")
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.recipe.ema:
+            self.ema.update_parameters(self.model)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean())
+
+    def on_train_epoch_start(self) -> None:
+        recipe = self.recipe
+        if self.current_epoch == recipe.reinit_first_at:
+            with torch.no_grad(), torch.random.fork_rng():
+                torch.manual_seed(1234)
+                first_conv(self.model).reset_parameters()
+        if recipe.lr_spike_at is not None:
+            factor = 50.0 if self.current_epoch == recipe.lr_spike_at else 1.0
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = recipe.lr * factor
+
+    def configure_optimizers(self):
+        recipe = self.recipe
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if recipe.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay or 0.01)
+        elif recipe.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=recipe.lr)
+        else:
+            opt = torch.optim.SGD(
+                params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay
+            )
+        if not recipe.cosine:
+            return opt
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)]
+
+
+# ------------------------------------------------------------------------------------- data
+def digits_data(labels: str = "true", raw: bool = False, seed: int = 0, train_size: int = 1437):
+    images, targets = digits_tensors()
+    if raw:  # the 0-255 pixel values, never standardized
+        images = (images - images.min()) / (images.max() - images.min()) * 255
+    generator = torch.Generator().manual_seed(seed)
+    if labels == "random":
+        targets = targets[torch.randperm(len(targets), generator=generator)]
+    elif labels == "noisy":
+        flip = torch.rand(len(targets), generator=generator) < 0.5
+        targets = torch.where(
+            flip, torch.randint(0, 10, targets.shape, generator=generator), targets
+        )
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    train, val = order[:train_size], order[1437:]
+    _, clean = digits_tensors()
+    return (
+        DataLoader(
+            TensorDataset(images[train], targets[train]),
+            64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        ),
+        DataLoader(TensorDataset(images[val], clean[val]), 256),
+    )
+
+
+def rgb_data(seed: int = 0, **_: Any):
+    images, labels, _ = shapes_task(2048, size=32, stamp=10, channels=3, noise=0.5, seed=seed)
+    val_images, val_labels, _ = shapes_task(512, size=32, stamp=10, channels=3, noise=0.5, seed=99)
+    return (
+        DataLoader(
+            TensorDataset(images, labels),
+            64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        ),
+        DataLoader(TensorDataset(val_images, val_labels), 256),
+    )
+
+
+# -------------------------------------------------------------------------------- scenarios
+@dataclass
+class Scenario:
+    name: str
+    label: str  # "healthy", "fault" or "frozen"
+    recipe: Recipe
+    epochs: int = 12
+    data: Callable = digits_data
+    data_args: dict = field(default_factory=dict)
+    expected: tuple[str, ...] = ()  # alert kinds meant for the fault (any of them)
+    onset: int = 0  # the epoch the fault starts
+    grace: int = 1  # epochs after the onset the alert may take
+    limit_train_batches: int | None = None
+    seed: int = 0
+    held_out: bool = False
+    note: str = ""
+
+
+def digits_net(**kwargs) -> Callable[[], nn.Module]:
+    return lambda: conv_net(**kwargs)
+
+
+def rgb_net(**kwargs) -> Callable[[], nn.Module]:
+    return lambda: conv_net(in_channels=3, classes=3, **kwargs)
+
+
+def resnet() -> nn.Module:
+    return torchvision.models.resnet18(num_classes=3)
+
+
+def freeze_features(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+            m.requires_grad_(False)
+
+
+def freeze_middle_conv(model: nn.Module) -> None:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs[1].requires_grad_(False)
+
+
+SCENARIOS = [
+    # healthy
+    Scenario("sgd", "healthy", Recipe(digits_net())),
+    Scenario("sgd-seed1", "healthy", Recipe(digits_net()), seed=1, held_out=True),
+    Scenario("adamw", "healthy", Recipe(digits_net(), "adamw", 1e-3), epochs=20),
+    Scenario("adamw-3e-3", "healthy", Recipe(digits_net(), "adamw", 3e-3), epochs=20),
+    Scenario(
+        "adamw-seed2", "healthy", Recipe(digits_net(), "adamw", 1e-3), 20, seed=2, held_out=True
+    ),
+    Scenario("adam-no-wd", "healthy", Recipe(digits_net(), "adam", 1e-3)),
+    Scenario("sgd-no-bn", "healthy", Recipe(digits_net(norm=False), lr=0.02)),
+    Scenario(
+        "sgd-no-bn-seed1", "healthy", Recipe(digits_net(norm=False), lr=0.02), seed=1, held_out=True
+    ),
+    Scenario("sgd-cosine", "healthy", Recipe(digits_net(), cosine=True)),
+    Scenario("sgd-augment", "healthy", Recipe(digits_net(), augment=True), held_out=True),
+    Scenario("sgd-2-epochs", "healthy", Recipe(digits_net()), epochs=2),
+    Scenario(
+        "adamw-short-epochs",
+        "healthy",
+        Recipe(digits_net(), "adamw", 1e-3),
+        epochs=30,
+        limit_train_batches=3,
+    ),
+    Scenario("rgb-sgd", "healthy", Recipe(rgb_net(), lr=0.02), epochs=8, data=rgb_data),
+    Scenario(
+        "rgb-adamw",
+        "healthy",
+        Recipe(rgb_net(), "adamw", 1e-3),
+        epochs=20,
+        data=rgb_data,
+        held_out=True,
+    ),
+    Scenario("resnet18-sgd", "healthy", Recipe(resnet, lr=0.01), epochs=4, data=rgb_data),
+    Scenario(
+        "resnet18-adamw",
+        "healthy",
+        Recipe(resnet, "adamw", 1e-3),
+        epochs=4,
+        data=rgb_data,
+        held_out=True,
+    ),
+    # faults
+    Scenario(
+        "lr-far-too-high",
+        "fault",
+        Recipe(digits_net(), "adam", 1.0),
+        epochs=6,
+        expected=("exploding", "collapse", "overwritten"),
+    ),
+    Scenario(
+        "lr-100x",
+        "fault",
+        Recipe(digits_net(), lr=5.0),
+        epochs=6,
+        expected=("exploding", "collapse", "overwritten"),
+        held_out=True,
+    ),
+    Scenario(
+        "adamw-lr-far-too-high",
+        "fault",
+        Recipe(digits_net(), "adamw", 0.3, 0.1),
+        epochs=6,
+        expected=("exploding", "collapse", "overwritten"),
+        held_out=True,
+    ),
+    Scenario(
+        "lr-far-too-low",
+        "fault",
+        Recipe(digits_net(), lr=1e-6),
+        epochs=4,
+        expected=("not_learning",),
+    ),
+    Scenario(
+        "frozen-by-mistake",
+        "fault",
+        Recipe(digits_net(), freeze=freeze_middle_conv),
+        epochs=3,
+        expected=("frozen",),
+    ),
+    Scenario(
+        "random-labels",
+        "fault",
+        Recipe(digits_net()),
+        epochs=12,
+        data_args={"labels": "random"},
+        expected=("noisy_filters",),
+        grace=5,
+    ),
+    Scenario(
+        "random-labels-adamw",
+        "fault",
+        Recipe(digits_net(), "adamw", 1e-3),
+        epochs=12,
+        data_args={"labels": "random"},
+        expected=("noisy_filters",),
+        grace=5,
+        held_out=True,
+    ),
+    Scenario(
+        "raw-0-255-no-bn",
+        "fault",
+        Recipe(digits_net(norm=False), lr=0.02),
+        epochs=4,
+        data_args={"raw": True},
+        expected=("exploding", "overwritten", "collapse", "nonfinite_weights"),
+    ),
+    Scenario(
+        "dead-relus",
+        "fault",
+        Recipe(digits_net(), "adamw", 1e-3, dead_bias=-5.0),
+        epochs=4,
+        expected=("not_learning", "dead_channels"),
+    ),
+    Scenario(
+        "deep-sigmoid",
+        "fault",
+        Recipe(digits_net(depth=6, norm=False, activation=nn.Sigmoid), lr=0.05),
+        epochs=4,
+        expected=("not_learning", "saturated"),
+    ),
+    Scenario(
+        "reinit-mid-run",
+        "fault",
+        Recipe(digits_net(), reinit_first_at=5),
+        epochs=8,
+        expected=("overwritten",),
+        onset=5,
+    ),
+    Scenario(
+        "reinit-mid-run-adamw",
+        "fault",
+        Recipe(digits_net(), "adamw", 1e-3, reinit_first_at=5),
+        epochs=8,
+        expected=("overwritten",),
+        onset=5,
+        held_out=True,
+    ),
+    Scenario(
+        "lr-spike",
+        "fault",
+        Recipe(digits_net(), lr_spike_at=5),
+        epochs=8,
+        expected=("overwritten", "exploding"),
+        onset=5,
+    ),
+    Scenario(
+        "nan-loss",
+        "fault",
+        Recipe(digits_net(), nan_loss_at=3),
+        epochs=5,
+        expected=("nonfinite_weights", "nonfinite_activations"),
+        onset=3,
+    ),
+    # frozen on purpose
+    Scenario("frozen-backbone", "frozen", Recipe(digits_net(), freeze=freeze_features), epochs=6),
+    Scenario("ema-copy", "frozen", Recipe(digits_net(), ema=True), epochs=8),
+    Scenario("distillation-teacher", "frozen", Recipe(digits_net(), teacher=True), epochs=8),
+    # measured and reported: faults the weights may not show
+    Scenario(
+        "label-noise-50",
+        "report",
+        Recipe(digits_net()),
+        epochs=12,
+        data_args={"labels": "noisy"},
+        expected=("noisy_filters",),
+        grace=12,
+    ),
+    Scenario(
+        "overfit-100-images",
+        "report",
+        Recipe(digits_net()),
+        epochs=40,
+        data_args={"train_size": 100},
+        expected=("noisy_filters", "not_learning"),
+    ),
+    Scenario(
+        "raw-0-255-with-bn",
+        "report",
+        Recipe(digits_net()),
+        epochs=4,
+        data_args={"raw": True},
+        expected=("exploding", "overwritten", "collapse"),
+    ),
+    Scenario(
+        "deep-sigmoid-adamw",
+        "report",
+        Recipe(digits_net(depth=6, norm=False, activation=nn.Sigmoid), "adamw", 1e-3),
+        epochs=4,
+        expected=("not_learning", "saturated"),
+    ),
+]
+
+
+# -------------------------------------------------------------------------------- recording
+class MemoryLogger(Logger):
+    """Keeps what the callbacks log, for the table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+
+class SignalRecorder(pl.Callback):
+    """Every conv's filter_health at fit start and each epoch end, to replay rules offline."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.convs = {
+            n: m
+            for n, m in pl_module.named_modules()
+            if isinstance(m, nn.Conv2d) and min(m.kernel_size) >= 2
+        }
+        self.initial = {n: m.weight.detach().clone() for n, m in self.convs.items()}
+        self.samples = {n: weight_sample(m.weight.numel()) for n, m in self.convs.items()}
+        self.previous: dict[str, torch.Tensor] = {}
+        self._record(trainer, -1)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer, trainer.current_epoch)
+
+    def _record(self, trainer, epoch: int) -> None:
+        layers = {}
+        for name, module in self.convs.items():
+            health = filter_health(
+                module.weight,
+                self.initial[name],
+                sample=self.samples[name],
+                previous=self.previous.get(name),
+            )
+            self.previous[name] = health.pop("sample")
+            health.pop("filter_noise")
+            layers[name] = {k: float(v) for k, v in health.items()}
+        val = trainer.callback_metrics.get("val_acc")
+        self.epochs.append(
+            {
+                "epoch": epoch,
+                "step": trainer.global_step,
+                "val_acc": None if val is None else float(val),
+                "layers": layers,
+            }
+        )
+
+
+def run(scenario: Scenario) -> dict[str, Any]:
+    pl.seed_everything(scenario.seed, verbose=False)
+    train, val = scenario.data(seed=scenario.seed, **scenario.data_args)
+    module = ScenarioModule(scenario.recipe, scenario.epochs)
+    monitors = [FilterMonitor(), ActivationMonitor()]
+    recorder = SignalRecorder()
+    logger = MemoryLogger()
+    trainer = pl.Trainer(
+        max_epochs=scenario.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[*monitors, recorder],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_train_batches=scenario.limit_train_batches,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, train, val)
+    alerts = [
+        {"kind": a.kind, "layer": a.layer, "epoch": a.epoch, "value": a.value}
+        for monitor in monitors
+        for a in monitor.alerts.raised
+    ]
+    return {
+        "alerts": alerts,
+        "signals": recorder.epochs,
+        "seconds": time.perf_counter() - start,
+        "val_acc": recorder.epochs[-1]["val_acc"],
+    }
+
+
+def verdict(scenario: Scenario, alerts: list[dict[str, Any]]) -> str:
+    kinds = {a["kind"] for a in alerts}
+    if scenario.label == "healthy":
+        return "ok" if not alerts else "FALSE ALARM"
+    if scenario.label == "frozen":
+        return "ok" if kinds <= {"frozen"} else "FALSE ALARM"
+    caught = [
+        a
+        for a in alerts
+        if (a["kind"] in scenario.expected and a["epoch"] <= scenario.onset + scenario.grace - 1)
+        or (a["kind"] in scenario.expected and a["kind"] == "frozen")
+    ]
+    if scenario.label == "report":
+        return "caught" if caught else "not shown"
+    return "ok" if caught else "MISSED"
+
+
+def describe(alerts: list[dict[str, Any]]) -> str:
+    first: dict[str, int] = {}
+    for a in alerts:
+        first[a["kind"]] = min(first.get(a["kind"], a["epoch"]), a["epoch"])
+    return ", ".join(f"{k}@{e}" for k, e in sorted(first.items(), key=lambda i: i[1])) or "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the scenarios whose name contains this")
+    parser.add_argument("--signals", help="write every run's per-epoch signals to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    chosen = [s for s in SCENARIOS if args.only in s.name]
+    results, rows = {}, []
+    for scenario in chosen:
+        try:
+            result = run(scenario)
+        except Exception as error:  # a monitor that breaks fit() is a result too
+            message = f"CRASHED ({type(error).__name__}: {str(error).splitlines()[0][:60]})"
+            rows.append((scenario.name, scenario.label, "-", "-", message, "-"))
+            print(f"{scenario.name:28s} {message}", flush=True)
+            continue
+        results[scenario.name] = {
+            **result,
+            "label": scenario.label,
+            "onset": scenario.onset,
+            "held_out": scenario.held_out,
+        }
+        check = verdict(scenario, result["alerts"])
+        acc = result["val_acc"]
+        rows.append(
+            (
+                scenario.name + (" *" if scenario.held_out else ""),
+                scenario.label,
+                ", ".join(scenario.expected) or "-",
+                describe(result["alerts"]),
+                check,
+                "-" if acc is None or math.isnan(acc) else f"{acc:.2f}",
+            )
+        )
+        print(f"{rows[-1][0]:28s} {check:12s} {result['seconds']:.0f}s  {rows[-1][3]}", flush=True)
+    print()
+    header = (
+        "run",
+        "label",
+        "alert meant for it",
+        "alerts fired (kind@epoch)",
+        "verdict",
+        "val acc",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    wrong = [r for r in rows if r[4] in ("FALSE ALARM", "MISSED") or r[4].startswith("CRASH")]
+    print(f"\n{len(rows)} runs, {len(wrong)} wrong; * held out from the threshold fitting")
+    if args.signals:
+        with open(args.signals, "w") as file:
+            json.dump(results, file)
+
+
+if __name__ == "__main__":
+    main()
