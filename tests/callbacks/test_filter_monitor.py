@@ -247,3 +247,29 @@ def test_model_without_conv_layers_fails_at_fit_start(tmp_path):
 def test_two_instances_keep_separate_state(tmp_path):
     first, second = FilterMonitor(layers=[FIRST]), FilterMonitor(layers=["model.features.4"])
     assert first.state_key != second.state_key
+
+
+def test_an_ema_copy_is_frozen_on_purpose_not_a_fault(tmp_path):
+    class WithEMA(DigitsClassifier):
+        def __init__(self):
+            super().__init__("sgd", 0.05)
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99)
+            )
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.ema.update_parameters(self.model)
+
+    monitor = FilterMonitor(on_alert="stop", strict=True)
+    with pytest.warns(UserWarning, match=r"3 watched layer\(s\) will not be trained"):
+        trainer = fit(WithEMA(), [monitor], tmp_path, epochs=3)
+    assert [(a.kind, a.layer) for a in monitor.alerts.raised] == [
+        (
+            "frozen",
+            "ema.module.features.0, ema.module.features.4, ema.module.features.8",
+        )
+    ]
+    assert trainer.current_epoch == 3
