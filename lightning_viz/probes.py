@@ -24,7 +24,8 @@ class Probes:
     """A fixed set of probe images, with optional labels and display images.
 
     Args:
-        images: (N, C, H, W) float tensor, as the model takes them (normalized etc.).
+        images: (N, C, H, W) float or uint8 tensor, as the model takes them (a model that
+            normalizes uint8 images itself gets them as they are; gradient passes use float).
         labels: optional (N,) integer class labels.
         display: optional (N, 3, H, W) RGB in [0, 1] that overlays are drawn on; by default each
             probe min-max normalized, grey (one channel, or the mean of other than 3) repeated to
@@ -39,8 +40,8 @@ class Probes:
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"probe images must be a non-empty (N, C, H, W) tensor, got {shape}")
-        if not images.dtype.is_floating_point:
-            raise ValueError(f"probe images must be floating point, got {images.dtype}")
+        if not images.dtype.is_floating_point and images.dtype != torch.uint8:
+            raise ValueError(f"probe images must be floating point or uint8, got {images.dtype}")
         n, _, height, width = images.shape
         if labels is not None:
             labels = torch.as_tensor(labels)
@@ -51,7 +52,8 @@ class Probes:
                 )
             labels = labels.long()
         if display is None:
-            grey = images if images.shape[1] in (1, 3) else images.mean(dim=1, keepdim=True)
+            pixels = images.float()
+            grey = pixels if pixels.shape[1] in (1, 3) else pixels.mean(dim=1, keepdim=True)
             display = to_rgb(normalize(grey.detach()))
         elif not isinstance(display, Tensor) or display.shape != (n, 3, height, width):
             shape = tuple(display.shape) if isinstance(display, Tensor) else type(display).__name__

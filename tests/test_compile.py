@@ -29,7 +29,7 @@ def test_probe_callbacks_and_filter_monitor_work_on_compiled_models(tmp_path, co
 
 
 @pytest.mark.parametrize("compiled", ["module", "inner"])
-def test_activation_monitor_fails_at_fit_start_saying_why(tmp_path, compiled):
+def test_activation_monitor_says_why_it_shows_nothing_on_a_compiled_model(tmp_path, compiled):
     module = DigitsClassifier()
     if compiled == "inner":
         module.model = torch.compile(module.model, backend="eager")
@@ -37,7 +37,12 @@ def test_activation_monitor_fails_at_fit_start_saying_why(tmp_path, compiled):
     else:
         module = torch.compile(module, backend="eager")
         where = "the LightningModule's forward"
-    with pytest.raises(
-        ValueError, match=rf"ActivationMonitor needs forward hooks .* {where} is torch.compile'd"
-    ):
-        fit(module, [ActivationMonitor()], tmp_path, epochs=1)
+    message = rf"ActivationMonitor: it needs forward hooks .* {where} is torch.compile'd"
+    monitor = ActivationMonitor()
+    with pytest.warns(UserWarning, match=message):
+        trainer = fit(module, [monitor], tmp_path, epochs=1)
+    assert trainer.current_epoch == 1
+    assert [a.kind for a in monitor.alerts.raised] == ["not_shown"]
+    explicit = ActivationMonitor(layers=["model.features.2"])
+    with pytest.raises(ValueError, match=message):
+        fit(module, [explicit], tmp_path / "explicit", epochs=1)

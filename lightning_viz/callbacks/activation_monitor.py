@@ -111,7 +111,8 @@ class ActivationMonitor(VizCallback):
 
     Args:
         layers: names of modules whose (4-D) outputs to watch; default every activation module.
-        every_n_steps: sample every this many optimizer steps; default the Trainer's
+        every_n_steps: sample every this many training batches (batches, not optimizer steps,
+            so runs with several optimizers still sample); default the Trainer's
             ``log_every_n_steps``.
         dead_threshold: the dead fraction at which ``dead_channels`` fires.
         saturated_threshold: the saturated fraction at which ``saturated`` fires.
@@ -192,7 +193,7 @@ class ActivationMonitor(VizCallback):
         self._active: dict[str, Tensor] = {}
         self._bounds: dict[str, tuple[float, float] | None] = {}
         self._saturation: dict[str, list[float]] = {}
-        self._last_sampled_step = -1
+        self._batches_seen = 0
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -201,26 +202,36 @@ class ActivationMonitor(VizCallback):
     # ----------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._batches_seen = 0
         source = type(self).__name__
         compiled = compiled_parts(pl_module)
         if compiled:
             where = "the LightningModule's forward" if compiled[0] == "" else repr(compiled[0])
-            raise ValueError(
-                f"{source} needs forward hooks in the training forward, but {where} is "
+            why = (
+                f"it needs forward hooks in the training forward, but {where} is "
                 "torch.compile'd and compiled code skips hooks added after compilation. Use "
                 "ActivationMonitor on an uncompiled run (e.g. a short diagnostic run); the other "
                 "lightning-viz callbacks work with compiled models."
             )
+            if self.layer_names is not None:
+                raise ValueError(f"{source}: {why}")
+            self.show_nothing(why)
+            self._layers = {}
+            return
         types = self.activation_types
         self._layers = watched_layers(
-            pl_module,
-            self.layer_names,
-            lambda name, module: is_activation(module, types),
-            "activation module",
-            source,
+            pl_module, self.layer_names, lambda name, module: is_activation(module, types), source
         )
+        if not self._layers:
+            self.show_nothing(
+                f"{type(pl_module).__name__} has no activation module (nn.ReLU, nn.GELU, "
+                "nn.Sigmoid, ...) to hook: activations called as functions (F.relu) cannot be "
+                "watched. Pass layers=[...] naming the modules whose outputs to watch, or "
+                "activation_types=[...] naming your activation classes."
+            )
         self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
@@ -247,10 +258,11 @@ class ActivationMonitor(VizCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if (step + 1) % self._interval != 0 or step == self._last_sampled_step:
+        # counted in batches, not global_step: with two optimizers (a GAN) or manual
+        # optimization global_step advances by several per batch and could skip every sample
+        self._batches_seen += 1
+        if not self.showing or self._batches_seen % self._interval != 0:
             return
-        self._last_sampled_step = step
         self._remove_hooks()
         self._batch, self._calls, self._problems = {}, {}, []
         self._handles = [
@@ -279,6 +291,8 @@ class ActivationMonitor(VizCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.showing:
+            return
         with self.guarded(trainer, "dead channels"):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, state_key
@@ -118,6 +119,36 @@ class VizCallback(*CALLBACK_BASES):
         self.strict = bool(strict)
         self.alerts = AlertBook()
         self._warned_no_tensorboard = False
+        self._not_shown: str | None = None
+
+    # --------------------------------------------------------------------- models it skips
+    @property
+    def showing(self) -> bool:
+        """False for a fit whose model this callback cannot show (see :meth:`show_nothing`)."""
+        return self._not_shown is None
+
+    def show_nothing(self, why: str, trainer: pl.Trainer | None = None) -> None:
+        """Show nothing for this fit, because the model does not suit the callback with its
+        default arguments; one ``not_shown`` notice says why and which argument enables it, at
+        fit start (from ``setup``) or at once (given the ``trainer``). Arguments the user set
+        explicitly fail instead: a run that trains fine never fails because of a default.
+        """
+        self._not_shown = why
+        if trainer is not None:
+            self._notice_not_shown(trainer)
+
+    def _notice_not_shown(self, trainer: pl.Trainer) -> None:
+        finding = Finding("not_shown", type(self).__name__, True, message=self._not_shown)
+        self.raise_alert(trainer, finding)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._not_shown = None
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._not_shown is not None:
+            self._notice_not_shown(trainer)
 
     @property
     def state_key(self) -> str:

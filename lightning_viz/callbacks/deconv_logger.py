@@ -134,10 +134,17 @@ class DeconvLogger(ProbeCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         source = type(self).__name__
-        layers = watched_layers(pl_module, self.layer_names, _is_conv, "nn.Conv2d layer", source)
+        layers = watched_layers(pl_module, self.layer_names, _is_conv, source)
+        if not layers:
+            self.show_nothing(
+                f"{type(pl_module).__name__} has no nn.Conv2d layer whose feature maps could be "
+                "projected back to pixels. Pass layers=[...] to name layers with (N, C, H, W) "
+                "outputs."
+            )
         if self.layer_names is None:
             names = [list(layers)[i] for i in evenly_spaced(len(layers), MAX_DEFAULT_LAYERS)]
             layers = {name: layers[name] for name in names}

@@ -162,16 +162,17 @@ class FilterMonitor(VizCallback):
     # ----------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         source = type(self).__name__
-        self._layers = watched_layers(
-            pl_module,
-            self.layer_names,
-            _is_spatial_conv,
-            "nn.Conv2d layer with kernels of at least 2x2",
-            source,
-        )
+        self._layers = watched_layers(pl_module, self.layer_names, _is_spatial_conv, source)
+        if not self._layers:
+            self.show_nothing(
+                f"{type(pl_module).__name__} has no nn.Conv2d layer with kernels of at least "
+                "2x2, so there are no filters to show (Conv1d, Conv3d and 1x1 convs are not "
+                "read). Pass layers=[...] to name conv layers."
+            )
         for name, module in self._layers.items():
             weight = getattr(module, "weight", None)
             if not isinstance(weight, Tensor) or weight.dim() != 4 or min(weight.shape[-2:]) < 2:
@@ -208,6 +209,8 @@ class FilterMonitor(VizCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.showing:
+            return
         self._frozen_notice(trainer)
         if self.initial:
             return
@@ -220,7 +223,7 @@ class FilterMonitor(VizCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.showing and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             with self.guarded(trainer, "filter measurement"):
                 self._measure(trainer, baseline=False)
 

@@ -13,7 +13,7 @@ from typing_extensions import override
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import ProbeCallback
+from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import (
     colorize,
     grad_cam_and_logits,
@@ -133,6 +133,7 @@ class GradCAMLogger(ProbeCallback):
         self.alpha = check_fraction("alpha", alpha)
         self.guided = bool(guided)
         self._layers: dict[str, nn.Module] = {}
+        self._labels_are_classes = False
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -140,28 +141,53 @@ class GradCAMLogger(ProbeCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.layer_names is not None:
             self._layers = named_layers(pl_module, self.layer_names, type(self).__name__)
 
     @override
-    def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
-        if not self._layers:
-            name = default_gradcam_layer(pl_module, probes.images[:1])
-            self._layers = {name: pl_module.get_submodule(name)}
-
-    @override
-    def _check_probes(self, pl_module: pl.LightningModule) -> None:
-        super()._check_probes(pl_module)
-        if self.target == "label" and self.probes.labels is None:
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        source = type(self).__name__
+        if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise Unsuited(
+                f"{source}: the model returns {kind}, not logits of shape (N, num_classes), so "
+                "there is no class score to explain. (Models that return a dict, a tuple, an "
+                "image or a segmentation map are not explained yet.)"
+            )
+        classes = output.shape[1]
+        if isinstance(self.target, int) and self.target >= classes:
             raise ValueError(
-                f"{type(self).__name__}: target='label' needs probes with labels; pass "
+                f"{source}: `target`={self.target} is not a class of a model with {classes} "
+                f"outputs; give an index in [0, {classes})"
+            )
+        if self.target == "label" and probes.labels is None:
+            raise ValueError(
+                f"{source}: target='label' needs probes with labels; pass "
                 "Probes(images, labels) or target='pred'"
             )
+        labels = probes.labels
+        self._labels_are_classes = labels is not None and bool(
+            labels.min() >= 0 and labels.max() < classes
+        )
+        explicit = self.target == "label" or self.user_probes is not None
+        if labels is not None and not self._labels_are_classes and explicit:
+            raise ValueError(
+                f"{source}: probe labels must lie in [0, {classes}) for a model with {classes} "
+                f"outputs, to explain each probe's label; got labels from "
+                f"{int(labels.min())} to {int(labels.max())}"
+            )
+        if not self._layers:
+            try:
+                name = default_gradcam_layer(pl_module, probes.images[:1])
+            except ValueError as error:
+                raise Unsuited(f"{source}: {error}") from None
+            self._layers = {name: pl_module.get_submodule(name)}
 
     def _targets(self, probes: Probes) -> torch.Tensor | int | None:
         target = self.target
         if target is None:
-            target = "label" if probes.labels is not None else "pred"
+            target = "label" if self._labels_are_classes else "pred"
         if target == "label":
             return probes.labels
         return None if target == "pred" else target

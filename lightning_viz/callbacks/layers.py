@@ -26,22 +26,14 @@ def watched_layers(
     model: nn.Module,
     names: Sequence[str] | None,
     default: Callable[[str, nn.Module], bool],
-    what: str,
     source: str,
 ) -> dict[str, nn.Module]:
-    """The named layers, or, without names, every submodule that ``default`` accepts.
+    """The named layers, or, without names, every submodule that ``default`` accepts (maybe
+    none: the caller then says what it will not show).
 
     Raises:
-        ValueError: an unknown name (closest names listed), or no layer ``default`` accepts.
+        ValueError: an unknown name (closest names listed).
     """
     if names is not None:
         return named_layers(model, names, source)
-    chosen = {
-        name: module for name, module in model.named_modules() if name and default(name, module)
-    }
-    if not chosen:
-        raise ValueError(
-            f"{source}: {type(model).__name__} has no {what}; pass `layers=` with names "
-            "from model.named_modules()"
-        )
-    return chosen
+    return {name: m for name, m in model.named_modules() if name and default(name, m)}

@@ -17,10 +17,13 @@ from lightning_viz.callbacks.base import RunContext, VizCallback
 from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
-    check_logits,
-    target_index,
 )
 from lightning_viz.probes import Probes
+
+
+class Unsuited(Exception):
+    """The model does not suit a probe callback with its default arguments: the callback shows
+    nothing for this fit and says why, once (the message says which argument enables it)."""
 
 
 @contextmanager
@@ -92,17 +95,23 @@ class ProbeCallback(VizCallback):
     # ----------------------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.showing:
+            return
         resumed = self.probes is not None
-        self.probes = self._resolve_probes(trainer).to(pl_module.device)
-        self._check_probes(pl_module)
-        with probe_pass(pl_module):
-            self.prepare(pl_module, self.probes)
+        try:
+            self.probes = self._resolve_probes(trainer).to(pl_module.device)
+            output = self._check_probes(pl_module)
+            with probe_pass(pl_module):
+                self.prepare(pl_module, self.probes, output)
+        except Unsuited as why:
+            self.show_nothing(str(why), trainer)
+            return
         if self.baseline and not resumed:
             self._run(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.showing and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._run(trainer, pl_module)
 
     @override
@@ -126,35 +135,35 @@ class ProbeCallback(VizCallback):
             return self.user_probes
         picked = RunContext.of(trainer).picked_probes
         if self.num_probes not in picked:
-            loader = default_probe_loader(trainer)
-            picked[self.num_probes] = Probes.from_dataloader(loader, n=self.num_probes)
+            try:
+                loader = default_probe_loader(trainer)
+                picked[self.num_probes] = Probes.from_dataloader(loader, n=self.num_probes)
+            except ValueError as error:
+                raise Unsuited(f"{error}") from None
         return picked[self.num_probes]
 
-    def _check_probes(self, pl_module: pl.LightningModule) -> None:
-        """Fail at fit start, clearly, when the probes do not fit the model."""
+    def _check_probes(self, pl_module: pl.LightningModule) -> Any:
+        """The model's output on the first probe, after checking that the probes fit the model:
+        the user's probes fail at fit start, clearly; picked ones make the callback
+        :class:`Unsuited` (a working run is never broken by a default)."""
         probes, source = self.probes, type(self).__name__
+        problem = Unsuited if self.user_probes is None else ValueError
         first_conv = next(
             ((n, m) for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d)), None
         )
         if first_conv is not None and first_conv[1].in_channels != probes.images.shape[1]:
-            raise ValueError(
+            raise problem(
                 f"{source}: the probes have {probes.images.shape[1]} channels but the model's "
                 f"first conv layer {first_conv[0]!r} expects {first_conv[1].in_channels}"
             )
         try:
             with probe_pass(pl_module), torch.no_grad():
-                logits = pl_module(probes.images[:1])
+                return pl_module(probes.images[:1])
         except Exception as error:
-            raise ValueError(
+            raise problem(
                 f"{source}: the model cannot run on the probes of shape "
                 f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}"
             ) from error
-        try:
-            logits = check_logits(logits, 1)
-            if probes.labels is not None:
-                target_index(probes.labels, logits.expand(len(probes), -1), name="probe labels")
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
@@ -163,8 +172,10 @@ class ProbeCallback(VizCallback):
         with self.guarded(trainer, type(self).__name__), probe_pass(pl_module):
             self.visualize(trainer, pl_module, self.probes)
 
-    def prepare(self, pl_module: pl.LightningModule, probes: Probes) -> None:
-        """Model-dependent choices that need the checked probes (in eval mode); default none."""
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        """Model-dependent choices that need the checked probes and the model's ``output`` on
+        the first of them (in eval mode); raise :class:`Unsuited` when the model does not suit
+        the callback's defaults. Default: none."""
 
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         """Compute and log one probe visualization (rank 0, eval mode, failures become alerts)."""

@@ -207,7 +207,7 @@ def test_arguments(kwargs, message):
         ActivationMonitor(**kwargs)
 
 
-def test_unknown_layer_or_no_activation_fails_at_fit_start(tmp_path):
+def test_unknown_layer_fails_at_fit_start_no_activation_is_a_notice(tmp_path):
     with pytest.raises(ValueError, match=r"unknown layer 'model.features.20'.*'model.features.2'"):
         fit(
             DigitsClassifier(),
@@ -219,13 +219,19 @@ def test_unknown_layer_or_no_activation_fails_at_fit_start(tmp_path):
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
+            self.conv = nn.Conv2d(1, 10, 3)
 
         def forward(self, x):
             return torch.relu(self.conv(x)).mean(dim=(2, 3))
 
-    with pytest.raises(ValueError, match="has no activation module; pass `layers=`"):
-        fit(Classifier(Functional()), [ActivationMonitor()], tmp_path, epochs=1)
+    monitor = ActivationMonitor(on_alert="stop", strict=True)
+    with pytest.warns(UserWarning, match=r"has no activation module .* Pass layers=\[...\]"):
+        trainer = fit(Classifier(Functional()), [monitor], tmp_path, epochs=2)
+    assert trainer.current_epoch == 2  # training went on, and a notice never stops it
+    assert [(a.kind, a.layer) for a in monitor.alerts.raised] == [
+        ("not_shown", "ActivationMonitor")
+    ]
+    assert not [t for t in read_events(tmp_path).Tags()["scalars"] if t.startswith("activ")]
 
 
 class GELU(nn.Module):
@@ -286,3 +292,33 @@ def test_activation_types_choose_the_watched_classes(tmp_path):
     assert list(monitor._layers) == ["model.5"]
     with pytest.raises(ValueError, match="`activation_types` must be None or a non-empty"):
         ActivationMonitor(activation_types=["GELU"])
+
+
+class TwoOptimizers(DigitsClassifier):
+    """Manual optimization with two optimizer steps per batch (a GAN's shape)."""
+
+    def __init__(self):
+        super().__init__("sgd", 0.05)
+        self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        features = torch.optim.SGD(self.model.features.parameters(), lr=0.05)
+        head = torch.optim.SGD(self.model.head.parameters(), lr=0.05)
+        return [features, head]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in self.optimizers():
+            optimizer.step()
+
+
+def test_cadence_counts_batches_so_two_optimizers_still_sample(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=2, strict=True)
+    trainer = fit(TwoOptimizers(), [monitor], tmp_path, epochs=1, limit_train_batches=8)
+    assert trainer.global_step == 16  # two optimizer steps per batch
+    zero = read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")
+    assert [e.step for e in zero] == [4, 8, 12, 16]  # batches 2, 4, 6, 8

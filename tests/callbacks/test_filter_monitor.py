@@ -235,13 +235,17 @@ def test_unknown_layer_fails_at_fit_start_with_the_closest_names(tmp_path):
         fit(DigitsClassifier(), [FilterMonitor(layers=["model.feature.0"])], tmp_path, epochs=1)
 
 
-def test_model_without_conv_layers_fails_at_fit_start(tmp_path):
+def test_model_without_conv_layers_gets_one_notice(tmp_path):
     module = DigitsClassifier()
     module.model.features = nn.Sequential(
         nn.Flatten(), nn.Linear(1024, 64), nn.Unflatten(1, (64, 1, 1))
     )
-    with pytest.raises(ValueError, match=r"has no nn.Conv2d layer with kernels of at least 2x2"):
-        fit(module, [FilterMonitor()], tmp_path, epochs=1)
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=r"has no nn.Conv2d layer with kernels of at least 2x2"):
+        trainer = fit(module, [monitor], tmp_path, epochs=2)
+    assert trainer.current_epoch == 2
+    assert [(a.kind, a.step) for a in monitor.alerts.raised] == [("not_shown", 0)]
+    assert not [t for t in read_events(tmp_path).Tags()["scalars"] if t.startswith("filters/")]
 
 
 def test_two_instances_keep_separate_state(tmp_path):

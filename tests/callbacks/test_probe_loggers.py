@@ -4,13 +4,15 @@ import torch
 import torchvision
 from captum.attr import GuidedBackprop
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning_viz
 from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.testing import ShapesCNN, shapes_task
+from lightning_viz.testing import ShapesCNN, digits_tensors, shapes_task
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -180,16 +182,74 @@ def test_probe_pass_restores_each_flag_and_leaves_no_grad(tmp_path):
             r"probes have 3 channels but .*'model.features.0' expects 1",
         ),
         (Probes(torch.randn(2, 1, 3, 3)), r"cannot run on the probes of shape \(2, 1, 3, 3\)"),
-        (
-            Probes(torch.randn(2, 1, 32, 32), torch.tensor([0, 10])),
-            r"labels must lie in \[0, 10\).*0 to 10",
-        ),
     ],
 )
 @pytest.mark.parametrize("callback", [GradCAMLogger, DeconvLogger])
 def test_bad_probes_fail_at_fit_start(tmp_path, callback, probes, message):
     with pytest.raises(ValueError, match=message):
         fit(DigitsClassifier(), [callback(probes=probes)], tmp_path, epochs=1)
+
+
+def test_explicit_probe_labels_and_targets_out_of_range_fail_at_fit_start(tmp_path):
+    probes = Probes(torch.randn(2, 1, 32, 32), torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\).*0 to 10"):
+        fit(DigitsClassifier(), [GradCAMLogger(probes=probes)], tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"`target`=99 is not a class of a model with 10"):
+        fit(DigitsClassifier(), [GradCAMLogger(target=99)], tmp_path, epochs=1)
+    # DeconvLogger reads no labels: the same probes are fine for it
+    fit(DigitsClassifier(), [DeconvLogger(probes=probes, strict=True)], tmp_path, epochs=1)
+
+
+class RegressionHead(DigitsClassifier):
+    """One output per image, trained on the digit's value: (N, 1), integer targets 0-9."""
+
+    def __init__(self):
+        super().__init__("sgd", 0.01)
+        self.model.head = nn.Linear(64, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x)[:, 0], y.float())
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_a_regression_head_is_explained_by_its_output(tmp_path):
+    gradcam = GradCAMLogger(strict=True)
+    fit(RegressionHead(), [gradcam], tmp_path, epochs=1, limit_train_batches=2)
+    assert not gradcam.alerts.raised
+    assert "gradcam/model.features" in read_events(tmp_path).Tags()["images"]
+
+
+class Autoencoder(DigitsClassifier):
+    """Returns an image: there is no class score to explain."""
+
+    def __init__(self):
+        super().__init__("sgd", 0.01)
+        self.decoder = nn.Conv2d(64, 1, 1)
+
+    def forward(self, x):
+        features = self.model.features(x)
+        return torch.nn.functional.interpolate(self.decoder(features), size=x.shape[-2:])
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        return torch.nn.functional.mse_loss(self(x), x)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_an_autoencoder_gets_a_notice_from_gradcam_and_deconv_images(tmp_path):
+    gradcam, deconv = GradCAMLogger(on_alert="stop"), DeconvLogger(strict=True)
+    with pytest.warns(UserWarning, match=r"GradCAMLogger: the model returns \(1, 1, 32, 32\)"):
+        trainer = fit(Autoencoder(), [gradcam, deconv], tmp_path, epochs=2, limit_train_batches=2)
+    assert trainer.current_epoch == 2
+    assert [a.kind for a in gradcam.alerts.raised] == ["not_shown"]
+    images = read_events(tmp_path).Tags()["images"]
+    assert not [tag for tag in images if tag.startswith("gradcam/")]
+    assert "deconv/model.features.0" in images
 
 
 def test_target_label_needs_labels(tmp_path):
@@ -226,3 +286,26 @@ def test_unknown_layers_fail_at_fit_start(tmp_path):
         fit(DigitsClassifier(), [DeconvLogger(features=[("model.features.30", 1)])], tmp_path)
     with pytest.raises(ValueError, match=r"unknown layer 'model.feature'"):
         fit(DigitsClassifier(), [GradCAMLogger(layers=["model.feature"])], tmp_path)
+
+
+class NormalizesUint8(DigitsClassifier):
+    """Takes uint8 images and normalizes them itself, as many data pipelines do."""
+
+    def forward(self, x):
+        return self.model(x.float() / 255 * 4 - 2)
+
+
+def test_uint8_images_are_probed_as_the_model_takes_them(tmp_path):
+    images, labels = digits_tensors()
+    pixels = ((images - images.min()) / (images.max() - images.min()) * 255).to(torch.uint8)
+    loader = DataLoader(TensorDataset(pixels[:256], labels[:256]), batch_size=64)
+    callbacks = lightning_viz.default_callbacks()
+    for callback in callbacks:
+        callback.strict = True
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=1)
+    trainer.fit(NormalizesUint8(), loader, loader)
+    assert callbacks[2].probes.images.dtype == torch.uint8
+    images_logged = read_events(tmp_path).Tags()["images"]
+    assert "gradcam/model.features" in images_logged
+    assert "deconv/model.features.0" in images_logged
+    assert all(not c.alerts.raised for c in callbacks)
