@@ -307,6 +307,7 @@ class ActivationMonitor(VizCallback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         self._remove_hooks()
 
     # ------------------------------------------------------------------------ measurement

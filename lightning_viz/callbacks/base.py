@@ -120,6 +120,7 @@ class VizCallback(*CALLBACK_BASES):
         self.alerts = AlertBook()
         self._warned_no_tensorboard = False
         self._not_shown: str | None = None
+        self._restored = False
 
     # --------------------------------------------------------------------- models it skips
     @property
@@ -144,6 +145,18 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._not_shown = None
+        if stage == "fit" and not self._restored:
+            self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget what an earlier fit left behind, so a callback reused for a new model (cross-
+        validation folds, sweeps) starts fresh. Not called when the state was restored (a
+        checkpoint resume, or ``load_state_dict`` before ``fit``)."""
+        self.alerts = AlertBook()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restored = False
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,6 +175,7 @@ class VizCallback(*CALLBACK_BASES):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.alerts.load_state_dict(state_dict.get("alerts", {}))
+        self._restored = True
 
     def layout(self) -> dict[str, dict[str, list[str]]]:
         """``{category: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard."""

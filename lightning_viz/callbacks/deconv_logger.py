@@ -165,6 +165,11 @@ class DeconvLogger(ProbeCallback):
         }
 
     @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.features, self.columns, self.column_epochs = {}, {}, {}
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.features = {n: list(c) for n, c in state_dict.get("features", {}).items()}

@@ -236,6 +236,11 @@ class FilterMonitor(VizCallback):
         }
 
     @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.initial, self.previous = {}, {}
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial = dict(state_dict.get("initial", {}))

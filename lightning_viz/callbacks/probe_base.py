@@ -122,6 +122,11 @@ class ProbeCallback(VizCallback):
         return state
 
     @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.probes = None
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "probes" in state_dict:

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, Probes
 from lightning_viz.testing import digits_tensors
-from tests.helpers import DigitsClassifier, fit, hook_count
+from tests.helpers import DigitsClassifier, fit, hook_count, read_events
 
 
 def all_callbacks(strict: bool = False):
@@ -153,3 +153,20 @@ def test_memory_stays_flat_over_30_epochs(tmp_path):
     # the evolution grid fills up to max_columns thumbnails (epoch 8), then nothing grows
     assert abs(counter.counts[29] - counter.counts[15]) <= 2
     assert counter.counts[15] - counter.counts[0] < 100
+
+
+def test_callbacks_reused_for_a_new_model_start_fresh(tmp_path):
+    monitor, deconv = FilterMonitor(strict=True), DeconvLogger(strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor, deconv], tmp_path / "fold1", epochs=2)
+    first_columns = len(deconv.column_epochs["model.features.0"])
+    second = DigitsClassifier("sgd", 0.05)
+    initial = second.model.features[0].weight.detach().clone()
+    fit(second, [monitor, deconv], tmp_path / "fold2", epochs=1)
+    # the baseline and the drift are this model's, not the first fold's
+    assert torch.equal(monitor.initial["model.features.0"], initial)
+    drift = read_events(tmp_path / "fold2").Scalars("filters/model.features.0/drift")
+    assert drift[0].step == 0
+    assert drift[0].value == 0.0
+    # the evolution grid restarts
+    assert first_columns == 2
+    assert deconv.column_epochs["model.features.0"] == [0]
