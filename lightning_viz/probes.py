@@ -174,8 +174,14 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         images = batch[0]
         labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
     elif isinstance(batch, dict):
-        images = next((batch[k] for k in _IMAGE_KEYS if isinstance(batch.get(k), Tensor)), None)
-        labels = next((batch[k] for k in _LABEL_KEYS if isinstance(batch.get(k), Tensor)), None)
+        tensors = {k: v for k, v in batch.items() if isinstance(v, Tensor)}
+        known = [tensors[k] for k in _IMAGE_KEYS if k in tensors]
+        images = next(iter(known), None)
+        if images is None:  # any other key: the first 4-D tensor of image-like values
+            images = next((v for v in tensors.values() if _looks_like_images(v)), None)
+        labels = next((tensors[k] for k in _LABEL_KEYS if k in tensors), None)
+        if labels is None and images is not None:
+            labels = next((v for v in tensors.values() if _looks_like_labels(v, images)), None)
     if images is None or images.dim() != 4:
         raise ValueError(
             f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}; "
@@ -184,6 +190,15 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     if labels is not None and (labels.shape != images.shape[:1] or labels.dtype.is_floating_point):
         labels = None
     return images, labels
+
+
+def _looks_like_images(values: Tensor) -> bool:
+    return values.dim() == 4 and (values.dtype.is_floating_point or values.dtype == torch.uint8)
+
+
+def _looks_like_labels(values: Tensor, images: Tensor) -> bool:
+    integer = not values.dtype.is_floating_point and values.dtype != torch.bool
+    return integer and values.shape == images.shape[:1]
 
 
 def _class_first_order(labels: Tensor) -> Tensor:

@@ -102,3 +102,18 @@ def test_batches_without_images_are_rejected():
         Probes.from_dataloader([["not", "images"]], n=2)
     with pytest.raises(ValueError, match="`n` must be a positive integer"):
         Probes.from_dataloader(labelled_loader(False), n=0)
+
+
+def test_images_and_labels_are_found_in_dict_batches_by_shape():
+    images = torch.rand(6, 3, 8, 8)
+    labels = torch.tensor([2, 0, 1, 0, 1, 2])
+    batches = [
+        {"img": images[:3], "cls": labels[:3], "name": ["a"] * 3},
+        {"img": images[3:], "cls": labels[3:], "name": ["b"] * 3},
+    ]
+    probes = Probes.from_dataloader(batches, n=3)
+    assert probes.labels.tolist() == [0, 1, 2]
+    assert torch.equal(probes.images, images[[1, 2, 0]])
+    uint8 = Probes.from_dataloader([{"pixels": (images * 255).to(torch.uint8)}], n=2)
+    assert uint8.images.dtype == torch.uint8
+    assert uint8.labels is None
