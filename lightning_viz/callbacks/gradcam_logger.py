@@ -15,6 +15,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import (
+    class_scores,
     colorize,
     grad_cam_and_logits,
     grid,
@@ -26,7 +27,8 @@ from lightning_viz.functional import (
     upsample,
 )
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._validation import check_fraction
+from lightning_viz.functional._validation import check_fraction, check_logits
+from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import colormap_table
 from lightning_viz.probes import Probes
 
@@ -77,6 +79,12 @@ class GradCAMLogger(ProbeCallback):
         alpha: heatmap opacity over the display image.
         guided: also log guided Grad-CAM (guided backprop times the upsampled map); costs one more
             forward and backward.
+        output_transform: turns the model's output into (N, num_classes) scores; default
+            :func:`~lightning_viz.functional.class_scores`: logits as they are, the first tensor
+            of a tuple, a dict's ``"out"``/``"logits"``/only tensor, and for segmentation maps
+            (N, K, H, W) each class's score summed over the pixels predicted as it. A model
+            that returns an image the size of its input (an autoencoder) shows nothing with a
+            notice unless you pass one.
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
         strict: re-raise failures instead of turning them into alerts.
 
@@ -112,6 +120,7 @@ class GradCAMLogger(ProbeCallback):
         cmap: str = "jet",
         alpha: float = 0.5,
         guided: bool = False,
+        output_transform: OutputTransform | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
@@ -132,6 +141,12 @@ class GradCAMLogger(ProbeCallback):
         self.cmap = cmap
         self.alpha = check_fraction("alpha", alpha)
         self.guided = bool(guided)
+        if output_transform is not None and not callable(output_transform):
+            raise ValueError(
+                f"`output_transform` must be None or a callable, got {output_transform!r}"
+            )
+        self.output_transform = output_transform
+        self._transform: OutputTransform = output_transform or class_scores
         self._layers: dict[str, nn.Module] = {}
         self._labels_are_classes = False
 
@@ -148,14 +163,24 @@ class GradCAMLogger(ProbeCallback):
     @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         source = type(self).__name__
-        if not isinstance(output, torch.Tensor) or output.dim() != 2:
-            kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+        explicit = self.output_transform is not None
+        same_as_input = tuple(probes.images.shape[1:])
+        if not explicit and isinstance(output, torch.Tensor) and output.shape[1:] == same_as_input:
             raise Unsuited(
-                f"{source}: the model returns {kind}, not logits of shape (N, num_classes), so "
-                "there is no class score to explain. (Models that return a dict, a tuple, an "
-                "image or a segmentation map are not explained yet.)"
+                f"{source}: the model returns an image the size of its input, {same_as_input} "
+                "(a reconstruction?), not class scores, so there is nothing to explain; pass "
+                "output_transform= to say which score to explain."
             )
-        classes = output.shape[1]
+        try:
+            scores = check_logits(self._transform(output), 1)
+        except ValueError as error:
+            if explicit:
+                raise ValueError(f"{source}: output_transform: {error}") from None
+            raise Unsuited(
+                f"{source}: {error}; pass output_transform= to turn the model's output into "
+                "(N, num_classes) scores"
+            ) from None
+        classes = scores.shape[1]
         if isinstance(self.target, int) and self.target >= classes:
             raise ValueError(
                 f"{source}: `target`={self.target} is not a class of a model with {classes} "
@@ -195,13 +220,19 @@ class GradCAMLogger(ProbeCallback):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        maps, logits = grad_cam_and_logits(pl_module, probes.images, list(self._layers), targets)
+        maps, logits = grad_cam_and_logits(
+            pl_module, probes.images, list(self._layers), targets, self._transform
+        )
         size = tuple(probes.images.shape[-2:])
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         probabilities = logits.softmax(dim=1)
         confidence, predicted = probabilities.max(dim=1)
-        guided = guided_backprop(pl_module, probes.images, targets) if self.guided else None
+        guided = (
+            guided_backprop(pl_module, probes.images, targets, self._transform)
+            if self.guided
+            else None
+        )
         for layer, cam in maps.items():
             if not cam.isfinite().all():
                 raise ValueError(

@@ -3,7 +3,12 @@
 from lightning_viz.functional._relu_rules import relu_rule
 from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.filters import filter_health, filter_noise
-from lightning_viz.functional.gradcam import grad_cam, grad_cam_and_logits, guided_backprop
+from lightning_viz.functional.gradcam import (
+    class_scores,
+    grad_cam,
+    grad_cam_and_logits,
+    guided_backprop,
+)
 from lightning_viz.functional.images import (
     colorize,
     filter_tiles,
@@ -23,6 +28,7 @@ from lightning_viz.functional.projection import (
 
 __all__ = [
     "activation_stats",
+    "class_scores",
     "colorize",
     "filter_health",
     "filter_noise",

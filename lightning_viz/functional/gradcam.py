@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,12 +13,57 @@ from lightning_viz.functional._pass import gradient_pass
 from lightning_viz.functional._relu_rules import relu_rule, warn_ruleless
 from lightning_viz.functional._validation import check_logits, target_index
 
+OutputTransform = Callable[[Any], Tensor]
+_SCORE_KEYS = ("out", "logits")
+
+
+def class_scores(output: Any) -> Tensor:
+    """The (N, num_classes) class scores in the common shapes of a model's output.
+
+    - a tensor (N, K): the logits as they are; (N,): one score per image, as (N, 1);
+    - segmentation maps (N, K, H, W): for each class, the sum of its scores over the pixels
+      predicted as that class (pytorch-grad-cam's ``SemanticSegmentationTarget`` with the
+      predicted mask), so Grad-CAM explains the predicted region of a class;
+    - a tuple or list: its first tensor (``(logits, aux)``);
+    - a dict: its ``"out"`` or ``"logits"`` entry, or its only tensor (torchvision's
+      segmentation models return ``{"out": ..., "aux": ...}``).
+
+    Raises:
+        ValueError: an output in none of these shapes; pass your own ``output_transform``.
+    """
+    if isinstance(output, Mapping):
+        tensors = {k: v for k, v in output.items() if isinstance(v, Tensor)}
+        key = next((k for k in _SCORE_KEYS if k in tensors), None)
+        if key is None and len(tensors) == 1:
+            key = next(iter(tensors))
+        if key is None:
+            raise ValueError(
+                f"the model returns a dict with keys {list(output)}: none is 'out' or 'logits' "
+                "and there is not exactly one tensor; pass output_transform=lambda out: ..."
+            )
+        return class_scores(tensors[key])
+    if isinstance(output, (tuple, list)):
+        first = next((item for item in output if isinstance(item, Tensor)), None)
+        if first is None:
+            raise ValueError("the model returns a sequence without a tensor")
+        return class_scores(first)
+    if not isinstance(output, Tensor):
+        raise ValueError(f"the model returns {type(output).__name__}, not class scores")
+    if output.dim() == 1:
+        return output[:, None]
+    if output.dim() == 4:
+        predicted = output.detach().argmax(dim=1, keepdim=True)
+        mask = torch.zeros_like(output).scatter_(1, predicted, 1.0)
+        return (output * mask).sum(dim=(2, 3))
+    return output
+
 
 def grad_cam(
     model: nn.Module,
     inputs: Tensor,
     layers: str | nn.Module | Sequence[str | nn.Module],
     targets: Tensor | Sequence[int] | int | None = None,
+    output_transform: OutputTransform = class_scores,
 ) -> dict[str, Tensor]:
     """Raw Grad-CAM maps of every layer in ``layers`` for a batch of images.
 
@@ -32,20 +78,21 @@ def grad_cam(
     ``torch.no_grad`` and ``torch.inference_mode``.
 
     Args:
-        model: a classifier returning logits of shape (N, num_classes).
+        model: a classifier or a segmenter (see :func:`class_scores` for the outputs it reads).
         inputs: images (N, C, H, W) on the model's device.
         layers: names from ``model.named_modules()`` or the modules themselves.
         targets: (N,) class indices, one int for all images, or None for the predicted class.
+        output_transform: turns the model's output into (N, num_classes) scores.
 
     Returns:
         ``{layer_name: map}`` with maps of shape (N, h_l, w_l), float32, not normalized.
 
     Raises:
         ValueError: unknown layer, a layer whose output is not 4-D, targets out of range or of the
-            wrong length, inputs on another device than the model, a model output that is not
-            (N, num_classes).
+            wrong length, inputs on another device than the model, a model output that
+            ``output_transform`` cannot turn into (N, num_classes) scores.
     """
-    return grad_cam_and_logits(model, inputs, layers, targets)[0]
+    return grad_cam_and_logits(model, inputs, layers, targets, output_transform)[0]
 
 
 def grad_cam_and_logits(
@@ -53,11 +100,14 @@ def grad_cam_and_logits(
     inputs: Tensor,
     layers: str | nn.Module | Sequence[str | nn.Module],
     targets: Tensor | Sequence[int] | int | None = None,
+    output_transform: OutputTransform = class_scores,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """:func:`grad_cam` plus the logits of the same forward pass (detached), to show predictions."""
+    """:func:`grad_cam` plus the class scores of the same forward pass (detached), to show
+    predictions."""
     modules = resolve_layers(model, layers)
     with gradient_pass(model, inputs) as x:
-        logits, activations = run_until_captured(model, x, modules, full_forward=True)
+        output, activations = run_until_captured(model, x, modules, full_forward=True)
+        logits = output_transform(output)
         check_logits(logits, len(x))
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
         names = list(activations)
@@ -74,7 +124,10 @@ def grad_cam_and_logits(
 
 
 def guided_backprop(
-    model: nn.Module, inputs: Tensor, targets: Tensor | Sequence[int] | int | None = None
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor | Sequence[int] | int | None = None,
+    output_transform: OutputTransform = class_scores,
 ) -> Tensor:
     """Guided backprop (Springenberg et al., 2015) of the target class score w.r.t. the inputs.
 
@@ -87,7 +140,7 @@ def guided_backprop(
     """
     with gradient_pass(model, inputs) as x:
         with relu_rule("guided") as ruleless:
-            logits = model(x)
+            logits = output_transform(model(x))
         warn_ruleless(ruleless, "guided")
         check_logits(logits, len(x))
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()

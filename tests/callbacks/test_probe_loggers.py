@@ -243,7 +243,7 @@ class Autoencoder(DigitsClassifier):
 
 def test_an_autoencoder_gets_a_notice_from_gradcam_and_deconv_images(tmp_path):
     gradcam, deconv = GradCAMLogger(on_alert="stop"), DeconvLogger(strict=True)
-    with pytest.warns(UserWarning, match=r"GradCAMLogger: the model returns \(1, 1, 32, 32\)"):
+    with pytest.warns(UserWarning, match=r"GradCAMLogger: the model returns an image the size of"):
         trainer = fit(Autoencoder(), [gradcam, deconv], tmp_path, epochs=2, limit_train_batches=2)
     assert trainer.current_epoch == 2
     assert [a.kind for a in gradcam.alerts.raised] == ["not_shown"]
@@ -309,3 +309,40 @@ def test_uint8_images_are_probed_as_the_model_takes_them(tmp_path):
     assert "gradcam/model.features" in images_logged
     assert "deconv/model.features.0" in images_logged
     assert all(not c.alerts.raised for c in callbacks)
+
+
+class DigitsSegmenter(DigitsClassifier):
+    """Per-pixel classes, returned as torchvision's segmentation models do: {"out", "aux"}."""
+
+    def __init__(self):
+        super().__init__("sgd", 0.05)
+        self.classifier = nn.Conv2d(64, 3, 1)
+
+    def forward(self, x):
+        out = self.classifier(self.model.features(x))
+        out = torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear")
+        return {"out": out, "aux": out.detach()}
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        masks = (x[:, 0] > 0.5).long() + (x[:, 0] > 1.5).long()  # background, stroke, core
+        return torch.nn.functional.cross_entropy(self(x)["out"], masks)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_a_segmenter_gets_grad_cam_of_its_predicted_regions(tmp_path):
+    gradcam = GradCAMLogger(strict=True)
+    fit(
+        DigitsSegmenter(),
+        [gradcam, DeconvLogger(strict=True)],
+        tmp_path,
+        epochs=1,
+        limit_train_batches=4,
+    )
+    assert not gradcam.alerts.raised
+    images = read_events(tmp_path).Tags()["images"]
+    (layer,) = gradcam._layers  # the last feature map: here the per-pixel classifier's
+    assert f"gradcam/{layer}" in images
+    assert "deconv/model.features.0" in images

@@ -3,7 +3,7 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
-from lightning_viz.functional import grad_cam
+from lightning_viz.functional import class_scores, grad_cam
 from lightning_viz.testing import TinyCNN
 from tests.helpers import assert_untouched, relative_error, train_flags
 
@@ -128,3 +128,55 @@ def test_targets_out_of_range(vgg11, images, targets, message):
 def test_inputs_on_another_device(vgg11):
     with pytest.raises(ValueError, match="on meta but the model is on cpu"):
         grad_cam(vgg11, torch.empty(1, 3, 64, 64, device="meta"), "features.18")
+
+
+class TinySegmenter(nn.Module):
+    """Conv features and a 1x1 classifier per pixel, upsampled: a segmentation net in small."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        self.classifier = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        return {"out": self.classifier(self.features(x)), "aux": x.mean()}
+
+
+def test_class_scores_reads_the_common_output_shapes():
+    logits = torch.randn(2, 5)
+    assert class_scores(logits) is logits
+    assert torch.equal(class_scores((logits, torch.ones(1))), logits)
+    assert torch.equal(class_scores({"logits": logits, "aux": logits + 1}), logits)
+    assert torch.equal(class_scores({"whatever": logits}), logits)
+    assert class_scores(torch.randn(4)).shape == (4, 1)
+    maps = torch.randn(2, 3, 4, 4)
+    scores = class_scores(maps)
+    predicted = maps.argmax(dim=1)
+    for n in range(2):
+        for c in range(3):
+            assert scores[n, c] == pytest.approx(maps[n, c][predicted[n] == c].sum().item())
+    with pytest.raises(ValueError, match="keys \\['a', 'b'\\]"):
+        class_scores({"a": logits, "b": logits})
+
+
+def test_segmentation_grad_cam_matches_captum_on_the_predicted_mask(images):
+    """The score is pytorch-grad-cam's SemanticSegmentationTarget on the predicted mask;
+    captum's LayerGradCam on that score is the oracle."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    model = TinySegmenter().eval()
+    target = 1  # predicted on about a quarter of the pixels
+    ours = grad_cam(model, images, "features.2", targets=target)["features.2"]
+    with torch.no_grad():
+        masks = (model(images)["out"].argmax(dim=1) == target).float()
+    assert 0 < masks.mean() < 1
+
+    def segment_score(x):
+        out = model(x)["out"]
+        pairs = zip(out, masks, strict=True)
+        return torch.stack([SemanticSegmentationTarget(target, m.numpy())(o) for o, m in pairs])
+
+    expected = LayerGradCam(segment_score, model.features[2]).attribute(images)
+    assert relative_error(ours, expected[:, 0].relu()) < 1e-5
