@@ -286,7 +286,14 @@ class ActivationMonitor(VizCallback):
             agreed = self._ranks_agree(trainer, not self._problems, len(self._batch))
             if self._problems:
                 raise ValueError("; ".join(self._problems))
-            if agreed:
+            if agreed and not self._batch and self._calls:
+                self.show_nothing(
+                    f"none of the {len(self._layers)} watched activation modules returned a "
+                    "4-D (N, C, H, W) feature map (a token model such as a ViT gives (N, tokens, "
+                    "dim)). Pass layers=[...] naming modules with 4-D outputs.",
+                    trainer,
+                )
+            elif agreed:
                 self._log_batch(trainer)
 
     @override

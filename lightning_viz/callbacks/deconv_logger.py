@@ -14,8 +14,9 @@ from typing_extensions import override
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.layers import named_layers, watched_layers
-from lightning_viz.callbacks.probe_base import ProbeCallback
+from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
+from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import check_choice, check_int
 from lightning_viz.functional.images import to_uint8
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
@@ -124,6 +125,7 @@ class DeconvLogger(ProbeCallback):
                 raise ValueError(f"`features` must be (layer, channel) pairs, got {pair!r}")
             self.given_features.setdefault(pair[0], []).append(pair[1])
         self._layers: dict[str, nn.Module] = {}
+        self._followed: dict[str, nn.Module] = {}
         self.features: dict[str, list[int]] = {}
         self.columns: dict[str, list[Tensor]] = {}
         self.column_epochs: dict[str, list[int]] = {}
@@ -145,15 +147,30 @@ class DeconvLogger(ProbeCallback):
                 "projected back to pixels. Pass layers=[...] to name layers with (N, C, H, W) "
                 "outputs."
             )
-        if self.layer_names is None:
-            names = [list(layers)[i] for i in evenly_spaced(len(layers), MAX_DEFAULT_LAYERS)]
-            layers = {name: layers[name] for name in names}
-        if self.given_features:
-            followed = named_layers(pl_module, list(self.given_features), source)
-            layers.update({name: m for name, m in followed.items() if name not in layers})
-        self._layers = layers
+        self._layers = layers  # by default the candidates: prepare keeps those that run
+        self._followed = (
+            named_layers(pl_module, list(self.given_features), source)
+            if self.given_features
+            else {}
+        )
         if not self.features:
             self.features = {n: list(c) for n, c in self.given_features.items()}
+
+    @override
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        layers = self._layers
+        if self.layer_names is None:
+            # convs that never run in the forward (an EMA copy, a teacher) cannot be projected
+            ran = {name for name, _, _ in output_shapes(pl_module, probes.images[:1])}
+            names = [name for name in layers if name in ran]
+            if not names:
+                raise Unsuited(
+                    f"{type(self).__name__}: none of the model's nn.Conv2d layers ran in its "
+                    "forward on a probe. Pass layers=[...] to name layers to project."
+                )
+            names = [names[i] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)]
+            layers = {name: layers[name] for name in names}
+        self._layers = {**layers, **{n: m for n, m in self._followed.items() if n not in layers}}
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -85,14 +85,15 @@ SUMMED = ("zero", "localization", "nonfinite", "elements", "active_maps", "satur
 
 
 def activation_sums(stats: dict[str, Tensor]) -> Tensor:
-    """The numerators and denominators behind one batch's statistics, as one (5,) tensor.
+    """The numerators and denominators behind one batch's statistics, as one (6,) tensor.
 
     Summing these over batches or ranks, then :func:`stats_from_sums`, gives exactly the
     statistics of the batches put together (averaging per-batch means would not, when batches
-    have different numbers of active maps). Columns: :data:`SUMMED`.
+    have different numbers of active maps). Columns: :data:`SUMMED`; maps without a
+    localization (1x1) weigh nothing in it, so it stays undefined rather than 0.
     """
     elements = stats["elements"].float()
-    active = stats["active_maps"].float()
+    active = stats["active_maps"].float() * stats["localization"].isfinite()
     return torch.stack(
         [
             stats["zero_fraction"] * elements,

@@ -322,3 +322,28 @@ def test_cadence_counts_batches_so_two_optimizers_still_sample(tmp_path):
     assert trainer.global_step == 16  # two optimizer steps per batch
     zero = read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")
     assert [e.step for e in zero] == [4, 8, 12, 16]  # batches 2, 4, 6, 8
+
+
+class TokenMixer(nn.Module):
+    """A ViT in small: patches to tokens, GELU MLPs on (N, tokens, dim), a class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(1, 16, 8, stride=8)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16), nn.GELU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        return self.head(self.mlp(tokens).mean(dim=1))
+
+
+def test_token_activations_get_one_notice_instead_of_silence(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=2, strict=True)
+    with pytest.warns(UserWarning, match=r"none of the 2 watched activation modules returned"):
+        trainer = fit(
+            Classifier(TokenMixer()), [monitor], tmp_path, epochs=2, limit_train_batches=6
+        )
+    assert trainer.current_epoch == 2
+    assert [a.kind for a in monitor.alerts.raised] == ["not_shown"]  # once, not every sample
+    assert not monitor.showing

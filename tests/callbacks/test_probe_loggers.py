@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -346,3 +348,19 @@ def test_a_segmenter_gets_grad_cam_of_its_predicted_regions(tmp_path):
     (layer,) = gradcam._layers  # the last feature map: here the per-pixel classifier's
     assert f"gradcam/{layer}" in images
     assert "deconv/model.features.0" in images
+
+
+class WithTeacher(DigitsClassifier):
+    """A frozen copy of the network that never runs in forward (a distillation teacher)."""
+
+    def __init__(self):
+        super().__init__("sgd", 0.05)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+
+
+def test_deconv_defaults_skip_layers_that_never_run_in_forward(tmp_path):
+    deconv = DeconvLogger(strict=True)
+    fit(WithTeacher(), [deconv], tmp_path, epochs=1, limit_train_batches=2)
+    assert list(deconv._layers) == ["model.features.0", "model.features.4", "model.features.8"]
+    assert not deconv.alerts.raised
+    assert "deconv/model.features.8" in read_events(tmp_path).Tags()["images"]

@@ -122,3 +122,10 @@ def test_saturated_fraction_counts_values_near_the_bounds():
     tanh = torch.tensor([-1.0, -0.5, 0.0, 0.97]).view(1, 1, 2, 2)
     assert activation_stats(tanh, bounds=(-1.0, 1.0))["saturated_fraction"].item() == 0.5
     assert activation_stats(a)["saturated_fraction"].item() == 0.0
+
+
+def test_one_by_one_maps_have_no_localization_after_summing():
+    squeezed = torch.rand(4, 8, 1, 1)  # an SE block's or a small input's last stage
+    stats = stats_from_sums(activation_sums(activation_stats(squeezed)).tolist())
+    assert math.isnan(stats["localization"])  # undefined, not 0 ("spread evenly")
+    assert stats["zero_fraction"] == 0.0
