@@ -26,33 +26,10 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
-from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import check_fraction, check_logits
-from lightning_viz.functional.gradcam import OutputTransform
+from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import colormap_table
 from lightning_viz.probes import Probes
-
-_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-def default_gradcam_layer(model: nn.Module, images: torch.Tensor) -> str:
-    """The last module to finish with a 4-D output larger than 1x1, adaptive pooling excluded.
-
-    One forward of a probe records the order in which modules finish; the last feature map
-    before the classifier is then e.g. ``layer4`` in a ResNet or ``features`` in a VGG (a
-    container finishes after its last child, so the whole stage is named).
-    """
-    candidates = [
-        name
-        for name, module, shape in output_shapes(model, images)
-        if len(shape) == 4 and shape[2] * shape[3] > 1 and not isinstance(module, _POOLING)
-    ]
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no layer with a 4-D output larger than 1x1; "
-            "pass `layers=` with names from model.named_modules()"
-        )
-    return candidates[-1]
 
 
 class GradCAMLogger(ProbeCallback):
@@ -204,7 +181,7 @@ class GradCAMLogger(ProbeCallback):
             )
         if not self._layers:
             try:
-                name = default_gradcam_layer(pl_module, probes.images[:1])
+                name = default_gradcam_layer(pl_module, probes.images[:1], self._transform)
             except ValueError as error:
                 raise Unsuited(f"{source}: {error}") from None
             self._layers = {name: pl_module.get_submodule(name)}

@@ -7,6 +7,7 @@ forward raises (docs/architecture.md, promise 2).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
@@ -102,15 +103,22 @@ def capture_outputs(
 
 
 def run_until_captured(
-    model: nn.Module, inputs: Tensor, modules: dict[str, nn.Module], *, full_forward: bool
+    model: nn.Module,
+    inputs: Tensor,
+    modules: dict[str, nn.Module],
+    *,
+    full_forward: bool,
+    tokens: bool = False,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Run ``model(inputs)`` with capture hooks; return (model output or None, captured outputs).
 
     With ``full_forward=False`` the pass stops as soon as every module has run, and the model
-    output is None.
+    output is None. With ``tokens`` a (N, T, D) token map is accepted too (see
+    :func:`token_grid`).
 
     Raises:
-        ValueError: a module did not run, or its output is not a 4-D tensor.
+        ValueError: a module did not run, or its output is not a 4-D tensor (nor, with
+            ``tokens``, a token map on a square grid).
     """
     output = None
     with (
@@ -121,12 +129,38 @@ def run_until_captured(
     for name, module in modules.items():
         if name not in captured:
             raise ValueError(f"layer {name!r} ({type(module).__name__}) did not run in the forward")
-        if captured[name].dim() != 4:
+        shape = tuple(captured[name].shape)
+        if len(shape) != 4 and not (tokens and grid_side(shape) is not None):
             raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) returned shape "
-                f"{tuple(captured[name].shape)}; expected a 4-D (N, C, H, W) feature map"
+                f"layer {name!r} ({type(module).__name__}) returned shape {shape}; expected a "
+                "4-D (N, C, H, W) feature map"
+                + (" or (N, tokens, dim) tokens on a square grid" if tokens else "")
             )
     return output, captured
+
+
+MAX_PREFIX_TOKENS = 8
+"""Tokens before the patch grid (a class token, register tokens) that :func:`token_grid` drops."""
+
+
+def grid_side(shape: tuple[int, ...]) -> int | None:
+    """The side g of the square patch grid in a (N, T, D) token map with T = g*g plus at most
+    :data:`MAX_PREFIX_TOKENS` leading tokens (g >= 2); None for any other shape."""
+    if len(shape) != 3:
+        return None
+    side = math.isqrt(shape[1])
+    return side if side >= 2 and shape[1] - side * side <= MAX_PREFIX_TOKENS else None
+
+
+def token_grid(tokens: Tensor) -> Tensor:
+    """(N, T, D) tokens of a vision transformer as a (N, D, g, g) map: the leading class /
+    register tokens dropped, the patch tokens laid out on their grid (pytorch-grad-cam's
+    ``reshape_transform`` for ViTs)."""
+    side = grid_side(tuple(tokens.shape))
+    if side is None:
+        raise ValueError(f"tokens of shape {tuple(tokens.shape)} are not on a square grid")
+    patches = tokens[:, tokens.shape[1] - side * side :]
+    return patches.transpose(1, 2).unflatten(2, (side, side))
 
 
 def model_device(model: nn.Module) -> torch.device | None:

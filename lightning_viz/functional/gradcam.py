@@ -8,12 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_viz.functional._capture import resolve_layers, run_until_captured
+from lightning_viz.functional._capture import (
+    grid_side,
+    output_shapes,
+    resolve_layers,
+    run_until_captured,
+    token_grid,
+)
 from lightning_viz.functional._pass import gradient_pass
 from lightning_viz.functional._relu_rules import relu_rule, warn_ruleless
 from lightning_viz.functional._validation import check_logits, target_index
 
 OutputTransform = Callable[[Any], Tensor]
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _SCORE_KEYS = ("out", "logits")
 
 
@@ -106,7 +113,7 @@ def grad_cam_and_logits(
     predictions."""
     modules = resolve_layers(model, layers)
     with gradient_pass(model, inputs) as x:
-        output, activations = run_until_captured(model, x, modules, full_forward=True)
+        output, activations = run_until_captured(model, x, modules, full_forward=True, tokens=True)
         logits = output_transform(output)
         check_logits(logits, len(x))
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
@@ -115,6 +122,9 @@ def grad_cam_and_logits(
     maps = {}
     for name, gradient in zip(names, gradients, strict=True):
         activation = activations[name].detach().float()
+        if activation.dim() == 3:  # a vision transformer's tokens
+            activation = token_grid(activation)
+            gradient = None if gradient is None else token_grid(gradient)
         if gradient is None:
             maps[name] = torch.zeros_like(activation[:, 0])
             continue
@@ -146,3 +156,71 @@ def guided_backprop(
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
         (gradient,) = torch.autograd.grad(score, x)
     return gradient.float()
+
+
+def default_gradcam_layer(
+    model: nn.Module, images: Tensor, output_transform: OutputTransform = class_scores
+) -> str:
+    """The layer Grad-CAM reads by default: the deepest feature map before the classifier.
+
+    One forward of ``images`` records the order in which modules finish. For a CNN this is the
+    last module with a spatial (N, C, h, w) output larger than 1x1, adaptive pooling excluded:
+    ``layer4`` in a ResNet, ``features`` in a VGG (a container finishes after its last child).
+    "Spatial" means h and w shrink from the input by about the same factor, which leaves out
+    attention internals such as (N, heads, tokens, head_dim). For a vision transformer, whose
+    token maps (N, tokens, dim) come after its last spatial map (the patch embedding), it is the
+    deepest token map whose Grad-CAM is not zero on ``images``: the last tokens often reach the
+    head only through the class token (pytorch-grad-cam recommends the last block's first norm).
+    It does not depend on the head's weights (torchvision's ViT starts with a zero head).
+
+    Raises:
+        ValueError: no spatial map larger than 1x1 and no token map.
+    """
+    height, width = images.shape[-2:]
+    finished = output_shapes(model, images)
+    spatial = [
+        i
+        for i, (_, module, shape) in enumerate(finished)
+        if _is_spatial(shape, height, width) and not isinstance(module, _POOLING)
+    ]
+    tokens = [i for i, (_, _, shape) in enumerate(finished) if grid_side(shape) is not None]
+    if tokens and (not spatial or tokens[-1] > spatial[-1]):
+        return _deepest_token_map_reaching_the_class_token(
+            model, images, [finished[i][0] for i in tokens]
+        )
+    if not spatial:
+        raise ValueError(
+            f"{type(model).__name__} has no layer with a spatial output larger than 1x1 nor a "
+            "token map; pass `layers=` with names from model.named_modules()"
+        )
+    return finished[spatial[-1]][0]
+
+
+def _deepest_token_map_reaching_the_class_token(
+    model: nn.Module, images: Tensor, names: list[str]
+) -> str:
+    """The deepest of the token maps ``names`` whose patch tokens still reach the last map's
+    class (prefix) tokens: after the last attention, tokens only pass to the head through the
+    class token, and their Grad-CAM is zero. Without prefix tokens (a pooled head) the last."""
+    modules = resolve_layers(model, names)
+    with gradient_pass(model, images) as x:
+        _, captured = run_until_captured(model, x, modules, full_forward=True, tokens=True)
+        maps = [captured[name] for name in names]
+        prefix = maps[-1].shape[1] - grid_side(tuple(maps[-1].shape)) ** 2
+        if prefix == 0:
+            return names[-1]
+        reach = maps[-1][:, :prefix].square().sum()
+        gradients = torch.autograd.grad(reach, maps, allow_unused=True)
+    alive = [
+        name
+        for name, gradient in zip(names, gradients, strict=True)
+        if gradient is not None and token_grid(gradient).abs().sum() > 0
+    ]
+    return (alive or names)[-1]
+
+
+def _is_spatial(shape: tuple[int, ...], height: int, width: int) -> bool:
+    if len(shape) != 4 or shape[2] * shape[3] < 2 or shape[2] > height or shape[3] > width:
+        return False
+    scale_h, scale_w = shape[2] / height, shape[3] / width
+    return abs(scale_h - scale_w) <= 0.5 * max(scale_h, scale_w)

@@ -14,7 +14,7 @@ from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.testing import ShapesCNN, digits_tensors, shapes_task
+from lightning_viz.testing import ShapesCNN, digits_tensors, random_loader, shapes_task
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -364,3 +364,27 @@ def test_deconv_defaults_skip_layers_that_never_run_in_forward(tmp_path):
     assert list(deconv._layers) == ["model.features.0", "model.features.4", "model.features.8"]
     assert not deconv.alerts.raised
     assert "deconv/model.features.8" in read_events(tmp_path).Tags()["images"]
+
+
+def test_default_callbacks_on_a_vision_transformer(tmp_path):
+    vit = torchvision.models.VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
+    )
+    callbacks = lightning_viz.default_callbacks()
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, log_every_n_steps=2)
+    with pytest.warns(UserWarning, match="ActivationMonitor: none of the 2 watched activation"):
+        trainer.fit(Classifier(vit), random_loader(n=16, size=32), random_loader(n=8, size=32))
+    gradcam = callbacks[2]
+    assert list(gradcam._layers) == ["model.encoder.layers.encoder_layer_1.ln_1"]
+    images = read_events(tmp_path).Tags()["images"]
+    assert "gradcam/model.encoder.layers.encoder_layer_1.ln_1" in images
+    assert "deconv/model.conv_proj" in images
+    assert "filters/model.conv_proj" in images
+    kinds = [a.kind for c in callbacks for a in c.alerts.raised]
+    assert kinds == ["not_shown"]  # ActivationMonitor's, on token outputs
