@@ -19,7 +19,7 @@ from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional import activation_stats
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
-from lightning_viz.functional.activations import activation_sums, stats_from_sums
+from lightning_viz.functional.activations import SUMMED, activation_sums, stats_from_sums
 from lightning_viz.functional.alert_rules import (
     dead_channel_finding,
     nonfinite_activation_finding,
@@ -58,6 +58,9 @@ are watched by default too."""
 SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 """Output ranges of the activations that saturate, by lower-case class name."""
 _RELU_KEYS = ("zero_fraction", "localization")
+MIN_VALUES_PER_CHANNEL = 1024
+"""A channel is read as dead only after this many of its values in an epoch's sampled batches
+(a channel that is positive 1% of the time is then all-negative by chance with p < 5e-5)."""
 HISTOGRAM_SAMPLES = 2**14
 """Activation histograms count an evenly strided sample of at most this many values."""
 
@@ -136,7 +139,9 @@ class ActivationMonitor(VizCallback):
     - ``activations/<layer>`` (histogram): the values of the sampled batch (an evenly strided
       sample of at most 16,384 of them; the scalars use every value).
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
-      positive value in any sampled batch of the epoch.
+      positive value in any sampled batch of the epoch; only once each channel had at least
+      1,024 values in them (a 1x1 map of a squeeze-excitation block in small batches has too
+      few to tell a dead channel from a rarely active one).
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (with every
@@ -191,6 +196,7 @@ class ActivationMonitor(VizCallback):
         self._calls: dict[str, int] = {}
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
+        self._seen: dict[str, float] = {}
         self._bounds: dict[str, tuple[float, float] | None] = {}
         self._saturation: dict[str, list[float]] = {}
         self._batches_seen = 0
@@ -252,7 +258,7 @@ class ActivationMonitor(VizCallback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active, self._saturation = {}, {}
+        self._active, self._seen, self._saturation = {}, {}, {}
 
     @override
     def on_train_batch_start(
@@ -387,6 +393,11 @@ class ActivationMonitor(VizCallback):
         finite_keys = []
         for key, row in zip(keys, host["sums"].tolist(), strict=True):
             stats = stats_from_sums(row)
+            if key in self._active:  # values per channel, summed over ranks
+                channels = self._active[key].numel()
+                self._seen[key] = (
+                    self._seen.get(key, 0.0) + row[SUMMED.index("elements")] / channels
+                )
             if not stats["nonfinite"]:
                 finite_keys.append(key)
                 if key in saturating:
@@ -420,6 +431,8 @@ class ActivationMonitor(VizCallback):
         dead = to_host({"dead": torch.stack([(a == 0).float().mean() for a in alive])})["dead"]
         metrics = {}
         for key, fraction in zip(keys, dead.tolist(), strict=True):
+            if self._seen.get(key, 0.0) < MIN_VALUES_PER_CHANNEL:
+                continue  # too few values to call a channel dead (1x1 maps, tiny batches)
             metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
             if trainer.current_epoch + 1 >= self.warmup_epochs:
                 finding = dead_channel_finding(

@@ -1,0 +1,307 @@
+"""default_callbacks() attached to runs that are not plain classifiers: fit always completes,
+training is bit-identical to the run without the callbacks, and the event files hold the
+views that make sense for the model; what does not suit it is said once, as a notice."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_viz
+from tests.helpers import make_trainer, read_events
+
+pytestmark = pytest.mark.slow
+
+
+def conv_encoder(channels: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+    )
+
+
+class Task(pl.LightningModule):
+    """One LightningModule for every setup: a network, a loss and how to read a batch."""
+
+    def __init__(self, net: nn.Module, loss: Callable, forward: bool = True) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        if not forward:  # a LightningModule without forward()
+            self.forward = super().forward
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(self.net, batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class WithAux(nn.Module):
+    """Returns (logits, an auxiliary output), as Inception-style nets do in training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = conv_encoder()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        features = self.features(x)
+        return self.head(features.mean(dim=(2, 3))), features.mean()
+
+
+class FromUint8(nn.Module):
+    """The model's own input normalization: uint8 pixels in, floats out."""
+
+    def forward(self, x):
+        return x.float() / 255
+
+
+class GAN(pl.LightningModule):
+    """Manual optimization, two optimizers, forward is the generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(8, 16 * 16), nn.Unflatten(1, (1, 16, 16)))
+        self.discriminator = nn.Sequential(conv_encoder(), nn.Flatten(), nn.LazyLinear(1))
+
+    def forward(self, z):
+        return self.generator(z)
+
+    def training_step(self, batch, batch_idx):
+        real = batch[0]
+        d_opt, g_opt = self.optimizers()
+        fake = self(torch.randn(len(real), 8))
+        d_loss = (
+            F.softplus(-self.discriminator(real)).mean()
+            + F.softplus(self.discriminator(fake.detach())).mean()
+        )
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = F.softplus(-self.discriminator(fake)).mean()
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+
+    def configure_optimizers(self):
+        return (
+            torch.optim.SGD(self.discriminator.parameters(), lr=0.01),
+            torch.optim.SGD(self.generator.parameters(), lr=0.01),
+        )
+
+
+def images(n=16, channels=1, size=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, size, size, generator=generator)
+
+
+def labels(n=16, classes=3):
+    return torch.arange(n) % classes
+
+
+def loader(*tensors, batch_size=4):
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size)
+
+
+class DictLoader:
+    """Batches as dicts with keys lightning-viz does not know."""
+
+    def __init__(self):
+        self.data = [
+            {"img": images()[i : i + 4], "cls": labels()[i : i + 4], "id": list(range(4))}
+            for i in range(0, 16, 4)
+        ]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+def classify(net, batch):
+    x, y = batch if not isinstance(batch, dict) else (batch["img"], batch["cls"])
+    out = net(x)
+    return F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+
+
+def segmenter():
+    return torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    )
+
+
+@dataclass
+class Setup:
+    module: Callable[[], pl.LightningModule]
+    data: Callable[[], object]
+    images: set[str]  # tag prefixes that must be in the event files
+    no_images: set[str] = frozenset()  # tag prefixes that must not
+    notices: int = 0  # how many not_shown notices
+
+
+SETUPS = {
+    "autoencoder": Setup(
+        lambda: Task(
+            nn.Sequential(conv_encoder(), nn.Conv2d(8, 1, 3, padding=1)),
+            lambda net, b: F.mse_loss(net(b[0]), b[0]),
+        ),
+        lambda: loader(images(), labels()),
+        {"filters/", "deconv/", "evolution/"},
+        {"gradcam/"},
+        notices=1,
+    ),
+    "segmentation (torchvision deeplabv3)": Setup(
+        lambda: Task(
+            segmenter(),
+            lambda net, b: F.cross_entropy(net(b[0])["out"], (b[0][:, 0] > 0).long()),
+        ),
+        lambda: loader(images(8, channels=3, size=64), labels(8), batch_size=4),
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "(logits, aux) tuple": Setup(
+        lambda: Task(WithAux(), classify),
+        lambda: loader(images(), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "regression head (N, 1), integer targets": Setup(
+        lambda: Task(
+            nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1)),
+            lambda net, b: F.mse_loss(net(b[0])[:, 0], b[1].float()),
+        ),
+        lambda: loader(images(), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "GAN, manual optimization": Setup(
+        GAN,
+        lambda: loader(images(), labels()),
+        {"filters/"},
+        {"gradcam/", "deconv/"},
+        notices=2,
+    ),
+    "uint8 images normalized in the model": Setup(
+        lambda: Task(
+            nn.Sequential(
+                FromUint8(),
+                conv_encoder(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(8, 3),
+            ),
+            classify,
+        ),
+        lambda: loader((images().sigmoid() * 255).to(torch.uint8), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "dict batches with other keys": Setup(
+        lambda: Task(
+            nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)),
+            classify,
+        ),
+        DictLoader,
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "LightningModule without forward()": Setup(
+        lambda: Task(
+            nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)),
+            classify,
+            forward=False,
+        ),
+        lambda: loader(images(), labels()),
+        {"filters/"},
+        {"gradcam/", "deconv/"},
+        notices=2,
+    ),
+    "MLP": Setup(
+        lambda: Task(
+            nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 3)), classify
+        ),
+        lambda: loader(images(), labels()),
+        set(),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=4,
+    ),
+    "Conv1d (audio)": Setup(
+        lambda: Task(
+            nn.Sequential(
+                nn.Conv1d(1, 8, 5),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool1d(1),
+                nn.Flatten(),
+                nn.Linear(8, 3),
+            ),
+            classify,
+        ),
+        lambda: loader(
+            torch.randn(16, 1, 64, generator=torch.Generator().manual_seed(0)), labels()
+        ),
+        set(),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=4,
+    ),
+    "vision transformer": Setup(
+        lambda: Task(
+            torchvision.models.VisionTransformer(
+                image_size=16,
+                patch_size=4,
+                num_layers=2,
+                num_heads=2,
+                hidden_dim=16,
+                mlp_dim=32,
+                num_classes=3,
+            ),
+            classify,
+        ),
+        lambda: loader(images(channels=3), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=1,
+    ),
+}
+
+
+def train(make_module, make_data, callbacks, log_dir):
+    pl.seed_everything(0, verbose=False)
+    module = make_module()
+    trainer = make_trainer(
+        log_dir, callbacks, max_epochs=2, log_every_n_steps=1, deterministic=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, make_data())
+    return module, torch.random.get_rng_state()
+
+
+@pytest.mark.parametrize("name", list(SETUPS))
+def test_default_callbacks_never_break_a_working_run(tmp_path, name):
+    setup = SETUPS[name]
+    without, rng_without = train(setup.module, setup.data, [], tmp_path / "without")
+    callbacks = lightning_viz.default_callbacks()
+    with_them, rng_with = train(setup.module, setup.data, callbacks, tmp_path / "with")
+    state_without, state_with = without.state_dict(), with_them.state_dict()
+    assert state_without.keys() == state_with.keys()
+    for key in state_without:
+        assert torch.equal(state_without[key], state_with[key]), key
+    assert torch.equal(rng_without, rng_with)
+
+    logged = read_events(tmp_path / "with").Tags()["images"]
+    for prefix in setup.images:
+        assert any(tag.startswith(prefix) for tag in logged), (prefix, logged)
+    for prefix in setup.no_images:
+        assert not any(tag.startswith(prefix) for tag in logged), (prefix, logged)
+    alerts = [alert for callback in callbacks for alert in callback.alerts.raised]
+    assert all(alert.kind in ("not_shown", "frozen") for alert in alerts), alerts
+    notices = [alert for alert in alerts if alert.kind == "not_shown"]
+    assert len(notices) == setup.notices, [alert.message for alert in notices]
+    assert len({alert.source for alert in notices}) == len(notices)  # one per callback
