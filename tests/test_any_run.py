@@ -102,6 +102,11 @@ class GAN(pl.LightningModule):
         )
 
 
+def timm_model(name: str, **kwargs) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model(name, pretrained=False, num_classes=3, **kwargs)
+
+
 def images(n=16, channels=1, size=16, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, channels, size, size, generator=generator)
@@ -250,6 +255,17 @@ SETUPS = {
         set(),
         {"filters/", "gradcam/", "deconv/"},
         notices=4,
+    ),
+    "timm ConvNeXt": Setup(
+        lambda: Task(timm_model("convnext_atto"), classify),
+        lambda: loader(images(channels=3, size=32), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+    ),
+    "timm ViT": Setup(
+        lambda: Task(timm_model("vit_tiny_patch16_224", img_size=32, patch_size=8), classify),
+        lambda: loader(images(channels=3, size=32), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=1,
     ),
     "vision transformer": Setup(
         lambda: Task(
