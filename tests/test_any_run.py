@@ -321,3 +321,18 @@ def test_default_callbacks_never_break_a_working_run(tmp_path, name):
     notices = [alert for alert in alerts if alert.kind == "not_shown"]
     assert len(notices) == setup.notices, [alert.message for alert in notices]
     assert len({alert.source for alert in notices}) == len(notices)  # one per callback
+
+
+def test_a_gan_is_explained_through_its_discriminator_with_forward_fn(tmp_path):
+    def through_discriminator(gan, images):
+        return gan.discriminator(images)
+
+    callbacks = [
+        lightning_viz.GradCAMLogger(forward_fn=through_discriminator, strict=True),
+        lightning_viz.DeconvLogger(forward_fn=through_discriminator, strict=True),
+    ]
+    train(GAN, lambda: loader(images(), labels()), callbacks, tmp_path)
+    logged = read_events(tmp_path).Tags()["images"]
+    assert "gradcam/discriminator.0" in logged  # the last feature map: the conv encoder
+    assert "deconv/discriminator.0.0" in logged
+    assert not [alert for callback in callbacks for alert in callback.alerts.raised]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -56,7 +56,8 @@ class DeconvLogger(ProbeCallback):
         features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
         num_features: how many features per layer to follow by default.
         max_columns: the most epochs the evolution grid shows.
-        probes, num_probes, every_n_epochs, on_alert, strict: as in ``GradCAMLogger``.
+        probes, num_probes, every_n_epochs, forward_fn, on_alert, strict: as in
+            ``GradCAMLogger``.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers or channels, probes that do
@@ -97,6 +98,7 @@ class DeconvLogger(ProbeCallback):
         probes: Probes | None = None,
         num_probes: int = 8,
         every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
@@ -105,6 +107,7 @@ class DeconvLogger(ProbeCallback):
             probes=probes,
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
+            forward_fn=forward_fn,
             on_alert=on_alert,
             strict=strict,
         )
@@ -161,7 +164,8 @@ class DeconvLogger(ProbeCallback):
         layers = self._layers
         if self.layer_names is None:
             # convs that never run in the forward (an EMA copy, a teacher) cannot be projected
-            ran = {name for name, _, _ in output_shapes(pl_module, probes.images[:1])}
+            forward = self.probe_forward(pl_module)
+            ran = {name for name, _, _ in output_shapes(pl_module, probes.images[:1], forward)}
             names = [name for name in layers if name in ran]
             if not names:
                 raise Unsuited(
@@ -215,7 +219,9 @@ class DeconvLogger(ProbeCallback):
             return pick
 
         layers = {layer: channels_of(layer) for layer in self._layers}
-        projections = project_layers(pl_module, probes.images, layers, rule=self.rule)
+        projections = project_layers(
+            pl_module, probes.images, layers, rule=self.rule, forward=self.probe_forward(pl_module)
+        )
         self.features.update(chosen_now)
         for layer, (channels, images) in projections.items():
             if not images.isfinite().all():

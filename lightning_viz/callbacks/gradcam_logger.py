@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -52,6 +52,10 @@ class GradCAMLogger(ProbeCallback):
             validation dataloader (shared with the other probe callbacks of the Trainer).
         num_probes: how many probes to pick when ``probes`` is None.
         every_n_epochs: log every this many training epochs.
+        forward_fn: how probe passes run the model, ``forward_fn(pl_module, images)``, when not
+            ``pl_module(images)``: a GAN's discriminator
+            (``lambda gan, x: gan.discriminator(x)``), a LightningModule without ``forward()``.
+            Layers are still named from ``pl_module.named_modules()``.
         cmap: a matplotlib colormap name for the heatmap.
         alpha: heatmap opacity over the display image.
         guided: also log guided Grad-CAM (guided backprop times the upsampled map); costs one more
@@ -94,6 +98,7 @@ class GradCAMLogger(ProbeCallback):
         probes: Probes | None = None,
         num_probes: int = 8,
         every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
         cmap: str = "jet",
         alpha: float = 0.5,
         guided: bool = False,
@@ -106,6 +111,7 @@ class GradCAMLogger(ProbeCallback):
             probes=probes,
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
+            forward_fn=forward_fn,
             on_alert=on_alert,
             strict=strict,
         )
@@ -181,7 +187,9 @@ class GradCAMLogger(ProbeCallback):
             )
         if not self._layers:
             try:
-                name = default_gradcam_layer(pl_module, probes.images[:1], self._transform)
+                name = default_gradcam_layer(
+                    pl_module, probes.images[:1], self.probe_forward(pl_module)
+                )
             except ValueError as error:
                 raise Unsuited(f"{source}: {error}") from None
             self._layers = {name: pl_module.get_submodule(name)}
@@ -197,8 +205,9 @@ class GradCAMLogger(ProbeCallback):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
+        forward = self.probe_forward(pl_module)
         maps, logits = grad_cam_and_logits(
-            pl_module, probes.images, list(self._layers), targets, self._transform
+            pl_module, probes.images, list(self._layers), targets, self._transform, forward
         )
         size = tuple(probes.images.shape[-2:])
         n = len(probes)
@@ -206,7 +215,7 @@ class GradCAMLogger(ProbeCallback):
         probabilities = logits.softmax(dim=1)
         confidence, predicted = probabilities.max(dim=1)
         guided = (
-            guided_backprop(pl_module, probes.images, targets, self._transform)
+            guided_backprop(pl_module, probes.images, targets, self._transform, forward)
             if self.guided
             else None
         )

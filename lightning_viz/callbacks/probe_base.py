@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +15,7 @@ from typing_extensions import override
 from lightning_viz._compat import eager, fit_dataloaders
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
+from lightning_viz.functional._capture import Forward
 from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
@@ -78,11 +80,15 @@ class ProbeCallback(VizCallback):
         probes: Probes | None = None,
         num_probes: int = 8,
         every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict)
         self.layer_names = check_layer_names(layers)
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"`forward_fn` must be None or a callable, got {forward_fn!r}")
+        self.forward_fn = forward_fn
         if probes is not None and not isinstance(probes, Probes):
             raise ValueError(
                 f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"
@@ -152,7 +158,7 @@ class ProbeCallback(VizCallback):
         the user's probes fail at fit start, clearly; picked ones make the callback
         :class:`Unsuited` (a working run is never broken by a default)."""
         probes, source = self.probes, type(self).__name__
-        problem = Unsuited if self.user_probes is None else ValueError
+        problem = Unsuited if self.user_probes is None and self.forward_fn is None else ValueError
         first_conv = next(
             ((n, m) for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d)), None
         )
@@ -163,12 +169,19 @@ class ProbeCallback(VizCallback):
             )
         try:
             with probe_pass(pl_module), torch.no_grad():
-                return pl_module(probes.images[:1])
+                return (self.probe_forward(pl_module) or pl_module)(probes.images[:1])
         except Exception as error:
             raise problem(
                 f"{source}: the model cannot run on the probes of shape "
                 f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}"
             ) from error
+
+    def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
+        """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else
+        None (``pl_module(images)``)."""
+        if self.forward_fn is None:
+            return None
+        return functools.partial(self.forward_fn, pl_module)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+Forward = Callable[[Tensor], Any]
+"""How to run a model on inputs when not ``model(inputs)``: a GAN's discriminator
+(``lambda x: gan.discriminator(x)``), a LightningModule without ``forward()``."""
 
 
 class StopForward(Exception):
@@ -109,8 +114,10 @@ def run_until_captured(
     *,
     full_forward: bool,
     tokens: bool = False,
+    forward: Forward | None = None,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """Run ``model(inputs)`` with capture hooks; return (model output or None, captured outputs).
+    """Run ``model(inputs)`` (or ``forward(inputs)``) with capture hooks; return (the output or
+    None, captured outputs).
 
     With ``full_forward=False`` the pass stops as soon as every module has run, and the model
     output is None. With ``tokens`` a (N, T, D) token map is accepted too (see
@@ -125,7 +132,7 @@ def run_until_captured(
         capture_outputs(modules, stop_when_done=not full_forward) as captured,
         suppress(StopForward),
     ):
-        output = model(inputs)
+        output = (forward or model)(inputs)
     for name, module in modules.items():
         if name not in captured:
             raise ValueError(f"layer {name!r} ({type(module).__name__}) did not run in the forward")
@@ -172,9 +179,12 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def output_shapes(model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+def output_shapes(
+    model: nn.Module, inputs: Tensor, forward: Forward | None = None
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     """(name, module, output shape) of every submodule whose output is a tensor, in the order
-    the modules finish during one forward pass (a container finishes after its children)."""
+    the modules finish during one forward pass (``forward(inputs)``, default ``model(inputs)``;
+    a container finishes after its children)."""
     finished: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     seen: set[str] = set()
 
@@ -189,7 +199,7 @@ def output_shapes(model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module
     handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
-            model(inputs)
+            (forward or model)(inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import (
+    Forward,
     grid_side,
     output_shapes,
     resolve_layers,
@@ -71,6 +72,7 @@ def grad_cam(
     layers: str | nn.Module | Sequence[str | nn.Module],
     targets: Tensor | Sequence[int] | int | None = None,
     output_transform: OutputTransform = class_scores,
+    forward: Forward | None = None,
 ) -> dict[str, Tensor]:
     """Raw Grad-CAM maps of every layer in ``layers`` for a batch of images.
 
@@ -90,6 +92,9 @@ def grad_cam(
         layers: names from ``model.named_modules()`` or the modules themselves.
         targets: (N,) class indices, one int for all images, or None for the predicted class.
         output_transform: turns the model's output into (N, num_classes) scores.
+        forward: how to run the model on the inputs when not ``model(inputs)`` (a GAN's
+            discriminator, a LightningModule without ``forward()``); layers are still named
+            from ``model.named_modules()``.
 
     Returns:
         ``{layer_name: map}`` with maps of shape (N, h_l, w_l), float32, not normalized.
@@ -99,7 +104,7 @@ def grad_cam(
             wrong length, inputs on another device than the model, a model output that
             ``output_transform`` cannot turn into (N, num_classes) scores.
     """
-    return grad_cam_and_logits(model, inputs, layers, targets, output_transform)[0]
+    return grad_cam_and_logits(model, inputs, layers, targets, output_transform, forward)[0]
 
 
 def grad_cam_and_logits(
@@ -108,12 +113,15 @@ def grad_cam_and_logits(
     layers: str | nn.Module | Sequence[str | nn.Module],
     targets: Tensor | Sequence[int] | int | None = None,
     output_transform: OutputTransform = class_scores,
+    forward: Forward | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """:func:`grad_cam` plus the class scores of the same forward pass (detached), to show
     predictions."""
     modules = resolve_layers(model, layers)
     with gradient_pass(model, inputs) as x:
-        output, activations = run_until_captured(model, x, modules, full_forward=True, tokens=True)
+        output, activations = run_until_captured(
+            model, x, modules, full_forward=True, tokens=True, forward=forward
+        )
         logits = output_transform(output)
         check_logits(logits, len(x))
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
@@ -138,6 +146,7 @@ def guided_backprop(
     inputs: Tensor,
     targets: Tensor | Sequence[int] | int | None = None,
     output_transform: OutputTransform = class_scores,
+    forward: Forward | None = None,
 ) -> Tensor:
     """Guided backprop (Springenberg et al., 2015) of the target class score w.r.t. the inputs.
 
@@ -150,7 +159,7 @@ def guided_backprop(
     """
     with gradient_pass(model, inputs) as x:
         with relu_rule("guided") as ruleless:
-            logits = output_transform(model(x))
+            logits = output_transform((forward or model)(x))
         warn_ruleless(ruleless, "guided")
         check_logits(logits, len(x))
         score = logits.gather(1, target_index(targets, logits)[:, None]).sum()
@@ -158,9 +167,7 @@ def guided_backprop(
     return gradient.float()
 
 
-def default_gradcam_layer(
-    model: nn.Module, images: Tensor, output_transform: OutputTransform = class_scores
-) -> str:
+def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | None = None) -> str:
     """The layer Grad-CAM reads by default: the deepest feature map before the classifier.
 
     One forward of ``images`` records the order in which modules finish. For a CNN this is the
@@ -177,7 +184,7 @@ def default_gradcam_layer(
         ValueError: no spatial map larger than 1x1 and no token map.
     """
     height, width = images.shape[-2:]
-    finished = output_shapes(model, images)
+    finished = output_shapes(model, images, forward)
     spatial = [
         i
         for i, (_, module, shape) in enumerate(finished)
@@ -186,7 +193,7 @@ def default_gradcam_layer(
     tokens = [i for i, (_, _, shape) in enumerate(finished) if grid_side(shape) is not None]
     if tokens and (not spatial or tokens[-1] > spatial[-1]):
         return _deepest_token_map_reaching_the_class_token(
-            model, images, [finished[i][0] for i in tokens]
+            model, images, [finished[i][0] for i in tokens], forward
         )
     if not spatial:
         raise ValueError(
@@ -197,14 +204,16 @@ def default_gradcam_layer(
 
 
 def _deepest_token_map_reaching_the_class_token(
-    model: nn.Module, images: Tensor, names: list[str]
+    model: nn.Module, images: Tensor, names: list[str], forward: Forward | None
 ) -> str:
     """The deepest of the token maps ``names`` whose patch tokens still reach the last map's
     class (prefix) tokens: after the last attention, tokens only pass to the head through the
     class token, and their Grad-CAM is zero. Without prefix tokens (a pooled head) the last."""
     modules = resolve_layers(model, names)
     with gradient_pass(model, images) as x:
-        _, captured = run_until_captured(model, x, modules, full_forward=True, tokens=True)
+        _, captured = run_until_captured(
+            model, x, modules, full_forward=True, tokens=True, forward=forward
+        )
         maps = [captured[name] for name in names]
         prefix = maps[-1].shape[1] - grid_side(tuple(maps[-1].shape)) ** 2
         if prefix == 0:

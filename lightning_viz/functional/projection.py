@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_viz.functional._capture import resolve_layers, run_until_captured
+from lightning_viz.functional._capture import Forward, resolve_layers, run_until_captured
 from lightning_viz.functional._pass import gradient_pass
 from lightning_viz.functional._relu_rules import RULES, Rule, relu_rule, warn_ruleless
 from lightning_viz.functional._validation import check_choice
@@ -48,6 +48,7 @@ def project_to_input(
     channels: Tensor,
     rule: Rule = "deconvnet",
     seed: Seed = "map",
+    forward: Forward | None = None,
 ) -> Tensor:
     """Project chosen channels of a layer back to pixel space.
 
@@ -70,6 +71,8 @@ def project_to_input(
         rule: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
         seed: ``"map"`` seeds the backward with the channel's whole feature map; ``"max"`` with
             its single strongest activation only.
+        forward: how to run the model when not ``model(inputs)`` (see
+            :func:`~lightning_viz.functional.grad_cam`).
 
     Returns:
         (N, K, C_in, H, W) float32 reconstructions, signed, not normalized.
@@ -79,7 +82,9 @@ def project_to_input(
             of range or of the wrong shape, inputs on another device than the model.
     """
     name = next(iter(resolve_layers(model, [layer])))
-    return project_layers(model, inputs, {name: channels}, rule=rule, seed=seed)[name].images
+    return project_layers(model, inputs, {name: channels}, rule=rule, seed=seed, forward=forward)[
+        name
+    ].images
 
 
 class LayerProjection(NamedTuple):
@@ -100,6 +105,7 @@ def project_layers(
     channels: Mapping[str, ChannelChoice],
     rule: Rule = "deconvnet",
     seed: Seed = "map",
+    forward: Forward | None = None,
 ) -> dict[str, LayerProjection]:
     """:func:`project_to_input` for several layers from one shared forward pass.
 
@@ -116,7 +122,9 @@ def project_layers(
     modules = resolve_layers(model, list(channels))
     with gradient_pass(model, inputs) as x:
         with relu_rule(rule) as ruleless:
-            _, activations = run_until_captured(model, x, modules, full_forward=False)
+            _, activations = run_until_captured(
+                model, x, modules, full_forward=False, forward=forward
+            )
         warn_ruleless(ruleless, rule)
         names = list(activations)
         chosen = {}

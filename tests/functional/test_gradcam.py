@@ -228,3 +228,11 @@ def test_default_layer_of_a_vit_is_the_last_block_before_its_attention():
     assert default_gradcam_layer(vit, images) == "encoder.layers.encoder_layer_2.ln_1"
     torch.nn.init.zeros_(vit.heads.head.weight)  # as torchvision initializes it
     assert default_gradcam_layer(vit, images) == "encoder.layers.encoder_layer_2.ln_1"
+
+
+def test_forward_runs_the_model_another_way_with_layers_named_from_the_model(tiny, images):
+    holder = nn.Module()  # no forward(): a LightningModule whose training_step calls its parts
+    holder.net = tiny
+    through = grad_cam(holder, images, "net.conv2", forward=holder.net)["net.conv2"]
+    direct = grad_cam(tiny, images, "conv2")["conv2"]
+    assert torch.equal(through, direct)
