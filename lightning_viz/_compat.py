@@ -71,3 +71,11 @@ def _public_or_source(public: Any, loop: Any) -> Any:
     if source is None or source.instance is None or not source.is_defined():
         return None
     return source.dataloader()
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass now: gradient checkpointing re-runs forward
+    modules there, and a forward hook should not count that as another call. (torch has no public
+    API for it; without this private one, recomputations count as calls again.)"""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1

@@ -13,7 +13,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_viz import tags
-from lightning_viz._compat import compiled_parts
+from lightning_viz._compat import compiled_parts, in_backward
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
@@ -328,6 +328,8 @@ class ActivationMonitor(VizCallback):
         explicit = self.layer_names is not None
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if in_backward():  # gradient checkpointing recomputes the forward in backward
+                return
             try:
                 count = self._calls[name] = self._calls.get(name, 0) + 1
                 key = name if count == 1 else f"{name}#{count}"

@@ -347,3 +347,21 @@ def test_token_activations_get_one_notice_instead_of_silence(tmp_path):
     assert trainer.current_epoch == 2
     assert [a.kind for a in monitor.alerts.raised] == ["not_shown"]  # once, not every sample
     assert not monitor.showing
+
+
+class Checkpointed(DigitsClassifier):
+    """Recomputes its middle block in backward (gradient checkpointing)."""
+
+    def forward(self, x):
+        features = self.model.features
+        x = features[:4](x)
+        x = torch.utils.checkpoint.checkpoint(features[4:8], x, use_reentrant=False)
+        return self.model.head(features[8:](x).mean(dim=(2, 3)))
+
+
+def test_gradient_checkpointing_recomputation_is_not_another_call(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=1, strict=True)
+    fit(Checkpointed(), [monitor], tmp_path, epochs=1, limit_train_batches=2)
+    scalars = read_events(tmp_path).Tags()["scalars"]
+    relus = {t.split("/")[1] for t in scalars if t.endswith("/zero_fraction")}
+    assert relus == set(RELUS)  # no "model.features.6#2" from the recomputation
