@@ -70,3 +70,17 @@ def test_alert_table_reads_back_row_by_row():
         "what to check": "moved 40x / lower the lr",
     }
     assert (parsed[1]["status"], parsed[1]["value"]) == ("cleared", "-")
+
+
+def test_the_monitors_log_only_the_documented_keys(tmp_path):
+    from lightning_viz import ActivationMonitor, FilterMonitor
+    from tests.helpers import DigitsClassifier, fit, read_events
+
+    fit(DigitsClassifier(), [FilterMonitor(), ActivationMonitor(every_n_steps=5)], tmp_path)
+    scalars = read_events(tmp_path).Tags()["scalars"]
+    keys = {
+        prefix: {tag.rsplit("/", 1)[1] for tag in scalars if tag.startswith(prefix + "/")}
+        for prefix in ("filters", "activations")
+    }
+    assert keys["filters"] == set(tags.FILTER_KEYS)
+    assert keys["activations"] == set(tags.ACTIVATION_KEYS) - {"saturated_fraction"}  # no sigmoid
