@@ -13,11 +13,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 try:
     import lightning.pytorch as unified
     from lightning.pytorch.loggers import TensorBoardLogger as UnifiedTensorBoardLogger
+    from lightning.pytorch.loggers import WandbLogger as UnifiedWandbLogger
 except ImportError:  # the unified package is optional
     unified = None
 
@@ -26,6 +27,9 @@ CALLBACK_BASES: tuple[type, ...] = (
 )
 TENSORBOARD_LOGGERS: tuple[type, ...] = (
     (TensorBoardLogger,) if unified is None else (TensorBoardLogger, UnifiedTensorBoardLogger)
+)
+WANDB_LOGGERS: tuple[type, ...] = (
+    (WandbLogger,) if unified is None else (WandbLogger, UnifiedWandbLogger)
 )
 
 

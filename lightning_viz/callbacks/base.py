@@ -17,7 +17,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_viz import tags
-from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, state_key
+from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, WANDB_LOGGERS, state_key
 from lightning_viz.alerts import (
     Alert,
     AlertBook,
@@ -192,12 +192,24 @@ class VizCallback(*CALLBACK_BASES):
                 return logger.experiment
         if not self._warned_no_tensorboard:
             self._warned_no_tensorboard = True
+            images = "" if self._wandb_loggers(trainer) else "images, "
             rank_zero_warn(
                 f"{type(self).__name__}: no TensorBoardLogger is attached to the Trainer, so its "
-                "images, histograms and alert texts will not be logged (scalars still go to the "
+                f"{images}histograms and alert texts will not be logged (scalars still go to the "
                 "attached loggers). Add `logger=TensorBoardLogger(...)` to see them."
             )
         return None
+
+    def takes_images(self, trainer: pl.Trainer) -> bool:
+        """Whether an image logged now goes anywhere (so it is worth composing)."""
+        return self.writer(trainer) is not None or bool(self._wandb_loggers(trainer))
+
+    @staticmethod
+    def _wandb_loggers(trainer: pl.Trainer) -> list[Any]:
+        """The attached WandbLoggers, which take images too (global rank 0 only)."""
+        if not trainer.is_global_zero:
+            return []
+        return [logger for logger in trainer.loggers if isinstance(logger, WANDB_LOGGERS)]
 
     def log_scalars(self, trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
         if metrics:
@@ -232,10 +244,16 @@ class VizCallback(*CALLBACK_BASES):
             writer.add_histogram(tag, values, global_step=trainer.global_step)
 
     def log_image(self, trainer: pl.Trainer, tag: str, image: Tensor) -> None:
-        """Log a (3, H, W) uint8 image composed on the device: one transfer, rank 0 only."""
-        writer = self.writer(trainer)
+        """Log a (3, H, W) uint8 image composed on the device to TensorBoard and any attached
+        WandbLogger: one transfer, rank 0 only."""
+        writer, wandb = self.writer(trainer), self._wandb_loggers(trainer)
+        if writer is None and not wandb:
+            return
+        pixels = image.cpu().numpy()  # the one transfer
         if writer is not None:
-            writer.add_image(tag, image.cpu().numpy(), global_step=trainer.global_step)
+            writer.add_image(tag, pixels, global_step=trainer.global_step)
+        for logger in wandb:
+            logger.log_image(key=tag, images=[pixels.transpose(1, 2, 0)], step=trainer.global_step)
 
     def log_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
         """Log markdown text (rank 0 only); TensorBoard files it under ``<tag>/text_summary``."""

@@ -282,11 +282,12 @@ class FilterMonitor(VizCallback):
             for finding in findings:
                 self.raise_alert(trainer, finding)
         self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
-        if self.writer(trainer) is None:
+        if self.writer(trainer) is not None:
+            for name in self._layers:
+                histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
+                self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
+        if not self.takes_images(trainer):
             return
-        for name in self._layers:
-            histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
-            self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
         for name in self._image_layers:
             tiles = filter_tiles(self._layers[name].weight)
             image = grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))

@@ -170,3 +170,21 @@ def test_callbacks_reused_for_a_new_model_start_fresh(tmp_path):
     # the evolution grid restarts
     assert first_columns == 2
     assert deconv.column_epochs["model.features.0"] == [0]
+
+
+def test_images_also_go_to_an_attached_wandb_logger(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lightning-viz-test")
+    callbacks = [FilterMonitor(strict=True), GradCAMLogger(strict=True)]
+    with pytest.warns(UserWarning, match="its histograms and alert texts will not be logged"):
+        fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=2, logger=logger)
+    logger.experiment.finish()
+    (media,) = tmp_path.glob("wandb/offline-run-*/files/media/images")
+    logged = [str(path.relative_to(media)) for path in media.rglob("*.png")]
+    # wandb names each file <key>_<its own step counter>_<hash>.png; baseline + one epoch each
+    assert sum(name.startswith("filters/model.features.0_") for name in logged) == 2, logged
+    assert sum(name.startswith("gradcam/model.features_") for name in logged) == 2, logged
