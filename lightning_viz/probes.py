@@ -97,7 +97,13 @@ class Probes:
         return cls(state["images"], state.get("labels"), state["display"])
 
     @classmethod
-    def from_dataloader(cls, loader: Iterable, n: int = 8, max_batches: int = 64) -> Probes:
+    def from_dataloader(
+        cls,
+        loader: Iterable,
+        n: int = 8,
+        max_batches: int = 64,
+        batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]] | None = None,
+    ) -> Probes:
         """Pick ``n`` probes from a DataLoader, deterministically, without touching training's RNG.
 
         With labels, one image per class comes first (classes in increasing order), then the
@@ -107,14 +113,19 @@ class Probes:
         generators restored afterwards (a DataLoader iterator draws a seed from the global
         generator), reading at most ``max_batches`` batches.
 
+        Images and labels are found in a batch that is a tensor, an ``(images, labels, ...)``
+        sequence or a dict (by the usual keys, else by shape); ``batch_to_images`` says where
+        they are in any other batch: it returns the (N, C, H, W) images, or ``(images, labels)``.
+
         Raises:
             ValueError: ``n`` < 1, an empty loader, or batches without recognizable images.
         """
         check_int("n", n)
+        split = _split_batch if batch_to_images is None else _split_with(batch_to_images)
         images, labels = [], []
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
-                batch_images, batch_labels = _split_batch(batch)
+                batch_images, batch_labels = split(batch)
                 images.append(batch_images.detach().cpu())
                 if batch_labels is not None:
                     labels.append(batch_labels.detach().cpu())
@@ -185,11 +196,26 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     if images is None or images.dim() != 4:
         raise ValueError(
             f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}; "
-            "pass probes=Probes(images, labels) instead"
+            "pass probes=Probes(images, labels) or Probes.from_dataloader(loader, "
+            "batch_to_images=...) instead"
         )
     if labels is not None and (labels.shape != images.shape[:1] or labels.dtype.is_floating_point):
         labels = None
     return images, labels
+
+
+def _split_with(
+    batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]],
+) -> Callable[[Any], tuple[Tensor, Tensor | None]]:
+    def split(batch: Any) -> tuple[Tensor, Tensor | None]:
+        found = batch_to_images(batch)
+        images, labels = found if isinstance(found, tuple) else (found, None)
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"batch_to_images must return (N, C, H, W) images, got {shape}")
+        return images, labels
+
+    return split
 
 
 def _looks_like_images(values: Tensor) -> bool:

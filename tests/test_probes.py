@@ -117,3 +117,14 @@ def test_images_and_labels_are_found_in_dict_batches_by_shape():
     uint8 = Probes.from_dataloader([{"pixels": (images * 255).to(torch.uint8)}], n=2)
     assert uint8.images.dtype == torch.uint8
     assert uint8.labels is None
+
+
+def test_batch_to_images_reads_any_batch():
+    batches = [{"audio": torch.zeros(3), "frames": (torch.rand(4, 3, 8, 8), torch.arange(4))}]
+    probes = Probes.from_dataloader(batches, n=2, batch_to_images=lambda b: b["frames"])
+    assert probes.images.shape == (2, 3, 8, 8)
+    assert probes.labels.tolist() == [0, 1]
+    only_images = Probes.from_dataloader(batches, n=2, batch_to_images=lambda b: b["frames"][0])
+    assert only_images.labels is None
+    with pytest.raises(ValueError, match=r"batch_to_images must return \(N, C, H, W\) images"):
+        Probes.from_dataloader(batches, n=2, batch_to_images=lambda b: b["audio"])
