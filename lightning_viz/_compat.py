@@ -83,3 +83,14 @@ def in_backward() -> bool:
     API for it; without this private one, recomputations count as calls again.)"""
     current = getattr(torch._C, "_current_graph_task_id", None)
     return current is not None and current() != -1
+
+
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+"""Lightning strategies that shard parameters across ranks (by class name: they exist in both
+namespaces, and DeepSpeed's needs a package that is rarely installed)."""
+
+
+def sharded_strategy(trainer: Any) -> str | None:
+    """The name of the trainer's strategy when it shards parameters across ranks, else None."""
+    names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
+    return next(iter(names & SHARDED_STRATEGIES), None)

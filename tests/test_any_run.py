@@ -336,3 +336,25 @@ def test_a_gan_is_explained_through_its_discriminator_with_forward_fn(tmp_path):
     assert "gradcam/discriminator.0" in logged  # the last feature map: the conv encoder
     assert "deconv/discriminator.0.0" in logged
     assert not [alert for callback in callbacks for alert in callback.alerts.raised]
+
+
+def test_sharded_strategies_get_notices_instead_of_a_hang(tmp_path):
+    """Lightning's FSDP and DeepSpeed need a GPU; a CPU strategy with FSDP's name stands in for
+    them, so this checks the decision, not FSDP itself."""
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    class FSDPStrategy(SingleDeviceStrategy):
+        pass
+
+    callbacks = lightning_viz.default_callbacks()
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(
+        tmp_path, callbacks, max_epochs=1, strategy=FSDPStrategy(device=torch.device("cpu"))
+    )
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        trainer.fit(Task(WithAux(), classify), loader(images(), labels()))
+    notices = {a.source: a.message for c in callbacks for a in c.alerts.raised}
+    assert set(notices) == {"FilterMonitor", "GradCAMLogger", "DeconvLogger"}
+    assert all("FSDPStrategy shards the parameters" in m for m in notices.values())
+    assert not read_events(tmp_path).Tags()["images"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_viz import tags
+from lightning_viz._compat import sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
@@ -166,6 +167,14 @@ class FilterMonitor(VizCallback):
         if stage != "fit":
             return
         source = type(self).__name__
+        sharded = sharded_strategy(trainer)
+        if sharded is not None:
+            self._layers = {}
+            self.show_nothing(
+                f"the {sharded} shards the parameters across ranks, so the filters cannot be "
+                "read whole (gathering them is not supported yet)."
+            )
+            return
         self._layers = watched_layers(pl_module, self.layer_names, _is_spatial_conv, source)
         if not self._layers:
             self.show_nothing(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_viz._compat import eager, fit_dataloaders
+from lightning_viz._compat import eager, fit_dataloaders, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
 from lightning_viz.functional._capture import Forward
@@ -99,6 +99,17 @@ class ProbeCallback(VizCallback):
         self.probes: Probes | None = None
 
     # ----------------------------------------------------------------------------- hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        sharded = sharded_strategy(trainer)
+        if stage == "fit" and sharded is not None:
+            self.show_nothing(
+                f"the {sharded} shards the parameters across ranks, and a probe pass on rank 0 "
+                "alone would wait forever for the other ranks' shards (sharded strategies are "
+                "not supported yet)."
+            )
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.showing:
