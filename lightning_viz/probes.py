@@ -42,6 +42,8 @@ class Probes:
             raise ValueError(f"probe images must be a non-empty (N, C, H, W) tensor, got {shape}")
         if not images.dtype.is_floating_point and images.dtype != torch.uint8:
             raise ValueError(f"probe images must be floating point or uint8, got {images.dtype}")
+        if images.dtype.is_floating_point and not images.isfinite().all():
+            raise ValueError("probe images contain NaN or Inf: every map made from them would too")
         n, _, height, width = images.shape
         if labels is not None:
             labels = torch.as_tensor(labels)

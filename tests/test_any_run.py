@@ -60,6 +60,26 @@ class WithAux(nn.Module):
         return self.head(features.mean(dim=(2, 3))), features.mean()
 
 
+class BatchForward(Task):
+    """forward() takes the whole batch, as some LightningModules are written."""
+
+    def forward(self, batch):
+        return self.net(batch[0])
+
+
+class FunctionalReLUs(nn.Module):
+    """Convs with F.relu between them: no activation module to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
 class FromUint8(nn.Module):
     """The model's own input normalization: uint8 pixels in, floats out."""
 
@@ -266,6 +286,40 @@ SETUPS = {
         lambda: loader(images(channels=3, size=32), labels()),
         {"filters/", "gradcam/", "deconv/"},
         notices=1,
+    ),
+    "forward(batch) signature": Setup(
+        lambda: BatchForward(
+            nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)),
+            lambda net, b: F.cross_entropy(net(b[0]), b[1]),
+        ),
+        lambda: loader(images(), labels()),
+        {"filters/"},
+        {"gradcam/", "deconv/"},
+        notices=2,
+    ),
+    "ReLUs called as functions only": Setup(
+        lambda: Task(FunctionalReLUs(), classify),
+        lambda: loader(images(), labels()),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=1,
+    ),
+    "Conv3d (video)": Setup(
+        lambda: Task(
+            nn.Sequential(
+                nn.Conv3d(1, 4, 3),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool3d(1),
+                nn.Flatten(),
+                nn.Linear(4, 3),
+            ),
+            classify,
+        ),
+        lambda: loader(
+            torch.randn(16, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), labels()
+        ),
+        set(),
+        {"filters/", "gradcam/", "deconv/"},
+        notices=4,
     ),
     "vision transformer": Setup(
         lambda: Task(

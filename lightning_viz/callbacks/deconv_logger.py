@@ -161,6 +161,7 @@ class DeconvLogger(ProbeCallback):
 
     @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        self._check_named_layers(pl_module, probes, tokens=False)
         layers = self._layers
         if self.layer_names is None:
             # convs that never run in the forward (an EMA copy, a teacher) cannot be projected

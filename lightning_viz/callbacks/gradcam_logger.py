@@ -185,6 +185,7 @@ class GradCAMLogger(ProbeCallback):
                 f"outputs, to explain each probe's label; got labels from "
                 f"{int(labels.min())} to {int(labels.max())}"
             )
+        self._check_named_layers(pl_module, probes, tokens=True)
         if not self._layers:
             try:
                 name = default_gradcam_layer(

@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_viz._compat import eager, fit_dataloaders, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
-from lightning_viz.functional._capture import Forward
+from lightning_viz.functional._capture import Forward, grid_side, output_shapes
 from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
@@ -176,7 +176,8 @@ class ProbeCallback(VizCallback):
         if first_conv is not None and first_conv[1].in_channels != probes.images.shape[1]:
             raise problem(
                 f"{source}: the probes have {probes.images.shape[1]} channels but the model's "
-                f"first conv layer {first_conv[0]!r} expects {first_conv[1].in_channels}"
+                f"first conv layer {first_conv[0]!r} expects {first_conv[1].in_channels}; pass "
+                "probes= with images the model takes"
             )
         try:
             with probe_pass(pl_module), torch.no_grad():
@@ -184,8 +185,34 @@ class ProbeCallback(VizCallback):
         except Exception as error:
             raise problem(
                 f"{source}: the model cannot run on the probes of shape "
-                f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}"
+                f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}. Pass probes= "
+                "the model takes, or forward_fn= to say how to run it on them."
             ) from error
+
+    def _check_named_layers(
+        self, pl_module: pl.LightningModule, probes: Probes, tokens: bool
+    ) -> None:
+        """Fail at fit start when a layer named in ``layers=`` did not run on a probe or gives
+        no (N, C, H, W) map (nor, with ``tokens``, a token map): not once per epoch later."""
+        if self.layer_names is None:
+            return
+        forward = self.probe_forward(pl_module)
+        shapes = {
+            name: shape for name, _, shape in output_shapes(pl_module, probes.images[:1], forward)
+        }
+        for name in self.layer_names:
+            shape = shapes.get(name)
+            if shape is None:
+                raise ValueError(
+                    f"{type(self).__name__}: layer {name!r} did not run (or returned no tensor) "
+                    "in the model's forward on a probe"
+                )
+            if len(shape) != 4 and not (tokens and grid_side(shape) is not None):
+                wanted = "(N, C, H, W) or (N, tokens, dim)" if tokens else "(N, C, H, W)"
+                raise ValueError(
+                    f"{type(self).__name__}: layer {name!r} returns shape {shape}; it needs a "
+                    f"{wanted} feature map"
+                )
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else

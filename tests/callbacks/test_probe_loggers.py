@@ -388,3 +388,14 @@ def test_default_callbacks_on_a_vision_transformer(tmp_path):
     assert "filters/model.conv_proj" in images
     kinds = [a.kind for c in callbacks for a in c.alerts.raised]
     assert kinds == ["not_shown"]  # ActivationMonitor's, on token outputs
+
+
+def test_explicit_nan_probes_and_non_4d_layers_fail_at_fit_start(tmp_path):
+    images = torch.randn(2, 1, 32, 32)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="probe images contain NaN or Inf"):
+        Probes(images)
+    with pytest.raises(ValueError, match=r"layer 'model.head' returns shape \(1, 10\); it needs"):
+        fit(DigitsClassifier(), [GradCAMLogger(layers=["model.head"])], tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"DeconvLogger: layer 'model.head' returns shape"):
+        fit(DigitsClassifier(), [DeconvLogger(layers=["model.head"])], tmp_path, epochs=1)

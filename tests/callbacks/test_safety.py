@@ -65,14 +65,15 @@ def test_strict_re_raises(tmp_path, monkeypatch):
 
 def test_nan_maps_become_alerts_and_training_goes_on(tmp_path):
     images, labels = digits_tensors()
-    probes = images[:4].clone()
-    probes[:, :, :2, :2] = float("nan")
+    module = DigitsClassifier()
+    # a corrupt BatchNorm statistic: NaN in eval mode (the probe passes), not in training
+    module.model.features[1].running_var.fill_(-100.0)
     callbacks = [
-        GradCAMLogger(probes=Probes(probes, labels[:4])),
-        DeconvLogger(probes=Probes(probes)),
+        GradCAMLogger(probes=Probes(images[:4], labels[:4])),
+        DeconvLogger(probes=Probes(images[:4])),
     ]
     with pytest.warns(UserWarning, match="NaN or Inf"):
-        trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=2, limit_train_batches=2)
+        trainer = fit(module, callbacks, tmp_path, epochs=2, limit_train_batches=2)
     assert trainer.current_epoch == 2
     assert [a.kind for a in callbacks[0].alerts.raised] == ["failed"]  # once, not every epoch
     assert "map of 'model.features' has NaN" in callbacks[0].alerts.raised[0].message
