@@ -1,11 +1,25 @@
-"""lightning-viz: PyTorch Lightning callbacks that show in TensorBoard what a CNN learns."""
+"""lightning-viz: PyTorch Lightning callbacks that show in TensorBoard what a CNN learns.
 
-from lightning_viz.alerts import Alert
-from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
-from lightning_viz.presets import default_callbacks
-from lightning_viz.probes import Probes
+The public names are imported on first use, so ``lightning-viz summary`` and
+``lightning_viz.tags`` read event files without importing torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "ActivationMonitor": "lightning_viz.callbacks",
+    "Alert": "lightning_viz.alerts",
+    "DeconvLogger": "lightning_viz.callbacks",
+    "FilterMonitor": "lightning_viz.callbacks",
+    "GradCAMLogger": "lightning_viz.callbacks",
+    "Probes": "lightning_viz.probes",
+    "default_callbacks": "lightning_viz.presets",
+}
 
 __all__ = [
     "ActivationMonitor",
@@ -17,3 +31,26 @@ __all__ = [
     "__version__",
     "default_callbacks",
 ]
+
+if TYPE_CHECKING:
+    from lightning_viz.alerts import Alert
+    from lightning_viz.callbacks import (
+        ActivationMonitor,
+        DeconvLogger,
+        FilterMonitor,
+        GradCAMLogger,
+    )
+    from lightning_viz.presets import default_callbacks
+    from lightning_viz.probes import Probes
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'lightning_viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
@@ -59,3 +60,27 @@ def test_python_dash_m(tmp_path):
     )
     assert result.returncode == 1
     assert "no lightning-viz logs" in result.stderr
+
+
+def test_summary_reads_event_files_without_importing_torch(tmp_path):
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("filters/conv1/noise", 0.5, 0)
+        writer.add_scalar("filters/conv1/noise", 0.4, 10)
+    code = (
+        "import sys\n"
+        "from lightning_viz.summary import main\n"
+        "main(['summary', sys.argv[1]])\n"
+        "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert "conv1" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "lightning_viz", "summary", str(tmp_path)],
+        capture_output=True,
+        check=True,
+    )
+    assert time.perf_counter() - start < 3.0  # about 0.5 s on a quiet 2-core machine
