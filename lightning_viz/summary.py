@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning_viz import tags
 
 COLUMNS = (
     (tags.FILTER_SCALAR, "noise", "noise"),
     (tags.FILTER_SCALAR, "drift", "drift"),
+    (tags.FILTER_SCALAR, "learned", "learned"),
     (tags.ACTIVATION_SCALAR, "zero_fraction", "zero frac"),
     (tags.ACTIVATION_SCALAR, "dead_fraction", "dead frac"),
     (tags.ACTIVATION_SCALAR, "localization", "localization"),
@@ -33,32 +36,72 @@ def summarize(run: Path) -> str | None:
     scalars = set(events.Tags()["scalars"])
     layers: dict[str, dict[str, str]] = {}
     for template, key, column in COLUMNS:
-        for tag in sorted(scalars):
+        for tag in scalars:
             parsed = tags.split_layer_scalar(tag, template, [key])
             if parsed is not None:
                 values = [e.value for e in events.Scalars(tag)]
                 layers.setdefault(parsed[0], {})[column] = _cell(values)
-    alerts = []
-    alert_texts = tags.text_summary(tags.ALERTS)
-    if alert_texts in events.Tags()["tensors"]:
-        # the last entry of a step holds every alert of that step
-        by_step = {
-            e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors(alert_texts)
-        }
-        for step, text in sorted(by_step.items()):
-            for row in tags.parse_alert_table(text):
-                alerts.append(f"step {step}: [{row['status']}] {row['what to check']}")
+    alerts = _alerts(events)
     if not layers and not alerts:
         return None
-    header = ["layer", *(column for _, _, column in COLUMNS)]
-    rows = [[layer, *(cells.get(c, "-") for c in header[1:])] for layer, cells in layers.items()]
+    active: dict[str, list[str]] = {}
+    for alert in alerts:
+        if alert["state"] == "active":
+            active.setdefault(alert["layer"], []).append(alert["kind"])
+    header = ["layer", *(column for _, _, column in COLUMNS), "active alerts"]
+    rows = [
+        [
+            layer,
+            *(layers[layer].get(c, "-") for c in header[1:-1]),
+            ", ".join(active.get(layer, [])),
+        ]
+        for layer in sorted(layers, key=_natural)
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append("values: latest (change since the first)")
+    lines.append("values: latest (change since the first); layers in model order")
     lines.append(f"alerts: {len(alerts)}")
-    lines += [f"  - {alert}" for alert in alerts]
+    lines += [
+        f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in alerts
+    ]
     return "\n".join(lines)
+
+
+def _alerts(events: Any) -> list[dict[str, Any]]:
+    """Every alert raised in the run, in order, with its state now: active, or cleared (and
+    when). The last text entry of a step holds every alert of that step."""
+    text_tag = tags.text_summary(tags.ALERTS)
+    if text_tag not in events.Tags()["tensors"]:
+        return []
+    by_step = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors(text_tag)}
+    raised: list[dict[str, Any]] = []
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for step, text in sorted(by_step.items()):
+        for row in tags.parse_alert_table(text):
+            key = (row["kind"], row["layer"])
+            if row["status"] == "cleared" and key in latest:
+                latest[key]["state"] = f"cleared at step {step}"
+                continue
+            alert = {
+                "step": step,
+                "epoch": row.get("epoch", "-"),
+                "kind": row["kind"],
+                "layer": row["layer"],
+                "message": row["what to check"],
+                "state": "active",
+            }
+            raised.append(alert)
+            latest[key] = alert
+    return raised
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts ``features.2`` before ``features.10`` (model order for numbered
+    children, so a conv sits beside the activation that follows it)."""
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)
+    ]
 
 
 def _cell(values: list[float]) -> str:

@@ -49,7 +49,7 @@ ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
 holds them all."""
-ALERT_COLUMNS = ("status", "kind", "layer", "value", "threshold", "what to check")
+ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 ALERT_COUNT = "alerts/count"
 """Scalar: how many alerts the lightning-viz callbacks of the Trainer raised so far."""
 

@@ -28,18 +28,25 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
         "layer",
         "noise",
         "drift",
+        "learned",
         "zero",
         "frac",
         "dead",
         "frac",
         "localization",
+        "active",
+        "alerts",
     ]
     frozen = next(line for line in lines if line.startswith("model.features.0 "))
     assert " 0 (+0) " in frozen  # drift of the frozen layer: none, and no change
+    assert frozen.rstrip().endswith("frozen")  # its active alert, flagged in its row
     relu = next(line for line in lines if line.startswith("model.features.2 "))
     assert relu.split()[1] == "-"  # no filter scalars on a ReLU
+    # model order: each conv beside the ReLU that follows it, features.10 after features.8
+    order = [line.split()[0] for line in lines if line.startswith("model.")]
+    assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
     assert "alerts: 1" in out
-    assert "step 0: [raised] FilterMonitor: 1 watched layer(s) will not be trained" in out
+    assert "step 0 (epoch 0) [active] FilterMonitor: 1 watched layer(s) will not be trained" in out
 
 
 def test_a_directory_without_our_logs_says_so(tmp_path, capsys):

@@ -57,14 +57,15 @@ def test_the_module_imports_no_third_party_package():
 
 def test_alert_table_reads_back_row_by_row():
     rows = [
-        ("raised", "exploding", "conv1", 40.0, 5.0, "moved 40x | lower the lr"),
-        ("cleared", "failed", "GradCAMLogger", float("nan"), float("nan"), "failed cleared"),
+        ("raised", "exploding", "conv1", 3, 40.0, 5.0, "moved 40x | lower the lr"),
+        ("cleared", "failed", "GradCAMLogger", 4, float("nan"), float("nan"), "failed cleared"),
     ]
     parsed = tags.parse_alert_table(tags.alert_table(rows))
     assert parsed[0] == {
         "status": "raised",
         "kind": "exploding",
         "layer": "conv1",
+        "epoch": "3",
         "value": "40",
         "threshold": "5",
         "what to check": "moved 40x / lower the lr",

@@ -64,7 +64,7 @@ class RunContext:
         self.alert_rows.append((status, alert))
         return tags.alert_table(
             [
-                (status, a.kind, a.layer, a.value, a.threshold, a.message)
+                (status, a.kind, a.layer, a.epoch, a.value, a.threshold, a.message)
                 for status, a in self.alert_rows
             ]
         )

@@ -112,3 +112,7 @@ def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     ]
     assert rows == [(2, "raised", "flapping"), (4, "cleared", "flapping")]
     assert len(callback.alerts.raised) == 1
+    # lightning-viz summary: the alert with its status now
+    from lightning_viz.summary import summarize
+
+    assert "step 2 (epoch 0) [cleared at step 4] Flapping: look here" in summarize(tmp_path / "b")
