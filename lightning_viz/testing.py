@@ -245,3 +245,30 @@ class ChannelEnergy(nn.Module):
             handle.remove()
         chosen = captured["a"][torch.arange(x.shape[0]), self.channels]
         return (chosen * chosen.detach()).flatten(1).sum(dim=1)
+
+
+def tiny_vit(
+    image_size: int = 32,
+    patch_size: int = 8,
+    num_layers: int = 2,
+    hidden_dim: int = 32,
+    num_classes: int = 10,
+    random_head: bool = True,
+) -> nn.Module:
+    """torchvision's VisionTransformer in small (two heads, an MLP twice as wide). torchvision
+    starts the classification head at zero, so nothing depends on the input until it trains;
+    ``random_head`` draws it instead, as in a trained model."""
+    import torchvision
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=2,
+        hidden_dim=hidden_dim,
+        mlp_dim=2 * hidden_dim,
+        num_classes=num_classes,
+    )
+    if random_head:
+        nn.init.normal_(vit.heads.head.weight, std=0.5)
+    return vit

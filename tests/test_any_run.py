@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
+from lightning_viz.testing import tiny_vit
 from tests.helpers import make_trainer, read_events
 
 pytestmark = pytest.mark.slow
@@ -323,15 +324,7 @@ SETUPS = {
     ),
     "vision transformer": Setup(
         lambda: Task(
-            torchvision.models.VisionTransformer(
-                image_size=16,
-                patch_size=4,
-                num_layers=2,
-                num_heads=2,
-                hidden_dim=16,
-                mlp_dim=32,
-                num_classes=3,
-            ),
+            tiny_vit(16, 4, num_layers=2, hidden_dim=16, num_classes=3, random_head=False),
             classify,
         ),
         lambda: loader(images(channels=3), labels()),

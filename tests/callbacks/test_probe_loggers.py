@@ -14,7 +14,7 @@ from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.testing import ShapesCNN, digits_tensors, random_loader, shapes_task
+from lightning_viz.testing import ShapesCNN, digits_tensors, random_loader, shapes_task, tiny_vit
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -367,15 +367,7 @@ def test_deconv_defaults_skip_layers_that_never_run_in_forward(tmp_path):
 
 
 def test_default_callbacks_on_a_vision_transformer(tmp_path):
-    vit = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=10,
-    )
+    vit = tiny_vit(random_head=False)  # torchvision's zero head, as a fresh model has it
     callbacks = lightning_viz.default_callbacks()
     trainer = make_trainer(tmp_path, callbacks, max_epochs=2, log_every_n_steps=2)
     with pytest.warns(UserWarning, match="ActivationMonitor: none of the 2 watched activation"):

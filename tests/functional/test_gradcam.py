@@ -1,12 +1,11 @@
 import pytest
 import torch
-import torchvision
 from captum.attr import LayerGradCam
 from torch import nn
 
 from lightning_viz.functional import class_scores, grad_cam
 from lightning_viz.functional.gradcam import default_gradcam_layer
-from lightning_viz.testing import TinyCNN
+from lightning_viz.testing import TinyCNN, tiny_vit
 from tests.helpers import assert_untouched, relative_error, train_flags
 
 
@@ -184,23 +183,8 @@ def test_segmentation_grad_cam_matches_captum_on_the_predicted_mask(images):
     assert relative_error(ours, expected[:, 0].relu()) < 1e-5
 
 
-def tiny_vit() -> nn.Module:
-    """torchvision's ViT in small, with a random head (torchvision starts it at zero)."""
-    vit = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=3,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=10,
-    )
-    torch.nn.init.normal_(vit.heads.head.weight, std=0.5)
-    return vit.eval()
-
-
 def test_vit_tokens_are_read_on_their_grid_as_pytorch_grad_cam_reshapes_them():
-    vit = tiny_vit()
+    vit = tiny_vit(num_layers=3).eval()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     layer = "encoder.layers.encoder_layer_1"
     ours = grad_cam(vit, images, layer, targets=4)[layer]
@@ -223,7 +207,7 @@ def test_vit_tokens_are_read_on_their_grid_as_pytorch_grad_cam_reshapes_them():
 
 
 def test_default_layer_of_a_vit_is_the_last_block_before_its_attention():
-    vit = tiny_vit()
+    vit = tiny_vit(num_layers=3).eval()
     images = torch.randn(1, 3, 32, 32)
     assert default_gradcam_layer(vit, images) == "encoder.layers.encoder_layer_2.ln_1"
     torch.nn.init.zeros_(vit.heads.head.weight)  # as torchvision initializes it
