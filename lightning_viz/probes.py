@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_viz.functional._validation import check_int
 from lightning_viz.functional.images import normalize, to_rgb
 
+MIN_PICKED, MAX_PICKED = 8, 16
+"""How many probes ``from_dataloader`` picks by default: one per class, at least 8, at most 16."""
+
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 
@@ -102,14 +105,16 @@ class Probes:
     def from_dataloader(
         cls,
         loader: Iterable,
-        n: int = 8,
+        n: int | None = None,
         max_batches: int = 64,
         batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]] | None = None,
     ) -> Probes:
         """Pick ``n`` probes from a DataLoader, deterministically, without touching training's RNG.
 
         With labels, one image per class comes first (classes in increasing order), then the
-        rest in dataset order. A map-style DataLoader is read through a fresh, unshuffled loader
+        rest in dataset order. ``n=None`` picks one per class, at least 8 and at most 16 (the
+        classes found before two batches in a row bring no new one); 8 without labels.
+        A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
         generators restored afterwards (a DataLoader iterator draws a seed from the global
@@ -122,18 +127,25 @@ class Probes:
         Raises:
             ValueError: ``n`` < 1, an empty loader, or batches without recognizable images.
         """
-        check_int("n", n)
+        if n is not None:
+            check_int("n", n)
+        wanted = MAX_PICKED if n is None else n
         split = _split_batch if batch_to_images is None else _split_with(batch_to_images)
-        images, labels = [], []
+        images, labels, classes_seen = [], [], [0]
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
                 batch_images, batch_labels = split(batch)
                 images.append(batch_images.detach().cpu())
                 if batch_labels is not None:
                     labels.append(batch_labels.detach().cpu())
-                seen = torch.cat(labels).unique().numel() if labels else 0
+                classes_seen.append(torch.cat(labels).unique().numel() if labels else 0)
                 count = sum(len(b) for b in images)
-                if index + 1 >= max_batches or (count >= n and (not labels or seen >= n)):
+                all_classes = (
+                    not labels
+                    or classes_seen[-1] >= wanted
+                    or (n is None and len(set(classes_seen[-3:])) == 1)
+                )
+                if index + 1 >= max_batches or (count >= wanted and all_classes):
                     break
         if not images:
             raise ValueError("the dataloader yielded no batch to pick probes from")
@@ -144,6 +156,8 @@ class Probes:
             if all_labels is not None
             else torch.arange(len(all_images))
         )
+        if n is None:
+            n = min(MAX_PICKED, max(MIN_PICKED, classes_seen[-1]))
         chosen = order[:n]
         return cls(all_images[chosen], None if all_labels is None else all_labels[chosen])
 

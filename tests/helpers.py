@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch import nn
 
+from lightning_viz.functional.captions import text_band
+from lightning_viz.functional.images import to_uint8
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 
 
@@ -118,3 +124,16 @@ def read_events(log_dir):
 def Classifier(model: nn.Module, lr: float = 0.01) -> ImageClassifier:
     """Any image classifier trained by plain SGD (for torchvision models and synthetic data)."""
     return ImageClassifier(model, lr=lr, momentum=0.0)
+
+
+def image_pixels(event) -> np.ndarray:
+    """The (H, W, 3) uint8 pixels of an image entry read back from an event file."""
+    with Image.open(io.BytesIO(event.encoded_image_string)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def assert_caption(pixels: np.ndarray, text: str, x: int, y: int, width: int) -> None:
+    """The band at (x, y) of ``width`` pixels holds exactly ``text`` as the callbacks draw it."""
+    expected = to_uint8(text_band([text], width))[0].permute(1, 2, 0).numpy()
+    found = pixels[y : y + expected.shape[0], x : x + width]
+    assert np.array_equal(found, expected), f"no caption {text!r} at x={x}, y={y}"

@@ -26,6 +26,7 @@ from lightning_viz.alerts import (
     deliver,
 )
 from lightning_viz.functional.alert_rules import Finding
+from lightning_viz.functional.images import to_uint8
 
 if TYPE_CHECKING:
     from lightning_viz.probes import Probes
@@ -244,11 +245,13 @@ class VizCallback(*CALLBACK_BASES):
             writer.add_histogram(tag, values, global_step=trainer.global_step)
 
     def log_image(self, trainer: pl.Trainer, tag: str, image: Tensor) -> None:
-        """Log a (3, H, W) uint8 image composed on the device to TensorBoard and any attached
-        WandbLogger: one transfer, rank 0 only."""
+        """Log a (3, H, W) image composed on the device (uint8, or floats in [0, 1]) to
+        TensorBoard and any attached WandbLogger: one transfer, rank 0 only."""
         writer, wandb = self.writer(trainer), self._wandb_loggers(trainer)
         if writer is None and not wandb:
             return
+        if image.dtype != torch.uint8:
+            image = to_uint8(image)
         pixels = image.cpu().numpy()  # the one transfer
         if writer is not None:
             writer.add_image(tag, pixels, global_step=trainer.global_step)

@@ -18,7 +18,14 @@ from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import check_choice, check_int
-from lightning_viz.functional.images import to_uint8
+from lightning_viz.functional.captions import (
+    captioned_row,
+    color_bar,
+    footnote,
+    labelled_table,
+    stack_rows,
+)
+from lightning_viz.functional.images import panels_per_row, readable, to_uint8
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
 from lightning_viz.probes import Probes
 
@@ -56,7 +63,7 @@ class DeconvLogger(ProbeCallback):
         features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
         num_features: how many features per layer to follow by default.
         max_columns: the most epochs the evolution grid shows.
-        probes, num_probes, every_n_epochs, forward_fn, on_alert, strict: as in
+        probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict: as in
             ``GradCAMLogger``.
 
     Raises:
@@ -96,9 +103,10 @@ class DeconvLogger(ProbeCallback):
         num_features: int = 4,
         max_columns: int = 16,
         probes: Probes | None = None,
-        num_probes: int = 8,
+        num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
+        class_names: Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
@@ -108,6 +116,7 @@ class DeconvLogger(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            class_names=class_names,
             on_alert=on_alert,
             strict=strict,
         )
@@ -234,12 +243,37 @@ class DeconvLogger(ProbeCallback):
             recon = to_rgb(normalize_signed(images[:, :k].flatten(0, 1))).unflatten(
                 0, (len(probes), k)
             )
-            rows = torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1)
-            self.log_image(trainer, tags.tag(tags.DECONV, layer), grid(rows, nrow=k + 1))
-            lines = [f"probe {i}: channels {c}" for i, c in enumerate(channels[:, :k].tolist())]
+            rows = readable(torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1))
+            rows = rows.unflatten(0, (len(probes), k + 1))
+            top = channels[:, :k].tolist()
+            captions = [
+                [self.probe_caption(probes, i)] + [f"ch {c}" for c in channels_of_probe]
+                for i, channels_of_probe in enumerate(top)
+            ]
+            panels = torch.stack(
+                [captioned_row(row, texts) for row, texts in zip(rows, captions, strict=True)]
+            )
+            image = grid(panels, nrow=panels_per_row(len(panels), *panels.shape[-2:]), padding=6)
+            legend = color_bar(
+                image.shape[-1],
+                "gray",
+                "-",
+                "+",
+                f"{layer}: each probe's top-{k} channels projected to pixels ({self.rule}); "
+                "mid-grey = 0",
+                image.device,
+            )
+            self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(image, legend))
+            lines = [f"probe {i}: channels {c}" for i, c in enumerate(top)]
             self.log_text(trainer, tags.tag(tags.DECONV_CHANNELS, layer), "  \n".join(lines))
             if self.evolution:
                 self._add_column(trainer, layer, images[followed_at[layer]])
+
+    def _evolution_slots(self, trainer: pl.Trainer) -> int:
+        """Columns of the evolution grid: the epochs the run will log, at most ``max_columns``."""
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            return self.max_columns
+        return max(1, min(self.max_columns, trainer.max_epochs // self.every_n_epochs))
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
         thumbnails = to_rgb(normalize_signed(followed))
@@ -252,9 +286,21 @@ class DeconvLogger(ProbeCallback):
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]
         self.column_epochs[layer] = [epochs[i] for i in keep]
-        tiles = torch.stack(self.columns[layer], dim=1).flatten(0, 1)
-        image = grid(tiles.float() / 255, nrow=len(self.columns[layer]))
-        self.log_image(trainer, tags.tag(tags.EVOLUTION, layer), image)
+        # a fixed number of slots, so that the image keeps its size from epoch to epoch
+        slots = self._evolution_slots(trainer)
+        cells = torch.stack(self.columns[layer], dim=1).float() / 255
+        cells = readable(cells.flatten(0, 1)).unflatten(0, cells.shape[:2])
+        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, slots - cells.shape[1]), value=1.0)
+        headers = [f"epoch {e}" for e in self.column_epochs[layer]]
+        headers += [""] * (slots - len(headers))
+        table = labelled_table(cells, [f"ch {c}" for c in self.features[layer]], headers)
+        legend = footnote(
+            table.shape[-1],
+            f"{layer}: each row one channel, projected to pixels on the probe it fires most on, "
+            "at the end of each epoch; mid-grey = 0",
+            table.device,
+        )
+        self.log_image(trainer, tags.tag(tags.EVOLUTION, layer), stack_rows(table, legend))
         text = (
             f"rows: channels {self.features[layer]}  \ncolumns: epochs {self.column_epochs[layer]}"
         )

@@ -23,6 +23,7 @@ from lightning_viz.functional._validation import (
     check_non_negative,
 )
 from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings, frozen_finding
+from lightning_viz.functional.captions import captioned, footnote, stack_rows
 from lightning_viz.functional.filters import filter_health, weight_sample
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
@@ -298,9 +299,19 @@ class FilterMonitor(VizCallback):
         if not self.takes_images(trainer):
             return
         for name in self._image_layers:
-            tiles = filter_tiles(self._layers[name].weight)
+            noise = host[name, "filter_noise"].tolist()
+            tiles = captioned(
+                filter_tiles(self._layers[name].weight),
+                [f"{i}  C {c:.2f}" for i, c in enumerate(noise)],
+            )
             image = grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))
-            self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), image)
+            legend = footnote(
+                image.shape[-1],
+                f"{name}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter "
+                "scaled to its own range",
+                device=image.device,
+            )
+            self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), stack_rows(image, legend))
 
     def _frozen_notice(self, trainer: pl.Trainer) -> None:
         """Find the watched layers that will not train; say so once, as a ``frozen`` notice."""

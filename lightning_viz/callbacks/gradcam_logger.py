@@ -27,8 +27,9 @@ from lightning_viz.functional import (
     upsample,
 )
 from lightning_viz.functional._validation import check_fraction, check_logits
+from lightning_viz.functional.captions import captioned_row, class_name, color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
-from lightning_viz.functional.images import colormap_table
+from lightning_viz.functional.images import colormap_table, panels_per_row, readable
 from lightning_viz.probes import Probes
 
 
@@ -50,12 +51,16 @@ class GradCAMLogger(ProbeCallback):
             ``"pred"`` (the predicted class; default without labels), or a class index.
         probes: a :class:`~lightning_viz.Probes`; default ``num_probes`` picked from the
             validation dataloader (shared with the other probe callbacks of the Trainer).
-        num_probes: how many probes to pick when ``probes`` is None.
+        num_probes: how many probes to pick when ``probes`` is None; default one per class
+            (the first of each), at least 8 and at most 16.
         every_n_epochs: log every this many training epochs.
         forward_fn: how probe passes run the model, ``forward_fn(pl_module, images)``, when not
             ``pl_module(images)``: a GAN's discriminator
             (``lambda gan, x: gan.discriminator(x)``), a LightningModule without ``forward()``.
             Layers are still named from ``pl_module.named_modules()``.
+        class_names: the names drawn on the images for class indices; default the
+            datamodule's ``classes`` (or ``class_names``), else the probe dataset's ``classes``
+            (torchvision datasets have it), else the indices.
         cmap: a matplotlib colormap name for the heatmap.
         alpha: heatmap opacity over the display image.
         guided: also log guided Grad-CAM (guided backprop times the upsampled map); costs one more
@@ -96,9 +101,10 @@ class GradCAMLogger(ProbeCallback):
         layers: Sequence[str] | None = None,
         target: Literal["label", "pred"] | int | None = None,
         probes: Probes | None = None,
-        num_probes: int = 8,
+        num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        class_names: Sequence[str] | None = None,
         cmap: str = "jet",
         alpha: float = 0.5,
         guided: bool = False,
@@ -112,6 +118,7 @@ class GradCAMLogger(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            class_names=class_names,
             on_alert=on_alert,
             strict=strict,
         )
@@ -210,7 +217,6 @@ class GradCAMLogger(ProbeCallback):
         maps, logits = grad_cam_and_logits(
             pl_module, probes.images, list(self._layers), targets, self._transform, forward
         )
-        size = tuple(probes.images.shape[-2:])
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         probabilities = logits.softmax(dim=1)
@@ -220,22 +226,68 @@ class GradCAMLogger(ProbeCallback):
             if self.guided
             else None
         )
+        names = self.class_names
+        predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
+        image_captions = [self.probe_caption(probes, i) for i in range(n)]
+        map_captions = [
+            f"pred {class_name(p, names)} {c:.0%}"
+            for p, c in zip(predicted_list, confidence_list, strict=True)
+        ]
+        display = readable(probes.display)
         for layer, cam in maps.items():
             if not cam.isfinite().all():
                 raise ValueError(
                     f"the Grad-CAM map of {layer!r} has NaN or Inf: the probes, the model's "
                     "outputs or its weights are not finite"
                 )
-            heat = normalize(upsample(cam, size))
-            overlays = overlay(probes.display, colorize(heat, self.cmap), self.alpha)
-            rows = torch.stack([probes.display, overlays], dim=1).flatten(0, 1)
-            self.log_image(trainer, tags.tag(tags.GRADCAM, layer), grid(rows, nrow=2))
+            heat = normalize(upsample(cam, tuple(display.shape[-2:])))
+            overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
+            evidence = f"{layer}: Grad-CAM evidence for the {self._explained_class(targets)}"
+            image = self._panels(display, overlays, image_captions, map_captions)
+            legend = color_bar(image.shape[-1], self.cmap, "none", "most", evidence, image.device)
+            self.log_image(trainer, tags.tag(tags.GRADCAM, layer), stack_rows(image, legend))
             if guided is not None:
-                product = normalize_signed(guided * heat[:, None]).mean(dim=1, keepdim=True)
-                rows = torch.stack([probes.display, to_rgb(product)], dim=1).flatten(0, 1)
-                self.log_image(trainer, tags.tag(tags.GRADCAM_GUIDED, layer), grid(rows, nrow=2))
+                small_heat = normalize(upsample(cam, tuple(probes.images.shape[-2:])))
+                product = normalize_signed(guided * small_heat[:, None]).mean(dim=1, keepdim=True)
+                guided_tiles = readable(to_rgb(product))
+                image = self._panels(display, guided_tiles, image_captions, map_captions)
+                legend = color_bar(
+                    image.shape[-1], "gray", "-", "+", f"guided {evidence}", image.device
+                )
+                self.log_image(
+                    trainer, tags.tag(tags.GRADCAM_GUIDED, layer), stack_rows(image, legend)
+                )
         table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
-        rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
-        table += [f"| {i} | {t} | {p} | {c:.2f} |" for i, (t, p, c) in enumerate(rows)]
+        rows = zip(explained.tolist(), predicted_list, confidence_list, strict=True)
+        table += [
+            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
+            for i, (t, p, c) in enumerate(rows)
+        ]
         for layer in maps:
             self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), "\n".join(table))
+
+    def _explained_class(self, targets: torch.Tensor | int | None) -> str:
+        if targets is None:
+            return "predicted class"
+        if isinstance(targets, int):
+            return f"class {class_name(targets, self.class_names)}"
+        return "true class"
+
+    @staticmethod
+    def _panels(
+        display: torch.Tensor,
+        maps: torch.Tensor,
+        image_captions: list[str],
+        map_captions: list[str],
+    ) -> torch.Tensor:
+        """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
+        panels = torch.stack(
+            [
+                captioned_row(torch.stack([image, heat]), [above_image, above_map])
+                for image, heat, above_image, above_map in zip(
+                    display, maps, image_captions, map_captions, strict=True
+                )
+            ]
+        )
+        per_row = panels_per_row(len(panels), *panels.shape[-2:])
+        return grid(panels, nrow=per_row, padding=6)

@@ -20,6 +20,7 @@ from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
 )
+from lightning_viz.functional.captions import class_name
 from lightning_viz.probes import Probes
 
 
@@ -45,6 +46,25 @@ def probe_pass(module: nn.Module) -> Iterator[None]:
     """Eval mode with flags restored, and torch.compile'd code run eagerly so hooks fire."""
     with eval_mode(module), eager():
         yield
+
+
+def class_names_of(trainer: pl.Trainer) -> list[str] | None:
+    """Class names from the datamodule (``classes`` or ``class_names``), else from the probe
+    loader's dataset (torchvision datasets' ``classes``, through ``Subset``); None if neither."""
+    sources = [getattr(trainer, "datamodule", None)]
+    try:
+        dataset = getattr(default_probe_loader(trainer), "dataset", None)
+    except ValueError:
+        dataset = None
+    while dataset is not None:
+        sources.append(dataset)
+        dataset = getattr(dataset, "dataset", None)  # a Subset's
+    for source in sources:
+        for attribute in ("classes", "class_names"):
+            names = getattr(source, attribute, None)
+            if isinstance(names, (list, tuple)) and names:
+                return [str(name) for name in names]
+    return None
 
 
 def default_probe_loader(trainer: pl.Trainer) -> Any:
@@ -78,13 +98,20 @@ class ProbeCallback(VizCallback):
         self,
         layers: Sequence[str] | None = None,
         probes: Probes | None = None,
-        num_probes: int = 8,
+        num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        class_names: Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict)
+        if class_names is not None and (
+            isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
+        ):
+            raise ValueError(f"`class_names` must be a sequence of strings, got {class_names!r}")
+        self.given_class_names = None if class_names is None else list(class_names)
+        self.class_names: list[str] | None = self.given_class_names
         self.layer_names = check_layer_names(layers)
         if forward_fn is not None and not callable(forward_fn):
             raise ValueError(f"`forward_fn` must be None or a callable, got {forward_fn!r}")
@@ -94,7 +121,7 @@ class ProbeCallback(VizCallback):
                 f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"
             )
         self.user_probes = probes
-        self.num_probes = check_int("num_probes", num_probes)
+        self.num_probes = None if num_probes is None else check_int("num_probes", num_probes)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.probes: Probes | None = None
 
@@ -115,6 +142,7 @@ class ProbeCallback(VizCallback):
         if not self.showing:
             return
         resumed = self.probes is not None
+        self.class_names = self.given_class_names or class_names_of(trainer)
         try:
             self.probes = self._resolve_probes(trainer).to(pl_module.device)
             output = self._check_probes(pl_module)
@@ -213,6 +241,12 @@ class ProbeCallback(VizCallback):
                     f"{type(self).__name__}: layer {name!r} returns shape {shape}; it needs a "
                     f"{wanted} feature map"
                 )
+
+    def probe_caption(self, probes: Probes, index: int) -> str:
+        """What a probe's tile says: its class name when it has a label, else its index."""
+        if probes.labels is None:
+            return f"probe {index}"
+        return f"true {class_name(int(probes.labels[index]), self.class_names)}"
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import matplotlib
@@ -85,16 +86,51 @@ def to_rgb(images: Tensor) -> Tensor:
 
 
 def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
-    """Tile (N, 3, H, W) images in [0, 1] into one (3, H', W') uint8 image, on the device.
+    """Tile (N, 3, H, W) images in [0, 1] into one (3, H', W') image in [0, 1], on the device.
 
     ``nrow`` is the number of images per row (torchvision's naming).
     """
     images = images.float()
     if len(images) == 1:  # make_grid returns a lone image unpadded; keep every grid alike
-        tiled = F.pad(images[0], (padding,) * 4, value=pad_value)
-    else:
-        tiled = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
-    return to_uint8(tiled)
+        return F.pad(images[0], (padding,) * 4, value=pad_value)
+    return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+
+
+def panels_per_row(count: int, height: int, width: int, aspect: float = 1.5) -> int:
+    """How many (height, width) panels to put in a row so that the grid of ``count`` comes
+    closest to ``aspect`` (width / height): wide enough for a TensorBoard card, never a strip."""
+
+    def mismatch(per_row: int) -> float:
+        rows = -(-count // per_row)
+        return abs(math.log(per_row * width / (rows * height) / aspect))
+
+    return min(range(1, count + 1), key=mismatch)
+
+
+MIN_TILE = 96
+"""Smallest side, in pixels, of a logged tile: smaller maps are enlarged to it."""
+
+MAX_TILE = 192
+"""Largest side of a logged tile: larger images are shrunk to it."""
+
+
+def readable(tiles: Tensor, mode: str = "nearest") -> Tensor:
+    """Resize (N, C, h, w) tiles so that their longer side lies in [MIN_TILE, MAX_TILE].
+
+    Small tiles are enlarged by a whole factor (``"nearest"`` keeps pixels and kernel weights
+    square and honest, ``"bilinear"`` suits smooth maps); large ones are shrunk by area
+    averaging.
+    """
+    side = max(tiles.shape[-2:])
+    if side < MIN_TILE:
+        scale = -(-MIN_TILE // side)
+        size = (tiles.shape[-2] * scale, tiles.shape[-1] * scale)
+        align = {} if mode == "nearest" else {"align_corners": False}
+        return F.interpolate(tiles.float(), size=size, mode=mode, **align)
+    if side > MAX_TILE:
+        size = tuple(max(1, round(s * MAX_TILE / side)) for s in tiles.shape[-2:])
+        return F.interpolate(tiles.float(), size=size, mode="area")
+    return tiles.float()
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -102,13 +138,13 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def filter_tiles(weight: Tensor, min_tile: int = 24) -> Tensor:
+def filter_tiles(weight: Tensor) -> Tensor:
     """One display tile per conv filter, (out, 3, t, t) in [0, 1], on the weight's device.
 
     Filters over 3 input channels are shown as RGB; others as grey, each filter by its in-channel
     slice with the largest energy (the input it listens to most), since an average over inputs
     would cancel opposite slices. Each tile is min-max normalized and enlarged by nearest-neighbour
-    to at least ``min_tile`` pixels, so a 3x3 kernel stays visible.
+    to at least ``MIN_TILE`` pixels, so a 3x3 kernel stays visible.
     """
     if weight.dim() != 4:
         raise ValueError(
@@ -118,6 +154,4 @@ def filter_tiles(weight: Tensor, min_tile: int = 24) -> Tensor:
     if w.shape[1] != 3:
         strongest = w.square().sum(dim=(2, 3)).argmax(dim=1)
         w = w[torch.arange(w.shape[0], device=w.device), strongest][:, None]
-    tiles = to_rgb(normalize(w))
-    scale = max(1, -(-min_tile // max(w.shape[-2:])))
-    return F.interpolate(tiles, scale_factor=scale, mode="nearest")
+    return readable(to_rgb(normalize(w)))

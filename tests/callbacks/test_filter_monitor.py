@@ -6,7 +6,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from lightning_viz import Alert, FilterMonitor, tags
-from tests.helpers import DigitsClassifier, fit, read_events
+from tests.helpers import DigitsClassifier, assert_caption, fit, image_pixels, read_events
 
 FIRST = "model.features.0"
 CONVS = [FIRST, "model.features.4", "model.features.8"]
@@ -41,8 +41,9 @@ def test_logs_every_key_at_the_expected_steps(tmp_path):
     assert tags["images"] == [f"filters/{FIRST}"]
     images = events.Images(f"filters/{FIRST}")
     assert [i.step for i in images] == [0, *epoch_ends]
-    # 16 grey 5x5 filters in a 4x4 grid of 25-pixel tiles with 2-pixel padding
-    assert (images[0].width, images[0].height) == (4 * 27 + 2, 4 * 27 + 2)
+    # 16 grey 5x5 filters enlarged x20 under 16-pixel captions, in a 4x4 grid with 2-pixel
+    # padding, then two lines of legend
+    assert (images[0].width, images[0].height) == (4 * 102 + 2, 4 * 118 + 2 + 2 * 16)
     assert not monitor.alerts.raised
 
 
@@ -58,6 +59,12 @@ def test_noise_and_drift_values_match_the_weights(tmp_path):
     noise = events.Scalars(f"filters/{FIRST}/noise")
     assert noise[0].value == pytest.approx(filter_noise(initial).median().item(), rel=1e-5)
     assert noise[1].value == pytest.approx(filter_noise(final).median().item(), rel=1e-5)
+    # each tile is captioned with its index and its own Geary's C
+    first, last = (image_pixels(i) for i in events.Images(f"filters/{FIRST}"))
+    for pixels, weight in ((first, initial), (last, final)):
+        noise_of = filter_noise(weight).tolist()
+        assert_caption(pixels, f"0  C {noise_of[0]:.2f}", x=2, y=2, width=100)
+        assert_caption(pixels, f"5  C {noise_of[5]:.2f}", x=2 + 102, y=2 + 118, width=100)
     drift = (final - initial).norm() / initial.norm()
     assert events.Scalars(f"filters/{FIRST}/drift")[1].value == pytest.approx(
         drift.item(), rel=1e-4

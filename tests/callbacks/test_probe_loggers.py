@@ -1,3 +1,4 @@
+import ast
 import copy
 
 import pytest
@@ -18,8 +19,10 @@ from lightning_viz.testing import ShapesCNN, digits_tensors, random_loader, shap
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
+    assert_caption,
     fit,
     hook_count,
+    image_pixels,
     make_trainer,
     read_events,
     relative_error,
@@ -30,17 +33,30 @@ CONVS = ["model.features.0", "model.features.4", "model.features.8"]
 EPOCH_ENDS = [23, 46, 69]
 
 
+def deconv_channels(events, layer: str) -> list[list[int]]:
+    """Each probe's projected channels, from the latest ``deconv/<layer>/channels`` text."""
+    entry = events.Tensors(f"deconv/{layer}/channels/text_summary")[-1]
+    text = entry.tensor_proto.string_val[0].decode()
+    return [ast.literal_eval(line.split(": channels ")[1]) for line in text.split("  \n")]
+
+
 def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     gradcam, deconv = GradCAMLogger(strict=True), DeconvLogger(strict=True)
     module = DigitsClassifier("sgd", 0.05)
     fit(module, [gradcam, deconv], tmp_path, epochs=3)
     assert gradcam.probes is deconv.probes  # one probe set shared
-    assert len(gradcam.probes) == 8
-    assert gradcam.probes.labels.tolist() == list(range(8))  # one per class first
+    assert len(gradcam.probes) == 10  # by default one per class
+    assert gradcam.probes.labels.tolist() == list(range(10))
     events = read_events(tmp_path)
     cam = events.Images("gradcam/model.features")
     assert [i.step for i in cam] == [0, *EPOCH_ENDS]
-    assert (cam[0].width, cam[0].height) == (2 * 34 + 2, 8 * 34 + 2)
+    # 32-pixel probes enlarged x3 to 96; a panel per probe (captions, image | map): 112 x 194,
+    # 3 panels per row with 6-pixel gaps, 4 rows, then the colour bar (title and ramp)
+    assert (cam[0].width, cam[0].height) == (3 * 200 + 6, 4 * 118 + 6 + 32)
+    pixels = image_pixels(cam[-1])
+    assert_caption(pixels, "true 0", x=6, y=6, width=96)
+    assert_caption(pixels, "true 1", x=6 + 200, y=6, width=96)
+    assert_caption(pixels, "true 3", x=6, y=6 + 118, width=96)
     assert [e.step for e in events.Tensors("gradcam/model.features/targets/text_summary")] == [
         0,
         *EPOCH_ENDS,
@@ -48,13 +64,26 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     for layer in CONVS:
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
-        assert (deconv_images[0].width, deconv_images[0].height) == (5 * 34 + 2, 8 * 34 + 2)
+        # a panel per probe: the probe and its top 4 channels, 2 panels per row, 5 rows
+        assert (deconv_images[0].width, deconv_images[0].height) == (
+            2 * (5 * 98 - 2 + 6) + 6,
+            5 * 118 + 6 + 32,
+        )
+        pixels = image_pixels(deconv_images[-1])
+        assert_caption(pixels, "true 0", x=6, y=6, width=96)
+        top = deconv_channels(events, layer)[0]
+        assert_caption(pixels, f"ch {top[0]}", x=6 + 98, y=6, width=96)
         evolution = events.Images(f"evolution/{layer}")
         assert [i.step for i in evolution] == EPOCH_ENDS
-        assert [i.width for i in evolution] == [1 * 34 + 2, 2 * 34 + 2, 3 * 34 + 2]
+        # three slots from the first epoch on (max_epochs=3): the image keeps its size
+        assert len({(i.width, i.height) for i in evolution}) == 1
         rows = len(deconv.features[layer])
         assert 1 <= rows <= 4
-        assert {i.height for i in evolution} == {rows * 34 + 2}
+        first, last = image_pixels(evolution[0]), image_pixels(evolution[-1])
+        width = first.shape[1]
+        assert_caption(last, "epoch 2", x=width - 98, y=0, width=98)
+        assert_caption(first, "", x=width - 98, y=0, width=98)  # an empty slot, no header yet
+        assert (first[16 : 16 + rows * 98, width - 98 :] == 255).all()
     assert hook_count(module) == 0
 
 
@@ -99,7 +128,9 @@ def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
         resumed.columns["model.features.0"][0], deconv.columns["model.features.0"][0]
     )
     evolution = read_events(tmp_path / "b").Images("evolution/model.features.0")
-    assert [i.width for i in evolution] == [3 * 34 + 2]
+    assert_caption(
+        image_pixels(evolution[-1]), "epoch 2", x=evolution[-1].width - 98, y=0, width=98
+    )
 
 
 def test_evolution_columns_are_capped_and_thinned(tmp_path):

@@ -1,0 +1,163 @@
+"""Labels drawn into logged images, so that every picture says what it shows.
+
+Text is rasterized by Pillow in matplotlib's bundled DejaVu Sans (cached per string), then
+composed with the tiles on their device; no font is shipped or hand-drawn here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import matplotlib.font_manager
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from lightning_viz.functional.images import colormap_table
+
+FONT_SIZE = 12
+"""Pixel size of every label: readable where TensorBoard shows an image at its own size."""
+
+BAND = 16
+"""Height of a caption band."""
+
+INK, PAPER = 0.0, 1.0
+"""Text is black on white, as the white padding between tiles."""
+
+
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.FreeTypeFont:
+    path = matplotlib.font_manager.findfont(matplotlib.font_manager.FontProperties("DejaVu Sans"))
+    return ImageFont.truetype(path, FONT_SIZE)
+
+
+def fit_text(text: str, width: int) -> str:
+    """``text``, cut at the end with an ellipsis so that it fits ``width`` pixels."""
+    font = _font()
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+@lru_cache(maxsize=4096)
+def _text_pixels(text: str, width: int, height: int, align: str) -> np.ndarray:
+    """(height, width) uint8 ink coverage of ``text``, vertically centered."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    text = fit_text(text, width - 4)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=_font())
+    x = {"left": 2, "center": (width - (right - left)) // 2, "right": width - 2 - right}[align]
+    y = (height - (bottom - top)) // 2 - top
+    draw.text((x, y), text, fill=255, font=_font())
+    return np.asarray(canvas)
+
+
+def text_band(
+    texts: Sequence[str],
+    width: int,
+    height: int = BAND,
+    device: torch.device | str | None = None,
+    align: str = "center",
+) -> Tensor:
+    """(N, 3, height, width) white bands, one per text, each in black and cut to fit."""
+    if align not in ("left", "center", "right"):
+        raise ValueError(f"`align` must be 'left', 'center' or 'right', got {align!r}")
+    ink = np.stack([_text_pixels(str(t), width, height, align) for t in texts])
+    coverage = torch.from_numpy(ink).to(device).float() / 255
+    return (PAPER + (INK - PAPER) * coverage)[:, None].expand(-1, 3, -1, -1)
+
+
+def captioned(tiles: Tensor, texts: Sequence[str]) -> Tensor:
+    """(N, 3, H, W) tiles with a caption band on top: (N, 3, BAND + H, W)."""
+    if len(texts) != len(tiles):
+        raise ValueError(f"{len(tiles)} tiles need {len(tiles)} captions, got {len(texts)}")
+    band = text_band(texts, tiles.shape[-1], device=tiles.device)
+    return torch.cat([band, tiles.float()], dim=2)
+
+
+def color_bar(
+    width: int,
+    cmap: str,
+    low: str,
+    high: str,
+    title: str,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(3, h, width) legend: ``title``, then the colormap from ``low`` (left) to ``high``."""
+    ramp = torch.linspace(0, 1, max(width - 2 * 48, 16), device=device)
+    table = colormap_table(cmap).to(device)
+    strip = table[(ramp * 255).round().long()].T[:, None].expand(-1, BAND - 4, -1)
+    strip = torch.nn.functional.pad(strip, (0, 0, 2, 2), value=PAPER)
+    ends = text_band([low, high], 48, device=device)
+    bar = torch.cat([ends[0], strip, ends[1]], dim=2)
+    bar = torch.nn.functional.pad(bar, (0, width - bar.shape[-1]), value=PAPER)
+    return torch.cat([text_band([title], width, device=device, align="left")[0], bar], dim=1)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """``text`` broken at spaces into lines that fit ``width`` pixels (a long word is cut)."""
+    font, lines = _font(), [""]
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}".strip()
+        if font.getlength(candidate) <= width or not lines[-1]:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def footnote(width: int, text: str, device: torch.device | str | None = None) -> Tensor:
+    """(3, lines * BAND, width) left-aligned text under an image, wrapped to its width (what
+    the tiles mean)."""
+    bands = text_band(wrap(text, width - 4), width, device=device, align="left")
+    return bands.permute(1, 0, 2, 3).reshape(3, -1, width)
+
+
+def labelled_table(
+    cells: Tensor, row_labels: Sequence[str], column_labels: Sequence[str], padding: int = 2
+) -> Tensor:
+    """Tile (R, C, 3, H, W) cells with a header band over each column and a label left of each
+    row: (3, H', W') in [0, 1]."""
+    rows, columns, _, height, width = cells.shape
+    if len(row_labels) != rows or len(column_labels) != columns:
+        raise ValueError(
+            f"a {rows}x{columns} table needs {rows} row and {columns} column labels, got "
+            f"{len(row_labels)} and {len(column_labels)}"
+        )
+    label_width = 8 + max(math.ceil(_font().getlength(str(t))) for t in row_labels)
+    device = cells.device
+    padded = torch.nn.functional.pad(cells.float(), (0, padding, 0, padding), value=PAPER)
+    body = padded.permute(2, 0, 3, 1, 4).reshape(3, rows * (height + padding), -1)
+    left = text_band(row_labels, label_width, height + padding, device, align="right")
+    left = left.permute(1, 0, 2, 3).reshape(3, rows * (height + padding), label_width)
+    header = text_band(column_labels, width + padding, device=device)
+    header = header.permute(1, 2, 0, 3).reshape(3, BAND, -1)
+    corner = torch.full((3, BAND, label_width), PAPER, device=device)
+    return torch.cat([torch.cat([corner, header], dim=2), torch.cat([left, body], dim=2)], dim=1)
+
+
+def captioned_row(tiles: Tensor, texts: Sequence[str], padding: int = 2) -> Tensor:
+    """(K, 3, H, W) tiles side by side, each under its caption: one (3, BAND + H, W') panel."""
+    row = captioned(tiles, texts)
+    return torch.cat([torch.nn.functional.pad(t, (0, padding), value=PAPER) for t in row], dim=2)[
+        ..., :-padding
+    ]
+
+
+def class_name(index: int, names: Sequence[str] | None) -> str:
+    """The name of class ``index`` when ``names`` has it, else the index."""
+    return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)
+
+
+def stack_rows(*rows: Tensor) -> Tensor:
+    """Stack (3, h, w) images top to bottom, padding narrower ones on the right with white."""
+    width = max(r.shape[-1] for r in rows)
+    return torch.cat(
+        [torch.nn.functional.pad(r.float(), (0, width - r.shape[-1]), value=PAPER) for r in rows],
+        dim=1,
+    )

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from lightning_viz.functional.captions import (
+    BAND,
+    captioned,
+    class_name,
+    color_bar,
+    fit_text,
+    footnote,
+    labelled_table,
+    text_band,
+    wrap,
+)
+from lightning_viz.functional.images import MAX_TILE, MIN_TILE, panels_per_row, readable
+
+
+def test_text_band_draws_black_text_on_white_and_only_where_the_text_is():
+    band = text_band(["ch 12", ""], width=96)
+    assert band.shape == (2, 3, BAND, 96)
+    assert band[1].eq(1).all()  # no text, no ink
+    ink = band[0, 0] < 0.5
+    assert ink.any()
+    assert ink[:, :20].logical_not().all()
+    assert not torch.equal(text_band(["ch 12"], 96), text_band(["ch 13"], 96))
+
+
+def test_long_text_is_cut_with_an_ellipsis_and_wrapped_at_spaces():
+    assert fit_text("short", 200) == "short"
+    cut = fit_text("a caption far too long for a tiny tile", 60)
+    assert cut.endswith("…")
+    assert len(cut) < 20
+    lines = wrap("one two three four five six seven", 60)
+    assert len(lines) > 1
+    assert " ".join(lines) == "one two three four five six seven"
+    assert footnote(64, "one two three four five six seven").shape == (3, len(lines) * BAND, 64)
+
+
+def test_captioned_tiles_and_tables_have_their_bands():
+    tiles = torch.rand(3, 3, 10, 12)
+    out = captioned(tiles, ["a", "b", "c"])
+    assert out.shape == (3, 3, BAND + 10, 12)
+    assert torch.equal(out[:, :, BAND:], tiles)
+    with pytest.raises(ValueError, match="3 tiles need 3 captions"):
+        captioned(tiles, ["a"])
+    table = labelled_table(torch.rand(2, 4, 3, 10, 12), ["ch 1", "ch 2"], list("abcd"))
+    assert table.shape[1] == BAND + 2 * 12
+    assert table.shape[2] > 4 * 14
+    with pytest.raises(ValueError, match="2 row and 4 column labels"):
+        labelled_table(torch.rand(2, 4, 3, 10, 12), ["x"], list("abcd"))
+
+
+def test_color_bar_runs_through_the_colormap_between_its_end_labels():
+    bar = color_bar(300, "gray", "-", "+", "title")
+    assert bar.shape == (3, 2 * BAND, 300)
+    ramp = bar[0, BAND + BAND // 2, 48 : 300 - 48]
+    assert ramp[0] < 0.05
+    assert ramp[-1] > 0.95
+    assert (ramp.diff() >= 0).all()
+
+
+def test_readable_tiles_and_panel_grids():
+    assert readable(torch.rand(2, 3, 8, 8)).shape[-1] == MIN_TILE  # x12, nearest
+    assert readable(torch.rand(2, 3, 5, 5)).shape[-1] == 100  # a whole factor
+    assert readable(torch.rand(1, 3, 224, 224)).shape[-1] == MAX_TILE
+    assert readable(torch.rand(1, 3, 120, 120)).shape[-1] == 120
+    small = torch.tensor([[[[0.0, 1.0]]]])
+    assert readable(small).unique().tolist() == [0.0, 1.0]  # nearest keeps values
+    assert panels_per_row(10, 112, 194) == 3
+    assert panels_per_row(1, 100, 100) == 1
+    assert panels_per_row(16, 100, 100) == 5
+
+
+def test_class_names_fall_back_to_indices():
+    assert class_name(1, ["cat", "dog"]) == "dog"
+    assert class_name(5, ["cat", "dog"]) == "5"
+    assert class_name(2, None) == "2"
