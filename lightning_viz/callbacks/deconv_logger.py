@@ -72,10 +72,13 @@ class DeconvLogger(ProbeCallback):
 
     Logged keys:
 
-    - ``deconv/<layer>`` (image): one row per probe, the probe then its top-k reconstructions,
-      each mapped to [0, 1] with 0 at mid-grey and the 99th percentile of |value| clipped.
+    - ``deconv/<layer>`` (image): a panel per probe, the probe (captioned with its class) then
+      its top-k reconstructions (captioned with their channel), each mapped to [0, 1] with 0 at
+      mid-grey and the 99th percentile of |value| clipped; a grey bar from - to + below.
     - ``deconv/<layer>/channels`` (text): the channel indices of each row.
-    - ``evolution/<layer>`` (image): one row per followed feature, one column per logged epoch.
+    - ``evolution/<layer>`` (image): one row per followed feature (labelled with its channel),
+      one column per logged epoch (headed with it); as many columns as the run will log (at
+      most ``max_columns``) from the first epoch on, so the image keeps its size.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
 
     How to read it: early layers should reconstruct edges and colour blobs, deeper ones textures

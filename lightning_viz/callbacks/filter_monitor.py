@@ -100,7 +100,8 @@ class FilterMonitor(VizCallback):
     - ``filters/<layer>/noise_histogram`` (histogram): per-filter C. (Not ``filters/<layer>``:
       TensorBoard shows one kind of data per tag, and that tag is the image.)
     - ``filters/<layer>`` (image): the filters as a grid; RGB for 3 input channels, else one grey
-      tile per filter showing its strongest in-channel slice; each tile min-max normalized.
+      tile per filter showing its strongest in-channel slice; each tile min-max normalized,
+      enlarged to at least 96 pixels and captioned with the filter's index and C.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
 

@@ -44,9 +44,10 @@ class GradCAMLogger(ProbeCallback):
     0 only.
 
     Args:
-        layers: names from ``model.named_modules()``; default the last layer with a 4-D output
-            larger than 1x1 before the classifier (adaptive pooling excluded), found by one
-            forward of a probe: ``model.layer4`` in a ResNet inside a LightningModule's ``model``.
+        layers: names from ``model.named_modules()``; default the last layer before the
+            classifier with a 4-D output of at least 7x7 (else the last larger than 1x1;
+            adaptive pooling excluded), found by one forward of a probe: ``model.layer4`` of a
+            ResNet at 224 pixels, ``model.layer2`` at 64 (where ``layer4`` is a 2x2 blob).
         target: the class each map explains: ``"label"`` (default when the probes have labels),
             ``"pred"`` (the predicted class; default without labels), or a class index.
         probes: a :class:`~lightning_viz.Probes`; default ``num_probes`` picked from the
@@ -80,10 +81,13 @@ class GradCAMLogger(ProbeCallback):
 
     Logged keys:
 
-    - ``gradcam/<layer>`` (image): one row per probe, the display image then the overlay.
+    - ``gradcam/<layer>`` (image): a panel per probe, the probe (captioned with its true class)
+      beside its overlay (captioned with the predicted class and its probability), enlarged to
+      at least 96 pixels, over a colour bar that names the class explained.
     - ``gradcam/<layer>/targets`` (text): per probe, the class explained, the predicted class and
       its probability.
-    - ``gradcam/<layer>/guided`` (image, with ``guided=True``): one row per probe.
+    - ``gradcam/<layer>/guided`` (image, with ``guided=True``): the same panels with guided
+      Grad-CAM (signed, mid-grey = 0).
 
     How to read it: warm colors mark where evidence for the target class sits. Early in training
     maps are diffuse or stick to borders; a net that learned the task lights up the object.

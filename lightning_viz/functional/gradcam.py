@@ -167,12 +167,20 @@ def guided_backprop(
     return gradient.float()
 
 
+MIN_MAP_SIDE = 7
+"""Smallest side of the map Grad-CAM reads by default (a ResNet's last map at 224 pixels)."""
+
+
 def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | None = None) -> str:
-    """The layer Grad-CAM reads by default: the deepest feature map before the classifier.
+    """The layer Grad-CAM reads by default: the deepest feature map before the classifier that
+    is still fine enough to show where things are.
 
     One forward of ``images`` records the order in which modules finish. For a CNN this is the
-    last module with a spatial (N, C, h, w) output larger than 1x1, adaptive pooling excluded:
-    ``layer4`` in a ResNet, ``features`` in a VGG (a container finishes after its last child).
+    last module with a spatial (N, C, h, w) output of at least ``MIN_MAP_SIDE`` (7) pixels a
+    side, adaptive pooling excluded: ``layer4`` in a ResNet at 224 pixels, ``features`` in a VGG
+    (a container finishes after its last child); on small inputs, where the last maps are 2x2
+    blobs, an earlier one (``layer2`` of a ResNet at 64 pixels). Without such a map, the last
+    one larger than 1x1.
     "Spatial" means h and w shrink from the input by about the same factor, which leaves out
     attention internals such as (N, heads, tokens, head_dim). For a vision transformer, whose
     token maps (N, tokens, dim) come after its last spatial map (the patch embedding), it is the
@@ -200,7 +208,8 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
             f"{type(model).__name__} has no layer with a spatial output larger than 1x1 nor a "
             "token map; pass `layers=` with names from model.named_modules()"
         )
-    return finished[spatial[-1]][0]
+    fine = [i for i in spatial if min(finished[i][2][-2:]) >= MIN_MAP_SIDE]
+    return finished[(fine or spatial)[-1]][0]
 
 
 def _deepest_token_map_reaching_the_class_token(

@@ -15,7 +15,14 @@ from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.testing import ShapesCNN, digits_tensors, random_loader, shapes_task, tiny_vit
+from lightning_viz.testing import (
+    ShapesCNN,
+    digits_tensors,
+    random_loader,
+    sequential_cnn,
+    shapes_task,
+    tiny_vit,
+)
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -159,11 +166,16 @@ def test_grad_cam_localizes_the_shape(tmp_path):
     assert len(read_events(tmp_path).Images("gradcam/model.features")) == 6
 
 
-def test_default_gradcam_layer_is_the_last_feature_map():
+def test_default_gradcam_layer_is_the_last_feature_map_of_at_least_7x7():
     resnet = Classifier(torchvision.models.resnet18(num_classes=10)).eval()
-    assert default_gradcam_layer(resnet, torch.randn(1, 3, 64, 64)) == "model.layer4"
+    assert default_gradcam_layer(resnet, torch.randn(1, 3, 224, 224)) == "model.layer4"  # 7x7
+    # at 64 pixels layer4 is 2x2 and layer3 4x4: layer2's 8x8 map still shows where things are
+    assert default_gradcam_layer(resnet, torch.randn(1, 3, 64, 64)) == "model.layer2"
     vgg = Classifier(torchvision.models.vgg11(num_classes=10)).eval()
-    assert default_gradcam_layer(vgg, torch.randn(1, 3, 64, 64)) == "model.features"
+    assert default_gradcam_layer(vgg, torch.randn(1, 3, 224, 224)) == "model.features"
+    assert default_gradcam_layer(vgg, torch.randn(1, 3, 64, 64)) == "model.features.14"  # 8x8
+    tiny = Classifier(sequential_cnn()).eval()  # no map of 7x7: the last larger than 1x1
+    assert default_gradcam_layer(tiny, torch.randn(1, 3, 6, 6)) == "model.4"
     assert hook_count(resnet) == hook_count(vgg) == 0
 
 
