@@ -8,12 +8,19 @@ import pytorch_lightning as pl
 
 
 def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
-    """Where the logs are, how to see them, and the alerts that were raised."""
+    """Where the logs are, how to see them, and the alerts that were raised (one line each)."""
     alerts = [alert for callback in callbacks for alert in callback.alerts.raised]
     if "val_acc" in trainer.callback_metrics:
-        print(f"\nvalidation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
+        print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
     print(f"logs: {Path(trainer.logger.log_dir).resolve()}")
     print(f"see them: tensorboard --logdir {Path(logdir).resolve()}")
     print(f"alerts: {len(alerts)}")
     for alert in alerts:
-        print(f"  - {alert.message}")
+        print(
+            f"  - epoch {alert.epoch}: {alert.kind} in {alert.layer} "
+            f"({alert.value:.3g}, threshold {alert.threshold:.3g})"
+        )
+    if alerts:
+        print(
+            f"  what each means and what to check: lightning-viz summary {trainer.logger.log_dir}"
+        )

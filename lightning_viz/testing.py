@@ -1,13 +1,14 @@
 """Small real models and data to try lightning-viz on, and to test and benchmark it with.
 
 The examples, the tests and the benchmarks all use these, so a number in the README and a test's
-expectation are about the same model. Nothing here downloads anything: the digits ship with
-scikit-learn (``pip install scikit-learn``, in the ``demo`` and ``test`` extras) and the shapes
-task is synthetic.
+expectation are about the same model. Nothing here downloads anything: the digits and the two photos ship
+with scikit-learn (``pip install scikit-learn``, in the ``demo`` and ``test`` extras) and the
+shapes task is synthetic.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,20 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 class ImageClassifier(pl.LightningModule):
-    """Any image classifier, trained by SGD; logs the validation accuracy."""
+    """Any image classifier, trained by SGD (with ``one_cycle``, under a one-cycle learning
+    rate peaking at ``lr``); logs the validation accuracy."""
 
-    def __init__(self, model: nn.Module, lr: float = 0.05, momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        one_cycle: bool = False,
+    ) -> None:
         super().__init__()
         self.model, self.lr, self.momentum = model, lr, momentum
+        self.weight_decay, self.one_cycle = weight_decay, one_cycle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -36,7 +46,14 @@ class ImageClassifier(pl.LightningModule):
         self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        if not self.one_cycle:
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, total_steps=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def digits_tensors(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +87,12 @@ def digits_loaders(batch_size: int = 64, train_size: int = 1437, seed: int = 0):
 class DigitsCNN(nn.Module):
     """Three Conv-BN-ReLU blocks with a 5x5 first layer (big enough to see), for 1x32x32 digits."""
 
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+    def __init__(
+        self, width: int = 16, num_classes: int = 10, in_channels: int = 1, first_kernel: int = 5
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2, bias=False),
+            nn.Conv2d(in_channels, width, first_kernel, padding=first_kernel // 2, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
@@ -89,6 +108,71 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class PhotoCNN(DigitsCNN):
+    """DigitsCNN for RGB with a 7x7 first layer: its 16 filters are big enough to show edges
+    and colour blobs."""
+
+    def __init__(self, width: int = 16, num_classes: int = 8) -> None:
+        super().__init__(width, num_classes, in_channels=3, first_kernel=7)
+
+
+PHOTO_CLASSES = [
+    f"{photo} {corner}"
+    for photo in ("temple", "flower")
+    for corner in ("top-left", "top-right", "bottom-left", "bottom-right")
+]
+"""The photo-crops classes: which quarter of which of scikit-learn's two photos a crop is from."""
+
+
+def photo_crops(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``size``-pixel RGB crops of scikit-learn's two bundled photos (a temple in
+    China and a flower, 427x640) and their class: the photo and the quarter the crop lies in
+    (:data:`PHOTO_CLASSES`). Natural image statistics in a second: what makes first-layer
+    filters turn into edges and colour blobs. Standardized per channel over both photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.from_numpy(np.stack(load_sample_images().images)).permute(0, 3, 1, 2) / 255.0
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(PHOTO_CLASSES), (n,), generator=generator)
+    half_height, half_width = photos.shape[2] // 2, photos.shape[3] // 2
+    quarter = labels % 4
+    tops = (quarter // 2) * half_height
+    tops += torch.randint(0, half_height - size, (n,), generator=generator)
+    lefts = (quarter % 2) * half_width
+    lefts += torch.randint(0, half_width - size, (n,), generator=generator)
+    crops = torch.stack(
+        [
+            photos[photo, :, top : top + size, left : left + size]
+            for photo, top, left in zip((labels // 4).tolist(), tops.tolist(), lefts.tolist())
+        ]
+    )
+    mean, std = photos.mean(dim=(0, 2, 3)), photos.std(dim=(0, 2, 3))
+    return (crops - mean[:, None, None]) / std[:, None, None], labels
+
+
+class PhotosDataModule(pl.LightningDataModule):
+    """Crops of the two photos (:func:`photo_crops`) as a LightningDataModule, with class names
+    (``classes``) for the images' captions."""
+
+    classes = PHOTO_CLASSES
+
+    def __init__(self, batch_size: int = 64, train_size: int = 4000, val_size: int = 512) -> None:
+        super().__init__()
+        self.batch_size, self.train_size, self.val_size = batch_size, train_size, val_size
+
+    def setup(self, stage: str) -> None:
+        images, labels = photo_crops(self.train_size + self.val_size)
+        self.train = TensorDataset(images[: self.train_size], labels[: self.train_size])
+        self.val = TensorDataset(images[self.train_size :], labels[self.train_size :])
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(self.train, self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, 256)
 
 
 class DigitsDataModule(pl.LightningDataModule):

@@ -19,5 +19,5 @@ def test_readme_python_blocks_run():
 def test_readme_starts_with_the_demo_and_the_test_command():
     first_block = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
     demo, tests = first_block.strip().splitlines()
-    assert demo.endswith('pip install -e ".[demo]" && python examples/train_digits.py')
+    assert demo.endswith('pip install -e ".[demo]" && python examples/demo.py')
     assert tests.endswith('pip install -e ".[test]" && pytest')
