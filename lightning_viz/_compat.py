@@ -94,3 +94,20 @@ def sharded_strategy(trainer: Any) -> str | None:
     """The name of the trainer's strategy when it shards parameters across ranks, else None."""
     names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
     return next(iter(names & SHARDED_STRATEGIES), None)
+
+
+@contextmanager
+def progress_note(trainer: Any, note: str) -> Iterator[None]:
+    """Show ``note`` after the training progress bar's description while the block runs, so a
+    bar at 100% does not look stuck (Lightning's TQDM bar; other bars are left alone)."""
+    try:
+        bar = trainer.progress_bar_callback.train_progress_bar
+        description = bar.desc
+    except (AttributeError, TypeError):  # no bar, another kind of bar, or not shown yet
+        yield
+        return
+    bar.set_description_str(f"{description}[{note}] ", refresh=True)
+    try:
+        yield
+    finally:
+        bar.set_description_str(description, refresh=True)

@@ -1,9 +1,9 @@
 """Small real models and data to try lightning-viz on, and to test and benchmark it with.
 
 The examples, the tests and the benchmarks all use these, so a number in the README and a test's
-expectation are about the same model. Nothing here downloads anything: the digits and the two photos ship
-with scikit-learn (``pip install scikit-learn``, in the ``demo`` and ``test`` extras) and the
-shapes task is synthetic.
+expectation are about the same model. Nothing here downloads anything: the digits and the two
+photos ship with scikit-learn (``pip install scikit-learn``, in the ``demo`` and ``test``
+extras) and the shapes task is synthetic.
 """
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ def photo_crops(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, to
     crops = torch.stack(
         [
             photos[photo, :, top : top + size, left : left + size]
-            for photo, top, left in zip((labels // 4).tolist(), tops.tolist(), lefts.tolist())
+            for photo, top, left in zip(
+                (labels // 4).tolist(), tops.tolist(), lefts.tolist(), strict=True
+            )
         ]
     )
     mean, std = photos.mean(dim=(0, 2, 3)), photos.std(dim=(0, 2, 3))

@@ -101,10 +101,10 @@ def make_trainer(log_dir, callbacks, **trainer_args) -> pl.Trainer:
     trainer_args.setdefault("logger", TensorBoardLogger(str(log_dir), name="", version=""))
     trainer_args.setdefault("enable_checkpointing", False)
     trainer_args.setdefault("accelerator", "cpu")
+    trainer_args.setdefault("enable_progress_bar", False)
     return pl.Trainer(
         callbacks=callbacks,
         devices=1,
-        enable_progress_bar=False,
         enable_model_summary=False,
         **trainer_args,
     )

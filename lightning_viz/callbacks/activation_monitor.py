@@ -242,6 +242,10 @@ class ActivationMonitor(VizCallback):
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
+    def watching(self) -> str:
+        return f"activations of {len(self._layers)} layers"
+
+    @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
         def regex(name: str, *keys: str) -> list[str]:
             return [tags.scalar_regex(tags.ACTIVATION_SCALAR, name, keys, numbered_calls=True)]

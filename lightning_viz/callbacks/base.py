@@ -50,9 +50,26 @@ class RunContext:
     _of_trainer: ClassVar[weakref.WeakKeyDictionary[Any, RunContext]] = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
-        self.picked_probes: dict[int, Probes] = {}
+        self.picked_probes: dict[int | None, Probes] = {}
         self.layout_written = False
         self.alert_rows: list[tuple[str, Alert]] = []
+        self.started_callbacks: set[int] = set()
+
+    def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
+        """Count ``callback`` as started; once all of the Trainer's have, print one line on
+        rank 0: where the logs go, the TensorBoard command to watch them live, what is watched."""
+        everyone = self.callbacks(trainer)
+        self.started_callbacks.add(id(callback))
+        if len(self.started_callbacks) != len(everyone):
+            return
+        watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
+        board = next((lg for lg in trainer.loggers if isinstance(lg, TENSORBOARD_LOGGERS)), None)
+        where = (
+            f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
+            if board is not None
+            else "no TensorBoardLogger attached: scalars only"
+        )
+        rank_zero_info(f"lightning-viz: {where}; watching {', '.join(watched) or 'nothing'}")
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
         """Add a raised or cleared alert to its step's rows; the markdown table of that step.
@@ -163,6 +180,20 @@ class VizCallback(*CALLBACK_BASES):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._not_shown is not None:
             self._notice_not_shown(trainer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.showing:
+            self.start(trainer, pl_module)
+        RunContext.of(trainer).started(self, trainer)
+
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """What the callback does when training starts (baselines, probes); default nothing."""
+
+    def watching(self) -> str | None:
+        """What the callback watches in this fit, in a few words for the line printed when
+        training starts (None: nothing)."""
+        return None
 
     @property
     def state_key(self) -> str:

@@ -96,6 +96,8 @@ class DeconvLogger(ProbeCallback):
 
     baseline = False
 
+    view = "deconvnet"
+
     def __init__(
         self,
         layers: Sequence[str] | None = None,

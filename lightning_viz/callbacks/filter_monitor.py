@@ -219,9 +219,12 @@ class FilterMonitor(VizCallback):
         }
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.showing:
-            return
+    def watching(self) -> str:
+        images = ", ".join(self._image_layers) or "none"
+        return f"filters of {len(self._layers)} conv layers (images of {images})"
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
         if self.initial:
             return

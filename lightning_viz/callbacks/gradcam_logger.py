@@ -144,6 +144,8 @@ class GradCAMLogger(ProbeCallback):
         self._layers: dict[str, nn.Module] = {}
         self._labels_are_classes = False
 
+    view = "Grad-CAM"
+
     @override
     def _state_key_fields(self) -> dict[str, Any]:
         return {"layers": self.layer_names, "target": self.target}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_viz._compat import eager, fit_dataloaders, sharded_strategy
+from lightning_viz._compat import eager, fit_dataloaders, progress_note, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
 from lightning_viz.functional._capture import Forward, grid_side, output_shapes
@@ -22,6 +24,9 @@ from lightning_viz.functional._validation import (
 )
 from lightning_viz.functional.captions import class_name
 from lightning_viz.probes import Probes
+
+SLOW_RENDER_SECONDS = 1.0
+"""A probe visualization that takes longer says so in a log line, with its duration."""
 
 
 class Unsuited(Exception):
@@ -138,9 +143,7 @@ class ProbeCallback(VizCallback):
             )
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.showing:
-            return
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resumed = self.probes is not None
         self.class_names = self.given_class_names or class_names_of(trainer)
         try:
@@ -242,6 +245,16 @@ class ProbeCallback(VizCallback):
                     f"{wanted} feature map"
                 )
 
+    @override
+    def watching(self) -> str:
+        layers = (
+            ", ".join(self._layers) if len(self._layers) <= 2 else f"{len(self._layers)} layers"
+        )
+        return f"{self.view} of {layers} on {len(self.probes)} probes"
+
+    view = "probe views"
+    """What the callback shows, for the line printed at fit start."""
+
     def probe_caption(self, probes: Probes, index: int) -> str:
         """What a probe's tile says: its class name when it has a label, else its index."""
         if probes.labels is None:
@@ -259,8 +272,20 @@ class ProbeCallback(VizCallback):
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
         if not trainer.is_global_zero:
             return
-        with self.guarded(trainer, type(self).__name__), probe_pass(pl_module):
+        name = type(self).__name__
+        started = time.perf_counter()
+        with (
+            progress_note(trainer, f"lightning-viz: {name} rendering"),
+            self.guarded(trainer, name),
+            probe_pass(pl_module),
+        ):
             self.visualize(trainer, pl_module, self.probes)
+        seconds = time.perf_counter() - started
+        if seconds >= SLOW_RENDER_SECONDS:
+            rank_zero_info(
+                f"lightning-viz: {name} took {seconds:.1f} s to render at step "
+                f"{trainer.global_step} (every_n_epochs= or fewer probes or layers for less)"
+            )
 
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         """Model-dependent choices that need the checked probes and the model's ``output`` on

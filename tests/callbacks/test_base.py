@@ -102,7 +102,7 @@ def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     with pytest.warns(UserWarning, match="Flapping: look here") as record, caplog.at_level("INFO"):
         fit(DigitsClassifier(), [callback], tmp_path / "b", epochs=3, limit_train_batches=2)
     assert sum("look here" in str(w.message) for w in record) == 1  # printed once
-    cleared = [r.getMessage() for r in caplog.records if "cleared" in r.getMessage()]
+    cleared = [r.getMessage() for r in caplog.records if "cleared at" in r.getMessage()]
     assert cleared == ["Flapping: flapping in 'layer' cleared at epoch 1 (step 4)."]
     texts = read_events(tmp_path / "b").Tensors("alerts/text_summary")
     rows = [
@@ -116,3 +116,36 @@ def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     from lightning_viz.summary import summarize
 
     assert "step 2 (epoch 0) [cleared at step 4] Flapping: look here" in summarize(tmp_path / "b")
+
+
+def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog):
+    callbacks = [FilterMonitor(strict=True), GradCAMLogger(strict=True)]
+    with caplog.at_level("INFO"):
+        trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lightning-viz:")]
+    started = [line for line in lines if "watch live" in line]
+    assert started == [
+        f"lightning-viz: logging to {trainer.logger.log_dir}; watch live: tensorboard --logdir "
+        f"{trainer.logger.save_dir}; watching filters of 3 conv layers (images of "
+        "model.features.0), Grad-CAM of model.features on 10 probes"
+    ]
+
+
+def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
+    seen = []
+
+    class Recording(GradCAMLogger):
+        def visualize(self, trainer, pl_module, probes):
+            seen.append(getattr(trainer.progress_bar_callback.train_progress_bar, "desc", None))
+            super().visualize(trainer, pl_module, probes)
+
+    trainer = fit(
+        DigitsClassifier(),
+        [Recording(strict=True)],
+        tmp_path,
+        epochs=1,
+        limit_train_batches=2,
+        enable_progress_bar=True,
+    )
+    assert seen[-1] == "Epoch 0 [lightning-viz: Recording rendering] "
+    assert "lightning-viz" not in trainer.progress_bar_callback.train_progress_bar.desc
