@@ -147,5 +147,5 @@ def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
         limit_train_batches=2,
         enable_progress_bar=True,
     )
-    assert seen[-1] == "Epoch 0 [lightning-viz: Recording rendering] "
+    assert seen[-1] == "Epoch 0: [lightning-viz: Recording rendering] "
     assert "lightning-viz" not in trainer.progress_bar_callback.train_progress_bar.desc
