@@ -96,9 +96,11 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
     return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
 
 
-def panels_per_row(count: int, height: int, width: int, aspect: float = 1.5) -> int:
+def panels_per_row(count: int, height: int, width: int, aspect: float = 0.75) -> int:
     """How many (height, width) panels to put in a row so that the grid of ``count`` comes
-    closest to ``aspect`` (width / height): wide enough for a TensorBoard card, never a strip."""
+    closest to ``aspect`` (width / height). TensorBoard fits an image to the width of a narrow
+    card and lets it run down the page, so a grid a little taller than wide shows its tiles
+    largest."""
 
     def mismatch(per_row: int) -> float:
         rows = -(-count // per_row)

@@ -58,12 +58,12 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     cam = events.Images("gradcam/model.features")
     assert [i.step for i in cam] == [0, *EPOCH_ENDS]
     # 32-pixel probes enlarged x3 to 96; a panel per probe (captions, image | map): 112 x 194,
-    # 3 panels per row with 6-pixel gaps, 4 rows, then the colour bar (title and ramp)
-    assert (cam[0].width, cam[0].height) == (3 * 200 + 6, 4 * 118 + 6 + 32)
+    # 2 panels per row with 6-pixel gaps, 5 rows, then the colour bar (title and ramp)
+    assert (cam[0].width, cam[0].height) == (2 * 200 + 6, 5 * 118 + 6 + 32)
     pixels = image_pixels(cam[-1])
     assert_caption(pixels, "true 0", x=6, y=6, width=96)
     assert_caption(pixels, "true 1", x=6 + 200, y=6, width=96)
-    assert_caption(pixels, "true 3", x=6, y=6 + 118, width=96)
+    assert_caption(pixels, "true 2", x=6, y=6 + 118, width=96)
     assert [e.step for e in events.Tensors("gradcam/model.features/targets/text_summary")] == [
         0,
         *EPOCH_ENDS,
@@ -71,10 +71,10 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     for layer in CONVS:
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
-        # a panel per probe: the probe and its top 4 channels, 2 panels per row, 5 rows
+        # a panel per probe: the probe and its top 4 channels, one panel per row
         assert (deconv_images[0].width, deconv_images[0].height) == (
-            2 * (5 * 98 - 2 + 6) + 6,
-            5 * 118 + 6 + 32,
+            5 * 98 - 2 + 12,
+            10 * 118 + 6 + 32,
         )
         pixels = image_pixels(deconv_images[-1])
         assert_caption(pixels, "true 0", x=6, y=6, width=96)

@@ -66,9 +66,9 @@ def test_readable_tiles_and_panel_grids():
     assert readable(torch.rand(1, 3, 120, 120)).shape[-1] == 120
     small = torch.tensor([[[[0.0, 1.0]]]])
     assert readable(small).unique().tolist() == [0.0, 1.0]  # nearest keeps values
-    assert panels_per_row(10, 112, 194) == 3
+    assert panels_per_row(10, 112, 194) == 2
     assert panels_per_row(1, 100, 100) == 1
-    assert panels_per_row(16, 100, 100) == 5
+    assert panels_per_row(16, 100, 100) == 4
 
 
 def test_class_names_fall_back_to_indices():
