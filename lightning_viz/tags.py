@@ -73,6 +73,11 @@ def scalar_regex(
     return _template_regex(template, re.escape(layer) + calls, keys, "(")
 
 
+def every_layer_regex(template: str, keys: Sequence[str]) -> str:
+    """A regex matching the template's tags of every layer for the keys."""
+    return _template_regex(template, ".+", keys, "(")
+
+
 def split_layer_scalar(tag: str, template: str, keys: Sequence[str]) -> tuple[str, str] | None:
     """``(layer, key)`` of a tag made from ``template`` with a key in ``keys``, else None."""
     match = re.fullmatch(_template_regex(template, "(?P<layer>.+)", keys, "(?P<key>"), tag)

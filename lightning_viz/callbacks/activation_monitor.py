@@ -258,7 +258,7 @@ class ActivationMonitor(VizCallback):
                 "activation localization": regex(name, "localization"),
             }
 
-        return {f"layer {name}": charts(name) for name in self._layers}
+        return {name: charts(name) for name in self._layers}
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_viz import tags
@@ -104,23 +104,70 @@ class RunContext:
         return sum(len(callback.alerts.raised) for callback in self.callbacks(trainer))
 
     def write_layout_once(self, trainer: pl.Trainer, writer: Any) -> None:
-        """Write the custom-scalars layout of every lightning-viz callback, once per Trainer."""
+        """Write the custom-scalars layout of every lightning-viz callback, once per Trainer:
+        the alerts, one health section with every layer's key numbers, then a section per conv
+        layer holding its charts and those of the activations that follow it in the model."""
         if self.layout_written:
             return
         self.layout_written = True
-        layout: dict[str, dict[str, list[str]]] = {}
+        per_layer: dict[str, dict[str, list[str]]] = {}
         for callback in self.callbacks(trainer):
-            for category, charts in callback.layout().items():
-                layout.setdefault(category, {}).update(charts)
-        if not layout:
+            for layer, charts in callback.layout().items():
+                per_layer.setdefault(layer, {}).update(charts)
+        if not per_layer:
             return
-        layout["alerts"] = {"alerts raised": [rf"^{re.escape(tags.ALERT_COUNT)}$"]}
+        layout = {
+            "alerts": {"alerts raised": [rf"^{re.escape(tags.ALERT_COUNT)}$"]},
+            "health, every layer": {
+                f"{title}, every layer": [tags.every_layer_regex(template, [key])]
+                for title, template, key in HEALTH_CHARTS
+            },
+        }
+        for title, charts in _sections(trainer.lightning_module, per_layer).items():
+            layout[title] = charts
         writer.add_custom_scalars(
             {
                 category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
                 for category, charts in layout.items()
             }
         )
+
+
+HEALTH_CHARTS = (
+    ("filter noise", tags.FILTER_SCALAR, "noise"),
+    ("filter learned", tags.FILTER_SCALAR, "learned"),
+    ("filter drift", tags.FILTER_SCALAR, "drift"),
+    ("activation dead fraction", tags.ACTIVATION_SCALAR, "dead_fraction"),
+    ("activation zero fraction", tags.ACTIVATION_SCALAR, "zero_fraction"),
+)
+"""The health section's charts: one key of every layer per chart."""
+
+
+def _sections(
+    module: nn.Module, per_layer: dict[str, dict[str, list[str]]]
+) -> dict[str, dict[str, list[str]]]:
+    """Per-layer charts grouped in model order: each conv with the layers that follow it up to
+    the next conv (its BatchNorm's ReLU), titled ``conv -> activation``."""
+    order = {name: index for index, (name, _) in enumerate(module.named_modules())}
+    convs = {name for name, m in module.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+
+    def position(layer: str) -> int:
+        return order.get(layer.split("#")[0], len(order))
+
+    groups: list[list[str]] = []
+    for layer in sorted(per_layer, key=position):
+        if layer in convs or not groups or groups[-1][0] not in convs:
+            groups.append([layer])
+        else:
+            groups[-1].append(layer)
+    sections = {}
+    for group in groups:
+        charts: dict[str, list[str]] = {}
+        for layer in group:
+            for chart, regexes in per_layer[layer].items():
+                charts.setdefault(chart, []).extend(regexes)
+        sections["layer " + " -> ".join(group)] = charts
+    return sections
 
 
 class VizCallback(*CALLBACK_BASES):
@@ -210,7 +257,8 @@ class VizCallback(*CALLBACK_BASES):
         self._restored = True
 
     def layout(self) -> dict[str, dict[str, list[str]]]:
-        """``{category: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard."""
+        """``{layer: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard (the
+        Trainer's :class:`RunContext` groups the layers)."""
         return {}
 
     # ----------------------------------------------------------------------------- logging

@@ -211,7 +211,7 @@ class FilterMonitor(VizCallback):
         noise = ("noise", "update_noise", "noisy_fraction")
         moved = ("drift", "learned")
         return {
-            f"layer {name}": {
+            name: {
                 "filter noise": [tags.scalar_regex(tags.FILTER_SCALAR, name, noise)],
                 "filter drift": [tags.scalar_regex(tags.FILTER_SCALAR, name, moved)],
             }

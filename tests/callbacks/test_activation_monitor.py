@@ -271,7 +271,7 @@ def test_sigmoid_tanh_and_foreign_activations_are_watched(tmp_path):
     assert "activations/model.5/saturated_fraction" not in scalars
     assert not monitor.alerts.raised
     layout = monitor.layout()
-    assert list(layout["layer model.1"]) == ["activation saturation"]
+    assert list(layout["model.1"]) == ["activation saturation"]
     assert list(layout["layer model.5"]) == ["activation sparsity", "activation localization"]
 
 

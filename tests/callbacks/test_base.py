@@ -1,10 +1,12 @@
 """What every callback shares: the one host transfer and the per-Trainer RunContext."""
 
+import re
+
 import pytest
 import torch
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, tags
+from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, tags
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
 from tests.helpers import DigitsClassifier, fit, read_events
@@ -149,3 +151,29 @@ def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
     )
     assert seen[-1] == "Epoch 0: [lightning-viz: Recording rendering] "
     assert "lightning-viz" not in trainer.progress_bar_callback.train_progress_bar.desc
+
+
+def test_the_layout_puts_each_conv_beside_its_activation_after_alerts_and_health(tmp_path):
+    callbacks = [FilterMonitor(strict=True), ActivationMonitor(strict=True)]
+    fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    categories = layout_of(tmp_path).category
+    assert [c.title for c in categories] == [
+        "alerts",
+        "health, every layer",
+        "layer model.features.0 -> model.features.2",
+        "layer model.features.4 -> model.features.6",
+        "layer model.features.8 -> model.features.10",
+    ]
+    health = {chart.title: chart.multiline.tag for chart in categories[1].chart}
+    assert health["filter noise, every layer"] == [r"^filters/.+/(noise)$"]
+    paired = {chart.title for chart in categories[2].chart}
+    assert paired == {
+        "filter noise",
+        "filter drift",
+        "activation sparsity",
+        "activation localization",
+    }
+    scalars = read_events(tmp_path).Tags()["scalars"]
+    for title in ("filter noise, every layer", "filter drift, every layer"):
+        matching = [tag for tag in scalars if re.match(health[title][0], tag)]
+        assert len(matching) == 3, title  # one per layer
