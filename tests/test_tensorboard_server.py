@@ -120,17 +120,21 @@ def test_images_are_served_as_decodable_pngs(server):
     png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG"
-    assert image.size == (2 * 34 + 2, 8 * 34 + 2)
+    assert image.size == (2 * 200 + 6, 5 * 118 + 6 + 32)  # 10 captioned probe panels
 
 
 def test_custom_scalars_layout_groups_each_layer(server):
     base, _ = server
     layout = json.loads(get(base, "/data/plugin/custom_scalars/layout"))
     categories = {category["title"]: category for category in layout["category"]}
-    conv = categories["layer model.features.0"]
-    titles = [chart["title"] for chart in conv["chart"]]
-    assert titles == ["filter noise", "filter drift"]
-    relu = categories["layer model.features.2"]
-    tags = [chart["multiline"]["tag"] for chart in relu["chart"]]
-    assert tags[0] == [r"^activations/model\.features\.2(#\d+)?/(zero_fraction|dead_fraction)$"]
-    assert "alerts" in categories
+    paired = categories["layer model.features.0 -> model.features.2"]
+    titles = [chart["title"] for chart in paired["chart"]]
+    assert titles == [
+        "filter noise",
+        "filter drift",
+        "activation sparsity",
+        "activation localization",
+    ]
+    tags = [chart["multiline"]["tag"] for chart in paired["chart"]]
+    assert tags[2] == [r"^activations/model\.features\.2(#\d+)?/(zero_fraction|dead_fraction)$"]
+    assert list(categories)[:2] == ["alerts", "health, every layer"]

@@ -272,7 +272,7 @@ def test_sigmoid_tanh_and_foreign_activations_are_watched(tmp_path):
     assert not monitor.alerts.raised
     layout = monitor.layout()
     assert list(layout["model.1"]) == ["activation saturation"]
-    assert list(layout["layer model.5"]) == ["activation sparsity", "activation localization"]
+    assert list(layout["model.5"]) == ["activation sparsity", "activation localization"]
 
 
 def test_saturated_sigmoid_alerts(tmp_path):
