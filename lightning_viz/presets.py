@@ -15,8 +15,8 @@ def default_callbacks(
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger and DeconvLogger with their defaults.
 
-    The two probe loggers share one probe set: ``probes``, or 8 picked from the validation
-    dataloader at fit start.
+    The two probe loggers share one probe set: ``probes``, or one per class (at least 8, at
+    most 16) picked from the validation dataloader at fit start.
 
     Args:
         probes: the probe images for Grad-CAM and the deconvnet; None picks them.
