@@ -22,6 +22,18 @@ COLUMNS = (
 )
 
 
+FLAGGED_BY = {
+    "noisy_filters": ("noise",),
+    "exploding": ("drift",),
+    "not_learning": ("learned",),
+    "dead_channels": ("dead frac",),
+    "nonfinite_weights": ("noise", "drift", "learned"),
+    "nonfinite_activations": ("zero frac", "dead frac", "localization"),
+}
+"""Which cells of a layer's row an active alert of each kind marks with ``!`` (the value that
+crossed the callback's own threshold)."""
+
+
 def runs(logdir: Path) -> list[Path]:
     """Every directory under ``logdir`` (itself included) that holds TensorBoard event files."""
     return sorted({path.parent for path in logdir.rglob("events.out.tfevents.*")})
@@ -49,18 +61,23 @@ def summarize(run: Path) -> str | None:
         if alert["state"] == "active":
             active.setdefault(alert["layer"], []).append(alert["kind"])
     header = ["layer", *(column for _, _, column in COLUMNS), "active alerts"]
+
+    def cell(layer: str, column: str) -> str:
+        value = layers[layer].get(column, "-")
+        flagged = any(column in FLAGGED_BY.get(kind, ()) for kind in active.get(layer, []))
+        return f"{value} !" if flagged else value
+
     rows = [
-        [
-            layer,
-            *(layers[layer].get(c, "-") for c in header[1:-1]),
-            ", ".join(active.get(layer, [])),
-        ]
+        [layer, *(cell(layer, c) for c in header[1:-1]), ", ".join(active.get(layer, []))]
         for layer in sorted(layers, key=_natural)
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append("values: latest (change since the first); layers in model order")
+    lines.append(
+        "values: latest (change since the first); layers in model order; ! a value past its "
+        "alert's threshold"
+    )
     lines.append(f"alerts: {len(alerts)}")
     lines += [
         f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in alerts

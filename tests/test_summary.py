@@ -1,5 +1,6 @@
 """``lightning-viz summary LOGDIR`` reads the event files back and prints health and alerts."""
 
+import re
 import subprocess
 import sys
 import time
@@ -91,3 +92,20 @@ def test_summary_reads_event_files_without_importing_torch(tmp_path):
         check=True,
     )
     assert time.perf_counter() - start < 3.0  # about 0.5 s on a quiet 2-core machine
+
+
+def test_values_past_an_active_alerts_threshold_are_flagged(tmp_path, capsys):
+    monitor = FilterMonitor()
+    with pytest.warns(UserWarning, match="learning rate is likely far too high"):
+        fit(DigitsClassifier("sgd", 3.0), [monitor], tmp_path / "run", epochs=1)
+    exploding = {a.layer for a in monitor.alerts.raised if a.kind == "exploding"}
+    assert exploding
+    assert main(["summary", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    active = {layer for layer, kind in monitor.alerts.active if kind == "exploding"}
+    assert active
+    for layer in ("model.features.0", "model.features.4", "model.features.8"):
+        row = next(line for line in lines if line.startswith(f"{layer} "))
+        noise, drift = re.split(r"\s{2,}", row)[1:3]
+        assert drift.endswith("!") == (layer in active), row  # drift past max_drift
+        assert not noise.endswith("!")
