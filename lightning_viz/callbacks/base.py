@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -25,6 +25,7 @@ from lightning_viz.alerts import (
     check_on_alert,
     deliver,
 )
+from lightning_viz.callbacks.background import BackgroundWriter
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.functional.images import to_uint8
 
@@ -41,7 +42,9 @@ class RunContext:
       not given probes look through the same images;
     - the custom-scalars layout of all of them, written once by whichever logs first (so a
       subclass that overrides a hook cannot lose the dashboard);
-    - the alert total logged as ``alerts/count``, and the rows of the current step's alert table.
+    - the alert total logged as ``alerts/count``, and the rows of the current step's alert table;
+    - the :class:`~lightning_viz.callbacks.background.BackgroundWriter` that writes their
+      images, histograms and texts off the training thread.
 
     One context lives per Trainer (weakly referenced, gone with the Trainer): a callbacks list
     attached to a new Trainer starts with a new one.
@@ -54,6 +57,7 @@ class RunContext:
         self.layout_written = False
         self.alert_rows: list[tuple[str, Alert]] = []
         self.started_callbacks: set[int] = set()
+        self.background = BackgroundWriter()
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print one line on
@@ -125,12 +129,11 @@ class RunContext:
         }
         for title, charts in _sections(trainer.lightning_module, per_layer).items():
             layout[title] = charts
-        writer.add_custom_scalars(
-            {
-                category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
-                for category, charts in layout.items()
-            }
-        )
+        layout = {
+            category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
+            for category, charts in layout.items()
+        }
+        self.background.submit("custom scalars layout", lambda: writer.add_custom_scalars(layout))
 
 
 HEALTH_CHARTS = (
@@ -210,6 +213,7 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._not_shown = None
+        RunContext.of(trainer).background.reopen()
         if stage == "fit" and not self._restored:
             self.reset_state()
 
@@ -222,6 +226,36 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
+        self.finish_writes(trainer, close=True)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish_writes(trainer, close=False)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning finalizes the loggers right after this hook (and calls no teardown): what
+        # was logged before the exception is written now
+        self.finish_writes(trainer, close=True)
+
+    def finish_writes(self, trainer: pl.Trainer, close: bool) -> None:
+        """Wait for the background writes (and stop the writer's thread with ``close``); a
+        write that failed becomes a ``failed`` alert."""
+        background = RunContext.of(trainer).background
+        background.close() if close else background.flush()
+        self._report_write_errors(trainer)
+
+    def _report_write_errors(self, trainer: pl.Trainer) -> None:
+        for what, error in RunContext.of(trainer).background.take_errors():
+            if self.strict:
+                raise error
+            message = (
+                f"writing {what} to TensorBoard failed and was skipped ({type(error).__name__}: "
+                f"{error}). Training goes on."
+            )
+            self.raise_alert(trainer, Finding("failed", f"writing {what}", True, message=message))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -296,52 +330,73 @@ class VizCallback(*CALLBACK_BASES):
             for logger in trainer.loggers:
                 logger.log_metrics(dict(metrics), step=trainer.global_step)
 
-    def log_histogram(self, trainer: pl.Trainer, tag: str, edges: Tensor, counts: Tensor) -> None:
-        """Log a histogram already counted on the device (edges (B+1,), counts (B,))."""
+    def write(self, trainer: pl.Trainer, what: str, job: Callable[[Any], None]) -> None:
+        """Run ``job(summary_writer)`` on the background writer (rank 0, with a TensorBoardLogger
+        attached; else nothing): the training thread goes on while it runs. ``job`` must hold
+        all it writes, the step included."""
         writer = self.writer(trainer)
         if writer is None:
+            return
+        self._report_write_errors(trainer)
+        RunContext.of(trainer).background.submit(what, lambda: job(writer))
+
+    def log_histogram(self, trainer: pl.Trainer, tag: str, edges: Tensor, counts: Tensor) -> None:
+        """Log a histogram already counted on the device (edges (B+1,), counts (B,)), on the
+        host already."""
+        if self.writer(trainer) is None:
             return
         edges, counts = edges.double().numpy(), counts.double().numpy()
         total = counts.sum()
         if total == 0:
             return
         centres = (edges[:-1] + edges[1:]) / 2
-        writer.add_histogram_raw(
-            tag,
-            min=float(edges[0]),
-            max=float(edges[-1]),
-            num=float(total),
-            sum=float((centres * counts).sum()),
-            sum_squares=float((centres**2 * counts).sum()),
-            bucket_limits=edges[1:].tolist(),
-            bucket_counts=counts.tolist(),
-            global_step=trainer.global_step,
-        )
+        raw = {
+            "min": float(edges[0]),
+            "max": float(edges[-1]),
+            "num": float(total),
+            "sum": float((centres * counts).sum()),
+            "sum_squares": float((centres**2 * counts).sum()),
+            "bucket_limits": edges[1:].tolist(),
+            "bucket_counts": counts.tolist(),
+            "global_step": trainer.global_step,
+        }
+        self.write(trainer, tag, lambda writer: writer.add_histogram_raw(tag, **raw))
 
     def log_values_histogram(self, trainer: pl.Trainer, tag: str, values: np.ndarray) -> None:
-        writer = self.writer(trainer)
-        if writer is not None:
-            writer.add_histogram(tag, values, global_step=trainer.global_step)
+        step = trainer.global_step
+        self.write(trainer, tag, lambda writer: writer.add_histogram(tag, values, step))
 
     def log_image(self, trainer: pl.Trainer, tag: str, image: Tensor) -> None:
         """Log a (3, H, W) image composed on the device (uint8, or floats in [0, 1]) to
-        TensorBoard and any attached WandbLogger: one transfer, rank 0 only."""
-        writer, wandb = self.writer(trainer), self._wandb_loggers(trainer)
-        if writer is None and not wandb:
+        TensorBoard and any attached WandbLogger: one transfer, rank 0 only.
+
+        The transfer is asynchronous on a GPU, and TensorBoard's PNG encoding and write run on
+        the background writer; W&B images are handed over on this thread (W&B wants its steps
+        in order).
+        """
+        wandb = self._wandb_loggers(trainer)
+        if not self.takes_images(trainer):
             return
         if image.dtype != torch.uint8:
             image = to_uint8(image)
-        pixels = image.cpu().numpy()  # the one transfer
-        if writer is not None:
-            writer.add_image(tag, pixels, global_step=trainer.global_step)
+        step = trainer.global_step
+        pixels, copied = host_copy(image)
+
+        def add_image(writer: Any) -> None:
+            if copied is not None:
+                copied.synchronize()
+            writer.add_image(tag, pixels.numpy(), global_step=step)
+
+        self.write(trainer, tag, add_image)
         for logger in wandb:
-            logger.log_image(key=tag, images=[pixels.transpose(1, 2, 0)], step=trainer.global_step)
+            if copied is not None:
+                copied.synchronize()
+            logger.log_image(key=tag, images=[pixels.numpy().transpose(1, 2, 0)], step=step)
 
     def log_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
         """Log markdown text (rank 0 only); TensorBoard files it under ``<tag>/text_summary``."""
-        writer = self.writer(trainer)
-        if writer is not None:
-            writer.add_text(tag, text, global_step=trainer.global_step)
+        step = trainer.global_step
+        self.write(trainer, tag, lambda writer: writer.add_text(tag, text, global_step=step))
 
     # ------------------------------------------------------------------------------ alerts
     def raise_alert(self, trainer: pl.Trainer, finding: Finding) -> None:
@@ -399,6 +454,17 @@ class VizCallback(*CALLBACK_BASES):
         else:
             if (what, "failed") in self.alerts.active:
                 self.raise_alert(trainer, Finding("failed", what, False))
+
+
+def host_copy(image: Tensor) -> tuple[Tensor, Any]:
+    """A host copy of ``image`` and, from a GPU, the CUDA event to wait on before reading it:
+    the copy runs asynchronously, so the training thread does not wait for it."""
+    if image.device.type != "cuda":
+        return image.cpu(), None
+    pixels = image.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return pixels, copied
 
 
 def to_host(values: Mapping[Key, Tensor]) -> dict[Key, Tensor]:

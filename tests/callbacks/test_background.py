@@ -1,0 +1,115 @@
+"""The background writer: PNG encoding and event writes off the training thread, nothing lost."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, Probes
+from lightning_viz.callbacks.background import BackgroundWriter
+from lightning_viz.testing import digits_tensors
+from tests.helpers import DigitsClassifier, fit, read_events
+
+WORKER = "lightning-viz-writer"
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == WORKER]
+
+
+def probes() -> Probes:
+    images, labels = digits_tensors()
+    return Probes(images[:4], labels[:4])
+
+
+def test_jobs_run_in_order_on_one_worker_and_inline_once_closed():
+    background = BackgroundWriter(max_pending=2)
+    ran: list[tuple[int, str]] = []
+    for i in range(20):  # more than max_pending: submit waits for a free slot
+        background.submit("job", lambda i=i: ran.append((i, threading.current_thread().name)))
+    background.flush()
+    assert [i for i, _ in ran] == list(range(20))
+    assert {name for _, name in ran} == {WORKER}
+    background.close()
+    assert not background.running
+    assert not writer_threads()
+    background.submit("late", lambda: ran.append((20, threading.current_thread().name)))
+    assert ran[-1] == (20, threading.current_thread().name)
+    assert not writer_threads()
+
+
+def test_a_failing_job_is_reported_and_the_next_ones_still_run():
+    background = BackgroundWriter()
+    ran = []
+    background.submit("broken", lambda: 1 / 0)
+    background.submit("fine", lambda: ran.append(1))
+    background.close()
+    assert ran == [1]
+    [(what, error)] = background.take_errors()
+    assert what == "broken"
+    assert isinstance(error, ZeroDivisionError)
+    assert background.take_errors() == []
+
+
+def test_every_image_of_a_run_is_written_off_the_training_thread_in_step_order(
+    tmp_path, monkeypatch
+):
+    encoded_on = set()
+    add_image = SummaryWriter.add_image
+
+    def recording(self, *args, **kwargs):
+        encoded_on.add(threading.current_thread().name)
+        return add_image(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_image", recording)
+    callbacks = [
+        FilterMonitor(strict=True),
+        GradCAMLogger(probes=probes(), strict=True),
+        DeconvLogger(probes=probes(), layers=["model.features.0"], strict=True),
+    ]
+    trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=3, limit_train_batches=4)
+    assert encoded_on == {WORKER}
+    assert not writer_threads()
+    events = read_events(tmp_path)
+    steps = [4 * epoch for epoch in range(1, 4)]
+    images = events.Tags()["images"]
+    assert [e.step for e in events.Images("filters/model.features.0")] == [0, *steps]
+    assert [e.step for e in events.Images("gradcam/model.features")] == [0, *steps]
+    assert [e.step for e in events.Images("deconv/model.features.0")] == steps
+    assert [e.step for e in events.Images("evolution/model.features.0")] == steps
+    assert len(images) == 4
+    assert trainer.global_step == 12
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_images_logged_before_an_exception_are_written_and_no_thread_is_left(tmp_path, error):
+    class Crashing(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 2:
+                raise error
+            return super().training_step(batch, batch_idx)
+
+    callbacks = [GradCAMLogger(probes=probes(), strict=True)]
+    with pytest.raises((RuntimeError, SystemExit)):
+        fit(Crashing(), callbacks, tmp_path, epochs=4, limit_train_batches=4)
+    assert not writer_threads()
+    assert [e.step for e in read_events(tmp_path).Images("gradcam/model.features")] == [0, 4, 8]
+
+
+def test_a_failed_write_becomes_an_alert_and_training_goes_on(tmp_path, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(SummaryWriter, "add_image", broken)
+    with pytest.warns(UserWarning, match=r"writing gradcam/model.features to TensorBoard failed"):
+        trainer = fit(
+            DigitsClassifier(),
+            [GradCAMLogger(probes=probes())],
+            tmp_path,
+            epochs=2,
+            limit_train_batches=2,
+        )
+    assert trainer.current_epoch == 2
+    assert not writer_threads()
