@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import Forward, resolve_layers, run_until_captured
@@ -59,7 +60,8 @@ def project_to_input(
     ``"gradient"`` is plain backprop (saliency). Activations without such a rule (GELU, SiLU,
     Hardswish, ReLU6, LeakyReLU, ...) pass plain gradients, with one warning naming them.
 
-    The forward stops at ``layer``; all K channels go through one batched backward. Parameters'
+    The forward stops at ``layer``; all K channels go backward together (see
+    :func:`project_layers`' ``seeds_in_batch``). Parameters'
     ``.grad`` are untouched and no hook outlives the call. Run the model in eval mode.
 
     Args:
@@ -106,6 +108,7 @@ def project_layers(
     rule: Rule = "deconvnet",
     seed: Seed = "map",
     forward: Forward | None = None,
+    seeds_in_batch: bool | None = None,
 ) -> dict[str, LayerProjection]:
     """:func:`project_to_input` for several layers from one shared forward pass.
 
@@ -113,6 +116,12 @@ def project_layers(
         channels: ``{layer_name: choice}``, a choice being (N, K) channel indices or a function
             that receives the layer's (detached) activation and returns them, so that channels
             can be picked from the same forward pass (e.g. ``lambda a: top_channels(a, 4)``).
+        seeds_in_batch: how the K seeds of an image go backward. True: as K rows of one batch
+            (the forward runs on K copies of the inputs, then each conv's backward runs once
+            per layer: what a GPU wants, where a batched-gradient backward launches every conv
+            backward once per seed); False: as batched gradients over one forward (fewer
+            FLOPs: what a CPU wants). Default: True on an accelerator, False on the CPU. Both
+            give the same projections.
 
     Returns:
         ``{layer_name: LayerProjection(channels, images)}``.
@@ -120,30 +129,63 @@ def project_layers(
     check_choice("rule", rule, RULES)
     check_choice("seed", seed, SEEDS)
     modules = resolve_layers(model, list(channels))
+    if seeds_in_batch is None:
+        seeds_in_batch = inputs.device.type != "cpu"
     with gradient_pass(model, inputs) as x:
+        chosen = _chosen_channels(model, x, modules, channels, forward)
+        k = max(choice.shape[1] for choice in chosen.values())
+        rows = x.detach().repeat(k, 1, 1, 1).requires_grad_(True) if seeds_in_batch else x
         with relu_rule(rule) as ruleless:
             _, activations = run_until_captured(
-                model, x, modules, full_forward=False, forward=forward
+                model, rows, modules, full_forward=False, forward=forward
             )
         warn_ruleless(ruleless, rule)
         names = list(activations)
-        chosen = {}
-        for n in names:
-            choice = channels[n]
-            chosen[n] = choice(activations[n].detach()) if callable(choice) else choice
-        seeds = {n: backward_seeds(activations[n].detach(), chosen[n], seed, n) for n in names}
         projections = {}
         for i, n in enumerate(names):
+            layer_k = chosen[n].shape[1]
+            padded = F.pad(chosen[n], (0, k - layer_k), value=-1)
+            seeds = backward_seeds(activations[n][: len(x)].detach(), padded, seed, n)
             (gradient,) = torch.autograd.grad(
                 activations[n],
-                x,
-                grad_outputs=seeds[n],
-                is_grads_batched=True,
+                rows,
+                grad_outputs=seeds.flatten(0, 1) if seeds_in_batch else seeds,
+                is_grads_batched=not seeds_in_batch,
                 retain_graph=i < len(names) - 1,
             )
-            images = gradient.transpose(0, 1).float()
-            projections[n] = LayerProjection(torch.as_tensor(chosen[n]).long(), images)
+            gradient = gradient.unflatten(0, (k, len(x))) if seeds_in_batch else gradient
+            images = gradient.transpose(0, 1)[:, :layer_k].float()
+            projections[n] = LayerProjection(chosen[n], images)
     return projections
+
+
+def _chosen_channels(
+    model: nn.Module,
+    x: Tensor,
+    modules: dict[str, nn.Module],
+    channels: Mapping[str, ChannelChoice],
+    forward: Forward | None,
+) -> dict[str, Tensor]:
+    """Each layer's (N, K) channels: given, or picked from its activation in a forward without
+    gradients (only when some choice is a function)."""
+    activations: dict[str, Tensor] = {}
+    if any(callable(choice) for choice in channels.values()):
+        with torch.no_grad():
+            _, activations = run_until_captured(
+                model, x, modules, full_forward=False, forward=forward
+            )
+    chosen = {}
+    for name in modules:
+        choice = channels[name]
+        choice = choice(activations[name].detach()) if callable(choice) else choice
+        chosen[name] = torch.as_tensor(choice, device=x.device)
+        if chosen[name].dim() != 2 or chosen[name].dtype.is_floating_point:
+            raise ValueError(
+                f"`channels` for layer {name!r} must be integer indices of shape "
+                f"({len(x)}, K), got {tuple(chosen[name].shape)} {chosen[name].dtype}"
+            )
+        chosen[name] = chosen[name].long()
+    return chosen
 
 
 def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str = "") -> Tensor:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_viz.functional import project_layers, project_to_input, relu_rule, top_channels
 from lightning_viz.testing import ChannelEnergy, TinyCNN, TinyFunctionalCNN
@@ -203,3 +204,47 @@ def test_top_channels_ranks_by_summed_activation():
     assert top_channels(activations, 1).tolist()[1] == [1]
     with pytest.raises(ValueError, match=r"\[1, 4\].*got 5"):
         top_channels(activations, 5)
+
+
+class CountConvBackward(TorchDispatchMode):
+    """Counts the conv backward kernels that run (a batched-gradient fallback runs one per row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+@pytest.mark.parametrize("model_name", ["vgg11", "resnet18"])
+def test_seeds_in_batch_give_the_batched_gradients_projections(request, model_name, rule, images):
+    model = request.getfixturevalue(model_name)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    choice = {
+        convs[1]: lambda a: top_channels(a, 5),
+        convs[-1]: torch.tensor([[3, -1], [7, 1], [0, 2]]),  # rows of another length
+    }
+    stacked = project_layers(model, images, choice, rule=rule, seeds_in_batch=True)
+    batched = project_layers(model, images, choice, rule=rule, seeds_in_batch=False)
+    for layer in choice:
+        assert stacked[layer].images.shape == batched[layer].images.shape
+        assert torch.equal(stacked[layer].channels, batched[layer].channels)
+        assert relative_error(stacked[layer].images, batched[layer].images) < 1e-6
+    assert stacked[convs[-1]].images[0, 1].abs().max() == 0
+
+
+def test_seeds_in_batch_run_each_conv_backward_once_per_layer(images):
+    model = TinyCNN().eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    deepest = {convs[-1]: lambda a: top_channels(a, 4)}
+    calls = {}
+    for seeds_in_batch in (True, False):
+        with CountConvBackward() as counter:
+            project_layers(model, images, deepest, seeds_in_batch=seeds_in_batch)
+        calls[seeds_in_batch] = counter.calls
+    assert calls[True] == len(convs)
+    assert calls[False] == 4 * len(convs)  # batched gradients fall back to one per seed
