@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+import lightning_viz
+
 
 def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
     """Where the logs are, how to see them, and the alerts that were raised (one line each)."""
@@ -14,6 +16,7 @@ def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
         print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
     print(f"logs: {Path(trainer.logger.log_dir).resolve()}")
     print(f"see them: tensorboard --logdir {Path(logdir).resolve()}")
+    print(f"lightning-viz took {lightning_viz.overhead(trainer)['total']:.1%} of the training time")
     print(f"alerts: {len(alerts)}")
     for alert in alerts:
         print(

@@ -34,7 +34,9 @@ def train(name: str, lr: float, epochs: int, logdir: str) -> tuple[pl.Trainer, l
     pl.seed_everything(0, verbose=False)
     module = ImageClassifier(PhotoCNN(), lr=lr, weight_decay=5e-3, one_cycle=True)
     noise_before = filter_noise(module.model.features[0].weight).median().item()
-    callbacks = lightning_viz.default_callbacks()  # everything, in one line
+    # everything, in one line; budget=None renders every view at every epoch: this net's epochs
+    # take about a second, so a 2% budget (the default) would show them only now and then
+    callbacks = lightning_viz.default_callbacks(budget=None)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="auto",

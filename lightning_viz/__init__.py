@@ -19,6 +19,7 @@ _HOMES = {
     "GradCAMLogger": "lightning_viz.callbacks",
     "Probes": "lightning_viz.probes",
     "default_callbacks": "lightning_viz.presets",
+    "overhead": "lightning_viz.callbacks.base",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Probes",
     "__version__",
     "default_callbacks",
+    "overhead",
 ]
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
         FilterMonitor,
         GradCAMLogger,
     )
+    from lightning_viz.callbacks.base import overhead
     from lightning_viz.presets import default_callbacks
     from lightning_viz.probes import Probes
 

@@ -72,7 +72,7 @@ class AlertBook:
         self.raised = [Alert(**alert) for alert in state.get("raised", [])]
 
 
-NOTICE_KINDS = frozenset({"failed", "frozen", "not_shown"})
+NOTICE_KINDS = frozenset({"failed", "frozen", "not_shown", "over_budget"})
 """Kinds that report on lightning-viz or the setup, not on training's health: never a stop."""
 
 

@@ -7,11 +7,15 @@ from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonit
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.probes import Probes
 
+DEFAULT_BUDGET = 0.02
+"""The share of training time :func:`default_callbacks` may take together."""
+
 
 def default_callbacks(
     probes: Probes | None = None,
     on_alert: OnAlert = "warn",
     activations: bool = True,
+    budget: float | None = DEFAULT_BUDGET,
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger and DeconvLogger with their defaults.
 
@@ -23,17 +27,20 @@ def default_callbacks(
         on_alert: ``"warn"``, ``"stop"`` or a callable, for every callback.
         activations: include the ActivationMonitor (leave it out for a torch.compile'd model,
             whose compiled training forward cannot be hooked).
+        budget: the share of training time the callbacks may take together (2% by default):
+            past it, the costliest stretch their cadence or skip epochs until it holds, with one
+            ``over_budget`` notice; None never skips.
 
     Example::
 
         callbacks = lightning_viz.default_callbacks()
         trainer = Trainer(callbacks=callbacks, logger=TensorBoardLogger("logs"))
     """
-    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert)]
+    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert, budget=budget)]
     if activations:
-        callbacks.append(ActivationMonitor(on_alert=on_alert))
+        callbacks.append(ActivationMonitor(on_alert=on_alert, budget=budget))
     callbacks += [
-        GradCAMLogger(probes=probes, on_alert=on_alert),
-        DeconvLogger(probes=probes, on_alert=on_alert),
+        GradCAMLogger(probes=probes, on_alert=on_alert, budget=budget),
+        DeconvLogger(probes=probes, on_alert=on_alert, budget=budget),
     ]
     return callbacks

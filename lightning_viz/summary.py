@@ -78,11 +78,43 @@ def summarize(run: Path) -> str | None:
         "values: latest (change since the first); layers in model order; ! a value past its "
         "alert's threshold"
     )
+    overhead = _overhead(events, scalars)
+    if overhead:
+        lines.append(overhead)
     lines.append(f"alerts: {len(alerts)}")
     lines += [
         f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in alerts
     ]
     return "\n".join(lines)
+
+
+def _overhead(events: Any, scalars: set[str]) -> str | None:
+    """One line: the share of training time lightning-viz took over the run (each logged
+    interval weighted by its wall-clock length, the first from the run's first entry) and in
+    the latest interval, per callback."""
+    if tags.OVERHEAD not in scalars:
+        return None
+    total = events.Scalars(tags.OVERHEAD)
+    first = min(events.Scalars(tag)[0].wall_time for tag in scalars)
+    starts = [first] + [e.wall_time for e in total[:-1]]
+    length = {e.step: max(e.wall_time - start, 0.0) for e, start in zip(total, starts, strict=True)}
+
+    def run_share(entries: list[Any]) -> float:
+        weights = [length.get(e.step, 0.0) for e in entries]
+        if sum(weights) <= 0:
+            return entries[-1].value
+        return sum(e.value * w for e, w in zip(entries, weights, strict=True)) / sum(weights)
+
+    prefix = tags.tag(tags.OVERHEAD_OF, "", "")
+    parts = [
+        f"{tag[len(prefix) :]} {run_share(events.Scalars(tag)):.1%}"
+        for tag in sorted(scalars)
+        if tag.startswith(prefix)
+    ]
+    return (
+        f"overhead: lightning-viz took {run_share(total):.1%} of training time "
+        f"(latest epoch {total[-1].value:.1%}): {', '.join(parts)}"
+    )
 
 
 def _alerts(events: Any) -> list[dict[str, Any]]:

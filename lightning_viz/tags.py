@@ -50,6 +50,11 @@ ALERTS = "alerts"
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
 holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
+OVERHEAD = "lightning_viz/overhead"
+"""Scalar, at every training epoch's end: the share of the wall-clock time since the previous
+entry (or train start) that the training thread spent in lightning-viz callbacks."""
+OVERHEAD_OF = "lightning_viz/overhead/{key}"
+"""Scalar, with :data:`OVERHEAD`: the same share for one callback (``key`` its class name)."""
 ALERT_COUNT = "alerts/count"
 """Scalar: how many alerts the lightning-viz callbacks of the Trainer raised so far."""
 

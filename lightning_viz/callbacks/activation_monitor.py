@@ -126,6 +126,10 @@ class ActivationMonitor(VizCallback):
         on_alert: ``"warn"``, ``"stop"`` (also sets ``trainer.should_stop``), or a callable that
             receives the :class:`~lightning_viz.alerts.Alert`.
         strict: re-raise a failure of the monitor instead of turning it into an alert.
+        budget: the share of training time all lightning-viz callbacks may take together (see
+            :class:`~lightning_viz.callbacks.base.VizCallback`); past it, sampled steps are
+            skipped (the cadence stretches) until the share is back within it. None (default):
+            never skip.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
@@ -171,8 +175,9 @@ class ActivationMonitor(VizCallback):
         activation_types: Sequence[type[nn.Module]] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
+        budget: float | None = None,
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
         self.layer_names = check_layer_names(layers)
         self.saturated_threshold = check_fraction("saturated_threshold", saturated_threshold)
         if activation_types is not None:
@@ -273,10 +278,16 @@ class ActivationMonitor(VizCallback):
         self._batches_seen += 1
         if not self.showing or self._batches_seen % self._interval != 0:
             return
+        if not self.within_budget(trainer, "a sampled step", collective=True):
+            return
+        with self.timed(trainer):
+            self._add_hooks(trainer)
+
+    def _add_hooks(self, trainer: pl.Trainer) -> None:
         self._remove_hooks()
         self._batch, self._calls, self._problems = {}, {}, []
         self._handles = [
-            module.register_forward_hook(self._make_hook(name))
+            module.register_forward_hook(self._make_hook(name, trainer))
             for name, module in self._layers.items()
         ]
 
@@ -291,6 +302,10 @@ class ActivationMonitor(VizCallback):
     ) -> None:
         if not self._handles:
             return
+        with self.timed(trainer):
+            self._end_sampled_step(trainer)
+
+    def _end_sampled_step(self, trainer: pl.Trainer) -> None:
         self._remove_hooks()
         with self.guarded(trainer, "activation statistics"):
             agreed = self._ranks_agree(trainer, not self._problems, len(self._batch))
@@ -307,9 +322,7 @@ class ActivationMonitor(VizCallback):
                 self._log_batch(trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.showing:
-            return
+    def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with self.guarded(trainer, "dead channels"):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
@@ -329,33 +342,34 @@ class ActivationMonitor(VizCallback):
         self._remove_hooks()
 
     # ------------------------------------------------------------------------ measurement
-    def _make_hook(self, name: str):
+    def _make_hook(self, name: str, trainer: pl.Trainer):
         explicit = self.layer_names is not None
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if in_backward():  # gradient checkpointing recomputes the forward in backward
                 return
-            try:
-                count = self._calls[name] = self._calls.get(name, 0) + 1
-                key = name if count == 1 else f"{name}#{count}"
-                if not isinstance(output, Tensor) or output.dim() != 4:
-                    if explicit:
-                        shape = (
-                            tuple(output.shape)
-                            if isinstance(output, Tensor)
-                            else type(output).__name__
-                        )
-                        self._problems.append(
-                            f"layer {key!r} returned {shape}, not a 4-D feature map"
-                        )
-                    return
-                self._batch[key] = activation_stats(
-                    output, histogram_samples=HISTOGRAM_SAMPLES, bounds=self._bounds.get(name)
-                )
-            except Exception as error:  # a hook must never break the training step
-                self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
+            with self.timed(trainer):
+                self._measure(name, output, explicit)
 
         return hook
+
+    def _measure(self, name: str, output: Any, explicit: bool) -> None:
+        """One watched module's output in a sampled forward: its statistics, on the device."""
+        try:
+            count = self._calls[name] = self._calls.get(name, 0) + 1
+            key = name if count == 1 else f"{name}#{count}"
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                if explicit:
+                    shape = (
+                        tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                    )
+                    self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
+                return
+            self._batch[key] = activation_stats(
+                output, histogram_samples=HISTOGRAM_SAMPLES, bounds=self._bounds.get(name)
+            )
+        except Exception as error:  # a hook must never break the training step
+            self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
     @staticmethod
     def _ranks_agree(trainer: pl.Trainer, ok: bool, size: int) -> bool:

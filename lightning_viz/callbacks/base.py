@@ -4,6 +4,7 @@ per-Trainer :class:`RunContext`."""
 from __future__ import annotations
 
 import re
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from lightning_viz.alerts import (
     deliver,
 )
 from lightning_viz.callbacks.background import BackgroundWriter
+from lightning_viz.callbacks.cost import CostMeter
+from lightning_viz.functional._validation import check_fraction
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.functional.images import to_uint8
 
@@ -44,7 +47,9 @@ class RunContext:
       subclass that overrides a hook cannot lose the dashboard);
     - the alert total logged as ``alerts/count``, and the rows of the current step's alert table;
     - the :class:`~lightning_viz.callbacks.background.BackgroundWriter` that writes their
-      images, histograms and texts off the training thread.
+      images, histograms and texts off the training thread;
+    - the :class:`~lightning_viz.callbacks.cost.CostMeter` of what they cost, which their
+      ``budget`` is kept against.
 
     One context lives per Trainer (weakly referenced, gone with the Trainer): a callbacks list
     attached to a new Trainer starts with a new one.
@@ -58,6 +63,7 @@ class RunContext:
         self.alert_rows: list[tuple[str, Alert]] = []
         self.started_callbacks: set[int] = set()
         self.background = BackgroundWriter()
+        self.cost = CostMeter()
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print one line on
@@ -102,6 +108,14 @@ class RunContext:
     def callbacks(trainer: pl.Trainer) -> list[VizCallback]:
         """The lightning-viz callbacks attached to ``trainer``, in order."""
         return [callback for callback in trainer.callbacks if isinstance(callback, VizCallback)]
+
+    def overhead(self) -> dict[str, float]:
+        """``lightning_viz/overhead`` (total) and ``lightning_viz/overhead/<callback>``: the shares
+        of the time since the previous call that the callbacks took."""
+        return {
+            tags.OVERHEAD if name is None else tags.tag(tags.OVERHEAD_OF, "", name): share
+            for name, share in self.cost.since_last_log().items()
+        }
 
     def alert_total(self, trainer: pl.Trainer) -> int:
         """Alerts raised by every lightning-viz callback of the Trainer (restored ones included)."""
@@ -177,14 +191,32 @@ class VizCallback(*CALLBACK_BASES):
     """Base of the lightning-viz callbacks: they decide when to compute and where to log.
 
     Scalars go to every attached logger's ``log_metrics``; images, histograms and text go to the
-    first TensorBoardLogger's SummaryWriter on global rank 0. Every entry's step is
+    first TensorBoardLogger's SummaryWriter on global rank 0, written by a background thread
+    (PNG encoding included) so that training goes on meanwhile. Every entry's step is
     ``trainer.global_step``.
+
+    Cost: each callback measures the wall-clock time it keeps the training thread busy (host
+    clock, no device sync); at every training epoch's end ``lightning_viz/overhead`` gets the
+    share of the time since the previous entry spent in all lightning-viz callbacks, and
+    ``lightning_viz/overhead/<callback>`` each one's share.
+
+    Budget: with ``budget`` (a share of training time, e.g. 0.02), before each piece of work it
+    may skip (a sampled step, an epoch's measurement or visualization) a callback checks that
+    the share all lightning-viz callbacks took since training started stays within it, counting
+    what its own last piece cost. Past it, the callbacks whose own share is above an even part
+    of the budget skip (cadences stretch, epochs are skipped) until it holds again; the cheap
+    ones go on. One ``over_budget`` notice says so. Baselines at train start are never skipped.
     """
 
-    def __init__(self, on_alert: OnAlert = "warn", strict: bool = False) -> None:
+    def __init__(
+        self, on_alert: OnAlert = "warn", strict: bool = False, budget: float | None = None
+    ) -> None:
         super().__init__()
         self.on_alert = check_on_alert(on_alert)
         self.strict = bool(strict)
+        self.budget = None if budget is None else check_fraction("budget", budget)
+        self._timing = 0
+        self._over_budget_said = False
         self.alerts = AlertBook()
         self._warned_no_tensorboard = False
         self._not_shown: str | None = None
@@ -231,6 +263,9 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finish_writes(trainer, close=False)
+        context = RunContext.of(trainer)
+        if context.callbacks(trainer)[-1] is self:
+            context.cost.stop()
 
     @override
     def on_exception(
@@ -264,12 +299,84 @@ class VizCallback(*CALLBACK_BASES):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        context = RunContext.of(trainer)
+        if context.callbacks(trainer)[0] is self:
+            context.cost.start()
+        self._over_budget_said = False
         if self.showing:
-            self.start(trainer, pl_module)
-        RunContext.of(trainer).started(self, trainer)
+            with self.timed(trainer):
+                self.start(trainer, pl_module)
+        context.started(self, trainer)
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """What the callback does when training starts (baselines, probes); default nothing."""
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.showing:
+            with self.timed(trainer):
+                self.epoch_end(trainer, pl_module)
+        context = RunContext.of(trainer)
+        if context.callbacks(trainer)[-1] is self:  # after every callback's epoch-end work
+            self.log_scalars(trainer, context.overhead())
+
+    def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """What the callback does at the end of a training epoch; default nothing."""
+
+    # ------------------------------------------------------------------------ cost, budget
+    @contextmanager
+    def timed(self, trainer: pl.Trainer) -> Iterator[None]:
+        """Count the block's wall-clock time as this callback's cost (host clock, no sync;
+        nested blocks count once)."""
+        self._timing += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timing -= 1
+            if not self._timing:
+                RunContext.of(trainer).cost.add(type(self).__name__, time.perf_counter() - started)
+
+    def within_budget(
+        self, trainer: pl.Trainer, what: str, per_epoch: bool = False, collective: bool = False
+    ) -> bool:
+        """Whether the next piece of skippable work (``what``) fits the ``budget``; always
+        without one, for the callback's first piece in a fit, and for an epoch's work
+        (``per_epoch``) at the end of the last epoch. The first time it does not fit, one
+        ``over_budget`` notice says so.
+
+        With ``collective`` (the work reaches collectives), rank 0 decides for every rank.
+        """
+        last_epoch = (
+            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        )
+        if self.budget is None or (per_epoch and last_epoch):
+            return True
+        context = RunContext.of(trainer)
+        sharing = sum(c.budget is not None for c in context.callbacks(trainer))
+        fits = context.cost.may_spend(type(self).__name__, self.budget, sharing)
+        if collective and trainer.world_size > 1:
+            fits = trainer.strategy.broadcast(fits, src=0)
+        if not fits and not self._over_budget_said:
+            self._over_budget_said = True
+            share = context.cost.share()
+            message = (
+                f"lightning-viz took {share:.1%} of the training time so far, over the budget of "
+                f"{self.budget:.1%}: {what} is skipped until the share is back within it "
+                "(budget=None never skips)."
+            )
+            self.raise_alert(
+                trainer,
+                Finding(
+                    "over_budget",
+                    type(self).__name__,
+                    True,
+                    message=message,
+                    value=share,
+                    threshold=self.budget,
+                ),
+            )
+        return fits
 
     def watching(self) -> str | None:
         """What the callback watches in this fit, in a few words for the line printed when
@@ -454,6 +561,20 @@ class VizCallback(*CALLBACK_BASES):
         else:
             if (what, "failed") in self.alerts.active:
                 self.raise_alert(trainer, Finding("failed", what, False))
+
+
+def overhead(trainer: pl.Trainer) -> dict[str, float]:
+    """The share of ``trainer``'s training time (wall clock, from train start to train end, or
+    to now while it trains) each lightning-viz callback took, by class name, and all of them
+    under ``"total"``; what the ``lightning_viz/overhead`` scalars log epoch by epoch.
+
+    Example::
+
+        trainer.fit(model, datamodule)
+        print(f"lightning-viz took {lightning_viz.overhead(trainer)['total']:.1%}")
+    """
+    cost = RunContext.of(trainer).cost
+    return {**{name: cost.share(name) for name in cost.spent}, "total": cost.share()}
 
 
 def host_copy(image: Tensor) -> tuple[Tensor, Any]:

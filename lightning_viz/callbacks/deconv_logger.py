@@ -63,8 +63,8 @@ class DeconvLogger(ProbeCallback):
         features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
         num_features: how many features per layer to follow by default.
         max_columns: the most epochs the evolution grid shows.
-        probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict: as in
-            ``GradCAMLogger``.
+        probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict, budget:
+            as in ``GradCAMLogger``.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers or channels, probes that do
@@ -114,6 +114,7 @@ class DeconvLogger(ProbeCallback):
         class_names: Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
+        budget: float | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -124,6 +125,7 @@ class DeconvLogger(ProbeCallback):
             class_names=class_names,
             on_alert=on_alert,
             strict=strict,
+            budget=budget,
         )
         self.top_k = check_int("top_k", top_k)
         self.rule = check_choice("rule", rule, RULES)

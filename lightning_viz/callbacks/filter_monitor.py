@@ -24,7 +24,12 @@ from lightning_viz.functional._validation import (
 )
 from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings, frozen_finding
 from lightning_viz.functional.captions import captioned, footnote, stack_rows
-from lightning_viz.functional.filters import filter_health, weight_sample
+from lightning_viz.functional.filters import (
+    filter_health,
+    kernel_slices,
+    reference_slices,
+    weight_sample,
+)
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
 
@@ -85,6 +90,9 @@ class FilterMonitor(VizCallback):
             failure of the monitor), or a callable that receives the
             :class:`~lightning_viz.alerts.Alert`.
         strict: re-raise a failure of the monitor instead of turning it into an alert.
+        budget: the share of training time all lightning-viz callbacks may take together (see
+            :class:`~lightning_viz.callbacks.base.VizCallback`); past it, epochs' measurements
+            are skipped. None (default): never skip.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
@@ -110,9 +118,12 @@ class FilterMonitor(VizCallback):
     still grow from weight decay alone); a drift in the tens means the learning rate is far too
     high.
 
-    Cost: a few reductions over the conv weights per measured epoch, one host transfer, a copy of
-    the watched weights at train start (on the CPU, float32, also in checkpoints) and a sample of
-    at most 4,096 weights per layer from the previous measurement.
+    Cost: a few reductions over the conv weights per measured epoch, one host transfer, and in
+    host memory and checkpoints a reference copy of the weights at train start (float32: whole
+    for layers of at most 16,384 weights, else a fixed fifth of each filter's kernel slices, from
+    which drift, learned, norm ratio and update noise are estimated; see
+    :func:`~lightning_viz.functional.filters.reference_slices`) and a sample of at most 4,096
+    weights per layer from the previous measurement.
 
     Example::
 
@@ -133,8 +144,9 @@ class FilterMonitor(VizCallback):
         max_update_noise: float = 0.95,
         on_alert: OnAlert = "warn",
         strict: bool = False,
+        budget: float | None = None,
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
         self.layer_names = check_layer_names(layers)
         if isinstance(image_layers, str) and image_layers not in ("first", "all"):
             image_layers = [image_layers]
@@ -155,6 +167,7 @@ class FilterMonitor(VizCallback):
         self._image_layers: list[str] = []
         self._frozen: list[str] = []
         self._samples: dict[str, Tensor] = {}
+        self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
         self.previous: dict[str, Tensor] = {}
 
@@ -205,6 +218,7 @@ class FilterMonitor(VizCallback):
                 )
             self._image_layers = list(self.image_layers)
         self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
+        self._slices = {n: reference_slices(m.weight.shape) for n, m in self._layers.items()}
 
     @override
     def layout(self) -> dict[str, dict[str, list[str]]]:
@@ -229,15 +243,19 @@ class FilterMonitor(VizCallback):
         if self.initial:
             return
         self.initial = {
-            name: module.weight.detach().to("cpu", torch.float32, copy=True)
+            name: kernel_slices(module.weight.detach(), self._slices[name]).to(
+                "cpu", torch.float32, copy=True
+            )
             for name, module in self._layers.items()
         }
         with self.guarded(trainer, "filter baseline"):
             self._measure(trainer, baseline=True)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.showing and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+    def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self.within_budget(
+            trainer, "the filter measurement of an epoch", per_epoch=True
+        ):
             with self.guarded(trainer, "filter measurement"):
                 self._measure(trainer, baseline=False)
 
@@ -269,6 +287,7 @@ class FilterMonitor(VizCallback):
                 self.noise_threshold,
                 sample=self._samples[name],
                 previous=self.previous.get(name),
+                slices=self._reference_slices(name, module.weight),
             )
             for name, module in self._layers.items()
         }
@@ -316,6 +335,11 @@ class FilterMonitor(VizCallback):
                 device=image.device,
             )
             self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), stack_rows(image, legend))
+
+    def _reference_slices(self, name: str, weight: Tensor) -> Tensor | None:
+        """The slices the stored reference holds (None: all; a reference saved whole, by an
+        earlier version, is read whole)."""
+        return None if self.initial[name].shape == weight.shape else self._slices[name]
 
     def _frozen_notice(self, trainer: pl.Trainer) -> None:
         """Find the watched layers that will not train; say so once, as a ``frozen`` notice."""

@@ -74,6 +74,9 @@ class GradCAMLogger(ProbeCallback):
             notice unless you pass one.
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
         strict: re-raise failures instead of turning them into alerts.
+        budget: the share of training time all lightning-viz callbacks may take together (see
+            :class:`~lightning_viz.callbacks.base.VizCallback`); past it, epochs are skipped.
+            None (default): never skip.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers, probes that do not fit the
@@ -115,6 +118,7 @@ class GradCAMLogger(ProbeCallback):
         output_transform: OutputTransform | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
+        budget: float | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -125,6 +129,7 @@ class GradCAMLogger(ProbeCallback):
             class_names=class_names,
             on_alert=on_alert,
             strict=strict,
+            budget=budget,
         )
         if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
             raise ValueError(

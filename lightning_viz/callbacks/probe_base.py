@@ -109,8 +109,9 @@ class ProbeCallback(VizCallback):
         class_names: Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
+        budget: float | None = None,
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
         if class_names is not None and (
             isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
         ):
@@ -158,8 +159,10 @@ class ProbeCallback(VizCallback):
             self._run(trainer, pl_module)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.showing and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+    def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self.within_budget(
+            trainer, f"the {self.view} of an epoch", per_epoch=True
+        ):
             self._run(trainer, pl_module)
 
     @override

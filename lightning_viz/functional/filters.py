@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -60,22 +63,65 @@ def weight_sample(numel: int, size: int = SAMPLE_SIZE, seed: int = 0) -> Tensor:
     return torch.randperm(numel, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
+REFERENCE_FRACTION = 0.2
+"""The share of a large conv weight's kernel slices that :func:`reference_slices` keeps."""
+WHOLE_REFERENCE_NUMEL = 16384
+"""Weights with at most this many values (64 KB in float32: first layers, small nets) are kept
+whole as the reference."""
+
+
+def reference_slices(
+    shape: Sequence[int], fraction: float = REFERENCE_FRACTION, seed: int = 0
+) -> Tensor | None:
+    """Which (out, in) kernel slices of a conv weight of ``shape`` to keep as the reference that
+    the weights are compared with (:func:`filter_health`): None (all of them) for weights of at
+    most :data:`WHOLE_REFERENCE_NUMEL` values, else ``ceil(in * fraction)`` in-channels per output
+    filter, as (out, m) indices.
+
+    Whole slices keep each filter's spatial structure (Geary's C of the update needs it) and
+    every filter is represented; the slices of filter ``o`` are a fixed random set of
+    in-channels shifted by ``o``, drawn from a private generator (the global RNG is not
+    touched), so the same shape always gives the same indices and they need not be stored.
+    """
+    out, inputs = int(shape[0]), int(shape[1])
+    kept = math.ceil(inputs * fraction)
+    if math.prod(int(s) for s in shape) <= WHOLE_REFERENCE_NUMEL or kept >= inputs:
+        return None
+    chosen = torch.randperm(inputs, generator=torch.Generator().manual_seed(seed))[:kept]
+    return (chosen[None, :] + torch.arange(out)[:, None]) % inputs
+
+
+def kernel_slices(weight: Tensor, slices: Tensor | None) -> Tensor:
+    """``weight[o, slices[o]]`` for every output filter o: (out, m, kh, kw); ``weight`` itself
+    when ``slices`` is None."""
+    if slices is None:
+        return weight
+    index = slices.to(weight.device)[:, :, None, None].expand(-1, -1, *weight.shape[2:])
+    return weight.gather(1, index)
+
+
 def filter_health(
     weight: Tensor,
     initial: Tensor,
     noise_threshold: float = 0.9,
     sample: Tensor | None = None,
     previous: Tensor | None = None,
+    slices: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """How smooth a conv layer's filters are and how far, and how, training moved them.
 
     Args:
         weight: the conv weight now, (out, in, kh, kw).
-        initial: the same weight at the start of training (any device; moved to the weight's).
+        initial: the same weight at the start of training (any device; moved to the weight's),
+            whole or, with ``slices``, the kernel slices :func:`kernel_slices` picks.
         noise_threshold: a filter with Geary's C at or above it counts as noisy.
         sample: flat indices of the weights compared with the previous measurement
             (:func:`weight_sample`); default all of them.
         previous: ``weight.flatten()[sample]`` at the previous measurement, if any.
+        slices: the (out, m) in-channels of each filter that ``initial`` holds
+            (:func:`reference_slices`); None: ``initial`` is the whole weight. The measures
+            that compare with ``initial`` (drift, learned, norm ratio, update noise) then read
+            those slices of the weight only: estimates from a fifth of a large layer's weights.
 
     Returns:
         All float32 tensors on the weight's device (no host sync):
@@ -97,9 +143,10 @@ def filter_health(
     weight = weight.detach()
     flat = weight.float().flatten()
     initial = initial.to(weight.device, non_blocking=True).float()
+    compared = kernel_slices(weight, slices).float()
     tiny = torch.finfo(torch.float32).tiny
     noise = filter_noise(weight)
-    update = weight.float() - initial
+    update = compared - initial
     initial_norm = initial.norm().clamp(min=tiny)
     along = torch.dot(update.flatten(), initial.flatten()) / initial_norm.square()
     orthogonal = update - along * initial
@@ -115,7 +162,7 @@ def filter_health(
         "noisy_fraction": (noise >= noise_threshold).float().mean(),
         "drift": update.norm() / initial_norm,
         "learned": orthogonal.norm() / initial_norm,
-        "norm_ratio": flat.norm() / initial_norm,
+        "norm_ratio": compared.norm() / initial_norm,
         "step_cosine": step_cosine,
         "update_noise": filter_noise(update).median(),
         "finite": weight.isfinite().all().float(),

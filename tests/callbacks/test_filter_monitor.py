@@ -284,3 +284,24 @@ def test_an_ema_copy_is_frozen_on_purpose_not_a_fault(tmp_path):
         )
     ]
     assert trainer.current_epoch == 3
+
+
+def test_the_reference_of_a_resnet_costs_at_most_a_quarter_of_its_watched_weights(tmp_path):
+    import torchvision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.helpers import Classifier, make_trainer
+
+    torch.manual_seed(0)
+    module = Classifier(torchvision.models.resnet18(num_classes=10))
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    monitor = FilterMonitor(strict=True)
+    make_trainer(tmp_path, [monitor], max_steps=2).fit(module, DataLoader(data, batch_size=4))
+    watched = [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+    watched = [w for w in watched if min(w.shape[-2:]) >= 2]
+    path = tmp_path / "state.pt"
+    torch.save(monitor.state_dict(), path)
+    weights_bytes = sum(w.numel() * 4 for w in watched)
+    assert path.stat().st_size <= 0.25 * weights_bytes
+    assert monitor.initial["model.conv1"].shape == (64, 3, 7, 7)  # a small first layer: whole
+    assert monitor.initial["model.layer4.1.conv2"].shape == (512, 103, 3, 3)

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from lightning_viz.functional import filter_health, filter_noise
+from lightning_viz.functional.filters import kernel_slices, reference_slices
 
 
 def geary_reference(weight: np.ndarray) -> np.ndarray:
@@ -97,3 +98,30 @@ def test_filter_health_matches_its_definitions():
 def test_filter_health_stays_on_the_weights_device():
     health = filter_health(torch.randn(4, 2, 3, 3, device="meta"), torch.randn(4, 2, 3, 3))
     assert all(value.device.type == "meta" for value in health.values())
+
+
+def test_reference_slices_keep_a_fifth_of_each_large_filter_the_same_every_time():
+    assert reference_slices((16, 3, 7, 7)) is None  # small: kept whole
+    state = torch.get_rng_state()
+    slices = reference_slices((256, 128, 3, 3))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert slices.shape == (256, 26)
+    assert torch.equal(slices, reference_slices((256, 128, 3, 3)))
+    assert all(len(set(row.tolist())) == 26 for row in slices)  # no slice twice in a filter
+    assert len(set(slices.flatten().tolist())) == 128  # every in-channel is read somewhere
+
+
+def test_filter_health_on_reference_slices_reads_those_slices_of_the_weight():
+    torch.manual_seed(0)
+    initial = torch.randn(64, 64, 3, 3)
+    weight = initial * 0.95 + 0.2 * torch.randn(64, 64, 3, 3)
+    slices = reference_slices(initial.shape)
+    sliced = filter_health(weight, kernel_slices(initial, slices), slices=slices)
+    by_definition = filter_health(kernel_slices(weight, slices), kernel_slices(initial, slices))
+    whole = filter_health(weight, initial)
+    for key in ("drift", "learned", "norm_ratio", "update_noise"):
+        assert sliced[key].item() == pytest.approx(by_definition[key].item(), rel=1e-6)
+        assert sliced[key].item() == pytest.approx(whole[key].item(), rel=0.03)
+    assert torch.equal(sliced["filter_noise"], whole["filter_noise"])  # C reads every weight
+    unchanged = filter_health(initial, kernel_slices(initial, slices), slices=slices)
+    assert unchanged["learned"] == 0  # no quantization floor: an unmoved layer learned nothing

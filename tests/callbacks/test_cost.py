@@ -1,0 +1,108 @@
+"""What the callbacks cost, as they measure it themselves, and the budget they keep."""
+
+from __future__ import annotations
+
+import pytest
+
+import lightning_viz
+from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, Probes, tags
+from lightning_viz.callbacks.base import RunContext
+from lightning_viz.callbacks.cost import CostMeter
+from lightning_viz.summary import summarize
+from lightning_viz.testing import digits_tensors
+from tests.helpers import DigitsClassifier, fit, read_events
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_shares_since_start_and_since_the_last_log():
+    clock = Clock()
+    meter = CostMeter(clock)
+    meter.start()
+    clock.now = 10.0
+    meter.add("A", 1.0)
+    meter.add("B", 0.5)
+    assert meter.share() == pytest.approx(0.15)
+    assert meter.share("A") == pytest.approx(0.1)
+    assert meter.since_last_log() == pytest.approx({"A": 0.1, "B": 0.05, None: 0.15})
+    clock.now = 20.0
+    meter.add("A", 0.2)
+    assert meter.since_last_log() == pytest.approx({"A": 0.02, "B": 0.0, None: 0.02})
+    assert meter.share() == pytest.approx(1.7 / 20)
+
+
+def test_past_the_budget_the_costly_callback_waits_and_the_cheap_one_goes_on():
+    clock = Clock()
+    meter = CostMeter(clock)
+    meter.start()
+    clock.now = 1.0
+    assert meter.may_spend("costly", budget=0.02, sharing=2)
+    meter.add("costly", 0.05)  # its piece cost 5% of the time so far
+    meter.add("cheap", 0.001)
+    assert not meter.may_spend("costly", budget=0.02, sharing=2)
+    assert meter.may_spend("cheap", budget=0.02, sharing=2)
+    clock.now = 2.0  # 5.1% of 2 s: still over with the next piece expected to cost 0.05 s
+    assert not meter.may_spend("costly", budget=0.02, sharing=2)
+    clock.now = 5.1  # (0.051 + 0.05) / 5.1 < 2%
+    assert meter.may_spend("costly", budget=0.02, sharing=2)
+
+
+def test_overhead_is_logged_at_every_epoch_end_per_callback_and_in_total(tmp_path):
+    images, labels = digits_tensors()
+    callbacks = [
+        FilterMonitor(),
+        ActivationMonitor(every_n_steps=1),
+        GradCAMLogger(probes=Probes(images[:4], labels[:4])),
+    ]
+    fit(DigitsClassifier(), callbacks, tmp_path, epochs=2, limit_train_batches=6)
+    events = read_events(tmp_path)
+    total = events.Scalars(tags.OVERHEAD)
+    assert [e.step for e in total] == [6, 12]
+    parts = {
+        name: events.Scalars(tags.tag(tags.OVERHEAD_OF, "", name))
+        for name in ("FilterMonitor", "ActivationMonitor", "GradCAMLogger")
+    }
+    for epoch, entry in enumerate(total):
+        assert 0 < entry.value < 1
+        assert entry.value == pytest.approx(sum(p[epoch].value for p in parts.values()), rel=1e-5)
+    assert all(e.value > 0 for e in parts["ActivationMonitor"])
+    line = next(line for line in summarize(tmp_path).splitlines() if line.startswith("overhead"))
+    assert "of training time" in line
+    assert "ActivationMonitor" in line
+
+
+@pytest.mark.parametrize(("budget", "at_least"), [(0.01, 1), (0.05, 6)])
+def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path, budget, at_least):
+    unbudgeted = ActivationMonitor(every_n_steps=1)
+    trainer = fit(DigitsClassifier(), [unbudgeted], tmp_path / "free", epochs=1)
+    assert RunContext.of(trainer).cost.share() > 0.05  # the configuration is expensive
+
+    sampled = []
+
+    class Counting(ActivationMonitor):
+        def _log_batch(self, trainer):
+            sampled.append(trainer.global_step)
+            super()._log_batch(trainer)
+
+    monitor = Counting(every_n_steps=1, budget=budget)
+    with pytest.warns(UserWarning, match=rf"over the budget of {budget:.1%}: a sampled step is"):
+        trainer = fit(DigitsClassifier(), [monitor], tmp_path / "budget", epochs=3)
+    context = RunContext.of(trainer)
+    assert context.cost.share() < budget
+    assert at_least <= len(sampled) < trainer.global_step / 5
+    notices = [a for a in monitor.alerts.raised if a.kind == "over_budget"]
+    assert len(notices) == 1
+    assert trainer.current_epoch == 3
+
+
+def test_default_callbacks_keep_a_two_percent_budget_unless_told():
+    assert {c.budget for c in lightning_viz.default_callbacks()} == {0.02}
+    assert {c.budget for c in lightning_viz.default_callbacks(budget=None)} == {None}
+    with pytest.raises(ValueError, match=r"`budget` must be a number in \[0, 1\], got 2"):
+        ActivationMonitor(budget=2)
