@@ -19,32 +19,56 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
 }
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+"""Where the benchmarks run: the GPU when there is one."""
+
+
 def model_and_inputs(name: str, batch: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     factory, shape = MODELS[name]
-    return factory().eval(), torch.randn(batch, *shape)
+    return factory().eval().to(DEVICE), torch.randn(batch, *shape, device=DEVICE)
 
 
 def synchronize() -> None:
-    if torch.cuda.is_available():
+    if DEVICE.type == "cuda":
         torch.cuda.synchronize()
 
 
+def seconds(run: Callable[[], object]) -> float:
+    """Wall-clock seconds of ``run``: CUDA events around it on a GPU (after a sync, so earlier
+    work is not counted), the host clock on a CPU."""
+    if DEVICE.type != "cuda":
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    begin.record()
+    run()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1e3
+
+
 def alternate(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 2,
+    settle: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each variant, the variants run in turn so drifts hit them alike."""
+    """Median seconds of each variant, the variants run in turn so drifts hit them alike;
+    ``settle`` runs, untimed, after each run (e.g. to let a background writer finish)."""
     for _ in range(warmup):
         for run in variants.values():
             run()
+            if settle is not None:
+                settle()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, run in variants.items():
-            synchronize()
-            start = time.perf_counter()
-            run()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(seconds(run))
+            if settle is not None:
+                settle()
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -139,11 +139,11 @@ def projection_rows(name: str, batch: int, repeats: int, k: int = 4) -> list[lis
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for name in ("vgg11", "resnet18"):
         rows += gradcam_rows(name, args.batch, args.repeats)

@@ -2,8 +2,10 @@
 
     python -m benchmarks.probe_cost
 
-Each logger's epoch (8 probes; DeconvLogger: 5 layers x top-4, evolution on) is timed through a
-real Trainer and divided by the time of one optimizer step at batch 64 on the same model. Memory:
+Each logger's epoch (its default probes, one per class: 10; DeconvLogger: 5 layers x top-4,
+evolution on) is timed through a real Trainer as the training thread sees it (PNG encoding and
+TensorBoard writes on the background writer, which is let finish outside the timing) and divided
+by the time of one optimizer step at batch 64 on the same model. Memory:
 the extra peak of a probe pass over what was allocated before it, against the size of all module
 outputs of one forward of the probe batch (torch.cuda.max_memory_allocated on a GPU; on the CPU
 the process's peak RSS, reset through /proc/self/clear_refs).
@@ -18,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import MODELS, alternate, machine, table
+from benchmarks.common import DEVICE, MODELS, alternate, machine, table
 from lightning_viz import DeconvLogger, GradCAMLogger
+from lightning_viz.callbacks.base import RunContext
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.testing import ImageClassifier
 
 
 def optimizer_step(module: ImageClassifier, batch: int, shape: tuple[int, ...]):
-    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, *shape, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-4)
 
     def step():
@@ -59,7 +63,7 @@ def saved_bytes(run) -> int:
 
 def extra_peak(module: torch.nn.Module, run) -> int:
     """Peak memory a probe pass adds: allocator peak on a GPU, autograd's saved bytes on a CPU."""
-    if torch.cuda.is_available():
+    if DEVICE.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -77,6 +81,8 @@ def measure(name: str, repeats: int) -> list[str]:
     gradcam, deconv = GradCAMLogger(), DeconvLogger()
     trainer = pl.Trainer(
         max_steps=1,
+        accelerator=DEVICE.type,
+        devices=1,
         callbacks=[gradcam, deconv],
         logger=pl.loggers.TensorBoardLogger("/tmp/lightning-viz-bench", name=f"probe-{name}"),
         enable_progress_bar=False,
@@ -84,6 +90,8 @@ def measure(name: str, repeats: int) -> list[str]:
         enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(data, batch_size=8))
+    background = RunContext.of(trainer).background
+    background.reopen()  # as during training: PNG encoding and writes off the timed thread
 
     def gradcam_epoch():
         gradcam._run(trainer, module)
@@ -98,7 +106,9 @@ def measure(name: str, repeats: int) -> list[str]:
             "deconv": deconv_epoch,
         },
         repeats,
+        settle=background.flush,
     )
+    background.close()
     shapes = output_shapes(module.eval(), gradcam.probes.images)
     activations = sum(torch.Size(shape).numel() * 4 for _, _, shape in shapes)
     gradcam_memory = extra_peak(module, gradcam_epoch)
@@ -114,13 +124,13 @@ def measure(name: str, repeats: int) -> list[str]:
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = [measure(name, args.repeats) for name in args.models]
-    print(f"machine: {machine()}; 8 probes, median of {args.repeats}")
+    print(f"machine: {machine()}; default probes (10), median of {args.repeats}")
     print(
         table(
             rows,

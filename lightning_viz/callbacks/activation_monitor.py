@@ -17,9 +17,13 @@ from lightning_viz._compat import compiled_parts, in_backward
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
-from lightning_viz.functional import activation_stats
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
-from lightning_viz.functional.activations import SUMMED, activation_sums, stats_from_sums
+from lightning_viz.functional.activations import (
+    SUMMED,
+    ActivationReductions,
+    activation_reductions,
+    stats_from_sums,
+)
 from lightning_viz.functional.alert_rules import (
     dead_channel_finding,
     nonfinite_activation_finding,
@@ -61,8 +65,12 @@ _RELU_KEYS = ("zero_fraction", "localization")
 MIN_VALUES_PER_CHANNEL = 1024
 """A channel is read as dead only after this many of its values in an epoch's sampled batches
 (a channel that is positive 1% of the time is then all-negative by chance with p < 5e-5)."""
-HISTOGRAM_SAMPLES = 2**14
+HISTOGRAM_SAMPLES = 2**12
 """Activation histograms count an evenly strided sample of at most this many values."""
+STATISTICS_VALUES = 2**16
+"""The statistics of a sampled step read every s-th image of the batch, s the smallest stride
+that keeps at most this many values per layer, but at least 4 images (whole maps; measured
+error in the tests)."""
 
 
 def is_activation(module: nn.Module, types: tuple[type[nn.Module], ...] | None = None) -> bool:
@@ -140,8 +148,8 @@ class ActivationMonitor(VizCallback):
     - ``activations/<layer>/zero_fraction``: fraction of values <= 0 (sparsity), per sampled step.
     - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
       over the image, 1 when it sits on one pixel (mean over images and active channels).
-    - ``activations/<layer>`` (histogram): the values of the sampled batch (an evenly strided
-      sample of at most 16,384 of them; the scalars use every value).
+    - ``activations/<layer>`` (histogram): the values of the sampled batch's strided images
+      (an evenly strided sample of at most 4,096 of them).
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch; only once each channel had at least
       1,024 values in them (a 1x1 map of a squeeze-excitation block in small batches has too
@@ -156,8 +164,16 @@ class ActivationMonitor(VizCallback):
     learning rate too high); maps that are neither sparse nor localized mean the layer has not
     learned much.
 
-    Cost: on sampled steps, a few reductions per watched feature map and one host transfer; on
-    other steps nothing. At ``every_n_steps=1`` this is the worst case.
+    The scalars of a sampled step read every s-th image of its batch, s the smallest stride that
+    keeps at most 65,536 values per layer (:data:`STATISTICS_VALUES`) but at least 4 images
+    (whole maps, so each map's localization is exact): a batch of 32 digits (32x32, 16
+    channels) is read every 8th image. Measured on the digits net and on resnet18, the zero
+    fraction and localization of the strided images are within 0.03 of the whole batch's
+    (tested); NaN and Inf are looked for in every value.
+
+    Cost: on sampled steps, a few reductions per watched feature map (of the strided images)
+    and one host transfer; on other steps nothing. At ``every_n_steps=1`` this is the worst
+    case.
 
     Example::
 
@@ -197,7 +213,7 @@ class ActivationMonitor(VizCallback):
         self._layers: dict[str, nn.Module] = {}
         self._interval = 1
         self._handles: list[RemovableHandle] = []
-        self._batch: dict[str, dict[str, Tensor]] = {}
+        self._batch: dict[str, ActivationReductions] = {}
         self._calls: dict[str, int] = {}
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
@@ -365,8 +381,11 @@ class ActivationMonitor(VizCallback):
                     )
                     self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
                 return
-            self._batch[key] = activation_stats(
-                output, histogram_samples=HISTOGRAM_SAMPLES, bounds=self._bounds.get(name)
+            self._batch[key] = activation_reductions(
+                output,
+                histogram_samples=HISTOGRAM_SAMPLES,
+                bounds=self._bounds.get(name),
+                max_values=STATISTICS_VALUES,
             )
         except Exception as error:  # a hook must never break the training step
             self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
@@ -395,20 +414,18 @@ class ActivationMonitor(VizCallback):
         if not self._batch:
             return
         keys = list(self._batch)
-        sums = torch.stack([activation_sums(self._batch[key]) for key in keys])
+        sums = torch.stack([self._batch[key].sums for key in keys])
         if trainer.world_size > 1:
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        on_device: dict[Any, Tensor] = {"sums": sums}
+        on_device = {"sums": sums}
         if self.histograms:
-            for key in keys:
-                on_device[key, "edges"] = self._batch[key]["histogram_edges"]
-                on_device[key, "counts"] = self._batch[key]["histogram_counts"]
+            on_device["histograms"] = torch.stack([self._batch[key].histogram for key in keys])
         host = to_host(on_device)  # the one transfer of this step
         saturating = {key for key in keys if self._bounds.get(key.split("#")[0]) is not None}
         for key in keys:
             if key in saturating:
                 continue  # a sigmoid is never "dead": it saturates instead
-            active = self._batch[key]["channel_active"]
+            active = self._batch[key].channel_active
             self._active[key] = active | self._active[key] if key in self._active else active
         metrics = {}
         finite_keys = []
@@ -436,13 +453,10 @@ class ActivationMonitor(VizCallback):
             )
         self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
         if self.histograms:
-            for key in finite_keys:
-                self.log_histogram(
-                    trainer,
-                    tags.tag(tags.ACTIVATION_HISTOGRAM, key),
-                    host[key, "edges"],
-                    host[key, "counts"],
-                )
+            for key, histogram in zip(keys, host["histograms"], strict=True):
+                if key in finite_keys:
+                    tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
+                    self.log_histogram(trainer, tag, histogram)
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)

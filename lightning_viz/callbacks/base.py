@@ -29,6 +29,7 @@ from lightning_viz.alerts import (
 from lightning_viz.callbacks.background import BackgroundWriter
 from lightning_viz.callbacks.cost import CostMeter
 from lightning_viz.functional._validation import check_fraction
+from lightning_viz.functional.activations import histogram_edges
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.functional.images import to_uint8
 
@@ -447,27 +448,12 @@ class VizCallback(*CALLBACK_BASES):
         self._report_write_errors(trainer)
         RunContext.of(trainer).background.submit(what, lambda: job(writer))
 
-    def log_histogram(self, trainer: pl.Trainer, tag: str, edges: Tensor, counts: Tensor) -> None:
-        """Log a histogram already counted on the device (edges (B+1,), counts (B,)), on the
-        host already."""
-        if self.writer(trainer) is None:
-            return
-        edges, counts = edges.double().numpy(), counts.double().numpy()
-        total = counts.sum()
-        if total == 0:
-            return
-        centres = (edges[:-1] + edges[1:]) / 2
-        raw = {
-            "min": float(edges[0]),
-            "max": float(edges[-1]),
-            "num": float(total),
-            "sum": float((centres * counts).sum()),
-            "sum_squares": float((centres**2 * counts).sum()),
-            "bucket_limits": edges[1:].tolist(),
-            "bucket_counts": counts.tolist(),
-            "global_step": trainer.global_step,
-        }
-        self.write(trainer, tag, lambda writer: writer.add_histogram_raw(tag, **raw))
+    def log_histogram(self, trainer: pl.Trainer, tag: str, histogram: Tensor) -> None:
+        """Log a histogram counted on the device and moved to the host already: (2 + B,), its
+        min, max and B equal-width bin counts (``ActivationReductions.histogram``). The
+        background writer turns it into TensorBoard's summary."""
+        step = trainer.global_step
+        self.write(trainer, tag, lambda writer: write_histogram(writer, tag, histogram, step))
 
     def log_values_histogram(self, trainer: pl.Trainer, tag: str, values: np.ndarray) -> None:
         step = trainer.global_step
@@ -561,6 +547,29 @@ class VizCallback(*CALLBACK_BASES):
         else:
             if (what, "failed") in self.alerts.active:
                 self.raise_alert(trainer, Finding("failed", what, False))
+
+
+def write_histogram(writer: Any, tag: str, histogram: Tensor, step: int) -> None:
+    """``writer.add_histogram_raw`` from a (2 + B,) min, max and bin counts on the host (nothing
+    when empty)."""
+    counts = histogram[2:]
+    edges_ = histogram_edges(histogram[0], histogram[1], len(counts)).double().numpy()
+    counts_ = counts.double().numpy()
+    total = counts_.sum()
+    if total == 0:
+        return
+    centres = (edges_[:-1] + edges_[1:]) / 2
+    writer.add_histogram_raw(
+        tag,
+        min=float(edges_[0]),
+        max=float(edges_[-1]),
+        num=float(total),
+        sum=float((centres * counts_).sum()),
+        sum_squares=float((centres**2 * counts_).sum()),
+        bucket_limits=edges_[1:].tolist(),
+        bucket_counts=counts_.tolist(),
+        global_step=step,
+    )
 
 
 def overhead(trainer: pl.Trainer) -> dict[str, float]:

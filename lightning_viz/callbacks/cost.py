@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+AIM = 0.9
+"""The share of its budget the admission of :meth:`CostMeter.may_spend` aims at."""
+
 
 class CostMeter:
     """Wall-clock seconds the training thread spent in each lightning-viz callback.
@@ -71,10 +74,13 @@ class CostMeter:
 
         A callback's first piece of a fit is always admitted (every view shows at least once).
         The next is expected to cost what ``name`` spent since its last admitted one. It is
-        admitted when the total share stays within the budget with it, or when the callback's
-        own share stays below an even part of the budget: the costly callbacks wait, the cheap
-        ones go on (and the cheap ones alone cannot exceed the budget).
+        admitted when the total share stays within :data:`AIM` of the budget with it, or when
+        the callback's own share stays below an even part of that: the costly callbacks wait,
+        the cheap ones go on (and the cheap ones alone cannot exceed the budget). Aiming a
+        little below the budget keeps a piece that costs more than the one before from taking
+        the share over it.
         """
+        budget *= AIM
         spent = self.spent.get(name, 0.0)
         elapsed = self.elapsed()
         if name in self._spent_at_admission and elapsed > 0:

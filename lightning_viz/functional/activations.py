@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -11,8 +12,80 @@ from torch import Tensor
 HISTOGRAM_BINS = 64
 
 
+MIN_IMAGES = 4
+"""``max_values`` never reads fewer images than this (or the whole batch when it is smaller)."""
+
 SATURATION_MARGIN = 0.02
 """A value within this fraction of the output range from a bound counts as saturated."""
+
+
+class ActivationReductions(NamedTuple):
+    """What :func:`activation_reductions` returns: a few tensors on the input's device."""
+
+    sums: Tensor
+    """(6,) the numerators and denominators of :data:`SUMMED` (sum them over batches or ranks,
+    then read them with :func:`stats_from_sums`)."""
+    channel_active: Tensor
+    """(C,) bool: the channel has a positive value in the (read) images."""
+    active_maps: Tensor
+    """How many (image, channel) maps of the read images have a positive value."""
+    histogram: Tensor
+    """(2 + bins,): the sampled values' min and max, then the counts of the equal-width bins
+    between them (:func:`histogram_edges` gives the edges)."""
+
+
+def activation_reductions(
+    activations: Tensor,
+    bins: int = HISTOGRAM_BINS,
+    histogram_samples: int | None = None,
+    bounds: tuple[float, float] | None = None,
+    max_values: int | None = None,
+) -> ActivationReductions:
+    """The reductions behind :func:`activation_stats`, in as few device operations as they
+    take (about 25, whatever the tensor's size): what the training hot path calls on sampled
+    steps. Arguments as in :func:`activation_stats`."""
+    if activations.dim() != 4:
+        raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
+    if bins < 1:
+        raise ValueError(f"`bins` must be at least 1, got {bins}")
+    if histogram_samples is not None and histogram_samples < 1:
+        raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
+    if max_values is not None and max_values < 1:
+        raise ValueError(f"`max_values` must be at least 1, got {max_values}")
+    whole = activations.detach()
+    a = whole
+    if max_values is not None and a.numel() > max_values:
+        stride = min(-(-a.numel() // max_values), max(1, len(a) // MIN_IMAGES))
+        a = a[::stride]
+    a = a.float()
+    count, area = a.numel(), a.shape[2] * a.shape[3]
+    positive = a.clamp(min=0)
+    mass = positive.sum(dim=(2, 3))
+    active = mass > 0
+    active_maps = active.sum()
+    # sign().sum() is cheap on every device (count_nonzero is 10-30x slower on a CPU)
+    zero = count - positive.sign().sum()
+    if area >= 2:
+        localized = active_maps - (_entropy(positive, mass) * active).sum() / math.log(area)
+        weight = active_maps
+    else:  # a 1x1 map has no spatial distribution: it weighs nothing in the localization
+        localized = weight = a.new_zeros(())
+    # NaN or Inf anywhere in the whole batch makes its plain sum non-finite
+    nonfinite = (~whole.sum().isfinite()).float()
+    sums = torch.stack(
+        [
+            zero,
+            localized,
+            nonfinite,
+            a.new_full((), count),
+            weight.float(),
+            _saturated_count(a, bounds),
+        ]
+    )
+    flat = a.flatten()
+    if histogram_samples is not None and flat.numel() > histogram_samples:
+        flat = flat[:: -(-flat.numel() // histogram_samples)]
+    return ActivationReductions(sums, active.any(dim=0), active_maps, _histogram(flat, bins))
 
 
 def activation_stats(
@@ -20,19 +93,25 @@ def activation_stats(
     bins: int = HISTOGRAM_BINS,
     histogram_samples: int | None = None,
     bounds: tuple[float, float] | None = None,
+    max_values: int | None = None,
 ) -> dict[str, Tensor]:
     """Statistics of one batch of feature maps, every value a tensor on the input's device.
 
     Written for the training hot path: a handful of passes over the tensor, no data-dependent
-    shapes, no host sync.
+    shapes, no host sync (:func:`activation_reductions` is the same with fewer operations).
 
     Args:
         activations: (N, C, H, W) feature maps.
         bins: number of equal-width histogram bins between the (sampled) values' min and max.
         histogram_samples: count the histogram over an evenly strided subset of at most this
-            many values (None: all of them); the other statistics always use every value.
+            many values (None: all of them).
         bounds: the output range of a saturating activation (sigmoid: (0, 1), tanh: (-1, 1)),
             to count the values stuck near either end.
+        max_values: read every s-th image of the batch, s the smallest stride that keeps at
+            most this many values (whole feature maps, so localization stays exact per map), but
+            at least :data:`MIN_IMAGES` images; None: every image. The statistics then describe
+            those images (``elements`` counts their values); ``nonfinite`` still reads the
+            whole batch.
 
     Returns:
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
@@ -47,41 +126,32 @@ def activation_stats(
         ``saturated_fraction``: with ``bounds``, the fraction of values within 2% of the range
         from either bound, where the activation's gradient all but vanishes (else 0);
         ``nonfinite``: bool, the batch holds NaN or Inf (then the other values may be NaN too);
-        ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,), for TensorBoard.
+        ``histogram_edges`` (bins + 1,) and ``histogram_counts`` (bins,), for TensorBoard;
+        ``sums``: the (6,) :data:`SUMMED` numerators and denominators (:func:`activation_sums`).
 
     Raises:
-        ValueError: not a 4-D tensor, bins < 1 or histogram_samples < 1.
+        ValueError: not a 4-D tensor, bins < 1, histogram_samples < 1 or max_values < 1.
     """
-    if activations.dim() != 4:
-        raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
-    if bins < 1:
-        raise ValueError(f"`bins` must be at least 1, got {bins}")
-    if histogram_samples is not None and histogram_samples < 1:
-        raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
-    a = activations.detach().float()
-    flat = a.flatten()
-    count = flat.numel()
-    positive = a.clamp(min=0)
-    mass = positive.sum(dim=(2, 3))
-    # sign().sum() is cheap on every device (count_nonzero is 10-30x slower on a CPU); NaN or
-    # Inf anywhere makes the plain sum non-finite
-    stats = {
-        "zero_fraction": 1 - positive.sign().sum() / count,
-        "channel_active": (mass > 0).any(dim=0),
-        "localization": _localization(positive, mass),
-        "active_maps": (mass > 0).sum(),
-        "elements": a.new_full((), count),
-        "saturated_fraction": _saturated_fraction(flat, bounds),
-        "nonfinite": ~flat.sum().isfinite(),
+    reduced = activation_reductions(activations, bins, histogram_samples, bounds, max_values)
+    zero, localized, nonfinite, elements, weight, saturated = reduced.sums
+    counts = reduced.histogram[2:]
+    return {
+        "zero_fraction": zero / elements,
+        "channel_active": reduced.channel_active,
+        "localization": localized / weight,
+        "active_maps": reduced.active_maps,
+        "elements": elements,
+        "saturated_fraction": saturated / elements,
+        "nonfinite": nonfinite > 0,
+        "histogram_edges": histogram_edges(reduced.histogram[0], reduced.histogram[1], len(counts)),
+        "histogram_counts": counts,
+        "sums": reduced.sums,
     }
-    if histogram_samples is not None and flat.numel() > histogram_samples:
-        flat = flat[:: -(-flat.numel() // histogram_samples)]
-    stats["histogram_edges"], stats["histogram_counts"] = _histogram(flat, bins)
-    return stats
 
 
 SUMMED = ("zero", "localization", "nonfinite", "elements", "active_maps", "saturated")
-"""The columns of :func:`activation_sums`."""
+"""The columns of :func:`activation_sums`: ``active_maps`` counts the maps that weigh in the
+localization (none for 1x1 maps)."""
 
 
 def activation_sums(stats: dict[str, Tensor]) -> Tensor:
@@ -92,18 +162,7 @@ def activation_sums(stats: dict[str, Tensor]) -> Tensor:
     have different numbers of active maps). Columns: :data:`SUMMED`; maps without a
     localization (1x1) weigh nothing in it, so it stays undefined rather than 0.
     """
-    elements = stats["elements"].float()
-    active = stats["active_maps"].float() * stats["localization"].isfinite()
-    return torch.stack(
-        [
-            stats["zero_fraction"] * elements,
-            stats["localization"].nan_to_num(0.0) * active,
-            stats["nonfinite"].float(),
-            elements,
-            active,
-            stats["saturated_fraction"] * elements,
-        ]
-    )
+    return stats["sums"]
 
 
 def stats_from_sums(sums: Sequence[float]) -> dict[str, float | bool]:
@@ -118,43 +177,49 @@ def stats_from_sums(sums: Sequence[float]) -> dict[str, float | bool]:
     }
 
 
-def _saturated_fraction(flat: Tensor, bounds: tuple[float, float] | None) -> Tensor:
+def histogram_edges(low: Tensor | float, high: Tensor | float, bins: int) -> Tensor:
+    """The ``bins + 1`` edges of :func:`activation_reductions`' histogram, from its min and max
+    (tensors on the device, or numbers on the host)."""
+    low = torch.as_tensor(low, dtype=torch.float32)
+    high = torch.as_tensor(high, dtype=torch.float32, device=low.device)
+    width = (high - low).clamp(min=torch.finfo(torch.float32).eps) / bins
+    return low + width * torch.arange(bins + 1, device=low.device, dtype=torch.float32)
+
+
+def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:
     if bounds is None:
-        return flat.new_zeros(())
+        return values.new_zeros(())
     low, high = bounds
     margin = SATURATION_MARGIN * (high - low)
-    near = (flat <= low + margin) | (flat >= high - margin)
-    return near.sum() / flat.numel()
+    return ((values <= low + margin) | (values >= high - margin)).sum().float()
 
 
-def _localization(positive: Tensor, mass: Tensor) -> Tensor:
-    """Mean normalized negentropy of the spatial distribution of each active (image, channel).
+def _entropy(positive: Tensor, mass: Tensor) -> Tensor:
+    """(N, C) entropy of the spatial distribution of each map's positive part.
 
     With ``x`` the positive values of a map and ``M = sum(x)``, ``p = x / M`` has entropy
     ``H = log M - sum(x log x) / M``: one pass, no normalized copy of the maps.
     """
-    area = positive.shape[2] * positive.shape[3]
-    if area < 2:
-        return torch.full((), math.nan, device=positive.device)
-    active = mass > 0
     tiny = torch.finfo(mass.dtype).tiny
     # x * log(x + tiny) is x log x with 0 at 0, several times faster than xlogy on a CPU
     x_log_x = (positive + tiny).log_().mul_(positive).sum(dim=(2, 3))
-    entropy = mass.clamp(min=tiny).log() - x_log_x / mass.clamp(min=tiny)
-    score = 1 - entropy / math.log(area)
-    return (score * active).sum() / active.sum()
+    safe = mass.clamp(min=tiny)
+    return safe.log() - x_log_x / safe
 
 
-def _histogram(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
-    """Equal-width bins over the values' range, with no data-dependent shape."""
-    low, high = values.min(), values.max()
-    width = (high - low).clamp(min=torch.finfo(values.dtype).eps) / bins
-    edges = low + width * torch.arange(bins + 1, device=values.device, dtype=values.dtype)
-    index = ((values - low) / width).long().clamp(0, bins - 1)
+def _histogram(values: Tensor, bins: int) -> Tensor:
+    """(2 + bins,): min, max and equal-width bin counts of the values, with no data-dependent
+    shape."""
+    low, high = values.aminmax()
+    scale = bins / (high - low).clamp(min=torch.finfo(values.dtype).eps)
+    index = ((values - low) * scale).long().clamp_(0, bins - 1)
     if values.is_cuda and torch.are_deterministic_algorithms_enabled():
-        return edges, _count_by_sorting(index, bins)
-    counts = torch.zeros(bins, device=values.device).scatter_add_(0, index, torch.ones_like(values))
-    return edges, counts
+        counts = _count_by_sorting(index, bins)
+    else:
+        counts = torch.zeros(bins, device=values.device).scatter_add_(
+            0, index, torch.ones_like(values)
+        )
+    return torch.cat([torch.stack([low, high]), counts])
 
 
 def _count_by_sorting(index: Tensor, bins: int) -> Tensor:

@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 from lightning_viz import ActivationMonitor
+from lightning_viz.callbacks.activation_monitor import HISTOGRAM_SAMPLES, STATISTICS_VALUES
 from lightning_viz.functional import activation_stats
 from lightning_viz.testing import random_loader
 from tests.helpers import Classifier, DigitsClassifier, fit, hook_count, make_trainer, read_events
@@ -29,12 +30,16 @@ def test_logs_every_key_at_the_sampled_steps(tmp_path):
         assert all(0 < e.value < 1 for e in localization)
         histograms = events.Histograms(f"activations/{layer}")
         assert [h.step for h in histograms] == sampled
-        # one sampled batch of 64 digits: every value, or an evenly strided 2**14 of them
+        # one sampled batch of 64 digits, every s-th image of it (at most STATISTICS_VALUES
+        # values), an evenly strided HISTOGRAM_SAMPLES of those
         channels = {"model.features.2": 16, "model.features.6": 32, "model.features.10": 64}[layer]
         side = {"model.features.2": 32, "model.features.6": 16, "model.features.10": 8}[layer]
-        values = 64 * channels * side * side
-        stride = -(-values // 2**14)
-        assert histograms[0].histogram_value.num == -(-values // stride)
+        per_image = channels * side * side
+        images = -(-64 // -(-64 * per_image // STATISTICS_VALUES))
+        read = images * per_image
+        assert read <= STATISTICS_VALUES
+        stride = -(-read // HISTOGRAM_SAMPLES)
+        assert histograms[0].histogram_value.num == -(-read // stride)
         dead = events.Scalars(f"activations/{layer}/dead_fraction")
         assert [(e.step, e.value) for e in dead] == [
             (STEPS_PER_EPOCH, 0.0),
@@ -87,7 +92,7 @@ def test_statistics_are_those_of_the_sampled_training_batch(tmp_path):
         handle.remove()
     events = read_events(tmp_path)
     for layer in RELUS:
-        expected = activation_stats(outputs[layer])
+        expected = activation_stats(outputs[layer], max_values=STATISTICS_VALUES)
         assert events.Scalars(f"activations/{layer}/zero_fraction")[0].value == pytest.approx(
             expected["zero_fraction"].item(), rel=1e-5
         )

@@ -49,7 +49,7 @@ def test_past_the_budget_the_costly_callback_waits_and_the_cheap_one_goes_on():
     assert meter.may_spend("cheap", budget=0.02, sharing=2)
     clock.now = 2.0  # 5.1% of 2 s: still over with the next piece expected to cost 0.05 s
     assert not meter.may_spend("costly", budget=0.02, sharing=2)
-    clock.now = 5.1  # (0.051 + 0.05) / 5.1 < 2%
+    clock.now = 5.7  # (0.051 + 0.05) / 5.7 < 90% of 2%
     assert meter.may_spend("costly", budget=0.02, sharing=2)
 
 
@@ -95,7 +95,7 @@ def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path,
         trainer = fit(DigitsClassifier(), [monitor], tmp_path / "budget", epochs=3)
     context = RunContext.of(trainer)
     assert context.cost.share() < budget
-    assert at_least <= len(sampled) < trainer.global_step / 5
+    assert at_least <= len(sampled) < trainer.global_step / 2
     notices = [a for a in monitor.alerts.raised if a.kind == "over_budget"]
     assert len(notices) == 1
     assert trainer.current_epoch == 3

@@ -6,6 +6,7 @@ import torch
 
 from lightning_viz.functional import activation_stats
 from lightning_viz.functional.activations import activation_sums, stats_from_sums
+from lightning_viz.testing import DigitsCNN, digits_tensors, shapes_task
 
 
 def test_sparsity_matches_direct_computation():
@@ -129,3 +130,59 @@ def test_one_by_one_maps_have_no_localization_after_summing():
     stats = stats_from_sums(activation_sums(activation_stats(squeezed)).tolist())
     assert math.isnan(stats["localization"])  # undefined, not 0 ("spread evenly")
     assert stats["zero_fraction"] == 0.0
+
+
+def relu_outputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    outputs = []
+    hooks = [
+        m.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
+        for m in model.modules()
+        if isinstance(m, torch.nn.ReLU)
+    ]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("trained_steps", [0, 60])
+def test_strided_images_estimate_the_whole_batch_within_three_hundredths(trained_steps):
+    torch.manual_seed(0)
+    images, labels = digits_tensors()
+    model = DigitsCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(trained_steps):
+        batch = slice(32 * step % 1400, 32 * step % 1400 + 32)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+        optimizer.step()
+    model.eval()
+    for batch in (slice(0, 32), slice(500, 532), slice(1000, 1064)):
+        for maps in relu_outputs(model, images[batch]):
+            whole = stats_from_sums(activation_sums(activation_stats(maps)).tolist())
+            strided = activation_stats(maps, max_values=2**16)
+            assert strided["elements"] <= max(2**16, 4 * maps[0].numel())
+            estimate = stats_from_sums(activation_sums(strided).tolist())
+            for key in ("zero_fraction", "localization"):
+                assert abs(estimate[key] - whole[key]) < 0.03, (key, maps.shape)
+
+
+def test_strided_images_still_see_a_nan_in_an_image_they_skip():
+    maps = torch.rand(32, 16, 32, 32)
+    maps[1, 3, 5, 5] = float("nan")
+    stats = activation_stats(maps, max_values=2**16)
+    assert stats["elements"] == 4 * 16 * 32 * 32
+    assert stats["nonfinite"]
+
+
+def test_strided_images_of_a_resnet_estimate_the_whole_batch(resnet18):
+    images, _, _ = shapes_task(32, size=64, channels=3)
+    for maps in relu_outputs(resnet18, images):
+        whole = stats_from_sums(activation_sums(activation_stats(maps)).tolist())
+        strided = activation_stats(maps, max_values=2**16)
+        assert strided["elements"] >= 4 * maps[0].numel()  # never fewer than 4 images
+        estimate = stats_from_sums(activation_sums(strided).tolist())
+        for key in ("zero_fraction", "localization"):
+            assert abs(estimate[key] - whole[key]) < 0.02, (key, maps.shape)
