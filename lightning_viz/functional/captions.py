@@ -143,10 +143,8 @@ def labelled_table(
 
 def captioned_row(tiles: Tensor, texts: Sequence[str], padding: int = 2) -> Tensor:
     """(K, 3, H, W) tiles side by side, each under its caption: one (3, BAND + H, W') panel."""
-    row = captioned(tiles, texts)
-    return torch.cat([torch.nn.functional.pad(t, (0, padding), value=PAPER) for t in row], dim=2)[
-        ..., :-padding
-    ]
+    row = torch.nn.functional.pad(captioned(tiles, texts), (0, padding), value=PAPER)
+    return row.permute(1, 2, 0, 3).flatten(2)[..., : row.shape[-1] * len(row) - padding]
 
 
 def class_name(index: int, names: Sequence[str] | None) -> str:
