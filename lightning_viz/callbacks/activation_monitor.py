@@ -158,6 +158,8 @@ class ActivationMonitor(VizCallback):
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (with every
       measurement).
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
+      with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
     How to read it: good feature maps are sparse (a high zero fraction after a ReLU) and
     localized (a few strong spots); a dead fraction that grows means channels died (often a
@@ -364,7 +366,7 @@ class ActivationMonitor(VizCallback):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if in_backward():  # gradient checkpointing recomputes the forward in backward
                 return
-            with self.timed(trainer):
+            with self.timed(trainer), torch.no_grad():
                 self._measure(name, output, explicit)
 
         return hook

@@ -280,7 +280,10 @@ class VizCallback(*CALLBACK_BASES):
         """Wait for the background writes (and stop the writer's thread with ``close``); a
         write that failed becomes a ``failed`` alert."""
         background = RunContext.of(trainer).background
-        background.close() if close else background.flush()
+        if close:
+            background.close()
+        else:
+            background.flush()
         self._report_write_errors(trainer)
 
     def _report_write_errors(self, trainer: pl.Trainer) -> None:
@@ -552,22 +555,21 @@ class VizCallback(*CALLBACK_BASES):
 def write_histogram(writer: Any, tag: str, histogram: Tensor, step: int) -> None:
     """``writer.add_histogram_raw`` from a (2 + B,) min, max and bin counts on the host (nothing
     when empty)."""
-    counts = histogram[2:]
-    edges_ = histogram_edges(histogram[0], histogram[1], len(counts)).double().numpy()
-    counts_ = counts.double().numpy()
-    total = counts_.sum()
+    counts = histogram[2:].double().numpy()
+    edges = histogram_edges(histogram[0], histogram[1], len(counts)).double().numpy()
+    total = counts.sum()
     if total == 0:
         return
-    centres = (edges_[:-1] + edges_[1:]) / 2
+    centres = (edges[:-1] + edges[1:]) / 2
     writer.add_histogram_raw(
         tag,
-        min=float(edges_[0]),
-        max=float(edges_[-1]),
+        min=float(edges[0]),
+        max=float(edges[-1]),
         num=float(total),
-        sum=float((centres * counts_).sum()),
-        sum_squares=float((centres**2 * counts_).sum()),
-        bucket_limits=edges_[1:].tolist(),
-        bucket_counts=counts_.tolist(),
+        sum=float((centres * counts).sum()),
+        sum_squares=float((centres**2 * counts).sum()),
+        bucket_limits=edges[1:].tolist(),
+        bucket_counts=counts.tolist(),
         global_step=step,
     )
 

@@ -80,6 +80,8 @@ class DeconvLogger(ProbeCallback):
       one column per logged epoch (headed with it); as many columns as the run will log (at
       most ``max_columns``) from the first epoch on, so the image keeps its size.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
+      with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
     How to read it: early layers should reconstruct edges and colour blobs, deeper ones textures
     and object parts. Reconstructions that look like the whole input mean the layer has not

@@ -112,6 +112,8 @@ class FilterMonitor(VizCallback):
       enlarged to at least 96 pixels and captioned with the filter's index and C.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
+      with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
     How to read it: smooth, oriented, colour-opponent first-layer filters are the classic sign of
     a net that learned; ``learned`` near 0 means the layer is not training (while ``drift`` may

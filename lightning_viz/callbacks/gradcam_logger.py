@@ -91,6 +91,8 @@ class GradCAMLogger(ProbeCallback):
       its probability.
     - ``gradcam/<layer>/guided`` (image, with ``guided=True``): the same panels with guided
       Grad-CAM (signed, mid-grey = 0).
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
+      with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
     How to read it: warm colors mark where evidence for the target class sits. Early in training
     maps are diffuse or stick to borders; a net that learned the task lights up the object.
