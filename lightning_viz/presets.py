@@ -28,15 +28,18 @@ def default_callbacks(
         activations: include the ActivationMonitor (leave it out for a torch.compile'd model,
             whose compiled training forward cannot be hooked).
         budget: the share of training time the callbacks may take together (2% by default):
-            past it, the costliest stretch their cadence or skip epochs until it holds, with one
-            ``over_budget`` notice; None never skips.
+            past it, the ActivationMonitor stretches its cadence and the probe views skip epochs
+            until it holds, with one ``over_budget`` notice; None never skips. FilterMonitor
+            measures every epoch whatever the budget (its health alerts should not wait; its
+            time still counts in the share).
 
     Example::
 
         callbacks = lightning_viz.default_callbacks()
         trainer = Trainer(callbacks=callbacks, logger=TensorBoardLogger("logs"))
     """
-    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert, budget=budget)]
+    # the filter measurement carries the health alerts: it never waits for the budget
+    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert)]
     if activations:
         callbacks.append(ActivationMonitor(on_alert=on_alert, budget=budget))
     callbacks += [

@@ -28,12 +28,14 @@ class CostMeter:
         self._logged_at = 0.0
         self._spent_at_log: dict[str, float] = {}
         self._spent_at_admission: dict[str, float] = {}
+        self._costliest: dict[str, float] = {}
 
     def start(self) -> None:
         """Start the clock of a fit (again for a new fit: what an earlier one spent is dropped)."""
         self.started = self._logged_at = self.clock()
         self.stopped = None
-        self.spent, self._spent_at_log, self._spent_at_admission = {}, {}, {}
+        self.spent, self._spent_at_log = {}, {}
+        self._spent_at_admission, self._costliest = {}, {}
 
     def stop(self) -> None:
         """Stop the clock when training ends: shares read afterwards stay those of the fit."""
@@ -73,18 +75,19 @@ class CostMeter:
         callbacks keeping it.
 
         A callback's first piece of a fit is always admitted (every view shows at least once).
-        The next is expected to cost what ``name`` spent since its last admitted one. It is
-        admitted when the total share stays within :data:`AIM` of the budget with it, or when
-        the callback's own share stays below an even part of that: the costly callbacks wait,
-        the cheap ones go on (and the cheap ones alone cannot exceed the budget). Aiming a
-        little below the budget keeps a piece that costs more than the one before from taking
-        the share over it.
+        The next is expected to cost as much as the costliest of ``name``'s pieces so far (what
+        it spent from one admitted piece to the next: one slow piece on a busy machine makes
+        the callback more careful, not less). It is admitted when the total share stays within
+        :data:`AIM` of the budget with it, or when the callback's own share stays below an even
+        part of that: the costly callbacks wait, the cheap ones go on (and the cheap ones alone
+        cannot exceed the budget).
         """
         budget *= AIM
         spent = self.spent.get(name, 0.0)
         elapsed = self.elapsed()
         if name in self._spent_at_admission and elapsed > 0:
-            expected = spent - self._spent_at_admission.get(name, spent)
+            last = spent - self._spent_at_admission[name]
+            expected = self._costliest[name] = max(self._costliest.get(name, 0.0), last)
             total = (sum(self.spent.values()) + expected) / elapsed
             own = (spent + expected) / elapsed
             if total > budget and own >= budget / max(1, sharing):
