@@ -43,7 +43,8 @@ def main(out: Path, devices: int, flaky: bool) -> None:
     loader = DataLoader(data, batch_size=16 // devices, shuffle=False)
     callbacks = [
         FilterMonitor(strict=True),
-        ActivationMonitor(every_n_steps=1, strict=not flaky),
+        # every value: the reduced scalars must equal a single process's exactly
+        ActivationMonitor(every_n_steps=1, max_values=None, strict=not flaky),
         GradCAMLogger(strict=True),
         DeconvLogger(strict=True),
     ]

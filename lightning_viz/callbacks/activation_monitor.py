@@ -129,6 +129,10 @@ class ActivationMonitor(VizCallback):
         saturated_threshold: the saturated fraction at which ``saturated`` fires.
         warmup_epochs: epochs before ``dead_channels`` and ``saturated`` may fire.
         histograms: also log a histogram of each layer's values per sampled step.
+        max_values: read every s-th image of a sampled batch, s the smallest stride that keeps
+            at most this many values per layer (at least 4 images); None reads every value
+            (exact, and under DDP equal to a single process over the same batches, at several
+            times the cost on large maps).
         activation_types: the module classes to watch by default; None: every common
             activation (see above).
         on_alert: ``"warn"``, ``"stop"`` (also sets ``trainer.should_stop``), or a callable that
@@ -167,7 +171,7 @@ class ActivationMonitor(VizCallback):
     learned much.
 
     The scalars of a sampled step read every s-th image of its batch, s the smallest stride that
-    keeps at most 65,536 values per layer (:data:`STATISTICS_VALUES`) but at least 4 images
+    keeps at most ``max_values`` (65,536, :data:`STATISTICS_VALUES`) per layer but at least 4 images
     (whole maps, so each map's localization is exact): a batch of 32 digits (32x32, 16
     channels) is read every 8th image. Measured on the digits net and on resnet18, the zero
     fraction and localization of the strided images are within 0.03 of the whole batch's
@@ -190,6 +194,7 @@ class ActivationMonitor(VizCallback):
         saturated_threshold: float = 0.5,
         warmup_epochs: int = 1,
         histograms: bool = True,
+        max_values: int | None = STATISTICS_VALUES,
         activation_types: Sequence[type[nn.Module]] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -212,6 +217,7 @@ class ActivationMonitor(VizCallback):
         self.dead_threshold = check_fraction("dead_threshold", dead_threshold)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
         self.histograms = bool(histograms)
+        self.max_values = check_int("max_values", max_values, allow_none=True)
         self._layers: dict[str, nn.Module] = {}
         self._interval = 1
         self._handles: list[RemovableHandle] = []
@@ -387,7 +393,7 @@ class ActivationMonitor(VizCallback):
                 output,
                 histogram_samples=HISTOGRAM_SAMPLES,
                 bounds=self._bounds.get(name),
-                max_values=STATISTICS_VALUES,
+                max_values=self.max_values,
             )
         except Exception as error:  # a hook must never break the training step
             self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")

@@ -200,6 +200,7 @@ def test_user_layer_with_a_non_4d_output_becomes_an_alert(tmp_path):
     ("kwargs", "message"),
     [
         ({"every_n_steps": 0}, "`every_n_steps` must be a positive integer, got 0"),
+        ({"max_values": 0}, "`max_values` must be a positive integer, got 0"),
         ({"dead_threshold": 1.5}, r"`dead_threshold` must be a number in \[0, 1\], got 1.5"),
         ({"layers": "model.features.2"}, None),
     ],
