@@ -65,6 +65,7 @@ class RunContext:
         self.started_callbacks: set[int] = set()
         self.background = BackgroundWriter()
         self.cost = CostMeter()
+        self.over_budget_said = False
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print one line on
@@ -204,9 +205,11 @@ class VizCallback(*CALLBACK_BASES):
     Budget: with ``budget`` (a share of training time, e.g. 0.02), before each piece of work it
     may skip (a sampled step, an epoch's measurement or visualization) a callback checks that
     the share all lightning-viz callbacks took since training started stays within it, counting
-    what its own last piece cost. Past it, the callbacks whose own share is above an even part
-    of the budget skip (cadences stretch, epochs are skipped) until it holds again; the cheap
-    ones go on. One ``over_budget`` notice says so. Baselines at train start are never skipped.
+    what its costliest piece so far cost (:meth:`~lightning_viz.callbacks.cost.CostMeter.
+    may_spend`). Past it, the callbacks whose own share is above an even part of the budget skip
+    (cadences stretch, epochs are skipped) until it holds again; the cheap ones go on. One
+    ``over_budget`` notice per fit says so. Baselines at train start, each callback's first
+    piece and the last epoch's views are never skipped.
     """
 
     def __init__(
@@ -217,7 +220,6 @@ class VizCallback(*CALLBACK_BASES):
         self.strict = bool(strict)
         self.budget = None if budget is None else check_fraction("budget", budget)
         self._timing = 0
-        self._over_budget_said = False
         self.alerts = AlertBook()
         self._warned_no_tensorboard = False
         self._not_shown: str | None = None
@@ -306,7 +308,7 @@ class VizCallback(*CALLBACK_BASES):
         context = RunContext.of(trainer)
         if context.callbacks(trainer)[0] is self:
             context.cost.start()
-        self._over_budget_said = False
+            context.over_budget_said = False
         if self.showing:
             with self.timed(trainer):
                 self.start(trainer, pl_module)
@@ -346,8 +348,8 @@ class VizCallback(*CALLBACK_BASES):
     ) -> bool:
         """Whether the next piece of skippable work (``what``) fits the ``budget``; always
         without one, for the callback's first piece in a fit, and for an epoch's work
-        (``per_epoch``) at the end of the last epoch. The first time it does not fit, one
-        ``over_budget`` notice says so.
+        (``per_epoch``) at the end of the last epoch. The first time a callback of the Trainer
+        is refused, one ``over_budget`` notice says so (once per fit, for all of them).
 
         With ``collective`` (the work reaches collectives), rank 0 decides for every rank.
         """
@@ -361,13 +363,14 @@ class VizCallback(*CALLBACK_BASES):
         fits = context.cost.may_spend(type(self).__name__, self.budget, sharing)
         if collective and trainer.world_size > 1:
             fits = trainer.strategy.broadcast(fits, src=0)
-        if not fits and not self._over_budget_said:
-            self._over_budget_said = True
+        if not fits and not context.over_budget_said:
+            context.over_budget_said = True
             share = context.cost.share()
             message = (
                 f"lightning-viz took {share:.1%} of the training time so far, over the budget of "
-                f"{self.budget:.1%}: {what} is skipped until the share is back within it "
-                "(budget=None never skips)."
+                f"{self.budget:.1%}: {what} is skipped, and the costliest callbacks skip work "
+                "until the share is back within it (lightning_viz/overhead shows each one's "
+                "share; budget=None never skips)."
             )
             self.raise_alert(
                 trainer,

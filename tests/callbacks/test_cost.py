@@ -112,3 +112,16 @@ def test_default_callbacks_keep_a_two_percent_budget_unless_told():
     assert {c.budget for c in lightning_viz.default_callbacks(budget=None)} == {None}
     with pytest.raises(ValueError, match=r"`budget` must be a number in \[0, 1\], got 2"):
         ActivationMonitor(budget=2)
+
+
+def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path):
+    images, labels = digits_tensors()
+    probes = Probes(images[:4], labels[:4])
+    callbacks = [
+        ActivationMonitor(every_n_steps=1, budget=0.001),
+        GradCAMLogger(probes=probes, budget=0.001),
+    ]
+    fit(DigitsClassifier(), callbacks, tmp_path, epochs=3, limit_train_batches=8)
+    notices = [a for c in callbacks for a in c.alerts.raised if a.kind == "over_budget"]
+    assert len(notices) == 1
+    assert "the costliest callbacks skip work" in notices[0].message
