@@ -137,7 +137,12 @@ class RunContext:
         if not per_layer:
             return
         layout = {
-            "alerts": {"alerts raised": [rf"^{re.escape(tags.ALERT_COUNT)}$"]},
+            "alerts": {
+                "alerts raised": [rf"^{re.escape(tags.ALERT_COUNT)}$"],
+                "lightning-viz overhead, share of training time": [
+                    rf"^{re.escape(tags.OVERHEAD)}(/.+)?$"
+                ],
+            },
             "health, every layer": {
                 f"{title}, every layer": [tags.every_layer_regex(template, [key])]
                 for title, template, key in HEALTH_CHARTS

@@ -164,6 +164,14 @@ def test_the_layout_puts_each_conv_beside_its_activation_after_alerts_and_health
         "layer model.features.4 -> model.features.6",
         "layer model.features.8 -> model.features.10",
     ]
+    alerts = {chart.title: chart.multiline.tag for chart in categories[0].chart}
+    overhead = alerts["lightning-viz overhead, share of training time"]
+    scalars = read_events(tmp_path).Tags()["scalars"]
+    assert sorted(tag for tag in scalars if re.match(overhead[0], tag)) == [
+        "lightning_viz/overhead",
+        "lightning_viz/overhead/ActivationMonitor",
+        "lightning_viz/overhead/FilterMonitor",
+    ]
     health = {chart.title: chart.multiline.tag for chart in categories[1].chart}
     assert health["filter noise, every layer"] == [r"^filters/.+/(noise)$"]
     paired = {chart.title for chart in categories[2].chart}
@@ -173,7 +181,6 @@ def test_the_layout_puts_each_conv_beside_its_activation_after_alerts_and_health
         "activation sparsity",
         "activation localization",
     }
-    scalars = read_events(tmp_path).Tags()["scalars"]
     for title in ("filter noise, every layer", "filter drift, every layer"):
         matching = [tag for tag in scalars if re.match(health[title][0], tag)]
         assert len(matching) == 3, title  # one per layer
