@@ -19,7 +19,7 @@ from lightning_viz.functional import grid, normalize_signed, project_layers, to_
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import check_choice, check_int
 from lightning_viz.functional.captions import (
-    captioned_row,
+    captioned_rows,
     color_bar,
     footnote,
     labelled_table,
@@ -259,9 +259,7 @@ class DeconvLogger(ProbeCallback):
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in channels_of_probe]
                 for i, channels_of_probe in enumerate(top)
             ]
-            panels = torch.stack(
-                [captioned_row(row, texts) for row, texts in zip(rows, captions, strict=True)]
-            )
+            panels = captioned_rows(rows, captions)
             image = grid(panels, nrow=panels_per_row(len(panels), *panels.shape[-2:]), padding=6)
             legend = color_bar(
                 image.shape[-1],

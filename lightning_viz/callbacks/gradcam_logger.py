@@ -27,7 +27,7 @@ from lightning_viz.functional import (
     upsample,
 )
 from lightning_viz.functional._validation import check_fraction, check_logits
-from lightning_viz.functional.captions import captioned_row, class_name, color_bar, stack_rows
+from lightning_viz.functional.captions import captioned_rows, class_name, color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import colormap_table, panels_per_row, readable
 from lightning_viz.probes import Probes
@@ -294,13 +294,7 @@ class GradCAMLogger(ProbeCallback):
         map_captions: list[str],
     ) -> torch.Tensor:
         """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
-        panels = torch.stack(
-            [
-                captioned_row(torch.stack([image, heat]), [above_image, above_map])
-                for image, heat, above_image, above_map in zip(
-                    display, maps, image_captions, map_captions, strict=True
-                )
-            ]
-        )
+        captions = [list(pair) for pair in zip(image_captions, map_captions, strict=True)]
+        panels = captioned_rows(torch.stack([display, maps], dim=1), captions)
         per_row = panels_per_row(len(panels), *panels.shape[-2:])
         return grid(panels, nrow=per_row, padding=6)

@@ -141,10 +141,16 @@ def labelled_table(
     return torch.cat([torch.cat([corner, header], dim=2), torch.cat([left, body], dim=2)], dim=1)
 
 
-def captioned_row(tiles: Tensor, texts: Sequence[str], padding: int = 2) -> Tensor:
-    """(K, 3, H, W) tiles side by side, each under its caption: one (3, BAND + H, W') panel."""
-    row = torch.nn.functional.pad(captioned(tiles, texts), (0, padding), value=PAPER)
-    return row.permute(1, 2, 0, 3).flatten(2)[..., : row.shape[-1] * len(row) - padding]
+def captioned_rows(tiles: Tensor, texts: Sequence[Sequence[str]], padding: int = 2) -> Tensor:
+    """(P, K, 3, H, W) tiles, each panel's K side by side under their captions, all panels in a
+    few operations: (P, 3, BAND + H, W') panels."""
+    panels, k = tiles.shape[:2]
+    if len(texts) != panels or any(len(row) != k for row in texts):
+        raise ValueError(f"{panels} panels of {k} tiles need {panels} rows of {k} captions")
+    captioned_tiles = captioned(tiles.flatten(0, 1), [t for row in texts for t in row])
+    padded = torch.nn.functional.pad(captioned_tiles, (0, padding), value=PAPER)
+    rows = padded.unflatten(0, (panels, k)).permute(0, 2, 3, 1, 4).flatten(3)
+    return rows[..., : padded.shape[-1] * k - padding]
 
 
 def class_name(index: int, names: Sequence[str] | None) -> str:

@@ -4,6 +4,7 @@ import torch
 from lightning_viz.functional.captions import (
     BAND,
     captioned,
+    captioned_rows,
     class_name,
     color_bar,
     fit_text,
@@ -75,3 +76,18 @@ def test_class_names_fall_back_to_indices():
     assert class_name(1, ["cat", "dog"]) == "dog"
     assert class_name(5, ["cat", "dog"]) == "5"
     assert class_name(2, None) == "2"
+
+
+def test_captioned_rows_put_each_panels_tiles_side_by_side_under_their_captions():
+    tiles = torch.rand(3, 2, 3, 20, 30)
+    texts = [[f"probe {p}", f"ch {p}"] for p in range(3)]
+    panels = captioned_rows(tiles, texts, padding=2)
+    assert panels.shape == (3, 3, BAND + 20, 2 * 30 + 2)
+    for p in range(3):
+        for k in range(2):
+            x = k * 32
+            one = captioned(tiles[p, k : k + 1], [texts[p][k]])[0]
+            assert torch.equal(panels[p, :, :, x : x + 30], one)
+        assert (panels[p, :, :, 30:32] == 1.0).all()  # white padding between tiles
+    with pytest.raises(ValueError, match="3 panels of 2 tiles need 3 rows of 2 captions"):
+        captioned_rows(tiles, texts[:2])
