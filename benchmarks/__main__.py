@@ -1,6 +1,6 @@
 """Every table of the README's performance section, in one command, on the GPU when there is one.
 
-    python -m benchmarks            # everything (2-core CPU: about 25 minutes)
+    python -m benchmarks            # everything (2-core CPU: about 35 minutes)
     python -m benchmarks --quick    # fewer repeats and steps, to see that it runs
 
 Each benchmark alone: ``python -m benchmarks.<name>`` (``--help`` for its options).
