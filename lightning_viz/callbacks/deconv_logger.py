@@ -249,10 +249,10 @@ class DeconvLogger(ProbeCallback):
                     "model's weights are not finite"
                 )
             k = min(self.top_k, channels.shape[1])
-            recon = to_rgb(normalize_signed(images[:, :k].flatten(0, 1))).unflatten(
-                0, (len(probes), k)
-            )
-            rows = readable(torch.cat([probes.display[:, None], recon], dim=1).flatten(0, 1))
+            recon = to_uint8(to_rgb(normalize_signed(images[:, :k].flatten(0, 1))))
+            recon = recon.unflatten(0, (len(probes), k))
+            display = to_uint8(probes.display)[:, None]
+            rows = readable(torch.cat([display, recon], dim=1).flatten(0, 1))
             rows = rows.unflatten(0, (len(probes), k + 1))
             top = channels[:, :k].tolist()
             captions = [
@@ -269,6 +269,7 @@ class DeconvLogger(ProbeCallback):
                 f"{layer}: each probe's top-{k} channels projected to pixels ({self.rule}); "
                 "mid-grey = 0",
                 image.device,
+                image.dtype,
             )
             self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(image, legend))
             lines = [f"probe {i}: channels {c}" for i, c in enumerate(top)]
@@ -295,9 +296,9 @@ class DeconvLogger(ProbeCallback):
         self.column_epochs[layer] = [epochs[i] for i in keep]
         # a fixed number of slots, so that the image keeps its size from epoch to epoch
         slots = self._evolution_slots(trainer)
-        cells = torch.stack(self.columns[layer], dim=1).float() / 255
+        cells = torch.stack(self.columns[layer], dim=1).to(followed.device)
         cells = readable(cells.flatten(0, 1)).unflatten(0, cells.shape[:2])
-        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, slots - cells.shape[1]), value=1.0)
+        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, slots - cells.shape[1]), value=255)
         headers = [f"epoch {e}" for e in self.column_epochs[layer]]
         headers += [""] * (slots - len(headers))
         table = labelled_table(cells, [f"ch {c}" for c in self.features[layer]], headers)
@@ -306,6 +307,7 @@ class DeconvLogger(ProbeCallback):
             f"{layer}: each row one channel, projected to pixels on the probe it fires most on, "
             "at the end of each epoch; mid-grey = 0",
             table.device,
+            table.dtype,
         )
         self.log_image(trainer, tags.tag(tags.EVOLUTION, layer), stack_rows(table, legend))
         text = (

@@ -1,7 +1,10 @@
 """Labels drawn into logged images, so that every picture says what it shows.
 
 Text is rasterized by Pillow in matplotlib's bundled DejaVu Sans (cached per string), then
-composed with the tiles on their device; no font is shipped or hand-drawn here.
+composed with the tiles on their device; no font is shipped or hand-drawn here. Text is black on
+white, as the white padding between tiles. Every function composes in the dtype of the display
+images it is given: floats in [0, 1], or uint8 (a quarter of the bytes to move: what the
+callbacks use).
 """
 
 from __future__ import annotations
@@ -16,16 +19,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from lightning_viz.functional.images import colormap_table
+from lightning_viz.functional.images import as_display, colormap_table, white
 
 FONT_SIZE = 12
 """Pixel size of every label: readable where TensorBoard shows an image at its own size."""
 
 BAND = 16
 """Height of a caption band."""
-
-INK, PAPER = 0.0, 1.0
-"""Text is black on white, as the white padding between tiles."""
 
 
 @lru_cache(maxsize=1)
@@ -63,21 +63,24 @@ def text_band(
     height: int = BAND,
     device: torch.device | str | None = None,
     align: str = "center",
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(N, 3, height, width) white bands, one per text, each in black and cut to fit."""
     if align not in ("left", "center", "right"):
         raise ValueError(f"`align` must be 'left', 'center' or 'right', got {align!r}")
     ink = np.stack([_text_pixels(str(t), width, height, align) for t in texts])
-    coverage = torch.from_numpy(ink).to(device).float() / 255
-    return (PAPER + (INK - PAPER) * coverage)[:, None].expand(-1, 3, -1, -1)
+    paper = 255 - torch.from_numpy(ink).to(device)
+    return as_display(paper, dtype)[:, None].expand(-1, 3, -1, -1)
 
 
 def captioned(tiles: Tensor, texts: Sequence[str]) -> Tensor:
     """(N, 3, H, W) tiles with a caption band on top: (N, 3, BAND + H, W)."""
     if len(texts) != len(tiles):
         raise ValueError(f"{len(tiles)} tiles need {len(tiles)} captions, got {len(texts)}")
-    band = text_band(texts, tiles.shape[-1], device=tiles.device)
-    return torch.cat([band, tiles.float()], dim=2)
+    if tiles.dtype != torch.uint8:
+        tiles = tiles.float()
+    band = text_band(texts, tiles.shape[-1], device=tiles.device, dtype=tiles.dtype)
+    return torch.cat([band, tiles], dim=2)
 
 
 def color_bar(
@@ -87,16 +90,23 @@ def color_bar(
     high: str,
     title: str,
     device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(3, h, width) legend: ``title``, then the colormap from ``low`` (left) to ``high``."""
     ramp = torch.linspace(0, 1, max(width - 2 * 48, 16), device=device)
     table = colormap_table(cmap).to(device)
     strip = table[(ramp * 255).round().long()].T[:, None].expand(-1, BAND - 4, -1)
-    strip = torch.nn.functional.pad(strip, (0, 0, 2, 2), value=PAPER)
-    ends = text_band([low, high], 48, device=device)
+    strip = torch.nn.functional.pad(as_display(strip, dtype), (0, 0, 2, 2), value=white(dtype))
+    ends = text_band([low, high], 48, device=device, dtype=dtype)
     bar = torch.cat([ends[0], strip, ends[1]], dim=2)
-    bar = torch.nn.functional.pad(bar, (0, width - bar.shape[-1]), value=PAPER)
-    return torch.cat([text_band([title], width, device=device, align="left")[0], bar], dim=1)
+    bar = torch.nn.functional.pad(bar, (0, width - bar.shape[-1]), value=white(dtype))
+    title_band = text_band([title], width, device=device, align="left", dtype=dtype)[0]
+    return torch.cat([title_band, bar], dim=1)
+
+
+@lru_cache(maxsize=256)
+def _wrapped(text: str, width: int) -> tuple[str, ...]:
+    return tuple(wrap(text, width))
 
 
 def wrap(text: str, width: int) -> list[str]:
@@ -111,10 +121,15 @@ def wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def footnote(width: int, text: str, device: torch.device | str | None = None) -> Tensor:
+def footnote(
+    width: int,
+    text: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """(3, lines * BAND, width) left-aligned text under an image, wrapped to its width (what
     the tiles mean)."""
-    bands = text_band(wrap(text, width - 4), width, device=device, align="left")
+    bands = text_band(_wrapped(text, width - 4), width, device=device, align="left", dtype=dtype)
     return bands.permute(1, 0, 2, 3).reshape(3, -1, width)
 
 
@@ -122,7 +137,7 @@ def labelled_table(
     cells: Tensor, row_labels: Sequence[str], column_labels: Sequence[str], padding: int = 2
 ) -> Tensor:
     """Tile (R, C, 3, H, W) cells with a header band over each column and a label left of each
-    row: (3, H', W') in [0, 1]."""
+    row: (3, H', W') of the cells' dtype."""
     rows, columns, _, height, width = cells.shape
     if len(row_labels) != rows or len(column_labels) != columns:
         raise ValueError(
@@ -131,13 +146,15 @@ def labelled_table(
         )
     label_width = 8 + max(math.ceil(_font().getlength(str(t))) for t in row_labels)
     device = cells.device
-    padded = torch.nn.functional.pad(cells.float(), (0, padding, 0, padding), value=PAPER)
+    cells = cells if cells.dtype == torch.uint8 else cells.float()
+    dtype = cells.dtype
+    padded = torch.nn.functional.pad(cells, (0, padding, 0, padding), value=white(dtype))
     body = padded.permute(2, 0, 3, 1, 4).reshape(3, rows * (height + padding), -1)
-    left = text_band(row_labels, label_width, height + padding, device, align="right")
+    left = text_band(row_labels, label_width, height + padding, device, "right", dtype)
     left = left.permute(1, 0, 2, 3).reshape(3, rows * (height + padding), label_width)
-    header = text_band(column_labels, width + padding, device=device)
+    header = text_band(column_labels, width + padding, device=device, dtype=dtype)
     header = header.permute(1, 2, 0, 3).reshape(3, BAND, -1)
-    corner = torch.full((3, BAND, label_width), PAPER, device=device)
+    corner = torch.full((3, BAND, label_width), white(dtype), device=device, dtype=dtype)
     return torch.cat([torch.cat([corner, header], dim=2), torch.cat([left, body], dim=2)], dim=1)
 
 
@@ -148,7 +165,9 @@ def captioned_rows(tiles: Tensor, texts: Sequence[Sequence[str]], padding: int =
     if len(texts) != panels or any(len(row) != k for row in texts):
         raise ValueError(f"{panels} panels of {k} tiles need {panels} rows of {k} captions")
     captioned_tiles = captioned(tiles.flatten(0, 1), [t for row in texts for t in row])
-    padded = torch.nn.functional.pad(captioned_tiles, (0, padding), value=PAPER)
+    padded = torch.nn.functional.pad(
+        captioned_tiles, (0, padding), value=white(captioned_tiles.dtype)
+    )
     rows = padded.unflatten(0, (panels, k)).permute(0, 2, 3, 1, 4).flatten(3)
     return rows[..., : padded.shape[-1] * k - padding]
 
@@ -159,9 +178,12 @@ def class_name(index: int, names: Sequence[str] | None) -> str:
 
 
 def stack_rows(*rows: Tensor) -> Tensor:
-    """Stack (3, h, w) images top to bottom, padding narrower ones on the right with white."""
+    """Stack (3, h, w) images top to bottom, padding narrower ones on the right with white; in
+    uint8 if the first is uint8, else in float32."""
+    dtype = torch.uint8 if rows[0].dtype == torch.uint8 else torch.float32
     width = max(r.shape[-1] for r in rows)
-    return torch.cat(
-        [torch.nn.functional.pad(r.float(), (0, width - r.shape[-1]), value=PAPER) for r in rows],
-        dim=1,
-    )
+    padded = [
+        torch.nn.functional.pad(as_display(r, dtype), (0, width - r.shape[-1]), value=white(dtype))
+        for r in rows
+    ]
+    return torch.cat(padded, dim=1)

@@ -35,6 +35,7 @@ def normalize_signed(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -
     return ((flat / (scale + eps)).clamp(-1, 1) * 0.5 + 0.5).view_as(maps)
 
 
+
 @lru_cache(maxsize=16)
 def colormap_table(cmap: str) -> Tensor:
     """The (256, 3) RGB lookup table of a matplotlib colormap; ValueError for an unknown name."""
@@ -85,12 +86,32 @@ def to_rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
-    """Tile (N, 3, H, W) images in [0, 1] into one (3, H', W') image in [0, 1], on the device.
+def white(dtype: torch.dtype) -> float:
+    """The value of white in a display image of ``dtype``: 255 for uint8, else 1.0.
 
-    ``nrow`` is the number of images per row (torchvision's naming).
+    Display images are floats in [0, 1] or uint8; composing in uint8 moves a quarter of the bytes.
     """
-    images = images.float()
+    return 255 if dtype == torch.uint8 else 1.0
+
+
+def as_display(images: Tensor, dtype: torch.dtype) -> Tensor:
+    """Display images (floats in [0, 1] or uint8) converted to ``dtype``'s convention."""
+    if images.dtype == dtype:
+        return images
+    if dtype == torch.uint8:
+        return to_uint8(images)
+    return images.to(dtype) / 255 if images.dtype == torch.uint8 else images.to(dtype)
+
+
+def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Tile (N, 3, H, W) display images into one (3, H', W') image of their dtype, on the device.
+
+    ``nrow`` is the number of images per row (torchvision's naming); ``pad_value`` lies in
+    [0, 1] (1 is white) whatever the dtype.
+    """
+    if images.dtype != torch.uint8:
+        images = images.float()
+    pad_value = pad_value * white(images.dtype)
     if len(images) == 1:  # make_grid returns a lone image unpadded; keep every grid alike
         return F.pad(images[0], (padding,) * 4, value=pad_value)
     return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
@@ -121,18 +142,28 @@ def readable(tiles: Tensor, mode: str = "nearest") -> Tensor:
 
     Small tiles are enlarged by a whole factor (``"nearest"`` keeps pixels and kernel weights
     square and honest, ``"bilinear"`` suits smooth maps); large ones are shrunk by area
-    averaging.
+    averaging. uint8 tiles stay uint8 (resized in floats where nearest does not suffice); others
+    come back as float32.
     """
     side = max(tiles.shape[-2:])
     if side < MIN_TILE:
         scale = -(-MIN_TILE // side)
         size = (tiles.shape[-2] * scale, tiles.shape[-1] * scale)
-        align = {} if mode == "nearest" else {"align_corners": False}
-        return F.interpolate(tiles.float(), size=size, mode=mode, **align)
+        if mode == "nearest":
+            return F.interpolate(as_display(tiles, _display_dtype(tiles)), size=size, mode=mode)
+        resized = F.interpolate(
+            as_display(tiles, torch.float32), size=size, mode=mode, align_corners=False
+        )
+        return as_display(resized, _display_dtype(tiles))
     if side > MAX_TILE:
         size = tuple(max(1, round(s * MAX_TILE / side)) for s in tiles.shape[-2:])
-        return F.interpolate(tiles.float(), size=size, mode="area")
-    return tiles.float()
+        resized = F.interpolate(as_display(tiles, torch.float32), size=size, mode="area")
+        return as_display(resized, _display_dtype(tiles))
+    return as_display(tiles, _display_dtype(tiles))
+
+
+def _display_dtype(images: Tensor) -> torch.dtype:
+    return torch.uint8 if images.dtype == torch.uint8 else torch.float32
 
 
 def to_uint8(images: Tensor) -> Tensor:

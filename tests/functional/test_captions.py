@@ -10,10 +10,19 @@ from lightning_viz.functional.captions import (
     fit_text,
     footnote,
     labelled_table,
+    stack_rows,
     text_band,
     wrap,
 )
-from lightning_viz.functional.images import MAX_TILE, MIN_TILE, panels_per_row, readable
+from lightning_viz.functional.images import (
+    MAX_TILE,
+    MIN_TILE,
+    as_display,
+    grid,
+    panels_per_row,
+    readable,
+    to_uint8,
+)
 
 
 def test_text_band_draws_black_text_on_white_and_only_where_the_text_is():
@@ -91,3 +100,37 @@ def test_captioned_rows_put_each_panels_tiles_side_by_side_under_their_captions(
         assert (panels[p, :, :, 30:32] == 1.0).all()  # white padding between tiles
     with pytest.raises(ValueError, match="3 panels of 2 tiles need 3 rows of 2 captions"):
         captioned_rows(tiles, texts[:2])
+
+
+def test_uint8_composition_gives_the_pixels_of_float_composition():
+    tiles = torch.rand(2, 3, 3, 20, 30)
+    texts = [[f"probe {p}", f"ch {p}", "x"] for p in range(2)]
+    small = torch.rand(4, 3, 8, 8)
+
+    def compose(dtype):
+        panels = captioned_rows(as_display(tiles, dtype), texts)
+        image = grid(panels, nrow=1, padding=6)
+        bar = color_bar(image.shape[-1], "viridis", "-", "+", "a title", dtype=dtype)
+        note = footnote(image.shape[-1], "what the tiles mean, wrapped", dtype=dtype)
+        table = labelled_table(
+            readable(as_display(small, dtype)).unflatten(0, (2, 2)), ["a", "b"], ["1", "2"]
+        )
+        return stack_rows(image, bar, note), stack_rows(table, bar)
+
+    in_uint8 = compose(torch.uint8)
+    in_float = compose(torch.float32)
+    for composed, reference in zip(in_uint8, in_float, strict=True):
+        assert composed.dtype == torch.uint8
+        assert composed.shape == reference.shape
+        assert (composed.int() - to_uint8(reference).int()).abs().max() <= 1
+
+
+def test_readable_keeps_uint8_tiles_uint8_in_every_mode():
+    tiles = to_uint8(torch.rand(2, 3, 10, 10))
+    for mode in ("nearest", "bilinear"):
+        enlarged = readable(tiles, mode=mode)
+        assert enlarged.dtype == torch.uint8
+        assert enlarged.shape[-1] == 100
+    assert torch.equal(readable(tiles)[..., ::10, ::10], tiles)  # nearest keeps the pixels
+    shrunk = readable(to_uint8(torch.rand(1, 3, 400, 400)))
+    assert shrunk.dtype == torch.uint8 and shrunk.shape[-1] == MAX_TILE
