@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import Forward, resolve_layers, run_until_captured
@@ -60,9 +59,9 @@ def project_to_input(
     ``"gradient"`` is plain backprop (saliency). Activations without such a rule (GELU, SiLU,
     Hardswish, ReLU6, LeakyReLU, ...) pass plain gradients, with one warning naming them.
 
-    The forward stops at ``layer``; all K channels go backward together (see
-    :func:`project_layers`' ``seeds_in_batch``). Parameters'
-    ``.grad`` are untouched and no hook outlives the call. Run the model in eval mode.
+    The forward stops at ``layer``; all K channels go backward together, as rows of one batch
+    (see :func:`project_layers`). Parameters' ``.grad`` are untouched and no hook outlives the
+    call. Run the model in eval mode (rows of a batch must not see each other).
 
     Args:
         model: the network; its output is not used.
@@ -108,20 +107,19 @@ def project_layers(
     rule: Rule = "deconvnet",
     seed: Seed = "map",
     forward: Forward | None = None,
-    seeds_in_batch: bool | None = None,
 ) -> dict[str, LayerProjection]:
     """:func:`project_to_input` for several layers from one shared forward pass.
+
+    Each (image, channel) pair to project becomes one row of a batch: an image with up to K
+    channels to project in some layer runs forward as K copies, each layer seeds each row with
+    one of its channels (rows a layer does not need get a zero seed), and each layer's backward
+    runs once over all rows. So every conv backward runs once per layer (a batched-gradient
+    backward would launch it once per seed) and no row is spent on a channel index of -1.
 
     Args:
         channels: ``{layer_name: choice}``, a choice being (N, K) channel indices or a function
             that receives the layer's (detached) activation and returns them, so that channels
             can be picked from the same forward pass (e.g. ``lambda a: top_channels(a, 4)``).
-        seeds_in_batch: how the K seeds of an image go backward. True: as K rows of one batch
-            (the forward runs on K copies of the inputs, then each conv's backward runs once
-            per layer: what a GPU wants, where a batched-gradient backward launches every conv
-            backward once per seed); False: as batched gradients over one forward (fewer
-            FLOPs: what a CPU wants). Default: True on an accelerator, False on the CPU. Both
-            give the same projections.
 
     Returns:
         ``{layer_name: LayerProjection(channels, images)}``.
@@ -129,12 +127,15 @@ def project_layers(
     check_choice("rule", rule, RULES)
     check_choice("seed", seed, SEEDS)
     modules = resolve_layers(model, list(channels))
-    if seeds_in_batch is None:
-        seeds_in_batch = inputs.device.type != "cpu"
     with gradient_pass(model, inputs) as x:
         chosen = _chosen_channels(model, x, modules, channels, forward)
-        k = max(choice.shape[1] for choice in chosen.values())
-        rows = x.detach().repeat(k, 1, 1, 1).requires_grad_(True) if seeds_in_batch else x
+        image_of_row, row_of = _rows(chosen)
+        if not len(image_of_row):  # every channel index is -1: nothing to project
+            return {
+                n: LayerProjection(c, x.new_zeros(*c.shape, *x.shape[1:]))
+                for n, c in chosen.items()
+            }
+        rows = x.detach()[image_of_row].requires_grad_(True)
         with relu_rule(rule) as ruleless:
             _, activations = run_until_captured(
                 model, rows, modules, full_forward=False, forward=forward
@@ -143,20 +144,36 @@ def project_layers(
         names = list(activations)
         projections = {}
         for i, n in enumerate(names):
-            layer_k = chosen[n].shape[1]
-            padded = F.pad(chosen[n], (0, k - layer_k), value=-1)
-            seeds = backward_seeds(activations[n][: len(x)].detach(), padded, seed, n)
+            check_channels(chosen[n], activations[n].shape[1], n)
+            used = row_of[n] >= 0
+            channel_of_row = chosen[n].new_full((len(rows), 1), -1)
+            channel_of_row[row_of[n][used], 0] = chosen[n][used]
+            seeds = backward_seeds(activations[n].detach(), channel_of_row, seed, n)[0]
             (gradient,) = torch.autograd.grad(
-                activations[n],
-                rows,
-                grad_outputs=seeds.flatten(0, 1) if seeds_in_batch else seeds,
-                is_grads_batched=not seeds_in_batch,
-                retain_graph=i < len(names) - 1,
+                activations[n], rows, grad_outputs=seeds, retain_graph=i < len(names) - 1
             )
-            gradient = gradient.unflatten(0, (k, len(x))) if seeds_in_batch else gradient
-            images = gradient.transpose(0, 1)[:, :layer_k].float()
-            projections[n] = LayerProjection(chosen[n], images)
+            images = gradient.new_zeros(*chosen[n].shape, *gradient.shape[1:])
+            images[used] = gradient[row_of[n][used]]
+            projections[n] = LayerProjection(chosen[n], images.float())
     return projections
+
+
+def _rows(chosen: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The batch rows of a projection: which image each row copies, and for each layer the row
+    of each of its (N, K) channels (-1 for a channel index of -1).
+
+    Image n gets as many rows as the layer that projects most of its channels needs; every
+    layer puts its channels of image n, in order, into those rows.
+    """
+    used = {name: c >= 0 for name, c in chosen.items()}
+    counts = torch.stack([u.sum(dim=1) for u in used.values()]).amax(dim=0)
+    first_row = counts.cumsum(0) - counts
+    row_of = {
+        name: torch.where(u, first_row[:, None] + u.cumsum(dim=1) - 1, -1)
+        for name, u in used.items()
+    }
+    image_of_row = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    return image_of_row, row_of
 
 
 def _chosen_channels(
@@ -179,13 +196,26 @@ def _chosen_channels(
         choice = channels[name]
         choice = choice(activations[name].detach()) if callable(choice) else choice
         chosen[name] = torch.as_tensor(choice, device=x.device)
-        if chosen[name].dim() != 2 or chosen[name].dtype.is_floating_point:
+        if (
+            chosen[name].dim() != 2
+            or chosen[name].shape[0] != len(x)
+            or chosen[name].dtype.is_floating_point
+        ):
             raise ValueError(
                 f"`channels` for layer {name!r} must be integer indices of shape "
                 f"({len(x)}, K), got {tuple(chosen[name].shape)} {chosen[name].dtype}"
             )
         chosen[name] = chosen[name].long()
     return chosen
+
+
+def check_channels(channels: Tensor, count: int, layer: str) -> None:
+    """ValueError unless every index lies in [0, count) or is -1 (nothing to project)."""
+    if channels.numel() and (channels.min() < -1 or channels.max() >= count):
+        raise ValueError(
+            f"`channels` for layer {layer!r} must lie in [0, {count}) (it has {count} channels; "
+            f"-1 seeds nothing), got values from {int(channels.min())} to {int(channels.max())}"
+        )
 
 
 def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str = "") -> Tensor:
@@ -202,11 +232,7 @@ def backward_seeds(activation: Tensor, channels: Tensor, seed: Seed, layer: str 
             f"got {tuple(channels.shape)} {channels.dtype}"
         )
     channels = channels.long()
-    if channels.numel() and (channels.min() < -1 or channels.max() >= c):
-        raise ValueError(
-            f"`channels` for layer {layer!r} must lie in [0, {c}) (it has {c} channels; -1 "
-            f"seeds nothing), got values from {int(channels.min())} to {int(channels.max())}"
-        )
+    check_channels(channels, c, layer)
     k = channels.shape[1]
     index = channels.clamp(min=0)[:, :, None, None].expand(n, k, h, w)
     chosen = activation.gather(1, index) * (channels >= 0)[:, :, None, None]

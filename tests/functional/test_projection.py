@@ -1,3 +1,4 @@
+import itertools
 import warnings
 
 import pytest
@@ -207,44 +208,53 @@ def test_top_channels_ranks_by_summed_activation():
 
 
 class CountConvBackward(TorchDispatchMode):
-    """Counts the conv backward kernels that run (a batched-gradient fallback runs one per row)."""
+    """Counts the conv backward kernels that run and their batch sizes (a batched-gradient
+    backward falls back to one per seed)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.batch_sizes: list[int] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution_backward.default:
             self.calls += 1
+            self.batch_sizes.append(args[0].shape[0])  # the gradient of the conv's output
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided"])
 @pytest.mark.parametrize("model_name", ["vgg11", "resnet18"])
-def test_seeds_in_batch_give_the_batched_gradients_projections(request, model_name, rule, images):
+def test_layers_of_different_widths_share_rows_and_match_one_pair_at_a_time(
+    request, model_name, rule, images
+):
     model = request.getfixturevalue(model_name)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     choice = {
-        convs[1]: lambda a: top_channels(a, 5),
-        convs[-1]: torch.tensor([[3, -1], [7, 1], [0, 2]]),  # rows of another length
+        convs[1]: torch.tensor([[4, 2, 9], [0, -1, -1], [6, 3, -1]]),
+        convs[-1]: torch.tensor([[3, -1], [7, 1], [-1, -1]]),  # rows of another length
     }
-    stacked = project_layers(model, images, choice, rule=rule, seeds_in_batch=True)
-    batched = project_layers(model, images, choice, rule=rule, seeds_in_batch=False)
-    for layer in choice:
-        assert stacked[layer].images.shape == batched[layer].images.shape
-        assert torch.equal(stacked[layer].channels, batched[layer].channels)
-        assert relative_error(stacked[layer].images, batched[layer].images) < 1e-6
-    assert stacked[convs[-1]].images[0, 1].abs().max() == 0
+    together = project_layers(model, images, choice, rule=rule)
+    for layer, channels in choice.items():
+        assert torch.equal(together[layer].channels, channels)
+        assert together[layer].images.shape == (*channels.shape, 3, 64, 64)
+        for n, k in itertools.product(range(3), range(channels.shape[1])):
+            projected = together[layer].images[n, k]
+            if channels[n, k] < 0:
+                assert projected.abs().max() == 0
+                continue
+            alone = project_to_input(
+                model, images[n : n + 1], layer, channels[n : n + 1, k : k + 1], rule=rule
+            )[0, 0]
+            assert alone.abs().max() > 0
+            assert relative_error(projected, alone) < 1e-5
 
 
-def test_seeds_in_batch_run_each_conv_backward_once_per_layer(images):
+def test_each_conv_backward_runs_once_per_layer_and_no_row_is_spent_on_minus_one(images):
     model = TinyCNN().eval()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    deepest = {convs[-1]: lambda a: top_channels(a, 4)}
-    calls = {}
-    for seeds_in_batch in (True, False):
-        with CountConvBackward() as counter:
-            project_layers(model, images, deepest, seeds_in_batch=seeds_in_batch)
-        calls[seeds_in_batch] = counter.calls
-    assert calls[True] == len(convs)
-    assert calls[False] == 4 * len(convs)  # batched gradients fall back to one per seed
+    channels = torch.tensor([[1, 2, -1, -1], [3, -1, -1, -1], [4, 5, 6, 7]])
+    with CountConvBackward() as counter:
+        project_layers(model, images, {convs[-1]: channels})
+    assert counter.calls == len(convs)
+    assert counter.batch_sizes == [int((channels >= 0).sum())] * len(convs)
