@@ -7,13 +7,16 @@ callbacks derive from every ``Callback`` class that is installed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 try:
     import lightning.pytorch as unified
@@ -111,3 +114,28 @@ def progress_note(trainer: Any, note: str) -> Iterator[None]:
         yield
     finally:
         bar.set_description_str(description, refresh=True)
+
+
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of logged PNGs: 3-4x faster to encode than PIL's default (6) on the enlarged,
+captioned images lightning-viz logs, for files a few percent larger."""
+
+
+def add_png(writer: Any, tag: str, pixels: Any, step: int) -> None:
+    """``writer.add_image(tag, pixels, step)`` for (3, H, W) uint8 pixels, encoded at
+    :data:`PNG_COMPRESS_LEVEL` (SummaryWriter's own encoding uses PIL's slow default level and
+    offers no choice). Writes through the writer's private file writer, which torch's and
+    tensorboardX's SummaryWriter both have; else the public ``add_image``."""
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is None:
+        writer.add_image(tag, pixels, global_step=step)
+        return
+    channels, height, width = pixels.shape
+    encoded = io.BytesIO()
+    Image.fromarray(pixels.transpose(1, 2, 0)).save(
+        encoded, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
+    image = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue()
+    )
+    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)

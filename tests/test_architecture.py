@@ -7,7 +7,13 @@ import lightning_viz
 
 PACKAGE = Path(lightning_viz.__file__).parent
 TAG_PREFIXES = ("filters/", "activations/", "gradcam/", "deconv/", "evolution/", "alerts/")
-PRIVATE_LIGHTNING = ("fit_loop", "_data_source", "_generate_state_key", "_compiler_ctx")
+PRIVATE_LIGHTNING = (
+    "fit_loop",
+    "_data_source",
+    "_generate_state_key",
+    "_compiler_ctx",
+    "_get_file_writer",
+)
 
 
 def modules():

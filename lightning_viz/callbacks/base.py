@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_viz import tags
-from lightning_viz._compat import CALLBACK_BASES, TENSORBOARD_LOGGERS, WANDB_LOGGERS, state_key
+from lightning_viz._compat import (
+    CALLBACK_BASES,
+    TENSORBOARD_LOGGERS,
+    WANDB_LOGGERS,
+    add_png,
+    state_key,
+)
 from lightning_viz.alerts import (
     Alert,
     AlertBook,
@@ -489,7 +495,7 @@ class VizCallback(*CALLBACK_BASES):
         def add_image(writer: Any) -> None:
             if copied is not None:
                 copied.synchronize()
-            writer.add_image(tag, pixels.numpy(), global_step=step)
+            add_png(writer, tag, pixels.numpy(), step)
 
         self.write(trainer, tag, add_image)
         for logger in wandb:

@@ -44,8 +44,9 @@ class DeconvLogger(ProbeCallback):
     probe, the ``top_k`` channels with the largest summed activation are projected back to pixel
     space (:func:`~lightning_viz.functional.project_layers`: Zeiler & Fergus's deconvnet, or
     guided backprop). All layers share one forward pass that stops at the deepest one, over one
-    batch row per (probe, channel) to project; each layer's channels go through one backward. Model in eval mode for the pass, fp32,
-    train flags restored, no ``.grad`` touched; global rank 0 only.
+    batch row per (probe, channel) to project; each layer's channels go through one backward.
+    Model in eval mode for the pass, fp32, train flags restored, no ``.grad`` touched; global
+    rank 0 only.
 
     Feature evolution (Zeiler & Fergus 2013, figure 4): on the first logged epoch the features to
     follow are chosen per layer (the top channel of each of the first ``num_features`` probes, or
@@ -152,6 +153,8 @@ class DeconvLogger(ProbeCallback):
         self.features: dict[str, list[int]] = {}
         self.columns: dict[str, list[Tensor]] = {}
         self.column_epochs: dict[str, list[int]] = {}
+        # the columns enlarged for display, on the device: each is enlarged once, not every epoch
+        self._enlarged: dict[str, list[Tensor]] = {}
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -209,7 +212,7 @@ class DeconvLogger(ProbeCallback):
     @override
     def reset_state(self) -> None:
         super().reset_state()
-        self.features, self.columns, self.column_epochs = {}, {}, {}
+        self.features, self.columns, self.column_epochs, self._enlarged = {}, {}, {}, {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -217,6 +220,7 @@ class DeconvLogger(ProbeCallback):
         self.features = {n: list(c) for n, c in state_dict.get("features", {}).items()}
         self.columns = {n: list(c) for n, c in state_dict.get("columns", {}).items()}
         self.column_epochs = {n: list(e) for n, e in state_dict.get("column_epochs", {}).items()}
+        self._enlarged = {}
 
     # ------------------------------------------------------------------------ the pass
     @override
@@ -289,17 +293,22 @@ class DeconvLogger(ProbeCallback):
         thumbnails = to_rgb(normalize_signed(followed))
         if max(thumbnails.shape[-2:]) > 64:
             thumbnails = F.interpolate(thumbnails, size=(64, 64), mode="area")
+        thumbnails = to_uint8(thumbnails)
         columns = self.columns.setdefault(layer, [])
         epochs = self.column_epochs.setdefault(layer, [])
-        columns.append(to_uint8(thumbnails).cpu())
+        enlarged = self._enlarged.get(layer)
+        if enlarged is None or len(enlarged) != len(columns):  # e.g. columns from a checkpoint
+            enlarged = [readable(column.to(followed.device)) for column in columns]
+        columns.append(thumbnails.cpu())
+        enlarged.append(readable(thumbnails))
         epochs.append(trainer.current_epoch)
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]
         self.column_epochs[layer] = [epochs[i] for i in keep]
+        self._enlarged[layer] = [enlarged[i] for i in keep]
         # a fixed number of slots, so that the image keeps its size from epoch to epoch
         slots = self._evolution_slots(trainer)
-        cells = torch.stack(self.columns[layer], dim=1).to(followed.device)
-        cells = readable(cells.flatten(0, 1)).unflatten(0, cells.shape[:2])
+        cells = torch.stack(self._enlarged[layer], dim=1)
         cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, slots - cells.shape[1]), value=255)
         headers = [f"epoch {e}" for e in self.column_epochs[layer]]
         headers += [""] * (slots - len(headers))

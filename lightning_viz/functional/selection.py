@@ -33,9 +33,11 @@ def follow_features(
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Add to each probe's channels the followed features that this probe activates most.
 
-    Each followed feature is projected from the probe whose map of it has the largest sum. Features
-    that share a probe take extra slots on its row; the other probes' extra slots are -1 (nothing
-    projected), so every row has the same length and one batched backward serves them all.
+    Each followed feature is projected from the probe whose map of it has the largest sum. A
+    feature already among that probe's ``top`` channels reuses that slot (the same projection);
+    the others take extra slots on the probe's row, and the other probes' extra slots are -1
+    (nothing projected), so every row has the same length and one batched backward serves them
+    all. Fewer extra slots mean fewer batch rows to project.
 
     Args:
         activation: (N, C, h, w) the layer's output for the probes.
@@ -57,9 +59,14 @@ def follow_features(
             f"{activation.shape[1]} channels"
         )
     best = activation[:, followed].sum(dim=(2, 3)).argmax(dim=0)
-    rank_on_probe = (best[None, :] == best[:, None]).tril(diagonal=-1).sum(dim=1)
-    extra = torch.full(
-        (len(activation), int(rank_on_probe.max()) + 1), -1, device=top.device, dtype=top.dtype
-    )
-    extra[best, rank_on_probe] = followed
-    return torch.cat([top, extra], dim=1), (best, top.shape[1] + rank_on_probe)
+    in_top = top[best] == followed[:, None]  # (F, K): the feature's slot among the top ones
+    shown = in_top.any(dim=1)
+    extra_needed = ~shown
+    # the i-th feature that needs an extra slot on a probe takes extra column i
+    same_probe = (best[None, :] == best[:, None]) & extra_needed[None, :]
+    rank_on_probe = same_probe.tril(diagonal=-1).sum(dim=1)
+    columns = int(rank_on_probe[extra_needed].max()) + 1 if bool(extra_needed.any()) else 0
+    extra = torch.full((len(activation), columns), -1, device=top.device, dtype=top.dtype)
+    extra[best[extra_needed], rank_on_probe[extra_needed]] = followed[extra_needed]
+    slot = torch.where(shown, in_top.long().argmax(dim=1), top.shape[1] + rank_on_probe)
+    return torch.cat([top, extra], dim=1), (best, slot)

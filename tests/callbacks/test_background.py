@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, Probes
@@ -57,13 +58,13 @@ def test_every_image_of_a_run_is_written_off_the_training_thread_in_step_order(
     tmp_path, monkeypatch
 ):
     encoded_on = set()
-    add_image = SummaryWriter.add_image
+    encode = Image.Image.save
 
     def recording(self, *args, **kwargs):
         encoded_on.add(threading.current_thread().name)
-        return add_image(self, *args, **kwargs)
+        return encode(self, *args, **kwargs)
 
-    monkeypatch.setattr(SummaryWriter, "add_image", recording)
+    monkeypatch.setattr(Image.Image, "save", recording)
     callbacks = [
         FilterMonitor(strict=True),
         GradCAMLogger(probes=probes(), strict=True),
@@ -102,7 +103,7 @@ def test_a_failed_write_becomes_an_alert_and_training_goes_on(tmp_path, monkeypa
     def broken(self, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(SummaryWriter, "add_image", broken)
+    monkeypatch.setattr(Image.Image, "save", broken)
     with pytest.warns(UserWarning, match=r"writing gradcam/model.features to TensorBoard failed"):
         trainer = fit(
             DigitsClassifier(),
@@ -113,3 +114,28 @@ def test_a_failed_write_becomes_an_alert_and_training_goes_on(tmp_path, monkeypa
         )
     assert trainer.current_epoch == 2
     assert not writer_threads()
+
+
+def test_images_are_written_as_lossless_fast_pngs_by_either_writer_api(tmp_path):
+    import io
+
+    import numpy as np
+
+    from lightning_viz._compat import add_png
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 20, 30), dtype=np.uint8)
+
+    class PublicOnly:  # a writer with add_image but no private file writer
+        def __init__(self, writer):
+            self.add_image = writer.add_image
+
+    writer = SummaryWriter(str(tmp_path))
+    add_png(writer, "fast", pixels, 3)
+    add_png(PublicOnly(writer), "public", pixels, 4)
+    writer.close()
+    events = read_events(tmp_path)
+    for tag, step in (("fast", 3), ("public", 4)):
+        [event] = events.Images(tag)
+        assert event.step == step
+        decoded = Image.open(io.BytesIO(event.encoded_image_string))
+        assert np.array_equal(np.asarray(decoded).transpose(2, 0, 1), pixels)

@@ -133,4 +133,5 @@ def test_readable_keeps_uint8_tiles_uint8_in_every_mode():
         assert enlarged.shape[-1] == 100
     assert torch.equal(readable(tiles)[..., ::10, ::10], tiles)  # nearest keeps the pixels
     shrunk = readable(to_uint8(torch.rand(1, 3, 400, 400)))
-    assert shrunk.dtype == torch.uint8 and shrunk.shape[-1] == MAX_TILE
+    assert shrunk.dtype == torch.uint8
+    assert shrunk.shape[-1] == MAX_TILE

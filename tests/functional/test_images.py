@@ -91,3 +91,13 @@ def test_to_rgb_and_grid():
 def test_to_uint8_rounds_and_clips():
     values = torch.tensor([-0.5, 0.0, 0.5, 1.0, 2.0])
     assert to_uint8(values).tolist() == [0, 0, 128, 255, 255]
+
+
+@pytest.mark.parametrize("percentile", [50.0, 99.0, 100.0])
+@pytest.mark.parametrize("size", [1, 2, 7, 1024])
+def test_normalize_signed_scale_is_torchs_quantile(percentile, size):
+    from lightning_viz.functional.images import _row_quantile
+
+    values = torch.randn(3, size, generator=torch.Generator().manual_seed(size)).abs()
+    expected = torch.quantile(values, percentile / 100, dim=1, keepdim=True)
+    assert torch.allclose(_row_quantile(values, percentile / 100), expected, rtol=1e-6, atol=0)

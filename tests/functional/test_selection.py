@@ -29,20 +29,39 @@ def test_followed_features_go_to_the_probe_that_activates_them_most():
     for feature, row, column in zip(features, probe.tolist(), slot.tolist(), strict=True):
         assert row == int(strength[:, feature].argmax())  # brute force
         assert channels[row, column] == feature
-    # every followed feature appears exactly once in the extra slots; the rest seed nothing
+    # a feature its probe shows anyway reuses that slot; the others appear once in extra
+    # slots, and every other extra slot seeds nothing
     extra = channels[:, 2:]
-    assert sorted(extra[extra >= 0].tolist()) == features
-    assert (extra == -1).sum() == extra.numel() - len(features)
+    not_shown = [f for f, row in zip(features, probe.tolist(), strict=True) if f not in top[row]]
+    assert sorted(extra[extra >= 0].tolist()) == sorted(not_shown)
+    assert (extra == -1).sum() == extra.numel() - len(not_shown)
+
+
+def test_a_feature_among_its_probes_top_channels_takes_no_extra_slot():
+    activation = torch.zeros(3, 4, 2, 2)
+    activation[0, [2, 3]] = torch.tensor([2.0, 1.0])[:, None, None]  # probe 0: top 2, then 3
+    activation[1, [0, 1]] = torch.tensor([3.0, 2.5])[:, None, None]  # probe 1: top 0, then 1
+    top = top_channels(activation, 1)  # [[2], [0], [...]]
+    channels, (probe, slot) = follow_features(activation, top, [2, 0])
+    assert channels.shape == (3, 1)  # both shown anyway: no extra column, no extra row
+    assert probe.tolist() == [0, 1]
+    assert slot.tolist() == [0, 0]
+    channels, (probe, slot) = follow_features(activation, top, [2, 3, 1])
+    assert channels.shape == (3, 2)  # 3 and 1 are not in their probes' top: one extra column
+    assert probe.tolist() == [0, 0, 1]
+    assert slot.tolist() == [0, 1, 1]
+    assert channels[:, 1].tolist() == [3, 1, -1]
 
 
 def test_features_sharing_a_probe_take_extra_slots():
     activation = torch.zeros(2, 3, 2, 2)
-    activation[0] = 1.0  # probe 0 activates every channel most
+    activation[0] = torch.tensor([3.0, 2.0, 1.0])[:, None, None]  # probe 0 activates all most
     top = top_channels(activation, 1)
     channels, (probe, slot) = follow_features(activation, top, [0, 1, 2])
     assert probe.tolist() == [0, 0, 0]
-    assert slot.tolist() == [1, 2, 3]
-    assert channels[1, 1:].tolist() == [-1, -1, -1]
+    assert slot.tolist() == [0, 1, 2]  # 0 is its top channel; 1 and 2 take extra slots
+    assert channels[0].tolist() == [0, 1, 2]
+    assert channels[1, 1:].tolist() == [-1, -1]
 
 
 def test_followed_channel_out_of_range():
