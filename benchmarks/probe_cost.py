@@ -1,11 +1,13 @@
-"""Cost of one GradCAMLogger and one DeconvLogger epoch, in optimizer steps, and its memory.
+"""Cost of one GradCAMLogger, DeconvLogger and OcclusionLogger epoch, in optimizer steps, and
+the probe passes' memory.
 
     python -m benchmarks.probe_cost
 
 Each logger's epoch (its default probes, one per class: 10; DeconvLogger: 5 layers x top-4,
-evolution on) is timed through a real Trainer as the training thread sees it (PNG encoding and
-TensorBoard writes on the background writer, which is let finish outside the timing) and divided
-by the time of one optimizer step at batch 64 on the same model. Memory:
+evolution on; OcclusionLogger: 7x7 patch positions, 490 occluded images) is timed through a real
+Trainer as the training thread sees it (PNG encoding and TensorBoard writes on the background
+writer, which is let finish outside the timing) and divided by the time of one optimizer step at
+batch 64 on the same model. Memory:
 the extra peak of a probe pass over what was allocated before it, against the size of all module
 outputs of one forward of the probe batch (torch.cuda.max_memory_allocated on a GPU; on the CPU
 the process's peak RSS, reset through /proc/self/clear_refs).
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import DEVICE, MODELS, alternate, machine, table
-from lightning_viz import DeconvLogger, GradCAMLogger
+from lightning_viz import DeconvLogger, GradCAMLogger, OcclusionLogger
 from lightning_viz.callbacks.base import RunContext
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.testing import ImageClassifier
@@ -78,12 +80,12 @@ def measure(name: str, repeats: int) -> list[str]:
     factory, shape = MODELS[name]
     module = ImageClassifier(factory(), lr=0.01, momentum=0.0)
     data = TensorDataset(torch.randn(64, *shape), torch.randint(0, 10, (64,)))
-    gradcam, deconv = GradCAMLogger(), DeconvLogger()
+    gradcam, deconv, occlusion = GradCAMLogger(), DeconvLogger(), OcclusionLogger()
     trainer = pl.Trainer(
         max_steps=1,
         accelerator=DEVICE.type,
         devices=1,
-        callbacks=[gradcam, deconv],
+        callbacks=[gradcam, deconv, occlusion],
         logger=pl.loggers.TensorBoardLogger("/tmp/lightning-viz-bench", name=f"probe-{name}"),
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -99,11 +101,15 @@ def measure(name: str, repeats: int) -> list[str]:
     def deconv_epoch():
         deconv._run(trainer, module)
 
+    def occlusion_epoch():
+        occlusion._run(trainer, module)
+
     times = alternate(
         {
             "step": optimizer_step(module, 64, shape),
             "gradcam": gradcam_epoch,
             "deconv": deconv_epoch,
+            "occlusion": occlusion_epoch,
         },
         repeats,
         settle=background.flush,
@@ -118,6 +124,7 @@ def measure(name: str, repeats: int) -> list[str]:
         f"{times['step'] * 1e3:.1f}",
         f"{times['gradcam'] / times['step']:.2f}",
         f"{times['deconv'] / times['step']:.2f}",
+        f"{times['occlusion'] / times['step']:.2f}",
         f"{activations / 2**20:.1f}",
         f"{gradcam_memory / activations:.2f}x",
         f"{deconv_memory / activations:.2f}x",
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 "step at batch 64 (ms)",
                 "GradCAM epoch (steps)",
                 "Deconv epoch (steps)",
+                "Occlusion epoch (steps)",
                 "probe activations (MiB)",
                 "GradCAM extra peak",
                 "Deconv extra peak",

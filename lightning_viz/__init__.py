@@ -17,6 +17,7 @@ _HOMES = {
     "DeconvLogger": "lightning_viz.callbacks",
     "FilterMonitor": "lightning_viz.callbacks",
     "GradCAMLogger": "lightning_viz.callbacks",
+    "OcclusionLogger": "lightning_viz.callbacks",
     "Probes": "lightning_viz.probes",
     "default_callbacks": "lightning_viz.presets",
     "overhead": "lightning_viz.callbacks.base",
@@ -28,6 +29,7 @@ __all__ = [
     "DeconvLogger",
     "FilterMonitor",
     "GradCAMLogger",
+    "OcclusionLogger",
     "Probes",
     "__version__",
     "default_callbacks",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         DeconvLogger,
         FilterMonitor,
         GradCAMLogger,
+        OcclusionLogger,
     )
     from lightning_viz.callbacks.base import overhead
     from lightning_viz.presets import default_callbacks

@@ -45,6 +45,12 @@ EVOLUTION = "evolution/{layer}"
 EVOLUTION_FEATURES = "evolution/{layer}/features"
 """Text, DeconvLogger: the followed channels and the epochs of the columns."""
 
+OCCLUSION = "occlusion/sensitivity"
+"""Image, OcclusionLogger: the probes and how much hiding each spot lowers the explained class's
+probability."""
+OCCLUSION_TARGETS = "occlusion/sensitivity/targets"
+"""Text, OcclusionLogger: the class each map explains, the prediction and the largest drop."""
+
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step

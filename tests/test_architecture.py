@@ -6,7 +6,15 @@ from pathlib import Path
 import lightning_viz
 
 PACKAGE = Path(lightning_viz.__file__).parent
-TAG_PREFIXES = ("filters/", "activations/", "gradcam/", "deconv/", "evolution/", "alerts/")
+TAG_PREFIXES = (
+    "filters/",
+    "activations/",
+    "gradcam/",
+    "deconv/",
+    "evolution/",
+    "occlusion/",
+    "alerts/",
+)
 PRIVATE_LIGHTNING = (
     "fit_loop",
     "_data_source",

@@ -4,5 +4,12 @@ from lightning_viz.callbacks.activation_monitor import ActivationMonitor
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
+from lightning_viz.callbacks.occlusion_logger import OcclusionLogger
 
-__all__ = ["ActivationMonitor", "DeconvLogger", "FilterMonitor", "GradCAMLogger"]
+__all__ = [
+    "ActivationMonitor",
+    "DeconvLogger",
+    "FilterMonitor",
+    "GradCAMLogger",
+    "OcclusionLogger",
+]

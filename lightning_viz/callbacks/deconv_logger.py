@@ -99,7 +99,7 @@ class DeconvLogger(ProbeCallback):
         trainer = Trainer(callbacks=[DeconvLogger(top_k=4, rule="deconvnet")])
     """
 
-    baseline = False
+    at_fit_start = False
 
     view = "deconvnet"
 

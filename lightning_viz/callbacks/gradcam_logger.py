@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -12,13 +12,12 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
+from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional import (
-    class_scores,
     colorize,
     grad_cam_and_logits,
-    grid,
     guided_backprop,
     normalize,
     normalize_signed,
@@ -26,14 +25,13 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
-from lightning_viz.functional._validation import check_fraction, check_logits
-from lightning_viz.functional.captions import captioned_rows, class_name, color_bar, stack_rows
+from lightning_viz.functional.captions import color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
-from lightning_viz.functional.images import colormap_table, panels_per_row, readable
+from lightning_viz.functional.images import readable
 from lightning_viz.probes import Probes
 
 
-class GradCAMLogger(ProbeCallback):
+class GradCAMLogger(ClassView):
     r"""Grad-CAM heatmaps on fixed probe images: where the network looks for its decision.
 
     At fit start (the untrained baseline) and every ``every_n_epochs`` at the end of a training
@@ -108,7 +106,7 @@ class GradCAMLogger(ProbeCallback):
     def __init__(
         self,
         layers: Sequence[str] | None = None,
-        target: Literal["label", "pred"] | int | None = None,
+        target: Target = None,
         probes: Probes | None = None,
         num_probes: int | None = None,
         every_n_epochs: int = 1,
@@ -124,38 +122,23 @@ class GradCAMLogger(ProbeCallback):
     ) -> None:
         super().__init__(
             layers=layers,
+            target=target,
             probes=probes,
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
             class_names=class_names,
+            cmap=cmap,
+            alpha=alpha,
+            output_transform=output_transform,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
         )
-        if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
-            raise ValueError(
-                f"`target` must be 'label', 'pred', a class index >= 0 or None, got {target!r}"
-            )
-        self.target = target
-        colormap_table(cmap)
-        self.cmap = cmap
-        self.alpha = check_fraction("alpha", alpha)
         self.guided = bool(guided)
-        if output_transform is not None and not callable(output_transform):
-            raise ValueError(
-                f"`output_transform` must be None or a callable, got {output_transform!r}"
-            )
-        self.output_transform = output_transform
-        self._transform: OutputTransform = output_transform or class_scores
         self._layers: dict[str, nn.Module] = {}
-        self._labels_are_classes = False
 
     view = "Grad-CAM"
-
-    @override
-    def _state_key_fields(self) -> dict[str, Any]:
-        return {"layers": self.layer_names, "target": self.target}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -165,46 +148,8 @@ class GradCAMLogger(ProbeCallback):
 
     @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        super().prepare(pl_module, probes, output)
         source = type(self).__name__
-        explicit = self.output_transform is not None
-        same_as_input = tuple(probes.images.shape[1:])
-        if not explicit and isinstance(output, torch.Tensor) and output.shape[1:] == same_as_input:
-            raise Unsuited(
-                f"{source}: the model returns an image the size of its input, {same_as_input} "
-                "(a reconstruction?), not class scores, so there is nothing to explain; pass "
-                "output_transform= to say which score to explain."
-            )
-        try:
-            scores = check_logits(self._transform(output), 1)
-        except ValueError as error:
-            if explicit:
-                raise ValueError(f"{source}: output_transform: {error}") from None
-            raise Unsuited(
-                f"{source}: {error}; pass output_transform= to turn the model's output into "
-                "(N, num_classes) scores"
-            ) from None
-        classes = scores.shape[1]
-        if isinstance(self.target, int) and self.target >= classes:
-            raise ValueError(
-                f"{source}: `target`={self.target} is not a class of a model with {classes} "
-                f"outputs; give an index in [0, {classes})"
-            )
-        if self.target == "label" and probes.labels is None:
-            raise ValueError(
-                f"{source}: target='label' needs probes with labels; pass "
-                "Probes(images, labels) or target='pred'"
-            )
-        labels = probes.labels
-        self._labels_are_classes = labels is not None and bool(
-            labels.min() >= 0 and labels.max() < classes
-        )
-        explicit = self.target == "label" or self.user_probes is not None
-        if labels is not None and not self._labels_are_classes and explicit:
-            raise ValueError(
-                f"{source}: probe labels must lie in [0, {classes}) for a model with {classes} "
-                f"outputs, to explain each probe's label; got labels from "
-                f"{int(labels.min())} to {int(labels.max())}"
-            )
         self._check_named_layers(pl_module, probes, tokens=True)
         if not self._layers:
             try:
@@ -215,14 +160,6 @@ class GradCAMLogger(ProbeCallback):
                 raise Unsuited(f"{source}: {error}") from None
             self._layers = {name: pl_module.get_submodule(name)}
 
-    def _targets(self, probes: Probes) -> torch.Tensor | int | None:
-        target = self.target
-        if target is None:
-            target = "label" if self._labels_are_classes else "pred"
-        if target == "label":
-            return probes.labels
-        return None if target == "pred" else target
-
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
@@ -230,22 +167,12 @@ class GradCAMLogger(ProbeCallback):
         maps, logits = grad_cam_and_logits(
             pl_module, probes.images, list(self._layers), targets, self._transform, forward
         )
-        n = len(probes)
-        explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
-        probabilities = logits.softmax(dim=1)
-        confidence, predicted = probabilities.max(dim=1)
         guided = (
             guided_backprop(pl_module, probes.images, targets, self._transform, forward)
             if self.guided
             else None
         )
-        names = self.class_names
-        predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
-        image_captions = [self.probe_caption(probes, i) for i in range(n)]
-        map_captions = [
-            f"pred {class_name(p, names)} {c:.0%}"
-            for p, c in zip(predicted_list, confidence_list, strict=True)
-        ]
+        image_captions, map_captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         for layer, cam in maps.items():
             if not cam.isfinite().all():
@@ -270,31 +197,5 @@ class GradCAMLogger(ProbeCallback):
                 self.log_image(
                     trainer, tags.tag(tags.GRADCAM_GUIDED, layer), stack_rows(image, legend)
                 )
-        table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
-        rows = zip(explained.tolist(), predicted_list, confidence_list, strict=True)
-        table += [
-            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
-            for i, (t, p, c) in enumerate(rows)
-        ]
         for layer in maps:
-            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), "\n".join(table))
-
-    def _explained_class(self, targets: torch.Tensor | int | None) -> str:
-        if targets is None:
-            return "predicted class"
-        if isinstance(targets, int):
-            return f"class {class_name(targets, self.class_names)}"
-        return "true class"
-
-    @staticmethod
-    def _panels(
-        display: torch.Tensor,
-        maps: torch.Tensor,
-        image_captions: list[str],
-        map_captions: list[str],
-    ) -> torch.Tensor:
-        """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
-        captions = [list(pair) for pair in zip(image_captions, map_captions, strict=True)]
-        panels = captioned_rows(torch.stack([display, maps], dim=1), captions)
-        per_row = panels_per_row(len(panels), *panels.shape[-2:])
-        return grid(panels, nrow=per_row, padding=6)
+            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), table)

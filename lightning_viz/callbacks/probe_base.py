@@ -96,7 +96,7 @@ class ProbeCallback(VizCallback):
     dict, so a resumed run uses the same ones.
     """
 
-    baseline = True
+    at_fit_start = True
     """Whether to visualize at fit start, before any training (the untrained baseline)."""
 
     def __init__(
@@ -155,7 +155,7 @@ class ProbeCallback(VizCallback):
         except Unsuited as why:
             self.show_nothing(str(why), trainer)
             return
-        if self.baseline and not resumed:
+        if self.at_fit_start and not resumed:
             self._run(trainer, pl_module)
 
     @override

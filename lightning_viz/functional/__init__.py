@@ -20,6 +20,7 @@ from lightning_viz.functional.images import (
     to_uint8,
     upsample,
 )
+from lightning_viz.functional.occlusion import occlusion
 from lightning_viz.functional.projection import (
     project_layers,
     project_to_input,
@@ -39,6 +40,7 @@ __all__ = [
     "guided_backprop",
     "normalize",
     "normalize_signed",
+    "occlusion",
     "overlay",
     "project_layers",
     "project_to_input",

@@ -87,3 +87,11 @@ def target_index(
             f"got values from {int(index.min())} to {int(index.max())}"
         )
     return index
+
+
+def check_pair(name: str, value: Any) -> tuple[int, int]:
+    """A positive int, or a (height, width) pair of them, as a pair."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ValueError(f"`{name}` must be a positive int or (height, width), got {value!r}")
+    return pair

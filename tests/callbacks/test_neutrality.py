@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz import (
+    ActivationMonitor,
+    DeconvLogger,
+    FilterMonitor,
+    GradCAMLogger,
+    OcclusionLogger,
+)
 from tests.helpers import DigitsClassifier, fit
 
 
@@ -64,6 +70,7 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         ActivationMonitor(every_n_steps=1, strict=True),
         GradCAMLogger(strict=True),
         DeconvLogger(rule="guided", strict=True),
+        OcclusionLogger(strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
 

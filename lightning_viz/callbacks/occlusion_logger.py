@@ -1,0 +1,178 @@
+"""OcclusionLogger: which parts of the probes the prediction needs, found by hiding them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from typing_extensions import override
+
+from lightning_viz import tags
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.functional import colorize, normalize_signed, overlay, upsample
+from lightning_viz.functional._validation import check_int, check_pair
+from lightning_viz.functional.captions import color_bar, stack_rows
+from lightning_viz.functional.gradcam import OutputTransform
+from lightning_viz.functional.images import readable
+from lightning_viz.functional.occlusion import MAX_BATCH, occlusion
+from lightning_viz.probes import Probes
+
+
+class OcclusionLogger(ClassView):
+    r"""Occlusion sensitivity on fixed probe images (Zeiler & Fergus, 2014): hide a patch, see
+    how much the explained class's probability drops, at every patch position.
+
+    At fit start (the untrained baseline) and every ``every_n_epochs`` at the end of a training
+    epoch, every probe is run with a ``window`` patch set to ``baseline`` at every position
+    (:func:`~lightning_viz.functional.occlusion.occlusion`: batched forwards of at most
+    ``max_batch`` occluded images, no gradients), model in eval mode, train flags restored,
+    global rank 0 only. Unlike Grad-CAM it needs no layer and no gradient: it treats the model as
+    a black box, so it works for any architecture that returns class scores.
+
+    Args:
+        window: the hidden patch's side in pixels, or (height, width); default a quarter of the
+            probes' sides (8x8 on 32x32 probes).
+        stride: pixels between patch positions; default an eighth of the probes' sides (7x7
+            positions whatever the probe size).
+        baseline: the value hidden pixels take; 0 is the mean colour of normalized images.
+        max_batch: the most occluded images per forward (memory: that many images' activations).
+        target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
+            on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+        cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
+            lowers the probability, blue where it raises it).
+        alpha: heatmap opacity over the probe.
+
+    Raises:
+        ValueError: bad arguments (at construction); probes that do not fit the model, a window
+            larger than the probes, labels out of range (at fit start).
+
+    Logged keys:
+
+    - ``occlusion/sensitivity`` (image): a panel per probe, the probe (captioned with its true
+      class) beside the map over it (captioned with the predicted class and its probability);
+      each map is scaled to its own largest change (the table gives it), white is no change;
+      a colour bar below names the class explained and the patch size.
+    - ``occlusion/sensitivity/targets`` (text): per probe, the class explained, the prediction,
+      its probability and the largest drop of the explained class's probability.
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
+
+    How to read it: red marks the parts the network needs for the class: hiding them lowers its
+    probability. A trained net's red sits on the object; red on the background points at a
+    shortcut. Blue parts work against the class (hiding them makes it likelier). A largest
+    drop near 0 means no single patch matters (the evidence is spread out, or the window is too
+    small for the object).
+
+    Cost: per logged epoch about ``probes x positions`` forwards without gradients (10 probes x
+    49 positions = 490 images by default), in batches of ``max_batch``; not part of
+    :func:`~lightning_viz.default_callbacks`.
+
+    Example::
+
+        trainer = Trainer(callbacks=[OcclusionLogger(window=8, stride=4)])
+    """
+
+    view = "occlusion"
+
+    def __init__(
+        self,
+        window: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        baseline: float = 0.0,
+        max_batch: int = MAX_BATCH,
+        target: Target = None,
+        probes: Probes | None = None,
+        num_probes: int | None = None,
+        every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        cmap: str = "RdBu_r",
+        alpha: float = 0.6,
+        output_transform: OutputTransform | None = None,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+        budget: float | None = None,
+    ) -> None:
+        super().__init__(
+            target=target,
+            probes=probes,
+            num_probes=num_probes,
+            every_n_epochs=every_n_epochs,
+            forward_fn=forward_fn,
+            class_names=class_names,
+            cmap=cmap,
+            alpha=alpha,
+            output_transform=output_transform,
+            on_alert=on_alert,
+            strict=strict,
+            budget=budget,
+        )
+        self.window = None if window is None else check_pair("window", window)
+        self.stride = None if stride is None else check_pair("stride", stride)
+        if not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
+            raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
+        self.baseline = float(baseline)
+        self.max_batch = check_int("max_batch", max_batch)
+        self._window = self._stride = (1, 1)
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"window": self.window, "stride": self.stride, "target": self.target}
+
+    @override
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        super().prepare(pl_module, probes, output)
+        size = tuple(probes.images.shape[-2:])
+        self._window = self.window or tuple(max(1, math.ceil(s / 4)) for s in size)
+        self._stride = self.stride or tuple(max(1, math.ceil(s / 8)) for s in size)
+        if any(w > s for w, s in zip(self._window, size, strict=True)):
+            raise ValueError(
+                f"{type(self).__name__}: `window` {self._window} is larger than the probes, {size}"
+            )
+
+    @override
+    def watching(self) -> str:
+        height, width = self._window
+        return f"occlusion ({height}x{width} patches) on {len(self.probes)} probes"
+
+    @override
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        forward = self.probe_forward(pl_module)
+        with torch.no_grad():
+            logits = self._transform((forward or pl_module)(probes.images)).float()
+        sensitivity = occlusion(
+            pl_module,
+            probes.images,
+            targets,
+            self._window,
+            self._stride,
+            self.baseline,
+            output_transform=self._transform,
+            forward=forward,
+            max_batch=self.max_batch,
+        )
+        if not sensitivity.isfinite().all():
+            raise ValueError(
+                "the occlusion map has NaN or Inf: the probes, the model's outputs or its "
+                "weights are not finite"
+            )
+        image_captions, map_captions, table = self._predictions(probes, logits, targets)
+        display = readable(probes.display)
+        heat = normalize_signed(upsample(sensitivity, tuple(display.shape[-2:])), percentile=100)
+        overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
+        image = self._panels(display, overlays, image_captions, map_captions)
+        height, width = self._window
+        explained = self._explained_class(targets)
+        title = f"occlusion, {height}x{width} patch: drop of the {explained}'s probability"
+        legend = color_bar(image.shape[-1], self.cmap, "rises", "drops", title, image.device)
+        self.log_image(trainer, tags.OCCLUSION, stack_rows(image, legend))
+        drops = sensitivity.flatten(1).amax(dim=1).tolist()
+        lines = table.splitlines()
+        lines[0] += " largest drop |"
+        lines[1] += "---|"
+        lines[2:] = [f"{line} {drop:.3f} |" for line, drop in zip(lines[2:], drops, strict=True)]
+        self.log_text(trainer, tags.OCCLUSION_TARGETS, "\n".join(lines))

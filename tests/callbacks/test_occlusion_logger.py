@@ -1,0 +1,94 @@
+"""OcclusionLogger through a real Trainer: images, captions, the table's numbers, localization."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_viz import OcclusionLogger, Probes
+from lightning_viz.functional import occlusion, upsample
+from lightning_viz.testing import ShapesCNN, shapes_task
+from tests.callbacks.test_probe_loggers import EPOCH_ENDS, Autoencoder
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    assert_caption,
+    fit,
+    image_pixels,
+    make_trainer,
+    read_events,
+)
+
+
+def text_rows(events, tag: str) -> list[list[str]]:
+    text = events.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+
+
+def test_occlusion_images_at_every_logged_epoch_with_captions_and_the_largest_drops(tmp_path):
+    logger = OcclusionLogger(strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=3)
+    events = read_events(tmp_path)
+    images = events.Images("occlusion/sensitivity")
+    assert [i.step for i in images] == [0, *EPOCH_ENDS]
+    assert logger._window == (8, 8)  # a quarter of the 32-pixel probes
+    assert logger._stride == (4, 4)
+    # the same panel layout as Grad-CAM: 10 probes, 2 panels per row, then the colour bar
+    assert (images[-1].width, images[-1].height) == (2 * 200 + 6, 5 * 118 + 6 + 32)
+    pixels = image_pixels(images[-1])
+    assert_caption(pixels, "true 0", x=6, y=6, width=96)
+    assert_caption(pixels, "true 3", x=6 + 200, y=6 + 118, width=96)
+    # the table's largest drop is the functional occlusion of the final model
+    expected = occlusion(
+        module.eval(), logger.probes.images, logger.probes.labels, window=8, stride=4
+    )
+    rows = text_rows(events, "occlusion/sensitivity/targets")
+    assert [row[1] for row in rows] == [str(c) for c in range(10)]  # explains the true class
+    largest = torch.tensor([float(row[4]) for row in rows])
+    assert torch.allclose(largest, expected.flatten(1).amax(dim=1), atol=1e-3)
+    assert largest.max() > 0.01
+
+
+def test_occlusion_points_at_the_shape_that_decides_the_class(tmp_path):
+    """The pointing game on the occlusion map of a net that learned the shapes task."""
+    images, labels, _ = shapes_task(1200)
+    probe_images, probe_labels, boxes = shapes_task(50, seed=1)
+    torch.manual_seed(0)
+    module = Classifier(ShapesCNN(), lr=0.05)
+    logger = OcclusionLogger(probes=Probes(probe_images, probe_labels), strict=True)
+    trainer = make_trainer(tmp_path, [logger], max_epochs=5)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
+    sensitivity = occlusion(module.eval(), probe_images, probe_labels, window=8, stride=4)
+    peak = upsample(sensitivity, (32, 32)).flatten(1).argmax(dim=1)
+    row, col = peak // 32, peak % 32
+    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
+    assert inside.float().mean() >= 0.8
+    assert len(read_events(tmp_path).Images("occlusion/sensitivity")) == 6
+
+
+def test_an_autoencoder_gets_a_notice_and_training_goes_on(tmp_path):
+    logger = OcclusionLogger(on_alert="stop")
+    with pytest.warns(UserWarning, match=r"OcclusionLogger: the model returns an image the size"):
+        trainer = fit(Autoencoder(), [logger], tmp_path, epochs=2, limit_train_batches=2)
+    assert trainer.current_epoch == 2
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: OcclusionLogger(window=0), "`window` must be a positive int"),
+        (lambda: OcclusionLogger(stride=(2, 2, 2)), "`stride` must be a positive int"),
+        (lambda: OcclusionLogger(baseline=float("nan")), "`baseline` must be a finite number"),
+        (lambda: OcclusionLogger(max_batch=0), "`max_batch` must be a positive integer"),
+        (lambda: OcclusionLogger(target="best"), "`target` must be 'label', 'pred'"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_a_window_larger_than_the_probes_fails_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"`window` \(40, 40\) is larger than the probes"):
+        fit(DigitsClassifier(), [OcclusionLogger(window=40)], tmp_path, epochs=1)
