@@ -18,7 +18,7 @@ from lightning_viz.functional._validation import check_int, check_pair
 from lightning_viz.functional.captions import color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
-from lightning_viz.functional.occlusion import MAX_BATCH, occlusion
+from lightning_viz.functional.occlusion import occlusion
 from lightning_viz.probes import Probes
 
 
@@ -39,7 +39,8 @@ class OcclusionLogger(ClassView):
         stride: pixels between patch positions; default an eighth of the probes' sides (7x7
             positions whatever the probe size).
         baseline: the value hidden pixels take; 0 is the mean colour of normalized images.
-        max_batch: the most occluded images per forward (memory: that many images' activations).
+        max_batch: the most occluded images per forward (memory: that many images'
+            activations); default 64 on a CPU, 256 on an accelerator.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
             on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
@@ -82,7 +83,7 @@ class OcclusionLogger(ClassView):
         window: int | Sequence[int] | None = None,
         stride: int | Sequence[int] | None = None,
         baseline: float = 0.0,
-        max_batch: int = MAX_BATCH,
+        max_batch: int | None = None,
         target: Target = None,
         probes: Probes | None = None,
         num_probes: int | None = None,
@@ -115,7 +116,7 @@ class OcclusionLogger(ClassView):
         if not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
             raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
         self.baseline = float(baseline)
-        self.max_batch = check_int("max_batch", max_batch)
+        self.max_batch = check_int("max_batch", max_batch, allow_none=True)
         self._window = self._stride = (1, 1)
 
     @override
