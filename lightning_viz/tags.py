@@ -51,6 +51,27 @@ probability."""
 OCCLUSION_TARGETS = "occlusion/sensitivity/targets"
 """Text, OcclusionLogger: the class each map explains, the prediction and the largest drop."""
 
+SALIENCY = "saliency/{key}"
+"""Image, SaliencyLogger: the probes and their gradient attribution maps (``key`` the method:
+``vanilla``, ``smoothgrad``, ``integrated_gradients`` or ``expected_gradients``)."""
+SALIENCY_TARGETS = "saliency/{key}/targets"
+"""Text, SaliencyLogger: the class each map explains, the prediction and its probability."""
+
+ACTIVATION_GRID = "activation_grid/{layer}"
+"""Image, ActivationGridLogger: each probe's most active feature maps of the layer."""
+ACTIVATION_GRID_CHANNELS = "activation_grid/{layer}/channels"
+"""Text, ActivationGridLogger: the channels shown for each probe and their mean activation."""
+
+CAM = "cam/{layer}"
+"""Image, CAMLogger: the probes and their class activation maps."""
+CAM_TARGETS = "cam/{layer}/targets"
+"""Text, CAMLogger: the class each map explains, the prediction and its probability."""
+
+LIME = "lime/weights"
+"""Image, LIMELogger: the probes and the weight LIME's linear surrogate gives each segment."""
+LIME_TARGETS = "lime/weights/targets"
+"""Text, LIMELogger: the class each map explains, the prediction and the surrogate's fit."""
+
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
