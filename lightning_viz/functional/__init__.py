@@ -26,11 +26,18 @@ from lightning_viz.functional.projection import (
     project_to_input,
     top_channels,
 )
+from lightning_viz.functional.saliency import (
+    expected_gradients,
+    integrated_gradients,
+    saliency,
+    smooth_grad,
+)
 
 __all__ = [
     "activation_stats",
     "class_scores",
     "colorize",
+    "expected_gradients",
     "filter_health",
     "filter_noise",
     "filter_tiles",
@@ -38,6 +45,7 @@ __all__ = [
     "grad_cam_and_logits",
     "grid",
     "guided_backprop",
+    "integrated_gradients",
     "normalize",
     "normalize_signed",
     "occlusion",
@@ -45,6 +53,8 @@ __all__ = [
     "project_layers",
     "project_to_input",
     "relu_rule",
+    "saliency",
+    "smooth_grad",
     "to_rgb",
     "to_uint8",
     "top_channels",

@@ -1,4 +1,4 @@
-"""What every gradient-taking probe pass needs: checked inputs, gradients on, autocast off."""
+"""What every probe pass needs: checked inputs, gradients on, autocast off, a batch size."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import model_device
+
+MAX_BATCH = {"cpu": 64, "other": 256}
+"""Images per forward for the views that run many variants of each probe (occlusion, SmoothGrad,
+integrated gradients): large batches on an accelerator, where small ones are launch-bound; 64 on
+a CPU, where larger ones gain nothing and spill the caches (resnet18 at 64x64 on 2 cores: 1.77 ms
+per image at 64, 2.15 ms at 392)."""
+
+
+def default_max_batch(device: torch.device) -> int:
+    """:data:`MAX_BATCH` for the device the images are on."""
+    return MAX_BATCH["cpu" if device.type == "cpu" else "other"]
 
 
 @contextmanager

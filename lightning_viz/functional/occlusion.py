@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import Forward, model_device
+from lightning_viz.functional._pass import default_max_batch
 from lightning_viz.functional._validation import (
     check_int,
     check_logits,
@@ -16,16 +17,6 @@ from lightning_viz.functional._validation import (
     target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform, class_scores
-
-MAX_BATCH = {"cpu": 64, "other": 256}
-"""Occluded images per forward by default: large batches on an accelerator, where small ones are
-launch-bound; 64 on a CPU, where larger ones gain nothing and spill the caches (resnet18 at 64x64
-on 2 cores: 1.77 ms per image at 64, 2.15 ms at 392)."""
-
-
-def default_max_batch(device: torch.device) -> int:
-    """:data:`MAX_BATCH` for the device the images are on."""
-    return MAX_BATCH["cpu" if device.type == "cpu" else "other"]
 
 
 def occlusion_windows(
@@ -79,7 +70,7 @@ def occlusion(
         output_transform: turns the model's output into (N, num_classes) scores.
         forward: how to run the model when not ``model(x)``.
         max_batch: the most occluded images per forward (memory: that many images'
-            activations); None: 64 on a CPU, 256 elsewhere (:data:`MAX_BATCH`).
+            activations); None: :func:`~lightning_viz.functional._pass.default_max_batch`.
 
     Returns:
         (N, H, W) float32: positive where hiding the pixel lowers the target's score (evidence
