@@ -19,6 +19,7 @@ _HOMES = {
     "GradCAMLogger": "lightning_viz.callbacks",
     "OcclusionLogger": "lightning_viz.callbacks",
     "Probes": "lightning_viz.probes",
+    "SaliencyLogger": "lightning_viz.callbacks",
     "default_callbacks": "lightning_viz.presets",
     "overhead": "lightning_viz.callbacks.base",
 }
@@ -31,6 +32,7 @@ __all__ = [
     "GradCAMLogger",
     "OcclusionLogger",
     "Probes",
+    "SaliencyLogger",
     "__version__",
     "default_callbacks",
     "overhead",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         FilterMonitor,
         GradCAMLogger,
         OcclusionLogger,
+        SaliencyLogger,
     )
     from lightning_viz.callbacks.base import overhead
     from lightning_viz.presets import default_callbacks

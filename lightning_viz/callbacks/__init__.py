@@ -5,6 +5,7 @@ from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
 from lightning_viz.callbacks.occlusion_logger import OcclusionLogger
+from lightning_viz.callbacks.saliency_logger import SaliencyLogger
 
 __all__ = [
     "ActivationMonitor",
@@ -12,4 +13,5 @@ __all__ = [
     "FilterMonitor",
     "GradCAMLogger",
     "OcclusionLogger",
+    "SaliencyLogger",
 ]

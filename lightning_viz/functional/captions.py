@@ -92,12 +92,14 @@ def color_bar(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(3, h, width) legend: ``title``, then the colormap from ``low`` (left) to ``high``."""
-    ramp = torch.linspace(0, 1, max(width - 2 * 48, 16), device=device)
+    """(3, h, width) legend: ``title``, then the colormap from ``low`` (left) to ``high``, each
+    end as wide as its longer label needs (at least 48 pixels)."""
+    end = max(48, math.ceil(max(_font().getlength(low), _font().getlength(high))) + 8)
+    ramp = torch.linspace(0, 1, max(width - 2 * end, 16), device=device)
     table = colormap_table(cmap).to(device)
     strip = table[(ramp * 255).round().long()].T[:, None].expand(-1, BAND - 4, -1)
     strip = torch.nn.functional.pad(as_display(strip, dtype), (0, 0, 2, 2), value=white(dtype))
-    ends = text_band([low, high], 48, device=device, dtype=dtype)
+    ends = text_band([low, high], end, device=device, dtype=dtype)
     bar = torch.cat([ends[0], strip, ends[1]], dim=2)
     bar = torch.nn.functional.pad(bar, (0, width - bar.shape[-1]), value=white(dtype))
     title_band = text_band([title], width, device=device, align="left", dtype=dtype)[0]

@@ -28,11 +28,23 @@ def normalize_signed(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -
     The scale is the ``percentile`` of the absolute values of that image, so a few extreme
     pixels do not wash out the rest (the usual display of deconvnet reconstructions).
     """
+    flat = maps.detach().float().flatten(1)
+    scale = _percentile_scale(flat.abs(), percentile)
+    return ((flat / (scale + eps)).clamp(-1, 1) * 0.5 + 0.5).view_as(maps)
+
+
+def normalize_magnitude(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -> Tensor:
+    """Map each non-negative image (first dimension) to [0, 1] by the ``percentile`` of its
+    values, clipping the few above it (the usual display of saliency maps, whose largest
+    gradients sit on a handful of pixels)."""
+    flat = maps.detach().float().flatten(1)
+    return (flat / (_percentile_scale(flat, percentile) + eps)).clamp(0, 1).view_as(maps)
+
+
+def _percentile_scale(values: Tensor, percentile: float) -> Tensor:
     if not 0 < percentile <= 100:
         raise ValueError(f"`percentile` must lie in (0, 100], got {percentile}")
-    flat = maps.detach().float().flatten(1)
-    scale = _row_quantile(flat.abs(), percentile / 100)
-    return ((flat / (scale + eps)).clamp(-1, 1) * 0.5 + 0.5).view_as(maps)
+    return _row_quantile(values, percentile / 100)
 
 
 def _row_quantile(values: Tensor, q: float) -> Tensor:

@@ -7,6 +7,7 @@ from lightning_viz.functional import (
     colorize,
     grid,
     normalize,
+    normalize_magnitude,
     normalize_signed,
     overlay,
     to_rgb,
@@ -38,6 +39,17 @@ def test_normalize_signed_keeps_zero_at_half_and_clips_outliers():
     assert result.min() >= 0
     with pytest.raises(ValueError, match="percentile"):
         normalize_signed(values[None], percentile=0)
+
+
+def test_normalize_magnitude_puts_the_percentile_at_one_and_clips_above():
+    values = torch.arange(101.0)
+    values[-1] = 1000.0
+    result = normalize_magnitude(values[None], percentile=99)[0]
+    assert result[0].item() == 0.0
+    assert result[50].item() == pytest.approx(50 / 99, rel=1e-5)  # the 99th percentile is 99
+    assert result[99:].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="percentile"):
+        normalize_magnitude(values[None], percentile=101)
 
 
 def test_colorize_matches_matplotlib():
