@@ -17,6 +17,7 @@ _HOMES = {
     "DeconvLogger": "lightning_viz.callbacks",
     "FilterMonitor": "lightning_viz.callbacks",
     "GradCAMLogger": "lightning_viz.callbacks",
+    "LIMELogger": "lightning_viz.callbacks",
     "OcclusionLogger": "lightning_viz.callbacks",
     "Probes": "lightning_viz.probes",
     "SaliencyLogger": "lightning_viz.callbacks",
@@ -30,6 +31,7 @@ __all__ = [
     "DeconvLogger",
     "FilterMonitor",
     "GradCAMLogger",
+    "LIMELogger",
     "OcclusionLogger",
     "Probes",
     "SaliencyLogger",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
         DeconvLogger,
         FilterMonitor,
         GradCAMLogger,
+        LIMELogger,
         OcclusionLogger,
         SaliencyLogger,
     )

@@ -4,6 +4,7 @@ from lightning_viz.callbacks.activation_monitor import ActivationMonitor
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
+from lightning_viz.callbacks.lime_logger import LIMELogger
 from lightning_viz.callbacks.occlusion_logger import OcclusionLogger
 from lightning_viz.callbacks.saliency_logger import SaliencyLogger
 
@@ -12,6 +13,7 @@ __all__ = [
     "DeconvLogger",
     "FilterMonitor",
     "GradCAMLogger",
+    "LIMELogger",
     "OcclusionLogger",
     "SaliencyLogger",
 ]

@@ -21,6 +21,7 @@ from lightning_viz.functional.images import (
     to_uint8,
     upsample,
 )
+from lightning_viz.functional.lime import lime
 from lightning_viz.functional.occlusion import occlusion
 from lightning_viz.functional.projection import (
     project_layers,
@@ -47,6 +48,7 @@ __all__ = [
     "grid",
     "guided_backprop",
     "integrated_gradients",
+    "lime",
     "normalize",
     "normalize_magnitude",
     "normalize_signed",

@@ -1,0 +1,229 @@
+"""LIMELogger: which segments of the probes a local linear surrogate credits with the class."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_viz import tags
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.functional import colorize, normalize_signed, overlay
+from lightning_viz.functional._validation import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_pair,
+)
+from lightning_viz.functional.captions import color_bar, stack_rows
+from lightning_viz.functional.gradcam import OutputTransform
+from lightning_viz.functional.images import readable
+from lightning_viz.functional.lime import grid_segments, lime, slic_segments
+from lightning_viz.probes import Probes
+
+Segmentation = Literal["auto", "slic", "grid"]
+
+
+def scikit_image_installed() -> bool:
+    return importlib.util.find_spec("skimage") is not None
+
+
+class LIMELogger(ClassView):
+    r"""LIME on fixed probe images (Ribeiro et al., 2016): hide random sets of segments, fit a
+    weighted linear model of the class's probability on which segments were visible, show each
+    segment's weight.
+
+    At fit start (the untrained baseline) and every ``every_n_epochs`` at the end of a training
+    epoch, each probe's ``samples`` variants run as batched forwards without gradients and the
+    ridge fits of all probes are one batched solve on the device
+    (:func:`~lightning_viz.functional.lime.lime`), model in eval mode, train flags restored,
+    global rank 0 only. The segments are computed once per fit from the probes' display images:
+    SLIC superpixels (scikit-image) or a regular grid. LIME is stochastic: each probe's masks
+    come from a generator seeded with ``seed`` plus its index (never the global generator), the
+    same at every epoch, so two epochs differ only because the model changed. It approximates
+    the model only near each probe; the table's R^2 says how well.
+
+    Args:
+        segmentation: ``"slic"`` (superpixels that follow edges; needs ``pip install
+            scikit-image``), ``"grid"`` (``cells`` x ``cells`` squares), or ``"auto"`` (default:
+            SLIC when scikit-image is installed, else the grid, said once at fit start).
+        segments: about how many SLIC superpixels per probe.
+        cells: the grid's rows and columns, one number for both.
+        samples: variants per probe (lime's default is 1000; 256 suffice for about 50
+            segments).
+        keep: the probability that a segment stays visible in a variant.
+        baseline: the value hidden pixels take (0: the mean colour of normalized images).
+        seed: seeds the masks (plus the probe's index).
+        max_batch: the most variants per forward; default 64 on a CPU, 256 on an accelerator.
+        cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red segments raise the
+            class's probability, blue ones lower it).
+        alpha: map opacity over the probe.
+        target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
+            on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+
+    Raises:
+        ValueError: bad arguments (at construction); probes that do not fit the model, labels
+            out of range, a grid finer than the probes (at fit start).
+        ImportError: ``segmentation="slic"`` without scikit-image (at fit start).
+
+    Logged keys:
+
+    - ``lime/weights`` (image): a panel per probe, the probe (captioned with its true class)
+      beside its segment weights over it, segment borders in grey (captioned with the predicted
+      class and its probability); each map is scaled to its own largest weight; a colour bar
+      below names the class explained.
+    - ``lime/weights/targets`` (text): per probe, the class explained, the prediction, its
+      probability, the largest segment weight and the surrogate's weighted R^2.
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
+
+    How to read it: red segments are those whose presence the surrogate credits with the
+    class's probability; blue ones count against it. A trained net's red sits on the object's
+    segments. Trust a map only when its R^2 is high (above about 0.5): a low R^2 means the model
+    is not close to linear in the segments around this probe, and the weights say little.
+
+    Cost: per logged epoch ``probes x samples`` forwards without gradients (2,560 images with
+    10 probes and the defaults), in batches of ``max_batch``, and one small batched solve; not
+    part of :func:`~lightning_viz.default_callbacks`.
+
+    Example::
+
+        trainer = Trainer(callbacks=[LIMELogger(segmentation="grid", cells=6)])
+    """
+
+    view = "LIME"
+
+    def __init__(
+        self,
+        segmentation: Segmentation = "auto",
+        segments: int = 50,
+        cells: int = 8,
+        samples: int = 256,
+        keep: float = 0.5,
+        baseline: float = 0.0,
+        seed: int = 0,
+        max_batch: int | None = None,
+        target: Target = None,
+        probes: Probes | None = None,
+        num_probes: int | None = None,
+        every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        cmap: str = "RdBu_r",
+        alpha: float = 0.6,
+        output_transform: OutputTransform | None = None,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+        budget: float | None = None,
+    ) -> None:
+        super().__init__(
+            target=target,
+            probes=probes,
+            num_probes=num_probes,
+            every_n_epochs=every_n_epochs,
+            forward_fn=forward_fn,
+            class_names=class_names,
+            cmap=cmap,
+            alpha=alpha,
+            output_transform=output_transform,
+            on_alert=on_alert,
+            strict=strict,
+            budget=budget,
+        )
+        self.segmentation = check_choice("segmentation", segmentation, ("auto", "slic", "grid"))
+        self.segments = check_int("segments", segments)
+        self.cells = check_pair("cells", cells)
+        self.samples = check_int("samples", samples, minimum=2)
+        self.keep = check_fraction("keep", keep)
+        number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
+        if not (number and math.isfinite(baseline)):
+            raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
+        self.baseline = float(baseline)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.max_batch = check_int("max_batch", max_batch, allow_none=True)
+        self._labels: torch.Tensor | None = None
+        self._segmentation = "grid"
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"segmentation": self.segmentation, "target": self.target}
+
+    @override
+    def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
+        super().prepare(pl_module, probes, output)
+        self._segmentation = self.segmentation
+        if self.segmentation == "auto":
+            self._segmentation = "slic" if scikit_image_installed() else "grid"
+            if self._segmentation == "grid":
+                rank_zero_info(
+                    f"lightning-viz: LIMELogger segments the probes into a {self.cells[0]}x"
+                    f"{self.cells[1]} grid (pip install scikit-image for superpixels that follow "
+                    "edges)"
+                )
+        size = tuple(probes.images.shape[-2:])
+        if self._segmentation == "slic":
+            self._labels = slic_segments(probes.display, self.segments)
+        else:
+            try:
+                grid = grid_segments(size, self.cells, probes.images.device)
+            except ValueError as error:
+                raise ValueError(f"{type(self).__name__}: {error}") from None
+            self._labels = grid.expand(len(probes), *size)
+
+    @override
+    def watching(self) -> str:
+        return f"LIME ({self._segmentation} segments) on {len(self.probes)} probes"
+
+    @override
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        forward = self.probe_forward(pl_module)
+        with torch.no_grad():
+            logits = self._transform((forward or pl_module)(probes.images)).float()
+        explanation = lime(
+            pl_module,
+            probes.images,
+            self._labels,
+            targets,
+            self.samples,
+            self.keep,
+            self.baseline,
+            seed=self.seed,
+            output_transform=self._transform,
+            forward=forward,
+            max_batch=self.max_batch,
+        )
+        if not explanation.maps.isfinite().all():
+            raise ValueError(
+                "the LIME weights have NaN or Inf: the probes, the model's outputs or its "
+                "weights are not finite"
+            )
+        display = readable(probes.display)
+        labels = readable(self._labels[:, None].float())[:, 0]
+        heat = normalize_signed(readable(explanation.maps[:, None])[:, 0], percentile=100)
+        maps = overlay(display, colorize(heat, self.cmap), self.alpha)
+        borders = torch.zeros_like(labels, dtype=torch.bool)
+        borders[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+        borders[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
+        maps = torch.where(borders[:, None], torch.full_like(maps, 0.5), maps)
+        image_captions, map_captions, table = self._predictions(probes, logits, targets)
+        image = self._panels(display, maps, image_captions, map_captions)
+        title = f"LIME: segment weight for the {self._explained_class(targets)}'s probability"
+        legend = color_bar(image.shape[-1], self.cmap, "lowers", "raises", title, image.device)
+        self.log_image(trainer, tags.LIME, stack_rows(image, legend))
+        largest = explanation.weights.abs().amax(dim=1).tolist()
+        scores = explanation.score.tolist()
+        lines = table.splitlines()
+        lines[0] += " largest weight | R^2 |"
+        lines[1] += "---|---|"
+        lines[2:] = [
+            f"{line} {weight:.3f} | {score:.2f} |"
+            for line, weight, score in zip(lines[2:], largest, scores, strict=True)
+        ]
+        self.log_text(trainer, tags.LIME_TARGETS, "\n".join(lines))

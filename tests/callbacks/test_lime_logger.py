@@ -1,0 +1,84 @@
+"""LIMELogger through a real Trainer: images, captions, the table's numbers, segmentation choice,
+neutrality."""
+
+import pytest
+import torch
+
+from lightning_viz import LIMELogger
+from lightning_viz.functional.lime import grid_segments, lime, slic_segments
+from tests.callbacks.test_neutrality import assert_same_training, train
+from tests.callbacks.test_occlusion_logger import text_rows
+from tests.callbacks.test_probe_loggers import EPOCH_ENDS
+from tests.helpers import DigitsClassifier, assert_caption, fit, image_pixels, read_events
+
+
+def test_lime_images_at_every_logged_epoch_with_the_surrogates_numbers(tmp_path):
+    logger = LIMELogger(segmentation="grid", cells=4, samples=64, strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=3)
+    events = read_events(tmp_path)
+    images = events.Images("lime/weights")
+    assert [i.step for i in images] == [0, *EPOCH_ENDS]
+    assert (images[-1].width, images[-1].height) == (2 * 200 + 6, 5 * 118 + 6 + 32)
+    pixels = image_pixels(images[-1])
+    assert_caption(pixels, "true 0", x=6, y=6, width=96)
+    # the grid's borders are grey lines every 24 pixels of the 96-pixel map tile
+    tile = pixels[22 : 22 + 96, 104 : 104 + 96]
+    assert (tile[:, 24] == 128).all()
+    assert (tile[:, 23] != 128).any()
+    probes = logger.probes
+    expected = lime(
+        module.eval(), probes.images, grid_segments((32, 32), 4), probes.labels, samples=64
+    )
+    rows = text_rows(events, "lime/weights/targets")
+    assert [row[1] for row in rows] == [str(c) for c in range(10)]
+    largest = torch.tensor([float(row[4]) for row in rows])
+    scores = torch.tensor([float(row[5]) for row in rows])
+    assert torch.allclose(largest, expected.weights.abs().amax(dim=1), atol=1e-3)
+    assert torch.allclose(scores, expected.score, atol=1e-2)
+    assert largest.max() > 0.01
+
+
+def test_auto_segments_with_slic_when_scikit_image_is_installed(tmp_path):
+    logger = LIMELogger(samples=8, strict=True)
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    assert logger._segmentation == "slic"
+    assert torch.equal(logger._labels, slic_segments(logger.probes.display, 50))
+
+
+def test_auto_falls_back_to_the_grid_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("lightning_viz.callbacks.lime_logger.scikit_image_installed", lambda: False)
+    logger = LIMELogger(samples=8, strict=True)
+    with caplog.at_level("INFO"):
+        fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    assert logger._segmentation == "grid"
+    assert "LIMELogger segments the probes into a 8x8 grid" in caplog.text
+    assert torch.equal(logger._labels[0], grid_segments((32, 32), 8))
+
+
+def test_lime_leaves_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    logger = LIMELogger(samples=16, strict=True)
+    assert_same_training(without, train(tmp_path / "with", [logger]))
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: LIMELogger(segmentation="quickshift"), "`segmentation` must be one of"),
+        (lambda: LIMELogger(segments=0), "`segments` must be a positive integer"),
+        (lambda: LIMELogger(cells=(2, 0)), "`cells` must be a positive int"),
+        (lambda: LIMELogger(samples=1), "`samples` must be a >= 2 integer"),
+        (lambda: LIMELogger(keep=2.0), r"`keep` must be a number in \[0, 1\]"),
+        (lambda: LIMELogger(baseline=float("nan")), "`baseline` must be a finite number"),
+        (lambda: LIMELogger(seed=-1), "`seed` must be a non-negative integer"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_a_grid_finer_than_the_probes_fails_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"LIMELogger: `cells` \(40, 40\) is finer than the"):
+        fit(DigitsClassifier(), [LIMELogger(segmentation="grid", cells=40)], tmp_path, epochs=1)
