@@ -1,16 +1,17 @@
-"""Cost of one GradCAMLogger, DeconvLogger and OcclusionLogger epoch, in optimizer steps, and
-the probe passes' memory.
+"""Cost of one epoch of each probe view, in optimizer steps, and the probe passes' memory.
 
     python -m benchmarks.probe_cost
 
-Each logger's epoch (its default probes, one per class: 10; DeconvLogger: 5 layers x top-4,
-evolution on; OcclusionLogger: 7x7 patch positions, 490 occluded images) is timed through a real
-Trainer as the training thread sees it (PNG encoding and TensorBoard writes on the background
-writer, which is let finish outside the timing) and divided by the time of one optimizer step at
-batch 64 on the same model. Memory:
-the extra peak of a probe pass over what was allocated before it, against the size of all module
+Each logger's epoch with its defaults and the default probes (one per class: 10) is timed
+through a real Trainer as the training thread sees it (PNG encoding and TensorBoard writes on the
+background writer, which is let finish outside the timing) and divided by the time of one
+optimizer step at batch 64 on the same model. DeconvLogger: 5 layers x top-4, evolution on;
+OcclusionLogger: 7x7 patch positions, 490 occluded images; SaliencyLogger: 16 samples or steps
+per probe (160 forwards and backwards); LIMELogger: 256 variants per probe (2,560 forwards).
+A view that does not suit the model (CAM without a GAP + linear head) shows "-". Memory: the
+extra peak of a probe pass over what was allocated before it, against the size of all module
 outputs of one forward of the probe batch (torch.cuda.max_memory_allocated on a GPU; on the CPU
-the process's peak RSS, reset through /proc/self/clear_refs).
+what autograd saves for the pass's backward).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import DEVICE, MODELS, alternate, machine, table
-from lightning_viz import DeconvLogger, GradCAMLogger, OcclusionLogger
+from lightning_viz import (
+    DeconvLogger,
+    GradCAMLogger,
+    LIMELogger,
+    OcclusionLogger,
+    SaliencyLogger,
+)
 from lightning_viz.callbacks.base import RunContext
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.testing import ImageClassifier
@@ -75,56 +82,56 @@ def extra_peak(module: torch.nn.Module, run) -> int:
     return saved_bytes(run)(module)
 
 
+VIEWS = {
+    "GradCAM": GradCAMLogger,
+    "Deconv": DeconvLogger,
+    "Occlusion": OcclusionLogger,
+    "SmoothGrad": lambda: SaliencyLogger(method="smoothgrad"),
+    "IntegratedGradients": lambda: SaliencyLogger(method="integrated_gradients"),
+    "ExpectedGradients": lambda: SaliencyLogger(method="expected_gradients"),
+    "LIME": LIMELogger,
+}
+"""Each timed view: a column of the table."""
+
+
 def measure(name: str, repeats: int) -> list[str]:
     torch.manual_seed(0)
     factory, shape = MODELS[name]
     module = ImageClassifier(factory(), lr=0.01, momentum=0.0)
     data = TensorDataset(torch.randn(64, *shape), torch.randint(0, 10, (64,)))
-    gradcam, deconv, occlusion = GradCAMLogger(), DeconvLogger(), OcclusionLogger()
+    loggers = {view: make() for view, make in VIEWS.items()}
     trainer = pl.Trainer(
         max_steps=1,
         accelerator=DEVICE.type,
         devices=1,
-        callbacks=[gradcam, deconv, occlusion],
+        callbacks=list(loggers.values()),
         logger=pl.loggers.TensorBoardLogger("/tmp/lightning-viz-bench", name=f"probe-{name}"),
         enable_progress_bar=False,
         enable_checkpointing=False,
         enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(data, batch_size=8))
+    shown = {view: logger for view, logger in loggers.items() if logger._not_shown is None}
     background = RunContext.of(trainer).background
     background.reopen()  # as during training: PNG encoding and writes off the timed thread
 
-    def gradcam_epoch():
-        gradcam._run(trainer, module)
+    def epoch_of(logger):
+        return lambda: logger._run(trainer, module)
 
-    def deconv_epoch():
-        deconv._run(trainer, module)
-
-    def occlusion_epoch():
-        occlusion._run(trainer, module)
-
-    times = alternate(
-        {
-            "step": optimizer_step(module, 64, shape),
-            "gradcam": gradcam_epoch,
-            "deconv": deconv_epoch,
-            "occlusion": occlusion_epoch,
-        },
-        repeats,
-        settle=background.flush,
-    )
+    variants = {"step": optimizer_step(module, 64, shape)}
+    variants |= {view: epoch_of(logger) for view, logger in shown.items()}
+    times = alternate(variants, repeats, settle=background.flush)
     background.close()
+    gradcam, deconv = loggers["GradCAM"], loggers["Deconv"]
     shapes = output_shapes(module.eval(), gradcam.probes.images)
     activations = sum(torch.Size(shape).numel() * 4 for _, _, shape in shapes)
-    gradcam_memory = extra_peak(module, gradcam_epoch)
-    deconv_memory = extra_peak(module, deconv_epoch)
+    gradcam_memory = extra_peak(module, epoch_of(gradcam))
+    deconv_memory = extra_peak(module, epoch_of(deconv))
+    steps = [f"{times[view] / times['step']:.2f}" if view in times else "-" for view in VIEWS]
     return [
         name,
         f"{times['step'] * 1e3:.1f}",
-        f"{times['gradcam'] / times['step']:.2f}",
-        f"{times['deconv'] / times['step']:.2f}",
-        f"{times['occlusion'] / times['step']:.2f}",
+        *steps,
         f"{activations / 2**20:.1f}",
         f"{gradcam_memory / activations:.2f}x",
         f"{deconv_memory / activations:.2f}x",
@@ -138,21 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = [measure(name, args.repeats) for name in args.models]
     print(f"machine: {machine()}; default probes (10), median of {args.repeats}")
-    print(
-        table(
-            rows,
-            [
-                "model",
-                "step at batch 64 (ms)",
-                "GradCAM epoch (steps)",
-                "Deconv epoch (steps)",
-                "Occlusion epoch (steps)",
-                "probe activations (MiB)",
-                "GradCAM extra peak",
-                "Deconv extra peak",
-            ],
-        )
-    )
+    header = [
+        "model",
+        "step at batch 64 (ms)",
+        *(f"{view} epoch (steps)" for view in VIEWS),
+        "probe activations (MiB)",
+        "GradCAM extra peak",
+        "Deconv extra peak",
+    ]
+    print(table(rows, header))
 
 
 if __name__ == "__main__":
