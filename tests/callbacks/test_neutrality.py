@@ -8,7 +8,9 @@ from lightning_viz import (
     DeconvLogger,
     FilterMonitor,
     GradCAMLogger,
+    LIMELogger,
     OcclusionLogger,
+    SaliencyLogger,
 )
 from tests.helpers import DigitsClassifier, fit
 
@@ -71,6 +73,8 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         GradCAMLogger(strict=True),
         DeconvLogger(rule="guided", strict=True),
         OcclusionLogger(strict=True),
+        SaliencyLogger(method="expected_gradients", samples=4, strict=True),
+        LIMELogger(samples=16, strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
 
