@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import DEVICE, MODELS, alternate, machine, table
 from lightning_viz import (
+    ActivationGridLogger,
     DeconvLogger,
     GradCAMLogger,
     LIMELogger,
@@ -90,6 +91,7 @@ VIEWS = {
     "IntegratedGradients": lambda: SaliencyLogger(method="integrated_gradients"),
     "ExpectedGradients": lambda: SaliencyLogger(method="expected_gradients"),
     "LIME": LIMELogger,
+    "ActivationGrid": ActivationGridLogger,
 }
 """Each timed view: a column of the table."""
 

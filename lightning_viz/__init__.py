@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _HOMES = {
+    "ActivationGridLogger": "lightning_viz.callbacks",
     "ActivationMonitor": "lightning_viz.callbacks",
     "Alert": "lightning_viz.alerts",
     "DeconvLogger": "lightning_viz.callbacks",
@@ -26,6 +27,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "ActivationGridLogger",
     "ActivationMonitor",
     "Alert",
     "DeconvLogger",
@@ -43,6 +45,7 @@ __all__ = [
 if TYPE_CHECKING:
     from lightning_viz.alerts import Alert
     from lightning_viz.callbacks import (
+        ActivationGridLogger,
         ActivationMonitor,
         DeconvLogger,
         FilterMonitor,

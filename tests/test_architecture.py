@@ -13,6 +13,10 @@ TAG_PREFIXES = (
     "deconv/",
     "evolution/",
     "occlusion/",
+    "saliency/",
+    "activation_grid/",
+    "cam/",
+    "lime/",
     "alerts/",
 )
 PRIVATE_LIGHTNING = (

@@ -1,5 +1,6 @@
 """The Lightning callbacks: they decide when to compute and where to log."""
 
+from lightning_viz.callbacks.activation_grid_logger import ActivationGridLogger
 from lightning_viz.callbacks.activation_monitor import ActivationMonitor
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
@@ -9,6 +10,7 @@ from lightning_viz.callbacks.occlusion_logger import OcclusionLogger
 from lightning_viz.callbacks.saliency_logger import SaliencyLogger
 
 __all__ = [
+    "ActivationGridLogger",
     "ActivationMonitor",
     "DeconvLogger",
     "FilterMonitor",

@@ -1,6 +1,7 @@
 """Pure tensor functions behind the callbacks: no Lightning, no logging, no host sync."""
 
 from lightning_viz.functional._relu_rules import relu_rule
+from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.filters import filter_health, filter_noise
 from lightning_viz.functional.gradcam import (
@@ -40,6 +41,7 @@ __all__ = [
     "class_scores",
     "colorize",
     "expected_gradients",
+    "feature_map_tiles",
     "filter_health",
     "filter_noise",
     "filter_tiles",
@@ -62,5 +64,6 @@ __all__ = [
     "to_rgb",
     "to_uint8",
     "top_channels",
+    "top_feature_maps",
     "upsample",
 ]

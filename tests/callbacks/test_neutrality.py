@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_viz import (
+    ActivationGridLogger,
     ActivationMonitor,
     DeconvLogger,
     FilterMonitor,
@@ -75,6 +76,7 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         OcclusionLogger(strict=True),
         SaliencyLogger(method="expected_gradients", samples=4, strict=True),
         LIMELogger(samples=16, strict=True),
+        ActivationGridLogger(strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
 

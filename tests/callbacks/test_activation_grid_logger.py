@@ -1,0 +1,175 @@
+"""ActivationGridLogger through a real Trainer: images, captions, the table, its defaults."""
+
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lightning_viz.callbacks.activation_grid_logger import (
+    ActivationGridLogger,
+    default_grid_layers,
+)
+from lightning_viz.callbacks.probe_base import eval_mode
+from lightning_viz.functional.activation_grid import top_feature_maps
+from lightning_viz.functional.images import colormap_table, to_uint8
+from lightning_viz.testing import ImageClassifier, TinyFunctionalCNN
+from tests.callbacks.test_neutrality import assert_same_training, train
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    assert_caption,
+    fit,
+    hook_count,
+    image_pixels,
+    read_events,
+)
+
+EPOCH_ENDS = [23, 46, 69]
+DEFAULT_LAYERS = ["model.features.2", "model.features.10"]
+TILE, BAND, GAP = 96, 16, 6
+"""A tile's side, its caption band and the gap between rows."""
+GRID_HEIGHT = 10 * (BAND + TILE) + 11 * GAP
+"""Ten probes' rows; below them the colour bar (a title band, then the ramp) and a note."""
+
+
+def table_rows(events, layer: str) -> list[list[str]]:
+    """The cells of the latest ``activation_grid/<layer>/channels`` table, header left out."""
+    entry = events.Tensors(f"activation_grid/{layer}/channels/text_summary")[-1]
+    text = entry.tensor_proto.string_val[0].decode()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+
+
+def shown_channels(row: list[str]) -> list[int]:
+    return [int(c) for c in re.findall(r"(\d+) \(", row[-1])]
+
+
+def assert_colour(pixel, cmap: str, index: int) -> None:
+    """``pixel`` is entry ``index`` of the colormap's 256, give or take a neighbour's."""
+    expected = to_uint8(colormap_table(cmap)[index]).numpy().astype(int)
+    assert (abs(pixel.astype(int) - expected) <= 3).all(), (pixel, expected)
+
+
+def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(tmp_path):
+    logger = ActivationGridLogger(strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=3)
+    assert list(logger._layers) == DEFAULT_LAYERS
+    events = read_events(tmp_path)
+    with eval_mode(module), torch.no_grad():
+        expected = top_feature_maps(module, logger.probes.images, DEFAULT_LAYERS, k=8)
+    for layer in DEFAULT_LAYERS:
+        images = events.Images(f"activation_grid/{layer}")
+        assert [i.step for i in images] == [0, *EPOCH_ENDS]
+        # a row per probe: the probe and its 8 channels, 96-pixel tiles 2 apart under their
+        # captions, rows 6 apart, then the colour bar and a one-line note
+        width = 9 * (TILE + 2) - 2 + 2 * GAP
+        assert {(i.width, i.height) for i in images} == {(width, GRID_HEIGHT + 3 * BAND)}
+        rows = table_rows(events, layer)
+        assert [row[1] for row in rows] == [str(c) for c in range(10)]  # the probes' classes
+        channels = [shown_channels(row) for row in rows]
+        assert channels == expected[layer].channels.tolist()
+        means = [[float(m) for m in re.findall(r"\(([-\d.e]+)\)", row[-1])] for row in rows]
+        assert torch.allclose(torch.tensor(means), expected[layer].means, rtol=1e-2)
+        dead = torch.tensor([float(row[4].rstrip("%")) for row in rows]) / 100
+        assert torch.allclose(dead, expected[layer].dead_fraction, atol=0.005)
+        pixels = image_pixels(images[-1])
+        for probe in (0, 3):
+            y = GAP + probe * (BAND + TILE + GAP)
+            assert_caption(pixels, f"true {probe}", x=GAP, y=y, width=TILE)
+            for slot in (0, 7):
+                x = GAP + (slot + 1) * (TILE + 2)
+                assert_caption(pixels, f"ch {channels[probe][slot]}", x=x, y=y, width=TILE)
+        # after ReLUs the maps are non-negative: the colour bar runs through viridis
+        assert_colour(pixels[GRID_HEIGHT + BAND + BAND // 2, width // 2], "viridis", 128)
+    assert hook_count(module) == 0
+    assert not logger.alerts.raised
+
+
+def test_a_layer_before_its_relu_is_drawn_in_the_diverging_map(tmp_path):
+    logger = ActivationGridLogger(layers=["model.features.1"], k=4, strict=True)
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    images = read_events(tmp_path).Images("activation_grid/model.features.1")
+    assert [i.step for i in images] == [0, 2]
+    assert images[-1].width == 5 * (TILE + 2) - 2 + 2 * GAP
+    pixels = image_pixels(images[-1])
+    # the bar's middle is RdBu_r's white at 0
+    assert_colour(pixels[GRID_HEIGHT + BAND + BAND // 2, images[-1].width // 2], "RdBu_r", 128)
+
+
+def test_default_layers_are_the_first_and_the_deepest_activated_maps():
+    resnet = Classifier(torchvision.models.resnet18(num_classes=10)).eval()
+    # at 64 pixels layer3's maps are 4x4: the deepest of at least 7x7 is in layer2
+    assert default_grid_layers(resnet, torch.randn(1, 3, 64, 64)) == [
+        "model.relu",
+        "model.layer2.1.relu",
+    ]
+    assert default_grid_layers(resnet, torch.randn(1, 3, 224, 224)) == [
+        "model.relu",
+        "model.layer4.1.relu",
+    ]
+    vgg = Classifier(torchvision.models.vgg11(num_classes=10)).eval()
+    assert default_grid_layers(vgg, torch.randn(1, 3, 64, 64)) == [
+        "model.features.1",
+        "model.features.14",
+    ]
+    # ReLU called as a function: the conv outputs, before it
+    functional = TinyFunctionalCNN().eval()
+    assert default_grid_layers(functional, torch.randn(1, 3, 32, 32)) == ["conv1", "conv2"]
+    assert (
+        default_grid_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.ones(1, 1, 2, 2))
+        == []
+    )
+    assert hook_count(resnet) == hook_count(vgg) == 0
+
+
+class Flat(ImageClassifier):
+    """A classifier without a feature map: nothing for the grid to show."""
+
+    def __init__(self):
+        super().__init__(nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10)), lr=0.01)
+
+
+def test_a_model_without_feature_maps_gets_a_notice_and_training_goes_on(tmp_path):
+    logger = ActivationGridLogger(on_alert="stop")
+    with pytest.warns(UserWarning, match="ActivationGridLogger: Flat has no activation or"):
+        trainer = fit(Flat(), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    assert trainer.current_epoch == 1
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: ActivationGridLogger(k=0), "`k` must be a positive integer, got 0"),
+        (lambda: ActivationGridLogger(k="8"), "`k` must be a positive integer, got '8'"),
+        (lambda: ActivationGridLogger(cmap="nope"), "unknown matplotlib colormap 'nope'"),
+        (lambda: ActivationGridLogger(layers=[]), "`layers` must be None or a non-empty list"),
+        (lambda: ActivationGridLogger(every_n_epochs=0), "`every_n_epochs` must be a positive"),
+        (lambda: ActivationGridLogger(num_probes=-1), "`num_probes` must be a positive"),
+        (lambda: ActivationGridLogger(probes=torch.zeros(1)), "`probes` must be a lightning_viz"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (["model.feature"], r"ActivationGridLogger: unknown layer 'model.feature'.*closest"),
+        (["model.head"], r"ActivationGridLogger: layer 'model.head' returns shape \(1, 10\)"),
+    ],
+)
+def test_unknown_or_flat_layers_fail_at_fit_start(tmp_path, layers, message):
+    with pytest.raises(ValueError, match=message):
+        fit(DigitsClassifier(), [ActivationGridLogger(layers=layers)], tmp_path, epochs=1)
+
+
+def test_training_with_the_logger_is_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    logger = ActivationGridLogger(strict=True)
+    assert_same_training(without, train(tmp_path / "with", [logger]))
+    assert len(read_events(tmp_path / "with").Images(f"activation_grid/{DEFAULT_LAYERS[0]}")) == 3
