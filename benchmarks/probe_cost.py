@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks.common import DEVICE, MODELS, alternate, machine, table
 from lightning_viz import (
     ActivationGridLogger,
+    CAMLogger,
     DeconvLogger,
     GradCAMLogger,
     LIMELogger,
@@ -92,6 +93,7 @@ VIEWS = {
     "ExpectedGradients": lambda: SaliencyLogger(method="expected_gradients"),
     "LIME": LIMELogger,
     "ActivationGrid": ActivationGridLogger,
+    "CAM": CAMLogger,
 }
 """Each timed view: a column of the table."""
 

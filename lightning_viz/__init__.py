@@ -15,6 +15,7 @@ _HOMES = {
     "ActivationGridLogger": "lightning_viz.callbacks",
     "ActivationMonitor": "lightning_viz.callbacks",
     "Alert": "lightning_viz.alerts",
+    "CAMLogger": "lightning_viz.callbacks",
     "DeconvLogger": "lightning_viz.callbacks",
     "FilterMonitor": "lightning_viz.callbacks",
     "GradCAMLogger": "lightning_viz.callbacks",
@@ -30,6 +31,7 @@ __all__ = [
     "ActivationGridLogger",
     "ActivationMonitor",
     "Alert",
+    "CAMLogger",
     "DeconvLogger",
     "FilterMonitor",
     "GradCAMLogger",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from lightning_viz.callbacks import (
         ActivationGridLogger,
         ActivationMonitor,
+        CAMLogger,
         DeconvLogger,
         FilterMonitor,
         GradCAMLogger,

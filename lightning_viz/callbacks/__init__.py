@@ -2,6 +2,7 @@
 
 from lightning_viz.callbacks.activation_grid_logger import ActivationGridLogger
 from lightning_viz.callbacks.activation_monitor import ActivationMonitor
+from lightning_viz.callbacks.cam_logger import CAMLogger
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
@@ -12,6 +13,7 @@ from lightning_viz.callbacks.saliency_logger import SaliencyLogger
 __all__ = [
     "ActivationGridLogger",
     "ActivationMonitor",
+    "CAMLogger",
     "DeconvLogger",
     "FilterMonitor",
     "GradCAMLogger",

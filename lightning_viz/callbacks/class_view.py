@@ -22,9 +22,10 @@ Target = Literal["label", "pred"] | int | None
 
 
 class ClassView(ProbeCallback):
-    """Base of the probe callbacks that explain one class score per probe (Grad-CAM,
-    occlusion): checks at fit start that the model gives class scores and that the target fits
-    them, picks the class each probe explains, and captions panels with the prediction."""
+    """Base of the probe callbacks that explain one class score per probe (Grad-CAM, CAM,
+    occlusion, saliency, LIME): checks at fit start that the model gives class scores and that
+    the target fits them, picks the class each probe explains, and captions panels with the
+    prediction."""
 
     def __init__(
         self,

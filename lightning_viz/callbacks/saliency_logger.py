@@ -182,7 +182,8 @@ class SaliencyLogger(ClassView):
         targets = self._targets(probes)
         with torch.no_grad():
             logits = self._transform((self.probe_forward(pl_module) or pl_module)(probes.images))
-        attributions = self.attributions(pl_module, probes, targets)
+        explained = logits.argmax(dim=1) if targets is None else targets  # no second forward
+        attributions = self.attributions(pl_module, probes, explained)
         if not attributions.isfinite().all():
             raise ValueError(
                 f"the {self.method} map has NaN or Inf: the probes, the model's outputs or its "

@@ -3,6 +3,7 @@
 from lightning_viz.functional._relu_rules import relu_rule
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.activations import activation_stats
+from lightning_viz.functional.cam import class_activation_map, gap_linear_head
 from lightning_viz.functional.filters import filter_health, filter_noise
 from lightning_viz.functional.gradcam import (
     class_scores,
@@ -38,6 +39,7 @@ from lightning_viz.functional.saliency import (
 
 __all__ = [
     "activation_stats",
+    "class_activation_map",
     "class_scores",
     "colorize",
     "expected_gradients",
@@ -45,6 +47,7 @@ __all__ = [
     "filter_health",
     "filter_noise",
     "filter_tiles",
+    "gap_linear_head",
     "grad_cam",
     "grad_cam_and_logits",
     "grid",

@@ -58,7 +58,7 @@ def saliency(
             of range, a model output that is not (N, num_classes) scores.
     """
     (gradient,) = _gradients_at(
-        model, images, targets, lambda x: x, 1, output_transform, forward, len(images)
+        model, images, targets, None, 1, output_transform, forward, len(images)
     ).unbind(dim=1)
     return gradient.abs() if absolute else gradient
 
@@ -251,7 +251,7 @@ def _gradients_at(
     model: nn.Module,
     images: Tensor,
     targets: Targets,
-    points_of: Callable[[Tensor], Tensor],
+    points_of: Callable[[Tensor], Tensor] | None,
     per_image: int,
     output_transform: OutputTransform,
     forward: Forward | None,
@@ -260,22 +260,28 @@ def _gradients_at(
     """(N, per_image, C, H, W): the gradient of each image's target score at each of its points.
 
     ``points_of(x)`` maps the (N, C, H, W) float images to their (N * per_image, C, H, W) points,
-    image-major. The targets are resolved (and checked) on one forward of the images without
-    gradients; the points run in chunks of ``max_batch``, one forward and one backward each.
+    image-major; None: the points are the images (one chunk). The points run in chunks of
+    ``max_batch``, one forward and one backward each; the first chunk's scores check the targets
+    against the classes. Only predicted targets (None) of other points than the images cost one
+    more forward, of the images without gradients.
     """
     check_int("max_batch", max_batch, allow_none=True)
     run = forward or model
     with gradient_pass(model, images) as x:
-        with torch.no_grad():
-            logits = check_logits(output_transform(run(x)), len(x))
-        index = target_index(targets, logits).repeat_interleave(per_image)
-        size = max_batch or default_max_batch(x.device)
-        gradients = []
-        for chunk, chunk_index in zip(
-            points_of(x.detach()).split(size), index.split(size), strict=True
-        ):
-            chunk = chunk.detach().requires_grad_(True)
+        if targets is None and points_of is not None:
+            with torch.no_grad():
+                targets = check_logits(output_transform(run(x)), len(x)).argmax(dim=1)
+        points = x.detach() if points_of is None else points_of(x.detach())
+        size = len(x) if points_of is None else max_batch or default_max_batch(x.device)
+        index, gradients = None, []
+        for start in range(0, len(points), size):
+            chunk = points[start : start + size].detach().requires_grad_(True)
             scores = check_logits(output_transform(run(chunk)), len(chunk))
-            (gradient,) = torch.autograd.grad(scores.gather(1, chunk_index[:, None]).sum(), chunk)
+            if index is None:
+                # the images' own scores, or an (N, classes) stand-in that gives the shape only
+                logits = scores if points_of is None else scores.new_empty(len(x), scores.shape[1])
+                index = target_index(targets, logits).repeat_interleave(per_image)
+            chunk_index = index[start : start + size, None]
+            (gradient,) = torch.autograd.grad(scores.gather(1, chunk_index).sum(), chunk)
             gradients.append(gradient)
     return torch.cat(gradients).float().view(len(images), per_image, *images.shape[1:])

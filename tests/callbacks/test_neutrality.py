@@ -6,6 +6,7 @@ import torch
 from lightning_viz import (
     ActivationGridLogger,
     ActivationMonitor,
+    CAMLogger,
     DeconvLogger,
     FilterMonitor,
     GradCAMLogger,
@@ -77,6 +78,7 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         SaliencyLogger(method="expected_gradients", samples=4, strict=True),
         LIMELogger(samples=16, strict=True),
         ActivationGridLogger(strict=True),
+        CAMLogger(strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
 

@@ -139,6 +139,8 @@ def test_no_hook_no_grad_no_flag_changed_and_works_under_inference_mode(tiny, im
 def test_predicted_class_by_default(tiny, images):
     predicted = tiny(images).argmax(dim=1)
     assert torch.equal(saliency(tiny, images), saliency(tiny, images, predicted))
+    noisy = smooth_grad(tiny, images, samples=3, max_batch=4)
+    assert torch.equal(noisy, smooth_grad(tiny, images, predicted, samples=3, max_batch=4))
 
 
 @pytest.mark.parametrize(
