@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz.callbacks import (
+    ActivationGridLogger,
+    ActivationMonitor,
+    CAMLogger,
+    DeconvLogger,
+    FilterMonitor,
+    GradCAMLogger,
+    LIMELogger,
+    OcclusionLogger,
+    SaliencyLogger,
+)
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.probes import Probes
 
@@ -16,14 +26,17 @@ def default_callbacks(
     on_alert: OnAlert = "warn",
     activations: bool = True,
     budget: float | None = DEFAULT_BUDGET,
+    extra_views: bool = False,
 ) -> list[VizCallback]:
-    """FilterMonitor, ActivationMonitor, GradCAMLogger and DeconvLogger with their defaults.
+    """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
+    with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
+    repeat Grad-CAM: OcclusionLogger, SaliencyLogger (SmoothGrad), LIMELogger and CAMLogger.
 
-    The two probe loggers share one probe set: ``probes``, or one per class (at least 8, at
-    most 16) picked from the validation dataloader at fit start.
+    The probe loggers share one probe set: ``probes``, or one per class (at least 8, at most 16)
+    picked from the validation dataloader at fit start.
 
     Args:
-        probes: the probe images for Grad-CAM and the deconvnet; None picks them.
+        probes: the probe images of the probe views; None picks them.
         on_alert: ``"warn"``, ``"stop"`` or a callable, for every callback.
         activations: include the ActivationMonitor (leave it out for a torch.compile'd model,
             whose compiled training forward cannot be hooked).
@@ -32,6 +45,10 @@ def default_callbacks(
             until it holds, with one ``over_budget`` notice; None never skips. FilterMonitor
             measures every epoch whatever the budget (its health alerts should not wait; its
             time still counts in the share).
+        extra_views: add the opt-in probe views (each costs a few training steps per logged
+            epoch on small nets, see the README's performance section; CAM shows only for
+            networks that end in global average pooling + a linear layer, with one notice
+            otherwise).
 
     Example::
 
@@ -45,5 +62,11 @@ def default_callbacks(
     callbacks += [
         GradCAMLogger(probes=probes, on_alert=on_alert, budget=budget),
         DeconvLogger(probes=probes, on_alert=on_alert, budget=budget),
+        ActivationGridLogger(probes=probes, on_alert=on_alert, budget=budget),
     ]
+    if extra_views:
+        callbacks += [
+            view(probes=probes, on_alert=on_alert, budget=budget)
+            for view in (OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger)
+        ]
     return callbacks

@@ -108,7 +108,16 @@ def test_default_callbacks_keep_a_two_percent_budget_unless_told():
         "ActivationMonitor": 0.02,
         "GradCAMLogger": 0.02,
         "DeconvLogger": 0.02,
+        "ActivationGridLogger": 0.02,
     }
+    extras = lightning_viz.default_callbacks(extra_views=True)[len(budgets) :]
+    assert [type(c).__name__ for c in extras] == [
+        "OcclusionLogger",
+        "SaliencyLogger",
+        "LIMELogger",
+        "CAMLogger",
+    ]
+    assert {c.budget for c in extras} == {0.02}
     assert {c.budget for c in lightning_viz.default_callbacks(budget=None)} == {None}
     with pytest.raises(ValueError, match=r"`budget` must be a number in \[0, 1\], got 2"):
         ActivationMonitor(budget=2)
