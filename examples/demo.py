@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> pl.Trainer:
         "\nwhat to look at in TensorBoard:\n"
         f"  IMAGES  filters/{FIRST_LAYER}: drag the step slider, noise becomes edges and blobs\n"
         "          gradcam/*: where each crop's evidence sits; deconv/* and evolution/*: what\n"
-        "          the top channels respond to, and how that changed epoch by epoch\n"
+        "          the top channels respond to, and how that changed epoch by epoch;\n"
+        "          activation_grid/*: each crop's most active feature maps (sparse is good)\n"
         "  CUSTOM SCALARS  each layer's filter noise, drift and activation sparsity, the alerts\n"
         "  TEXT  alerts: the table of the faulty run's alerts and what to check"
     )

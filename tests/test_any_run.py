@@ -185,7 +185,7 @@ SETUPS = {
             lambda net, b: F.mse_loss(net(b[0]), b[0]),
         ),
         lambda: loader(images(), labels()),
-        {"filters/", "deconv/", "evolution/"},
+        {"filters/", "deconv/", "evolution/", "activation_grid/"},
         {"gradcam/"},
         notices=1,
     ),
@@ -195,12 +195,12 @@ SETUPS = {
             lambda net, b: F.cross_entropy(net(b[0])["out"], (b[0][:, 0] > 0).long()),
         ),
         lambda: loader(images(8, channels=3, size=64), labels(8), batch_size=4),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "(logits, aux) tuple": Setup(
         lambda: Task(WithAux(), classify),
         lambda: loader(images(), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "regression head (N, 1), integer targets": Setup(
         lambda: Task(
@@ -208,14 +208,14 @@ SETUPS = {
             lambda net, b: F.mse_loss(net(b[0])[:, 0], b[1].float()),
         ),
         lambda: loader(images(), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "GAN, manual optimization": Setup(
         GAN,
         lambda: loader(images(), labels()),
         {"filters/"},
-        {"gradcam/", "deconv/"},
-        notices=2,
+        {"gradcam/", "deconv/", "activation_grid/"},
+        notices=3,
     ),
     "uint8 images normalized in the model": Setup(
         lambda: Task(
@@ -229,7 +229,7 @@ SETUPS = {
             classify,
         ),
         lambda: loader((images().sigmoid() * 255).to(torch.uint8), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "dict batches with other keys": Setup(
         lambda: Task(
@@ -237,7 +237,7 @@ SETUPS = {
             classify,
         ),
         DictLoader,
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "LightningModule without forward()": Setup(
         lambda: Task(
@@ -247,8 +247,8 @@ SETUPS = {
         ),
         lambda: loader(images(), labels()),
         {"filters/"},
-        {"gradcam/", "deconv/"},
-        notices=2,
+        {"gradcam/", "deconv/", "activation_grid/"},
+        notices=3,
     ),
     "MLP": Setup(
         lambda: Task(
@@ -256,8 +256,8 @@ SETUPS = {
         ),
         lambda: loader(images(), labels()),
         set(),
-        {"filters/", "gradcam/", "deconv/"},
-        notices=4,
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
+        notices=5,
     ),
     "Conv1d (audio)": Setup(
         lambda: Task(
@@ -274,18 +274,18 @@ SETUPS = {
             torch.randn(16, 1, 64, generator=torch.Generator().manual_seed(0)), labels()
         ),
         set(),
-        {"filters/", "gradcam/", "deconv/"},
-        notices=4,
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
+        notices=5,
     ),
     "timm ConvNeXt": Setup(
         lambda: Task(timm_model("convnext_atto"), classify),
         lambda: loader(images(channels=3, size=32), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "timm ViT": Setup(
         lambda: Task(timm_model("vit_tiny_patch16_224", img_size=32, patch_size=8), classify),
         lambda: loader(images(channels=3, size=32), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
         notices=1,
     ),
     "forward(batch) signature": Setup(
@@ -295,13 +295,13 @@ SETUPS = {
         ),
         lambda: loader(images(), labels()),
         {"filters/"},
-        {"gradcam/", "deconv/"},
-        notices=2,
+        {"gradcam/", "deconv/", "activation_grid/"},
+        notices=3,
     ),
     "ReLUs called as functions only": Setup(
         lambda: Task(FunctionalReLUs(), classify),
         lambda: loader(images(), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
         notices=1,
     ),
     "Conv3d (video)": Setup(
@@ -319,8 +319,8 @@ SETUPS = {
             torch.randn(16, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), labels()
         ),
         set(),
-        {"filters/", "gradcam/", "deconv/"},
-        notices=4,
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
+        notices=5,
     ),
     "vision transformer": Setup(
         lambda: Task(
@@ -328,7 +328,7 @@ SETUPS = {
             classify,
         ),
         lambda: loader(images(channels=3), labels()),
-        {"filters/", "gradcam/", "deconv/"},
+        {"filters/", "gradcam/", "deconv/", "activation_grid/"},
         notices=1,
     ),
 }
@@ -403,6 +403,11 @@ def test_sharded_strategies_get_notices_instead_of_a_hang(tmp_path):
         warnings.simplefilter("always")
         trainer.fit(Task(WithAux(), classify), loader(images(), labels()))
     notices = {a.source: a.message for c in callbacks for a in c.alerts.raised}
-    assert set(notices) == {"FilterMonitor", "GradCAMLogger", "DeconvLogger"}
+    assert set(notices) == {
+        "FilterMonitor",
+        "GradCAMLogger",
+        "DeconvLogger",
+        "ActivationGridLogger",
+    }
     assert all("FSDPStrategy shards the parameters" in m for m in notices.values())
     assert not read_events(tmp_path).Tags()["images"]

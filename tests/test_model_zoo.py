@@ -6,7 +6,17 @@ import pytest
 import torch
 import torchvision
 
-from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz import (
+    ActivationGridLogger,
+    ActivationMonitor,
+    CAMLogger,
+    DeconvLogger,
+    FilterMonitor,
+    GradCAMLogger,
+    LIMELogger,
+    OcclusionLogger,
+    SaliencyLogger,
+)
 from lightning_viz.testing import random_loader, sequential_cnn
 from tests.helpers import Classifier, make_trainer, read_events
 
@@ -38,6 +48,12 @@ def test_default_callbacks_work(tmp_path, name):
         ActivationMonitor(every_n_steps=1, strict=True),
         GradCAMLogger(strict=True),
         DeconvLogger(strict=True),
+        ActivationGridLogger(strict=True),
+        # the costlier views, cheapened: what matters here is that any architecture works
+        OcclusionLogger(stride=32, strict=True),
+        SaliencyLogger(method="integrated_gradients", steps=2, strict=True),
+        LIMELogger(segmentation="grid", cells=2, samples=4, strict=True),
+        CAMLogger(),
     ]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
     with warnings.catch_warnings(record=True) as caught:
@@ -55,6 +71,14 @@ def test_default_callbacks_work(tmp_path, name):
     for layer in callbacks[3]._layers:
         assert f"deconv/{layer}" in tags["images"]
         assert f"evolution/{layer}" in tags["images"]
+    for layer in callbacks[4]._layers:
+        assert f"activation_grid/{layer}" in tags["images"]
+    for tag in ("occlusion/sensitivity", "saliency/integrated_gradients", "lime/weights"):
+        assert tag in tags["images"]
+    cam = callbacks[-1]
+    gap_head = name not in ("vgg16", "mobilenet_v3_small")
+    assert any(t.startswith("cam/") for t in tags["images"]) == gap_head
+    assert [a.kind for a in cam.alerts.raised] == ([] if gap_head else ["not_shown"])
     assert any(t.startswith("filters/") and t.endswith("/noise") for t in tags["scalars"])
     assert any(t.endswith("/zero_fraction") for t in tags["scalars"])
     assert all(not c.alerts.raised or c.alerts.raised[0].kind != "failed" for c in callbacks)

@@ -10,8 +10,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+
+from tests.helpers import assert_caption
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +124,29 @@ def test_images_are_served_as_decodable_pngs(server):
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG"
     assert image.size == (2 * 200 + 6, 5 * 118 + 6 + 32)  # 10 captioned probe panels
+
+
+@pytest.mark.parametrize(
+    ("tag", "size"),
+    [
+        ("occlusion/sensitivity", (2 * 200 + 6, 5 * 118 + 6 + 32)),
+        ("saliency/smoothgrad", (2 * 200 + 6, 5 * 118 + 6 + 32)),
+        ("lime/weights", (2 * 200 + 6, 5 * 118 + 6 + 32)),
+        ("cam/model.features", (2 * 200 + 6, 5 * 118 + 6 + 32)),
+        ("activation_grid/model.features.2", None),
+    ],
+)
+def test_every_probe_view_is_served_with_captions(server, tag, size):
+    base, run = server
+    entries = json.loads(get(base, "/data/plugin/images/images", run=run, tag=tag))
+    assert entries[0]["step"] == 0  # the untrained baseline
+    png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    if size is not None:
+        assert (pixels.shape[1], pixels.shape[0]) == size
+    assert_caption(pixels, "true 0", x=6, y=6, width=96)
+    texts = json.loads(get(base, "/data/plugin/text/tags"))[run]
+    assert any(text.startswith(tag + "/") for text in texts)
 
 
 def test_custom_scalars_layout_groups_each_layer(server):
