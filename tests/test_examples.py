@@ -18,7 +18,7 @@ def demo_captions(run: Path) -> dict[str, tuple[str, int, int, int]]:
         kind = tag.split("/")[0]
         if kind == "filters":
             captions[tag] = ("0  C <the filter's C>", 2, 2, 98)  # 7x7 enlarged x14
-        elif kind in ("gradcam", "deconv"):
+        elif kind in ("gradcam", "deconv", "activation_grid"):
             captions[tag] = ("true temple top-left", 6, 6, 96)
         elif kind == "evolution":
             captions[tag] = ("epoch 29", -98, 0, 98)  # the last column
@@ -51,7 +51,8 @@ def test_demo_shows_filters_turning_from_noise_to_structure_with_every_image_cap
     assert noise[0].value == pytest.approx(before, abs=0.005)
     assert noise[-1].value == pytest.approx(after, abs=0.005)
     captions = demo_captions(run)
-    assert {tag.split("/")[0] for tag in captions} == {"filters", "gradcam", "deconv", "evolution"}
+    kinds = {tag.split("/")[0] for tag in captions}
+    assert kinds == {"filters", "gradcam", "deconv", "evolution", "activation_grid"}
     assert set(captions) == set(events.Tags()["images"])
     for tag, (text, x, y, width) in captions.items():
         pixels = image_pixels(events.Images(tag)[-1])

@@ -56,7 +56,8 @@ def occlusion(
     :func:`occlusion_windows`); the drop of the target class's probability (``probabilities``,
     else of its score) against the unoccluded image is spread over the patch's pixels, and each
     pixel gets the mean over the patches that cover it: captum's ``Occlusion`` with the same
-    window, stride and baseline. All positions of all images run as batched forwards of at most
+    window, stride and baseline. Pixels that no patch covers (a stride longer than the window)
+    get 0. All positions of all images run as batched forwards of at most
     ``max_batch`` occluded images, without gradients. Run the model in eval mode.
 
     Args:
@@ -118,5 +119,5 @@ def occlusion(
             batch = batch.to(images.dtype)
             occluded_scores.append(scores(batch).gather(1, index[image][:, None])[:, 0])
         drops = reference.gather(1, index[:, None]) - torch.cat(occluded_scores).view(n, positions)
-        covered = masks.sum(dim=0)
+        covered = masks.sum(dim=0).clamp(min=1)  # a stride past the window skips pixels: 0
         return torch.einsum("np,phw->nhw", drops, masks) / covered

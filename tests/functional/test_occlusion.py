@@ -113,3 +113,10 @@ def test_untouched_under_no_grad_and_inference_mode(context, images):
 def test_bad_arguments(kwargs, message, tiny, images):
     with pytest.raises(ValueError, match=message):
         occlusion(tiny, images, **kwargs)
+
+
+def test_a_stride_longer_than_the_window_leaves_the_skipped_pixels_at_zero(tiny, images):
+    sensitivity = occlusion(tiny, images, window=8, stride=16)
+    assert sensitivity.isfinite().all()
+    assert (sensitivity[:, 8:16] == 0).all()
+    assert (sensitivity[:, :8] != 0).any()
