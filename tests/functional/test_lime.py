@@ -37,17 +37,20 @@ class Replay(np.random.RandomState):
         return self.masks.reshape(-1).astype(int) if size is not None else 0
 
 
-@pytest.mark.parametrize("image_index", [0, 2])
-def test_lime_matches_the_lime_package_for_the_same_masks(tiny, images, image_index):
+@pytest.mark.parametrize(
+    ("model_name", "image_index"), [("tiny", 0), ("tiny", 2), ("vgg11", 1), ("resnet18", 2)]
+)
+def test_lime_matches_the_lime_package_for_the_same_masks(request, model_name, images, image_index):
+    model = request.getfixturevalue(model_name)
     segments = grid_segments((64, 64), 4)
-    ours = lime(tiny, images, segments, targets=torch.tensor([1, 4, 9]), samples=64, seed=5)
+    ours = lime(model, images, segments, targets=torch.tensor([1, 4, 9]), samples=64, seed=5)
     masks = masks_of(image_index, 64, 16, seed=5).numpy()
     explainer = LimeImageExplainer(random_state=Replay(masks))
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(batch, dtype=torch.float32).permute(0, 3, 1, 2)
         with torch.no_grad():
-            return tiny(x).softmax(dim=1).numpy()
+            return model(x).softmax(dim=1).numpy()
 
     target = [1, 4, 9][image_index]
     explanation = explainer.explain_instance(
