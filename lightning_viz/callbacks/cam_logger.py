@@ -17,7 +17,6 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional import colorize, normalize, overlay, upsample
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
-from lightning_viz.functional.captions import color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.probes import Probes
@@ -171,22 +170,14 @@ class CAMLogger(ClassView):
             self._transform,
             self.probe_forward(pl_module),
         )
-        if not maps.isfinite().all():
-            raise ValueError(
-                f"the CAM of {layer!r} has NaN or Inf: the probes, the model's outputs or its "
-                "weights are not finite"
-            )
-        image_captions, map_captions, table = self._predictions(probes, logits, targets)
+        self._check_finite(maps, f"the CAM of {layer!r}")
+        *captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         heat = normalize(upsample(maps, tuple(display.shape[-2:])))
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
-        image = self._panels(display, overlays, image_captions, map_captions)
         evidence = f"{layer}: CAM evidence for the {self._explained_class(targets)}"
-        legend = color_bar(image.shape[-1], self.cmap, "least", "most", evidence, image.device)
-        self.log_image(trainer, tags.tag(tags.CAM, layer), stack_rows(image, legend))
-        peaks = maps.flatten(1).amax(dim=1).tolist()
-        lines = table.splitlines()
-        lines[0] += " peak |"
-        lines[1] += "---|"
-        lines[2:] = [f"{line} {peak:.3g} |" for line, peak in zip(lines[2:], peaks, strict=True)]
-        self.log_text(trainer, tags.tag(tags.CAM_TARGETS, layer), "\n".join(lines))
+        tag = tags.tag(tags.CAM, layer)
+        self._log_panels(trainer, tag, display, overlays, captions, ("least", "most"), evidence)
+        peaks = [f"{peak:.3g}" for peak in maps.flatten(1).amax(dim=1).tolist()]
+        table = self._with_columns(table, {"peak": peaks})
+        self.log_text(trainer, tags.tag(tags.CAM_TARGETS, layer), table)

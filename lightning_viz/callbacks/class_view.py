@@ -13,7 +13,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import class_scores, grid
 from lightning_viz.functional._validation import check_fraction, check_logits
-from lightning_viz.functional.captions import captioned_rows, class_name
+from lightning_viz.functional.captions import captioned_rows, class_name, color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import colormap_table, panels_per_row
 from lightning_viz.probes import Probes
@@ -154,6 +154,52 @@ class ClassView(ProbeCallback):
             for i, (t, p, c) in enumerate(rows)
         ]
         return image_captions, map_captions, "\n".join(table)
+
+    def _class_logits(self, pl_module: pl.LightningModule, probes: Probes) -> torch.Tensor:
+        """The probes' (N, num_classes) float scores, from one forward without gradients."""
+        with torch.no_grad():
+            output = (self.probe_forward(pl_module) or pl_module)(probes.images)
+        return self._transform(output).float()
+
+    @staticmethod
+    def _check_finite(maps: torch.Tensor, what: str) -> None:
+        """Fail (as an alert) when a view's maps are not finite: nothing to show."""
+        if not maps.isfinite().all():
+            raise ValueError(
+                f"{what} has NaN or Inf: the probes, the model's outputs or its weights are not "
+                "finite"
+            )
+
+    def _log_panels(
+        self,
+        trainer: pl.Trainer,
+        tag: str,
+        display: torch.Tensor,
+        maps: torch.Tensor,
+        captions: tuple[list[str], list[str]],
+        ends: tuple[str, str],
+        title: str,
+        cmap: str | None = None,
+    ) -> None:
+        """Log the probes beside their maps (:meth:`_panels`) over a colour bar of ``cmap``
+        (default the callback's) from ``ends[0]`` to ``ends[1]``, titled ``title``."""
+        image = self._panels(display, maps, *captions)
+        low, high = ends
+        legend = color_bar(image.shape[-1], cmap or self.cmap, low, high, title, image.device)
+        self.log_image(trainer, tag, stack_rows(image, legend))
+
+    @staticmethod
+    def _with_columns(table: str, columns: dict[str, list[str]]) -> str:
+        """The markdown ``table`` with ``columns`` (a header and one cell per row) appended."""
+        lines = table.splitlines()
+        lines[0] += "".join(f" {header} |" for header in columns)
+        lines[1] += "---|" * len(columns)
+        cells = zip(*columns.values(), strict=True)
+        lines[2:] = [
+            line + "".join(f" {cell} |" for cell in row)
+            for line, row in zip(lines[2:], cells, strict=True)
+        ]
+        return "\n".join(lines)
 
     @staticmethod
     def _panels(

@@ -25,7 +25,6 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
-from lightning_viz.functional.captions import color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
 from lightning_viz.probes import Probes
@@ -172,30 +171,23 @@ class GradCAMLogger(ClassView):
             if self.guided
             else None
         )
-        image_captions, map_captions, table = self._predictions(probes, logits, targets)
+        *captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         for layer, cam in maps.items():
-            if not cam.isfinite().all():
-                raise ValueError(
-                    f"the Grad-CAM map of {layer!r} has NaN or Inf: the probes, the model's "
-                    "outputs or its weights are not finite"
-                )
+            self._check_finite(cam, f"the Grad-CAM map of {layer!r}")
             heat = normalize(upsample(cam, tuple(display.shape[-2:])))
             overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
             evidence = f"{layer}: Grad-CAM evidence for the {self._explained_class(targets)}"
-            image = self._panels(display, overlays, image_captions, map_captions)
-            legend = color_bar(image.shape[-1], self.cmap, "none", "most", evidence, image.device)
-            self.log_image(trainer, tags.tag(tags.GRADCAM, layer), stack_rows(image, legend))
+            tag = tags.tag(tags.GRADCAM, layer)
+            self._log_panels(trainer, tag, display, overlays, captions, ("none", "most"), evidence)
             if guided is not None:
                 small_heat = normalize(upsample(cam, tuple(probes.images.shape[-2:])))
                 product = normalize_signed(guided * small_heat[:, None]).mean(dim=1, keepdim=True)
                 guided_tiles = readable(to_rgb(product))
-                image = self._panels(display, guided_tiles, image_captions, map_captions)
-                legend = color_bar(
-                    image.shape[-1], "gray", "-", "+", f"guided {evidence}", image.device
-                )
-                self.log_image(
-                    trainer, tags.tag(tags.GRADCAM_GUIDED, layer), stack_rows(image, legend)
+                tag = tags.tag(tags.GRADCAM_GUIDED, layer)
+                title = f"guided {evidence}"
+                self._log_panels(
+                    trainer, tag, display, guided_tiles, captions, ("-", "+"), title, "gray"
                 )
         for layer in maps:
             self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), table)

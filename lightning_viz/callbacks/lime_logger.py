@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -18,11 +17,11 @@ from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.functional import colorize, normalize_signed, overlay
 from lightning_viz.functional._validation import (
     check_choice,
+    check_finite_number,
     check_fraction,
     check_int,
     check_pair,
 )
-from lightning_viz.functional.captions import color_bar, stack_rows
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.lime import grid_segments, lime, slic_segments
@@ -141,10 +140,7 @@ class LIMELogger(ClassView):
         self.cells = check_pair("cells", cells)
         self.samples = check_int("samples", samples, minimum=2)
         self.keep = check_fraction("keep", keep)
-        number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
-        if not (number and math.isfinite(baseline)):
-            raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
-        self.baseline = float(baseline)
+        self.baseline = check_finite_number("baseline", baseline)
         self.seed = check_int("seed", seed, minimum=0)
         self.max_batch = check_int("max_batch", max_batch, allow_none=True)
         self._labels: torch.Tensor | None = None
@@ -183,9 +179,7 @@ class LIMELogger(ClassView):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        forward = self.probe_forward(pl_module)
-        with torch.no_grad():
-            logits = self._transform((forward or pl_module)(probes.images)).float()
+        logits = self._class_logits(pl_module, probes)
         explanation = lime(
             pl_module,
             probes.images,
@@ -196,14 +190,10 @@ class LIMELogger(ClassView):
             self.baseline,
             seed=self.seed,
             output_transform=self._transform,
-            forward=forward,
+            forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
         )
-        if not explanation.maps.isfinite().all():
-            raise ValueError(
-                "the LIME weights have NaN or Inf: the probes, the model's outputs or its "
-                "weights are not finite"
-            )
+        self._check_finite(explanation.maps, "the LIME weights")
         display = readable(probes.display)
         labels = readable(self._labels[:, None].float())[:, 0]
         heat = normalize_signed(readable(explanation.maps[:, None])[:, 0], percentile=100)
@@ -212,18 +202,12 @@ class LIMELogger(ClassView):
         borders[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
         borders[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
         maps = torch.where(borders[:, None], torch.full_like(maps, 0.5), maps)
-        image_captions, map_captions, table = self._predictions(probes, logits, targets)
-        image = self._panels(display, maps, image_captions, map_captions)
+        *captions, table = self._predictions(probes, logits, targets)
         title = f"LIME: segment weight for the {self._explained_class(targets)}'s probability"
-        legend = color_bar(image.shape[-1], self.cmap, "lowers", "raises", title, image.device)
-        self.log_image(trainer, tags.LIME, stack_rows(image, legend))
-        largest = explanation.weights.abs().amax(dim=1).tolist()
-        scores = explanation.score.tolist()
-        lines = table.splitlines()
-        lines[0] += " largest weight | R^2 |"
-        lines[1] += "---|---|"
-        lines[2:] = [
-            f"{line} {weight:.3f} | {score:.2f} |"
-            for line, weight, score in zip(lines[2:], largest, scores, strict=True)
-        ]
-        self.log_text(trainer, tags.LIME_TARGETS, "\n".join(lines))
+        ends = ("lowers", "raises")
+        self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title)
+        columns = {
+            "largest weight": [f"{w:.3f}" for w in explanation.weights.abs().amax(dim=1).tolist()],
+            "R^2": [f"{score:.2f}" for score in explanation.score.tolist()],
+        }
+        self.log_text(trainer, tags.LIME_TARGETS, self._with_columns(table, columns))

@@ -14,8 +14,7 @@ from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.functional import colorize, normalize_signed, overlay, upsample
-from lightning_viz.functional._validation import check_int, check_pair
-from lightning_viz.functional.captions import color_bar, stack_rows
+from lightning_viz.functional._validation import check_finite_number, check_int, check_pair
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.occlusion import occlusion
@@ -113,9 +112,7 @@ class OcclusionLogger(ClassView):
         )
         self.window = None if window is None else check_pair("window", window)
         self.stride = None if stride is None else check_pair("stride", stride)
-        if not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
-            raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
-        self.baseline = float(baseline)
+        self.baseline = check_finite_number("baseline", baseline)
         self.max_batch = check_int("max_batch", max_batch, allow_none=True)
         self._window = self._stride = (1, 1)
 
@@ -142,9 +139,7 @@ class OcclusionLogger(ClassView):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        forward = self.probe_forward(pl_module)
-        with torch.no_grad():
-            logits = self._transform((forward or pl_module)(probes.images)).float()
+        logits = self._class_logits(pl_module, probes)
         sensitivity = occlusion(
             pl_module,
             probes.images,
@@ -153,27 +148,19 @@ class OcclusionLogger(ClassView):
             self._stride,
             self.baseline,
             output_transform=self._transform,
-            forward=forward,
+            forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
         )
-        if not sensitivity.isfinite().all():
-            raise ValueError(
-                "the occlusion map has NaN or Inf: the probes, the model's outputs or its "
-                "weights are not finite"
-            )
-        image_captions, map_captions, table = self._predictions(probes, logits, targets)
+        self._check_finite(sensitivity, "the occlusion map")
+        *captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         heat = normalize_signed(upsample(sensitivity, tuple(display.shape[-2:])), percentile=100)
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
-        image = self._panels(display, overlays, image_captions, map_captions)
         height, width = self._window
         explained = self._explained_class(targets)
         title = f"occlusion, {height}x{width} patch: drop of the {explained}'s probability"
-        legend = color_bar(image.shape[-1], self.cmap, "rises", "drops", title, image.device)
-        self.log_image(trainer, tags.OCCLUSION, stack_rows(image, legend))
-        drops = sensitivity.flatten(1).amax(dim=1).tolist()
-        lines = table.splitlines()
-        lines[0] += " largest drop |"
-        lines[1] += "---|"
-        lines[2:] = [f"{line} {drop:.3f} |" for line, drop in zip(lines[2:], drops, strict=True)]
-        self.log_text(trainer, tags.OCCLUSION_TARGETS, "\n".join(lines))
+        ends = ("rises", "drops")
+        self._log_panels(trainer, tags.OCCLUSION, display, overlays, captions, ends, title)
+        drops = [f"{drop:.3f}" for drop in sensitivity.flatten(1).amax(dim=1).tolist()]
+        table = self._with_columns(table, {"largest drop": drops})
+        self.log_text(trainer, tags.OCCLUSION_TARGETS, table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -23,8 +22,12 @@ from lightning_viz.functional import (
     saliency,
     smooth_grad,
 )
-from lightning_viz.functional._validation import check_choice, check_int, check_non_negative
-from lightning_viz.functional.captions import color_bar, stack_rows
+from lightning_viz.functional._validation import (
+    check_choice,
+    check_finite_number,
+    check_int,
+    check_non_negative,
+)
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.probes import Probes
@@ -143,10 +146,7 @@ class SaliencyLogger(ClassView):
         self.samples = check_int("samples", samples)
         self.steps = check_int("steps", steps)
         self.stdev = None if stdev is None else check_non_negative("stdev", stdev)
-        number = isinstance(baseline, (int, float)) and not isinstance(baseline, bool)
-        if not (number and math.isfinite(baseline)):
-            raise ValueError(f"`baseline` must be a finite number, got {baseline!r}")
-        self.baseline = float(baseline)
+        self.baseline = check_finite_number("baseline", baseline)
         self.max_batch = check_int("max_batch", max_batch, allow_none=True)
 
     @override
@@ -180,15 +180,10 @@ class SaliencyLogger(ClassView):
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        with torch.no_grad():
-            logits = self._transform((self.probe_forward(pl_module) or pl_module)(probes.images))
+        logits = self._class_logits(pl_module, probes)
         explained = logits.argmax(dim=1) if targets is None else targets  # no second forward
         attributions = self.attributions(pl_module, probes, explained)
-        if not attributions.isfinite().all():
-            raise ValueError(
-                f"the {self.method} map has NaN or Inf: the probes, the model's outputs or its "
-                "weights are not finite"
-            )
+        self._check_finite(attributions, f"the {self.method} map")
         display = readable(probes.display)
         signed = self.method in SIGNED
         if signed:  # evidence for and against: the sum over colour channels keeps the sign
@@ -196,11 +191,9 @@ class SaliencyLogger(ClassView):
         else:  # magnitudes: the strongest channel per pixel (Simonyan et al.)
             heat = normalize_magnitude(readable(attributions.amax(dim=1, keepdim=True))[:, 0])
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)
-        image_captions, map_captions, table = self._predictions(probes, logits.float(), targets)
-        image = self._panels(display, maps, image_captions, map_captions)
-        explained = self._explained_class(targets)
-        title = f"{self.method}: attribution to the {explained}'s score"
-        low, high = ("against", "for") if signed else ("none", "most")
-        legend = color_bar(image.shape[-1], self.cmap, low, high, title, image.device)
-        self.log_image(trainer, tags.tag(tags.SALIENCY, "", self.method), stack_rows(image, legend))
+        *captions, table = self._predictions(probes, logits, targets)
+        title = f"{self.method}: attribution to the {self._explained_class(targets)}'s score"
+        ends = ("against", "for") if signed else ("none", "most")
+        tag = tags.tag(tags.SALIENCY, "", self.method)
+        self._log_panels(trainer, tag, display, maps, captions, ends, title)
         self.log_text(trainer, tags.tag(tags.SALIENCY_TARGETS, "", self.method), table)

@@ -6,6 +6,7 @@ expected and what was given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,14 @@ def check_non_negative(name: str, value: Any) -> float:
     """A number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_finite_number(name: str, value: Any) -> float:
+    """A finite number (not a bool)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value)):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
     return float(value)
 
 
