@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,14 +22,20 @@ from lightning_viz.functional._capture import Forward, output_shapes
 from lightning_viz.functional._validation import check_int
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.captions import (
-    captioned_rows,
+    captioned_blocks,
     class_name,
     color_bar,
     footnote,
     stack_rows,
 )
 from lightning_viz.functional.gradcam import MIN_MAP_SIDE
-from lightning_viz.functional.images import colormap_table, readable, to_uint8
+from lightning_viz.functional.images import (
+    CARD_WIDTH,
+    colormap_table,
+    panels_per_row,
+    readable,
+    to_uint8,
+)
 from lightning_viz.probes import Probes
 
 SIGNED_CMAP = "RdBu_r"
@@ -96,11 +103,13 @@ class ActivationGridLogger(ProbeCallback):
 
     Logged keys:
 
-    - ``activation_grid/<layer>`` (image): a row per probe, the probe (captioned with its class)
-      then its k most active channels (each captioned with its index, ``ch 12``), strongest
-      first, enlarged to the probe's tile size (at least 96 pixels) with square pixels; below,
-      a colour bar and a note on how the maps are scaled.
-    - ``activation_grid/<layer>/channels`` (text): per probe, its class, its row's scale (the
+    - ``activation_grid/<layer>`` (image): a block per probe, the probe (captioned with its
+      class) then its k most active channels (each captioned with its index, ``ch 12``),
+      strongest first, read row by row in about sqrt(k + 1) columns (3 for k = 8, so the image
+      stays as narrow as TensorBoard's card and runs down the page), enlarged to the probe's
+      tile size (at least 96 pixels) with square pixels; below, a colour bar and a note on how
+      the maps are scaled.
+    - ``activation_grid/<layer>/channels`` (text): per probe, its class, its block's scale (the
       largest absolute value among its maps, shown at the bright end), the share of the layer's
       values that are <= 0 on it, the share of the layer's channels that are dead on it (no
       positive value), and the channels shown with their mean activation.
@@ -111,7 +120,7 @@ class ActivationGridLogger(ProbeCallback):
     map, on the parts of the probe that the channel responds to (strokes, edges, object parts),
     and different channels light up different parts. Maps that are evenly bright all over
     respond to everything: an untrained net's look like blurred copies of the probe. Maps that
-    are nearly blank beside their row's brightest respond weakly; a row whose scale in the table
+    are nearly blank beside their block's brightest respond weakly; a block whose scale in the table
     is far below the other probes' means the layer barely responds to that probe. Dead channels
     (a share in the table that grows over training) no longer fire on anything and no longer
     learn. Early layers should show edge and stroke detectors; deeper, coarser maps should fire
@@ -214,8 +223,10 @@ class ActivationGridLogger(ProbeCallback):
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in row]
                 for i, row in enumerate(channels)
             ]
-            rows = torch.cat([display[:, None], drawn.tiles], dim=1)
-            image = grid(captioned_rows(rows, captions), nrow=1, padding=6)
+            tiles = torch.cat([display[:, None], drawn.tiles], dim=1)
+            panels = captioned_blocks(tiles, captions, math.ceil(math.sqrt(tiles.shape[1])))
+            per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
+            image = grid(panels, nrow=per_row, padding=6)
             legend = self._legend(layer, image, len(channels[0]), bool(host["signed"]))
             self.log_image(
                 trainer, tags.tag(tags.ACTIVATION_GRID, layer), stack_rows(image, legend)
@@ -227,24 +238,24 @@ class ActivationGridLogger(ProbeCallback):
     def _legend(self, layer: str, image: Tensor, k: int, signed: bool) -> Tensor:
         """The colour bar under the grid, and a note on how the maps are scaled."""
         width, device, dtype = image.shape[-1], image.device, image.dtype
-        title = f"{layer}: each probe's top {k} channels by mean activation"
+        title = f"{layer}: top {k} channels by mean"
         if signed:
             bar = color_bar(width, SIGNED_CMAP, "-largest", "+largest", title, device, dtype)
             note = (
                 "The layer has negative values (it comes before its activation): blue below 0, "
-                "white at 0, red above. Each row is scaled to its own largest absolute value "
-                "(in the text table)."
+                "white at 0, red above. Each probe's maps are scaled to their largest absolute "
+                "value (in the text table)."
             )
         else:
             bar = color_bar(width, self.cmap, "0", "largest", title, device, dtype)
             note = (
-                "Each row is scaled from 0 to its own largest value (in the text table): a weak "
-                "map stays dark beside a strong one."
+                "Each probe's maps are scaled from 0 to their largest value (in the text table): "
+                "a weak map stays dark beside a strong one."
             )
         return stack_rows(bar, footnote(width, note, device, dtype))
 
     def _table(self, probes: Probes, host: dict[str, Tensor]) -> str:
-        """The markdown table of what each row shows, with the layer's sparsity on the probe."""
+        """The markdown table of what each block shows, with the layer's sparsity on the probe."""
         lines = [
             "| probe | class | scale (largest absolute value) | values <= 0 | dead channels | "
             "channels (mean activation) |",

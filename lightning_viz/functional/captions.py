@@ -174,6 +174,27 @@ def captioned_rows(tiles: Tensor, texts: Sequence[Sequence[str]], padding: int =
     return rows[..., : padded.shape[-1] * k - padding]
 
 
+def captioned_blocks(
+    tiles: Tensor, texts: Sequence[Sequence[str]], columns: int, padding: int = 2
+) -> Tensor:
+    """(P, K, 3, H, W) tiles, each panel's K in a block of ``columns`` columns under their
+    captions, read row by row (the last row filled with white): (P, 3, H', W') panels, narrow
+    enough for TensorBoard's card where :func:`captioned_rows` would be too wide."""
+    panels, k = tiles.shape[:2]
+    rows = -(-k // columns)
+    blank = rows * columns - k
+    filled = torch.nn.functional.pad(tiles, (0, 0, 0, 0, 0, 0, 0, blank), value=white(tiles.dtype))
+    captions = [[*row, *[""] * blank] for row in texts]
+    strips = captioned_rows(
+        filled.unflatten(1, (rows, columns)).flatten(0, 1),
+        [row[i : i + columns] for row in captions for i in range(0, rows * columns, columns)],
+        padding,
+    )
+    strips = torch.nn.functional.pad(strips, (0, 0, 0, padding), value=white(strips.dtype))
+    stacked = strips.unflatten(0, (panels, rows)).permute(0, 2, 1, 3, 4).flatten(2, 3)
+    return stacked[:, :, : stacked.shape[2] - padding]
+
+
 def class_name(index: int, names: Sequence[str] | None) -> str:
     """The name of class ``index`` when ``names`` has it, else the index."""
     return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)

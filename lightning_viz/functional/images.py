@@ -141,17 +141,25 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
     return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
 
 
-def panels_per_row(count: int, height: int, width: int, aspect: float = 0.75) -> int:
+CARD_WIDTH = 420
+"""About the width at which TensorBoard's Images tab shows an image in its default card: a wider
+image is shrunk to it, and its 12-pixel captions with it."""
+
+
+def panels_per_row(
+    count: int, height: int, width: int, aspect: float = 0.75, max_width: int | None = None
+) -> int:
     """How many (height, width) panels to put in a row so that the grid of ``count`` comes
-    closest to ``aspect`` (width / height). TensorBoard fits an image to the width of a narrow
-    card and lets it run down the page, so a grid a little taller than wide shows its tiles
-    largest."""
+    closest to ``aspect`` (width / height), with at most as many as fit ``max_width`` (at least
+    one). TensorBoard fits an image to the width of a narrow card and lets it run down the page,
+    so a grid a little taller than wide, or no wider than the card, shows its tiles largest."""
 
     def mismatch(per_row: int) -> float:
         rows = -(-count // per_row)
         return abs(math.log(per_row * width / (rows * height) / aspect))
 
-    return min(range(1, count + 1), key=mismatch)
+    fitting = count if max_width is None else max(1, min(count, max_width // width))
+    return min(range(1, fitting + 1), key=mismatch)
 
 
 MIN_TILE = 96
