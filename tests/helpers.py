@@ -137,3 +137,12 @@ def assert_caption(pixels: np.ndarray, text: str, x: int, y: int, width: int) ->
     expected = to_uint8(text_band([text], width))[0].permute(1, 2, 0).numpy()
     found = pixels[y : y + expected.shape[0], x : x + width]
     assert np.array_equal(found, expected), f"no caption {text!r} at x={x}, y={y}"
+
+
+def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
+    """The share of (N, H, W) maps whose peak lies in its image's (N, 4) box (top, left,
+    bottom, right; bottom and right exclusive): the pointing game of localization."""
+    peak = maps.flatten(1).argmax(dim=1)
+    row, col = peak // maps.shape[-1], peak % maps.shape[-1]
+    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
+    return inside.float().mean().item()

@@ -26,6 +26,7 @@ from tests.helpers import (
     fit,
     image_pixels,
     make_trainer,
+    pointing_game,
     read_events,
 )
 
@@ -79,11 +80,7 @@ def test_trained_maps_point_at_the_shape_that_decides_the_class(tmp_path):
         "integrated_gradients": integrated_gradients(module, probe_images, probe_labels).sum(1),
     }
     for method, attribution in maps.items():
-        peak = attribution.flatten(1).argmax(dim=1)
-        row, col = peak // 32, peak % 32
-        inside = (row >= boxes[:, 0]) & (row < boxes[:, 2])
-        inside &= (col >= boxes[:, 1]) & (col < boxes[:, 3])
-        assert inside.float().mean() >= 0.9, method
+        assert pointing_game(attribution, boxes) >= 0.9, method
         assert len(read_events(tmp_path).Images(f"saliency/{method}")) == 6
 
 
