@@ -72,6 +72,29 @@ LIME = "lime/weights"
 LIME_TARGETS = "lime/weights/targets"
 """Text, LIMELogger: the class each map explains, the prediction and the surrogate's fit."""
 
+EMBEDDING = "embedding/{layer}"
+"""Image, EmbeddingLogger: the features of the validation subset in 2-D (PCA), coloured by class.
+The same tag names the layer's projector embedding (TensorBoard's Projector tab)."""
+EMBEDDING_SCALAR = "embedding/{layer}/{key}"
+"""Scalar, EmbeddingLogger: ``key`` one of :data:`EMBEDDING_KEYS`."""
+EMBEDDING_KEYS = ("knn_accuracy",)
+
+TOP_PATCHES = "top_patches/{layer}"
+"""Image, TopPatchesLogger: units (rows) by their top-k validation patches (columns)."""
+TOP_PATCHES_SCALAR = "top_patches/{layer}/{key}"
+"""Scalar, TopPatchesLogger: ``key`` one of :data:`TOP_PATCHES_KEYS`."""
+TOP_PATCHES_KEYS = ("changed",)
+TOP_PATCHES_UNITS = "top_patches/{layer}/units"
+"""Text, TopPatchesLogger: each row's unit, its top activations and their receptive field."""
+
+FEATURE_VIS = "feature_vis/{layer}"
+"""Image, FeatureVisualizer: the input each unit responds to most (rows), over epochs (columns)."""
+FEATURE_VIS_SCALAR = "feature_vis/{layer}/{key}"
+"""Scalar, FeatureVisualizer: ``key`` one of :data:`FEATURE_VIS_KEYS`."""
+FEATURE_VIS_KEYS = ("objective",)
+FEATURE_VIS_UNITS = "feature_vis/{layer}/units"
+"""Text, FeatureVisualizer: the units of the rows, the objective each reached, the epochs."""
+
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
