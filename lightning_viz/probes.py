@@ -130,7 +130,7 @@ class Probes:
         if n is not None:
             check_int("n", n)
         wanted = MAX_PICKED if n is None else n
-        split = _split_batch if batch_to_images is None else _split_with(batch_to_images)
+        split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
         images, labels, classes_seen = [], [], [0]
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
@@ -192,7 +192,7 @@ def _in_dataset_order(loader: Iterable) -> Iterable:
     )
 
 
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     """(images, labels or None) from a tensor, an (images, labels, ...) sequence or a dict."""
     images = labels = None
     if isinstance(batch, Tensor):
@@ -220,7 +220,7 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     return images, labels
 
 
-def _split_with(
+def split_batch_with(
     batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]],
 ) -> Callable[[Any], tuple[Tensor, Tensor | None]]:
     def split(batch: Any) -> tuple[Tensor, Tensor | None]:

@@ -4,6 +4,7 @@ from lightning_viz.callbacks.activation_grid_logger import ActivationGridLogger
 from lightning_viz.callbacks.activation_monitor import ActivationMonitor
 from lightning_viz.callbacks.cam_logger import CAMLogger
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
+from lightning_viz.callbacks.embedding_logger import EmbeddingLogger
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
 from lightning_viz.callbacks.lime_logger import LIMELogger
@@ -15,6 +16,7 @@ __all__ = [
     "ActivationMonitor",
     "CAMLogger",
     "DeconvLogger",
+    "EmbeddingLogger",
     "FilterMonitor",
     "GradCAMLogger",
     "LIMELogger",

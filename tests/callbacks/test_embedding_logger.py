@@ -1,0 +1,150 @@
+"""EmbeddingLogger through a real Trainer: the projector files, the scatter, the k-NN scalar."""
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tensorboard.plugins.projector import projector_plugin
+from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+from torch import nn
+
+from lightning_viz import EmbeddingLogger
+from lightning_viz.functional.embedding import knn_accuracy, subset_positions
+from lightning_viz.testing import ImageClassifier, digits_loaders
+from tests.callbacks.test_neutrality import assert_same_training, train
+from tests.helpers import (
+    DigitsClassifier,
+    fit,
+    hook_count,
+    image_pixels,
+    make_trainer,
+    read_events,
+)
+
+TAG = "embedding/model.head"
+VALIDATION_SIZE = 360
+
+
+def projector_entries(log_dir):
+    """The projector's embeddings as TensorBoard reads them: (step, features, metadata rows)."""
+    config = text_format.Parse((log_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    entries = []
+    for embedding in config.embeddings:
+        assert embedding.tensor_name.startswith(TAG + ":")
+        features = projector_plugin._read_tensor_tsv_file(str(log_dir / embedding.tensor_path))
+        lines = (log_dir / embedding.metadata_path).read_text().splitlines()
+        assert lines[0] == "class\tposition"
+        sprite = log_dir / embedding.sprite.image_path
+        assert sprite.exists()
+        assert list(embedding.sprite.single_image_dim) == [32, 32]
+        step = int(embedding.tensor_name.split(":")[1])
+        entries.append((step, features, [line.split("\t") for line in lines[1:]]))
+    return sorted(entries, key=lambda entry: entry[0])
+
+
+def head_inputs(module, images):
+    """The input of ``module.model.head`` on ``images``, in eval mode."""
+    found = []
+    handle = module.model.head.register_forward_pre_hook(lambda m, args: found.append(args[0]))
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(images)
+    finally:
+        handle.remove()
+    return found[0]
+
+
+def test_the_same_subset_every_epoch_with_the_final_models_features(tmp_path):
+    logger = EmbeddingLogger(num_images=100, strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    trainer = fit(module, [logger], tmp_path, epochs=3)
+    entries = projector_entries(tmp_path)
+    assert [step for step, _, _ in entries] == [23, 46, 69]  # every validation epoch's end
+    positions = subset_positions(VALIDATION_SIZE, 100).tolist()
+    _, val = digits_loaders()
+    images, labels = val.dataset.tensors
+    for _, features, rows in entries:
+        assert [int(p) for _, p in rows] == positions  # the same images, in stream order
+        assert [int(c) for c, _ in rows] == labels[positions].tolist()
+        assert features.shape == (100, 64)
+    expected = head_inputs(module, images[positions])
+    np.testing.assert_allclose(entries[-1][1], expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(entries[0][1], entries[-1][1], atol=1e-2)  # the features learn
+    events = read_events(tmp_path)
+    knn = [s.value for s in events.Scalars(f"{TAG}/knn_accuracy")]
+    assert [s.step for s in events.Scalars(f"{TAG}/knn_accuracy")] == [23, 46, 69]
+    assert knn[-1] == pytest.approx(knn_accuracy(expected, labels[positions]).item(), abs=1e-6)
+    assert knn[-1] > 0.8  # the digits separate after three epochs
+    scatters = events.Images(TAG)
+    assert [e.step for e in scatters] == [23, 46, 69]
+    pixels = image_pixels(scatters[-1])
+    assert pixels.shape[1] == 400  # as wide as TensorBoard's card
+    tab10_blue = np.array([31, 119, 180])
+    assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
+    assert hook_count(module) == 0
+    assert trainer.callback_metrics  # training went on
+
+
+def test_every_validation_image_below_num_images_and_every_n_epochs(tmp_path):
+    fit(DigitsClassifier(), [EmbeddingLogger(every_n_epochs=2, strict=True)], tmp_path, epochs=2)
+    entries = projector_entries(tmp_path)
+    assert [step for step, _, _ in entries] == [46]
+    assert [int(p) for _, p in entries[0][2]] == list(range(VALIDATION_SIZE))
+
+
+def test_embedding_leaves_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    with_logger = train(tmp_path / "with", [EmbeddingLogger(strict=True)])
+    assert_same_training(without, with_logger)
+
+
+class Unlabelled(ImageClassifier):
+    """Validation batches of images only."""
+
+    def validation_step(self, batch, batch_idx):
+        (images,) = batch
+        self.log("val_mean", self(images).mean())
+
+
+def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path):
+    logger = EmbeddingLogger(layer="model.features.6", num_images=50, projector=False, strict=True)
+    module = Unlabelled(DigitsClassifier().model)
+    train_loader, val = digits_loaders()
+    images = val.dataset.tensors[0]
+    images_only = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), 100)
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(module, train_loader, images_only)
+    assert not (tmp_path / "projector_config.pbtxt").exists()
+    events = read_events(tmp_path)
+    assert "embedding/model.features.6/knn_accuracy" not in events.Tags()["scalars"]
+    pixels = image_pixels(events.Images("embedding/model.features.6")[-1])
+    tab10_blue = np.array([31, 119, 180])  # every dot in the colour of class 0
+    assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
+
+
+def test_a_model_without_a_linear_head_is_not_shown_and_fit_goes_on(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    logger = EmbeddingLogger()
+    trainer = fit(ImageClassifier(model), [logger], tmp_path, epochs=1)
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert "layer=" in logger.alerts.raised[0].message
+    assert trainer.current_epoch == 1
+    assert not (tmp_path / "projector_config.pbtxt").exists()
+
+
+def test_a_fit_without_validation_says_so_once(tmp_path):
+    logger = EmbeddingLogger()
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, validate=False)
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert "no validation loop" in logger.alerts.raised[0].message
+
+
+def test_bad_arguments_fail_at_construction_and_unknown_layers_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"num_images.*at most 5000"):
+        EmbeddingLogger(num_images=6000)
+    with pytest.raises(ValueError, match="num_images"):
+        EmbeddingLogger(num_images=1)
+    with pytest.raises(ValueError, match="k"):
+        EmbeddingLogger(k=0)
+    with pytest.raises(ValueError, match=r"closest valid names.*model.head"):
+        fit(DigitsClassifier(), [EmbeddingLogger(layer="model.haed")], tmp_path, epochs=1)
