@@ -238,9 +238,12 @@ class EmbeddingLogger(ValidationView):
         def take(found: Any) -> None:
             if taken:
                 return  # a module called twice in one forward: its first call counts
-            taken.append(True)
             try:
-                self._features.append(features_of(found).index_select(0, rows.to(found.device)))
+                features = features_of(found)
+                if features.shape[0] != images.shape[0]:
+                    return  # another forward than the batch's (another callback's probe)
+                taken.append(True)
+                self._features.append(features.index_select(0, rows.to(features.device)))
             except Exception as error:  # a hook must never break the validation step
                 self.problem(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -250,6 +253,12 @@ class EmbeddingLogger(ValidationView):
 
     @override
     def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._thumbnails and not self._features:
+            raise Unsuited(
+                f"{type(self).__name__}: the validation step never ran {self._layer[0]!r}, "
+                "whose features it embeds: it reads the validation forward. Pass layer= naming "
+                "a module the validation step runs."
+            )
         if len(self._features) != len(self._thumbnails):
             raise ValueError(f"layer {self._layer[0]!r} did not run in every validation forward")
         if not self._features:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -55,6 +56,7 @@ class ValidationView(VizCallback):
             raise ValueError(
                 f"`batch_to_images` must be None or a callable, got {batch_to_images!r}"
             )
+        self._given_split = batch_to_images is not None
         self._split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
         self._riding = False
         self._position = 0
@@ -77,7 +79,8 @@ class ValidationView(VizCallback):
         return []
 
     def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Compute and log what the epoch gathered (rank 0; failures become alerts)."""
+        """Compute and log what the epoch gathered (rank 0; failures become alerts; raise
+        :class:`Unsuited` when the validation forward never ran the view's layers)."""
 
     def problem(self, what: str) -> None:
         """Note a failure inside a hook (a hook must never break the validation step): the
@@ -107,11 +110,12 @@ class ValidationView(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         validation = next(fit_dataloaders(trainer))
-        if validation is None or trainer.limit_val_batches == 0:
+        runs = is_overridden("validation_step", pl_module) and trainer.limit_val_batches != 0
+        if validation is None or not runs:
             self.show_nothing(
                 f"{type(self).__name__} reads the validation forward, and this fit has no "
-                "validation loop: pass val_dataloaders (or a datamodule with "
-                "val_dataloader()) to trainer.fit.",
+                "validation loop: define validation_step and pass val_dataloaders (or a "
+                "datamodule with val_dataloader()) to trainer.fit.",
                 trainer,
             )
 
@@ -142,13 +146,17 @@ class ValidationView(VizCallback):
         if not self._riding or dataloader_idx != 0 or self._problems:
             return
         with self.timed(trainer):
-            try:
-                images, labels = self._split(batch)
-            except ValueError as error:
-                self.problem(str(error))
-                return
             self._remove_hooks()
-            self._handles = self.hooks(pl_module, images, labels, self._position)
+            try:
+                images, labels = self._images_of(batch)
+                self._handles = self.hooks(pl_module, images, labels, self._position)
+            except Unsuited as why:
+                self._riding = False
+                self.show_nothing(str(why), trainer)
+                return
+            except Exception as error:  # the validation step must go on
+                self.problem(f"{type(error).__name__}: {error}")
+                return
             self._position += images.shape[0]
 
     @override
@@ -172,7 +180,10 @@ class ValidationView(VizCallback):
         with self.timed(trainer), self.guarded(trainer, type(self).__name__):
             if self._problems:
                 raise ValueError("; ".join(dict.fromkeys(self._problems)))
-            self.end_epoch(trainer, pl_module)
+            try:
+                self.end_epoch(trainer, pl_module)
+            except Unsuited as why:
+                self.show_nothing(str(why), trainer)
 
     @override
     def on_exception(
@@ -185,6 +196,19 @@ class ValidationView(VizCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         self._remove_hooks()
+
+    def _images_of(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """The batch's images and labels; batches it cannot read make the view :class:`Unsuited`
+        unless ``batch_to_images`` was given."""
+        try:
+            return self._split(batch)
+        except ValueError as error:
+            if self._given_split:
+                raise
+            raise Unsuited(
+                f"{type(self).__name__}: {error.args[0].split(';')[0]} of the validation loader; "
+                "pass batch_to_images= to say where they are."
+            ) from error
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
