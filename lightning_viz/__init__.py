@@ -24,6 +24,7 @@ _HOMES = {
     "OcclusionLogger": "lightning_viz.callbacks",
     "Probes": "lightning_viz.probes",
     "SaliencyLogger": "lightning_viz.callbacks",
+    "TopPatchesLogger": "lightning_viz.callbacks",
     "default_callbacks": "lightning_viz.presets",
     "overhead": "lightning_viz.callbacks.base",
 }
@@ -41,6 +42,7 @@ __all__ = [
     "OcclusionLogger",
     "Probes",
     "SaliencyLogger",
+    "TopPatchesLogger",
     "__version__",
     "default_callbacks",
     "overhead",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         LIMELogger,
         OcclusionLogger,
         SaliencyLogger,
+        TopPatchesLogger,
     )
     from lightning_viz.callbacks.base import overhead
     from lightning_viz.presets import default_callbacks

@@ -371,6 +371,39 @@ def test_default_callbacks_never_break_a_working_run(tmp_path, name):
     assert len({alert.source for alert in notices}) == len(notices)  # one per callback
 
 
+def validated(make_module):
+    """The setup's module with a validation step that runs the network as training does."""
+
+    def make():
+        task = make_module()
+        task.validation_step = lambda batch, batch_idx: task.loss(task.net, batch)
+        return task
+
+    return make
+
+
+VIEW_TAGS = {"EmbeddingLogger": "embedding/", "TopPatchesLogger": "top_patches/"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in SETUPS if name != "GAN, manual optimization"])
+def test_the_validation_views_never_break_a_working_run(tmp_path, name):
+    setup = SETUPS[name]
+    callbacks = [lightning_viz.EmbeddingLogger(), lightning_viz.TopPatchesLogger()]
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=2, deterministic=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(validated(setup.module)(), setup.data(), setup.data())
+    assert trainer.current_epoch == 2
+    logged = read_events(tmp_path).Tags()["images"]
+    for callback in callbacks:
+        kinds = [alert.kind for alert in callback.alerts.raised]
+        shown = any(tag.startswith(VIEW_TAGS[type(callback).__name__]) for tag in logged)
+        # each view shows its images, or says once why not
+        assert kinds == ([] if shown else ["not_shown"]), (type(callback).__name__, kinds)
+
+
 def test_a_gan_is_explained_through_its_discriminator_with_forward_fn(tmp_path):
     def through_discriminator(gan, images):
         return gan.discriminator(images)

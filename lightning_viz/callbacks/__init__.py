@@ -10,6 +10,7 @@ from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
 from lightning_viz.callbacks.lime_logger import LIMELogger
 from lightning_viz.callbacks.occlusion_logger import OcclusionLogger
 from lightning_viz.callbacks.saliency_logger import SaliencyLogger
+from lightning_viz.callbacks.top_patches_logger import TopPatchesLogger
 
 __all__ = [
     "ActivationGridLogger",
@@ -22,4 +23,5 @@ __all__ = [
     "LIMELogger",
     "OcclusionLogger",
     "SaliencyLogger",
+    "TopPatchesLogger",
 ]

@@ -28,13 +28,13 @@ class ValidationView(VizCallback):
     """Base of the callbacks that look at the validation set through the forward passes of the
     validation loop: no extra forward.
 
-    In a logged validation epoch (every ``every_n_epochs``, not the sanity check, the first
-    validation dataloader), each batch's images and labels are read from the batch, the
-    subclass's forward hooks live from the batch's start to its end (and are removed on an
-    exception), and the images' positions in the epoch's stream (0, 1, ... in loader order)
-    say which images they are. Global rank 0 only, and no collective: under DDP the view covers
-    rank 0's share of the validation set. A validation loader that shuffles shows other images
-    every epoch (Lightning warns about it).
+    In a logged validation epoch of a fit (every ``every_n_epochs``, not the sanity check, the
+    first validation dataloader; ``trainer.validate`` alone is not watched), each batch's images
+    and labels are read from the batch, the subclass's forward hooks live from the batch's start
+    to its end (and are removed on an exception), and the images' positions in the epoch's
+    stream (0, 1, ... in loader order) say which images they are. Global rank 0 only, and no
+    collective: under DDP the view covers rank 0's share of the validation set. A validation
+    loader that shuffles shows other images every epoch (Lightning warns about it).
 
     Subclasses implement :meth:`resolve` (at fit start), :meth:`begin_epoch`, :meth:`hooks`
     (for a batch), :meth:`end_epoch` (compute and log).
@@ -123,6 +123,7 @@ class ValidationView(VizCallback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._riding = (
             self.showing
+            and trainer.state.fn == "fit"
             and trainer.is_global_zero
             and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0

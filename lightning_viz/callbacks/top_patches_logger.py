@@ -1,0 +1,348 @@
+"""TopPatchesLogger: the validation patches that excite each unit most, epoch after epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from lightning_viz import tags
+from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
+from lightning_viz.callbacks.base import to_host
+from lightning_viz.callbacks.layers import named_layers
+from lightning_viz.callbacks.probe_base import Unsuited
+from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
+from lightning_viz.functional._validation import check_int, check_layer_names
+from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
+from lightning_viz.functional.images import CARD_WIDTH, to_rgb, to_uint8
+from lightning_viz.functional.receptive_field import ReceptiveField, receptive_fields
+from lightning_viz.functional.top_patches import (
+    TopK,
+    changed_fraction,
+    empty_top_k,
+    update_top_k,
+)
+
+MAX_PATCH = 64
+"""Patches are kept at most this many pixels a side (larger fields are averaged down)."""
+LABEL_WIDTH = 48
+"""About the width of the row labels (``ch 123``) left of the grid."""
+
+
+def display_field(field: ReceptiveField, image_size: tuple[int, int]) -> ReceptiveField:
+    """The field cut to the image's size, centred where it was: a deep layer's field is often
+    larger than the image (resnet18's last block sees 435 pixels), and its crop would be mostly
+    padding."""
+    start, end = [], []
+    for axis in range(2):
+        size = min(field.size[axis], image_size[axis])
+        first = field.start[axis] + (field.size[axis] - size) // 2
+        start.append(first)
+        end.append(first + size - 1)
+    return dataclasses.replace(field, start=tuple(start), end=tuple(end))
+
+
+class TopPatchesLogger(ValidationView):
+    r"""For chosen units, the validation-image patches that excite them most: the receptive
+    field of each unit's k strongest responses, as a grid of units by their top k, epoch after
+    epoch, with a score of how much each unit changed what it responds to.
+
+    During every ``every_n_epochs`` validation epoch, a hook on each layer reads the maps of the
+    validation forward the Trainer runs anyway (no extra forward) and keeps, per unit, the k
+    images whose maximum over the unit's map is largest, with the crop of the input that the
+    maximum's position sees (its receptive field), all on the device: nothing is read on the
+    host until the epoch's end. Receptive fields are computed from the layer stack at the first
+    batch (:func:`~lightning_viz.functional.receptive_fields`): exact for chains of convolutions
+    and poolings, residual sums and concatenations included; an interpolation, a transposed
+    convolution or a token layer on the path makes it the approximation documented there, said
+    in the text table. Global rank 0 only (under DDP: rank 0's share of the validation set).
+
+    Args:
+        layers: names from ``model.named_modules()`` with (N, C, H, W) outputs; default the
+            first and the deepest conv feature maps after their activation (as
+            :class:`~lightning_viz.ActivationGridLogger`), chosen at the first validation batch.
+        units: how many units (channels) per layer, evenly spaced over its channels (0, then
+            every C/units-th), or the channel indices to show in every layer.
+        k: patches per unit.
+        every_n_epochs: gather every this many validation epochs.
+        batch_to_images: where the images are in a batch that is not a tensor, an
+            ``(images, labels, ...)`` sequence or a dict.
+        on_alert, strict, budget: as in :class:`~lightning_viz.ActivationMonitor`.
+
+    Raises:
+        ValueError: bad arguments (at construction); unknown layers (at fit start).
+
+    Logged keys:
+
+    - ``top_patches/<layer>`` (image): one row per unit (``ch N``), its k patches strongest
+      first, each captioned with the unit's maximum on that image; as wide as TensorBoard's card.
+    - ``top_patches/<layer>/changed``: from the second logged epoch, the mean over units of the
+      share of a unit's top-k images that were not in its previous top-k: 0 when every unit
+      responds most to the same images as before, 1 when none does.
+    - ``top_patches/<layer>/units`` (text): per unit, its top values and the images' positions
+      in the validation set, and the layer's receptive field (size, stride, exact or not).
+    - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead``: the share of
+      training time spent in it, and in all.
+
+    How to read it: a unit that has learned something responds most to patches that look alike
+    (an edge at one angle, a stroke's end, a texture, an object part deeper in the net); a row of
+    unrelated patches means the unit has no clear preference yet. Early layers' fields are a few
+    pixels, deep layers' cover most of the image. ``changed`` falls as training settles: units
+    keep responding to the same images. A ``changed`` that stays high late in training means the
+    features are still being rewritten (a learning rate too high); a jump late in training means
+    something disrupted them.
+
+    Cost: per validation batch, each unit's maximum over its map, a sort of k + N values per
+    unit and the crops of the batch's own k best per unit (``roi_align``), all on the device; at
+    the logged epoch's end one host transfer per layer and the grid. The patches take units x k
+    x C x at most 64 x 64 floats per layer on the device. Measured on the digits CNN: 2-4% of
+    the validation epoch (benchmarks/probe_cost.py).
+
+    Example::
+
+        trainer = Trainer(callbacks=[TopPatchesLogger(layers=["layer3.1.relu"], units=12)])
+    """
+
+    view = "top patches"
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        units: int | Sequence[int] = 8,
+        k: int = 9,
+        every_n_epochs: int = 1,
+        batch_to_images: BatchToImages | None = None,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+        budget: float | None = None,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            batch_to_images=batch_to_images,
+            on_alert=on_alert,
+            strict=strict,
+            budget=budget,
+        )
+        self.layer_names = check_layer_names(layers)
+        if isinstance(units, int):
+            self.units: int | list[int] = check_int("units", units)
+        elif (
+            isinstance(units, Sequence)
+            and units
+            and all(isinstance(u, int) and u >= 0 for u in units)
+        ):
+            self.units = list(units)
+        else:
+            raise ValueError(
+                f"`units` must be a positive int or a non-empty sequence of channel indices, got "
+                f"{units!r}"
+            )
+        self.k = check_int("k", k)
+        self._layers: dict[str, nn.Module] = {}
+        self._fields: dict[str, ReceptiveField] = {}
+        self._channels: dict[str, Tensor] = {}
+        self._top: dict[str, TopK] = {}
+        self.previous: dict[str, Tensor] = {}
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"layers": self.layer_names, "k": self.k}
+
+    @override
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._layers, self._fields, self._channels = {}, {}, {}
+        if self.layer_names is not None:
+            self._layers = named_layers(pl_module, self.layer_names, type(self).__name__)
+
+    @override
+    def watching(self) -> str:
+        return "top patches of " + (", ".join(self._layers) or "the default layers")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "previous": {n: p.cpu() for n, p in self.previous.items()}}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.previous = dict(state_dict.get("previous", {}))
+
+    @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.previous = {}
+
+    @override
+    def begin_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._top = {}
+
+    def _first_batch(self, pl_module: pl.LightningModule, images: Tensor) -> None:
+        """Choose the default layers and their receptive fields from one forward of an image
+        (``pl_module(image)``); a model that cannot run so is :class:`Unsuited` to the defaults."""
+        try:
+            self._layers_and_fields(pl_module, images)
+        except Unsuited:
+            raise
+        except Exception as error:
+            if self.layer_names is not None:
+                raise
+            raise Unsuited(
+                f"{type(self).__name__}: it finds its layers and their receptive fields by "
+                f"running {type(pl_module).__name__} on an image of the validation batch, which "
+                f"failed ({type(error).__name__}: {error}). Pass layers=[...] and a model whose "
+                "forward takes the images."
+            ) from error
+
+    def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:
+        if not self._layers:
+            names = default_grid_layers(pl_module, images[:1])
+            if not names:
+                raise Unsuited(
+                    f"{type(self).__name__}: {type(pl_module).__name__} has no activation or "
+                    "nn.Conv2d layer with a spatial (N, C, H, W) output. Pass layers=[...] naming "
+                    "layers with (N, C, H, W) outputs."
+                )
+            self._layers = named_layers(pl_module, names, type(self).__name__)
+        self._fields = receptive_fields(pl_module, images[:1], list(self._layers))
+
+    @override
+    def hooks(
+        self, pl_module: pl.LightningModule, images: Tensor, labels: Tensor | None, first: int
+    ) -> list[RemovableHandle]:
+        if not self._fields:
+            self._first_batch(pl_module, images)
+        size = tuple(images.shape[-2:])
+        handles = []
+        for name, module in self._layers.items():
+            field = display_field(self._fields[name], size)
+            handles.append(module.register_forward_hook(self._hook(name, field, images, first)))
+        return handles
+
+    def _hook(self, name: str, field: ReceptiveField, images: Tensor, first: int):
+        taken = []
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if taken:
+                return  # a module called twice in one forward: its first call counts
+            try:
+                if not isinstance(output, Tensor) or output.dim() != 4:
+                    shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
+                    raise ValueError(f"returned {shape}, not a (N, C, H, W) feature map")
+                if output.shape[0] != images.shape[0]:
+                    return  # another forward than the batch's (another callback's probe)
+                taken.append(True)
+                units = self._units_of(name, output.shape[1], output.device)
+                if name not in self._top:
+                    side = min(MAX_PATCH, max(field.size))
+                    self._top[name] = empty_top_k(
+                        len(units), self.k, images.shape[1], side, output.device
+                    )
+                self._top[name] = update_top_k(
+                    self._top[name], output.detach(), images, field, first, units
+                )
+            except Exception as error:  # a hook must never break the validation step
+                self.problem(f"layer {name!r}: {type(error).__name__}: {error}")
+
+        return hook
+
+    def _units_of(self, name: str, channels: int, device: torch.device) -> Tensor:
+        if name not in self._channels:
+            if isinstance(self.units, int):
+                count = min(self.units, channels)
+                chosen = torch.arange(count) * channels // count
+            else:
+                chosen = torch.tensor(self.units)
+                if chosen.max() >= channels:
+                    raise ValueError(f"has {channels} channels; units={self.units} asks for more")
+            self._channels[name] = chosen.to(device)
+        return self._channels[name]
+
+    @override
+    def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fields and not self._top:
+            raise Unsuited(
+                f"{type(self).__name__}: the validation step never ran {', '.join(self._layers)}"
+                ": it reads the validation forward. Pass layers=[...] naming modules the "
+                "validation step runs."
+            )
+        for name, top in self._top.items():
+            changed = (
+                changed_fraction(self.previous[name], top.positions).mean()
+                if name in self.previous and self.previous[name].shape == top.positions.shape
+                else None
+            )
+            host = to_host(
+                {
+                    "values": top.values,
+                    "positions": top.positions,
+                    "channels": self._channels[name],
+                    **({} if changed is None else {"changed": changed}),
+                }
+            )
+            self.previous[name] = host["positions"].long()
+            if changed is not None:
+                key = tags.tag(tags.TOP_PATCHES_SCALAR, name, "changed")
+                self.log_scalars(trainer, {key: float(host["changed"])})
+            channels = host["channels"].long().tolist()
+            self.log_image(
+                trainer, tags.tag(tags.TOP_PATCHES, name), self._grid(name, top, host, channels)
+            )
+            self.log_text(
+                trainer, tags.tag(tags.TOP_PATCHES_UNITS, name), self._table(name, host, channels)
+            )
+
+    def _grid(self, name: str, top: TopK, host: dict[str, Tensor], channels: list[int]) -> Tensor:
+        """Units (rows) by their top k patches, each captioned with its value."""
+        units, k = top.values.shape
+        tile = max(32, min(96, (CARD_WIDTH - LABEL_WIDTH) // k - 2))
+        patches = top.patches.flatten(0, 1).float()
+        if patches.shape[1] != 3:
+            patches = to_rgb(patches.mean(dim=1, keepdim=True))
+        # one scale for every patch of the layer, so that contrast compares across patches
+        low, high = patches.amin(), patches.amax()
+        patches = (patches - low) / (high - low).clamp_min(1e-12)
+        tiles = to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest"))
+        values = host["values"].flatten().tolist()
+        texts = ["" if v == float("-inf") else f"{v:.3g}" for v in values]
+        cells = captioned(tiles, texts).unflatten(0, (units, k))
+        empty = (host["positions"] < 0).flatten()
+        if empty.any():
+            cells = cells.flatten(0, 1)
+            cells[empty.to(cells.device)] = 255
+            cells = cells.unflatten(0, (units, k))
+        table = labelled_table(cells, [f"ch {c}" for c in channels], [str(i + 1) for i in range(k)])
+        field = self._fields[name]
+        note = (
+            f"{name}: each row a unit's {k} validation images with the largest maximum (the "
+            f"caption), cropped to the {field.size[0]}x{field.size[1]}-pixel receptive field of "
+            "that maximum (cut to the image's size; outside the image is padding)"
+            + ("" if field.exact else "; the field is approximate (see the text)")
+        )
+        return stack_rows(table, footnote(table.shape[-1], note, table.device, table.dtype))
+
+    def _table(self, name: str, host: dict[str, Tensor], channels: list[int]) -> str:
+        field = self._fields[name]
+        exact = "exact" if field.exact else "approximate (an op on the path has no exact field)"
+        lines = [
+            f"receptive field {field.size[0]}x{field.size[1]} pixels, stride "
+            f"{field.jump[0]}x{field.jump[1]}, {exact}",
+            "",
+            "| unit | top values | validation images (positions) |",
+            "|---|---|---|",
+        ]
+        rows = zip(
+            channels, host["values"].tolist(), host["positions"].long().tolist(), strict=True
+        )
+        for channel, values, positions in rows:
+            shown = [(v, p) for v, p in zip(values, positions, strict=True) if p >= 0]
+            top_values = ", ".join(f"{v:.3g}" for v, _ in shown)
+            lines.append(f"| {channel} | {top_values} | {', '.join(str(p) for _, p in shown)} |")
+        return "\n".join(lines)

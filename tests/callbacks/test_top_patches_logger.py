@@ -1,0 +1,142 @@
+"""TopPatchesLogger through a real Trainer: the top-k against a brute-force search, the grid,
+the changed score, resume, neutrality."""
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_viz import TopPatchesLogger
+from lightning_viz.testing import ImageClassifier, digits_loaders
+from tests.callbacks.test_neutrality import assert_same_training, train
+from tests.helpers import DigitsClassifier, fit, hook_count, image_pixels, read_events
+
+LAYERS = ["model.features.2", "model.features.10"]
+"""The defaults on the digits CNN: the first ReLU and the deepest at least 7x7 (8x8)."""
+
+
+def tables(events, layer):
+    """Per logged step, {unit: (values, positions)} from the ``units`` text table."""
+    found = {}
+    for entry in events.Tensors(f"top_patches/{layer}/units/text_summary"):
+        rows = {}
+        for line in entry.tensor_proto.string_val[0].decode().splitlines()[4:]:
+            unit, values, positions = (cell.strip() for cell in line.strip("|").split("|"))
+            rows[int(unit)] = (
+                [float(v) for v in values.split(", ")],
+                [int(p) for p in positions.split(", ")],
+            )
+        found[entry.step] = rows
+    return found
+
+
+def maxima(module, layer, images, units):
+    """(U, N): each unit's maximum over its map on each image, by a plain forward."""
+    maps = []
+    handle = dict(module.named_modules())[layer].register_forward_hook(
+        lambda m, args, output: maps.append(output.clone())
+    )
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(images)
+    finally:
+        handle.remove()
+    return maps[0][:, units].flatten(2).amax(dim=2).T
+
+
+def test_top_k_equals_a_brute_force_search_and_changed_compares_epochs(tmp_path):
+    logger = TopPatchesLogger(strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=3)
+    events = read_events(tmp_path)
+    _, val = digits_loaders()
+    images = val.dataset.tensors[0]
+    for layer, units in zip(LAYERS, [list(range(0, 16, 2)), list(range(0, 64, 8))], strict=True):
+        logged = tables(events, layer)
+        assert sorted(logged) == [23, 46, 69]
+        assert sorted(logged[69]) == units  # evenly spaced over the channels
+        found = maxima(module, layer, images, units)
+        for row, unit in enumerate(units):
+            logged_values, logged_positions = logged[69][unit]
+            # the brute-force top 9 values; the logged images have them (blank background gives
+            # ties, which the running top-k breaks in favour of earlier images)
+            expected = found[row].topk(9).values
+            assert logged_values == pytest.approx(expected.tolist(), rel=1e-2)
+            assert found[row, logged_positions].tolist() == pytest.approx(expected.tolist())
+            assert len(set(logged_positions)) == 9
+        changed = events.Scalars(f"top_patches/{layer}/changed")
+        assert [s.step for s in changed] == [46, 69]
+        for scalar, (before, after) in zip(changed, [(23, 46), (46, 69)], strict=True):
+            shares = [
+                1 - len(set(logged[before][u][1]) & set(logged[after][u][1])) / 9 for u in units
+            ]
+            assert scalar.value == pytest.approx(sum(shares) / len(shares), abs=1e-6)
+        grid = image_pixels(events.Images(f"top_patches/{layer}")[-1])
+        assert grid.shape[1] <= 420  # as wide as TensorBoard's card
+    assert hook_count(module) == 0
+
+
+def test_first_layer_patches_are_the_5x5_fields_of_the_maxima(tmp_path):
+    logger = TopPatchesLogger(layers=["model.features.0"], units=[3], k=2, strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=1)
+    assert logger._fields["model.features.0"].size == (5, 5)
+    top = logger._top["model.features.0"]
+    _, val = digits_loaders()
+    images = val.dataset.tensors[0]
+    for slot in range(2):
+        image = images[top.positions[0, slot]]
+        row, col = int(top.rows[0, slot]), int(top.cols[0, slot])
+        padded = torch.nn.functional.pad(image, (2, 2, 2, 2))  # the conv's zero padding
+        assert torch.allclose(top.patches[0, slot], padded[:, row : row + 5, col : col + 5])
+
+
+def test_resume_continues_the_changed_score(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = TopPatchesLogger(layers=["model.features.6"], strict=True)
+    fit(
+        DigitsClassifier("sgd", 0.05),
+        [first, checkpoint],
+        tmp_path / "a",
+        enable_checkpointing=True,
+    )
+    path = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(path, weights_only=True)  # the checkpoint loads without pickle
+    resumed = TopPatchesLogger(layers=["model.features.6"], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [resumed], tmp_path / "b", epochs=3, ckpt_path=str(path))
+    changed = read_events(tmp_path / "b").Scalars("top_patches/model.features.6/changed")
+    assert [s.step for s in changed] == [69]  # compared with the epoch before the resume
+
+
+def test_top_patches_leave_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    with_logger = train(tmp_path / "with", [TopPatchesLogger(strict=True)])
+    assert_same_training(without, with_logger)
+
+
+def test_a_model_without_spatial_maps_is_not_shown_and_fit_goes_on(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))
+    logger = TopPatchesLogger()
+    trainer = fit(ImageClassifier(model), [logger], tmp_path, epochs=1)
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert "layers=" in logger.alerts.raised[0].message
+    assert trainer.current_epoch == 1
+
+
+def test_bad_arguments_fail_at_construction_and_unknown_layers_at_fit_start(tmp_path):
+    for bad in (0, [], [-1], "3"):
+        with pytest.raises(ValueError, match="units"):
+            TopPatchesLogger(units=bad)
+    with pytest.raises(ValueError, match="`k`"):
+        TopPatchesLogger(k=0)
+    with pytest.raises(ValueError, match=r"closest valid names.*model\.features\.1"):
+        fit(DigitsClassifier(), [TopPatchesLogger(layers=["model.feature.1"])], tmp_path)
+
+
+def test_units_past_the_layers_channels_become_an_alert_and_training_goes_on(tmp_path):
+    logger = TopPatchesLogger(layers=["model.features.0"], units=[99])
+    trainer = fit(DigitsClassifier(), [logger], tmp_path, epochs=1)
+    assert [a.kind for a in logger.alerts.raised] == ["failed"]
+    assert "16 channels" in logger.alerts.raised[0].message
+    assert trainer.current_epoch == 1
