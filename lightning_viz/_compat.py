@@ -103,8 +103,12 @@ def sharded_strategy(trainer: Any) -> str | None:
 def progress_note(trainer: Any, note: str) -> Iterator[None]:
     """Show ``note`` after the training progress bar's description while the block runs, so a
     bar at 100% does not look stuck (Lightning's TQDM bar; other bars are left alone)."""
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    callback = getattr(trainer, "progress_bar_callback", None)
     try:
-        bar = trainer.progress_bar_callback.train_progress_bar
+        # Lightning's RichProgressBar (the default when rich is installed) asserts here
+        bar = callback.train_progress_bar if isinstance(callback, TQDMProgressBar) else None
         description = bar.desc
     except (AttributeError, TypeError):  # no bar, another kind of bar, or not shown yet
         yield

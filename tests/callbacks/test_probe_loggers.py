@@ -432,3 +432,20 @@ def test_explicit_nan_probes_and_non_4d_layers_fail_at_fit_start(tmp_path):
         fit(DigitsClassifier(), [GradCAMLogger(layers=["model.head"])], tmp_path, epochs=1)
     with pytest.raises(ValueError, match=r"DeconvLogger: layer 'model.head' returns shape"):
         fit(DigitsClassifier(), [DeconvLogger(layers=["model.head"])], tmp_path, epochs=1)
+
+
+def test_a_rich_progress_bar_is_left_alone(tmp_path):
+    """Lightning's RichProgressBar (its default when rich is installed) asserts when asked for
+    its training bar before training shows it: the probe views render at fit start all the same."""
+    pytest.importorskip("rich")
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    gradcam = GradCAMLogger(strict=True)
+    fit(
+        DigitsClassifier(),
+        [gradcam, RichProgressBar()],
+        tmp_path,
+        epochs=1,
+        enable_progress_bar=True,
+    )
+    assert [e.step for e in read_events(tmp_path).Images("gradcam/model.features")] == [0, 23]
