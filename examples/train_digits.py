@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> pl.Trainer:
     pl.seed_everything(0, verbose=False)
     train, val = digits_loaders()
     logger = TensorBoardLogger(args.logdir, name="digits")
-    # everything, in one line: the default set and the opt-in probe views
+    # everything, in one line: the default set, the opt-in probe views and the validation views
     callbacks = lightning_viz.default_callbacks(extra_views=True)
     trainer = pl.Trainer(
         max_epochs=args.epochs,

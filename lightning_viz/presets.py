@@ -8,11 +8,13 @@ from lightning_viz.callbacks import (
     ActivationMonitor,
     CAMLogger,
     DeconvLogger,
+    EmbeddingLogger,
     FilterMonitor,
     GradCAMLogger,
     LIMELogger,
     OcclusionLogger,
     SaliencyLogger,
+    TopPatchesLogger,
 )
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.probes import Probes
@@ -30,7 +32,8 @@ def default_callbacks(
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
-    repeat Grad-CAM: OcclusionLogger, SaliencyLogger (SmoothGrad), LIMELogger and CAMLogger.
+    repeat Grad-CAM: OcclusionLogger, SaliencyLogger (SmoothGrad), LIMELogger and CAMLogger, and
+    the views over the validation set: EmbeddingLogger and TopPatchesLogger.
 
     The probe loggers share one probe set: ``probes``, or one per class (at least 8, at most 16)
     picked from the validation dataloader at fit start.
@@ -48,7 +51,8 @@ def default_callbacks(
         extra_views: add the opt-in probe views (each costs a few training steps per logged
             epoch on small nets, see the README's performance section; CAM shows only for
             networks that end in global average pooling + a linear layer, with one notice
-            otherwise).
+            otherwise) and the validation views (they ride on the validation forward; without
+            a validation loop each says so once).
 
     Example::
 
@@ -68,5 +72,8 @@ def default_callbacks(
         callbacks += [
             view(probes=probes, on_alert=on_alert, budget=budget)
             for view in (OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger)
+        ]
+        callbacks += [
+            view(on_alert=on_alert, budget=budget) for view in (EmbeddingLogger, TopPatchesLogger)
         ]
     return callbacks

@@ -164,3 +164,43 @@ def test_custom_scalars_layout_groups_each_layer(server):
     tags = [chart["multiline"]["tag"] for chart in paired["chart"]]
     assert tags[2] == [r"^activations/model\.features\.2(#\d+)?/(zero_fraction|dead_fraction)$"]
     assert list(categories)[:2] == ["alerts", "health, every layer"]
+
+
+@pytest.mark.parametrize(
+    "tag", ["embedding/model.head", "top_patches/model.features.2", "top_patches/model.features.10"]
+)
+def test_the_validation_views_are_served_at_every_validation_epoch(server, tag):
+    base, run = server
+    entries = json.loads(get(base, "/data/plugin/images/images", run=run, tag=tag))
+    assert [entry["step"] for entry in entries] == [23, 46]
+    png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    if tag.startswith("embedding"):
+        assert pixels.shape[1] == 400  # as wide as TensorBoard's card
+        for colour in ([31, 119, 180], [255, 127, 14]):  # classes 0 and 1 in tab10
+            assert (np.abs(pixels.astype(int) - colour).sum(-1) == 0).sum() > 100
+    else:
+        assert pixels.shape[1] <= 420
+        assert_caption(pixels, "9", x=pixels.shape[1] - 41, y=0, width=41)  # the 9th column
+        texts = json.loads(get(base, "/data/plugin/text/tags"))[run]
+        assert f"{tag}/units/text_summary" in texts
+
+
+def test_the_projector_serves_every_epochs_embedding_with_metadata_and_sprite(server):
+    base, run = server
+    assert run in json.loads(get(base, "/data/plugin/projector/runs"))
+    info = json.loads(get(base, "/data/plugin/projector/info", run=run))
+    names = [embedding["tensorName"] for embedding in info["embeddings"]]
+    assert names == ["embedding/model.head:00023", "embedding/model.head:00046"]
+    shape = info["embeddings"][-1]["tensorShape"]
+    assert shape == [360, 64]  # every validation image (below 1,000), the head's input
+    tensor = get(base, "/data/plugin/projector/tensor", run=run, name=names[-1], num_rows=360)
+    features = np.frombuffer(tensor, dtype=np.float32).reshape(360, 64)
+    assert np.isfinite(features).all()
+    assert features.std() > 0
+    metadata = get(base, "/data/plugin/projector/metadata", run=run, name=names[-1]).decode()
+    rows = metadata.splitlines()
+    assert rows[0] == "class\tposition"
+    assert len(rows) == 361
+    sprite = get(base, "/data/plugin/projector/sprite_image", run=run, name=names[-1])
+    assert Image.open(io.BytesIO(sprite)).size == (19 * 32, 19 * 32)  # ceil(sqrt(360)) = 19

@@ -116,6 +116,8 @@ def test_default_callbacks_keep_a_two_percent_budget_unless_told():
         "SaliencyLogger",
         "LIMELogger",
         "CAMLogger",
+        "EmbeddingLogger",
+        "TopPatchesLogger",
     ]
     assert {c.budget for c in extras} == {0.02}
     assert {c.budget for c in lightning_viz.default_callbacks(budget=None)} == {None}

@@ -148,3 +148,11 @@ def test_bad_arguments_fail_at_construction_and_unknown_layers_at_fit_start(tmp_
         EmbeddingLogger(k=0)
     with pytest.raises(ValueError, match=r"closest valid names.*model.head"):
         fit(DigitsClassifier(), [EmbeddingLogger(layer="model.haed")], tmp_path, epochs=1)
+
+
+def test_validate_alone_is_not_watched(tmp_path):
+    logger = EmbeddingLogger(strict=True)
+    _, val = digits_loaders()
+    make_trainer(tmp_path, [logger]).validate(DigitsClassifier(), val, verbose=False)
+    assert not logger.alerts.raised
+    assert not (tmp_path / "projector_config.pbtxt").exists()
