@@ -9,6 +9,7 @@ from lightning_viz.callbacks import (
     CAMLogger,
     DeconvLogger,
     EmbeddingLogger,
+    FeatureVisualizer,
     FilterMonitor,
     GradCAMLogger,
     LIMELogger,
@@ -32,8 +33,9 @@ def default_callbacks(
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
-    repeat Grad-CAM: OcclusionLogger, SaliencyLogger (SmoothGrad), LIMELogger and CAMLogger, and
-    the views over the validation set: EmbeddingLogger and TopPatchesLogger.
+    repeat Grad-CAM: OcclusionLogger, SaliencyLogger (SmoothGrad), LIMELogger, CAMLogger and
+    FeatureVisualizer, and the views over the validation set: EmbeddingLogger and
+    TopPatchesLogger.
 
     The probe loggers share one probe set: ``probes``, or one per class (at least 8, at most 16)
     picked from the validation dataloader at fit start.
@@ -71,7 +73,7 @@ def default_callbacks(
     if extra_views:
         callbacks += [
             view(probes=probes, on_alert=on_alert, budget=budget)
-            for view in (OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger)
+            for view in (OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger, FeatureVisualizer)
         ]
         callbacks += [
             view(on_alert=on_alert, budget=budget) for view in (EmbeddingLogger, TopPatchesLogger)

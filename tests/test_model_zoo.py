@@ -11,11 +11,14 @@ from lightning_viz import (
     ActivationMonitor,
     CAMLogger,
     DeconvLogger,
+    EmbeddingLogger,
+    FeatureVisualizer,
     FilterMonitor,
     GradCAMLogger,
     LIMELogger,
     OcclusionLogger,
     SaliencyLogger,
+    TopPatchesLogger,
 )
 from lightning_viz.testing import random_loader, sequential_cnn
 from tests.helpers import Classifier, make_trainer, read_events
@@ -54,11 +57,15 @@ def test_default_callbacks_work(tmp_path, name):
         SaliencyLogger(method="integrated_gradients", steps=2, strict=True),
         LIMELogger(segmentation="grid", cells=2, samples=4, strict=True),
         CAMLogger(),
+        FeatureVisualizer(steps=2, warm_steps=1, strict=True),
+        EmbeddingLogger(strict=True),
+        TopPatchesLogger(strict=True),
     ]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=1, limit_train_batches=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(module, random_loader(n=8, size=64, batch_size=8))
+        loader = random_loader(n=8, size=64, batch_size=8)
+        trainer.fit(module, loader, loader)
     messages = [str(w.message) for w in caught]
     for activation in ruleless:
         assert any(activation in m and "no deconvnet rule" in m for m in messages), messages
@@ -75,7 +82,12 @@ def test_default_callbacks_work(tmp_path, name):
         assert f"activation_grid/{layer}" in tags["images"]
     for tag in ("occlusion/sensitivity", "saliency/integrated_gradients", "lime/weights"):
         assert tag in tags["images"]
-    cam = callbacks[-1]
+    for layer in callbacks[9]._layers:
+        assert f"feature_vis/{layer}" in tags["images"]
+    assert any(t.startswith("embedding/") for t in tags["images"])
+    for layer in callbacks[11]._layers:
+        assert f"top_patches/{layer}" in tags["images"]
+    cam = callbacks[8]
     gap_head = name not in ("vgg16", "mobilenet_v3_small")
     assert any(t.startswith("cam/") for t in tags["images"]) == gap_head
     assert [a.kind for a in cam.alerts.raised] == ([] if gap_head else ["not_shown"])

@@ -5,6 +5,7 @@ from lightning_viz.callbacks.activation_monitor import ActivationMonitor
 from lightning_viz.callbacks.cam_logger import CAMLogger
 from lightning_viz.callbacks.deconv_logger import DeconvLogger
 from lightning_viz.callbacks.embedding_logger import EmbeddingLogger
+from lightning_viz.callbacks.feature_visualizer import FeatureVisualizer
 from lightning_viz.callbacks.filter_monitor import FilterMonitor
 from lightning_viz.callbacks.gradcam_logger import GradCAMLogger
 from lightning_viz.callbacks.lime_logger import LIMELogger
@@ -18,6 +19,7 @@ __all__ = [
     "CAMLogger",
     "DeconvLogger",
     "EmbeddingLogger",
+    "FeatureVisualizer",
     "FilterMonitor",
     "GradCAMLogger",
     "LIMELogger",

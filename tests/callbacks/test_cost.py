@@ -116,6 +116,7 @@ def test_default_callbacks_keep_a_two_percent_budget_unless_told():
         "SaliencyLogger",
         "LIMELogger",
         "CAMLogger",
+        "FeatureVisualizer",
         "EmbeddingLogger",
         "TopPatchesLogger",
     ]

@@ -8,11 +8,14 @@ from lightning_viz import (
     ActivationMonitor,
     CAMLogger,
     DeconvLogger,
+    EmbeddingLogger,
+    FeatureVisualizer,
     FilterMonitor,
     GradCAMLogger,
     LIMELogger,
     OcclusionLogger,
     SaliencyLogger,
+    TopPatchesLogger,
 )
 from tests.helpers import DigitsClassifier, fit
 
@@ -79,6 +82,9 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         LIMELogger(samples=16, strict=True),
         ActivationGridLogger(strict=True),
         CAMLogger(strict=True),
+        FeatureVisualizer(steps=8, warm_steps=4, strict=True),
+        EmbeddingLogger(strict=True),
+        TopPatchesLogger(strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
 
