@@ -176,12 +176,12 @@ def test_the_validation_views_are_served_at_every_validation_epoch(server, tag):
     png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     if tag.startswith("embedding"):
-        assert pixels.shape[1] == 400  # as wide as TensorBoard's card
+        assert pixels.shape[1] == 350  # as wide as TensorBoard's card
         for colour in ([31, 119, 180], [255, 127, 14]):  # classes 0 and 1 in tab10
             assert (np.abs(pixels.astype(int) - colour).sum(-1) == 0).sum() > 100
     else:
-        assert pixels.shape[1] <= 420
-        assert_caption(pixels, "9", x=pixels.shape[1] - 41, y=0, width=41)  # the 9th column
+        assert pixels.shape[1] <= 350
+        assert_caption(pixels, "9", x=pixels.shape[1] - 33, y=0, width=33)  # the 9th column
         texts = json.loads(get(base, "/data/plugin/text/tags"))[run]
         assert f"{tag}/units/text_summary" in texts
 
@@ -204,3 +204,17 @@ def test_the_projector_serves_every_epochs_embedding_with_metadata_and_sprite(se
     assert len(rows) == 361
     sprite = get(base, "/data/plugin/projector/sprite_image", run=run, name=names[-1])
     assert Image.open(io.BytesIO(sprite)).size == (19 * 32, 19 * 32)  # ceil(sqrt(360)) = 19
+
+
+@pytest.mark.parametrize("layer", ["model.features.2", "model.features.10"])
+def test_the_feature_visualization_grid_grows_a_column_per_render(server, layer):
+    base, run = server
+    tag = f"feature_vis/{layer}"
+    entries = json.loads(get(base, "/data/plugin/images/images", run=run, tag=tag))
+    assert [entry["step"] for entry in entries] == [0, 23, 46]  # fit start, then every epoch
+    png = get(base, "/data/plugin/images/individualImage?" + entries[-1]["query"])
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert pixels.shape[1] <= 350  # three columns: as wide as TensorBoard's card
+    assert_caption(pixels, "epoch 1", x=pixels.shape[1] - 98, y=0, width=98)
+    scalars = json.loads(get(base, "/data/plugin/scalars/tags"))[run]
+    assert f"{tag}/objective" in scalars

@@ -31,7 +31,7 @@ from lightning_viz.functional.embedding import (
     scatter_image,
     subset_positions,
 )
-from lightning_viz.functional.images import normalize, to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, normalize, to_uint8
 
 MAX_IMAGES = 5000
 """The most images an embedding may hold: TensorBoard's projector parses its text files in the
@@ -40,7 +40,7 @@ thousands."""
 THUMBNAIL = 32
 """The side of the thumbnails in the projector's sprite (1,000 of them make a 1024x1024 sprite;
 TensorBoard takes sprites up to 8192 pixels a side)."""
-SCATTER_SIDE = 400
+SCATTER_SIDE = CARD_WIDTH
 """The side of the scatter plot, in pixels: as wide as TensorBoard's image card."""
 
 
@@ -109,7 +109,7 @@ class EmbeddingLogger(ValidationView):
 
     Cost: a hook per validation batch that copies the subset's rows of one feature tensor and
     their thumbnails (no extra forward); at the logged epoch's end an SVD of num_images x
-    features, a num_images² similarity and a 400x400 image, on the device. The projector files
+    features, a num_images² similarity and a 350x350 image, on the device. The projector files
     are written on the background writer. Measured on the digits CNN (360 validation images):
     1-3% of the validation epoch and 20 ms at its end (benchmarks/probe_cost.py).
 

@@ -21,12 +21,15 @@ from lightning_viz.functional._capture import run_until_captured
 from lightning_viz.functional._validation import check_int, check_layer_names
 from lightning_viz.functional.captions import footnote, labelled_table, stack_rows
 from lightning_viz.functional.feature_vis import visualize_features
-from lightning_viz.functional.images import readable, to_rgb, to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
 from lightning_viz.probes import Probes
 
 FIT_START = -1
 """The epoch recorded for the column rendered at fit start, before any training."""
+
+ROW_LABEL_WIDTH = 48
+"""About the width of the row labels (``ch 123``) left of the grid."""
 
 MAX_THUMBNAIL = 64
 """Largest side of a kept column's images (uint8 on the CPU, in the callback's state)."""
@@ -80,9 +83,10 @@ class FeatureVisualizer(ProbeCallback):
     Logged keys:
 
     - ``feature_vis/<layer>`` (image): one row per unit (captioned ``ch N``), one column per
-      render (headed ``start`` for fit start, else ``epoch N``), each image enlarged to at
-      least 96 pixels; as many columns as the run will log (at most ``max_columns``) from the
-      start on, so the image keeps its size; a note below.
+      render (headed ``start`` for fit start, else ``epoch N``), each image enlarged by the
+      largest whole factor at which the columns fit TensorBoard's 350-pixel card; as many
+      columns as the run will log (at most ``max_columns``) from the start on, so the image
+      keeps its size; a note below.
     - ``feature_vis/<layer>/objective`` (scalar): the mean over the units of the objective
       reached (each unit's mean activation on its image, without transforms).
     - ``feature_vis/<layer>/units`` (text): per unit, the objective reached at each column's
@@ -340,8 +344,8 @@ class FeatureVisualizer(ProbeCallback):
         if not self.takes_images(trainer):
             return
         device = trainer.lightning_module.device
-        cells = torch.stack([readable(c.to(device), "bilinear") for c in self.columns[layer]], 1)
         slots = self._slots(trainer)
+        cells = torch.stack([_enlarged(c.to(device), slots) for c in self.columns[layer]], 1)
         cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, max(0, slots - cells.shape[1])), value=255)
         headers = [_header(e) for e in self.column_epochs[layer]]
         headers += [""] * (cells.shape[1] - len(headers))
@@ -371,6 +375,19 @@ class FeatureVisualizer(ProbeCallback):
     def watching(self) -> str:
         units = sum(len(self.units.get(layer, ())) for layer in self._layers)
         return f"{self.view} of {units} units in {len(self._layers)} layers"
+
+
+def _enlarged(images: Tensor, slots: int) -> Tensor:
+    """Images enlarged by the largest whole factor (bilinear) at which ``slots`` columns of them
+    and the row labels fit TensorBoard's card, at most to :data:`MAX_TILE` pixels a side."""
+    side = max(images.shape[-2:])
+    fitting = ((CARD_WIDTH - ROW_LABEL_WIDTH) // slots - 2) // side  # columns 2 pixels apart
+    factor = max(1, min(fitting, MAX_TILE // side))
+    if factor == 1:
+        return images
+    size = (images.shape[-2] * factor, images.shape[-1] * factor)
+    enlarged = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    return enlarged.round().clamp(0, 255).to(images.dtype)
 
 
 def _header(epoch: int) -> str:

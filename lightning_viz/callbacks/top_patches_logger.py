@@ -35,6 +35,17 @@ MAX_PATCH = 64
 """Patches are kept at most this many pixels a side (larger fields are averaged down)."""
 LABEL_WIDTH = 48
 """About the width of the row labels (``ch 123``) left of the grid."""
+MIN_PATCH_TILE = 30
+"""The smallest side of a patch in the grid: nine of them and the labels fit the card."""
+
+
+def compact(value: float) -> str:
+    """A patch's caption: the value in at most four characters where it can (``2.93``, ``0.98``,
+    ``17.3``, ``123``), to fit a 30-pixel tile."""
+    for text in (f"{value:.3g}", f"{value:.2g}", f"{value:.0f}"):
+        if len(text) <= 4:
+            return text
+    return f"{value:.1e}"
 
 
 def display_field(field: ReceptiveField, image_size: tuple[int, int]) -> ReceptiveField:
@@ -302,7 +313,7 @@ class TopPatchesLogger(ValidationView):
     def _grid(self, name: str, top: TopK, host: dict[str, Tensor], channels: list[int]) -> Tensor:
         """Units (rows) by their top k patches, each captioned with its value."""
         units, k = top.values.shape
-        tile = max(32, min(96, (CARD_WIDTH - LABEL_WIDTH) // k - 2))
+        tile = max(MIN_PATCH_TILE, min(96, (CARD_WIDTH - LABEL_WIDTH) // k - 2))
         patches = top.patches.flatten(0, 1).float()
         if patches.shape[1] != 3:
             patches = to_rgb(patches.mean(dim=1, keepdim=True))
@@ -311,7 +322,7 @@ class TopPatchesLogger(ValidationView):
         patches = (patches - low) / (high - low).clamp_min(1e-12)
         tiles = to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest"))
         values = host["values"].flatten().tolist()
-        texts = ["" if v == float("-inf") else f"{v:.3g}" for v in values]
+        texts = ["" if v == float("-inf") else compact(v) for v in values]
         cells = captioned(tiles, texts).unflatten(0, (units, k))
         empty = (host["positions"] < 0).flatten()
         if empty.any():

@@ -141,9 +141,9 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
     return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
 
 
-CARD_WIDTH = 420
-"""About the width at which TensorBoard's Images tab shows an image in its default card: a wider
-image is shrunk to it, and its 12-pixel captions with it."""
+CARD_WIDTH = 350
+"""The width of an image card in TensorBoard's Images tab (its ``tf-image-loader`` is 350 pixels
+wide whatever the window): a wider image is shrunk to it, and its 12-pixel captions with it."""
 
 
 def panels_per_row(

@@ -79,7 +79,7 @@ def test_the_same_subset_every_epoch_with_the_final_models_features(tmp_path):
     scatters = events.Images(TAG)
     assert [e.step for e in scatters] == [23, 46, 69]
     pixels = image_pixels(scatters[-1])
-    assert pixels.shape[1] == 400  # as wide as TensorBoard's card
+    assert pixels.shape[1] == 350  # as wide as TensorBoard's card
     tab10_blue = np.array([31, 119, 180])
     assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
     assert hook_count(module) == 0
