@@ -1,6 +1,6 @@
 """Every table of the README's performance section, in one command, on the GPU when there is one.
 
-    python -m benchmarks            # everything (2-core CPU: about 35 minutes)
+    python -m benchmarks            # everything (2-core CPU: about 45 minutes)
     python -m benchmarks --quick    # fewer repeats and steps, to see that it runs
 
 Each benchmark alone: ``python -m benchmarks.<name>`` (``--help`` for its options).
@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from benchmarks import default_overhead, peers, probe_cost, state_memory, step_overhead
+from benchmarks import (
+    default_overhead,
+    feature_vis,
+    peers,
+    probe_cost,
+    state_memory,
+    step_overhead,
+    validation_views,
+)
 
 BENCHMARKS = {
     "peers": (peers.main, ["--repeats", "2"]),
@@ -19,6 +27,11 @@ BENCHMARKS = {
     "step_overhead": (step_overhead.main, ["--repeats", "1", "--steps", "53"]),
     "default_overhead": (default_overhead.main, ["--repeats", "1"]),
     "state_memory": (state_memory.main, []),
+    "validation_views": (validation_views.main, ["--repeats", "1", "--epochs", "3"]),
+    "feature_vis": (
+        feature_vis.main,
+        ["--epochs", "1", "--units", "2", "--lucent-steps", "64", "--repeats", "1"],
+    ),
 }
 
 

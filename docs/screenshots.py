@@ -2,10 +2,11 @@
 
     python docs/screenshots.py [--logdir DIR] [--out docs/images]
 
-Runs the demo (``examples/demo.py``) into a fresh log directory unless ``--logdir`` names one,
+Runs the demo (``examples/demo.py``) and the digits example with every opt-in view
+(``examples/train_digits.py``) into a fresh log directory unless ``--logdir`` names one,
 serves it with TensorBoard on 127.0.0.1, and has headless Chromium (installed from the Debian
 packages with apt-get when missing) capture each view as a PNG in ``--out``. Rerun it whenever
-what the callbacks log changes. About two minutes on 2 CPU cores, most of it the demo.
+what the callbacks log changes. About three minutes on 2 CPU cores, most of it the runs.
 """
 
 from __future__ import annotations
@@ -30,8 +31,19 @@ VIEWS = {
     "evolution": "images&tagFilter=%5Eevolution%2Fmodel.features.0%24&regexInput=%5Ephotos%2F",
     "health": "custom_scalars",
     "alerts": "text&tagFilter=%5Ealerts",
+    "embedding": "images&tagFilter=%5Eembedding%2F&regexInput=%5Edigits%2F",
+    "projector": "projector",
+    "top_patches": "images&tagFilter=%5Etop_patches%2F&regexInput=%5Edigits%2F",
+    "feature_vis": "images&tagFilter=%5Efeature_vis%2F&regexInput=%5Edigits%2F",
 }
 """PNG name -> TensorBoard URL fragment (dashboard, tag filter, run filter)."""
+
+RUNS = (
+    ["examples/demo.py"],
+    # the opt-in views: the projector, patches and feature visualization of the digits
+    ["examples/train_digits.py", "--epochs", "6"],
+)
+"""The example runs whose logs the screenshots show, all into one log directory."""
 
 
 SCREENSHOT_FLAGS = (
@@ -86,9 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     browser = chromium()
     logdir = args.logdir or Path(tempfile.mkdtemp(prefix="lightning-viz-demo-"))
     if args.logdir is None:
-        subprocess.run(
-            [sys.executable, "examples/demo.py", "--logdir", str(logdir)], check=True, cwd=ROOT
-        )
+        for run in RUNS:
+            subprocess.run([sys.executable, *run, "--logdir", str(logdir)], check=True, cwd=ROOT)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), *serve_on(port)],

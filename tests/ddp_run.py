@@ -15,7 +15,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
+from lightning_viz import (
+    ActivationMonitor,
+    DeconvLogger,
+    EmbeddingLogger,
+    FeatureVisualizer,
+    FilterMonitor,
+    GradCAMLogger,
+    TopPatchesLogger,
+)
 from lightning_viz.testing import digits_tensors, sequential_cnn
 from tests.helpers import Classifier
 
@@ -47,6 +55,10 @@ def main(out: Path, devices: int, flaky: bool) -> None:
         ActivationMonitor(every_n_steps=1, max_values=None, strict=not flaky),
         GradCAMLogger(strict=True),
         DeconvLogger(strict=True),
+        # the views over the validation set: rank 0's share, no collective
+        EmbeddingLogger(strict=True),
+        TopPatchesLogger(strict=True),
+        FeatureVisualizer(steps=8, warm_steps=4, strict=True),
     ]
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -63,7 +75,7 @@ def main(out: Path, devices: int, flaky: bool) -> None:
     )
     if flaky:
         fail_on_rank_1_at_step_2(trainer)
-    trainer.fit(Classifier(model, lr=0.1), loader)
+    trainer.fit(Classifier(model, lr=0.1), loader, loader)
     summary = {
         "rank": trainer.global_rank,
         "alerts": [a.kind for c in callbacks for a in c.alerts.raised],

@@ -42,6 +42,8 @@ def test_ddp_matches_a_single_process_over_the_same_batches(tmp_path):
     cam = "gradcam/model.4"
     assert [i.step for i in ddp.Images(cam)] == [i.step for i in single.Images(cam)] == [0, 4, 8]
     assert len(ddp.Images("deconv/model.0")) == 2
+    for tag in ("embedding/model.7", "top_patches/model.1", "feature_vis/model.1"):
+        assert [i.step for i in ddp.Images(tag)] == [i.step for i in single.Images(tag)], tag
     ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["alerts"] == ranks[1]["alerts"]
 

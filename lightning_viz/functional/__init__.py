@@ -4,6 +4,8 @@ from lightning_viz.functional._relu_rules import relu_rule
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
+from lightning_viz.functional.embedding import knn_accuracy, pca_2d
+from lightning_viz.functional.feature_vis import visualize_features
 from lightning_viz.functional.filters import filter_health, filter_noise
 from lightning_viz.functional.gradcam import (
     class_scores,
@@ -30,12 +32,14 @@ from lightning_viz.functional.projection import (
     project_to_input,
     top_channels,
 )
+from lightning_viz.functional.receptive_field import receptive_fields
 from lightning_viz.functional.saliency import (
     expected_gradients,
     integrated_gradients,
     saliency,
     smooth_grad,
 )
+from lightning_viz.functional.top_patches import update_top_k
 
 __all__ = [
     "activation_stats",
@@ -53,14 +57,17 @@ __all__ = [
     "grid",
     "guided_backprop",
     "integrated_gradients",
+    "knn_accuracy",
     "lime",
     "normalize",
     "normalize_magnitude",
     "normalize_signed",
     "occlusion",
     "overlay",
+    "pca_2d",
     "project_layers",
     "project_to_input",
+    "receptive_fields",
     "relu_rule",
     "saliency",
     "smooth_grad",
@@ -68,5 +75,7 @@ __all__ = [
     "to_uint8",
     "top_channels",
     "top_feature_maps",
+    "update_top_k",
     "upsample",
+    "visualize_features",
 ]
