@@ -238,6 +238,10 @@ class EmbeddingLogger(ValidationView):
         def take(found: Any) -> None:
             if taken:
                 return  # a module called twice in one forward: its first call counts
+            with self.timing():
+                record(found)
+
+        def record(found: Any) -> None:
             try:
                 features = features_of(found)
                 if features.shape[0] != images.shape[0]:

@@ -31,8 +31,8 @@ from lightning_viz.functional.top_patches import (
     update_top_k,
 )
 
-MAX_PATCH = 64
-"""Patches are kept at most this many pixels a side (larger fields are averaged down)."""
+MAX_TILE = 96
+"""The largest side of a patch in the grid (a few units with k = 3)."""
 LABEL_WIDTH = 48
 """About the width of the row labels (``ch 123``) left of the grid."""
 MIN_PATCH_TILE = 30
@@ -46,6 +46,12 @@ def compact(value: float) -> str:
         if len(text) <= 4:
             return text
     return f"{value:.1e}"
+
+
+def patch_side(field: int, tile: int) -> int:
+    """The side a patch is kept at: no finer than the grid shows it (``tile``), and a whole
+    fraction of the field, so that the crop is one pooling and one sample per pixel."""
+    return -(-field // max(1, field // tile))
 
 
 def display_field(field: ReceptiveField, image_size: tuple[int, int]) -> ReceptiveField:
@@ -113,8 +119,9 @@ class TopPatchesLogger(ValidationView):
 
     Cost: per validation batch, each unit's maximum over its map, a sort of k + N values per
     unit and the crops of the batch's own k best per unit (``roi_align``), all on the device; at
-    the logged epoch's end one host transfer per layer and the grid. The patches take units x k
-    x C x at most 64 x 64 floats per layer on the device. Measured on the digits CNN: 2-4% of
+    the logged epoch's end one host transfer per layer and the grid. The patches are kept at the
+    size they are shown (31 pixels a side for k = 9): units x k x C x 31 x 31 floats per layer
+    on the device. Measured on the digits CNN: 2-4% of
     the validation epoch (benchmarks/probe_cost.py).
 
     Example::
@@ -157,6 +164,7 @@ class TopPatchesLogger(ValidationView):
                 f"{units!r}"
             )
         self.k = check_int("k", k)
+        self._tile = max(MIN_PATCH_TILE, min(MAX_TILE, (CARD_WIDTH - LABEL_WIDTH) // self.k - 2))
         self._layers: dict[str, nn.Module] = {}
         self._fields: dict[str, ReceptiveField] = {}
         self._channels: dict[str, Tensor] = {}
@@ -243,6 +251,10 @@ class TopPatchesLogger(ValidationView):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if taken:
                 return  # a module called twice in one forward: its first call counts
+            with self.timing():
+                record(output)
+
+        def record(output: Any) -> None:
             try:
                 if not isinstance(output, Tensor) or output.dim() != 4:
                     shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
@@ -252,7 +264,7 @@ class TopPatchesLogger(ValidationView):
                 taken.append(True)
                 units = self._units_of(name, output.shape[1], output.device)
                 if name not in self._top:
-                    side = min(MAX_PATCH, max(field.size))
+                    side = patch_side(max(field.size), self._tile)
                     self._top[name] = empty_top_k(
                         len(units), self.k, images.shape[1], side, output.device
                     )
@@ -313,7 +325,7 @@ class TopPatchesLogger(ValidationView):
     def _grid(self, name: str, top: TopK, host: dict[str, Tensor], channels: list[int]) -> Tensor:
         """Units (rows) by their top k patches, each captioned with its value."""
         units, k = top.values.shape
-        tile = max(MIN_PATCH_TILE, min(96, (CARD_WIDTH - LABEL_WIDTH) // k - 2))
+        tile = self._tile
         patches = top.patches.flatten(0, 1).float()
         if patches.shape[1] != 3:
             patches = to_rgb(patches.mean(dim=1, keepdim=True))

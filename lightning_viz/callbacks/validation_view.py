@@ -4,6 +4,7 @@ runs anyway, with hooks that live for one batch."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -60,6 +61,7 @@ class ValidationView(VizCallback):
         self._split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
         self._riding = False
         self._position = 0
+        self._trainer: pl.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._problems: list[str] = []
 
@@ -81,6 +83,10 @@ class ValidationView(VizCallback):
     def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Compute and log what the epoch gathered (rank 0; failures become alerts; raise
         :class:`Unsuited` when the validation forward never ran the view's layers)."""
+
+    def timing(self) -> AbstractContextManager[None]:
+        """Count a hook's time as this callback's cost (``lightning_viz/overhead``)."""
+        return self.timed(self._trainer) if self._trainer is not None else nullcontext()
 
     def problem(self, what: str) -> None:
         """Note a failure inside a hook (a hook must never break the validation step): the
@@ -131,6 +137,7 @@ class ValidationView(VizCallback):
         )
         self._position = 0
         self._problems = []
+        self._trainer = trainer
         if self._riding:
             with self.timed(trainer):
                 self.begin_epoch(trainer, pl_module)

@@ -145,12 +145,18 @@ def _crops(
     """(U, k', C, S, S) crops of ``images[order]`` around the fields of (rows, cols)."""
     units, count = order.shape
     size = like.shape[-1]
+    images = images.to(like.dtype)
+    # A field several times the patch is first averaged down by that whole factor (one pooling of
+    # the batch), so roi_align samples a pixel or two per output pixel instead of factor² of them.
+    factor = max(1, min(field.size) // size)
+    if factor > 1:
+        images = F.avg_pool2d(images, factor, ceil_mode=True)
     # One zero pixel around the image: roi_align clamps samples within a pixel of the border to the
     # border, so without it the border would be repeated instead of padded with zeros.
-    padded = F.pad(images.to(like.dtype), (1, 1, 1, 1))
-    boxes = field.boxes(rows.flatten(), cols.flatten()).to(like.device) + 1
+    padded = F.pad(images, (1, 1, 1, 1))
+    boxes = field.boxes(rows.flatten(), cols.flatten()).to(like.device) / factor + 1
     batch_index = order.flatten().to(boxes.dtype)[:, None]
-    sampling_ratio = max(1, math.ceil(max(field.size) / size))
+    sampling_ratio = max(1, math.ceil(max(field.size) / factor / size))
     crops = roi_align(
         padded,
         torch.cat([batch_index, boxes], dim=1).to(padded.dtype),
