@@ -13,8 +13,8 @@ mean activation on the image without transforms. The table gives our objective a
 lucent's.
 (b) Time per unit: ours batched over the units against lucent one unit at a time, per step and
 per render (ours ``warm_steps``, lucent 512).
-(c) Epoch cost: one warm render of FeatureVisualizer's default layers and units, in optimizer
-steps at batch 64, on the digits CNN and resnet18 at 64x64.
+(c) Epoch cost: one warm render with FeatureVisualizer's defaults (two layers, 6 units each,
+128 warm steps), in optimizer steps at batch 64, on the digits CNN and resnet18 at 64x64.
 
 Lucent is given the same input mapping as ours (display [0, 1] to the model's input space) and
 its images are not upsampled to 224 (``fixed_image_size`` = the padded size), so the two
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in args.warm_steps
     ]
     print(table(rows, ["", "ours", "lucent", "ours / lucent"]))
-    print("\n(c) epoch cost of a warm render, default layers, 6 units, 64 warm steps\n")
+    print("\n(c) epoch cost of a warm render, FeatureVisualizer's defaults (2 layers x 6 units)\n")
     rows = [epoch_cost(name, args.repeats) for name in args.models]
     header = [
         "model",
