@@ -141,9 +141,12 @@ def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
             seen.append(getattr(trainer.progress_bar_callback.train_progress_bar, "desc", None))
             super().visualize(trainer, pl_module, probes)
 
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    # the TQDM bar named: with rich installed, Lightning's default is its RichProgressBar
     trainer = fit(
         DigitsClassifier(),
-        [Recording(strict=True)],
+        [Recording(strict=True), TQDMProgressBar()],
         tmp_path,
         epochs=1,
         limit_train_batches=2,
