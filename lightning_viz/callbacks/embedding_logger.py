@@ -22,7 +22,11 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, class_names_of
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
 from lightning_viz.functional import grid
-from lightning_viz.functional._validation import check_int, check_layer_names
+from lightning_viz.functional._validation import (
+    check_class_names,
+    check_int,
+    check_layer_names,
+)
 from lightning_viz.functional.captions import captioned, class_name, footnote, stack_rows
 from lightning_viz.functional.embedding import (
     class_colours,
@@ -153,11 +157,7 @@ class EmbeddingLogger(ValidationView):
         self.k = check_int("k", k)
         self.projector = bool(projector)
         self.seed = check_int("seed", seed, minimum=0)
-        if class_names is not None and (
-            isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
-        ):
-            raise ValueError(f"`class_names` must be a sequence of strings, got {class_names!r}")
-        self.given_class_names = None if class_names is None else list(class_names)
+        self.given_class_names = check_class_names(class_names)
         self.class_names: list[str] | None = self.given_class_names
         self._layer: tuple[str, nn.Module, bool] | None = None
         self._subset: list[int] = []

@@ -19,6 +19,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
 from lightning_viz.functional._capture import Forward, grid_side, output_shapes
 from lightning_viz.functional._validation import (
+    check_class_names,
     check_int,
     check_layer_names,
 )
@@ -112,11 +113,7 @@ class ProbeCallback(VizCallback):
         budget: float | None = None,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict, budget=budget)
-        if class_names is not None and (
-            isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
-        ):
-            raise ValueError(f"`class_names` must be a sequence of strings, got {class_names!r}")
-        self.given_class_names = None if class_names is None else list(class_names)
+        self.given_class_names = check_class_names(class_names)
         self.class_names: list[str] | None = self.given_class_names
         self.layer_names = check_layer_names(layers)
         if forward_fn is not None and not callable(forward_fn):

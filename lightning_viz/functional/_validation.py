@@ -67,6 +67,15 @@ def check_layer_names(layers: Sequence[str] | None, argument: str = "layers") ->
     return layers
 
 
+def check_class_names(names: Sequence[str] | None) -> list[str] | None:
+    """A ``class_names=`` argument: None or a sequence of strings, as a list."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"`class_names` must be a sequence of strings, got {names!r}")
+    return list(names)
+
+
 def check_logits(logits: object, batch_size: int) -> Tensor:
     """A model output that is a (batch_size, num_classes) tensor of logits."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch_size:
