@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lightning_viz.functional import scores
 from lightning_viz.functional.captions import text_band
 from lightning_viz.functional.images import to_uint8
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
@@ -142,7 +143,4 @@ def assert_caption(pixels: np.ndarray, text: str, x: int, y: int, width: int) ->
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
     """The share of (N, H, W) maps whose peak lies in its image's (N, 4) box (top, left,
     bottom, right; bottom and right exclusive): the pointing game of localization."""
-    peak = maps.flatten(1).argmax(dim=1)
-    row, col = peak // maps.shape[-1], peak % maps.shape[-1]
-    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
-    return inside.float().mean().item()
+    return scores.pointing_game(maps, boxes).mean().item()

@@ -39,6 +39,15 @@ from lightning_viz.functional.saliency import (
     saliency,
     smooth_grad,
 )
+from lightning_viz.functional.scores import (
+    deletion_insertion,
+    energy_in_box,
+    pointing_game,
+    random_maps,
+    randomized_copy,
+    rank_correlation,
+    structural_similarity,
+)
 from lightning_viz.functional.top_patches import update_top_k
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
     "class_activation_map",
     "class_scores",
     "colorize",
+    "deletion_insertion",
+    "energy_in_box",
     "expected_gradients",
     "feature_map_tiles",
     "filter_health",
@@ -65,12 +76,17 @@ __all__ = [
     "occlusion",
     "overlay",
     "pca_2d",
+    "pointing_game",
     "project_layers",
     "project_to_input",
+    "random_maps",
+    "randomized_copy",
+    "rank_correlation",
     "receptive_fields",
     "relu_rule",
     "saliency",
     "smooth_grad",
+    "structural_similarity",
     "to_rgb",
     "to_uint8",
     "top_channels",

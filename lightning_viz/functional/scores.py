@@ -1,0 +1,225 @@
+"""Can an explanation be trusted? The scores that go beside it.
+
+- :func:`rank_correlation` and :func:`structural_similarity` compare two maps of each image: an
+  explanation against the same explanation on a randomized copy of the model (the model-parameter
+  randomization test of Adebayo et al., 2018, with :func:`randomized_copy`), or against the
+  previous epoch's (stability);
+- :func:`deletion_insertion` measures faithfulness: how fast the class's probability falls when
+  pixels are removed in the order the map ranks them (and rises when they are added), against a
+  random order;
+- :func:`pointing_game` and :func:`energy_in_box` measure localization on probes with known boxes.
+
+All batched over images (and over curve steps), on the device, no host sync.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_viz.functional._capture import Forward
+from lightning_viz.functional._pass import default_max_batch
+from lightning_viz.functional._validation import check_int, check_logits, target_index
+from lightning_viz.functional.gradcam import OutputTransform, class_scores
+
+
+def _ranks(values: Tensor) -> Tensor:
+    """Per row, the rank of each value (0-based), ties given their mean rank (scipy's
+    ``rankdata(method="average")`` minus 1)."""
+    ordered = values.sort(dim=1).values
+    below = torch.searchsorted(ordered, values, right=False)
+    up_to = torch.searchsorted(ordered, values, right=True)
+    return (below + up_to - 1).float() / 2
+
+
+def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
+    """(N,) Spearman rank correlation of each image's two maps (any shape after the first
+    dimension, flattened), ties at their mean rank as scipy's ``spearmanr``; 0 where a map is
+    constant (it ranks nothing)."""
+    if first.shape != second.shape:
+        raise ValueError(f"maps of shapes {tuple(first.shape)} and {tuple(second.shape)} differ")
+    a = _ranks(first.detach().float().flatten(1))
+    b = _ranks(second.detach().float().flatten(1))
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    scale = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
+    return torch.where(scale > 0, (a * b).sum(dim=1) / scale.clamp(min=1e-12), 0.0)
+
+
+SSIM_SIGMA = 1.5
+"""The Gaussian window of :func:`structural_similarity` (Wang et al.'s, scikit-image's with
+``gaussian_weights=True``)."""
+
+
+def structural_similarity(first: Tensor, second: Tensor) -> Tensor:
+    """(N,) mean SSIM of each image's two (N, H, W) maps, each min-max normalized to [0, 1]
+    first: scikit-image's ``structural_similarity(data_range=1, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``, the mean over the pixels its 11x11 window fits."""
+    if first.shape != second.shape or first.dim() != 3:
+        raise ValueError(
+            f"expected two (N, H, W) maps of one shape, got {tuple(first.shape)} and "
+            f"{tuple(second.shape)}"
+        )
+    radius = int(3.5 * SSIM_SIGMA + 0.5)
+    side = 2 * radius + 1
+    if min(first.shape[-2:]) < side:
+        raise ValueError(f"maps must be at least {side}x{side} for SSIM, got {first.shape[-2:]}")
+    x, y = (_unit_range(m)[:, None] for m in (first, second))
+    offsets = torch.arange(side, device=x.device, dtype=x.dtype) - radius
+    kernel = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    kernel = kernel / kernel.sum()
+
+    def blur(values: Tensor) -> Tensor:
+        rows = F.conv2d(values, kernel.view(1, 1, side, 1))
+        return F.conv2d(rows, kernel.view(1, 1, 1, side))
+
+    mean_x, mean_y = blur(x), blur(y)
+    var_x = blur(x * x) - mean_x**2
+    var_y = blur(y * y) - mean_y**2
+    covariance = blur(x * y) - mean_x * mean_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / (
+        (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+    )
+    return ssim.flatten(1).mean(dim=1)
+
+
+def _unit_range(maps: Tensor) -> Tensor:
+    flat = maps.detach().float().flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
+
+
+def randomized_copy(model: nn.Module, modules: int | None = None, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` whose parametrized layers are re-initialized, cascading from the
+    top: the last ``modules`` layers with ``reset_parameters`` in ``named_modules()`` order (None:
+    all of them), each with its own default initialization (BatchNorm's running statistics
+    reset too). ``model`` is not touched; the draws come from ``seed`` with the global RNG saved
+    and restored, so training's stream is not shifted."""
+    if modules is not None:
+        check_int("modules", modules)
+    copied = copy.deepcopy(model)
+    layers = [m for _, m in copied.named_modules() if hasattr(m, "reset_parameters")]
+    chosen = layers if modules is None else layers[len(layers) - modules :]
+    devices = [d for d in {p.device for p in copied.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for layer in reversed(chosen):
+            layer.reset_parameters()
+    return copied
+
+
+class Curves(NamedTuple):
+    """What :func:`deletion_insertion` returns for N images and S steps."""
+
+    deletion: Tensor
+    """(N, S + 1): the target's probability with the top 0, 1/S, ..., all of the pixels, in the
+    map's order, set to the baseline."""
+    insertion: Tensor
+    """(N, S + 1): the same, starting from the baseline image and adding the pixels back."""
+    deletion_auc: Tensor
+    """(N,) the area under the deletion curve over [0, 1] (trapezoids): low is faithful."""
+    insertion_auc: Tensor
+    """(N,) the area under the insertion curve: high is faithful."""
+
+
+def deletion_insertion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor | Sequence[int] | int | None = None,
+    steps: int = 16,
+    baseline: float = 0.0,
+    output_transform: OutputTransform = class_scores,
+    forward: Forward | None = None,
+    max_batch: int | None = None,
+) -> Curves:
+    """Deletion and insertion curves of (N, H, W) ``maps`` (Petsiuk et al., RISE, 2018): pixels
+    ranked by the map (highest first, ties by position) are set to ``baseline`` (all channels) a
+    ``1 / steps`` share at a time, and the softmax probability of the target class is read after
+    each; insertion starts from the baseline image and puts them back in the same order. Every
+    step of every image is one row of batched forwards of at most ``max_batch`` images, without
+    gradients; run the model in eval mode.
+
+    A map that ranks the evidence first makes the deletion curve fall fast (a low AUC) and the
+    insertion curve rise fast (a high one); compare with a random order (:func:`random_maps`).
+
+    Raises:
+        ValueError: maps whose shape is not (N, H, W) of the images, bad arguments.
+    """
+    steps = check_int("steps", steps)
+    if maps.shape != (images.shape[0], *images.shape[-2:]):
+        raise ValueError(
+            f"`maps` must have shape {(images.shape[0], *images.shape[-2:])} (one (H, W) map per "
+            f"image), got {tuple(maps.shape)}"
+        )
+    max_batch = check_int("max_batch", max_batch, allow_none=True) or default_max_batch(
+        images.device
+    )
+    run = forward or model
+    n, pixels = images.shape[0], maps[0].numel()
+    order = maps.detach().float().flatten(1).argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(pixels, device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    counts = torch.linspace(0, pixels, steps + 1, device=images.device).round().long()
+    with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+        reference = check_logits(output_transform(run(images)), n).float()
+        index = target_index(targets, reference)
+        curves = []
+        for inserting in (False, True):
+            rows = torch.arange(n * (steps + 1), device=images.device)
+            probabilities = []
+            for chunk in rows.split(max_batch):
+                image, step = chunk // (steps + 1), chunk % (steps + 1)
+                # a pixel is hidden at step s when its rank is below the step's count
+                hidden = rank[image] < counts[step][:, None]
+                if inserting:
+                    hidden = ~hidden
+                hidden = hidden.view(-1, 1, *images.shape[-2:]).float()
+                batch = images[image].float() * (1 - hidden) + baseline * hidden
+                scores = check_logits(output_transform(run(batch.to(images.dtype))), len(chunk))
+                probabilities.append(scores.float().softmax(dim=1).gather(1, index[image][:, None]))
+            curves.append(torch.cat(probabilities)[:, 0].view(n, steps + 1))
+    deletion, insertion = curves
+    return Curves(deletion, insertion, _area(deletion), _area(insertion))
+
+
+def _area(curves: Tensor) -> Tensor:
+    """(N,) trapezoid area of (N, S + 1) curves over [0, 1]."""
+    return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
+
+
+def random_maps(like: Tensor, seed: int = 0) -> Tensor:
+    """Maps of ``like``'s shape with uniform random values from a generator seeded with
+    ``seed`` (the global RNG is not used): a random pixel order, the reference a faithful map
+    must beat."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(like.shape, generator=generator).to(like.device)
+
+
+def pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
+    """(N,) 1 where the peak of each (N, H, W) map lies in its image's (N, 4) box (top, left,
+    bottom, right; bottom and right exclusive), else 0."""
+    peak = maps.flatten(1).argmax(dim=1)
+    row, col = peak // maps.shape[-1], peak % maps.shape[-1]
+    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
+    return inside.float()
+
+
+def energy_in_box(maps: Tensor, boxes: Tensor) -> Tensor:
+    """(N,) the share of each (N, H, W) map's positive mass inside its (N, 4) box (Wang et al.'s
+    energy-based pointing game, Score-CAM); NaN for a map with no positive value."""
+    positive = maps.detach().float().clamp(min=0)
+    rows = torch.arange(maps.shape[-2], device=maps.device)
+    cols = torch.arange(maps.shape[-1], device=maps.device)
+    inside_rows = (rows >= boxes[:, :1]) & (rows < boxes[:, 2:3])
+    inside_cols = (cols >= boxes[:, 1:2]) & (cols < boxes[:, 3:4])
+    inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+    total = positive.flatten(1).sum(dim=1)
+    kept = (positive * inside).flatten(1).sum(dim=1)
+    return torch.where(total > 0, kept / total.clamp(min=1e-12), math.nan)

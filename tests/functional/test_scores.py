@@ -1,0 +1,194 @@
+"""The trust scores against references: scipy's Spearman, scikit-image's SSIM, known curves."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity as skimage_ssim
+from torch import nn
+
+from lightning_viz.functional import grad_cam, guided_backprop, relu_rule, saliency, upsample
+from lightning_viz.functional.scores import (
+    deletion_insertion,
+    energy_in_box,
+    pointing_game,
+    random_maps,
+    randomized_copy,
+    rank_correlation,
+    structural_similarity,
+)
+from lightning_viz.testing import DigitsCNN, shapes_task
+
+
+def test_rank_correlation_equals_scipy_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(5, 7, 7, generator=generator)
+    second = first + torch.randn(5, 7, 7, generator=generator)
+    first[:, :3] = 0.0  # ties, as a ReLU'd map has
+    second[2] = second[2].round()
+    expected = [
+        spearmanr(a.flatten(), b.flatten()).statistic for a, b in zip(first, second, strict=True)
+    ]
+    np.testing.assert_allclose(rank_correlation(first, second).numpy(), expected, atol=1e-6)
+
+
+def test_rank_correlation_of_a_constant_map_is_zero_and_shapes_must_agree():
+    maps = torch.rand(2, 4, 4)
+    constant = torch.zeros(2, 4, 4)
+    assert torch.equal(rank_correlation(maps, constant), torch.zeros(2))
+    assert torch.allclose(rank_correlation(maps, maps * 3 + 1), torch.ones(2))
+    with pytest.raises(ValueError, match="differ"):
+        rank_correlation(maps, torch.zeros(2, 4, 5))
+
+
+def test_structural_similarity_equals_scikit_image():
+    generator = torch.Generator().manual_seed(1)
+    first = torch.rand(3, 32, 32, generator=generator)
+    second = first * 0.5 + torch.rand(3, 32, 32, generator=generator)
+    found = structural_similarity(first, second)
+    for i in range(3):
+        a, b = (m[i].double().numpy() for m in (first, second))
+        a = (a - a.min()) / (a.max() - a.min())
+        b = (b - b.min()) / (b.max() - b.min())
+        expected = skimage_ssim(
+            a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+        assert found[i].item() == pytest.approx(expected, abs=1e-5)
+    assert torch.allclose(structural_similarity(first, first), torch.ones(3), atol=1e-6)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        structural_similarity(torch.rand(1, 7, 7), torch.rand(1, 7, 7))
+
+
+def test_a_randomized_copy_cascades_from_the_top_and_leaves_model_and_rng_alone():
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    with torch.no_grad():  # a BatchNorm that learned something
+        model.features[9].weight.uniform_(0.5, 2.0)
+        model.features[9].running_mean.uniform_(-1.0, 1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    top = randomized_copy(model, modules=2, seed=3)  # the head and the last BatchNorm
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # the ones that differ from their reset value: BatchNorm resets to weight 1, mean 0
+    changed = {k for k, v in top.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.weight", "head.bias", "features.9.weight", "features.9.running_mean"}
+    assert torch.equal(top.features[9].weight, torch.ones(64))
+    assert torch.equal(top.features[8].weight, model.features[8].weight)  # below: untouched
+    again = randomized_copy(model, modules=2, seed=3)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in top.state_dict().items())
+    everything = randomized_copy(model)
+    assert not torch.equal(everything.features[0].weight, model.features[0].weight)
+
+
+class Linear(nn.Module):
+    """Logits (s, -s) with s = sum(w * x): the class-0 evidence of each pixel is w * x."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x):
+        score = (x * self.weight).flatten(1).sum(dim=1)
+        return torch.stack([score, -score], dim=1)
+
+
+def test_deletion_falls_faster_for_the_true_evidence_than_for_a_random_order():
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.rand(1, 1, 8, 8, generator=generator) * 0.3
+    model = Linear(weight).eval()
+    images = torch.rand(4, 1, 8, 8, generator=generator)
+    evidence = (images * weight)[:, 0]
+    curves = deletion_insertion(model, images, evidence, targets=0, steps=8, max_batch=5)
+    random = deletion_insertion(model, images, random_maps(evidence), targets=0, steps=8)
+    # the ends: the whole image, and the baseline (score 0: probability 1/2)
+    full = (images * weight).flatten(1).sum(dim=1)
+    assert torch.allclose(curves.deletion[:, 0], torch.sigmoid(2 * full), atol=1e-6)
+    assert torch.allclose(curves.deletion[:, -1], torch.full((4,), 0.5))
+    assert torch.allclose(curves.insertion[:, -1], curves.deletion[:, 0])
+    # the evidence's order is the fastest fall: every deletion step at or below the random one's
+    assert (curves.deletion <= random.deletion + 1e-6).all()
+    assert (curves.deletion_auc < random.deletion_auc).all()
+    assert (curves.insertion_auc > random.insertion_auc).all()
+    assert torch.all(curves.deletion[:, 1:] <= curves.deletion[:, :-1] + 1e-6)  # monotone
+
+
+def test_deletion_checks_the_maps_shape():
+    model = Linear(torch.ones(1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"`maps` must have shape \(2, 4, 4\)"):
+        deletion_insertion(model, torch.rand(2, 1, 4, 4), torch.rand(2, 2, 2))
+
+
+def test_pointing_game_and_energy_in_box():
+    maps = torch.zeros(2, 6, 6)
+    maps[0, 1, 1] = 3.0  # peak inside the box, all its energy too
+    maps[1, 5, 5], maps[1, 2, 2] = 2.0, 2.0  # the first peak (row-major) is (2, 2): inside
+    maps[1, 0, 5] = -9.0  # negative values carry no energy
+    boxes = torch.tensor([[0, 0, 3, 3], [2, 2, 4, 4]])
+    assert pointing_game(maps, boxes).tolist() == [1.0, 1.0]
+    assert energy_in_box(maps, boxes).tolist() == [1.0, 0.5]
+    assert pointing_game(maps, torch.tensor([[3, 3, 6, 6], [0, 0, 1, 1]])).tolist() == [0.0, 0.0]
+    assert energy_in_box(torch.zeros(1, 6, 6), boxes[:1]).isnan().all()
+
+
+@pytest.fixture(scope="module")
+def trained_resnet():
+    """resnet18 trained 3 epochs on the RGB shapes task (all 16 probes right), and its probes."""
+    images, labels, _ = shapes_task(1200, channels=3)
+    probes, probe_labels, _ = shapes_task(16, seed=1, channels=3)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        model.train()
+        for batch in torch.randperm(1200).split(32):
+            optimizer.zero_grad()
+            F.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(probes).argmax(dim=1) == probe_labels).all()
+    return model, probes, probe_labels
+
+
+def explanations(model, probes, labels) -> dict[str, torch.Tensor]:
+    maps = {"gradcam": upsample(grad_cam(model, probes, "layer3", labels)["layer3"], (32, 32))}
+    maps["gradient"] = saliency(model, probes, labels, absolute=False).sum(dim=1)
+    maps["guided backprop"] = guided_backprop(model, probes, labels).abs().amax(dim=1)
+    with relu_rule("deconvnet"):
+        maps["deconvnet"] = saliency(model, probes, labels).amax(dim=1)
+    return maps
+
+
+@pytest.mark.slow
+def test_randomization_reproduces_the_published_direction(trained_resnet):
+    """Adebayo et al. 2018: Grad-CAM and gradients depend on the learned weights, guided
+    backprop and deconvnet barely (randomized from the top down through the upper half of the
+    parametrized layers: layer3, layer4 and fc of a resnet18)."""
+    model, probes, labels = trained_resnet
+    layers = sum(hasattr(m, "reset_parameters") for m in model.modules())
+    randomized = randomized_copy(model, modules=-(-layers // 2), seed=1).eval()
+    trained, random = explanations(model, probes, labels), explanations(randomized, probes, labels)
+    similarity = {name: rank_correlation(trained[name], random[name]).mean() for name in trained}
+    assert similarity["gradcam"] <= 0.3, similarity
+    assert similarity["gradient"] <= 0.3, similarity
+    assert similarity["guided backprop"] >= 0.5, similarity
+    assert similarity["deconvnet"] >= 0.5, similarity
+
+
+@pytest.mark.slow
+def test_grad_cam_deletes_the_evidence_first_on_the_trained_model_only(trained_resnet):
+    model, probes, labels = trained_resnet
+    for network, faithful in ((model, True), (randomized_copy(model, seed=1).eval(), False)):
+        maps = upsample(grad_cam(network, probes, "layer3", labels)["layer3"], (32, 32))
+        ranked = deletion_insertion(network, probes, maps, labels).deletion_auc.mean()
+        unranked = deletion_insertion(
+            network, probes, random_maps(maps), labels
+        ).deletion_auc.mean()
+        if faithful:
+            assert ranked < unranked - 0.1, (ranked, unranked)
+        else:  # a map of a random network ranks nothing: no faster than a random order
+            assert ranked > unranked - 0.02, (ranked, unranked)
