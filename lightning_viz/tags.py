@@ -95,6 +95,20 @@ FEATURE_VIS_KEYS = ("objective",)
 FEATURE_VIS_UNITS = "feature_vis/{layer}/units"
 """Text, FeatureVisualizer: the units of the rows, the objective each reached, the epochs."""
 
+SANITY = "sanity/{layer}"
+"""Scalar, the explaining views with ``scores``: the mean rank correlation between each probe's
+map and the same map on the network randomized from the top (``layer`` is
+``<method>/<layer>``, e.g. ``gradcam/layer3``): near 1, the map does not depend on the learned
+weights."""
+STABILITY = "stability/{layer}"
+"""Scalar, with ``scores``: the mean rank correlation of each probe's map with the previous
+logged epoch's (``layer`` is ``<method>/<layer>``)."""
+FAITHFULNESS = "faithfulness/{layer}/{key}"
+"""Scalar, with ``scores``: ``key`` one of :data:`FAITHFULNESS_KEYS`, the mean area under the
+probes' deletion or insertion curve, and the deletion curve of a random order (``layer`` is
+``<method>/<layer>``)."""
+FAITHFULNESS_KEYS = ("deletion", "insertion", "deletion_random")
+
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table
 (:func:`alert_table`); when several callbacks alert at one step, the last entry of that step

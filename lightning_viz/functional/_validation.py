@@ -76,6 +76,23 @@ def check_class_names(names: Sequence[str] | None) -> list[str] | None:
     return list(names)
 
 
+def check_choices(name: str, value: Any, choices: Sequence[str], default: Sequence[str]) -> tuple:
+    """An argument that names some of ``choices``: True (all), False (none), None (``default``)
+    or a sequence of names, as a tuple in ``choices`` order."""
+    if value is None:
+        return tuple(default)
+    if isinstance(value, bool):
+        return tuple(choices) if value else ()
+    names = [value] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise ValueError(
+            f"`{name}` must be True, False or a list of {', '.join(map(repr, choices))}; got "
+            f"{value!r}"
+        )
+    return tuple(c for c in choices if c in names)
+
+
 def check_logits(logits: object, batch_size: int) -> Tensor:
     """A model output that is a (batch_size, num_classes) tensor of logits."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch_size:

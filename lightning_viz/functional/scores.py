@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,22 +95,66 @@ def _unit_range(maps: Tensor) -> Tensor:
     return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
 
 
-def randomized_copy(model: nn.Module, modules: int | None = None, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` whose parametrized layers are re-initialized, cascading from the
-    top: the last ``modules`` layers with ``reset_parameters`` in ``named_modules()`` order (None:
-    all of them), each with its own default initialization (BatchNorm's running statistics
-    reset too). ``model`` is not touched; the draws come from ``seed`` with the global RNG saved
-    and restored, so training's stream is not shifted."""
+def randomized_parameters(
+    model: nn.Module, modules: int | None = None, seed: int = 0
+) -> dict[str, Tensor]:
+    """Re-initialized parameters and buffers of ``model``'s parametrized layers, cascading from
+    the top: the last ``modules`` layers with ``reset_parameters`` in ``named_modules()`` order
+    (None: all of them), each with its own default initialization (BatchNorm's running
+    statistics reset too), as ``{name: tensor}`` for ``torch.func.functional_call``: the model
+    runs with them without being copied or touched. Each layer is reset on a copy of itself;
+    the draws come from ``seed`` with the global RNG saved and restored, so training's stream is
+    not shifted."""
     if modules is not None:
         check_int("modules", modules)
-    copied = copy.deepcopy(model)
-    layers = [m for _, m in copied.named_modules() if hasattr(m, "reset_parameters")]
+    layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "reset_parameters")]
     chosen = layers if modules is None else layers[len(layers) - modules :]
-    devices = [d for d in {p.device for p in copied.parameters()} if d.type == "cuda"]
+    devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    replaced: dict[str, Tensor] = {}
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        for layer in reversed(chosen):
-            layer.reset_parameters()
+        for name, layer in reversed(chosen):
+            fresh = copy.deepcopy(layer)
+            fresh.reset_parameters()
+            prefix = f"{name}." if name else ""
+            for key, value in [*fresh.named_parameters(), *fresh.named_buffers()]:
+                replaced[prefix + key] = value.detach()
+    return replaced
+
+
+class _Calling(nn.Module):
+    """Runs ``forward`` (which calls ``model``) as its own forward, with ``model`` as its child
+    ``inner``, so that ``functional_call`` can swap ``model``'s tensors for the call."""
+
+    def __init__(self, model: nn.Module, forward: Forward) -> None:
+        super().__init__()
+        self.inner = model
+        self.runs = (forward,)  # in a tuple: a module assigned directly would be a second child
+
+    def forward(self, inputs: Tensor) -> Any:
+        return self.runs[0](inputs)
+
+
+def randomized_forward(
+    model: nn.Module, modules: int | None = None, seed: int = 0, forward: Forward | None = None
+) -> Forward:
+    """How to run ``model`` (or ``forward``, which calls it) with :func:`randomized_parameters`
+    swapped in for the call (``torch.func.functional_call``), without copying the model: its own
+    tensors are back when the call returns or raises. Hooks on its modules fire as usual."""
+    calling = _Calling(model, forward or model)
+    replaced = {f"inner.{k}": v for k, v in randomized_parameters(model, modules, seed).items()}
+
+    def run(inputs: Tensor) -> Any:
+        return torch.func.functional_call(calling, replaced, (inputs,), strict=False)
+
+    return run
+
+
+def randomized_copy(model: nn.Module, modules: int | None = None, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with :func:`randomized_parameters` loaded; ``model`` is not
+    touched."""
+    copied = copy.deepcopy(model)
+    copied.load_state_dict(randomized_parameters(model, modules, seed), strict=False)
     return copied
 
 

@@ -16,6 +16,7 @@ from lightning_viz.functional.scores import (
     pointing_game,
     random_maps,
     randomized_copy,
+    randomized_forward,
     rank_correlation,
     structural_similarity,
 )
@@ -192,3 +193,23 @@ def test_grad_cam_deletes_the_evidence_first_on_the_trained_model_only(trained_r
             assert ranked < unranked - 0.1, (ranked, unranked)
         else:  # a map of a random network ranks nothing: no faster than a random order
             assert ranked > unranked - 0.02, (ranked, unranked)
+
+
+def test_a_randomized_forward_equals_the_copy_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = torch.rand(2, 3, 32, 32)
+    parameters = [id(p) for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = model(images)
+    seen = []
+    handle = model.layer3.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    try:
+        randomized = randomized_forward(model, modules=21, seed=1)(images)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # hooks on the model's own modules fire in the randomized pass
+    torch.testing.assert_close(randomized, randomized_copy(model, 21, seed=1)(images))
+    assert [id(p) for p in model.parameters()] == parameters  # an optimizer's references hold
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(images), plain)
