@@ -13,7 +13,13 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import class_scores, grid
 from lightning_viz.functional._validation import check_fraction, check_logits
-from lightning_viz.functional.captions import captioned_rows, class_name, color_bar, stack_rows
+from lightning_viz.functional.captions import (
+    captioned_rows,
+    class_name,
+    color_bar,
+    footnote,
+    stack_rows,
+)
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import colormap_table, panels_per_row
 from lightning_viz.probes import Probes
@@ -180,13 +186,18 @@ class ClassView(ProbeCallback):
         ends: tuple[str, str],
         title: str,
         cmap: str | None = None,
+        note: str | None = None,
     ) -> None:
         """Log the probes beside their maps (:meth:`_panels`) over a colour bar of ``cmap``
-        (default the callback's) from ``ends[0]`` to ``ends[1]``, titled ``title``."""
+        (default the callback's) from ``ends[0]`` to ``ends[1]``, titled ``title``, and a
+        ``note`` below when there is one (a warning about what the maps show)."""
         image = self._panels(display, maps, *captions)
         low, high = ends
         legend = color_bar(image.shape[-1], cmap or self.cmap, low, high, title, image.device)
-        self.log_image(trainer, tag, stack_rows(image, legend))
+        rows = [image, legend]
+        if note:
+            rows.append(footnote(image.shape[-1], note, image.device, image.dtype))
+        self.log_image(trainer, tag, stack_rows(*rows))
 
     @staticmethod
     def _with_columns(table: str, columns: dict[str, list[str]]) -> str:

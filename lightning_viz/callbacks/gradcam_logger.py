@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
@@ -25,9 +26,28 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
+from lightning_viz.functional._validation import check_choices
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
+from lightning_viz.functional.scores import (
+    deletion_insertion,
+    random_maps,
+    randomized_forward,
+    rank_correlation,
+)
 from lightning_viz.probes import Probes
+
+SCORES = ("stability", "sanity", "faithfulness")
+"""The trust scores GradCAMLogger can log beside its maps (``scores=``)."""
+DEFAULT_SCORES = ("stability", "sanity")
+"""The scores logged by default: stability costs nothing, sanity one more Grad-CAM pass;
+faithfulness (2 x 17 forwards of the probes per curve, twice) is opt-in."""
+STABLE = 0.9
+"""A layer's maps count as settled while their mean rank correlation with the previous render's
+stays at or above this."""
+INDEPENDENT = 0.5
+"""Maps whose mean rank correlation with the randomized network's reaches this are marked as not
+depending on the learned weights (Adebayo et al. 2018 read 0.5 and above as similar)."""
 
 
 class GradCAMLogger(ClassView):
@@ -69,6 +89,10 @@ class GradCAMLogger(ClassView):
             (N, K, H, W) each class's score summed over the pixels predicted as it. A model
             that returns an image the size of its input (an autoencoder) shows nothing with a
             notice unless you pass one.
+        scores: the trust scores logged beside the maps: True for all, False for none, or
+            names from ``"stability"`` (no extra cost), ``"sanity"`` (one more Grad-CAM pass)
+            and ``"faithfulness"`` (about 70 forwards of the probes per layer); default the
+            first two.
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
         strict: re-raise failures instead of turning them into alerts.
         budget: the share of training time all lightning-viz callbacks may take together (see
@@ -88,6 +112,19 @@ class GradCAMLogger(ClassView):
       its probability.
     - ``gradcam/<layer>/guided`` (image, with ``guided=True``): the same panels with guided
       Grad-CAM (signed, mid-grey = 0).
+    - ``stability/gradcam/<layer>`` (``scores``): the mean rank correlation of each probe's map
+      with the previous render's; the text says since which epoch it stays at or above 0.9
+      ("stable since epoch N") or that the maps have not settled.
+    - ``sanity/gradcam/<layer>`` (``scores``): the mean rank correlation of each probe's map
+      with the map of the same network with the upper half of its parametrized layers
+      re-initialized (the model-parameter randomization test, run with the randomized tensors
+      swapped in for one call: the model is not copied, and training is untouched, tested). At
+      0.5 or above a note under the image and in the text says the maps do not depend on what
+      the network learned.
+    - ``faithfulness/gradcam/<layer>/deletion``, ``/insertion``, ``/deletion_random``
+      (``scores`` with ``"faithfulness"``): the mean area under the probes' deletion and
+      insertion curves (16 steps, pixels in the map's order set to 0), and of the deletion curve
+      of a random order; a deletion no lower than the random order's gets a note.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -95,7 +132,9 @@ class GradCAMLogger(ClassView):
     maps are diffuse or stick to borders; a net that learned the task lights up the object.
     A map on the background or on a watermark points at a shortcut in the data.
 
-    Cost: per logged epoch one forward and one backward on the probes (two with ``guided``).
+    Cost: per logged epoch one forward and one backward on the probes (two with ``guided``),
+    one more of each for ``"sanity"``, and 4 x 17 forwards of the probes per layer for
+    ``"faithfulness"``.
 
     Example::
 
@@ -115,6 +154,7 @@ class GradCAMLogger(ClassView):
         alpha: float = 0.5,
         guided: bool = False,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -135,7 +175,10 @@ class GradCAMLogger(ClassView):
             budget=budget,
         )
         self.guided = bool(guided)
+        self.scores = check_choices("scores", scores, SCORES, DEFAULT_SCORES)
         self._layers: dict[str, nn.Module] = {}
+        self.previous_maps: dict[str, torch.Tensor] = {}
+        self.stable_since: dict[str, int | None] = {}
 
     view = "Grad-CAM"
 
@@ -172,14 +215,21 @@ class GradCAMLogger(ClassView):
             else None
         )
         *captions, table = self._predictions(probes, logits, targets)
-        display = readable(probes.display)
         for layer, cam in maps.items():
             self._check_finite(cam, f"the Grad-CAM map of {layer!r}")
+        explained = targets if targets is not None else logits.argmax(dim=1)
+        host = to_host(self._measure(pl_module, probes, maps, explained, forward))
+        notes, table = self._log_scores(trainer, host, list(maps), table)
+        display = readable(probes.display)
+        for layer, cam in maps.items():
             heat = normalize(upsample(cam, tuple(display.shape[-2:])))
             overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
             evidence = f"{layer}: Grad-CAM evidence for the {self._explained_class(targets)}"
             tag = tags.tag(tags.GRADCAM, layer)
-            self._log_panels(trainer, tag, display, overlays, captions, ("none", "most"), evidence)
+            self._log_panels(
+                trainer, tag, display, overlays, captions, ("none", "most"), evidence,
+                note=notes[layer],
+            )  # fmt: skip
             if guided is not None:
                 small_heat = normalize(upsample(cam, tuple(probes.images.shape[-2:])))
                 product = normalize_signed(guided * small_heat[:, None]).mean(dim=1, keepdim=True)
@@ -190,4 +240,140 @@ class GradCAMLogger(ClassView):
                     trainer, tag, display, guided_tiles, captions, ("-", "+"), title, "gray"
                 )
         for layer in maps:
-            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), table)
+            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), table[layer])
+
+    # ----------------------------------------------------------------------------- scores
+    def _measure(
+        self,
+        pl_module: pl.LightningModule,
+        probes: Probes,
+        maps: dict[str, torch.Tensor],
+        explained: torch.Tensor,
+        forward: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The per-probe scores of each layer's maps, on the device, keyed ``layer|score``, and
+        the maps themselves (``layer|maps``, kept for the next render's stability)."""
+        found = {f"{layer}|maps": cam for layer, cam in maps.items()}
+        if "stability" in self.scores:
+            for layer, cam in maps.items():
+                previous = self.previous_maps.get(layer)
+                if previous is not None and previous.shape == cam.shape:
+                    found[f"{layer}|stability"] = rank_correlation(cam, previous.to(cam.device))
+        if "sanity" in self.scores:
+            layers = sum(hasattr(m, "reset_parameters") for m in pl_module.modules())
+            randomized = randomized_forward(pl_module, modules=-(-layers // 2), forward=forward)
+            random_maps_, _ = grad_cam_and_logits(
+                pl_module, probes.images, list(maps), explained, self._transform, randomized
+            )
+            for layer, cam in maps.items():
+                found[f"{layer}|sanity"] = rank_correlation(cam, random_maps_[layer])
+        if "faithfulness" in self.scores:
+            size = tuple(probes.images.shape[-2:])
+            for layer, cam in maps.items():
+                heat = upsample(cam, size)
+                for key, order in (("deletion", heat), ("random", random_maps(heat))):
+                    curves = deletion_insertion(
+                        pl_module, probes.images, order, explained, forward=forward,
+                        output_transform=self._transform,
+                    )  # fmt: skip
+                    found[f"{layer}|{key}"] = curves.deletion_auc
+                    if key == "deletion":
+                        found[f"{layer}|insertion"] = curves.insertion_auc
+        return found
+
+    def _log_scores(
+        self, trainer: pl.Trainer, host: dict[str, torch.Tensor], layers: list[str], table: str
+    ) -> tuple[dict[str, str | None], dict[str, str]]:
+        """Log each layer's mean scores; the warning under its image (or None) and its text
+        table, with the per-probe scores and whether the maps have settled above it."""
+        metrics, notes, tables = {}, {}, {}
+        for layer in layers:
+            self.previous_maps[layer] = host[f"{layer}|maps"].clone()
+            per_probe = {
+                key: host[f"{layer}|{key}"]
+                for key in ("stability", "sanity", "deletion", "insertion", "random")
+                if f"{layer}|{key}" in host
+            }
+            mean = {key: values.mean().item() for key, values in per_probe.items()}
+            metrics |= self._score_metrics(f"gradcam/{layer}", mean)
+            lines = self._score_lines(trainer, layer, mean)
+            notes[layer] = " ".join(lines[1:]) or None
+            columns = {
+                name: [f"{v:.2f}" for v in per_probe[key].tolist()]
+                for key, name in (
+                    ("stability", "stability"),
+                    ("sanity", "sanity"),
+                    ("deletion", "deletion AUC"),
+                    ("random", "random order's"),
+                )
+                if key in per_probe
+            }
+            text = self._with_columns(table, columns) if columns else table
+            said = "  \n".join(line for line in lines if line)
+            tables[layer] = f"{said}\n\n{text}" if said else text
+        if metrics:
+            self.log_scalars(trainer, metrics)
+        return notes, tables
+
+    @staticmethod
+    def _score_metrics(method: str, mean: dict[str, float]) -> dict[str, float]:
+        metrics = {}
+        if "stability" in mean:
+            metrics[tags.tag(tags.STABILITY, method)] = mean["stability"]
+        if "sanity" in mean:
+            metrics[tags.tag(tags.SANITY, method)] = mean["sanity"]
+        for key, name in (("deletion", "deletion"), ("insertion", "insertion")):
+            if key in mean:
+                metrics[tags.tag(tags.FAITHFULNESS, method, name)] = mean[key]
+        if "random" in mean:
+            metrics[tags.tag(tags.FAITHFULNESS, method, "deletion_random")] = mean["random"]
+        return metrics
+
+    def _score_lines(self, trainer: pl.Trainer, layer: str, mean: dict[str, float]) -> list[str]:
+        """Whether the maps have settled (first, maybe empty), then the warnings."""
+        lines = [""]
+        if "stability" in mean:
+            settled = mean["stability"] >= STABLE
+            since = self.stable_since.get(layer)
+            self.stable_since[layer] = (
+                (trainer.current_epoch if since is None else since) if settled else None
+            )
+            lines[0] = (
+                f"stable since epoch {self.stable_since[layer]} (rank correlation with the "
+                f"previous render {mean['stability']:.2f} >= {STABLE})"
+                if settled
+                else f"not settled: rank correlation with the previous render "
+                f"{mean['stability']:.2f} < {STABLE}"
+            )
+        if mean.get("sanity", 0.0) >= INDEPENDENT:
+            lines.append(
+                "The maps of the network with its upper half re-initialized are alike (rank "
+                f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
+                "on what the network learned."
+            )
+        if "deletion" in mean and mean["deletion"] >= mean["random"]:
+            lines.append(
+                "Deleting pixels in the maps' order lowers the class's probability no faster "
+                f"than a random order (deletion AUC {mean['deletion']:.2f} vs "
+                f"{mean['random']:.2f}): the maps are not faithful to the model."
+            )
+        return lines
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "previous_maps": dict(self.previous_maps),
+            "stable_since": dict(self.stable_since),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.previous_maps = dict(state_dict.get("previous_maps", {}))
+        self.stable_since = dict(state_dict.get("stable_since", {}))
+
+    @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.previous_maps, self.stable_since = {}, {}

@@ -189,8 +189,9 @@ def test_guided_gradcam_image_and_targets(tmp_path):
     events = read_events(tmp_path)
     assert len(events.Images("gradcam/model.features/guided")) == 2
     text = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
-    table = text.tensor_proto.string_val[0].decode().splitlines()
-    assert table[0] == "| probe | explains class | predicted | probability |"
+    lines = text.tensor_proto.string_val[0].decode().splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("| probe"))) :]
+    assert table[0].startswith("| probe | explains class | predicted | probability |")
     explained, predicted = zip(
         *[(row.split("|")[2], row.split("|")[3]) for row in table[2:]], strict=True
     )
