@@ -297,7 +297,7 @@ class GradCAMLogger(ClassView):
                 if f"{layer}|{key}" in host
             }
             mean = {key: values.mean().item() for key, values in per_probe.items()}
-            metrics |= self._score_metrics(f"gradcam/{layer}", mean)
+            metrics |= self._score_metrics(tags.tag(tags.GRADCAM, layer), mean)
             lines = self._score_lines(trainer, layer, mean)
             notes[layer] = " ".join(lines[1:]) or None
             columns = {
