@@ -33,13 +33,23 @@ class Probes:
         display: optional (N, 3, H, W) RGB in [0, 1] that overlays are drawn on; by default each
             probe min-max normalized, grey (one channel, or the mean of other than 3) repeated to
             RGB.
+        boxes: optional (N, 4) integer boxes (top, left, bottom, right; bottom and right
+            exclusive) of what each probe's class is about: the views that explain a class then
+            log how well their maps localize it (pointing game, energy in the box).
 
     Raises:
         ValueError: images that are not a non-empty (N, C, H, W) float batch, labels of another
-            length or not integers, display images of another shape or outside [0, 1].
+            length or not integers, display images of another shape or outside [0, 1], boxes
+            that are not (N, 4) integers inside the images.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor | None = None, display: Tensor | None = None):
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        display: Tensor | None = None,
+        boxes: Tensor | None = None,
+    ):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"probe images must be a non-empty (N, C, H, W) tensor, got {shape}")
@@ -68,9 +78,25 @@ class Probes:
             )
         elif display.min() < 0 or display.max() > 1:
             raise ValueError("probe display images must lie in [0, 1]")
+        if boxes is not None:
+            boxes = torch.as_tensor(boxes)
+            if boxes.shape != (n, 4) or boxes.dtype.is_floating_point:
+                raise ValueError(
+                    f"probe boxes must be {n} integer (top, left, bottom, right) rows, got "
+                    f"shape {tuple(boxes.shape)} {boxes.dtype}"
+                )
+            boxes = boxes.long()
+            corners = boxes[:, :2] >= 0
+            ends = (boxes[:, 2] <= height) & (boxes[:, 3] <= width)
+            if not corners.all() or not ends.all() or (boxes[:, 2:] <= boxes[:, :2]).any():
+                raise ValueError(
+                    f"probe boxes must lie in the {height}x{width} images, each with bottom > top "
+                    "and right > left (bottom and right exclusive)"
+                )
         self.images = images.detach()
         self.labels = labels
         self.display = display.detach().float()
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -89,17 +115,20 @@ class Probes:
         if self.device == device:
             return self
         labels = None if self.labels is None else self.labels.to(device)
-        return Probes(self.images.to(device), labels, self.display.to(device))
+        boxes = None if self.boxes is None else self.boxes.to(device)
+        return Probes(self.images.to(device), labels, self.display.to(device), boxes)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"images": self.images.cpu(), "display": self.display.cpu()}
         if self.labels is not None:
             state["labels"] = self.labels.cpu()
+        if self.boxes is not None:
+            state["boxes"] = self.boxes.cpu()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> Probes:
-        return cls(state["images"], state.get("labels"), state["display"])
+        return cls(state["images"], state.get("labels"), state["display"], state.get("boxes"))
 
     @classmethod
     def from_dataloader(

@@ -108,6 +108,11 @@ FAITHFULNESS = "faithfulness/{layer}/{key}"
 probes' deletion or insertion curve, and the deletion curve of a random order (``layer`` is
 ``<method>/<layer>``)."""
 FAITHFULNESS_KEYS = ("deletion", "insertion", "deletion_random")
+LOCALIZATION = "localization/{layer}/{key}"
+"""Scalar, the explaining views on probes with boxes: ``key`` one of :data:`LOCALIZATION_KEYS`,
+the share of maps whose peak lies in the probe's box and the mean share of their positive mass
+inside it (``layer`` is ``<method>/<layer>``)."""
+LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step as one markdown table

@@ -31,6 +31,8 @@ from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_la
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.scores import (
     deletion_insertion,
+    energy_in_box,
+    pointing_game,
     random_maps,
     randomized_forward,
     rank_correlation,
@@ -47,6 +49,8 @@ cost is measured against the overhead promise."""
 STABLE = 0.9
 """A layer's maps count as settled while their mean rank correlation with the previous render's
 stays at or above this."""
+SCORE_KEYS = ("stability", "sanity", "deletion", "insertion", "random", "pointing", "energy")
+"""The per-probe values :meth:`GradCAMLogger._measure` may give for a layer."""
 INDEPENDENT = 0.5
 """Maps whose mean rank correlation with the randomized network's reaches this are marked as not
 depending on the learned weights (Adebayo et al. 2018 read 0.5 and above as similar)."""
@@ -127,6 +131,9 @@ class GradCAMLogger(ClassView):
       (``scores`` with ``"faithfulness"``): the mean area under the probes' deletion and
       insertion curves (16 steps, pixels in the map's order set to 0), and of the deletion curve
       of a random order; a deletion no lower than the random order's gets a note.
+    - ``localization/gradcam/<layer>/pointing_game``, ``/energy_in_box`` (probes with
+      ``boxes``, at no cost): the share of maps whose peak lies in the probe's box, and the mean
+      share of their positive mass inside it.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -269,6 +276,12 @@ class GradCAMLogger(ClassView):
             )
             for layer, cam in maps.items():
                 found[f"{layer}|sanity"] = rank_correlation(cam, random_maps_[layer])
+        if probes.boxes is not None:  # free: no forward
+            size = tuple(probes.images.shape[-2:])
+            for layer, cam in maps.items():
+                heat = upsample(cam, size)
+                found[f"{layer}|pointing"] = pointing_game(heat, probes.boxes)
+                found[f"{layer}|energy"] = energy_in_box(heat, probes.boxes)
         if "faithfulness" in self.scores:
             size = tuple(probes.images.shape[-2:])
             for layer, cam in maps.items():
@@ -292,9 +305,7 @@ class GradCAMLogger(ClassView):
         for layer in layers:
             self.previous_maps[layer] = host[f"{layer}|maps"].clone()
             per_probe = {
-                key: host[f"{layer}|{key}"]
-                for key in ("stability", "sanity", "deletion", "insertion", "random")
-                if f"{layer}|{key}" in host
+                key: host[f"{layer}|{key}"] for key in SCORE_KEYS if f"{layer}|{key}" in host
             }
             mean = {key: values.mean().item() for key, values in per_probe.items()}
             metrics |= self._score_metrics(tags.tag(tags.GRADCAM, layer), mean)
@@ -307,6 +318,8 @@ class GradCAMLogger(ClassView):
                     ("sanity", "sanity"),
                     ("deletion", "deletion AUC"),
                     ("random", "random order's"),
+                    ("pointing", "peak in box"),
+                    ("energy", "energy in box"),
                 )
                 if key in per_probe
             }
@@ -329,6 +342,9 @@ class GradCAMLogger(ClassView):
                 metrics[tags.tag(tags.FAITHFULNESS, method, name)] = mean[key]
         if "random" in mean:
             metrics[tags.tag(tags.FAITHFULNESS, method, "deletion_random")] = mean["random"]
+        for key, name in (("pointing", "pointing_game"), ("energy", "energy_in_box")):
+            if key in mean:
+                metrics[tags.tag(tags.LOCALIZATION, method, name)] = mean[key]
         return metrics
 
     def _score_lines(self, trainer: pl.Trainer, layer: str, mean: dict[str, float]) -> list[str]:

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz.callbacks.gradcam_logger as gradcam_logger
-from lightning_viz import GradCAMLogger
+from lightning_viz import GradCAMLogger, Probes
 from lightning_viz.functional import grad_cam, upsample
 from lightning_viz.functional.scores import (
     deletion_insertion,
@@ -12,8 +13,16 @@ from lightning_viz.functional.scores import (
     randomized_forward,
     rank_correlation,
 )
+from lightning_viz.testing import ShapesCNN, shapes_task
 from tests.callbacks.test_neutrality import assert_same_training, train
-from tests.helpers import DigitsClassifier, fit, image_pixels, read_events
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    fit,
+    image_pixels,
+    make_trainer,
+    read_events,
+)
 
 LAYER = "model.features"
 RENDERS = [0, 23, 46, 69]
@@ -98,3 +107,36 @@ def test_scores_argument_is_checked():
     assert GradCAMLogger(scores="faithfulness").scores == ("faithfulness",)
     with pytest.raises(ValueError, match="`scores` must be True, False or a list of"):
         GradCAMLogger(scores=["sanity", "beauty"])
+
+
+@pytest.mark.slow
+def test_on_the_shapes_task_the_maps_find_the_shape_and_settle(tmp_path):
+    """Probes with boxes: the pointing game reaches 90% as the net learns, and the maps' stability
+    rises as training converges."""
+    images, labels, _ = shapes_task(1200)
+    probe_images, probe_labels, boxes = shapes_task(50, seed=1)
+    torch.manual_seed(0)
+    module = Classifier(ShapesCNN(), lr=0.05)
+    probes = Probes(probe_images, probe_labels, boxes=boxes)
+    logger = GradCAMLogger(probes=probes, strict=True)
+    trainer = make_trainer(tmp_path, [logger], max_epochs=6)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
+    events = read_events(tmp_path)
+    pointing = [v for _, v in scalar(events, "localization/gradcam/model.features/pointing_game")]
+    energy = [v for _, v in scalar(events, "localization/gradcam/model.features/energy_in_box")]
+    stability = [v for _, v in scalar(events, "stability/gradcam/model.features")]
+    assert len(pointing) == len(energy) == 7  # fit start and every epoch
+    assert pointing[-1] >= 0.9, pointing
+    assert energy[-1] > energy[0], energy
+    assert stability[-1] > stability[0], stability
+    assert stability[-1] >= 0.9, stability
+
+
+def test_probe_boxes_are_checked_and_kept_in_the_state():
+    images = torch.rand(2, 1, 8, 8)
+    boxes = torch.tensor([[0, 0, 4, 4], [2, 3, 8, 8]])
+    probes = Probes(images, boxes=boxes)
+    assert torch.equal(Probes.from_state_dict(probes.state_dict()).boxes, boxes)
+    for bad in ([[0, 0, 4, 4]], [[0, 0, 9, 4], [0, 0, 1, 1]], [[3, 0, 3, 4], [0, 0, 1, 1]]):
+        with pytest.raises(ValueError, match="probe boxes"):
+            Probes(images, boxes=torch.tensor(bad))
