@@ -13,11 +13,12 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._validation import check_choice, check_int
+from lightning_viz.functional._validation import check_choice, check_choices, check_int
 from lightning_viz.functional.captions import (
     captioned_rows,
     color_bar,
@@ -26,6 +27,7 @@ from lightning_viz.functional.captions import (
     stack_rows,
 )
 from lightning_viz.functional.images import panels_per_row, readable, to_uint8
+from lightning_viz.functional.scores import INDEPENDENT, randomized_forward, rank_correlation
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
 from lightning_viz.probes import Probes
 
@@ -64,6 +66,9 @@ class DeconvLogger(ProbeCallback):
         features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
         num_features: how many features per layer to follow by default.
         max_columns: the most epochs the evolution grid shows.
+        scores: ``["sanity"]`` (or True) also projects the same channels through the network
+            with the upper half of its parametrized layers re-initialized (one more projection
+            pass per logged epoch); default none.
         probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict, budget:
             as in ``GradCAMLogger``.
 
@@ -81,6 +86,11 @@ class DeconvLogger(ProbeCallback):
       one column per logged epoch (headed with it); as many columns as the run will log (at
       most ``max_columns``) from the first epoch on, so the image keeps its size.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
+    - ``sanity/deconv/<layer>`` (``scores=["sanity"]``): the mean rank correlation of each
+      reconstruction with the same channel's through the randomized network; at 0.5 or above a
+      note under the image says the reconstructions do not depend on what the network learned
+      (Adebayo et al. 2018 and Sixt et al. 2020 found deconvnet and guided backprop largely
+      blind to the upper layers' weights).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -117,6 +127,7 @@ class DeconvLogger(ProbeCallback):
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
         class_names: Sequence[str] | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -135,6 +146,7 @@ class DeconvLogger(ProbeCallback):
         self.top_k = check_int("top_k", top_k)
         self.rule = check_choice("rule", rule, RULES)
         self.evolution = bool(evolution)
+        self.scores = check_choices("scores", scores, ("sanity",), ())
         self.num_features = check_int("num_features", num_features)
         self.max_columns = check_int("max_columns", max_columns)
         self.given_features: dict[str, list[int]] = {}
@@ -248,6 +260,7 @@ class DeconvLogger(ProbeCallback):
             pl_module, probes.images, layers, rule=self.rule, forward=self.probe_forward(pl_module)
         )
         self.features.update(chosen_now)
+        notes = self._sanity(trainer, pl_module, probes, projections)
         for layer, (channels, images) in projections.items():
             if not images.isfinite().all():
                 raise ValueError(
@@ -277,11 +290,57 @@ class DeconvLogger(ProbeCallback):
                 image.device,
                 image.dtype,
             )
-            self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(image, legend))
+            rows = [image, legend]
+            if notes.get(layer):
+                rows.append(footnote(image.shape[-1], notes[layer], image.device, image.dtype))
+            self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(*rows))
             lines = [f"probe {i}: channels {c}" for i, c in enumerate(top)]
             self.log_text(trainer, tags.tag(tags.DECONV_CHANNELS, layer), "  \n".join(lines))
             if self.evolution:
                 self._add_column(trainer, layer, images[followed_at[layer]])
+
+    def _sanity(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        probes: Probes,
+        projections: dict[str, Any],
+    ) -> dict[str, str]:
+        """With ``scores=["sanity"]``: the same channels projected through the network with its
+        upper half re-initialized, ``sanity/deconv/<layer>`` the mean rank correlation with
+        the trained network's, and a note for the layers at or above :data:`INDEPENDENT`."""
+        if "sanity" not in self.scores:
+            return {}
+        layers = sum(hasattr(m, "reset_parameters") for m in pl_module.modules())
+        forward = randomized_forward(
+            pl_module, modules=-(-layers // 2), forward=self.probe_forward(pl_module)
+        )
+        channels = {layer: found.channels for layer, found in projections.items()}
+        randomized = project_layers(
+            pl_module, probes.images, channels, rule=self.rule, forward=forward
+        )
+        similarity = {}
+        for layer, found in projections.items():
+            filled = (found.channels.flatten() >= 0).float()  # -1: an empty evolution slot
+            alike = rank_correlation(
+                found.images.flatten(0, 1), randomized[layer].images.flatten(0, 1)
+            )
+            similarity[layer] = (alike * filled).sum() / filled.sum().clamp(min=1)
+        similarity = to_host(similarity)
+        method = {layer: tags.tag(tags.DECONV, layer) for layer in similarity}
+        self.log_scalars(
+            trainer,
+            {tags.tag(tags.SANITY, method[layer]): float(v) for layer, v in similarity.items()},
+        )
+        return {
+            layer: (
+                "The reconstructions through the network with its upper half re-initialized are "
+                f"alike (rank correlation {float(value):.2f} >= {INDEPENDENT}): they do not "
+                "depend on what the network learned (Adebayo et al. 2018)."
+            )
+            for layer, value in similarity.items()
+            if float(value) >= INDEPENDENT
+        }
 
     def _evolution_slots(self, trainer: pl.Trainer) -> int:
         """Columns of the evolution grid: the epochs the run will log, at most ``max_columns``."""

@@ -30,6 +30,7 @@ from lightning_viz.functional._validation import check_choices
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.scores import (
+    INDEPENDENT,
     deletion_insertion,
     energy_in_box,
     pointing_game,
@@ -51,9 +52,6 @@ STABLE = 0.9
 stays at or above this."""
 SCORE_KEYS = ("stability", "sanity", "deletion", "insertion", "random", "pointing", "energy")
 """The per-probe values :meth:`GradCAMLogger._measure` may give for a layer."""
-INDEPENDENT = 0.5
-"""Maps whose mean rank correlation with the randomized network's reaches this are marked as not
-depending on the learned weights (Adebayo et al. 2018 read 0.5 and above as similar)."""
 
 
 class GradCAMLogger(ClassView):

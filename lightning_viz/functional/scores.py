@@ -51,6 +51,11 @@ def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
     return torch.where(scale > 0, (a * b).sum(dim=1) / scale.clamp(min=1e-12), 0.0)
 
 
+INDEPENDENT = 0.5
+"""Two maps of the same images whose mean rank correlation reaches this are read as alike:
+Adebayo et al. (2018) read explanations of a randomized network at 0.5 and above as
+similar to the trained network's, i.e. not depending on what it learned."""
+
 SSIM_SIGMA = 1.5
 """The Gaussian window of :func:`structural_similarity` (Wang et al.'s, scikit-image's with
 ``gaussian_weights=True``)."""

@@ -1,11 +1,12 @@
-"""GradCAMLogger's trust scores through a real Trainer: values, warnings, neutrality."""
+"""The trust scores of GradCAMLogger and DeconvLogger through a real Trainer: values, warnings,
+neutrality."""
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz.callbacks.gradcam_logger as gradcam_logger
-from lightning_viz import GradCAMLogger, Probes
+from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.functional import grad_cam, upsample
 from lightning_viz.functional.scores import (
     deletion_insertion,
@@ -140,3 +141,28 @@ def test_probe_boxes_are_checked_and_kept_in_the_state():
     for bad in ([[0, 0, 4, 4]], [[0, 0, 9, 4], [0, 0, 1, 1]], [[3, 0, 3, 4], [0, 0, 1, 1]]):
         with pytest.raises(ValueError, match="probe boxes"):
             Probes(images, boxes=torch.tensor(bad))
+
+
+def test_deconv_sanity_marks_a_layer_below_the_randomized_half(tmp_path):
+    """The first conv lies below the re-initialized upper half: its reconstructions cannot
+    change (rank correlation 1), and the image says they do not depend on what was learned."""
+    layer = "model.features.0"
+    scored = DeconvLogger(layers=[layer], scores=["sanity"], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [scored], tmp_path / "scored", epochs=2)
+    values = scalar(read_events(tmp_path / "scored"), f"sanity/deconv/{layer}")
+    assert [step for step, _ in values] == [23, 46]
+    assert all(v == pytest.approx(1.0, abs=1e-4) for _, v in values)
+    plain = DeconvLogger(layers=[layer], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [plain], tmp_path / "plain", epochs=2)
+    height = {
+        run: image_pixels(read_events(tmp_path / run).Images(f"deconv/{layer}")[-1]).shape[0]
+        for run in ("scored", "plain")
+    }
+    assert height["scored"] > height["plain"]  # the note under the image
+
+
+def test_deconv_sanity_leaves_training_bit_identical(tmp_path):
+    without = train(tmp_path / "without", [])
+    with_scores = train(tmp_path / "with", [DeconvLogger(scores=True, strict=True)])
+    assert_same_training(without, with_scores)
+    assert DeconvLogger().scores == ()
