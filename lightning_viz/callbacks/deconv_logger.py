@@ -27,7 +27,12 @@ from lightning_viz.functional.captions import (
     stack_rows,
 )
 from lightning_viz.functional.images import panels_per_row, readable, to_uint8
-from lightning_viz.functional.scores import INDEPENDENT, randomized_forward, rank_correlation
+from lightning_viz.functional.scores import (
+    INDEPENDENT,
+    randomized_forward,
+    rank_correlation,
+    upper_half,
+)
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
 from lightning_viz.probes import Probes
 
@@ -311,9 +316,8 @@ class DeconvLogger(ProbeCallback):
         the trained network's, and a note for the layers at or above :data:`INDEPENDENT`."""
         if "sanity" not in self.scores:
             return {}
-        layers = sum(hasattr(m, "reset_parameters") for m in pl_module.modules())
         forward = randomized_forward(
-            pl_module, modules=-(-layers // 2), forward=self.probe_forward(pl_module)
+            pl_module, modules=upper_half(pl_module), forward=self.probe_forward(pl_module)
         )
         channels = {layer: found.channels for layer, found in projections.items()}
         randomized = project_layers(

@@ -37,6 +37,7 @@ from lightning_viz.functional.scores import (
     random_maps,
     randomized_forward,
     rank_correlation,
+    upper_half,
 )
 from lightning_viz.probes import Probes
 
@@ -267,23 +268,23 @@ class GradCAMLogger(ClassView):
                 if previous is not None and previous.shape == cam.shape:
                     found[f"{layer}|stability"] = rank_correlation(cam, previous.to(cam.device))
         if "sanity" in self.scores:
-            layers = sum(hasattr(m, "reset_parameters") for m in pl_module.modules())
-            randomized = randomized_forward(pl_module, modules=-(-layers // 2), forward=forward)
+            randomized = randomized_forward(
+                pl_module, modules=upper_half(pl_module), forward=forward
+            )
             random_maps_, _ = grad_cam_and_logits(
                 pl_module, probes.images, list(maps), explained, self._transform, randomized
             )
             for layer, cam in maps.items():
                 found[f"{layer}|sanity"] = rank_correlation(cam, random_maps_[layer])
+        size = tuple(probes.images.shape[-2:])
+        wanted = probes.boxes is not None or "faithfulness" in self.scores
+        heats = {layer: upsample(cam, size) for layer, cam in maps.items()} if wanted else {}
         if probes.boxes is not None:  # free: no forward
-            size = tuple(probes.images.shape[-2:])
-            for layer, cam in maps.items():
-                heat = upsample(cam, size)
+            for layer, heat in heats.items():
                 found[f"{layer}|pointing"] = pointing_game(heat, probes.boxes)
                 found[f"{layer}|energy"] = energy_in_box(heat, probes.boxes)
         if "faithfulness" in self.scores:
-            size = tuple(probes.images.shape[-2:])
-            for layer, cam in maps.items():
-                heat = upsample(cam, size)
+            for layer, heat in heats.items():
                 for key, order in (("deletion", heat), ("random", random_maps(heat))):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,

@@ -100,6 +100,13 @@ def _unit_range(maps: Tensor) -> Tensor:
     return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
 
 
+def upper_half(model: nn.Module) -> int:
+    """How many of ``model``'s parametrized layers (those with ``reset_parameters``) make its
+    upper half, rounded up: what the sanity scores re-initialize, top first."""
+    layers = sum(hasattr(m, "reset_parameters") for m in model.modules())
+    return -(-layers // 2)
+
+
 def randomized_parameters(
     model: nn.Module, modules: int | None = None, seed: int = 0
 ) -> dict[str, Tensor]:
