@@ -53,7 +53,8 @@ OCCLUSION_TARGETS = "occlusion/sensitivity/targets"
 
 SALIENCY = "saliency/{key}"
 """Image, SaliencyLogger: the probes and their gradient attribution maps (``key`` the method:
-``vanilla``, ``smoothgrad``, ``integrated_gradients`` or ``expected_gradients``)."""
+``vanilla``, ``smoothgrad``, ``integrated_gradients`` or ``expected_gradients``, and
+``vanilla_signed`` or ``smoothgrad_signed`` with ``absolute=False``)."""
 SALIENCY_TARGETS = "saliency/{key}/targets"
 """Text, SaliencyLogger: the class each map explains, the prediction and its probability."""
 
@@ -97,21 +98,24 @@ FEATURE_VIS_UNITS = "feature_vis/{layer}/units"
 
 SANITY = "sanity/{layer}"
 """Scalar, the explaining views with ``scores``: the mean rank correlation between each probe's
-map and the same map on the network randomized from the top (``layer`` is
-``<method>/<layer>``, e.g. ``gradcam/layer3``): near 1, the map does not depend on the learned
-weights."""
+map and the same map on the network with its upper half re-initialized (``layer`` is the tag of
+the view's image, e.g. ``gradcam/layer3``, ``saliency/vanilla``, ``occlusion/sensitivity``):
+near 1, the map does not depend on the learned weights."""
+SANITY_SSIM = "sanity/{layer}/ssim"
+"""Scalar, beside :data:`SANITY` (probes of at least 11 pixels a side): the mean SSIM of each
+probe's map, upsampled to the probe and min-max normalized, with the randomized network's."""
 STABILITY = "stability/{layer}"
-"""Scalar, with ``scores``: the mean rank correlation of each probe's map with the previous
-logged epoch's (``layer`` is ``<method>/<layer>``)."""
+"""Scalar, the explaining views (default): the mean rank correlation of each probe's map with
+the previous render's (``layer`` is the tag of the view's image)."""
 FAITHFULNESS = "faithfulness/{layer}/{key}"
 """Scalar, with ``scores``: ``key`` one of :data:`FAITHFULNESS_KEYS`, the mean area under the
-probes' deletion or insertion curve, and the deletion curve of a random order (``layer`` is
-``<method>/<layer>``)."""
+probes' deletion or insertion curve, and the deletion curve of a random order (``layer`` is the
+tag of the view's image)."""
 FAITHFULNESS_KEYS = ("deletion", "insertion", "deletion_random")
 LOCALIZATION = "localization/{layer}/{key}"
 """Scalar, the explaining views on probes with boxes: ``key`` one of :data:`LOCALIZATION_KEYS`,
 the share of maps whose peak lies in the probe's box and the mean share of their positive mass
-inside it (``layer`` is ``<method>/<layer>``)."""
+inside it (``layer`` is the tag of the view's image)."""
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"

@@ -122,6 +122,14 @@ def read_events(log_dir):
     return accumulator
 
 
+def text_rows(events, tag: str) -> list[list[str]]:
+    """The body cells of the markdown table in the latest text of ``tag`` (the header, and any
+    lines above the table, left out)."""
+    text = events.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
 def Classifier(model: nn.Module, lr: float = 0.01) -> ImageClassifier:
     """Any image classifier trained by plain SGD (for torchvision models and synthetic data)."""
     return ImageClassifier(model, lr=lr, momentum=0.0)

@@ -16,6 +16,7 @@ from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional import colorize, normalize, overlay, upsample
+from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
@@ -47,7 +48,7 @@ class CAMLogger(ClassView):
             ``DigitsCNN``. Give it when the search does not find it; its head must still be a
             global average and one linear layer.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, cmap, alpha,
-            output_transform, on_alert, strict, budget: as in
+            output_transform, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -62,6 +63,11 @@ class CAMLogger(ClassView):
       at least 96 pixels, over a colour bar that names the class explained.
     - ``cam/<layer>/targets`` (text): per probe, the class explained, the predicted class, its
       probability and the map's peak (its largest raw value; each image is scaled to its own).
+    - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
+      ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``<tag>`` being ``cam/<layer>``: the trust scores of the maps, as
+      :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
 
     How to read it: warm colors mark the places that raise the explained class's score most,
@@ -93,6 +99,7 @@ class CAMLogger(ClassView):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -112,6 +119,7 @@ class CAMLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            scores=scores,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
@@ -157,11 +165,11 @@ class CAMLogger(ClassView):
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
 
-    @override
-    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
+    def _maps_and_logits(
+        self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         [layer] = self._layers
-        maps, logits = class_activation_map(
+        return class_activation_map(
             pl_module,
             probes.images,
             targets,
@@ -170,14 +178,32 @@ class CAMLogger(ClassView):
             self._transform,
             self.probe_forward(pl_module),
         )
+
+    @override
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        [layer] = self._layers
+        return {tags.tag(tags.CAM, layer): self._maps_and_logits(pl_module, probes, explained)[0]}
+
+    @override
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        [layer] = self._layers
+        maps, logits = self._maps_and_logits(pl_module, probes, targets)
         self._check_finite(maps, f"the CAM of {layer!r}")
+        tag = tags.tag(tags.CAM, layer)
+        explained = target_index(targets, logits)
+        rating = self._rate(trainer, pl_module, probes, {tag: maps}, explained)[tag]
         *captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         heat = normalize(upsample(maps, tuple(display.shape[-2:])))
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         evidence = f"{layer}: CAM evidence for the {self._explained_class(targets)}"
-        tag = tags.tag(tags.CAM, layer)
-        self._log_panels(trainer, tag, display, overlays, captions, ("least", "most"), evidence)
+        self._log_panels(
+            trainer, tag, display, overlays, captions, ("least", "most"), evidence,
+            note=rating.note,
+        )  # fmt: skip
         peaks = [f"{peak:.3g}" for peak in maps.flatten(1).amax(dim=1).tolist()]
         table = self._with_columns(table, {"peak": peaks})
-        self.log_text(trainer, tags.tag(tags.CAM_TARGETS, layer), table)
+        self.log_text(trainer, tags.tag(tags.CAM_TARGETS, layer), self._rated_text(table, rating))

@@ -1,18 +1,21 @@
-"""What the probe views that explain a class score share: the target, the scores, the captions."""
+"""What the probe views that explain a class score share: the target, the captions, and the trust
+scores logged beside the maps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
+from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
+from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
-from lightning_viz.functional import class_scores, grid
-from lightning_viz.functional._validation import check_fraction, check_logits
+from lightning_viz.functional import class_scores, grid, upsample
+from lightning_viz.functional._validation import check_choices, check_fraction, check_logits
 from lightning_viz.functional.captions import (
     captioned_rows,
     class_name,
@@ -22,16 +25,64 @@ from lightning_viz.functional.captions import (
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import colormap_table, panels_per_row
+from lightning_viz.functional.scores import (
+    INDEPENDENT,
+    SSIM_SIGMA,
+    deletion_insertion,
+    energy_in_box,
+    pointing_game,
+    random_maps,
+    randomized_call,
+    rank_correlation,
+    structural_similarity,
+    upper_half,
+)
 from lightning_viz.probes import Probes
 
 Target = Literal["label", "pred"] | int | None
+
+SCORES = ("stability", "sanity", "faithfulness")
+"""The trust scores a class-explaining view can log beside its maps (``scores=``)."""
+DEFAULT_SCORES = ("stability",)
+"""The scores logged by default: stability costs nothing. Sanity repeats the view's explanation
+on the network with its upper half re-initialized (drawn anew at each render: vgg16's classifier
+alone is 120 million weights), faithfulness costs 4 x 17 forwards of the probes per map: opt-in
+with their cost stated."""
+STABLE = 0.9
+"""A view's maps count as settled while their mean rank correlation with the previous render's
+stays at or above this."""
+SSIM_SIDE = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
+"""The smallest probe side for the SSIM beside the sanity score (its Gaussian window's)."""
+COLUMNS = {
+    "stability": "stability",
+    "sanity": "sanity",
+    "ssim": "sanity SSIM",
+    "deletion": "deletion AUC",
+    "insertion": "insertion AUC",
+    "random": "random order's",
+    "pointing": "peak in box",
+    "energy": "energy in box",
+}
+"""The per-probe scores a view may measure for a map, and their text table's column headers."""
+
+
+class Rating(NamedTuple):
+    """What the scores of one view's maps say, for its image and its text."""
+
+    note: str | None
+    """The warnings to write under the image, if any."""
+    summary: str
+    """Whether the maps have settled, and the warnings: the lines above the text table."""
+    columns: dict[str, list[str]]
+    """Per-probe scores, a column per score for the text table."""
 
 
 class ClassView(ProbeCallback):
     """Base of the probe callbacks that explain one class score per probe (Grad-CAM, CAM,
     occlusion, saliency, LIME): checks at fit start that the model gives class scores and that
-    the target fits them, picks the class each probe explains, and captions panels with the
-    prediction."""
+    the target fits them, picks the class each probe explains, captions panels with the
+    prediction, and rates the maps with the trust scores (``scores=``, :meth:`_rate`): each
+    view gives its maps to rate with :meth:`score_maps`."""
 
     def __init__(
         self,
@@ -45,6 +96,7 @@ class ClassView(ProbeCallback):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -75,6 +127,9 @@ class ClassView(ProbeCallback):
         self.output_transform = output_transform
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
+        self.scores = check_choices("scores", scores, SCORES, DEFAULT_SCORES)
+        self.previous_maps: dict[str, torch.Tensor] = {}
+        self.stable_since: dict[str, int | None] = {}
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -175,6 +230,163 @@ class ClassView(ProbeCallback):
                 f"{what} has NaN or Inf: the probes, the model's outputs or its weights are not "
                 "finite"
             )
+
+    # ----------------------------------------------------------------------- trust scores
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The (N, h, w) maps the scores rate, of the probes for the ``explained`` classes,
+        keyed by the image tag they are shown under: what the view shows, before colouring.
+        The sanity score calls it again with the network's upper half re-initialized."""
+        raise NotImplementedError
+
+    def _rate(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        probes: Probes,
+        maps: dict[str, torch.Tensor],
+        explained: torch.Tensor,
+    ) -> dict[str, Rating]:
+        """Measure the scores of ``maps`` (what :meth:`score_maps` gives on the trained
+        network), log their means and keep the maps for the next render's stability; what
+        each tag's scores say."""
+        host = to_host(self._measure(pl_module, probes, maps, explained))
+        metrics, ratings = {}, {}
+        for method in maps:
+            self.previous_maps[method] = host.pop(f"{method}|maps").clone()
+            per_probe = {
+                key: host[f"{method}|{key}"] for key in COLUMNS if f"{method}|{key}" in host
+            }
+            mean = {key: values.nanmean().item() for key, values in per_probe.items()}
+            metrics |= self._score_metrics(method, mean)
+            lines = self._score_lines(trainer, method, mean)
+            ratings[method] = Rating(
+                note=" ".join(lines[1:]) or None,
+                summary="  \n".join(line for line in lines if line),
+                columns={
+                    COLUMNS[key]: [f"{v:.2f}" for v in values.tolist()]
+                    for key, values in per_probe.items()
+                },
+            )
+        self.log_scalars(trainer, metrics)
+        return ratings
+
+    def _measure(
+        self,
+        pl_module: pl.LightningModule,
+        probes: Probes,
+        maps: dict[str, torch.Tensor],
+        explained: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The per-probe scores of each tag's maps, on the device, keyed ``tag|score``, and the
+        maps themselves (``tag|maps``)."""
+        found = {f"{method}|maps": m for method, m in maps.items()}
+        if "stability" in self.scores:
+            for method, m in maps.items():
+                previous = self.previous_maps.get(method)
+                if previous is not None and previous.shape == m.shape:
+                    found[f"{method}|stability"] = rank_correlation(m, previous.to(m.device))
+        size = tuple(probes.images.shape[-2:])
+        ssim = "sanity" in self.scores and min(size) >= SSIM_SIDE
+        wanted = ssim or probes.boxes is not None or "faithfulness" in self.scores
+        heats = {method: upsample(m, size) for method, m in maps.items()} if wanted else {}
+        if "sanity" in self.scores:
+            randomized = randomized_call(
+                pl_module,
+                lambda: self.score_maps(pl_module, probes, explained),
+                modules=upper_half(pl_module),
+            )
+            for method, m in maps.items():
+                found[f"{method}|sanity"] = rank_correlation(m, randomized[method])
+                if ssim:
+                    random_heat = upsample(randomized[method], size)
+                    found[f"{method}|ssim"] = structural_similarity(heats[method], random_heat)
+        if probes.boxes is not None:  # free: no forward
+            for method, heat in heats.items():
+                found[f"{method}|pointing"] = pointing_game(heat, probes.boxes)
+                found[f"{method}|energy"] = energy_in_box(heat, probes.boxes)
+        if "faithfulness" in self.scores:
+            forward = self.probe_forward(pl_module)
+            for method, heat in heats.items():
+                for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
+                    curves = deletion_insertion(
+                        pl_module, probes.images, order, explained, forward=forward,
+                        output_transform=self._transform,
+                    )  # fmt: skip
+                    found[f"{method}|{key}"] = curves.deletion_auc
+                    if key == "deletion":
+                        found[f"{method}|insertion"] = curves.insertion_auc
+        return found
+
+    @staticmethod
+    def _score_metrics(method: str, mean: dict[str, float]) -> dict[str, float]:
+        """The scalars of one tag's mean scores."""
+        names = {
+            "stability": (tags.STABILITY, ""),
+            "sanity": (tags.SANITY, ""),
+            "ssim": (tags.SANITY_SSIM, ""),
+            "deletion": (tags.FAITHFULNESS, "deletion"),
+            "insertion": (tags.FAITHFULNESS, "insertion"),
+            "random": (tags.FAITHFULNESS, "deletion_random"),
+            "pointing": (tags.LOCALIZATION, "pointing_game"),
+            "energy": (tags.LOCALIZATION, "energy_in_box"),
+        }
+        return {tags.tag(names[key][0], method, names[key][1]): v for key, v in mean.items()}
+
+    def _score_lines(self, trainer: pl.Trainer, method: str, mean: dict[str, float]) -> list[str]:
+        """Whether the maps have settled (first, maybe empty), then the warnings."""
+        lines = [""]
+        if "stability" in mean:
+            settled = mean["stability"] >= STABLE
+            since = self.stable_since.get(method)
+            self.stable_since[method] = (
+                (trainer.current_epoch if since is None else since) if settled else None
+            )
+            lines[0] = (
+                f"stable since epoch {self.stable_since[method]} (rank correlation with the "
+                f"previous render {mean['stability']:.2f} >= {STABLE})"
+                if settled
+                else f"not settled: rank correlation with the previous render "
+                f"{mean['stability']:.2f} < {STABLE}"
+            )
+        if mean.get("sanity", 0.0) >= INDEPENDENT:
+            lines.append(
+                "The maps of the network with its upper half re-initialized are alike (rank "
+                f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
+                "on what the network learned."
+            )
+        if "deletion" in mean and mean["deletion"] >= mean["random"]:
+            lines.append(
+                "Deleting pixels in the maps' order lowers the class's probability no faster "
+                f"than a random order (deletion AUC {mean['deletion']:.2f} vs "
+                f"{mean['random']:.2f}): the maps are not faithful to the model."
+            )
+        return lines
+
+    def _rated_text(self, table: str, rating: Rating) -> str:
+        """The view's markdown ``table`` with the rating's columns, under its summary."""
+        text = self._with_columns(table, rating.columns) if rating.columns else table
+        return f"{rating.summary}\n\n{text}" if rating.summary else text
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "previous_maps": dict(self.previous_maps),
+            "stable_since": dict(self.stable_since),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.previous_maps = dict(state_dict.get("previous_maps", {}))
+        self.stable_since = dict(state_dict.get("stable_since", {}))
+
+    @override
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.previous_maps, self.stable_since = {}, {}
 
     def _log_panels(
         self,

@@ -12,7 +12,6 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
@@ -26,33 +25,10 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
-from lightning_viz.functional._validation import check_choices
+from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
-from lightning_viz.functional.scores import (
-    INDEPENDENT,
-    deletion_insertion,
-    energy_in_box,
-    pointing_game,
-    random_maps,
-    randomized_forward,
-    rank_correlation,
-    upper_half,
-)
 from lightning_viz.probes import Probes
-
-SCORES = ("stability", "sanity", "faithfulness")
-"""The trust scores GradCAMLogger can log beside its maps (``scores=``)."""
-DEFAULT_SCORES = ("stability",)
-"""The scores logged by default: stability costs nothing. Sanity costs one more Grad-CAM pass
-and re-initializing the upper half of the network at each render (vgg16's classifier alone is
-120 million weights), faithfulness 4 x 17 forwards of the probes per layer: opt-in until their
-cost is measured against the overhead promise."""
-STABLE = 0.9
-"""A layer's maps count as settled while their mean rank correlation with the previous render's
-stays at or above this."""
-SCORE_KEYS = ("stability", "sanity", "deletion", "insertion", "random", "pointing", "energy")
-"""The per-probe values :meth:`GradCAMLogger._measure` may give for a layer."""
 
 
 class GradCAMLogger(ClassView):
@@ -178,15 +154,13 @@ class GradCAMLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            scores=scores,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
         )
         self.guided = bool(guided)
-        self.scores = check_choices("scores", scores, SCORES, DEFAULT_SCORES)
         self._layers: dict[str, nn.Module] = {}
-        self.previous_maps: dict[str, torch.Tensor] = {}
-        self.stable_since: dict[str, int | None] = {}
 
     view = "Grad-CAM"
 
@@ -210,187 +184,77 @@ class GradCAMLogger(ClassView):
                 raise Unsuited(f"{source}: {error}") from None
             self._layers = {name: pl_module.get_submodule(name)}
 
+    def _explain(
+        self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Each layer's Grad-CAM map, the class scores, and with ``guided`` each layer's guided
+        Grad-CAM (N, C, H, W): guided backprop times the map upsampled to the probes."""
+        forward = self.probe_forward(pl_module)
+        cams, logits = grad_cam_and_logits(
+            pl_module, probes.images, list(self._layers), targets, self._transform, forward
+        )
+        if not self.guided:
+            return cams, logits, {}
+        gradients = guided_backprop(pl_module, probes.images, targets, self._transform, forward)
+        size = tuple(probes.images.shape[-2:])
+        guided = {
+            layer: gradients * normalize(upsample(cam, size))[:, None]
+            for layer, cam in cams.items()
+        }
+        return cams, logits, guided
+
+    @staticmethod
+    def _rated_maps(
+        cams: dict[str, torch.Tensor], guided: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The maps the scores rate: Grad-CAM's as they are, guided Grad-CAM's magnitudes (the
+        strongest channel per pixel, as Adebayo et al. compare them)."""
+        maps = {tags.tag(tags.GRADCAM, layer): cam for layer, cam in cams.items()}
+        return maps | {
+            tags.tag(tags.GRADCAM_GUIDED, layer): product.abs().amax(dim=1)
+            for layer, product in guided.items()
+        }
+
+    @override
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        cams, _, guided = self._explain(pl_module, probes, explained)
+        return self._rated_maps(cams, guided)
+
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
-        forward = self.probe_forward(pl_module)
-        maps, logits = grad_cam_and_logits(
-            pl_module, probes.images, list(self._layers), targets, self._transform, forward
-        )
-        guided = (
-            guided_backprop(pl_module, probes.images, targets, self._transform, forward)
-            if self.guided
-            else None
-        )
-        *captions, table = self._predictions(probes, logits, targets)
-        for layer, cam in maps.items():
+        cams, logits, guided = self._explain(pl_module, probes, targets)
+        for layer, cam in cams.items():
             self._check_finite(cam, f"the Grad-CAM map of {layer!r}")
-        explained = targets if targets is not None else logits.argmax(dim=1)
-        host = to_host(self._measure(pl_module, probes, maps, explained, forward))
-        notes, table = self._log_scores(trainer, host, list(maps), table)
+        *captions, table = self._predictions(probes, logits, targets)
+        ratings = self._rate(
+            trainer,
+            pl_module,
+            probes,
+            self._rated_maps(cams, guided),
+            target_index(targets, logits),
+        )
         display = readable(probes.display)
-        for layer, cam in maps.items():
+        for layer, cam in cams.items():
             heat = normalize(upsample(cam, tuple(display.shape[-2:])))
             overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
             evidence = f"{layer}: Grad-CAM evidence for the {self._explained_class(targets)}"
             tag = tags.tag(tags.GRADCAM, layer)
             self._log_panels(
                 trainer, tag, display, overlays, captions, ("none", "most"), evidence,
-                note=notes[layer],
+                note=ratings[tag].note,
             )  # fmt: skip
-            if guided is not None:
-                small_heat = normalize(upsample(cam, tuple(probes.images.shape[-2:])))
-                product = normalize_signed(guided * small_heat[:, None]).mean(dim=1, keepdim=True)
-                guided_tiles = readable(to_rgb(product))
+            self.log_text(
+                trainer,
+                tags.tag(tags.GRADCAM_TARGETS, layer),
+                self._rated_text(table, ratings[tag]),
+            )
+            if layer in guided:
+                product = normalize_signed(guided[layer]).mean(dim=1, keepdim=True)
                 tag = tags.tag(tags.GRADCAM_GUIDED, layer)
-                title = f"guided {evidence}"
                 self._log_panels(
-                    trainer, tag, display, guided_tiles, captions, ("-", "+"), title, "gray"
-                )
-        for layer in maps:
-            self.log_text(trainer, tags.tag(tags.GRADCAM_TARGETS, layer), table[layer])
-
-    # ----------------------------------------------------------------------------- scores
-    def _measure(
-        self,
-        pl_module: pl.LightningModule,
-        probes: Probes,
-        maps: dict[str, torch.Tensor],
-        explained: torch.Tensor,
-        forward: Any,
-    ) -> dict[str, torch.Tensor]:
-        """The per-probe scores of each layer's maps, on the device, keyed ``layer|score``, and
-        the maps themselves (``layer|maps``, kept for the next render's stability)."""
-        found = {f"{layer}|maps": cam for layer, cam in maps.items()}
-        if "stability" in self.scores:
-            for layer, cam in maps.items():
-                previous = self.previous_maps.get(layer)
-                if previous is not None and previous.shape == cam.shape:
-                    found[f"{layer}|stability"] = rank_correlation(cam, previous.to(cam.device))
-        if "sanity" in self.scores:
-            randomized = randomized_forward(
-                pl_module, modules=upper_half(pl_module), forward=forward
-            )
-            random_maps_, _ = grad_cam_and_logits(
-                pl_module, probes.images, list(maps), explained, self._transform, randomized
-            )
-            for layer, cam in maps.items():
-                found[f"{layer}|sanity"] = rank_correlation(cam, random_maps_[layer])
-        size = tuple(probes.images.shape[-2:])
-        wanted = probes.boxes is not None or "faithfulness" in self.scores
-        heats = {layer: upsample(cam, size) for layer, cam in maps.items()} if wanted else {}
-        if probes.boxes is not None:  # free: no forward
-            for layer, heat in heats.items():
-                found[f"{layer}|pointing"] = pointing_game(heat, probes.boxes)
-                found[f"{layer}|energy"] = energy_in_box(heat, probes.boxes)
-        if "faithfulness" in self.scores:
-            for layer, heat in heats.items():
-                for key, order in (("deletion", heat), ("random", random_maps(heat))):
-                    curves = deletion_insertion(
-                        pl_module, probes.images, order, explained, forward=forward,
-                        output_transform=self._transform,
-                    )  # fmt: skip
-                    found[f"{layer}|{key}"] = curves.deletion_auc
-                    if key == "deletion":
-                        found[f"{layer}|insertion"] = curves.insertion_auc
-        return found
-
-    def _log_scores(
-        self, trainer: pl.Trainer, host: dict[str, torch.Tensor], layers: list[str], table: str
-    ) -> tuple[dict[str, str | None], dict[str, str]]:
-        """Log each layer's mean scores; the warning under its image (or None) and its text
-        table, with the per-probe scores and whether the maps have settled above it."""
-        metrics, notes, tables = {}, {}, {}
-        for layer in layers:
-            self.previous_maps[layer] = host[f"{layer}|maps"].clone()
-            per_probe = {
-                key: host[f"{layer}|{key}"] for key in SCORE_KEYS if f"{layer}|{key}" in host
-            }
-            mean = {key: values.mean().item() for key, values in per_probe.items()}
-            metrics |= self._score_metrics(tags.tag(tags.GRADCAM, layer), mean)
-            lines = self._score_lines(trainer, layer, mean)
-            notes[layer] = " ".join(lines[1:]) or None
-            columns = {
-                name: [f"{v:.2f}" for v in per_probe[key].tolist()]
-                for key, name in (
-                    ("stability", "stability"),
-                    ("sanity", "sanity"),
-                    ("deletion", "deletion AUC"),
-                    ("random", "random order's"),
-                    ("pointing", "peak in box"),
-                    ("energy", "energy in box"),
-                )
-                if key in per_probe
-            }
-            text = self._with_columns(table, columns) if columns else table
-            said = "  \n".join(line for line in lines if line)
-            tables[layer] = f"{said}\n\n{text}" if said else text
-        if metrics:
-            self.log_scalars(trainer, metrics)
-        return notes, tables
-
-    @staticmethod
-    def _score_metrics(method: str, mean: dict[str, float]) -> dict[str, float]:
-        metrics = {}
-        if "stability" in mean:
-            metrics[tags.tag(tags.STABILITY, method)] = mean["stability"]
-        if "sanity" in mean:
-            metrics[tags.tag(tags.SANITY, method)] = mean["sanity"]
-        for key, name in (("deletion", "deletion"), ("insertion", "insertion")):
-            if key in mean:
-                metrics[tags.tag(tags.FAITHFULNESS, method, name)] = mean[key]
-        if "random" in mean:
-            metrics[tags.tag(tags.FAITHFULNESS, method, "deletion_random")] = mean["random"]
-        for key, name in (("pointing", "pointing_game"), ("energy", "energy_in_box")):
-            if key in mean:
-                metrics[tags.tag(tags.LOCALIZATION, method, name)] = mean[key]
-        return metrics
-
-    def _score_lines(self, trainer: pl.Trainer, layer: str, mean: dict[str, float]) -> list[str]:
-        """Whether the maps have settled (first, maybe empty), then the warnings."""
-        lines = [""]
-        if "stability" in mean:
-            settled = mean["stability"] >= STABLE
-            since = self.stable_since.get(layer)
-            self.stable_since[layer] = (
-                (trainer.current_epoch if since is None else since) if settled else None
-            )
-            lines[0] = (
-                f"stable since epoch {self.stable_since[layer]} (rank correlation with the "
-                f"previous render {mean['stability']:.2f} >= {STABLE})"
-                if settled
-                else f"not settled: rank correlation with the previous render "
-                f"{mean['stability']:.2f} < {STABLE}"
-            )
-        if mean.get("sanity", 0.0) >= INDEPENDENT:
-            lines.append(
-                "The maps of the network with its upper half re-initialized are alike (rank "
-                f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
-                "on what the network learned."
-            )
-        if "deletion" in mean and mean["deletion"] >= mean["random"]:
-            lines.append(
-                "Deleting pixels in the maps' order lowers the class's probability no faster "
-                f"than a random order (deletion AUC {mean['deletion']:.2f} vs "
-                f"{mean['random']:.2f}): the maps are not faithful to the model."
-            )
-        return lines
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "previous_maps": dict(self.previous_maps),
-            "stable_since": dict(self.stable_since),
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.previous_maps = dict(state_dict.get("previous_maps", {}))
-        self.stable_since = dict(state_dict.get("stable_since", {}))
-
-    @override
-    def reset_state(self) -> None:
-        super().reset_state()
-        self.previous_maps, self.stable_since = {}, {}
+                    trainer, tag, display, readable(to_rgb(product)), captions, ("-", "+"),
+                    f"guided {evidence}", "gray", note=ratings[tag].note,
+                )  # fmt: skip

@@ -21,10 +21,11 @@ from lightning_viz.functional._validation import (
     check_fraction,
     check_int,
     check_pair,
+    target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
-from lightning_viz.functional.lime import grid_segments, lime, slic_segments
+from lightning_viz.functional.lime import LimeExplanation, grid_segments, lime, slic_segments
 from lightning_viz.probes import Probes
 
 Segmentation = Literal["auto", "slic", "grid"]
@@ -65,7 +66,7 @@ class LIMELogger(ClassView):
             class's probability, blue ones lower it).
         alpha: map opacity over the probe.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); probes that do not fit the model, labels
@@ -80,6 +81,11 @@ class LIMELogger(ClassView):
       below names the class explained.
     - ``lime/weights/targets`` (text): per probe, the class explained, the prediction, its
       probability, the largest segment weight and the surrogate's weighted R^2.
+    - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
+      ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``<tag>`` being ``lime/weights``: the trust scores of the maps, as
+      :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
 
     How to read it: red segments are those whose presence the surrogate credits with the
@@ -117,6 +123,7 @@ class LIMELogger(ClassView):
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -131,6 +138,7 @@ class LIMELogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            scores=scores,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
@@ -176,15 +184,14 @@ class LIMELogger(ClassView):
     def watching(self) -> str:
         return f"LIME ({self._segmentation} segments) on {len(self.probes)} probes"
 
-    @override
-    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
-        logits = self._class_logits(pl_module, probes)
-        explanation = lime(
+    def _explanation(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> LimeExplanation:
+        return lime(
             pl_module,
             probes.images,
             self._labels,
-            targets,
+            explained,
             self.samples,
             self.keep,
             self.baseline,
@@ -193,7 +200,21 @@ class LIMELogger(ClassView):
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
         )
+
+    @override
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {tags.LIME: self._explanation(pl_module, probes, explained).maps}
+
+    @override
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        logits = self._class_logits(pl_module, probes)
+        explained = target_index(targets, logits)
+        explanation = self._explanation(pl_module, probes, explained)
         self._check_finite(explanation.maps, "the LIME weights")
+        rating = self._rate(trainer, pl_module, probes, {tags.LIME: explanation.maps}, explained)
         display = readable(probes.display)
         labels = readable(self._labels[:, None].float())[:, 0]
         heat = normalize_signed(readable(explanation.maps[:, None])[:, 0], percentile=100)
@@ -205,9 +226,11 @@ class LIMELogger(ClassView):
         *captions, table = self._predictions(probes, logits, targets)
         title = f"LIME: segment weight for the {self._explained_class(targets)}'s probability"
         ends = ("lowers", "raises")
-        self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title)
+        note = rating[tags.LIME].note
+        self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {
             "largest weight": [f"{w:.3f}" for w in explanation.weights.abs().amax(dim=1).tolist()],
             "R^2": [f"{score:.2f}" for score in explanation.score.tolist()],
         }
-        self.log_text(trainer, tags.LIME_TARGETS, self._with_columns(table, columns))
+        table = self._with_columns(table, columns)
+        self.log_text(trainer, tags.LIME_TARGETS, self._rated_text(table, rating[tags.LIME]))

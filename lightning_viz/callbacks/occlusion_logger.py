@@ -14,7 +14,12 @@ from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.class_view import ClassView, Target
 from lightning_viz.functional import colorize, normalize_signed, overlay, upsample
-from lightning_viz.functional._validation import check_finite_number, check_int, check_pair
+from lightning_viz.functional._validation import (
+    check_finite_number,
+    check_int,
+    check_pair,
+    target_index,
+)
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.occlusion import occlusion
@@ -41,7 +46,7 @@ class OcclusionLogger(ClassView):
         max_batch: the most occluded images per forward (memory: that many images'
             activations); default 64 on a CPU, 256 on an accelerator.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
             lowers the probability, blue where it raises it).
         alpha: heatmap opacity over the probe.
@@ -58,6 +63,11 @@ class OcclusionLogger(ClassView):
       a colour bar below names the class explained and the patch size.
     - ``occlusion/sensitivity/targets`` (text): per probe, the class explained, the prediction,
       its probability and the largest drop of the explained class's probability.
+    - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
+      ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``<tag>`` being ``occlusion/sensitivity``: the trust scores of the maps, as
+      :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
 
     How to read it: red marks the parts the network needs for the class: hiding them lowers its
@@ -92,6 +102,7 @@ class OcclusionLogger(ClassView):
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -106,6 +117,7 @@ class OcclusionLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            scores=scores,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
@@ -136,14 +148,14 @@ class OcclusionLogger(ClassView):
         height, width = self._window
         return f"occlusion ({height}x{width} patches) on {len(self.probes)} probes"
 
-    @override
-    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
-        logits = self._class_logits(pl_module, probes)
-        sensitivity = occlusion(
+    def _sensitivity(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, H, W): how much hiding the patch around each pixel lowers the probability."""
+        return occlusion(
             pl_module,
             probes.images,
-            targets,
+            explained,
             self._window,
             self._stride,
             self.baseline,
@@ -151,16 +163,35 @@ class OcclusionLogger(ClassView):
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
         )
+
+    @override
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {tags.OCCLUSION: self._sensitivity(pl_module, probes, explained)}
+
+    @override
+    def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
+        targets = self._targets(probes)
+        logits = self._class_logits(pl_module, probes)
+        explained = target_index(targets, logits)
+        sensitivity = self._sensitivity(pl_module, probes, explained)
         self._check_finite(sensitivity, "the occlusion map")
+        rating = self._rate(trainer, pl_module, probes, {tags.OCCLUSION: sensitivity}, explained)
         *captions, table = self._predictions(probes, logits, targets)
         display = readable(probes.display)
         heat = normalize_signed(upsample(sensitivity, tuple(display.shape[-2:])), percentile=100)
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         height, width = self._window
-        explained = self._explained_class(targets)
-        title = f"occlusion, {height}x{width} patch: drop of the {explained}'s probability"
+        explained_class = self._explained_class(targets)
+        title = f"occlusion, {height}x{width} patch: drop of the {explained_class}'s probability"
         ends = ("rises", "drops")
-        self._log_panels(trainer, tags.OCCLUSION, display, overlays, captions, ends, title)
+        self._log_panels(
+            trainer, tags.OCCLUSION, display, overlays, captions, ends, title,
+            note=rating[tags.OCCLUSION].note,
+        )  # fmt: skip
         drops = [f"{drop:.3f}" for drop in sensitivity.flatten(1).amax(dim=1).tolist()]
         table = self._with_columns(table, {"largest drop": drops})
-        self.log_text(trainer, tags.OCCLUSION_TARGETS, table)
+        self.log_text(
+            trainer, tags.OCCLUSION_TARGETS, self._rated_text(table, rating[tags.OCCLUSION])
+        )

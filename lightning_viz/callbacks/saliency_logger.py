@@ -27,6 +27,7 @@ from lightning_viz.functional._validation import (
     check_finite_number,
     check_int,
     check_non_negative,
+    target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
@@ -61,6 +62,10 @@ class SaliencyLogger(ClassView):
     Args:
         method: one of ``"vanilla"``, ``"smoothgrad"``, ``"integrated_gradients"``,
             ``"expected_gradients"``.
+        absolute: vanilla and SmoothGrad show the gradient's magnitude (default); False shows
+            its sign instead (red for, blue against the class, summed over colour channels),
+            logged as ``saliency/vanilla_signed`` or ``saliency/smoothgrad_signed``. The
+            integrated and expected gradients are always signed.
         samples: noisy copies (SmoothGrad) or baseline draws (expected gradients) per probe.
         steps: Gauss-Legendre points along the path (integrated gradients).
         stdev: SmoothGrad's noise; None: 15% of the probes' value range.
@@ -72,7 +77,7 @@ class SaliencyLogger(ClassView):
             SmoothGrad, ``"RdBu_r"`` (red for, blue against the class) for the signed methods.
         alpha: map opacity over the probe (1: the map alone).
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); probes that do not fit the model or labels
@@ -86,6 +91,11 @@ class SaliencyLogger(ClassView):
       a colour bar below names the method and the class explained.
     - ``saliency/<method>/targets`` (text): per probe, the class explained, the prediction and
       its probability.
+    - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
+      ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``<tag>`` being ``saliency/<method>``: the trust scores of the maps, as
+      :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).
 
     How to read it: bright (or red) pixels are those whose change would move the class's score
@@ -110,6 +120,7 @@ class SaliencyLogger(ClassView):
     def __init__(
         self,
         method: Method = "smoothgrad",
+        absolute: bool = True,
         samples: int = 16,
         steps: int = 16,
         stdev: float | None = None,
@@ -124,11 +135,15 @@ class SaliencyLogger(ClassView):
         cmap: str | None = None,
         alpha: float = 0.85,
         output_transform: OutputTransform | None = None,
+        scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
     ) -> None:
         self.method = check_choice("method", method, METHODS)
+        self.absolute = bool(absolute)
+        self.signed = self.method in SIGNED or not self.absolute
+        self.key = self.method if self.method in SIGNED or self.absolute else f"{method}_signed"
         super().__init__(
             target=target,
             probes=probes,
@@ -136,9 +151,10 @@ class SaliencyLogger(ClassView):
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
             class_names=class_names,
-            cmap=cmap or ("RdBu_r" if self.method in SIGNED else "inferno"),
+            cmap=cmap or ("RdBu_r" if self.signed else "inferno"),
             alpha=alpha,
             output_transform=output_transform,
+            scores=scores,
             on_alert=on_alert,
             strict=strict,
             budget=budget,
@@ -151,11 +167,11 @@ class SaliencyLogger(ClassView):
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
-        return {"method": self.method, "target": self.target}
+        return {"method": self.key, "target": self.target}
 
     @override
     def watching(self) -> str:
-        return f"saliency ({self.method}) on {len(self.probes)} probes"
+        return f"saliency ({self.key}) on {len(self.probes)} probes"
 
     def attributions(
         self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None
@@ -163,37 +179,57 @@ class SaliencyLogger(ClassView):
         """(N, C, H, W) attributions of the probes by the callback's method."""
         images, forward = probes.images, self.probe_forward(pl_module)
         if self.method == "vanilla":
-            return saliency(pl_module, images, targets, True, self._transform, forward)
+            return saliency(pl_module, images, targets, self.absolute, self._transform, forward)
         batched = {
             "output_transform": self._transform,
             "forward": forward,
             "max_batch": self.max_batch,
         }
         if self.method == "smoothgrad":
-            return smooth_grad(pl_module, images, targets, self.samples, self.stdev, **batched)
+            return smooth_grad(
+                pl_module, images, targets, self.samples, self.stdev, self.absolute, **batched
+            )
         if self.method == "integrated_gradients":
             return integrated_gradients(
                 pl_module, images, targets, self.baseline, self.steps, **batched
             )
         return expected_gradients(pl_module, images, images, targets, self.samples, **batched)
 
+    def _reduced(self, attributions: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) maps of (N, C, H, W) attributions: signed ones summed over colour channels
+        (evidence for and against keeps its sign), magnitudes' strongest channel per pixel
+        (Simonyan et al.)."""
+        if self.signed:
+            return attributions.sum(dim=1)
+        return attributions.amax(dim=1)
+
+    @override
+    def score_maps(
+        self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        reduced = self._reduced(self.attributions(pl_module, probes, explained))
+        return {tags.tag(tags.SALIENCY, "", self.key): reduced}
+
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         targets = self._targets(probes)
         logits = self._class_logits(pl_module, probes)
-        explained = logits.argmax(dim=1) if targets is None else targets  # no second forward
+        explained = target_index(targets, logits)  # no second forward
         attributions = self.attributions(pl_module, probes, explained)
         self._check_finite(attributions, f"the {self.method} map")
+        reduced = self._reduced(attributions)
+        tag = tags.tag(tags.SALIENCY, "", self.key)
+        rating = self._rate(trainer, pl_module, probes, {tag: reduced}, explained)[tag]
         display = readable(probes.display)
-        signed = self.method in SIGNED
-        if signed:  # evidence for and against: the sum over colour channels keeps the sign
-            heat = normalize_signed(readable(attributions.sum(dim=1, keepdim=True))[:, 0])
-        else:  # magnitudes: the strongest channel per pixel (Simonyan et al.)
-            heat = normalize_magnitude(readable(attributions.amax(dim=1, keepdim=True))[:, 0])
+        scaled = readable(reduced[:, None])[:, 0]
+        heat = normalize_signed(scaled) if self.signed else normalize_magnitude(scaled)
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)
         *captions, table = self._predictions(probes, logits, targets)
-        title = f"{self.method}: attribution to the {self._explained_class(targets)}'s score"
-        ends = ("against", "for") if signed else ("none", "most")
-        tag = tags.tag(tags.SALIENCY, "", self.method)
-        self._log_panels(trainer, tag, display, maps, captions, ends, title)
-        self.log_text(trainer, tags.tag(tags.SALIENCY_TARGETS, "", self.method), table)
+        title = f"{self.key}: attribution to the {self._explained_class(targets)}'s score"
+        ends = ("against", "for") if self.signed else ("none", "most")
+        self._log_panels(trainer, tag, display, maps, captions, ends, title, note=rating.note)
+        self.log_text(
+            trainer,
+            tags.tag(tags.SALIENCY_TARGETS, "", self.key),
+            self._rated_text(table, rating),
+        )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,8 @@ from lightning_viz.functional._capture import Forward
 from lightning_viz.functional._pass import default_max_batch
 from lightning_viz.functional._validation import check_int, check_logits, target_index
 from lightning_viz.functional.gradcam import OutputTransform, class_scores
+
+T = TypeVar("T")
 
 
 def _ranks(values: Tensor) -> Tensor:
@@ -135,31 +137,43 @@ def randomized_parameters(
 
 
 class _Calling(nn.Module):
-    """Runs ``forward`` (which calls ``model``) as its own forward, with ``model`` as its child
+    """Runs ``run()`` (which uses ``model``) as its own forward, with ``model`` as its child
     ``inner``, so that ``functional_call`` can swap ``model``'s tensors for the call."""
 
-    def __init__(self, model: nn.Module, forward: Forward) -> None:
+    def __init__(self, model: nn.Module, run: Callable[[], Any]) -> None:
         super().__init__()
         self.inner = model
-        self.runs = (forward,)  # in a tuple: a module assigned directly would be a second child
+        self.runs = (run,)  # in a tuple: a module assigned directly would be a second child
 
-    def forward(self, inputs: Tensor) -> Any:
-        return self.runs[0](inputs)
+    def forward(self) -> Any:
+        return self.runs[0]()
+
+
+def _swapped_call(model: nn.Module, tensors: dict[str, Tensor], run: Callable[[], T]) -> T:
+    """``run()`` with ``tensors`` swapped in for ``model``'s own for the call."""
+    replaced = {f"inner.{name}": value for name, value in tensors.items()}
+    return torch.func.functional_call(_Calling(model, run), replaced, (), strict=False)
+
+
+def randomized_call(
+    model: nn.Module, run: Callable[[], T], modules: int | None = None, seed: int = 0
+) -> T:
+    """``run()`` with :func:`randomized_parameters` swapped in for ``model``'s tensors for the
+    call (``torch.func.functional_call``), without copying the model: whatever ``run`` computes
+    with the model (an explanation, forwards and backwards, reading a layer's weights) is the
+    randomized network's, and the model's own tensors are back when it returns or raises. Hooks
+    on its modules fire as usual."""
+    return _swapped_call(model, randomized_parameters(model, modules, seed), run)
 
 
 def randomized_forward(
     model: nn.Module, modules: int | None = None, seed: int = 0, forward: Forward | None = None
 ) -> Forward:
     """How to run ``model`` (or ``forward``, which calls it) with :func:`randomized_parameters`
-    swapped in for the call (``torch.func.functional_call``), without copying the model: its own
-    tensors are back when the call returns or raises. Hooks on its modules fire as usual."""
-    calling = _Calling(model, forward or model)
-    replaced = {f"inner.{k}": v for k, v in randomized_parameters(model, modules, seed).items()}
-
-    def run(inputs: Tensor) -> Any:
-        return torch.func.functional_call(calling, replaced, (inputs,), strict=False)
-
-    return run
+    swapped in for each call, as :func:`randomized_call` does; the draws are made once."""
+    tensors = randomized_parameters(model, modules, seed)
+    run = forward or model
+    return lambda inputs: _swapped_call(model, tensors, lambda: run(inputs))
 
 
 def randomized_copy(model: nn.Module, modules: int | None = None, seed: int = 0) -> nn.Module:

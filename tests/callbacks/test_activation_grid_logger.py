@@ -24,6 +24,7 @@ from tests.helpers import (
     hook_count,
     image_pixels,
     read_events,
+    text_rows,
 )
 
 EPOCH_ENDS = [23, 46, 69]
@@ -36,13 +37,6 @@ GRID_HEIGHT = 10 * BLOCK + 11 * GAP
 """Ten probes' blocks, one under the other; below, the colour bar and a note."""
 WIDTH = 3 * (TILE + 2) - 2 + 2 * GAP
 """Three tiles: as narrow as TensorBoard's card."""
-
-
-def table_rows(events, layer: str) -> list[list[str]]:
-    """The cells of the latest ``activation_grid/<layer>/channels`` table, header left out."""
-    entry = events.Tensors(f"activation_grid/{layer}/channels/text_summary")[-1]
-    text = entry.tensor_proto.string_val[0].decode()
-    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
 
 
 def shown_channels(row: list[str]) -> list[int]:
@@ -70,7 +64,7 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         # captions, blocks 6 apart, then the colour bar (title, ramp) and a note of three lines
         width = WIDTH
         assert {(i.width, i.height) for i in images} == {(width, GRID_HEIGHT + 5 * BAND)}
-        rows = table_rows(events, layer)
+        rows = text_rows(events, f"activation_grid/{layer}/channels")
         assert [row[1] for row in rows] == [str(c) for c in range(10)]  # the probes' classes
         channels = [shown_channels(row) for row in rows]
         assert channels == expected[layer].channels.tolist()

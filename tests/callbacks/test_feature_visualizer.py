@@ -12,18 +12,12 @@ from lightning_viz.callbacks.feature_visualizer import FIT_START, FeatureVisuali
 from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.testing import ImageClassifier
 from tests.callbacks.test_neutrality import assert_same_training, train
-from tests.helpers import DigitsClassifier, fit, hook_count, read_events
+from tests.helpers import DigitsClassifier, fit, hook_count, read_events, text_rows
 
 LAYERS = ["model.features.2", "model.features.10"]
 LOGGED_STEPS = [0, 23, 46]
 """Fit start, then the end of each of the two epochs."""
 FAST = {"steps": 16, "warm_steps": 8}
-
-
-def units_table(events, layer: str) -> list[list[str]]:
-    entry = events.Tensors(f"feature_vis/{layer}/units/text_summary")[-1]
-    text = entry.tensor_proto.string_val[0].decode()
-    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
 
 
 def test_grids_objective_and_units_at_fit_start_and_every_epoch(tmp_path):
@@ -49,7 +43,7 @@ def test_grids_objective_and_units_at_fit_start_and_every_epoch(tmp_path):
         assert [s.step for s in scalars] == LOGGED_STEPS
         expected = torch.tensor(visualizer.objectives[layer]).mean(dim=1)
         assert torch.allclose(torch.tensor([s.value for s in scalars]), expected, rtol=1e-5)
-        rows = units_table(events, layer)
+        rows = text_rows(events, f"feature_vis/{layer}/units")
         assert [row[0] for row in rows] == [f"ch {u}" for u in units]
         table = torch.tensor([[float(v) for v in row[1:]] for row in rows])
         assert torch.allclose(table, torch.tensor(visualizer.objectives[layer]).T, rtol=1e-3)

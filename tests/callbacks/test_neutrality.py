@@ -71,17 +71,19 @@ def test_probes_from_the_shuffled_training_loader_leave_training_bit_identical(t
 
 
 def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
+    """Every callback, with every trust score: the sanity passes swap randomized tensors into
+    the training model for one call, and their draws come from their own seed."""
     without = train(tmp_path / "without", [])
     callbacks = [
         FilterMonitor(image_layers="all", strict=True),
         ActivationMonitor(every_n_steps=1, strict=True),
-        GradCAMLogger(strict=True),
-        DeconvLogger(rule="guided", strict=True),
-        OcclusionLogger(strict=True),
-        SaliencyLogger(method="expected_gradients", samples=4, strict=True),
-        LIMELogger(samples=16, strict=True),
+        GradCAMLogger(guided=True, scores=True, strict=True),
+        DeconvLogger(rule="guided", scores=True, strict=True),
+        OcclusionLogger(scores=True, strict=True),
+        SaliencyLogger(method="expected_gradients", samples=4, scores=True, strict=True),
+        LIMELogger(samples=16, scores=True, strict=True),
         ActivationGridLogger(strict=True),
-        CAMLogger(strict=True),
+        CAMLogger(scores=True, strict=True),
         FeatureVisualizer(steps=8, warm_steps=4, strict=True),
         EmbeddingLogger(strict=True),
         TopPatchesLogger(strict=True),

@@ -17,12 +17,8 @@ from tests.helpers import (
     make_trainer,
     pointing_game,
     read_events,
+    text_rows,
 )
-
-
-def text_rows(events, tag: str) -> list[list[str]]:
-    text = events.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
-    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
 
 
 def test_occlusion_images_at_every_logged_epoch_with_captions_and_the_largest_drops(tmp_path):

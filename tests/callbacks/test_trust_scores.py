@@ -1,18 +1,36 @@
-"""The trust scores of GradCAMLogger and DeconvLogger through a real Trainer: values, warnings,
-neutrality."""
+"""The trust scores of the explaining views and DeconvLogger through a real Trainer: values,
+warnings, neutrality, and the published direction of the randomization test."""
 
 import pytest
 import torch
+import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_viz.callbacks.gradcam_logger as gradcam_logger
-from lightning_viz import DeconvLogger, GradCAMLogger, Probes
-from lightning_viz.functional import grad_cam, upsample
+import lightning_viz.callbacks.class_view as class_view
+from lightning_viz import (
+    CAMLogger,
+    DeconvLogger,
+    GradCAMLogger,
+    LIMELogger,
+    OcclusionLogger,
+    Probes,
+    SaliencyLogger,
+)
+from lightning_viz.functional import (
+    class_activation_map,
+    grad_cam,
+    lime,
+    occlusion,
+    saliency,
+    upsample,
+)
 from lightning_viz.functional.scores import (
     deletion_insertion,
     random_maps,
+    randomized_copy,
     randomized_forward,
     rank_correlation,
+    structural_similarity,
     upper_half,
 )
 from lightning_viz.testing import ShapesCNN, shapes_task
@@ -54,10 +72,14 @@ def test_scores_equal_the_functional_ones_on_the_final_model(tmp_path):
     assert sanity[-1][1] == pytest.approx(
         rank_correlation(final, random_cam).mean().item(), abs=1e-5
     )
+    ssim = structural_similarity(upsample(final, (32, 32)), upsample(random_cam, (32, 32)))
+    assert scalar(events, f"sanity/gradcam/{LAYER}/ssim")[-1][1] == pytest.approx(
+        ssim.mean().item(), abs=1e-5
+    )
     # stability from the second render on, against the previous render's maps
     stability = scalar(events, f"stability/gradcam/{LAYER}")
     assert [step for step, _ in stability] == RENDERS[1:]
-    assert torch.allclose(logger.previous_maps[LAYER], final, atol=1e-5)
+    assert torch.allclose(logger.previous_maps[f"gradcam/{LAYER}"], final, atol=1e-5)
     heat = upsample(final, (32, 32))
     curves = deletion_insertion(module, probes, heat, labels)
     unranked = deletion_insertion(module, probes, random_maps(heat), labels)
@@ -76,13 +98,89 @@ def test_scores_equal_the_functional_ones_on_the_final_model(tmp_path):
     )
     text = text_at(events, 69)
     assert text.startswith(("stable since epoch", "not settled: rank correlation"))
-    assert "| stability | sanity | deletion AUC | random order's |" in text.splitlines()[2]
+    header = "| stability | sanity | sanity SSIM | deletion AUC | insertion AUC | random order's |"
+    assert header in text.splitlines()[2]
+
+
+VIEWS = {
+    "occlusion": (
+        lambda: OcclusionLogger(scores=True, strict=True),
+        "occlusion/sensitivity",
+        lambda model, logger, images, labels: occlusion(
+            model, images, labels, logger._window, logger._stride
+        ),
+    ),
+    "signed gradient": (
+        lambda: SaliencyLogger("vanilla", absolute=False, scores=True, strict=True),
+        "saliency/vanilla_signed",
+        lambda model, logger, images, labels: saliency(model, images, labels, False).sum(dim=1),
+    ),
+    "smoothgrad": (
+        lambda: SaliencyLogger(samples=4, scores=True, strict=True),
+        "saliency/smoothgrad",
+        None,  # its noise is the callback's: the sanity value is checked by the others
+    ),
+    "cam": (
+        lambda: CAMLogger(scores=True, strict=True),
+        f"cam/{LAYER}",
+        lambda model, logger, images, labels: class_activation_map(model, images, labels)[0],
+    ),
+    "lime": (
+        lambda: LIMELogger(samples=32, scores=True, strict=True),
+        "lime/weights",
+        lambda model, logger, images, labels: (
+            lime(
+                model,
+                images,
+                logger._labels,
+                labels,
+                32,
+                logger.keep,
+                logger.baseline,
+                seed=logger.seed,
+            ).maps
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_explaining_view_logs_the_scores_of_what_it_shows(tmp_path, view):
+    """Sanity against a deep copy randomized the same way, faithfulness against the functional
+    curves, stability from the second render: the scores rate the map the image shows."""
+    make, tag, explain = VIEWS[view]
+    logger = make()
+    module = DigitsClassifier("sgd", 0.05)
+    fit(module, [logger], tmp_path, epochs=2)
+    events = read_events(tmp_path)
+    renders = [0, 23, 46]
+    assert [step for step, _ in scalar(events, f"sanity/{tag}")] == renders
+    assert [step for step, _ in scalar(events, f"sanity/{tag}/ssim")] == renders
+    assert [step for step, _ in scalar(events, f"stability/{tag}")] == renders[1:]
+    for key in ("deletion", "insertion", "deletion_random"):
+        assert [step for step, _ in scalar(events, f"faithfulness/{tag}/{key}")] == renders
+    text = events.Tensors(f"{tag}/targets/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert text.startswith(("stable since epoch", "not settled: rank correlation")), text
+    assert "| stability | sanity | sanity SSIM | deletion AUC |" in text
+    if explain is None:
+        return
+    module.eval()
+    images, labels = logger.probes.images, logger.probes.labels
+    trained = explain(module, logger, images, labels)
+    copy = randomized_copy(module, modules=upper_half(module)).eval()
+    randomized = explain(copy, logger, images, labels)
+    expected = rank_correlation(trained, randomized).mean().item()
+    assert scalar(events, f"sanity/{tag}")[-1][1] == pytest.approx(expected, abs=1e-4)
+    heat = upsample(trained, (32, 32))
+    deletion = deletion_insertion(module, images, heat, labels).deletion_auc.mean().item()
+    found = scalar(events, f"faithfulness/{tag}/deletion")[-1][1]
+    assert found == pytest.approx(deletion, abs=1e-4)
 
 
 def test_a_map_alike_on_the_randomized_network_is_marked_in_image_and_text(tmp_path, monkeypatch):
     plain = GradCAMLogger(scores=False, strict=True)
     fit(DigitsClassifier(), [plain], tmp_path / "plain", epochs=1)
-    monkeypatch.setattr(gradcam_logger, "INDEPENDENT", -1.0)  # every map counts as alike
+    monkeypatch.setattr(class_view, "INDEPENDENT", -1.0)  # every map counts as alike
     marked = GradCAMLogger(scores=["sanity"], strict=True)
     fit(DigitsClassifier(), [marked], tmp_path / "marked", epochs=1)
     plain_events, marked_events = read_events(tmp_path / "plain"), read_events(tmp_path / "marked")
@@ -166,3 +264,40 @@ def test_deconv_sanity_leaves_training_bit_identical(tmp_path):
     with_scores = train(tmp_path / "with", [DeconvLogger(scores=True, strict=True)])
     assert_same_training(without, with_scores)
     assert DeconvLogger().scores == ()
+
+
+@pytest.mark.slow
+def test_the_logged_sanity_scores_reproduce_the_published_direction(tmp_path):
+    """Adebayo et al. 2018 through the callbacks: on resnet18 trained on the RGB shapes task,
+    Grad-CAM and the signed gradient change when the upper half of the network is re-initialized
+    (rank correlation <= 0.3), deconvnet and guided backprop reconstructions stay alike
+    (>= 0.5)."""
+    images, labels, _ = shapes_task(1200, channels=3)
+    probe_images, probe_labels, _ = shapes_task(16, seed=1, channels=3)
+    probes = Probes(probe_images, probe_labels)
+    torch.manual_seed(0)
+    module = Classifier(torchvision.models.resnet18(num_classes=3), lr=0.05)
+    common = {"probes": probes, "scores": ["sanity"], "every_n_epochs": 3, "strict": True}
+    callbacks = [
+        GradCAMLogger(layers=["model.layer3"], **common),
+        SaliencyLogger("vanilla", absolute=False, **common),
+        DeconvLogger(layers=["model.layer3"], **common),
+        DeconvLogger(layers=["model.layer4"], rule="guided", **common),
+    ]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
+    events = read_events(tmp_path)
+    final = {
+        name: scalar(events, f"sanity/{name}")[-1]
+        for name in (
+            "gradcam/model.layer3",
+            "saliency/vanilla_signed",
+            "deconv/model.layer3",
+            "deconv/model.layer4",
+        )
+    }
+    assert {step for step, _ in final.values()} == {trainer.global_step}
+    assert final["gradcam/model.layer3"][1] <= 0.3, final
+    assert final["saliency/vanilla_signed"][1] <= 0.3, final
+    assert final["deconv/model.layer3"][1] >= 0.5, final  # deconvnet
+    assert final["deconv/model.layer4"][1] >= 0.5, final  # guided backprop
