@@ -254,7 +254,8 @@ class ClassView(ProbeCallback):
         host = to_host(self._measure(pl_module, probes, maps, explained))
         metrics, ratings = {}, {}
         for method in maps:
-            self.previous_maps[method] = host.pop(f"{method}|maps").clone()
+            if "stability" in self.scores:
+                self.previous_maps[method] = host.pop(f"{method}|maps").clone()
             per_probe = {
                 key: host[f"{method}|{key}"] for key in COLUMNS if f"{method}|{key}" in host
             }
@@ -279,11 +280,12 @@ class ClassView(ProbeCallback):
         maps: dict[str, torch.Tensor],
         explained: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """The per-probe scores of each tag's maps, on the device, keyed ``tag|score``, and the
-        maps themselves (``tag|maps``)."""
-        found = {f"{method}|maps": m for method, m in maps.items()}
+        """The per-probe scores of each tag's maps, on the device, keyed ``tag|score``, and for
+        stability the maps themselves (``tag|maps``), kept for the next render."""
+        found: dict[str, torch.Tensor] = {}
         if "stability" in self.scores:
             for method, m in maps.items():
+                found[f"{method}|maps"] = m
                 previous = self.previous_maps.get(method)
                 if previous is not None and previous.shape == m.shape:
                     found[f"{method}|stability"] = rank_correlation(m, previous.to(m.device))

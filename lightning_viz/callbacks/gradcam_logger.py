@@ -71,9 +71,11 @@ class GradCAMLogger(ClassView):
             that returns an image the size of its input (an autoencoder) shows nothing with a
             notice unless you pass one.
         scores: the trust scores logged beside the maps: True for all, False for none, or
-            names from ``"stability"`` (no extra cost), ``"sanity"`` (one more Grad-CAM pass)
-            and ``"faithfulness"`` (about 70 forwards of the probes per layer); default
-            ``"stability"`` only.
+            names from ``"stability"`` (no extra cost), ``"sanity"`` (the view's explanation
+            once more, with the upper half of the network re-initialized) and
+            ``"faithfulness"`` (4 x 17 forwards of the probes per map); default
+            ``"stability"`` only. The same argument, with the same keys under each view's tag,
+            on every view that explains a class (CAM, occlusion, saliency, LIME).
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
         strict: re-raise failures instead of turning them into alerts.
         budget: the share of training time all lightning-viz callbacks may take together (see
@@ -93,22 +95,25 @@ class GradCAMLogger(ClassView):
       its probability.
     - ``gradcam/<layer>/guided`` (image, with ``guided=True``): the same panels with guided
       Grad-CAM (signed, mid-grey = 0).
-    - ``stability/gradcam/<layer>`` (``scores``): the mean rank correlation of each probe's map
+    - ``stability/gradcam/<layer>`` (default): the mean rank correlation of each probe's map
       with the previous render's; the text says since which epoch it stays at or above 0.9
       ("stable since epoch N") or that the maps have not settled.
-    - ``sanity/gradcam/<layer>`` (``scores``): the mean rank correlation of each probe's map
-      with the map of the same network with the upper half of its parametrized layers
-      re-initialized (the model-parameter randomization test, run with the randomized tensors
-      swapped in for one call: the model is not copied, and training is untouched, tested). At
-      0.5 or above a note under the image and in the text says the maps do not depend on what
-      the network learned.
+    - ``sanity/gradcam/<layer>`` and ``sanity/gradcam/<layer>/ssim`` (``scores`` with
+      ``"sanity"``): the mean rank correlation (and SSIM, on probes of at least 11 pixels) of
+      each probe's map with the map of the same network with the upper half of its
+      parametrized layers re-initialized (the model-parameter randomization test of Adebayo et
+      al., run with the randomized tensors swapped in for one call: the model is not copied,
+      and training is untouched, tested). At 0.5 or above a note under the image and in the text
+      says the maps do not depend on what the network learned.
     - ``faithfulness/gradcam/<layer>/deletion``, ``/insertion``, ``/deletion_random``
       (``scores`` with ``"faithfulness"``): the mean area under the probes' deletion and
       insertion curves (16 steps, pixels in the map's order set to 0), and of the deletion curve
       of a random order; a deletion no lower than the random order's gets a note.
     - ``localization/gradcam/<layer>/pointing_game``, ``/energy_in_box`` (probes with
       ``boxes``, at no cost): the share of maps whose peak lies in the probe's box, and the mean
-      share of their positive mass inside it.
+      share of their positive mass inside it (over the maps that have any).
+    - with ``guided``, the same scores of guided Grad-CAM's magnitudes (the strongest channel
+      per pixel, as Adebayo et al. compare them) under ``<score>/gradcam/<layer>/guided``.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -117,8 +122,8 @@ class GradCAMLogger(ClassView):
     A map on the background or on a watermark points at a shortcut in the data.
 
     Cost: per logged epoch one forward and one backward on the probes (two with ``guided``),
-    one more of each for ``"sanity"``, and 4 x 17 forwards of the probes per layer for
-    ``"faithfulness"``.
+    as many again for ``"sanity"`` (plus re-initializing the upper half of the network), and
+    4 x 17 forwards of the probes per map for ``"faithfulness"``.
 
     Example::
 

@@ -11,6 +11,7 @@ from torch import nn
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, Probes
 from lightning_viz.callbacks.base import RunContext
 from lightning_viz.testing import digits_tensors
+from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import DigitsClassifier, fit, hook_count, read_events
 
 
@@ -18,8 +19,8 @@ def all_callbacks(strict: bool = False):
     return [
         FilterMonitor(strict=strict),
         ActivationMonitor(every_n_steps=1, strict=strict),
-        GradCAMLogger(strict=strict),
-        DeconvLogger(strict=strict),
+        GradCAMLogger(guided=True, scores=True, strict=strict),
+        DeconvLogger(scores=True, strict=strict),
     ]
 
 
@@ -111,6 +112,26 @@ def test_a_layer_that_changes_shape_at_run_time_becomes_an_alert(tmp_path):
     assert trainer.current_epoch == 2
 
 
+def test_a_sanity_pass_that_fails_leaves_the_model_and_training_as_they_were(tmp_path, monkeypatch):
+    """The explanation fails inside the randomized call: the model's own tensors are back, the
+    failure is an alert, and training computes what it computes without the callback."""
+    inside = {}
+
+    def failing(self, pl_module, probes, explained):
+        inside["head"] = pl_module.model.head.weight  # in the re-initialized upper half
+        raise RuntimeError("inside the randomized call")
+
+    without = train(tmp_path / "without", [])
+    monkeypatch.setattr(GradCAMLogger, "score_maps", failing)
+    with_failure = train(tmp_path / "with", [GradCAMLogger(scores=["sanity"])])
+    assert_same_training(without, with_failure)
+    head = with_failure[0].model.head.weight
+    assert not isinstance(inside["head"], nn.Parameter)  # the randomized tensor, swapped in
+    assert isinstance(head, nn.Parameter)  # the model's own, back
+    alerts = read_events(tmp_path / "with").Tensors("alerts/text_summary")
+    assert "inside the randomized call" in alerts[-1].tensor_proto.string_val[0].decode()
+
+
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_no_hook_remains_after_fit_ends_by_an_exception(tmp_path, error):
     class Crashing(DigitsClassifier):
@@ -161,16 +182,21 @@ def test_memory_stays_flat_over_30_epochs(tmp_path):
 
 def test_callbacks_reused_for_a_new_model_start_fresh(tmp_path):
     monitor, deconv = FilterMonitor(strict=True), DeconvLogger(strict=True)
-    fit(DigitsClassifier("sgd", 0.05), [monitor, deconv], tmp_path / "fold1", epochs=2)
+    gradcam = GradCAMLogger(strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor, deconv, gradcam], tmp_path / "fold1", epochs=2)
+    assert gradcam.previous_maps
     first_columns = len(deconv.column_epochs["model.features.0"])
     second = DigitsClassifier("sgd", 0.05)
     initial = second.model.features[0].weight.detach().clone()
-    fit(second, [monitor, deconv], tmp_path / "fold2", epochs=1)
+    fit(second, [monitor, deconv, gradcam], tmp_path / "fold2", epochs=1)
     # the baseline and the drift are this model's, not the first fold's
     assert torch.equal(monitor.initial["model.features.0"], initial)
     drift = read_events(tmp_path / "fold2").Scalars("filters/model.features.0/drift")
     assert drift[0].step == 0
     assert drift[0].value == 0.0
+    # the maps' stability starts again: not against the first fold's maps
+    stability = read_events(tmp_path / "fold2").Scalars("stability/gradcam/model.features")
+    assert [entry.step for entry in stability] == [23]
     # the evolution grid restarts
     assert first_columns == 2
     assert deconv.column_epochs["model.features.0"] == [0]

@@ -15,6 +15,7 @@ from lightning_viz.functional.scores import (
     energy_in_box,
     pointing_game,
     random_maps,
+    randomized_call,
     randomized_copy,
     randomized_forward,
     rank_correlation,
@@ -213,3 +214,25 @@ def test_a_randomized_forward_equals_the_copy_and_leaves_the_model_as_it_was():
     assert [id(p) for p in model.parameters()] == parameters  # an optimizer's references hold
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert torch.equal(model(images), plain)
+
+
+def test_a_randomized_call_sees_the_copy_s_weights_and_restores_the_model_even_on_error():
+    """CAM reads the classifier's weights outside the forward: inside the call they are the
+    randomized ones; afterwards, and after an exception, the model's own."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = torch.rand(2, 3, 32, 32)
+    weight = model.fc.weight
+    copy = randomized_copy(model, modules=2, seed=3)
+    seen = randomized_call(model, lambda: (model.fc.weight.clone(), model(images)), 2, seed=3)
+    torch.testing.assert_close(seen[0], copy.fc.weight)
+    torch.testing.assert_close(seen[1], copy(images))
+    assert model.fc.weight is weight
+
+    def failing():
+        raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        randomized_call(model, failing, 2)
+    assert model.fc.weight is weight
+    assert not torch.equal(weight, copy.fc.weight)
