@@ -18,6 +18,7 @@ from benchmarks import (
     probe_cost,
     state_memory,
     step_overhead,
+    trust_scores,
     validation_views,
 )
 
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "step_overhead": (step_overhead.main, ["--repeats", "1", "--steps", "53"]),
     "default_overhead": (default_overhead.main, ["--repeats", "1"]),
     "state_memory": (state_memory.main, []),
+    "trust_scores": (trust_scores.main, ["--repeats", "1", "--models", "digits_cnn"]),
     "validation_views": (validation_views.main, ["--repeats", "1", "--epochs", "3"]),
     "feature_vis": (
         feature_vis.main,

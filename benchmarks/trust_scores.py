@@ -97,7 +97,7 @@ def measure(name: str, views: list[str], repeats: int) -> list[list[str]]:
             continue
         base = times[(view, "none")]
         added = [
-            f"+{(times[(view, s)] - base) / step:.2f}" if (view, s) in times else "-"
+            f"{(times[(view, s)] - base) / step:+.2f}" if (view, s) in times else "-"
             for s in list(SETTINGS)[1:]
         ]
         rows.append([name, view, f"{base / step:.2f}", *added])

@@ -63,8 +63,8 @@ class CAMLogger(ClassView):
       at least 96 pixels, over a colour bar that names the class explained.
     - ``cam/<layer>/targets`` (text): per probe, the class explained, the predicted class, its
       probability and the map's peak (its largest raw value; each image is scaled to its own).
-    - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
-      ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
+    - ``stability/<tag>``, ``sanity/<tag>`` and ``sanity/<tag>/ssim`` (default: sanity costs
+      one more forward), ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random``,
       ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
       ``<tag>`` being ``cam/<layer>``: the trust scores of the maps, as
       :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
@@ -78,7 +78,8 @@ class CAMLogger(ClassView):
     :class:`~lightning_viz.GradCAMLogger` on an earlier layer.
 
     Cost: per logged epoch one forward of the probes without gradients (Grad-CAM adds a
-    backward); at fit start two forwards of one probe to find the head.
+    backward), one more for the default sanity score; at fit start two forwards of one probe to
+    find the head.
 
     Example::
 
@@ -86,6 +87,7 @@ class CAMLogger(ClassView):
     """
 
     view = "CAM"
+    default_scores = ("stability", "sanity")
 
     def __init__(
         self,

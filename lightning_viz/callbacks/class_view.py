@@ -44,10 +44,11 @@ Target = Literal["label", "pred"] | int | None
 SCORES = ("stability", "sanity", "faithfulness")
 """The trust scores a class-explaining view can log beside its maps (``scores=``)."""
 DEFAULT_SCORES = ("stability",)
-"""The scores logged by default: stability costs nothing. Sanity repeats the view's explanation
-on the network with its upper half re-initialized (drawn anew at each render: vgg16's classifier
-alone is 120 million weights), faithfulness costs 4 x 17 forwards of the probes per map: opt-in
-with their cost stated."""
+"""The scores a view logs by default: stability costs nothing. Sanity repeats the view's
+explanation on the network with its upper half re-initialized (drawn anew at each render), so it
+is on by default only where that explanation is cheap (Grad-CAM, CAM: measured at a third of a
+training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
+the probes per map (about 3 training steps): opt-in."""
 STABLE = 0.9
 """A view's maps count as settled while their mean rank correlation with the previous render's
 stays at or above this."""
@@ -83,6 +84,9 @@ class ClassView(ProbeCallback):
     the target fits them, picks the class each probe explains, captions panels with the
     prediction, and rates the maps with the trust scores (``scores=``, :meth:`_rate`): each
     view gives its maps to rate with :meth:`score_maps`."""
+
+    default_scores: tuple[str, ...] = DEFAULT_SCORES
+    """What ``scores=None`` means for the view."""
 
     def __init__(
         self,
@@ -127,7 +131,7 @@ class ClassView(ProbeCallback):
         self.output_transform = output_transform
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
-        self.scores = check_choices("scores", scores, SCORES, DEFAULT_SCORES)
+        self.scores = check_choices("scores", scores, SCORES, self.default_scores)
         self.previous_maps: dict[str, torch.Tensor] = {}
         self.stable_since: dict[str, int | None] = {}
 

@@ -200,7 +200,8 @@ def test_the_scores_leave_training_bit_identical(tmp_path):
 
 
 def test_scores_argument_is_checked():
-    assert GradCAMLogger().scores == ("stability",)
+    assert GradCAMLogger().scores == ("stability", "sanity")  # sanity: a cheap pass more
+    assert OcclusionLogger().scores == ("stability",)  # sanity: the whole occlusion again
     assert GradCAMLogger(scores=True).scores == ("stability", "sanity", "faithfulness")
     assert GradCAMLogger(scores=False).scores == ()
     assert GradCAMLogger(scores="faithfulness").scores == ("faithfulness",)
