@@ -52,6 +52,10 @@ the probes per map (about 3 training steps): opt-in."""
 STABLE = 0.9
 """A view's maps count as settled while their mean rank correlation with the previous render's
 stays at or above this."""
+RESPONDS = 0.1
+"""The deletion test judges a map only where the class's probability falls by at least this
+when every pixel is deleted: an untrained network's flat curves rank nothing, whatever the
+map."""
 SSIM_SIDE = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
 """The smallest probe side for the SSIM beside the sanity score (its Gaussian window's)."""
 COLUMNS = {
@@ -265,7 +269,10 @@ class ClassView(ProbeCallback):
             }
             mean = {key: values.nanmean().item() for key, values in per_probe.items()}
             metrics |= self._score_metrics(method, mean)
-            lines = self._score_lines(trainer, method, mean)
+            drop = host.get(f"{method}|drop")
+            lines = self._score_lines(
+                trainer, method, mean, 0.0 if drop is None else drop.mean().item()
+            )
             ratings[method] = Rating(
                 note=" ".join(lines[1:]) or None,
                 summary="  \n".join(line for line in lines if line),
@@ -323,6 +330,7 @@ class ClassView(ProbeCallback):
                     found[f"{method}|{key}"] = curves.deletion_auc
                     if key == "deletion":
                         found[f"{method}|insertion"] = curves.insertion_auc
+                        found[f"{method}|drop"] = curves.deletion[:, 0] - curves.deletion[:, -1]
         return found
 
     @staticmethod
@@ -340,8 +348,11 @@ class ClassView(ProbeCallback):
         }
         return {tags.tag(names[key][0], method, names[key][1]): v for key, v in mean.items()}
 
-    def _score_lines(self, trainer: pl.Trainer, method: str, mean: dict[str, float]) -> list[str]:
-        """Whether the maps have settled (first, maybe empty), then the warnings."""
+    def _score_lines(
+        self, trainer: pl.Trainer, method: str, mean: dict[str, float], drop: float
+    ) -> list[str]:
+        """Whether the maps have settled (first, maybe empty), then the warnings; ``drop`` is
+        how far the class's probability falls with every pixel deleted (mean over probes)."""
         lines = [""]
         if "stability" in mean:
             settled = mean["stability"] >= STABLE
@@ -362,7 +373,7 @@ class ClassView(ProbeCallback):
                 f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
                 "on what the network learned."
             )
-        if "deletion" in mean and mean["deletion"] >= mean["random"]:
+        if "deletion" in mean and drop >= RESPONDS and mean["deletion"] >= mean["random"]:
             lines.append(
                 "Deleting pixels in the maps' order lowers the class's probability no faster "
                 f"than a random order (deletion AUC {mean['deletion']:.2f} vs "

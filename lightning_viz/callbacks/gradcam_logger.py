@@ -108,7 +108,9 @@ class GradCAMLogger(ClassView):
     - ``faithfulness/gradcam/<layer>/deletion``, ``/insertion``, ``/deletion_random``
       (``scores`` with ``"faithfulness"``): the mean area under the probes' deletion and
       insertion curves (16 steps, pixels in the map's order set to 0), and of the deletion curve
-      of a random order; a deletion no lower than the random order's gets a note.
+      of a random order; a deletion no lower than the random order's gets a note (where
+      deleting every pixel lowers the probability by 0.1 or more: else the curves judge
+      nothing).
     - ``localization/gradcam/<layer>/pointing_game``, ``/energy_in_box`` (probes with
       ``boxes``, at no cost): the share of maps whose peak lies in the probe's box, and the mean
       share of their positive mass inside it (over the maps that have any).

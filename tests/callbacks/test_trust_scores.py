@@ -192,6 +192,19 @@ def test_a_map_alike_on_the_randomized_network_is_marked_in_image_and_text(tmp_p
     assert taller > image_pixels(plain_events.Images(f"gradcam/{LAYER}")[-1]).shape[0]
 
 
+def test_an_unfaithful_map_is_marked_only_where_the_model_responds(tmp_path, monkeypatch):
+    """With the map's own order as the "random" one, deletion equals the random order's: marked
+    on the trained net, not at fit start, where deleting every pixel barely moves the untrained
+    net's probability (its flat curves rank nothing)."""
+    monkeypatch.setattr(class_view, "random_maps", lambda maps: maps)
+    logger = GradCAMLogger(scores=["faithfulness"], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [logger], tmp_path, epochs=2)
+    events = read_events(tmp_path)
+    warning = "the maps are not faithful to the model"
+    assert warning not in text_at(events, 0)
+    assert warning in text_at(events, 46)
+
+
 def test_the_scores_leave_training_bit_identical(tmp_path):
     """The sanity pass runs the training model with randomized tensors swapped in for one call."""
     without = train(tmp_path / "without", [])
