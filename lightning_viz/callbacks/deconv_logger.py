@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -20,13 +21,13 @@ from lightning_viz.functional import grid, normalize_signed, project_layers, to_
 from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import check_choice, check_choices, check_int
 from lightning_viz.functional.captions import (
-    captioned_rows,
+    captioned_blocks,
     color_bar,
     footnote,
     labelled_table,
     stack_rows,
 )
-from lightning_viz.functional.images import panels_per_row, readable, to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
     INDEPENDENT,
     randomized_forward,
@@ -283,8 +284,9 @@ class DeconvLogger(ProbeCallback):
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in channels_of_probe]
                 for i, channels_of_probe in enumerate(top)
             ]
-            panels = captioned_rows(rows, captions)
-            image = grid(panels, nrow=panels_per_row(len(panels), *panels.shape[-2:]), padding=6)
+            panels = captioned_blocks(rows, captions, math.ceil(math.sqrt(k + 1)))
+            per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
+            image = grid(panels, nrow=per_row, padding=6)
             legend = color_bar(
                 image.shape[-1],
                 "gray",

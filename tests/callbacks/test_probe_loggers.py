@@ -15,6 +15,7 @@ from lightning_viz import DeconvLogger, GradCAMLogger, Probes
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
+from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.testing import (
     ShapesCNN,
     digits_tensors,
@@ -72,11 +73,13 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     for layer in CONVS:
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
-        # a panel per probe: the probe and its top 4 channels, one panel per row
+        # a block per probe, as narrow as TensorBoard's card: the probe and its top 4 channels
+        # in 2 rows of 3 tiles (captioned, 2 pixels apart), one block per row, the colour bar
         assert (deconv_images[0].width, deconv_images[0].height) == (
-            5 * 98 - 2 + 12,
-            10 * 118 + 6 + 32,
+            3 * 98 - 2 + 12,
+            10 * (2 * 112 + 2) + 11 * 6 + 32,
         )
+        assert deconv_images[0].width <= CARD_WIDTH
         pixels = image_pixels(deconv_images[-1])
         assert_caption(pixels, "true 0", x=6, y=6, width=96)
         top = deconv_channels(events, layer)[0]
