@@ -35,6 +35,8 @@ VIEWS = {
     "projector": "projector",
     "top_patches": "images&tagFilter=%5Etop_patches%2F&regexInput=%5Edigits%2F",
     "feature_vis": "images&tagFilter=%5Efeature_vis%2F&regexInput=%5Edigits%2F",
+    "trust": "scalars&tagFilter=%5E(sanity%7Cstability)%2Fgradcam&regexInput=%5Ephotos%2F",
+    "trust_table": "text&tagFilter=%5Egradcam%2F.*targets&regexInput=%5Ephotos%2F",
 }
 """PNG name -> TensorBoard URL fragment (dashboard, tag filter, run filter)."""
 

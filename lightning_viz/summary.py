@@ -54,7 +54,8 @@ def summarize(run: Path) -> str | None:
                 values = [e.value for e in events.Scalars(tag)]
                 layers.setdefault(parsed[0], {})[column] = _cell(values)
     alerts = _alerts(events)
-    if not layers and not alerts:
+    trust = _trust(events, scalars)
+    if not layers and not alerts and not trust:
         return None
     active: dict[str, list[str]] = {}
     for alert in alerts:
@@ -81,6 +82,7 @@ def summarize(run: Path) -> str | None:
     overhead = _overhead(events, scalars)
     if overhead:
         lines.append(overhead)
+    lines += trust
     lines.append(f"alerts: {len(alerts)}")
     lines += [
         f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in alerts
@@ -115,6 +117,41 @@ def _overhead(events: Any, scalars: set[str]) -> str | None:
         f"overhead: lightning-viz took {run_share(total):.1%} of training time "
         f"(latest epoch {total[-1].value:.1%}): {', '.join(parts)}"
     )
+
+
+TRUST = (
+    (tags.STABILITY, "", "stability"),
+    (tags.SANITY, "", "sanity"),
+    (tags.FAITHFULNESS, "deletion", "deletion AUC"),
+    (tags.FAITHFULNESS, "deletion_random", "random order's"),
+    (tags.LOCALIZATION, "pointing_game", "pointing game"),
+)
+"""The trust scores the summary shows per explained image, and their names there."""
+
+
+def _trust(events: Any, scalars: set[str]) -> list[str]:
+    """A line per explained image (the tag its scores go under): each trust score's latest
+    value, then what the view's own text said of them at its latest render (settled or not,
+    the warnings)."""
+    found: dict[str, dict[str, float]] = {}
+    for template, key, name in TRUST:
+        for tag in scalars:
+            head, tail = template.format(layer="\0", key=key).split("\0")
+            explained = tag[len(head) : len(tag) - len(tail)] if tag.endswith(tail) else ""
+            if not tag.startswith(head) or not explained or tag.endswith("/ssim"):
+                continue
+            found.setdefault(explained, {})[name] = events.Scalars(tag)[-1].value
+    lines = []
+    texts = set(events.Tags()["tensors"])
+    for explained, values in sorted(found.items(), key=lambda item: _natural(item[0])):
+        line = f"  {explained}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items())
+        text_tag = tags.text_summary(f"{explained}/targets")
+        if text_tag in texts:
+            text = events.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
+            said = " ".join(t.strip() for t in text.split("\n|", 1)[0].splitlines() if t.strip())
+            line += f" ({said})" if said else ""
+        lines.append(line)
+    return ["trust scores of the explanations (latest):", *lines] if lines else []
 
 
 def _alerts(events: Any) -> list[dict[str, Any]]:

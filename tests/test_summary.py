@@ -8,9 +8,9 @@ import time
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_viz import ActivationMonitor, FilterMonitor
+from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger
 from lightning_viz.summary import main
-from tests.helpers import DigitsClassifier, fit
+from tests.helpers import DigitsClassifier, fit, read_events
 
 
 def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
@@ -48,6 +48,21 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
     assert "alerts: 1" in out
     assert "step 0 (epoch 0) [active] FilterMonitor: 1 watched layer(s) will not be trained" in out
+
+
+def test_summary_gives_each_explanation_s_trust_scores_and_what_its_text_said(tmp_path, capsys):
+    logger = GradCAMLogger(scores=True, strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [logger], tmp_path / "run", epochs=2)
+    assert main(["summary", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("trust scores of the explanations (latest):")
+    line = lines[start + 1]
+    assert line.startswith("  gradcam/model.features: stability ")
+    names = re.findall(r"(stability|sanity|deletion AUC|random order's) (-?\d\.\d\d)", line)
+    assert [name for name, _ in names] == ["stability", "sanity", "deletion AUC", "random order's"]
+    stability = read_events(tmp_path / "run").Scalars("stability/gradcam/model.features")
+    assert float(names[0][1]) == pytest.approx(stability[-1].value, abs=0.005)
+    assert re.search(r"\((stable since epoch 1|not settled: rank correlation)", line)
 
 
 def test_a_directory_without_our_logs_says_so(tmp_path, capsys):

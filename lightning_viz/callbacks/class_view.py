@@ -28,6 +28,7 @@ from lightning_viz.functional.images import colormap_table, panels_per_row
 from lightning_viz.functional.scores import (
     INDEPENDENT,
     SSIM_SIGMA,
+    STABLE,
     deletion_insertion,
     energy_in_box,
     pointing_game,
@@ -49,9 +50,6 @@ explanation on the network with its upper half re-initialized (drawn anew at eac
 is on by default only where that explanation is cheap (Grad-CAM, CAM: measured at a third of a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
-STABLE = 0.9
-"""A view's maps count as settled while their mean rank correlation with the previous render's
-stays at or above this."""
 RESPONDS = 0.1
 """The deletion test judges a map only where the class's probability falls by at least this
 when every pixel is deleted: an untrained network's flat curves rank nothing, whatever the

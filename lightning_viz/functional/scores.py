@@ -58,6 +58,10 @@ INDEPENDENT = 0.5
 Adebayo et al. (2018) read explanations of a randomized network at 0.5 and above as
 similar to the trained network's, i.e. not depending on what it learned."""
 
+STABLE = 0.9
+"""A view's maps count as settled while their mean rank correlation with the previous render's
+stays at or above this (the stability score)."""
+
 SSIM_SIGMA = 1.5
 """The Gaussian window of :func:`structural_similarity` (Wang et al.'s, scikit-image's with
 ``gaussian_weights=True``)."""
