@@ -15,7 +15,12 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import class_scores, grid, upsample
-from lightning_viz.functional._validation import check_choices, check_fraction, check_logits
+from lightning_viz.functional._validation import (
+    check_choices,
+    check_fraction,
+    check_logits,
+    target_index,
+)
 from lightning_viz.functional.captions import (
     captioned_rows,
     class_name,
@@ -221,6 +226,15 @@ class ClassView(ProbeCallback):
             for i, (t, p, c) in enumerate(rows)
         ]
         return image_captions, map_captions, "\n".join(table)
+
+    def _explained_classes(
+        self, pl_module: pl.LightningModule, probes: Probes
+    ) -> tuple[torch.Tensor | int | None, torch.Tensor, torch.Tensor]:
+        """The probes' targets as the view names them (:meth:`_targets`), their class scores
+        from one forward, and the (N,) classes the maps explain."""
+        targets = self._targets(probes)
+        logits = self._class_logits(pl_module, probes)
+        return targets, logits, target_index(targets, logits)
 
     def _class_logits(self, pl_module: pl.LightningModule, probes: Probes) -> torch.Tensor:
         """The probes' (N, num_classes) float scores, from one forward without gradients."""

@@ -21,7 +21,6 @@ from lightning_viz.functional._validation import (
     check_fraction,
     check_int,
     check_pair,
-    target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
@@ -209,9 +208,7 @@ class LIMELogger(ClassView):
 
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
-        logits = self._class_logits(pl_module, probes)
-        explained = target_index(targets, logits)
+        targets, logits, explained = self._explained_classes(pl_module, probes)
         explanation = self._explanation(pl_module, probes, explained)
         self._check_finite(explanation.maps, "the LIME weights")
         rating = self._rate(trainer, pl_module, probes, {tags.LIME: explanation.maps}, explained)

@@ -18,7 +18,6 @@ from lightning_viz.functional._validation import (
     check_finite_number,
     check_int,
     check_pair,
-    target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
@@ -172,9 +171,7 @@ class OcclusionLogger(ClassView):
 
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
-        logits = self._class_logits(pl_module, probes)
-        explained = target_index(targets, logits)
+        targets, logits, explained = self._explained_classes(pl_module, probes)
         sensitivity = self._sensitivity(pl_module, probes, explained)
         self._check_finite(sensitivity, "the occlusion map")
         rating = self._rate(trainer, pl_module, probes, {tags.OCCLUSION: sensitivity}, explained)

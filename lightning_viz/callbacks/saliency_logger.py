@@ -27,7 +27,6 @@ from lightning_viz.functional._validation import (
     check_finite_number,
     check_int,
     check_non_negative,
-    target_index,
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
@@ -212,9 +211,7 @@ class SaliencyLogger(ClassView):
 
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
-        logits = self._class_logits(pl_module, probes)
-        explained = target_index(targets, logits)  # no second forward
+        targets, logits, explained = self._explained_classes(pl_module, probes)
         attributions = self.attributions(pl_module, probes, explained)
         self._check_finite(attributions, f"the {self.method} map")
         reduced = self._reduced(attributions)
