@@ -36,11 +36,14 @@ class Probes:
         boxes: optional (N, 4) integer boxes (top, left, bottom, right; bottom and right
             exclusive) of what each probe's class is about: the views that explain a class then
             log how well their maps localize it (pointing game, energy in the box).
+        masks: optional (N, H, W) masks (boolean, or nonzero inside) of the same, for objects a
+            box fits badly (a segmentation's ground truth); give boxes or masks, not both.
 
     Raises:
         ValueError: images that are not a non-empty (N, C, H, W) float batch, labels of another
             length or not integers, display images of another shape or outside [0, 1], boxes
-            that are not (N, 4) integers inside the images.
+            that are not (N, 4) integers inside the images, masks that are not (N, H, W) with a
+            pixel inside each, or both boxes and masks.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Probes:
         labels: Tensor | None = None,
         display: Tensor | None = None,
         boxes: Tensor | None = None,
+        masks: Tensor | None = None,
     ):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -93,10 +97,29 @@ class Probes:
                     f"probe boxes must lie in the {height}x{width} images, each with bottom > top "
                     "and right > left (bottom and right exclusive)"
                 )
+        if masks is not None:
+            if boxes is not None:
+                raise ValueError("give probe boxes or masks, not both")
+            masks = torch.as_tensor(masks)
+            if masks.shape != (n, height, width):
+                raise ValueError(
+                    f"probe masks must have shape {(n, height, width)} (one per probe, the "
+                    f"probes' size), got {tuple(masks.shape)}"
+                )
+            masks = masks != 0
+            if not masks.flatten(1).any(dim=1).all():
+                raise ValueError("every probe mask must have at least one pixel inside")
         self.images = images.detach()
         self.labels = labels
         self.display = display.detach().float()
         self.boxes = boxes
+        self.masks = masks
+
+    @property
+    def regions(self) -> Tensor | None:
+        """Where each probe's object lies, for the localization scores: the (N, 4) boxes or the
+        (N, H, W) masks, or None."""
+        return self.boxes if self.boxes is not None else self.masks
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -116,7 +139,8 @@ class Probes:
             return self
         labels = None if self.labels is None else self.labels.to(device)
         boxes = None if self.boxes is None else self.boxes.to(device)
-        return Probes(self.images.to(device), labels, self.display.to(device), boxes)
+        masks = None if self.masks is None else self.masks.to(device)
+        return Probes(self.images.to(device), labels, self.display.to(device), boxes, masks)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"images": self.images.cpu(), "display": self.display.cpu()}
@@ -124,11 +148,19 @@ class Probes:
             state["labels"] = self.labels.cpu()
         if self.boxes is not None:
             state["boxes"] = self.boxes.cpu()
+        if self.masks is not None:
+            state["masks"] = self.masks.cpu()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> Probes:
-        return cls(state["images"], state.get("labels"), state["display"], state.get("boxes"))
+        return cls(
+            state["images"],
+            state.get("labels"),
+            state["display"],
+            state.get("boxes"),
+            state.get("masks"),
+        )
 
     @classmethod
     def from_dataloader(

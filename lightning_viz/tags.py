@@ -113,9 +113,9 @@ probes' deletion or insertion curve, and the deletion curve of a random order (`
 tag of the view's image)."""
 FAITHFULNESS_KEYS = ("deletion", "insertion", "deletion_random")
 LOCALIZATION = "localization/{layer}/{key}"
-"""Scalar, the explaining views on probes with boxes: ``key`` one of :data:`LOCALIZATION_KEYS`,
-the share of maps whose peak lies in the probe's box and the mean share of their positive mass
-inside it (``layer`` is the tag of the view's image)."""
+"""Scalar, the explaining views on probes with boxes or masks: ``key`` one of
+:data:`LOCALIZATION_KEYS`, the share of maps whose peak lies in the probe's box (or mask) and
+the mean share of their positive mass inside it (``layer`` is the tag of the view's image)."""
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"

@@ -65,7 +65,7 @@ class CAMLogger(ClassView):
       probability and the map's peak (its largest raw value; each image is scaled to its own).
     - ``stability/<tag>``, ``sanity/<tag>`` and ``sanity/<tag>/ssim`` (default: sanity costs
       one more forward), ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random``,
-      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes`` or ``masks``),
       ``<tag>`` being ``cam/<layer>``: the trust scores of the maps, as
       :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).

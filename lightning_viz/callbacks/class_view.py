@@ -314,7 +314,7 @@ class ClassView(ProbeCallback):
                     found[f"{method}|stability"] = rank_correlation(m, previous.to(m.device))
         size = tuple(probes.images.shape[-2:])
         ssim = "sanity" in self.scores and min(size) >= SSIM_SIDE
-        wanted = ssim or probes.boxes is not None or "faithfulness" in self.scores
+        wanted = ssim or probes.regions is not None or "faithfulness" in self.scores
         heats = {method: upsample(m, size) for method, m in maps.items()} if wanted else {}
         if "sanity" in self.scores:
             randomized = randomized_call(
@@ -327,10 +327,10 @@ class ClassView(ProbeCallback):
                 if ssim:
                     random_heat = upsample(randomized[method], size)
                     found[f"{method}|ssim"] = structural_similarity(heats[method], random_heat)
-        if probes.boxes is not None:  # free: no forward
+        if probes.regions is not None:  # free: no forward
             for method, heat in heats.items():
-                found[f"{method}|pointing"] = pointing_game(heat, probes.boxes)
-                found[f"{method}|energy"] = energy_in_box(heat, probes.boxes)
+                found[f"{method}|pointing"] = pointing_game(heat, probes.regions)
+                found[f"{method}|energy"] = energy_in_box(heat, probes.regions)
         if "faithfulness" in self.scores:
             forward = self.probe_forward(pl_module)
             for method, heat in heats.items():

@@ -112,8 +112,9 @@ class GradCAMLogger(ClassView):
       deleting every pixel lowers the probability by 0.1 or more: else the curves judge
       nothing).
     - ``localization/gradcam/<layer>/pointing_game``, ``/energy_in_box`` (probes with
-      ``boxes``, at no cost): the share of maps whose peak lies in the probe's box, and the mean
-      share of their positive mass inside it (over the maps that have any).
+      ``boxes`` or ``masks``, at no cost): the share of maps whose peak lies in the probe's box
+      (or mask), and the mean share of their positive mass inside it (over the maps that have
+      any).
     - with ``guided``, the same scores of guided Grad-CAM's magnitudes (the strongest channel
       per pixel, as Adebayo et al. compare them) under ``<score>/gradcam/<layer>/guided``.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,

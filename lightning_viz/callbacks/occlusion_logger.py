@@ -64,7 +64,7 @@ class OcclusionLogger(ClassView):
       its probability and the largest drop of the explained class's probability.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
       ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
-      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes`` or ``masks``),
       ``<tag>`` being ``occlusion/sensitivity``: the trust scores of the maps, as
       :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).

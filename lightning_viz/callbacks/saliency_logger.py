@@ -92,7 +92,7 @@ class SaliencyLogger(ClassView):
       its probability.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
       ``faithfulness/<tag>/deletion``, ``/insertion``, ``/deletion_random`` (``scores``),
-      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes``),
+      ``localization/<tag>/pointing_game``, ``/energy_in_box`` (probes with ``boxes`` or ``masks``),
       ``<tag>`` being ``saliency/<method>``: the trust scores of the maps, as
       :class:`~lightning_viz.GradCAMLogger`'s; warnings go under the image and in the text.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end).

@@ -47,6 +47,7 @@ from lightning_viz.functional.scores import (
     randomized_call,
     randomized_copy,
     rank_correlation,
+    region_masks,
     structural_similarity,
 )
 from lightning_viz.functional.top_patches import update_top_k
@@ -85,6 +86,7 @@ __all__ = [
     "randomized_copy",
     "rank_correlation",
     "receptive_fields",
+    "region_masks",
     "relu_rule",
     "saliency",
     "smooth_grad",

@@ -276,24 +276,39 @@ def random_maps(like: Tensor, seed: int = 0) -> Tensor:
     return torch.rand(like.shape, generator=generator).to(like.device)
 
 
-def pointing_game(maps: Tensor, boxes: Tensor) -> Tensor:
-    """(N,) 1 where the peak of each (N, H, W) map lies in its image's (N, 4) box (top, left,
-    bottom, right; bottom and right exclusive), else 0."""
-    peak = maps.flatten(1).argmax(dim=1)
-    row, col = peak // maps.shape[-1], peak % maps.shape[-1]
-    inside = (row >= boxes[:, 0]) & (row < boxes[:, 2]) & (col >= boxes[:, 1]) & (col < boxes[:, 3])
-    return inside.float()
+def region_masks(regions: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, H, W) boolean masks of ``regions``: (N, 4) boxes (top, left, bottom, right; bottom
+    and right exclusive) drawn at ``size``, or (N, H, W) masks as they are (nonzero inside)."""
+    if regions.dim() == 3:
+        if tuple(regions.shape[-2:]) != tuple(size):
+            raise ValueError(
+                f"masks of size {tuple(regions.shape[-2:])} do not match maps of size {size}"
+            )
+        return regions != 0
+    if regions.dim() != 2 or regions.shape[1] != 4:
+        raise ValueError(f"expected (N, 4) boxes or (N, H, W) masks, got {tuple(regions.shape)}")
+    rows = torch.arange(size[0], device=regions.device)
+    cols = torch.arange(size[1], device=regions.device)
+    inside_rows = (rows >= regions[:, :1]) & (rows < regions[:, 2:3])
+    inside_cols = (cols >= regions[:, 1:2]) & (cols < regions[:, 3:4])
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
 
 
-def energy_in_box(maps: Tensor, boxes: Tensor) -> Tensor:
-    """(N,) the share of each (N, H, W) map's positive mass inside its (N, 4) box (Wang et al.'s
-    energy-based pointing game, Score-CAM); NaN for a map with no positive value."""
+def pointing_game(maps: Tensor, regions: Tensor) -> Tensor:
+    """(N,) 1 where the peak of each (N, H, W) map (the first, row-major, on ties) lies in its
+    image's region, else 0; ``regions`` are (N, 4) boxes or (N, H, W) masks
+    (:func:`region_masks`)."""
+    inside = region_masks(regions.to(maps.device), tuple(maps.shape[-2:])).flatten(1)
+    peak = maps.flatten(1).argmax(dim=1, keepdim=True)
+    return inside.gather(1, peak)[:, 0].float()
+
+
+def energy_in_box(maps: Tensor, regions: Tensor) -> Tensor:
+    """(N,) the share of each (N, H, W) map's positive mass inside its region, (N, 4) boxes or
+    (N, H, W) masks (Wang et al.'s energy-based pointing game, Score-CAM); NaN for a map with
+    no positive value."""
     positive = maps.detach().float().clamp(min=0)
-    rows = torch.arange(maps.shape[-2], device=maps.device)
-    cols = torch.arange(maps.shape[-1], device=maps.device)
-    inside_rows = (rows >= boxes[:, :1]) & (rows < boxes[:, 2:3])
-    inside_cols = (cols >= boxes[:, 1:2]) & (cols < boxes[:, 3:4])
-    inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+    inside = region_masks(regions.to(maps.device), tuple(maps.shape[-2:]))
     total = positive.flatten(1).sum(dim=1)
     kept = (positive * inside).flatten(1).sum(dim=1)
     return torch.where(total > 0, kept / total.clamp(min=1e-12), math.nan)

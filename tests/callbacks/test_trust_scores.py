@@ -30,6 +30,7 @@ from lightning_viz.functional.scores import (
     randomized_copy,
     randomized_forward,
     rank_correlation,
+    region_masks,
     structural_similarity,
     upper_half,
 )
@@ -245,6 +246,29 @@ def test_on_the_shapes_task_the_maps_find_the_shape_and_settle(tmp_path):
     assert stability[-1] >= 0.9, stability
 
 
+def test_probe_masks_give_the_scores_of_the_boxes_they_fill(tmp_path):
+    images, labels, _ = shapes_task(64)
+    probe_images, probe_labels, boxes = shapes_task(8, seed=1)
+    masks = region_masks(boxes, tuple(probe_images.shape[-2:]))
+    found = {}
+    for name, probes in (
+        ("boxes", Probes(probe_images, probe_labels, boxes=boxes)),
+        ("masks", Probes(probe_images, probe_labels, masks=masks)),
+    ):
+        torch.manual_seed(0)
+        logger = GradCAMLogger(probes=probes, strict=True)
+        trainer = make_trainer(tmp_path / name, [logger], max_epochs=1)
+        loader = DataLoader(TensorDataset(images, labels), batch_size=32)
+        trainer.fit(Classifier(ShapesCNN()), loader)
+        events = read_events(tmp_path / name)
+        found[name] = [
+            scalar(events, f"localization/gradcam/{LAYER}/{key}")
+            for key in ("pointing_game", "energy_in_box")
+        ]
+    assert found["masks"] == found["boxes"]
+    assert len(found["masks"][0]) == 2  # fit start and the epoch's end
+
+
 def test_probe_boxes_are_checked_and_kept_in_the_state():
     images = torch.rand(2, 1, 8, 8)
     boxes = torch.tensor([[0, 0, 4, 4], [2, 3, 8, 8]])
@@ -253,6 +277,17 @@ def test_probe_boxes_are_checked_and_kept_in_the_state():
     for bad in ([[0, 0, 4, 4]], [[0, 0, 9, 4], [0, 0, 1, 1]], [[3, 0, 3, 4], [0, 0, 1, 1]]):
         with pytest.raises(ValueError, match="probe boxes"):
             Probes(images, boxes=torch.tensor(bad))
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1, 1] = masks[1, 5:, 5:] = True
+    kept = Probes.from_state_dict(Probes(images, masks=masks).state_dict())
+    assert torch.equal(kept.masks, masks)
+    assert kept.regions is kept.masks
+    with pytest.raises(ValueError, match="at least one pixel"):
+        Probes(images, masks=torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match=r"must have shape \(2, 8, 8\)"):
+        Probes(images, masks=masks[:, :4])
+    with pytest.raises(ValueError, match="boxes or masks, not both"):
+        Probes(images, boxes=boxes, masks=masks)
 
 
 def test_deconv_sanity_marks_a_layer_below_the_randomized_half(tmp_path):

@@ -19,6 +19,7 @@ from lightning_viz.functional.scores import (
     randomized_copy,
     randomized_forward,
     rank_correlation,
+    region_masks,
     structural_similarity,
     upper_half,
 )
@@ -135,6 +136,25 @@ def test_pointing_game_and_energy_in_box():
     assert energy_in_box(maps, boxes).tolist() == [1.0, 0.5]
     assert pointing_game(maps, torch.tensor([[3, 3, 6, 6], [0, 0, 1, 1]])).tolist() == [0.0, 0.0]
     assert energy_in_box(torch.zeros(1, 6, 6), boxes[:1]).isnan().all()
+
+
+def test_masks_score_as_the_boxes_they_draw_and_shapes_a_box_cannot():
+    torch.manual_seed(0)
+    maps = torch.randn(5, 9, 7)
+    boxes = torch.tensor([[0, 0, 3, 3], [2, 1, 9, 7], [4, 4, 5, 5], [1, 2, 8, 3], [0, 0, 9, 7]])
+    masks = region_masks(boxes, (9, 7))
+    assert masks.dtype == torch.bool
+    assert masks.sum(dim=(1, 2)).tolist() == [9, 42, 1, 7, 63]
+    assert torch.equal(pointing_game(maps, masks), pointing_game(maps, boxes))
+    torch.testing.assert_close(energy_in_box(maps, masks), energy_in_box(maps, boxes))
+    ring = torch.ones(1, 9, 7, dtype=torch.bool)
+    ring[0, 2:7, 2:5] = False  # a hollow object: no box holds its outline without its middle
+    centre = torch.zeros(1, 9, 7)
+    centre[0, 4, 3] = 1.0
+    assert pointing_game(centre, ring).item() == 0.0
+    assert pointing_game(centre, torch.tensor([[0, 0, 9, 7]])).item() == 1.0
+    with pytest.raises(ValueError, match="do not match maps"):
+        pointing_game(maps, masks[:, :8])
 
 
 @pytest.fixture(scope="module")
