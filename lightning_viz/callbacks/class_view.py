@@ -32,7 +32,7 @@ from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import colormap_table, panels_per_row
 from lightning_viz.functional.scores import (
     INDEPENDENT,
-    SSIM_SIGMA,
+    SSIM_SIDE,
     STABLE,
     deletion_insertion,
     energy_in_box,
@@ -52,15 +52,13 @@ SCORES = ("stability", "sanity", "faithfulness")
 DEFAULT_SCORES = ("stability",)
 """The scores a view logs by default: stability costs nothing. Sanity repeats the view's
 explanation on the network with its upper half re-initialized (drawn anew at each render), so it
-is on by default only where that explanation is cheap (Grad-CAM, CAM: measured at a third of a
+is on by default only where that explanation is cheap (Grad-CAM, CAM: measured at half a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
 RESPONDS = 0.1
 """The deletion test judges a map only where the class's probability falls by at least this
 when every pixel is deleted: an untrained network's flat curves rank nothing, whatever the
 map."""
-SSIM_SIDE = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
-"""The smallest probe side for the SSIM beside the sanity score (its Gaussian window's)."""
 COLUMNS = {
     "stability": "stability",
     "sanity": "sanity",
@@ -68,8 +66,8 @@ COLUMNS = {
     "deletion": "deletion AUC",
     "insertion": "insertion AUC",
     "random": "random order's",
-    "pointing": "peak in box",
-    "energy": "energy in box",
+    "pointing": "peak in region",
+    "energy": "energy in region",
 }
 """The per-probe scores a view may measure for a map, and their text table's column headers."""
 

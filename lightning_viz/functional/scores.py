@@ -65,6 +65,8 @@ stays at or above this (the stability score)."""
 SSIM_SIGMA = 1.5
 """The Gaussian window of :func:`structural_similarity` (Wang et al.'s, scikit-image's with
 ``gaussian_weights=True``)."""
+SSIM_SIDE = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
+"""The window's side (scikit-image's truncation at 3.5 sigma): the smallest maps SSIM takes."""
 
 
 def structural_similarity(first: Tensor, second: Tensor) -> Tensor:
@@ -76,8 +78,7 @@ def structural_similarity(first: Tensor, second: Tensor) -> Tensor:
             f"expected two (N, H, W) maps of one shape, got {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
-    radius = int(3.5 * SSIM_SIGMA + 0.5)
-    side = 2 * radius + 1
+    side, radius = SSIM_SIDE, SSIM_SIDE // 2
     if min(first.shape[-2:]) < side:
         raise ValueError(f"maps must be at least {side}x{side} for SSIM, got {first.shape[-2:]}")
     x, y = (_unit_range(m)[:, None] for m in (first, second))
