@@ -314,11 +314,12 @@ class ClassView(ProbeCallback):
         ssim = "sanity" in self.scores and min(size) >= SSIM_SIDE
         wanted = ssim or probes.regions is not None or "faithfulness" in self.scores
         heats = {method: upsample(m, size) for method, m in maps.items()} if wanted else {}
+        forward = self.probe_forward(pl_module)
         if "sanity" in self.scores:
             randomized = randomized_call(
                 pl_module,
                 lambda: self.score_maps(pl_module, probes, explained),
-                modules=upper_half(pl_module),
+                modules=upper_half(pl_module, probes.images[:1], forward),
             )
             for method, m in maps.items():
                 found[f"{method}|sanity"] = rank_correlation(m, randomized[method])
@@ -330,7 +331,6 @@ class ClassView(ProbeCallback):
                 found[f"{method}|pointing"] = pointing_game(heat, probes.regions)
                 found[f"{method}|energy"] = energy_in_box(heat, probes.regions)
         if "faithfulness" in self.scores:
-            forward = self.probe_forward(pl_module)
             for method, heat in heats.items():
                 for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
                     curves = deletion_insertion(

@@ -318,9 +318,9 @@ class DeconvLogger(ProbeCallback):
         the trained network's, and a note for the layers at or above :data:`INDEPENDENT`."""
         if "sanity" not in self.scores:
             return {}
-        forward = randomized_forward(
-            pl_module, modules=upper_half(pl_module), forward=self.probe_forward(pl_module)
-        )
+        forward = self.probe_forward(pl_module)
+        top = upper_half(pl_module, probes.images[:1], forward)
+        forward = randomized_forward(pl_module, modules=top, forward=forward)
         channels = {layer: found.channels for layer, found in projections.items()}
         randomized = project_layers(
             pl_module, probes.images, channels, rule=self.rule, forward=forward

@@ -107,27 +107,71 @@ def _unit_range(maps: Tensor) -> Tensor:
     return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
 
 
-def upper_half(model: nn.Module) -> int:
-    """How many of ``model``'s parametrized layers (those with ``reset_parameters``) make its
-    upper half, rounded up: what the sanity scores re-initialize, top first."""
-    layers = sum(hasattr(m, "reset_parameters") for m in model.modules())
-    return -(-layers // 2)
+def _parametrized(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model``'s layers with ``reset_parameters``, in ``named_modules()`` order."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "reset_parameters")]
+
+
+def layers_that_run(model: nn.Module, inputs: Tensor, forward: Forward | None = None) -> list[str]:
+    """The names of ``model``'s parametrized layers (those with ``reset_parameters``) in the
+    order one forward of ``inputs`` (``forward(inputs)``, default ``model(inputs)``, without
+    gradients) first calls them; layers that do not run are left out."""
+    order: dict[str, None] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda _, __, name=name: order.setdefault(name))
+        for name, module in _parametrized(model)
+    ]
+    try:
+        with torch.no_grad():
+            (forward or model)(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(order)
+
+
+def upper_half(
+    model: nn.Module, inputs: Tensor | None = None, forward: Forward | None = None
+) -> list[str]:
+    """The names of the upper half of ``model``'s parametrized layers, rounded up: what the
+    sanity scores re-initialize. In the order a forward of ``inputs`` runs them when given
+    (:func:`layers_that_run`: a head defined before its backbone still counts as the top, and a
+    GAN's generator, which a discriminator's forward does not run, is left out), else in
+    ``named_modules()`` order."""
+    if inputs is None:
+        names = [name for name, _ in _parametrized(model)]
+    else:
+        names = layers_that_run(model, inputs, forward)
+    return names[len(names) // 2 :]
 
 
 def randomized_parameters(
-    model: nn.Module, modules: int | None = None, seed: int = 0
+    model: nn.Module, modules: int | Sequence[str] | None = None, seed: int = 0
 ) -> dict[str, Tensor]:
     """Re-initialized parameters and buffers of ``model``'s parametrized layers, cascading from
-    the top: the last ``modules`` layers with ``reset_parameters`` in ``named_modules()`` order
-    (None: all of them), each with its own default initialization (BatchNorm's running
-    statistics reset too), as ``{name: tensor}`` for ``torch.func.functional_call``: the model
-    runs with them without being copied or touched. Each layer is reset on a copy of itself;
-    the draws come from ``seed`` with the global RNG saved and restored, so training's stream is
-    not shifted."""
-    if modules is not None:
-        check_int("modules", modules)
-    layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "reset_parameters")]
-    chosen = layers if modules is None else layers[len(layers) - modules :]
+    the top: ``modules`` names them (:func:`upper_half`), or counts the last layers with
+    ``reset_parameters`` in ``named_modules()`` order (None: all of them). Each gets its own
+    default initialization (BatchNorm's running statistics reset too), returned as ``{name:
+    tensor}`` for ``torch.func.functional_call``: the model runs with them without being copied
+    or touched. Each layer is reset on a copy of itself; the draws come from ``seed`` with the
+    global RNG saved and restored, so training's stream is not shifted.
+
+    Raises:
+        ValueError: a count that is not a positive integer, or a name that is not a
+            parametrized layer of ``model``.
+    """
+    layers = _parametrized(model)
+    if modules is None:
+        chosen = layers
+    elif isinstance(modules, int):
+        chosen = layers[len(layers) - check_int("modules", modules) :]
+    else:
+        unknown = set(modules) - {name for name, _ in layers}
+        if unknown:
+            raise ValueError(
+                f"`modules` must name layers with reset_parameters; not such: {sorted(unknown)}"
+            )
+        chosen = [(name, layer) for name, layer in layers if name in set(modules)]
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     replaced: dict[str, Tensor] = {}
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -161,7 +205,10 @@ def _swapped_call(model: nn.Module, tensors: dict[str, Tensor], run: Callable[[]
 
 
 def randomized_call(
-    model: nn.Module, run: Callable[[], T], modules: int | None = None, seed: int = 0
+    model: nn.Module,
+    run: Callable[[], T],
+    modules: int | Sequence[str] | None = None,
+    seed: int = 0,
 ) -> T:
     """``run()`` with :func:`randomized_parameters` swapped in for ``model``'s tensors for the
     call (``torch.func.functional_call``), without copying the model: whatever ``run`` computes
@@ -172,7 +219,10 @@ def randomized_call(
 
 
 def randomized_forward(
-    model: nn.Module, modules: int | None = None, seed: int = 0, forward: Forward | None = None
+    model: nn.Module,
+    modules: int | Sequence[str] | None = None,
+    seed: int = 0,
+    forward: Forward | None = None,
 ) -> Forward:
     """How to run ``model`` (or ``forward``, which calls it) with :func:`randomized_parameters`
     swapped in for each call, as :func:`randomized_call` does; the draws are made once."""
@@ -181,7 +231,9 @@ def randomized_forward(
     return lambda inputs: _swapped_call(model, tensors, lambda: run(inputs))
 
 
-def randomized_copy(model: nn.Module, modules: int | None = None, seed: int = 0) -> nn.Module:
+def randomized_copy(
+    model: nn.Module, modules: int | Sequence[str] | None = None, seed: int = 0
+) -> nn.Module:
     """A deep copy of ``model`` with :func:`randomized_parameters` loaded; ``model`` is not
     touched."""
     copied = copy.deepcopy(model)

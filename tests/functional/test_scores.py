@@ -13,17 +13,20 @@ from lightning_viz.functional import grad_cam, guided_backprop, relu_rule, salie
 from lightning_viz.functional.scores import (
     deletion_insertion,
     energy_in_box,
+    layers_that_run,
     pointing_game,
     random_maps,
     randomized_call,
     randomized_copy,
     randomized_forward,
+    randomized_parameters,
     rank_correlation,
     region_masks,
     structural_similarity,
     upper_half,
 )
 from lightning_viz.testing import DigitsCNN, shapes_task
+from tests.helpers import hook_count
 
 
 def test_rank_correlation_equals_scipy_ties_included():
@@ -256,3 +259,39 @@ def test_a_randomized_call_sees_the_copy_s_weights_and_restores_the_model_even_o
         randomized_call(model, failing, 2)
     assert model.fc.weight is weight
     assert not torch.equal(weight, copy.fc.weight)
+
+
+def test_the_upper_half_is_the_top_of_what_runs_not_of_the_definition_order():
+    """A head defined before its backbone is still the top; a part the forward does not run (a
+    GAN's generator under its discriminator's forward) is left out."""
+
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 3)
+            self.body = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+            self.unused = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.head(self.body(x).mean(dim=(2, 3)))
+
+    model = HeadFirst().eval()
+    images = torch.rand(1, 1, 8, 8)
+    assert layers_that_run(model, images) == ["body.0", "body.1", "head"]
+    assert upper_half(model, images) == ["body.1", "head"]
+    assert upper_half(model) == ["body.1", "unused"]  # definition order, without a forward
+    body_only = upper_half(model, images, forward=lambda x: model.body(x))
+    assert body_only == ["body.1"]
+    replaced = randomized_parameters(model, upper_half(model, images))
+    assert sorted(replaced) == [
+        "body.1.bias",
+        "body.1.num_batches_tracked",
+        "body.1.running_mean",
+        "body.1.running_var",
+        "body.1.weight",
+        "head.bias",
+        "head.weight",
+    ]
+    assert hook_count(model) == 0
+    with pytest.raises(ValueError, match=r"not such: \['body.2'\]"):
+        randomized_parameters(model, ["head", "body.2"])
