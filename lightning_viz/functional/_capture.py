@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 Forward = Callable[[Tensor], Any]
 """How to run a model on inputs when not ``model(inputs)``: a GAN's discriminator
@@ -196,11 +197,24 @@ def output_shapes(
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    hooked_forward(
+        model,
+        inputs,
+        [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n],
+        forward,
+    )
+    return finished
+
+
+def hooked_forward(
+    model: nn.Module, inputs: Tensor, handles: list[RemovableHandle], forward: Forward | None = None
+) -> None:
+    """One forward of ``inputs`` (``forward(inputs)``, default ``model(inputs)``) without
+    gradients, for what the hooks of ``handles`` record; they are removed when it ends, also on
+    an error."""
     try:
         with torch.no_grad():
             (forward or model)(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return finished

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_viz.functional._capture import Forward
+from lightning_viz.functional._capture import Forward, hooked_forward
 from lightning_viz.functional._pass import default_max_batch
 from lightning_viz.functional._validation import check_int, check_logits, target_index
 from lightning_viz.functional.gradcam import OutputTransform, class_scores
@@ -121,12 +121,7 @@ def layers_that_run(model: nn.Module, inputs: Tensor, forward: Forward | None = 
         module.register_forward_pre_hook(lambda _, __, name=name: order.setdefault(name))
         for name, module in _parametrized(model)
     ]
-    try:
-        with torch.no_grad():
-            (forward or model)(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, inputs, handles, forward)
     return list(order)
 
 
@@ -166,12 +161,13 @@ def randomized_parameters(
     elif isinstance(modules, int):
         chosen = layers[len(layers) - check_int("modules", modules) :]
     else:
-        unknown = set(modules) - {name for name, _ in layers}
+        wanted = set(modules)
+        unknown = wanted - {name for name, _ in layers}
         if unknown:
             raise ValueError(
                 f"`modules` must name layers with reset_parameters; not such: {sorted(unknown)}"
             )
-        chosen = [(name, layer) for name, layer in layers if name in set(modules)]
+        chosen = [(name, layer) for name, layer in layers if name in wanted]
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     replaced: dict[str, Tensor] = {}
     with torch.random.fork_rng(devices=devices), torch.no_grad():
