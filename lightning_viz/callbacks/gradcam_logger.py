@@ -72,8 +72,8 @@ class GradCAMLogger(ClassView):
             notice unless you pass one.
         scores: the trust scores logged beside the maps: True for all, False for none, or
             names from ``"stability"`` (no extra cost), ``"sanity"`` (the Grad-CAM pass once
-            more, with the upper half of the network re-initialized: about a third of a
-            training step) and ``"faithfulness"`` (4 x 17 forwards of the probes per map: about
+            more, with the upper half of the network re-initialized: under half a training
+            step) and ``"faithfulness"`` (4 x 17 forwards of the probes per map: about
             3 training steps); default stability and sanity. The same argument, with the same
             keys under each view's tag, on every view that explains a class.
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
