@@ -70,8 +70,9 @@ def activation_reductions(
         weight = active_maps
     else:  # a 1x1 map has no spatial distribution: it weighs nothing in the localization
         localized = weight = a.new_zeros(())
-    # NaN or Inf anywhere in the whole batch makes its plain sum non-finite
-    nonfinite = (~whole.sum().isfinite()).float()
+    # NaN or Inf anywhere in the whole batch makes its plain sum non-finite; summed in float32,
+    # since a float16 sum overflows to Inf on any large batch of ordinary values (16-mixed)
+    nonfinite = (~whole.sum(dtype=torch.float32).isfinite()).float()
     sums = torch.stack(
         [
             zero,

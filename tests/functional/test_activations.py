@@ -186,3 +186,12 @@ def test_strided_images_of_a_resnet_estimate_the_whole_batch(resnet18):
         estimate = stats_from_sums(activation_sums(strided).tolist())
         for key in ("zero_fraction", "localization"):
             assert abs(estimate[key] - whole[key]) < 0.02, (key, maps.shape)
+
+
+def test_a_large_float16_batch_of_ordinary_values_is_finite():
+    # its float16 sum would be 524,288 > 65,504, the largest float16: Inf, a false alert under
+    # precision="16-mixed"
+    a = torch.ones(32, 16, 32, 32, dtype=torch.float16)
+    assert not activation_stats(a)["nonfinite"]
+    a[5, 3, 2, 1] = float("inf")
+    assert activation_stats(a)["nonfinite"]
