@@ -32,14 +32,14 @@ def fail_on_rank_1_at_step_2(trainer: pl.Trainer) -> None:
     """Make ActivationMonitor's statistics raise on rank 1 only, at one step."""
     import lightning_viz.callbacks.activation_monitor as monitor
 
-    original = monitor.activation_reductions
+    original = monitor.sample_activations
 
     def flaky(*args, **kwargs):
         if trainer.global_rank == 1 and trainer.global_step == 2:
             raise RuntimeError("out of memory on rank 1")
         return original(*args, **kwargs)
 
-    monitor.activation_reductions = flaky
+    monitor.sample_activations = flaky
 
 
 def main(out: Path, devices: int, flaky: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,8 +21,9 @@ from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
 from lightning_viz.functional.activations import (
     SUMMED,
-    ActivationReductions,
-    activation_reductions,
+    ActivationSample,
+    reduce_activation_samples,
+    sample_activations,
     stats_from_sums,
 )
 from lightning_viz.functional.alert_rules import (
@@ -71,6 +73,9 @@ STATISTICS_VALUES = 2**16
 """The statistics of a sampled step read every s-th image of the batch, s the smallest stride
 that keeps at most this many values per layer, but at least 4 images (whole maps; measured
 error in the tests)."""
+PENDING_VALUES = 2**24
+"""Sampled steps wait to be reduced together while their copies hold at most this many values
+(64 MiB in float32), and for at most ``log_every_n_steps`` batches."""
 
 
 def is_activation(module: nn.Module, types: tuple[type[nn.Module], ...] | None = None) -> bool:
@@ -92,11 +97,17 @@ class ActivationMonitor(VizCallback):
     r"""Watch how sparse and localized the feature maps are, and which channels are dead.
 
     On sampled training batches (every ``every_n_steps``), forward hooks on the watched layers
-    reduce each feature map on the device to a few statistics
-    (:func:`~lightning_viz.functional.activation_stats`). The hooks exist for that batch only;
-    everything is packed into one tensor and moved to the host once per sampled step. Steps that
-    are not sampled cost nothing and sync nothing. Validation batches are not sampled. Under DDP
-    the scalars are averaged over ranks (every rank reaches the same collective at the same step).
+    keep a strided copy of each feature map on the device; the copies of several sampled steps
+    are reduced together to each step's statistics
+    (:func:`~lightning_viz.functional.activation_stats`), packed into one tensor and moved to
+    the host in one transfer, then logged at their own steps. The first sampled step is read at
+    once; then as many steps wait as fit in ``log_every_n_steps`` batches and 64 MiB
+    (:data:`PENDING_VALUES`), so the default cadence (one sample per ``log_every_n_steps``)
+    reads every sample at once and sampling every step reads the device once per
+    ``log_every_n_steps``; an epoch's end and the end of training read what waits. The hooks
+    exist for sampled batches only; steps that are not sampled cost nothing and sync nothing, nor
+    do sampled steps that wait. Validation batches are not sampled. Under DDP the scalars are
+    averaged over ranks (every rank reaches the same collective at the same step).
 
     Default layers are the activation modules with 4-D outputs: what a user thinks of as "the
     activations": torch's (:data:`ACTIVATION_TYPES`: ReLU and its kin, GELU, SiLU, Mish,
@@ -118,7 +129,9 @@ class ActivationMonitor(VizCallback):
       value in any sampled batch of the epoch is at least ``dead_threshold``.
     - ``saturated``: after ``warmup_epochs``, a sigmoid/tanh layer's mean saturated fraction over
       the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
-    - ``nonfinite_activations``: NaN or Inf in a sampled feature map.
+    - ``nonfinite_activations``: NaN or Inf in a sampled feature map, raised when its step is
+      read (with ``on_alert="stop"``, training stops then: at most ``log_every_n_steps``
+      batches later).
 
     Args:
         layers: names of modules whose (4-D) outputs to watch; default every activation module.
@@ -128,7 +141,7 @@ class ActivationMonitor(VizCallback):
         dead_threshold: the dead fraction at which ``dead_channels`` fires.
         saturated_threshold: the saturated fraction at which ``saturated`` fires.
         warmup_epochs: epochs before ``dead_channels`` and ``saturated`` may fire.
-        histograms: also log a histogram of each layer's values per sampled step.
+        histograms: also log a histogram of each layer's values, of the last step of each read.
         max_values: read every s-th image of a sampled batch, s the smallest stride that keeps
             at most this many values per layer (at least 4 images); None reads every value
             (exact, and under DDP equal to a single process over the same batches, at several
@@ -152,8 +165,9 @@ class ActivationMonitor(VizCallback):
     - ``activations/<layer>/zero_fraction``: fraction of values <= 0 (sparsity), per sampled step.
     - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
       over the image, 1 when it sits on one pixel (mean over images and active channels).
-    - ``activations/<layer>`` (histogram): the values of the sampled batch's strided images
-      (an evenly strided sample of at most 4,096 of them).
+    - ``activations/<layer>`` (histogram): the values of a sampled batch's strided images (an
+      evenly strided sample of at most 4,096 of them), for the last step of each read: every
+      sampled step at the default cadence, one per ``log_every_n_steps`` batches at most.
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch; only once each channel had at least
       1,024 values in them (a 1x1 map of a squeeze-excitation block in small batches has too
@@ -177,9 +191,10 @@ class ActivationMonitor(VizCallback):
     fraction and localization of the strided images are within 0.03 of the whole batch's
     (tested); NaN and Inf are looked for in every value.
 
-    Cost: on sampled steps, a few reductions per watched feature map (of the strided images)
-    and one host transfer; on other steps nothing. At ``every_n_steps=1`` this is the worst
-    case.
+    Cost: on a sampled step, a strided copy and a sum per watched feature map; on a read, about
+    20 device operations per layer for all the steps that waited, one host transfer and the
+    scalars' writes; on other steps nothing. At ``every_n_steps=1`` this is the worst case (the
+    README's performance section gives it), and the waiting copies hold up to 64 MiB.
 
     Example::
 
@@ -221,8 +236,11 @@ class ActivationMonitor(VizCallback):
         self._layers: dict[str, nn.Module] = {}
         self._interval = 1
         self._handles: list[RemovableHandle] = []
-        self._batch: dict[str, ActivationReductions] = {}
+        self._step_samples: dict[str, ActivationSample] = {}
+        self._pending: list[tuple[int, dict[str, ActivationSample]]] = []
+        self._flush_every = 1
         self._calls: dict[str, int] = {}
+        self._hooked = False
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
         self._seen: dict[str, float] = {}
@@ -241,6 +259,7 @@ class ActivationMonitor(VizCallback):
         if stage != "fit":
             return
         self._batches_seen = 0
+        self._pending, self._flush_every, self._problems = [], 1, []
         source = type(self).__name__
         compiled = compiled_parts(pl_module)
         if compiled:
@@ -309,7 +328,7 @@ class ActivationMonitor(VizCallback):
 
     def _add_hooks(self, trainer: pl.Trainer) -> None:
         self._remove_hooks()
-        self._batch, self._calls, self._problems = {}, {}, []
+        self._step_samples, self._calls = {}, {}
         self._handles = [
             module.register_forward_hook(self._make_hook(name, trainer))
             for name, module in self._layers.items()
@@ -330,23 +349,49 @@ class ActivationMonitor(VizCallback):
             self._end_sampled_step(trainer)
 
     def _end_sampled_step(self, trainer: pl.Trainer) -> None:
+        """Keep the step's samples; reduce, sync and log them with the pending ones once
+        ``_flush_every`` steps wait (the same steps on every rank: the count is structural)."""
         self._remove_hooks()
+        self._hooked = self._hooked or bool(self._calls)
+        self._pending.append((trainer.global_step, self._step_samples))
+        self._step_samples = {}
+        if len(self._pending) >= self._flush_every:
+            self._flush(trainer)
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Reduce the pending steps' samples together and log each step's statistics."""
+        pending, self._pending = self._pending, []
+        problems, self._problems = self._problems, []
+        hooked, self._hooked = self._hooked, False
         with self.guarded(trainer, "activation statistics"):
-            agreed = self._ranks_agree(trainer, not self._problems, len(self._batch))
-            if self._problems:
-                raise ValueError("; ".join(self._problems))
-            if agreed and not self._batch and self._calls:
+            records = sum(len(samples) for _, samples in pending)
+            agreed = self._ranks_agree(trainer, not problems, records)
+            if problems:
+                raise ValueError("; ".join(problems))
+            if agreed and not records and hooked:
                 self.show_nothing(
                     f"none of the {len(self._layers)} watched activation modules returned a "
                     "4-D (N, C, H, W) feature map (a token model such as a ViT gives (N, tokens, "
                     "dim)). Pass layers=[...] naming modules with 4-D outputs.",
                     trainer,
                 )
-            elif agreed:
-                self._log_batch(trainer)
+            elif agreed and records:
+                self._log_pending(trainer, pending)
+        if self._flush_every == 1 and pending:
+            self._flush_every = self._steps_per_flush(trainer, len(pending[0][1]))
+
+    def _steps_per_flush(self, trainer: pl.Trainer, maps_per_step: int) -> int:
+        """How many sampled steps wait to be reduced together: as many as fit in
+        ``log_every_n_steps`` batches and :data:`PENDING_VALUES` (one, reading every value)."""
+        if self.max_values is None or not maps_per_step:
+            return 1
+        per_log = trainer.log_every_n_steps // self._interval
+        return max(1, min(per_log, PENDING_VALUES // (maps_per_step * self.max_values)))
 
     @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending:
+            self._flush(trainer)
         with self.guarded(trainer, "dead channels"):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
@@ -354,16 +399,31 @@ class ActivationMonitor(VizCallback):
             self._check_saturation(trainer)
 
     @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending:
+            with self.timed(trainer):
+                self._flush(trainer)
+        super().on_train_end(trainer, pl_module)
+
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._remove_hooks()
+        if self._pending and trainer.world_size == 1:  # other ranks may not reach a collective
+            strict, self.strict = self.strict, False  # the training's exception comes first
+            try:
+                self._flush(trainer)
+            finally:
+                self.strict = strict
+        self._pending = []
         super().on_exception(trainer, pl_module, exception)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         self._remove_hooks()
+        self._pending = []
 
     # ------------------------------------------------------------------------ measurement
     def _make_hook(self, name: str, trainer: pl.Trainer):
@@ -389,12 +449,7 @@ class ActivationMonitor(VizCallback):
                     )
                     self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
                 return
-            self._batch[key] = activation_reductions(
-                output,
-                histogram_samples=HISTOGRAM_SAMPLES,
-                bounds=self._bounds.get(name),
-                max_values=self.max_values,
-            )
+            self._step_samples[key] = sample_activations(output, self.max_values)
         except Exception as error:  # a hook must never break the training step
             self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -418,53 +473,89 @@ class ActivationMonitor(VizCallback):
             handle.remove()
         self._handles = []
 
-    def _log_batch(self, trainer: pl.Trainer) -> None:
-        if not self._batch:
-            return
-        keys = list(self._batch)
-        sums = torch.stack([self._batch[key].sums for key in keys])
+    def _log_pending(
+        self, trainer: pl.Trainer, pending: list[tuple[int, dict[str, ActivationSample]]]
+    ) -> None:
+        """Reduce each layer's pending samples in one pass per run of equal shapes (the last
+        batch of an epoch may be smaller), move them to the host in one transfer, then log each
+        step's statistics at its own step."""
+        by_key: dict[str, list[tuple[int, ActivationSample]]] = {}
+        for index, (_, samples) in enumerate(pending):
+            for key, sample in samples.items():
+                by_key.setdefault(key, []).append((index, sample))
+        rows: list[tuple[int, str]] = []
+        sums, histograms = [], []
+        for key, samples in by_key.items():
+            for _, run in groupby(samples, key=lambda item: item[1].images.shape):
+                run = list(run)
+                reduced = reduce_activation_samples(
+                    torch.stack([sample.images for _, sample in run]),
+                    torch.stack([sample.total for _, sample in run]),
+                    histogram_samples=HISTOGRAM_SAMPLES,
+                    bounds=self._bounds.get(key.split("#")[0]),
+                    overwrite=True,  # the stacked copy is the monitor's own
+                )
+                rows += [(index, key) for index, _ in run]
+                sums.append(reduced.sums)
+                histograms.append(reduced.histogram)
+                if self._bounds.get(key.split("#")[0]) is None:  # a sigmoid saturates instead
+                    active = reduced.channel_active
+                    self._active[key] = (
+                        active | self._active[key] if key in self._active else active
+                    )
+        on_device = {"sums": torch.cat(sums)}
         if trainer.world_size > 1:
-            sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        on_device = {"sums": sums}
+            on_device["sums"] = trainer.strategy.reduce(on_device["sums"], reduce_op="sum")
         if self.histograms:
-            on_device["histograms"] = torch.stack([self._batch[key].histogram for key in keys])
-        host = to_host(on_device)  # the one transfer of this step
-        saturating = {key for key in keys if self._bounds.get(key.split("#")[0]) is not None}
-        for key in keys:
-            if key in saturating:
-                continue  # a sigmoid is never "dead": it saturates instead
-            active = self._batch[key].channel_active
-            self._active[key] = active | self._active[key] if key in self._active else active
+            on_device["histograms"] = torch.cat(histograms)
+        host = to_host(on_device)  # the one transfer of these steps
+        by_step: dict[int, list[int]] = {}
+        for row, (index, _) in enumerate(rows):
+            by_step.setdefault(index, []).append(row)
+        last = len(pending) - 1
+        for index, step_rows in sorted(by_step.items()):
+            step = pending[index][0]
+            with_histograms = self.histograms and index == last
+            self._log_step(
+                trainer, step, [(rows[r][1], r) for r in step_rows], host, with_histograms
+            )
+
+    def _log_step(
+        self,
+        trainer: pl.Trainer,
+        step: int,
+        rows: list[tuple[str, int]],
+        host: dict[str, Tensor],
+        with_histograms: bool,
+    ) -> None:
+        """One sampled step's scalars, alerts and (``with_histograms``) histograms, from its
+        ``(layer, row)`` of the host tensors."""
         metrics = {}
-        finite_keys = []
-        for key, row in zip(keys, host["sums"].tolist(), strict=True):
-            stats = stats_from_sums(row)
+        for key, row in rows:
+            values = host["sums"][row].tolist()
+            stats = stats_from_sums(values)
+            saturating = self._bounds.get(key.split("#")[0]) is not None
             if key in self._active:  # values per channel, summed over ranks
                 channels = self._active[key].numel()
                 self._seen[key] = (
-                    self._seen.get(key, 0.0) + row[SUMMED.index("elements")] / channels
+                    self._seen.get(key, 0.0) + values[SUMMED.index("elements")] / channels
                 )
-            if not stats["nonfinite"]:
-                finite_keys.append(key)
-                if key in saturating:
-                    logged = ["saturated_fraction"]
-                    total = self._saturation.setdefault(key, [0.0, 0])
-                    total[0], total[1] = total[0] + stats["saturated_fraction"], total[1] + 1
-                elif math.isnan(stats["localization"]):
-                    logged = ["zero_fraction"]
-                else:
-                    logged = _RELU_KEYS
-                metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
-            self.raise_alert(
-                trainer,
-                nonfinite_activation_finding(key, stats["nonfinite"], trainer.global_step),
-            )
-        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
-        if self.histograms:
-            for key, histogram in zip(keys, host["histograms"], strict=True):
-                if key in finite_keys:
-                    tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
-                    self.log_histogram(trainer, tag, histogram)
+            self.raise_alert(trainer, nonfinite_activation_finding(key, stats["nonfinite"], step))
+            if stats["nonfinite"]:
+                continue
+            if saturating:
+                logged = ["saturated_fraction"]
+                total = self._saturation.setdefault(key, [0.0, 0])
+                total[0], total[1] = total[0] + stats["saturated_fraction"], total[1] + 1
+            elif math.isnan(stats["localization"]):
+                logged = ["zero_fraction"]
+            else:
+                logged = _RELU_KEYS
+            metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
+            if with_histograms:
+                tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
+                self.log_histogram(trainer, tag, host["histograms"][row], step=step)
+        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)}, step=step)
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)

@@ -450,10 +450,14 @@ class VizCallback(*CALLBACK_BASES):
             return []
         return [logger for logger in trainer.loggers if isinstance(logger, WANDB_LOGGERS)]
 
-    def log_scalars(self, trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+    def log_scalars(
+        self, trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None
+    ) -> None:
+        """Log to every attached logger at ``step`` (default: the current global step)."""
         if metrics:
+            step = trainer.global_step if step is None else step
             for logger in trainer.loggers:
-                logger.log_metrics(dict(metrics), step=trainer.global_step)
+                logger.log_metrics(dict(metrics), step=step)
 
     def write(self, trainer: pl.Trainer, what: str, job: Callable[[Any], None]) -> None:
         """Run ``job(summary_writer)`` on the background writer (rank 0, with a TensorBoardLogger
@@ -465,11 +469,14 @@ class VizCallback(*CALLBACK_BASES):
         self._report_write_errors(trainer)
         RunContext.of(trainer).background.submit(what, lambda: job(writer))
 
-    def log_histogram(self, trainer: pl.Trainer, tag: str, histogram: Tensor) -> None:
+    def log_histogram(
+        self, trainer: pl.Trainer, tag: str, histogram: Tensor, step: int | None = None
+    ) -> None:
         """Log a histogram counted on the device and moved to the host already: (2 + B,), its
-        min, max and B equal-width bin counts (``ActivationReductions.histogram``). The
-        background writer turns it into TensorBoard's summary."""
-        step = trainer.global_step
+        min, max and B equal-width bin counts (``ActivationReductions.histogram``), at ``step``
+        (default: the current global step). The background writer turns it into TensorBoard's
+        summary."""
+        step = trainer.global_step if step is None else step
         self.write(trainer, tag, lambda writer: write_histogram(writer, tag, histogram, step))
 
     def log_values_histogram(self, trainer: pl.Trainer, tag: str, values: np.ndarray) -> None:

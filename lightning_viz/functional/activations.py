@@ -20,7 +20,9 @@ SATURATION_MARGIN = 0.02
 
 
 class ActivationReductions(NamedTuple):
-    """What :func:`activation_reductions` returns: a few tensors on the input's device."""
+    """What :func:`activation_reductions` returns: a few tensors on the input's device
+    (:func:`reduce_activation_samples` adds a leading step dimension to all but
+    ``channel_active``)."""
 
     sums: Tensor
     """(6,) the numerators and denominators of :data:`SUMMED` (sum them over batches or ranks,
@@ -34,6 +36,90 @@ class ActivationReductions(NamedTuple):
     between them (:func:`histogram_edges` gives the edges)."""
 
 
+class ActivationSample(NamedTuple):
+    """What a sampled training step keeps of one feature map (:func:`sample_activations`)."""
+
+    images: Tensor
+    """(n, C, H, W): a copy of the strided images, in the feature map's dtype."""
+    total: Tensor
+    """The whole batch's plain sum in float32: NaN or Inf anywhere in it makes it non-finite."""
+
+
+def sample_activations(activations: Tensor, max_values: int | None = None) -> ActivationSample:
+    """What the training hot path keeps of a feature map for :func:`reduce_activation_samples`:
+    two device operations, whatever the size, so that many steps' samples can be reduced at once.
+
+    Args:
+        activations: (N, C, H, W) feature maps.
+        max_values: as in :func:`activation_stats`.
+    """
+    whole = _checked(activations, max_values)
+    images = _strided_images(whole, max_values).clone(memory_format=torch.contiguous_format)
+    return ActivationSample(images, _plain_sum(whole))
+
+
+def reduce_activation_samples(
+    images: Tensor,
+    totals: Tensor,
+    bins: int = HISTOGRAM_BINS,
+    histogram_samples: int | None = None,
+    bounds: tuple[float, float] | None = None,
+    overwrite: bool = False,
+) -> ActivationReductions:
+    """The reductions of S steps' samples of one layer at once, in as few device operations as a
+    single step's (about 20, whatever S and the sizes) and no temporary as large as the samples.
+
+    Args:
+        images: (S, n, C, H, W): each step's :attr:`ActivationSample.images`, stacked.
+        totals: (S,): each step's :attr:`ActivationSample.total`.
+        bins, histogram_samples, bounds: as in :func:`activation_stats`, per step.
+        overwrite: the function may overwrite float32 ``images`` (it then copies nothing:
+            on a CPU, temporaries of several MB cost a page fault per 4 KiB).
+
+    Returns:
+        :class:`ActivationReductions` with a leading step dimension: ``sums`` (S, 6),
+        ``active_maps`` (S,) and ``histogram`` (S, 2 + bins); ``channel_active`` (C,) is any
+        step's.
+    """
+    if images.dim() != 5 or totals.shape != images.shape[:1]:
+        raise ValueError(
+            "`images` must be (S, n, C, H, W) and `totals` (S,), got "
+            f"{tuple(images.shape)} and {tuple(totals.shape)}"
+        )
+    _check_counts(bins, histogram_samples)
+    a = images.to(torch.float32, copy=not overwrite)
+    steps, count, area = len(a), a[0].numel(), a.shape[3] * a.shape[4]
+    saturated = _saturated_count(a, bounds)
+    flat = a.flatten(1)
+    if histogram_samples is not None and flat.shape[1] > histogram_samples:
+        flat = flat[:, :: -(-flat.shape[1] // histogram_samples)]
+    histogram = _histograms(flat, bins)  # before the values are clamped in place
+    positive = a.clamp_(min=0)
+    mass = positive.sum(dim=(3, 4))
+    active = mass > 0
+    active_maps = active.sum(dim=(1, 2))
+    if area >= 2:
+        entropy = (_collision_entropy(positive, mass) * active).sum(dim=(1, 2))
+        localized = active_maps - entropy / math.log(area)
+        weight = active_maps
+    else:  # a 1x1 map has no spatial distribution: it weighs nothing in the localization
+        localized = weight = a.new_zeros(steps)
+    # sign_().sum() is cheap on every device (count_nonzero is 10-30x slower on a CPU)
+    zero = count - positive.sign_().sum(dim=(1, 2, 3, 4))
+    sums = torch.stack(
+        [
+            zero,
+            localized,
+            (~totals.isfinite()).float(),
+            a.new_full((steps,), count),
+            weight.float(),
+            saturated,
+        ],
+        dim=1,
+    )
+    return ActivationReductions(sums, active.any(dim=1).any(dim=0), active_maps, histogram)
+
+
 def activation_reductions(
     activations: Tensor,
     bins: int = HISTOGRAM_BINS,
@@ -41,52 +127,18 @@ def activation_reductions(
     bounds: tuple[float, float] | None = None,
     max_values: int | None = None,
 ) -> ActivationReductions:
-    """The reductions behind :func:`activation_stats`, in as few device operations as they
-    take (about 25, whatever the tensor's size): what the training hot path calls on sampled
-    steps. Arguments as in :func:`activation_stats`."""
-    if activations.dim() != 4:
-        raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
-    if bins < 1:
-        raise ValueError(f"`bins` must be at least 1, got {bins}")
-    if histogram_samples is not None and histogram_samples < 1:
-        raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
-    if max_values is not None and max_values < 1:
-        raise ValueError(f"`max_values` must be at least 1, got {max_values}")
-    whole = activations.detach()
-    a = whole
-    if max_values is not None and a.numel() > max_values:
-        stride = min(-(-a.numel() // max_values), max(1, len(a) // MIN_IMAGES))
-        a = a[::stride]
-    a = a.float()
-    count, area = a.numel(), a.shape[2] * a.shape[3]
-    positive = a.clamp(min=0)
-    mass = positive.sum(dim=(2, 3))
-    active = mass > 0
-    active_maps = active.sum()
-    # sign().sum() is cheap on every device (count_nonzero is 10-30x slower on a CPU)
-    zero = count - positive.sign().sum()
-    if area >= 2:
-        localized = active_maps - (_entropy(positive, mass) * active).sum() / math.log(area)
-        weight = active_maps
-    else:  # a 1x1 map has no spatial distribution: it weighs nothing in the localization
-        localized = weight = a.new_zeros(())
-    # NaN or Inf anywhere in the whole batch makes its plain sum non-finite; summed in float32,
-    # since a float16 sum overflows to Inf on any large batch of ordinary values (16-mixed)
-    nonfinite = (~whole.sum(dtype=torch.float32).isfinite()).float()
-    sums = torch.stack(
-        [
-            zero,
-            localized,
-            nonfinite,
-            a.new_full((), count),
-            weight.float(),
-            _saturated_count(a, bounds),
-        ]
+    """The reductions behind :func:`activation_stats` of one batch, in as few device operations
+    as they take (about 25, whatever the tensor's size). Arguments as in
+    :func:`activation_stats`."""
+    whole = _checked(activations, max_values)
+    _check_counts(bins, histogram_samples)
+    images = _strided_images(whole, max_values)
+    reduced = reduce_activation_samples(
+        images[None], _plain_sum(whole)[None], bins, histogram_samples, bounds
     )
-    flat = a.flatten()
-    if histogram_samples is not None and flat.numel() > histogram_samples:
-        flat = flat[:: -(-flat.numel() // histogram_samples)]
-    return ActivationReductions(sums, active.any(dim=0), active_maps, _histogram(flat, bins))
+    return ActivationReductions(
+        reduced.sums[0], reduced.channel_active, reduced.active_maps[0], reduced.histogram[0]
+    )
 
 
 def activation_stats(
@@ -118,9 +170,11 @@ def activation_stats(
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
         ``channel_active``: (C,) bool, any positive value in this batch (OR these across batches
         to count dead channels);
-        ``localization``: mean over images and active channels of ``1 - H(p) / log(H*W)``, with p
-        the positive part normalized over space: 0 when spread evenly, 1 on a single pixel (NaN
-        when no channel is active or maps are 1x1);
+        ``localization``: mean over images and active channels of ``1 - H2(p) / log(H*W)``, with
+        p the positive part normalized over space and ``H2(p) = -log sum(p^2)`` its collision
+        (order-2 Renyi) entropy, the log of the map's participation ratio: 0 when spread evenly,
+        1 on a single pixel, ``1 - log k / log(H*W)`` on k equal pixels; a tail of faint values
+        weighs little beside a strong spot (NaN when no channel is active or maps are 1x1);
         ``active_maps``: how many (image, channel) maps have a positive value (the weight of
         ``localization`` when averaging over batches or ranks);
         ``elements``: how many values (the weight of ``zero_fraction``);
@@ -187,40 +241,72 @@ def histogram_edges(low: Tensor | float, high: Tensor | float, bins: int) -> Ten
     return low + width * torch.arange(bins + 1, device=low.device, dtype=torch.float32)
 
 
+def _checked(activations: Tensor, max_values: int | None) -> Tensor:
+    if activations.dim() != 4:
+        raise ValueError(f"`activations` must be (N, C, H, W), got {tuple(activations.shape)}")
+    if max_values is not None and max_values < 1:
+        raise ValueError(f"`max_values` must be at least 1, got {max_values}")
+    return activations.detach()
+
+
+def _check_counts(bins: int, histogram_samples: int | None) -> None:
+    if bins < 1:
+        raise ValueError(f"`bins` must be at least 1, got {bins}")
+    if histogram_samples is not None and histogram_samples < 1:
+        raise ValueError(f"`histogram_samples` must be at least 1, got {histogram_samples}")
+
+
+def _strided_images(activations: Tensor, max_values: int | None) -> Tensor:
+    """Every s-th image, s the smallest stride keeping at most ``max_values`` values, but at
+    least :data:`MIN_IMAGES` images."""
+    if max_values is None or activations.numel() <= max_values:
+        return activations
+    stride = min(-(-activations.numel() // max_values), max(1, len(activations) // MIN_IMAGES))
+    return activations[::stride]
+
+
+def _plain_sum(activations: Tensor) -> Tensor:
+    # summed in float32: a float16 sum overflows to Inf on any large batch of ordinary values
+    return activations.sum(dtype=torch.float32)
+
+
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:
+    """(S,) how many values of each step's (n, C, H, W) sit within the margin of a bound."""
     if bounds is None:
-        return values.new_zeros(())
+        return values.new_zeros(len(values))
     low, high = bounds
     margin = SATURATION_MARGIN * (high - low)
-    return ((values <= low + margin) | (values >= high - margin)).sum().float()
+    saturated = (values <= low + margin) | (values >= high - margin)
+    return saturated.sum(dim=(1, 2, 3, 4)).float()
 
 
-def _entropy(positive: Tensor, mass: Tensor) -> Tensor:
-    """(N, C) entropy of the spatial distribution of each map's positive part.
+def _collision_entropy(positive: Tensor, mass: Tensor) -> Tensor:
+    """(..., N, C) collision entropy ``-log sum(p^2)`` of the spatial distribution of each map's
+    positive part.
 
-    With ``x`` the positive values of a map and ``M = sum(x)``, ``p = x / M`` has entropy
-    ``H = log M - sum(x log x) / M``: one pass, no normalized copy of the maps.
+    With ``x`` the positive values of a map and ``M = sum(x)``, ``p = x / M`` gives
+    ``2 (log M - log ||x||)``: one fused pass (the norm), no normalized copy and no log per
+    value (a Shannon entropy's ``x log x`` costs over ten times more on a CPU).
     """
     tiny = torch.finfo(mass.dtype).tiny
-    # x * log(x + tiny) is x log x with 0 at 0, several times faster than xlogy on a CPU
-    x_log_x = (positive + tiny).log_().mul_(positive).sum(dim=(2, 3))
-    safe = mass.clamp(min=tiny)
-    return safe.log() - x_log_x / safe
+    norm = torch.linalg.vector_norm(positive, dim=(-2, -1)).clamp(min=tiny)
+    return 2 * (mass.clamp(min=tiny).log() - norm.log())
 
 
-def _histogram(values: Tensor, bins: int) -> Tensor:
-    """(2 + bins,): min, max and equal-width bin counts of the values, with no data-dependent
-    shape."""
-    low, high = values.aminmax()
+def _histograms(values: Tensor, bins: int) -> Tensor:
+    """(S, 2 + bins): each row's min, max and equal-width bin counts of its values (S, m), with
+    no data-dependent shape."""
+    low, high = values.aminmax(dim=1)
     scale = bins / (high - low).clamp(min=torch.finfo(values.dtype).eps)
-    index = ((values - low) * scale).long().clamp_(0, bins - 1)
+    index = ((values - low[:, None]) * scale[:, None]).long().clamp_(0, bins - 1)
+    index = (index + torch.arange(len(values), device=values.device)[:, None] * bins).flatten()
     if values.is_cuda and torch.are_deterministic_algorithms_enabled():
-        counts = _count_by_sorting(index, bins)
+        counts = _count_by_sorting(index, len(values) * bins)
     else:
-        counts = torch.zeros(bins, device=values.device).scatter_add_(
-            0, index, torch.ones_like(values)
+        counts = torch.zeros(len(values) * bins, device=values.device).scatter_add_(
+            0, index, torch.ones_like(index, dtype=torch.float32)
         )
-    return torch.cat([torch.stack([low, high]), counts])
+    return torch.cat([low[:, None], high[:, None], counts.view(len(values), bins)], dim=1)
 
 
 def _count_by_sorting(index: Tensor, bins: int) -> Tensor:

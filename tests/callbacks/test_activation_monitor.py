@@ -172,16 +172,60 @@ def test_nonfinite_activations_alert(tmp_path):
     class NaNInput(DigitsClassifier):
         def training_step(self, batch, batch_idx):
             x, y = batch
-            if batch_idx == 1:
+            if batch_idx == 2:
                 x = x.clone()
                 x[0, 0, 0, 0] = float("nan")
             return super().training_step((x, y), batch_idx)
 
     monitor = ActivationMonitor(every_n_steps=1, on_alert="stop", strict=True)
-    with pytest.warns(UserWarning, match="produced NaN or Inf"):
-        trainer = fit(NaNInput(), [monitor], tmp_path, epochs=1, limit_train_batches=4)
+    # the first sampled step is logged at once, the next ones 5 at a time (log_every_n_steps=5)
+    with pytest.warns(UserWarning, match="produced NaN or Inf at step 3"):
+        trainer = fit(NaNInput(), [monitor], tmp_path, epochs=1, limit_train_batches=12)
     assert monitor.alerts.raised[0].kind == "nonfinite_activations"
-    assert trainer.global_step == 2
+    assert trainer.global_step == 6  # stopped when the step's statistics were read
+    zero = read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")
+    # the NaN input made NaN weights: the maps of step 3 on held NaN and were not logged
+    assert [e.step for e in zero] == [1, 2]
+
+
+def count_transfers(monkeypatch) -> list[int]:
+    """The rows of each of ActivationMonitor's transfers of statistics to the host."""
+    import lightning_viz.callbacks.activation_monitor as module
+
+    transfers = []
+    original = module.to_host
+
+    def counted(values):
+        if "sums" in values:  # not the epoch's dead channels
+            transfers.append(len(values["sums"]))
+        return original(values)
+
+    monkeypatch.setattr(module, "to_host", counted)
+    return transfers
+
+
+def test_every_step_sampling_reads_the_device_once_per_log_interval(tmp_path, monkeypatch):
+    transfers = count_transfers(monkeypatch)
+    monitor = ActivationMonitor(every_n_steps=1, strict=True)
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, validate=False)
+    # the first step at once, then every log_every_n_steps=5; the epoch's end takes the rest
+    assert transfers == [3] + [5 * 3] * 4 + [2 * 3]
+    for layer in RELUS:
+        zero = read_events(tmp_path).Scalars(f"activations/{layer}/zero_fraction")
+        assert [e.step for e in zero] == list(range(1, STEPS_PER_EPOCH + 1))
+        # a histogram per read: of its last step
+        histograms = read_events(tmp_path).Histograms(f"activations/{layer}")
+        assert [h.step for h in histograms] == [1, 6, 11, 16, 21, 23]
+
+
+def test_waiting_copies_stay_within_their_memory_bound(tmp_path, monkeypatch):
+    from lightning_viz.callbacks.activation_monitor import PENDING_VALUES
+
+    transfers = count_transfers(monkeypatch)
+    # 3 layers of up to PENDING_VALUES / 4 values each: two steps would hold more than the bound
+    monitor = ActivationMonitor(every_n_steps=1, max_values=PENDING_VALUES // 4, strict=True)
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, limit_train_batches=6, validate=False)
+    assert transfers == [3] * 6
 
 
 def test_user_layer_with_a_non_4d_output_becomes_an_alert(tmp_path):

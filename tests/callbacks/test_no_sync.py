@@ -58,10 +58,21 @@ def spy_on(monkeypatch, spy: SyncSpy) -> None:
     monkeypatch.setattr(torch.cuda, "synchronize", spied_synchronize)
 
 
-def test_activation_monitor_syncs_only_on_the_steps_it_logs(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("every_n_steps", "logged"),
+    [
+        (4, {3, 7, 11}),
+        # every step sampled, its statistics read at the first step, then every
+        # log_every_n_steps=5 and at the epoch's end
+        (1, {0, 5, 10, 11}),
+    ],
+)
+def test_activation_monitor_syncs_only_on_the_steps_it_logs(
+    tmp_path, monkeypatch, every_n_steps, logged
+):
     spy = SyncSpy()
     spy_on(monkeypatch, spy)
-    monitor = ActivationMonitor(every_n_steps=4, strict=True)
+    monitor = ActivationMonitor(every_n_steps=every_n_steps, strict=True)
     # the spy first, so a step's count starts before the monitor's hooks run
     fit(
         DigitsClassifier(),
@@ -71,8 +82,6 @@ def test_activation_monitor_syncs_only_on_the_steps_it_logs(tmp_path, monkeypatc
         limit_train_batches=12,
         validate=False,
     )
-    logged = {step for step in spy.calls if (step + 1) % 4 == 0}
-    assert logged == {3, 7, 11}
     assert all(spy.calls[step] > 0 for step in logged)  # the spy does see our transfers
     assert {step: n for step, n in spy.calls.items() if step not in logged and n} == {}
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from lightning_viz.functional import activation_stats
-from lightning_viz.functional.activations import activation_sums, stats_from_sums
+from lightning_viz.functional.activations import (
+    SUMMED,
+    activation_reductions,
+    activation_sums,
+    reduce_activation_samples,
+    sample_activations,
+    stats_from_sums,
+)
 from lightning_viz.testing import DigitsCNN, digits_tensors, shapes_task
 
 
@@ -41,6 +48,18 @@ def test_localization_averages_active_maps_only():
     expected = (1.0 + (1 - math.log(4) / math.log(16))) / 2
     assert activation_stats(a)["localization"].item() == pytest.approx(expected)
     assert activation_stats(a)["active_maps"].item() == 2
+
+
+def test_localization_is_one_minus_the_normalized_collision_entropy():
+    a = torch.zeros(1, 1, 4, 4)
+    a[0, 0, 0, :3] = torch.tensor([2.0, 1.0, 1.0])  # p = 1/2, 1/4, 1/4: sum(p^2) = 3/8
+    expected = 1 - (-math.log(3 / 8)) / math.log(16)
+    assert activation_stats(a)["localization"].item() == pytest.approx(expected)
+    # a strong spot over a faint tail of a thousandth of its value, though the tail holds half
+    # the mass, reads as localized (0.80; a Shannon entropy would say 0.39)
+    spot = torch.full((1, 1, 32, 32), 0.001)
+    spot[0, 0, 5, 5] = 1.0
+    assert activation_stats(spot)["localization"].item() == pytest.approx(0.797, abs=1e-3)
 
 
 def test_localization_undefined_without_active_channels():
@@ -195,3 +214,60 @@ def test_a_large_float16_batch_of_ordinary_values_is_finite():
     assert not activation_stats(a)["nonfinite"]
     a[5, 3, 2, 1] = float("inf")
     assert activation_stats(a)["nonfinite"]
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
+def test_samples_of_many_steps_reduce_at_once_to_each_steps_reductions(bounds):
+    torch.manual_seed(0)
+    batches = [torch.randn(32, 8, 16, 16).relu() for _ in range(5)]
+    batches[2][:, 3] = 0  # a channel dead in one step only
+    batches[4][7, 1, 2, 2] = float("nan")  # in an image the stride skips
+    samples = [sample_activations(b, max_values=2**12) for b in batches]
+    reduced = reduce_activation_samples(
+        torch.stack([s.images for s in samples]),
+        torch.stack([s.total for s in samples]),
+        bins=16,
+        histogram_samples=500,
+        bounds=bounds,
+    )
+    assert reduced.sums.shape == (5, 6)
+    assert reduced.histogram.shape == (5, 18)
+    for step, batch in enumerate(batches):
+        alone = activation_reductions(
+            batch, bins=16, histogram_samples=500, bounds=bounds, max_values=2**12
+        )
+        torch.testing.assert_close(reduced.sums[step], alone.sums, equal_nan=True)
+        torch.testing.assert_close(reduced.histogram[step], alone.histogram, equal_nan=True)
+        assert reduced.active_maps[step] == alone.active_maps
+    assert reduced.sums[:, SUMMED.index("nonfinite")].tolist() == [0, 0, 0, 0, 1]
+    assert reduced.channel_active.all()  # channel 3 is active in the other steps
+
+
+def test_reducing_in_place_gives_the_same_and_otherwise_leaves_the_samples_alone():
+    torch.manual_seed(0)
+    images = torch.randn(3, 4, 8, 6, 6)
+    kept = images.clone()
+    reduced = reduce_activation_samples(images, torch.zeros(3), histogram_samples=100)
+    assert torch.equal(images, kept)
+    in_place = reduce_activation_samples(
+        images, torch.zeros(3), histogram_samples=100, overwrite=True
+    )
+    for mine, theirs in zip(in_place, reduced, strict=True):
+        assert torch.equal(mine, theirs)
+    assert not torch.equal(images, kept)  # clamped where it was negative
+
+
+def test_a_sample_is_a_copy_that_later_in_place_ops_do_not_change():
+    maps = torch.rand(8, 2, 4, 4)
+    sample = sample_activations(maps, max_values=64)
+    expected = maps[::2].clone()
+    maps.zero_()
+    assert torch.equal(sample.images, expected)
+    assert sample.total.dtype == torch.float32
+
+
+def test_reducing_samples_checks_their_shapes():
+    with pytest.raises(ValueError, match=r"`images` must be \(S, n, C, H, W\) and `totals` \(S,\)"):
+        reduce_activation_samples(torch.rand(2, 3, 4, 4), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"`totals` \(S,\), got \(3, 2, 3, 4, 4\) and \(2,\)"):
+        reduce_activation_samples(torch.rand(3, 2, 3, 4, 4), torch.zeros(2))
