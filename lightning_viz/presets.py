@@ -49,7 +49,7 @@ def default_callbacks(
             past it, the ActivationMonitor stretches its cadence and the probe views skip epochs
             until it holds, with one ``over_budget`` notice; None never skips. FilterMonitor
             measures every epoch whatever the budget (its health alerts should not wait; its
-            time still counts in the share).
+            time still counts in the share); only its filter images skip epochs.
         extra_views: add the opt-in probe views (each costs a few training steps per logged
             epoch on small nets, see the README's performance section; CAM shows only for
             networks that end in global average pooling + a linear layer, with one notice
@@ -61,8 +61,8 @@ def default_callbacks(
         callbacks = lightning_viz.default_callbacks()
         trainer = Trainer(callbacks=callbacks, logger=TensorBoardLogger("logs"))
     """
-    # the filter measurement carries the health alerts: it never waits for the budget
-    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert)]
+    # the filter measurement carries the health alerts and never waits; its images keep the budget
+    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert, budget=budget)]
     if activations:
         callbacks.append(ActivationMonitor(on_alert=on_alert, budget=budget))
     callbacks += [

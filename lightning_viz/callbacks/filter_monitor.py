@@ -91,8 +91,10 @@ class FilterMonitor(VizCallback):
             :class:`~lightning_viz.alerts.Alert`.
         strict: re-raise a failure of the monitor instead of turning it into an alert.
         budget: the share of training time all lightning-viz callbacks may take together (see
-            :class:`~lightning_viz.callbacks.base.VizCallback`); past it, epochs' measurements
-            are skipped. None (default): never skip.
+            :class:`~lightning_viz.callbacks.base.VizCallback`); past it, the filter images skip
+            epochs (on a small net, composing and encoding one costs more than the
+            measurement). The measurement and its alerts never wait. None (default): an image
+            every measured epoch.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
@@ -255,9 +257,7 @@ class FilterMonitor(VizCallback):
 
     @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self.within_budget(
-            trainer, "the filter measurement of an epoch", per_epoch=True
-        ):
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             with self.guarded(trainer, "filter measurement"):
                 self._measure(trainer, baseline=False)
 
@@ -321,7 +321,11 @@ class FilterMonitor(VizCallback):
             for name in self._layers:
                 histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
                 self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
-        if not self.takes_images(trainer):
+        if not self._image_layers or not self.takes_images(trainer):
+            return
+        if not baseline and not self.within_budget(
+            trainer, "the filter image of an epoch", per_epoch=True
+        ):
             return
         for name in self._image_layers:
             noise = host[name, "filter_noise"].tolist()

@@ -104,10 +104,24 @@ def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path,
     assert trainer.current_epoch == 4
 
 
+def test_past_the_budget_filter_images_skip_epochs_but_the_measurement_never_waits(tmp_path):
+    monitor = FilterMonitor(budget=0.001)
+    with pytest.warns(UserWarning, match=r"the filter image of an epoch is skipped"):
+        trainer = fit(DigitsClassifier(), [monitor], tmp_path, epochs=5, validate=False)
+    events = read_events(tmp_path)
+    epoch_ends = [trainer.global_step * (e + 1) // 5 for e in range(5)]
+    noise = events.Scalars("filters/model.features.0/noise")
+    assert [e.step for e in noise] == [0, *epoch_ends]  # the baseline, then every epoch
+    images = events.Images("filters/model.features.0")
+    # the baseline, the first epoch's (a callback's first piece) and the last epoch's
+    assert [e.step for e in images] == [0, epoch_ends[0], epoch_ends[-1]]
+    assert [a.kind for a in monitor.alerts.raised] == ["over_budget"]
+
+
 def test_default_callbacks_keep_a_two_percent_budget_unless_told():
     budgets = {type(c).__name__: c.budget for c in lightning_viz.default_callbacks()}
     assert budgets == {
-        "FilterMonitor": None,  # its health alerts never wait
+        "FilterMonitor": 0.02,  # for its images: its measurement and alerts never wait
         "ActivationMonitor": 0.02,
         "GradCAMLogger": 0.02,
         "DeconvLogger": 0.02,
