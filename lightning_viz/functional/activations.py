@@ -67,7 +67,8 @@ def reduce_activation_samples(
     overwrite: bool = False,
 ) -> ActivationReductions:
     """The reductions of S steps' samples of one layer at once, in as few device operations as a
-    single step's (about 20, whatever S and the sizes) and no temporary as large as the samples.
+    single step's (about 20, whatever S and the sizes); with ``overwrite`` it allocates no float
+    temporary the size of the samples.
 
     Args:
         images: (S, n, C, H, W): each step's :attr:`ActivationSample.images`, stacked.
