@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, Probes
-from lightning_viz.callbacks.background import BackgroundWriter
+from lightning_viz.callbacks.background import LOWEST_PRIORITY, BackgroundWriter
 from lightning_viz.testing import digits_tensors
 from tests.helpers import DigitsClassifier, fit, read_events
 
@@ -39,6 +41,20 @@ def test_jobs_run_in_order_on_one_worker_and_inline_once_closed():
     background.submit("late", lambda: ran.append((20, threading.current_thread().name)))
     assert ran[-1] == (20, threading.current_thread().name)
     assert not writer_threads()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_worker_runs_at_the_lowest_priority_and_the_training_thread_keeps_its_own():
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = priority()
+    background = BackgroundWriter()
+    seen = []
+    background.submit("job", lambda: seen.append(priority()))
+    background.close()
+    assert seen == [LOWEST_PRIORITY]
+    assert priority() == before
 
 
 def test_a_failing_job_is_reported_and_the_next_ones_still_run():
