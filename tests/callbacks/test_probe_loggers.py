@@ -73,10 +73,10 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     for layer in CONVS:
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
-        # a block per probe, as narrow as TensorBoard's card: the probe and its top 4 channels
-        # in 2 rows of 3 tiles (captioned, 2 pixels apart), one block per row, the colour bar
+        # a block per probe, as narrow as TensorBoard's card: the probe and its top 3 channels
+        # in 2 rows of 2 tiles (captioned, 2 pixels apart), one block per row, the colour bar
         assert (deconv_images[0].width, deconv_images[0].height) == (
-            3 * 98 - 2 + 12,
+            2 * 98 - 2 + 12,
             10 * (2 * 112 + 2) + 11 * 6 + 32,
         )
         assert deconv_images[0].width <= CARD_WIDTH
