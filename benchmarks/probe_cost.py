@@ -5,7 +5,7 @@
 Each logger's epoch with its defaults and the default probes (one per class: 10) is timed
 through a real Trainer as the training thread sees it (PNG encoding and TensorBoard writes on the
 background writer, which is let finish outside the timing) and divided by the time of one
-optimizer step at batch 64 on the same model. DeconvLogger: 5 layers x top-4, evolution on;
+optimizer step at batch 64 on the same model. DeconvLogger: 5 layers x top-3, evolution on;
 OcclusionLogger: 7x7 patch positions, 490 occluded images; SaliencyLogger: 16 samples or steps
 per probe (160 forwards and backwards); LIMELogger: 256 variants per probe (2,560 forwards).
 A view that does not suit the model (CAM without a GAP + linear head) shows "-". Memory: the

@@ -109,8 +109,9 @@ class DeconvLogger(ProbeCallback):
 
     Cost: per logged epoch one forward of the probes up to the deepest layer to choose the
     channels, then one forward of about probes x top_k + num_features rows and per layer one
-    backward of them (on resnet18 at 64x64 with 10 probes, about 2 optimizer steps at batch 64
-    on a CPU); images are composed in uint8 and encoded on the background writer.
+    backward of them (on resnet18 at 64x64 with 10 probes, about one optimizer step at batch 64
+    on a CPU, almost all of it projection compute); images are composed in uint8 and encoded on
+    the background writer.
 
     Example::
 
