@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from lightning_viz.functional import scores
-from lightning_viz.functional.captions import text_band
+from lightning_viz.functional.captions import BAND, text_band
 from lightning_viz.functional.images import to_uint8
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 
@@ -141,9 +141,18 @@ def image_pixels(event) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def assert_caption(pixels: np.ndarray, text: str, x: int, y: int, width: int) -> None:
-    """The band at (x, y) of ``width`` pixels holds exactly ``text`` as the callbacks draw it."""
-    expected = to_uint8(text_band([text], width))[0].permute(1, 2, 0).numpy()
+def assert_caption(
+    pixels: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    width: int,
+    height: int = BAND,
+    align: str = "center",
+) -> None:
+    """The band at (x, y) of ``width`` x ``height`` pixels holds exactly ``text`` as the
+    callbacks draw it."""
+    expected = to_uint8(text_band([text], width, height, align=align))[0].permute(1, 2, 0).numpy()
     found = pixels[y : y + expected.shape[0], x : x + width]
     assert np.array_equal(found, expected), f"no caption {text!r} at x={x}, y={y}"
 

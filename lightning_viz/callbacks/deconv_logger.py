@@ -59,7 +59,7 @@ class DeconvLogger(ProbeCallback):
     Feature evolution (Zeiler & Fergus 2013, figure 4): on the first logged epoch the features to
     follow are chosen per layer (the top channel of each of the first ``num_features`` probes, or
     the given ``features``); every logged epoch each is projected again from the probe that
-    activates it most in that epoch, and the grid gains a column. Past columns are kept as small
+    activates it most in that epoch, and the grid gains a row. Past epochs are kept as small
     uint8 thumbnails on the CPU, in the callback's state (a resumed run continues the grid), at
     most ``max_columns`` of them: when there are more, old epochs are thinned evenly.
 
@@ -90,9 +90,10 @@ class DeconvLogger(ProbeCallback):
       its top-k reconstructions (captioned with their channel), each mapped to [0, 1] with 0 at
       mid-grey and the 99th percentile of |value| clipped; a grey bar from - to + below.
     - ``deconv/<layer>/channels`` (text): the channel indices of each row.
-    - ``evolution/<layer>`` (image): one row per followed feature (labelled with its channel),
-      one column per logged epoch (headed with it); as many columns as the run will log (at
-      most ``max_columns``) from the first epoch on, so the image keeps its size.
+    - ``evolution/<layer>`` (image): one column per followed feature (headed with its
+      channel), one row per logged epoch (labelled with it), so that the features fit
+      TensorBoard's card side by side; as many rows as the run will log (at most
+      ``max_columns``) from the first epoch on, so the image keeps its size.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
     - ``sanity/deconv/<layer>`` (``scores=["sanity"]``): the mean rank correlation of each
       reconstruction with the same channel's through the randomized network; at 0.5 or above a
@@ -105,7 +106,7 @@ class DeconvLogger(ProbeCallback):
     How to read it: early layers should reconstruct edges and colour blobs, deeper ones textures
     and object parts. Reconstructions that look like the whole input mean the layer has not
     learned much yet; in the evolution grid, features that keep changing late in training have
-    not converged.
+    not converged (read each column downwards).
 
     Cost: per logged epoch one forward of the probes up to the deepest layer to choose the
     channels, then one forward of about probes x top_k + num_features rows and per layer one
@@ -374,22 +375,23 @@ class DeconvLogger(ProbeCallback):
         self.columns[layer] = [columns[i] for i in keep]
         self.column_epochs[layer] = [epochs[i] for i in keep]
         self._enlarged[layer] = [enlarged[i] for i in keep]
-        # a fixed number of slots, so that the image keeps its size from epoch to epoch
+        # epochs down, features across: the card's width holds a few features, not 16 epochs;
+        # a fixed number of epoch slots, so that the image keeps its size from epoch to epoch
         slots = self._evolution_slots(trainer)
-        cells = torch.stack(self._enlarged[layer], dim=1)
-        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, slots - cells.shape[1]), value=255)
-        headers = [f"epoch {e}" for e in self.column_epochs[layer]]
-        headers += [""] * (slots - len(headers))
-        table = labelled_table(cells, [f"ch {c}" for c in self.features[layer]], headers)
+        cells = torch.stack(self._enlarged[layer])
+        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, 0, 0, slots - len(cells)), value=255)
+        epochs = [f"epoch {e}" for e in self.column_epochs[layer]]
+        epochs += [""] * (slots - len(epochs))
+        table = labelled_table(cells, epochs, [f"ch {c}" for c in self.features[layer]])
         legend = footnote(
             table.shape[-1],
-            f"{layer}: each row one channel, projected to pixels on the probe it fires most on, "
-            "at the end of each epoch; mid-grey = 0",
+            f"{layer}: each column one channel, projected to pixels on the probe it fires most "
+            "on, at the end of each epoch (a row); mid-grey = 0",
             table.device,
             table.dtype,
         )
         self.log_image(trainer, tags.tag(tags.EVOLUTION, layer), stack_rows(table, legend))
         text = (
-            f"rows: channels {self.features[layer]}  \ncolumns: epochs {self.column_epochs[layer]}"
+            f"columns: channels {self.features[layer]}  \nrows: epochs {self.column_epochs[layer]}"
         )
         self.log_text(trainer, tags.tag(tags.EVOLUTION_FEATURES, layer), text)

@@ -86,15 +86,25 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
         assert_caption(pixels, f"ch {top[0]}", x=6 + 98, y=6, width=96)
         evolution = events.Images(f"evolution/{layer}")
         assert [i.step for i in evolution] == EPOCH_ENDS
-        # three slots from the first epoch on (max_epochs=3): the image keeps its size
+        # three epoch rows from the first epoch on (max_epochs=3): the image keeps its size
         assert len({(i.width, i.height) for i in evolution}) == 1
-        rows = len(deconv.features[layer])
-        assert 1 <= rows <= 4
+        features = deconv.features[layer]
+        assert 1 <= len(features) <= 4
         first, last = image_pixels(evolution[0]), image_pixels(evolution[-1])
-        width = first.shape[1]
-        assert_caption(last, "epoch 2", x=width - 98, y=0, width=98)
-        assert_caption(first, "", x=width - 98, y=0, width=98)  # an empty slot, no header yet
-        assert (first[16 : 16 + rows * 98, width - 98 :] == 255).all()
+        # a column per feature headed with its channel: as wide as the features, whatever the
+        # number of epochs (16 epochs across shrank the tiles to a sixth on TensorBoard's card)
+        label_width = first.shape[1] - len(features) * 98
+        assert 40 < label_width < 70
+        assert_caption(
+            last, f"ch {features[-1]}", x=label_width + 98 * (len(features) - 1), y=0, width=98
+        )
+        # an epoch per row, labelled on the left; at the first epoch the last row is empty
+        third_row = 16 + 2 * 98
+        assert_caption(
+            last, "epoch 2", x=0, y=third_row, width=label_width, height=98, align="right"
+        )
+        assert (first[third_row : third_row + 98] == 255).all()
+        assert not (last[third_row : third_row + 98, label_width:] == 255).all()
     assert hook_count(module) == 0
 
 
@@ -139,8 +149,15 @@ def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
         resumed.columns["model.features.0"][0], deconv.columns["model.features.0"][0]
     )
     evolution = read_events(tmp_path / "b").Images("evolution/model.features.0")
+    label_width = evolution[-1].width - 98 * len(resumed.features["model.features.0"])
     assert_caption(
-        image_pixels(evolution[-1]), "epoch 2", x=evolution[-1].width - 98, y=0, width=98
+        image_pixels(evolution[-1]),
+        "epoch 2",
+        x=0,
+        y=16 + 2 * 98,
+        width=label_width,
+        height=98,
+        align="right",
     )
 
 
