@@ -486,19 +486,20 @@ class ActivationMonitor(VizCallback):
         rows: list[tuple[int, str]] = []
         sums, histograms = [], []
         for key, samples in by_key.items():
+            bounds = self._bounds_of(key)
             for _, run in groupby(samples, key=lambda item: item[1].images.shape):
                 run = list(run)
                 reduced = reduce_activation_samples(
                     torch.stack([sample.images for _, sample in run]),
                     torch.stack([sample.total for _, sample in run]),
                     histogram_samples=HISTOGRAM_SAMPLES,
-                    bounds=self._bounds.get(key.split("#")[0]),
+                    bounds=bounds,
                     overwrite=True,  # the stacked copy is the monitor's own
                 )
                 rows += [(index, key) for index, _ in run]
                 sums.append(reduced.sums)
                 histograms.append(reduced.histogram)
-                if self._bounds.get(key.split("#")[0]) is None:  # a sigmoid saturates instead
+                if bounds is None:  # a sigmoid saturates instead
                     active = reduced.channel_active
                     self._active[key] = (
                         active | self._active[key] if key in self._active else active
@@ -520,6 +521,10 @@ class ActivationMonitor(VizCallback):
                 trainer, step, [(rows[r][1], r) for r in step_rows], host, with_histograms
             )
 
+    def _bounds_of(self, key: str) -> tuple[float, float] | None:
+        """The saturation bounds of the layer behind a logged key (``layer`` or ``layer#i``)."""
+        return self._bounds.get(key.split("#")[0])
+
     def _log_step(
         self,
         trainer: pl.Trainer,
@@ -534,7 +539,7 @@ class ActivationMonitor(VizCallback):
         for key, row in rows:
             values = host["sums"][row].tolist()
             stats = stats_from_sums(values)
-            saturating = self._bounds.get(key.split("#")[0]) is not None
+            saturating = self._bounds_of(key) is not None
             if key in self._active:  # values per channel, summed over ranks
                 channels = self._active[key].numel()
                 self._seen[key] = (

