@@ -2,26 +2,38 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from lightning_viz import DeconvLogger
 from lightning_viz.functional import filter_noise
 from tests.helpers import assert_caption, image_pixels, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def demo_captions(run: Path) -> dict[str, tuple[str, int, int, int]]:
-    """Per image tag of the demo run, a caption its latest image must carry: (text, x, y,
-    width), where the callbacks draw it."""
+def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
+    """Per image tag of the demo run, its latest image's pixels and a caption they must carry
+    (assert_caption's arguments), where the callbacks draw it."""
+    events = read_events(Path(trainer.logger.log_dir))
+    deconv = next(c for c in trainer.callbacks if isinstance(c, DeconvLogger))
+    first_filter = filter_noise(trainer.lightning_module.model.features[0].weight)[0]
     captions = {}
-    for tag in read_events(run).Tags()["images"]:
-        kind = tag.split("/")[0]
-        if kind == "filters":
-            captions[tag] = ("0  C <the filter's C>", 2, 2, 98)  # 7x7 enlarged x14
+    for tag in events.Tags()["images"]:
+        pixels = image_pixels(events.Images(tag)[-1])
+        kind, _, layer = tag.partition("/")
+        if kind == "filters":  # 7x7 enlarged x14
+            caption = dict(text=f"0  C {first_filter:.2f}", x=2, y=2, width=98)
         elif kind in ("gradcam", "deconv", "activation_grid"):
-            captions[tag] = ("true temple top-left", 6, 6, 96)
+            caption = dict(text="true temple top-left", x=6, y=6, width=96)
         elif kind == "evolution":
-            captions[tag] = ("epoch 29", -98, 0, 98)  # the last column
+            # the last of 16 epoch rows (crops enlarged to 96 pixels), labelled right-aligned
+            # in the column left of the features' 98-pixel columns
+            label_width = pixels.shape[1] - 98 * len(deconv.features[layer])
+            caption = dict(
+                text="epoch 29", x=0, y=16 + 15 * 98, width=label_width, height=98, align="right"
+            )
+        captions[tag] = pixels, caption
     return captions
 
 
@@ -50,17 +62,12 @@ def test_demo_shows_filters_turning_from_noise_to_structure_with_every_image_cap
     noise = events.Scalars("filters/model.features.0/noise")
     assert noise[0].value == pytest.approx(before, abs=0.005)
     assert noise[-1].value == pytest.approx(after, abs=0.005)
-    captions = demo_captions(run)
+    captions = demo_captions(trainer)
     kinds = {tag.split("/")[0] for tag in captions}
     assert kinds == {"filters", "gradcam", "deconv", "evolution", "activation_grid"}
     assert set(captions) == set(events.Tags()["images"])
-    for tag, (text, x, y, width) in captions.items():
-        pixels = image_pixels(events.Images(tag)[-1])
-        x = x % pixels.shape[1]
-        if tag.startswith("filters/"):
-            first = filter_noise(trainer.lightning_module.model.features[0].weight)[0]
-            text = f"0  C {first:.2f}"
-        assert_caption(pixels, text, x, y, width)
+    for pixels, caption in captions.values():
+        assert_caption(pixels, **caption)
 
 
 @pytest.mark.slow
