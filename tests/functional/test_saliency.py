@@ -52,11 +52,16 @@ def test_smooth_grad_leaves_the_global_generator_alone(tiny, images):
 def test_integrated_gradients_match_captum(request, model_name, images):
     model = request.getfixturevalue(model_name)
     baseline = torch.full_like(images[:1], 0.25)
-    ours = integrated_gradients(model, images, TARGETS, baseline, steps=12, max_batch=10)
+    points = len(images) * 12
+    ours = integrated_gradients(model, images, TARGETS, baseline, steps=12, max_batch=points)
     expected = IntegratedGradients(model).attribute(
         images, baselines=baseline.expand_as(images), target=TARGETS, n_steps=12
     )
-    assert relative_error(ours, expected) < 1e-4
+    assert relative_error(ours, expected) < 1e-4  # both run the 36 points as one batch
+    # in chunks the convolutions round differently; on random vgg11 that flips a ReLU on some
+    # path point of the third image (on an AVX-512 CPU), which moves its attributions by 0.15%
+    chunked = integrated_gradients(model, images, TARGETS, baseline, steps=12, max_batch=10)
+    assert relative_error(chunked, ours) < 1e-2
 
 
 def test_integrated_gradients_are_complete(resnet18, images):
