@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import google_crc32c
 import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer import record_writer
 
 try:
     import lightning.pytorch as unified
@@ -143,3 +145,24 @@ def add_png(writer: Any, tag: str, pixels: Any, step: int) -> None:
         height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue()
     )
     file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C that TensorFlow's record format puts after each event, computed by
+    google-crc32c's C implementation (the same value as TensorBoard's pure-Python one)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def fast_event_checksums() -> None:
+    """Make TensorBoard's event writers checksum records in C, for the whole process.
+
+    Without TensorFlow, TensorBoard's record writer (torch's SummaryWriter writes through it)
+    computes each record's CRC-32C in pure Python, about 8 MB/s, on its own writer thread at
+    normal priority and holding the GIL: the 2.5 MB of images one DeconvLogger epoch logs on
+    resnet18 cost 0.3 s of a CPU core there, as much as the epoch's projections, counted by no
+    cost meter. The checksums and files stay the same. Where google-crc32c has no C build for the
+    platform (it then runs pure Python too) nothing changes.
+    """
+    if google_crc32c.implementation == "c":
+        record_writer.masked_crc32c = masked_crc32c

@@ -24,6 +24,7 @@ from lightning_viz._compat import (
     TENSORBOARD_LOGGERS,
     WANDB_LOGGERS,
     add_png,
+    fast_event_checksums,
     state_key,
 )
 from lightning_viz.alerts import (
@@ -431,6 +432,7 @@ class VizCallback(*CALLBACK_BASES):
             if isinstance(logger, TENSORBOARD_LOGGERS):
                 if not trainer.is_global_zero:
                     return None
+                fast_event_checksums()
                 RunContext.of(trainer).write_layout_once(trainer, logger.experiment)
                 return logger.experiment
         if not self._warned_no_tensorboard:

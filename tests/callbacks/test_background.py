@@ -155,3 +155,18 @@ def test_images_are_written_as_lossless_fast_pngs_by_either_writer_api(tmp_path)
         assert event.step == step
         decoded = Image.open(io.BytesIO(event.encoded_image_string))
         assert np.array_equal(np.asarray(decoded).transpose(2, 0, 1), pixels)
+
+
+def test_event_records_are_checksummed_in_c_with_the_values_tensorboard_checks(tmp_path):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as in_python
+    from tensorboard.summary.writer import record_writer
+
+    from lightning_viz._compat import masked_crc32c
+
+    for data in (b"", b"a", bytes(range(256)) * 41, os.urandom(100_003)):
+        assert masked_crc32c(data) == in_python(data)
+    fit(DigitsClassifier(), [GradCAMLogger(probes=probes(), strict=True)], tmp_path, epochs=1)
+    # TensorBoard's writers now use it (in pure Python, an image's checksum took longer than
+    # its PNG encoding); its reader checks every record with its own pure-Python checksum
+    assert record_writer.masked_crc32c is masked_crc32c
+    assert [e.step for e in read_events(tmp_path).Images("gradcam/model.features")] == [0, 23]
