@@ -19,7 +19,7 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid
 from lightning_viz.functional._capture import Forward, output_shapes
-from lightning_viz.functional._validation import check_int
+from lightning_viz.functional._validation import all_finite, check_int
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.captions import (
     captioned_blocks,
@@ -210,7 +210,7 @@ class ActivationGridLogger(ProbeCallback):
                     "zero": found.zero_fraction,
                     "scale": drawn.scale,
                     "signed": drawn.signed,
-                    "finite": found.maps.isfinite().all(),
+                    "finite": all_finite(found.maps),
                 }
             )
             if not host["finite"]:

@@ -16,6 +16,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import class_scores, grid, upsample
 from lightning_viz.functional._validation import (
+    all_finite,
     check_choices,
     check_fraction,
     check_logits,
@@ -243,7 +244,7 @@ class ClassView(ProbeCallback):
     @staticmethod
     def _check_finite(maps: torch.Tensor, what: str) -> None:
         """Fail (as an alert) when a view's maps are not finite: nothing to show."""
-        if not maps.isfinite().all():
+        if not all_finite(maps):
             raise ValueError(
                 f"{what} has NaN or Inf: the probes, the model's outputs or its weights are not "
                 "finite"

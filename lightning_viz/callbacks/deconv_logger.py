@@ -19,7 +19,12 @@ from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._validation import check_choice, check_choices, check_int
+from lightning_viz.functional._validation import (
+    all_finite,
+    check_choice,
+    check_choices,
+    check_int,
+)
 from lightning_viz.functional.captions import (
     captioned_blocks,
     color_bar,
@@ -272,7 +277,7 @@ class DeconvLogger(ProbeCallback):
         self.features.update(chosen_now)
         notes = self._sanity(trainer, pl_module, probes, projections)
         for layer, (channels, images) in projections.items():
-            if not images.isfinite().all():
+            if not all_finite(images):
                 raise ValueError(
                     f"the reconstructions of {layer!r} have NaN or Inf: the probes or the "
                     "model's weights are not finite"

@@ -23,6 +23,7 @@ from lightning_viz.callbacks.probe_base import Unsuited, class_names_of
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
 from lightning_viz.functional import grid
 from lightning_viz.functional._validation import (
+    all_finite,
     check_class_names,
     check_int,
     check_layer_names,
@@ -270,7 +271,7 @@ class EmbeddingLogger(ValidationView):
         features = torch.cat(self._features)
         labelled = len(self._labels) == len(self._features)
         labels = torch.cat(self._labels).long() if labelled else None
-        if not features.isfinite().all():
+        if not all_finite(features):
             raise ValueError(
                 f"the features of {self._layer[0]!r} have NaN or Inf: the model's weights or the "
                 "validation images are not finite"

@@ -18,7 +18,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional._capture import run_until_captured
-from lightning_viz.functional._validation import check_int, check_layer_names
+from lightning_viz.functional._validation import all_finite, check_int, check_layer_names
 from lightning_viz.functional.captions import footnote, labelled_table, stack_rows
 from lightning_viz.functional.feature_vis import visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
@@ -306,7 +306,7 @@ class FeatureVisualizer(ProbeCallback):
                     **{f"adam.{key}": value for key, value in result.adam.items()},
                     "objective": result.objective,
                     "thumbnails": to_uint8(thumbnails),
-                    "finite": result.spectrum.isfinite().all() & result.objective.isfinite().all(),
+                    "finite": all_finite(result.spectrum) & all_finite(result.objective),
                 }
             )
             if not host["finite"]:

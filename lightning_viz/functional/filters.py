@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_viz.functional._validation import all_finite
+
 
 def filter_noise(weight: Tensor) -> Tensor:
     """Geary's C of each filter of a conv weight.
@@ -165,6 +167,6 @@ def filter_health(
         "norm_ratio": compared.norm() / initial_norm,
         "step_cosine": step_cosine,
         "update_noise": filter_noise(update).median(),
-        "finite": weight.isfinite().all().float(),
+        "finite": all_finite(flat).float(),
         "sample": sampled,
     }

@@ -125,3 +125,20 @@ def test_filter_health_on_reference_slices_reads_those_slices_of_the_weight():
     assert torch.equal(sliced["filter_noise"], whole["filter_noise"])  # C reads every weight
     unchanged = filter_health(initial, kernel_slices(initial, slices), slices=slices)
     assert unchanged["learned"] == 0  # no quantization floor: an unmoved layer learned nothing
+
+
+def test_all_finite_sees_every_nan_and_inf_and_no_overflow_of_half_precision_sums():
+    from lightning_viz.functional._validation import all_finite
+
+    weight = torch.randn(64, 64, 3, 3)
+    assert all_finite(weight)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = weight.clone()
+        broken[7, 3, 1, 2] = bad
+        assert not all_finite(broken)
+    both = weight.clone()
+    both[0, 0, 0, 0], both[1, 1, 1, 1] = float("inf"), -float("inf")  # their sum is NaN
+    assert not all_finite(both)
+    # 36,864 fp16 weights of 60,000 each: finite, though their sum overflows fp16 (max 65,504)
+    assert all_finite(torch.full((64, 64, 3, 3), 60_000.0, dtype=torch.float16))
+    assert all_finite(torch.arange(10))  # integers are always finite
