@@ -135,9 +135,9 @@ def check_pair(name: str, value: Any) -> tuple[int, int]:
 def all_finite(values: Tensor) -> Tensor:
     """A 0-dim bool tensor on ``values``' device: True when no value is NaN or infinite.
 
-    One float32 sum, through which NaN and Inf propagate, where ``isfinite().all()`` writes a
-    bool per value first: 15 times faster on a CPU (resnet18's conv weights: 1.3 ms against
-    20 ms). Values so large that their sum overflows float32 (about 3e38 / their number) read
-    as not finite too.
+    One sum accumulated in float32 (no copy), through which NaN and Inf propagate, where
+    ``isfinite().all()`` writes a bool per value first: 15 times faster on a CPU (resnet18's
+    conv weights: 1.3 ms against 20 ms). Values so large that their sum overflows float32
+    (about 3e38 / their number) read as not finite too.
     """
-    return values.float().sum().isfinite()
+    return values.sum(dtype=torch.float32).isfinite()
