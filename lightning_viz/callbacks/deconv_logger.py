@@ -28,9 +28,11 @@ from lightning_viz.functional._validation import (
 from lightning_viz.functional.captions import (
     captioned_blocks,
     color_bar,
+    fill_table_row,
     footnote,
     labelled_table,
     stack_rows,
+    table_label_width,
 )
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
@@ -182,6 +184,8 @@ class DeconvLogger(ProbeCallback):
         self.column_epochs: dict[str, list[int]] = {}
         # the columns enlarged for display, on the device: each is enlarged once, not every epoch
         self._enlarged: dict[str, list[Tensor]] = {}
+        # per layer, the evolution table last drawn (on the device), its row labels and headers
+        self._tables: dict[str, tuple[Tensor, list[str], list[str]]] = {}
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -240,6 +244,7 @@ class DeconvLogger(ProbeCallback):
     def reset_state(self) -> None:
         super().reset_state()
         self.features, self.columns, self.column_epochs, self._enlarged = {}, {}, {}, {}
+        self._tables = {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -247,7 +252,7 @@ class DeconvLogger(ProbeCallback):
         self.features = {n: list(c) for n, c in state_dict.get("features", {}).items()}
         self.columns = {n: list(c) for n, c in state_dict.get("columns", {}).items()}
         self.column_epochs = {n: list(e) for n, e in state_dict.get("column_epochs", {}).items()}
-        self._enlarged = {}
+        self._enlarged, self._tables = {}, {}
 
     # ------------------------------------------------------------------------ the pass
     @override
@@ -383,11 +388,24 @@ class DeconvLogger(ProbeCallback):
         # epochs down, features across: the card's width holds a few features, not 16 epochs;
         # a fixed number of epoch slots, so that the image keeps its size from epoch to epoch
         slots = self._evolution_slots(trainer)
-        cells = torch.stack(self._enlarged[layer])
-        cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, 0, 0, slots - len(cells)), value=255)
-        epochs = [f"epoch {e}" for e in self.column_epochs[layer]]
-        epochs += [""] * (slots - len(epochs))
-        table = labelled_table(cells, epochs, [f"ch {c}" for c in self.features[layer]])
+        drawn = len(self.column_epochs[layer])
+        labels = [f"epoch {e}" for e in self.column_epochs[layer]] + [""] * (slots - drawn)
+        headers = [f"ch {c}" for c in self.features[layer]]
+        table, before, headers_before = self._tables.get(layer, (None, [], []))
+        if (
+            table is not None
+            and headers == headers_before
+            and len(labels) == len(before)
+            and labels[: drawn - 1] == before[: drawn - 1]
+            and before[drawn - 1] == ""
+            and table_label_width(labels) == table_label_width(before)
+        ):  # one more row, the others as they were: draw that row only
+            fill_table_row(table, drawn - 1, self._enlarged[layer][-1], labels[drawn - 1])
+        else:
+            cells = torch.stack(self._enlarged[layer])
+            cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, 0, 0, slots - len(cells)), value=255)
+            table = labelled_table(cells, labels, headers)
+        self._tables[layer] = (table, labels, headers)
         legend = footnote(
             table.shape[-1],
             f"{layer}: each column one channel, projected to pixels on the probe it fires most "

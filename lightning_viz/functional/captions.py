@@ -146,7 +146,7 @@ def labelled_table(
             f"a {rows}x{columns} table needs {rows} row and {columns} column labels, got "
             f"{len(row_labels)} and {len(column_labels)}"
         )
-    label_width = 8 + max(math.ceil(_font().getlength(str(t))) for t in row_labels)
+    label_width = table_label_width(row_labels)
     device = cells.device
     cells = cells if cells.dtype == torch.uint8 else cells.float()
     dtype = cells.dtype
@@ -158,6 +158,25 @@ def labelled_table(
     header = header.permute(1, 2, 0, 3).reshape(3, BAND, -1)
     corner = torch.full((3, BAND, label_width), white(dtype), device=device, dtype=dtype)
     return torch.cat([torch.cat([corner, header], dim=2), torch.cat([left, body], dim=2)], dim=1)
+
+
+def table_label_width(row_labels: Sequence[str]) -> int:
+    """Width of the label column of a :func:`labelled_table` with these row labels."""
+    return 8 + max(math.ceil(_font().getlength(str(t))) for t in row_labels)
+
+
+def fill_table_row(table: Tensor, row: int, cells: Tensor, label: str, padding: int = 2) -> None:
+    """Draw row ``row`` of a :func:`labelled_table`, its label and its (C, 3, H, W) cells, into
+    ``table`` in place: a table that grows by a row redraws one row, not all of them. The label
+    must fit the table's label column (:func:`table_label_width` of all its labels)."""
+    columns, _, height, width = cells.shape
+    label_width = table.shape[-1] - columns * (width + padding)
+    top = BAND + row * (height + padding)
+    band = text_band([label], label_width, height + padding, table.device, "right", table.dtype)
+    padded = torch.nn.functional.pad(cells, (0, padding, 0, padding), value=white(table.dtype))
+    rows = table[:, top : top + height + padding]
+    rows[:, :, :label_width] = band[0]
+    rows[:, :, label_width:] = padded.permute(1, 2, 0, 3).reshape(3, height + padding, -1)
 
 
 def captioned_rows(tiles: Tensor, texts: Sequence[Sequence[str]], padding: int = 2) -> Tensor:

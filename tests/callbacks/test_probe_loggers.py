@@ -132,6 +132,36 @@ def test_feature_evolution_columns_are_the_followed_features(tmp_path):
     assert torch.equal(last, expected)
 
 
+def test_evolution_rows_drawn_one_at_a_time_match_the_table_drawn_whole(tmp_path, monkeypatch):
+    """Each epoch draws only its own row into the table it drew before; the images are those
+    of drawing every row every epoch."""
+    import itertools
+
+    import lightning_viz.callbacks.deconv_logger as deconv_logger
+
+    def evolution_images(run: str) -> list:
+        torch.manual_seed(0)
+        deconv = DeconvLogger(layers=["model.features.0"], strict=True)
+        fit(DigitsClassifier("sgd", 0.05), [deconv], tmp_path / run, epochs=3)
+        images = read_events(tmp_path / run).Images("evolution/model.features.0")
+        return [image_pixels(image) for image in images]
+
+    rows_drawn = []
+    fill = deconv_logger.fill_table_row
+    monkeypatch.setattr(
+        deconv_logger, "fill_table_row", lambda *a, **k: rows_drawn.append(a[1]) or fill(*a, **k)
+    )
+    by_row = evolution_images("by_row")
+    assert rows_drawn == [1, 2]
+    widths = itertools.count()  # never the same label width: every epoch redraws the table
+    monkeypatch.setattr(deconv_logger, "table_label_width", lambda labels: next(widths))
+    whole = evolution_images("whole")
+    assert rows_drawn == [1, 2]
+    assert len(by_row) == len(whole) == 3
+    for a, b in zip(by_row, whole, strict=True):
+        assert (a == b).all()
+
+
 def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     deconv = DeconvLogger(layers=["model.features.0"], strict=True)

@@ -7,6 +7,7 @@ from lightning_viz.functional.captions import (
     captioned_rows,
     class_name,
     color_bar,
+    fill_table_row,
     fit_text,
     footnote,
     labelled_table,
@@ -135,3 +136,15 @@ def test_readable_keeps_uint8_tiles_uint8_in_every_mode():
     shrunk = readable(to_uint8(torch.rand(1, 3, 400, 400)))
     assert shrunk.dtype == torch.uint8
     assert shrunk.shape[-1] == MAX_TILE
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_a_table_row_drawn_in_place_equals_the_whole_table_drawn_again(dtype):
+    cells = as_display(torch.rand(3, 2, 3, 10, 12), dtype)
+    white_cells = torch.full_like(cells[0], 255 if dtype == torch.uint8 else 1.0)
+    before = ["epoch 0", "epoch 1", ""]
+    table = labelled_table(torch.stack([cells[0], cells[1], white_cells]), before, ["a", "b"])
+    fill_table_row(table, 2, cells[2], "epoch 2")
+    expected = labelled_table(cells, ["epoch 0", "epoch 1", "epoch 2"], ["a", "b"])
+    assert table.dtype == dtype
+    assert torch.equal(table, expected)
