@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import google_crc32c
 import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer import record_writer
+
+try:
+    import google_crc32c
+except ImportError:  # a declared dependency; without it TensorBoard's own checksums stay
+    google_crc32c = None
 
 try:
     import lightning.pytorch as unified
@@ -161,8 +165,8 @@ def fast_event_checksums() -> None:
     computes each record's CRC-32C in pure Python, about 8 MB/s, on its own writer thread at
     normal priority and holding the GIL: the 2.5 MB of images one DeconvLogger epoch logs on
     resnet18 cost 0.3 s of a CPU core there, as much as the epoch's projections, counted by no
-    cost meter. The checksums and files stay the same. Where google-crc32c has no C build for the
-    platform (it then runs pure Python too) nothing changes.
+    cost meter. The checksums and files stay the same. Where google-crc32c is missing or has no
+    C build for the platform (it then runs pure Python too) nothing changes.
     """
-    if google_crc32c.implementation == "c":
+    if google_crc32c is not None and google_crc32c.implementation == "c":
         record_writer.masked_crc32c = masked_crc32c

@@ -170,3 +170,15 @@ def test_event_records_are_checksummed_in_c_with_the_values_tensorboard_checks(t
     # its PNG encoding); its reader checks every record with its own pure-Python checksum
     assert record_writer.masked_crc32c is masked_crc32c
     assert [e.step for e in read_events(tmp_path).Images("gradcam/model.features")] == [0, 23]
+
+
+def test_without_google_crc32c_tensorboard_keeps_its_own_checksums(monkeypatch):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as in_python
+    from tensorboard.summary.writer import record_writer
+
+    from lightning_viz import _compat
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", in_python)
+    monkeypatch.setattr(_compat, "google_crc32c", None)
+    _compat.fast_event_checksums()
+    assert record_writer.masked_crc32c is in_python
