@@ -392,12 +392,10 @@ class DeconvLogger(ProbeCallback):
         labels = [f"epoch {e}" for e in self.column_epochs[layer]] + [""] * (slots - drawn)
         headers = [f"ch {c}" for c in self.features[layer]]
         table, before, headers_before = self._tables.get(layer, (None, [], []))
+        one_row_more = labels[: drawn - 1] + [""] * (len(labels) - drawn + 1)
         if (
             table is not None
-            and headers == headers_before
-            and len(labels) == len(before)
-            and labels[: drawn - 1] == before[: drawn - 1]
-            and before[drawn - 1] == ""
+            and (before, headers_before) == (one_row_more, headers)
             and table_label_width(labels) == table_label_width(before)
         ):  # one more row, the others as they were: draw that row only
             fill_table_row(table, drawn - 1, self._enlarged[layer][-1], labels[drawn - 1])
