@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -42,15 +43,34 @@ def filter_noise(weight: Tensor) -> Tensor:
         raise ValueError(
             f"Geary's C needs kernels of at least 2x2 to have neighbours, got {kh}x{kw}"
         )
-    x = weight.detach().float()
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    horizontal = (x[..., :, 1:] - x[..., :, :-1]).square().sum(dim=(1, 2, 3))
-    vertical = (x[..., 1:, :] - x[..., :-1, :]).square().sum(dim=(1, 2, 3))
-    variation = x.square().sum(dim=(1, 2, 3))
     taps = kh * kw
     pairs = kh * (kw - 1) + (kh - 1) * kw
-    score = (taps - 1) * (horizontal + vertical) / (2 * pairs * variation)
+    # C reads two quadratic forms of each slice x: sum_adjacent (x_i - x_j)^2 = x'Lx (L the grid's
+    # Laplacian) and sum_i (x_i - mean)^2 = x'(I - 1/n)x; summed over slices, both read the
+    # filter's Gram matrix sum_slices x x' (one batched GEMM, one pass over the weights).
+    # Both forms ignore a slice's offset: subtracting its first tap keeps float32 from cancelling
+    # on slices whose mean dwarfs their variation.
+    x = weight.detach().float().flatten(2)
+    x = x - x[..., :1]
+    gram = torch.bmm(x.transpose(1, 2), x)
+    adjacent, variation = torch.einsum("fij,kij->kf", gram, _quadratic_forms(kh, kw, x.device))
+    score = (taps - 1) * adjacent / (2 * pairs * variation)
     return score.nan_to_num(nan=0.0)
+
+
+@functools.cache
+def _quadratic_forms(kh: int, kw: int, device: torch.device) -> Tensor:
+    """(2, n, n) for kernels of kh x kw = n taps: the rook-adjacency Laplacian, and the centring
+    matrix I - 1/n."""
+    taps = torch.arange(kh * kw, device=device).view(kh, kw)
+    first = torch.cat([taps[:, :-1].flatten(), taps[:-1, :].flatten()])
+    second = torch.cat([taps[:, 1:].flatten(), taps[1:, :].flatten()])
+    adjacency = torch.zeros(kh * kw, kh * kw, device=device)
+    adjacency[first, second] = 1.0
+    adjacency = adjacency + adjacency.T
+    laplacian = torch.diag(adjacency.sum(dim=1)) - adjacency
+    centring = torch.eye(kh * kw, device=device) - 1.0 / (kh * kw)
+    return torch.stack([laplacian, centring])
 
 
 SAMPLE_SIZE = 4096

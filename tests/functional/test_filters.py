@@ -36,6 +36,15 @@ def test_matches_the_definition(shape):
     np.testing.assert_allclose(filter_noise(weight).numpy(), expected, rtol=1e-5)
 
 
+def test_slices_far_from_zero_keep_float32_precision():
+    """Weights of 100 +- 0.001: C must not drown in the float32 rounding of their squares."""
+    generator = torch.Generator().manual_seed(0)
+    weight = 100 + 1e-3 * torch.randn(8, 16, 3, 3, generator=generator)
+    weight[:, :, 0] += 2e-3  # some structure, so that the scores differ from 1
+    expected = geary_reference(weight.double().numpy())
+    np.testing.assert_allclose(filter_noise(weight).numpy(), expected, rtol=1e-6)
+
+
 def test_fresh_init_scores_about_one():
     weight = torch.empty(64, 3, 7, 7)
     nn.init.kaiming_normal_(weight)
