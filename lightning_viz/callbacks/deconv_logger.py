@@ -387,8 +387,8 @@ class DeconvLogger(ProbeCallback):
         self._enlarged[layer] = [enlarged[i] for i in keep]
         # epochs down, features across: the card's width holds a few features, not 16 epochs;
         # a fixed number of epoch slots, so that the image keeps its size from epoch to epoch
-        slots = self._evolution_slots(trainer)
         drawn = len(self.column_epochs[layer])
+        slots = max(self._evolution_slots(trainer), drawn)  # more: resumed at another cadence
         labels = [f"epoch {e}" for e in self.column_epochs[layer]] + [""] * (slots - drawn)
         headers = [f"ch {c}" for c in self.features[layer]]
         table, before, headers_before = self._tables.get(layer, (None, [], []))

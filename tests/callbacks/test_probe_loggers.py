@@ -191,6 +191,41 @@ def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
     )
 
 
+def test_resume_at_a_sparser_cadence_adds_rows_to_the_evolution(tmp_path):
+    """Resumed with every_n_epochs=2 the run plans 2 epoch rows but holds 3: all are drawn."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    deconv = DeconvLogger(layers=["model.features.0"], strict=True)
+    fit(
+        DigitsClassifier(),
+        [deconv, checkpoint],
+        tmp_path / "a",
+        epochs=2,
+        limit_train_batches=2,
+        enable_checkpointing=True,
+    )
+    resumed = DeconvLogger(layers=["model.features.0"], every_n_epochs=2, strict=True)
+    fit(
+        DigitsClassifier(),
+        [resumed],
+        tmp_path / "b",
+        epochs=4,
+        limit_train_batches=2,
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
+    assert resumed.column_epochs["model.features.0"] == [0, 1, 3]
+    (evolution,) = read_events(tmp_path / "b").Images("evolution/model.features.0")
+    label_width = evolution.width - 98 * len(resumed.features["model.features.0"])
+    assert_caption(
+        image_pixels(evolution),
+        "epoch 3",
+        x=0,
+        y=16 + 2 * 98,
+        width=label_width,
+        height=98,
+        align="right",
+    )
+
+
 def test_evolution_columns_are_capped_and_thinned(tmp_path):
     deconv = DeconvLogger(layers=["model.features.0"], max_columns=3, strict=True)
     fit(DigitsClassifier(), [deconv], tmp_path, epochs=5, limit_train_batches=2)
