@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_viz.tags import NOTICE_KINDS
+
 OnAlert = Literal["warn", "stop"] | Callable[["Alert"], Any]
 
 
@@ -70,10 +72,6 @@ class AlertBook:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.active = {tuple(key) for key in state.get("active", [])}
         self.raised = [Alert(**alert) for alert in state.get("raised", [])]
-
-
-NOTICE_KINDS = frozenset({"failed", "frozen", "not_shown", "over_budget"})
-"""Kinds that report on lightning-viz or the setup, not on training's health: never a stop."""
 
 
 def deliver(alert: Alert, on_alert: OnAlert, trainer: Any) -> None:

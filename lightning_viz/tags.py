@@ -119,17 +119,21 @@ the mean share of their positive mass inside it (``layer`` is the tag of the vie
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"
-"""Text, every callback that alerts: the alerts of a step as one markdown table
-(:func:`alert_table`); when several callbacks alert at one step, the last entry of that step
-holds them all."""
+"""Text, every callback that alerts: the alerts of a step as a markdown table and what to check
+for each (:func:`alert_table`); when several callbacks alert at one step, the last entry of that
+step holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
+NOTICE_KINDS = frozenset({"failed", "frozen", "not_shown", "over_budget"})
+"""Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
+not counted in :data:`ALERT_COUNT`, listed apart by ``lightning-viz summary``."""
 OVERHEAD = "lightning_viz/overhead"
 """Scalar, at every training epoch's end: the share of the wall-clock time since the previous
 entry (or train start) that the training thread spent in lightning-viz callbacks."""
 OVERHEAD_OF = "lightning_viz/overhead/{key}"
 """Scalar, with :data:`OVERHEAD`: the same share for one callback (``key`` its class name)."""
 ALERT_COUNT = "alerts/count"
-"""Scalar: how many alerts the lightning-viz callbacks of the Trainer raised so far."""
+"""Scalar: how many health alerts the lightning-viz callbacks of the Trainer raised so far
+(notices such as ``frozen`` or ``over_budget`` are not counted)."""
 
 
 def tag(template: str, layer: str, key: str = "") -> str:
@@ -169,18 +173,32 @@ def _template_regex(template: str, layer: str, keys: Sequence[str], key_group: s
 
 
 def alert_table(rows: Sequence[Sequence[object]]) -> str:
-    """The markdown table of a step's alerts, one row per alert in :data:`ALERT_COLUMNS` order."""
+    """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: a numbered table of
+    the short columns, then what to check for each, numbered alike. (In one table, the long
+    column left the others a few characters each in TensorBoard's text card: "0.632" wrapped
+    into three lines.)"""
 
     def cell(value: object) -> str:
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
         return "-" if text == "nan" else text.replace("|", "/").replace("\n", " ")
 
-    lines = ["| " + " | ".join(ALERT_COLUMNS) + " |", "|---" * len(ALERT_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    short = ("#", *ALERT_COLUMNS[:-1])
+    lines = ["| " + " | ".join(short) + " |", "|---" * len(short) + "|"]
+    lines += [
+        "| " + " | ".join(cell(value) for value in (i, *row[:-1])) + " |"
+        for i, row in enumerate(rows, 1)
+    ]
+    lines += ["", f"**{ALERT_COLUMNS[-1]}**", ""]
+    lines += [f"{i}. {cell(row[-1])}" for i, row in enumerate(rows, 1)]
     return "\n".join(lines)
 
 
 def parse_alert_table(text: str) -> list[dict[str, str]]:
     """The rows of an :func:`alert_table`, as ``{column: cell}``."""
-    rows = [line.strip().strip("|").split(" | ") for line in text.splitlines()[2:]]
-    return [dict(zip(ALERT_COLUMNS, (c.strip() for c in row), strict=False)) for row in rows]
+    lines = text.splitlines()
+    cells = [line.strip().strip("|").split(" | ") for line in lines[2:] if line.startswith("|")]
+    checks = dict(re.findall(r"^(\d+)\. (.*)$", text, flags=re.MULTILINE))
+    rows = [dict(zip(ALERT_COLUMNS, (c.strip() for c in row[1:]), strict=False)) for row in cells]
+    for row, number in zip(rows, (row[0].strip() for row in cells), strict=True):
+        row[ALERT_COLUMNS[-1]] = checks.get(number, "")
+    return rows

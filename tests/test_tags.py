@@ -71,6 +71,19 @@ def test_alert_table_reads_back_row_by_row():
         "what to check": "moved 40x / lower the lr",
     }
     assert (parsed[1]["status"], parsed[1]["value"]) == ("cleared", "-")
+    assert parsed[1]["what to check"] == "failed cleared"
+
+
+def test_alert_table_keeps_the_long_message_out_of_the_table():
+    """TensorBoard's text card gives a table's columns the width their longest words need: a
+    message column left the others a few characters, and numbers wrapped over lines."""
+    message = "FilterMonitor: layer 'net.layer3.1.conv2' was overwritten since " * 3
+    text = tags.alert_table(
+        [("raised", "overwritten", "net.layer3.1.conv2", 2, 0.632, 0.5, message)]
+    )
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert max(len(line) for line in table) < 80
+    assert message.strip() in text
 
 
 def test_the_monitors_log_only_the_documented_keys(tmp_path):

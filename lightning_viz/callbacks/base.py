@@ -128,8 +128,14 @@ class RunContext:
         }
 
     def alert_total(self, trainer: pl.Trainer) -> int:
-        """Alerts raised by every lightning-viz callback of the Trainer (restored ones included)."""
-        return sum(len(callback.alerts.raised) for callback in self.callbacks(trainer))
+        """Health alerts raised by every lightning-viz callback of the Trainer (restored ones
+        included); notices (:data:`~lightning_viz.tags.NOTICE_KINDS`) are not counted, so that
+        a healthy run reads 0."""
+        return sum(
+            alert.kind not in tags.NOTICE_KINDS
+            for callback in self.callbacks(trainer)
+            for alert in callback.alerts.raised
+        )
 
     def write_layout_once(self, trainer: pl.Trainer, writer: Any) -> None:
         """Write the custom-scalars layout of every lightning-viz callback, once per Trainer:
