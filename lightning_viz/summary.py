@@ -68,25 +68,33 @@ def summarize(run: Path) -> str | None:
         flagged = any(column in FLAGGED_BY.get(kind, ()) for kind in active.get(layer, []))
         return f"{value} !" if flagged else value
 
+    order = _model_order(events)
     rows = [
         [layer, *(cell(layer, c) for c in header[1:-1]), ", ".join(active.get(layer, []))]
-        for layer in sorted(layers, key=_natural)
+        for layer in sorted(
+            layers, key=lambda name: (order.get(name.split("#")[0], len(order)), _natural(name))
+        )
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.append(
-        "values: latest (change since the first); layers in model order; ! a value past its "
-        "alert's threshold"
+        "values: latest (change since the first); layers in "
+        f"{'model' if order else 'name'} order; ! a value past its alert's threshold"
     )
     overhead = _overhead(events, scalars)
     if overhead:
         lines.append(overhead)
     lines += trust
-    lines.append(f"alerts: {len(alerts)}")
+    health = [a for a in alerts if a["kind"] not in tags.NOTICE_KINDS]
+    notices = [a for a in alerts if a["kind"] in tags.NOTICE_KINDS]
+    lines.append(f"alerts: {len(health)}")
     lines += [
-        f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in alerts
+        f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in health
     ]
+    if notices:
+        lines.append(f"notices (on lightning-viz or the setup, not on training): {len(notices)}")
+        lines += [f"  - step {a['step']} (epoch {a['epoch']}) {a['message']}" for a in notices]
     return "\n".join(lines)
 
 
@@ -180,6 +188,24 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
             raised.append(alert)
             latest[key] = alert
     return raised
+
+
+def _model_order(events: Any) -> dict[str, int]:
+    """Each layer's position in the model, from the custom-scalars layout the callbacks wrote
+    (its sections, ``layer conv -> activation``, follow ``named_modules()``; a module's later
+    calls, ``name#2``, sort beside its first); empty without it."""
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    if metadata.CONFIG_SUMMARY_TAG not in events.Tags()["tensors"]:
+        return {}
+    layout = layout_pb2.Layout()
+    proto = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[-1].tensor_proto
+    layout.ParseFromString(proto.string_val[0])
+    sections = [
+        c.title.removeprefix("layer ") for c in layout.category if c.title.startswith("layer ")
+    ]
+    names = [name for section in sections for name in section.split(" -> ")]
+    return {name: index for index, name in enumerate(names)}
 
 
 def _natural(name: str) -> list[Any]:

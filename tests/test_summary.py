@@ -5,12 +5,15 @@ import subprocess
 import sys
 import time
 
+from collections import OrderedDict
+
 import pytest
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger
 from lightning_viz.summary import main
-from tests.helpers import DigitsClassifier, fit, read_events
+from tests.helpers import Classifier, DigitsClassifier, fit, read_events
 
 
 def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
@@ -46,8 +49,31 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     # model order: each conv beside the ReLU that follows it, features.10 after features.8
     order = [line.split()[0] for line in lines if line.startswith("model.")]
     assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
-    assert "alerts: 1" in out
-    assert "step 0 (epoch 0) [active] FilterMonitor: 1 watched layer(s) will not be trained" in out
+    assert "alerts: 0" in out  # a notice is not a health alert: listed apart, without a state
+    notices = out[out.index("notices (on lightning-viz or the setup, not on training): 1") :]
+    assert "step 0 (epoch 0) FilterMonitor: 1 watched layer(s) will not be trained" in notices
+
+
+def test_summary_lists_layers_in_model_order_whatever_their_names(tmp_path, capsys):
+    """By name, "act" and "body" would come before "stem": the layout the callbacks wrote knows
+    the model's order."""
+    model = nn.Sequential(
+        OrderedDict(
+            stem=nn.Conv2d(1, 8, 3, padding=1),
+            stem_act=nn.ReLU(),
+            body=nn.Conv2d(8, 8, 3, padding=1),
+            act=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            head=nn.Linear(8, 10),
+        )
+    )
+    fit(Classifier(model), [FilterMonitor(), ActivationMonitor()], tmp_path, epochs=1)
+    assert main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    order = [line.split()[0] for line in out.splitlines() if line.startswith("model.")]
+    assert order == ["model.stem", "model.stem_act", "model.body", "model.act"]
+    assert "layers in model order" in out
 
 
 def test_summary_gives_each_explanation_s_trust_scores_and_what_its_text_said(tmp_path, capsys):
