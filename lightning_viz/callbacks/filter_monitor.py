@@ -22,7 +22,12 @@ from lightning_viz.functional._validation import (
     check_layer_names,
     check_non_negative,
 )
-from lightning_viz.functional.alert_rules import FilterThresholds, filter_findings, frozen_finding
+from lightning_viz.functional.alert_rules import (
+    FilterThresholds,
+    filter_findings,
+    frozen_finding,
+    network_drift,
+)
 from lightning_viz.functional.captions import captioned, footnote, stack_rows
 from lightning_viz.functional.filters import (
     filter_health,
@@ -60,8 +65,11 @@ class FilterMonitor(VizCallback):
     - ``not_learning``: after ``warmup_steps`` optimizer steps, ``learned`` below
       ``min_learned`` (dead ReLUs, vanishing gradients, a learning rate far too low).
     - ``overwritten``: the cosine between the weights now and at the previous measurement below
-      ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence).
-    - ``exploding``: drift above ``max_drift`` (a learning rate far too high); clears below half
+      ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence); not against
+      the untrained baseline, which holds nothing learned to overwrite.
+    - ``exploding``: drift above ``max_drift``, in the layer and in the median of the learning
+      layers (a learning rate far too high moves them all; a single layer initialized small,
+      like the stem of torchvision's ResNets, grows past it in healthy runs); clears below half
       of it.
     - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
     - ``noisy_filters``: on the first watched layer, once it learned something (``learned`` >=
@@ -119,8 +127,9 @@ class FilterMonitor(VizCallback):
 
     How to read it: smooth, oriented, colour-opponent first-layer filters are the classic sign of
     a net that learned; ``learned`` near 0 means the layer is not training (while ``drift`` may
-    still grow from weight decay alone); a drift in the tens means the learning rate is far too
-    high.
+    still grow from weight decay alone); a drift in the tens across the layers means the learning
+    rate is far too high (one layer initialized small, like torchvision ResNets' stem conv, may
+    reach ten on its own in a healthy run).
 
     Cost: a few reductions over the conv weights per measured epoch, one host transfer, and in
     host memory and checkpoints a reference copy of the weights at train start (float32: whole
@@ -174,6 +183,7 @@ class FilterMonitor(VizCallback):
         self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
         self.previous: dict[str, Tensor] = {}
+        self.previous_step: int | None = None  # the optimizer step of the previous measurement
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -267,18 +277,20 @@ class FilterMonitor(VizCallback):
             **super().state_dict(),
             "initial": dict(self.initial),
             "previous": dict(self.previous),
+            "previous_step": self.previous_step,
         }
 
     @override
     def reset_state(self) -> None:
         super().reset_state()
-        self.initial, self.previous = {}, {}
+        self.initial, self.previous, self.previous_step = {}, {}, None
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial = dict(state_dict.get("initial", {}))
         self.previous = dict(state_dict.get("previous", {}))
+        self.previous_step = state_dict.get("previous_step")
 
     # ------------------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, baseline: bool) -> None:
@@ -297,6 +309,9 @@ class FilterMonitor(VizCallback):
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
         first = next(iter(self._layers))
+        network = network_drift(
+            host[name, "drift"].item() for name in self._layers if name not in self._frozen
+        )
         metrics = {}
         for name in self._layers:
             self.previous[name] = host[name, "sample"].clone()
@@ -313,9 +328,12 @@ class FilterMonitor(VizCallback):
                 learning=name not in self._frozen,
                 first_layer=name == first,
                 exploding=(name, "exploding") in self.alerts.active,
+                network_drift=network,
+                from_untrained=self.previous_step == 0,
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)
+        self.previous_step = trainer.global_step
         self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
         if self.writer(trainer) is not None:
             for name in self._layers:

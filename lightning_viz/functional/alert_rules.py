@@ -8,7 +8,8 @@ fires (each (layer, kind) once until it clears).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -30,7 +31,11 @@ class FilterThresholds:
 
     Measured there: ``learned`` of healthy layers >= 0.0087 at the first measurement (0.019 after
     3 optimizer steps), of layers that do not learn <= 4.2e-5; the step cosine of healthy layers
-    >= 0.78, of overwritten ones <= 0.10; first-layer update noise of healthy runs <= 0.84.
+    >= 0.80 once trained (from the untrained baseline down to 0.06, see :func:`filter_findings`),
+    of overwritten ones <= 0.08; the median drift of a healthy network's layers <= 2.3, of one
+    whose learning rate is far too high >= 10.6 in the first epoch (a single healthy layer, the
+    small-init stem of torchvision's ResNets under SGD at lr 0.1, reaches 9); first-layer update
+    noise of healthy runs <= 0.84.
     """
 
     min_learned: float = 1e-3
@@ -49,6 +54,8 @@ def filter_findings(
     learning: bool = True,
     first_layer: bool = False,
     exploding: bool = False,
+    network_drift: float | None = None,
+    from_untrained: bool = False,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -65,11 +72,22 @@ def filter_findings(
         exploding: whether ``exploding`` is active: it clears only once the drift falls below
             half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
             flap).
+        network_drift: the median drift of the model's learning layers at this measurement
+            (:func:`network_drift`); None: the layer's own. ``exploding`` needs both past
+            ``max_drift``: a learning rate far too high moves every layer, while a layer
+            initialized small for its fan-in (the stem of torchvision's ResNets, a quarter of
+            its fan-in scale) grows several times its initial norm in a healthy run.
+        from_untrained: the previous measurement is the untrained baseline (train start, step
+            0). ``overwritten`` then waits: the first steps turn a random init into learned
+            weights, and a small-init layer rotates far from its init (cosine 0.06 after one
+            epoch of SGD at lr 0.1) while training well; there is nothing learned yet to
+            overwrite.
 
     Returns:
         One finding per rule that applies at this measurement.
     """
     drift, learned, ratio = values["drift"], values["learned"], values["norm_ratio"]
+    network = drift if network_drift is None else network_drift
     limit = thresholds.max_drift / 2 if exploding else thresholds.max_drift
     findings = [
         Finding(
@@ -82,12 +100,13 @@ def filter_findings(
         Finding(
             "exploding",
             layer,
-            drift > limit,
+            drift > limit and network > limit,
             drift,
             thresholds.max_drift,
-            f"layer {layer!r} weights moved {drift:.3g}x their initial norm (threshold "
-            f"max_drift={thresholds.max_drift:g}). The learning rate is likely far too high: "
-            "lower it, add weight decay or a warm-up.",
+            f"layer {layer!r} weights moved {drift:.3g}x their initial norm, and the network's "
+            f"layers {network:.3g}x in the median (threshold max_drift="
+            f"{thresholds.max_drift:g}). The learning rate is likely far too high: lower it, add "
+            "weight decay or a warm-up.",
         ),
         Finding(
             "collapse",
@@ -101,7 +120,7 @@ def filter_findings(
         ),
     ]
     cosine = values["step_cosine"]
-    if math.isfinite(cosine):
+    if math.isfinite(cosine) and not from_untrained:
         findings.append(
             Finding(
                 "overwritten",
@@ -151,6 +170,13 @@ def filter_findings(
             )
         )
     return findings
+
+
+def network_drift(drifts: Iterable[float]) -> float:
+    """The median of the learning layers' drifts (the finite ones; NaN when none is): how far
+    the network as a whole moved, which one layer's outlying init does not sway."""
+    finite = [d for d in drifts if math.isfinite(d)]
+    return statistics.median(finite) if finite else math.nan
 
 
 def frozen_finding(layers: Sequence[str]) -> Finding:

@@ -2,11 +2,21 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import Alert, FilterMonitor, tags
-from tests.helpers import DigitsClassifier, assert_caption, fit, image_pixels, read_events
+from lightning_viz.testing import ImageClassifier, shapes_task
+from tests.helpers import (
+    DigitsClassifier,
+    assert_caption,
+    fit,
+    image_pixels,
+    make_trainer,
+    read_events,
+)
 
 FIRST = "model.features.0"
 CONVS = [FIRST, "model.features.4", "model.features.8"]
@@ -150,6 +160,26 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     exploding = [a for a in monitor.alerts.raised if a.kind == "exploding"]
     assert {a.layer for a in exploding} == set(CONVS)
     assert all(a.epoch == 0 and a.value > 5 for a in exploding)  # once each, no flood
+
+
+def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
+    """SGD at lr 0.1, momentum 0.9, weight decay 5e-4 on torchvision's resnet18 trains well, and
+    its stem conv (initialized at a quarter of its fan-in scale) grows past max_drift and turns
+    away from its init in the first steps: neither is exploding nor overwritten."""
+    images, labels, _ = shapes_task(256, size=32, stamp=10, channels=3)
+    torch.manual_seed(0)
+    module = ImageClassifier(
+        torchvision.models.resnet18(num_classes=3), lr=0.1, momentum=0.9, weight_decay=5e-4
+    )
+    monitor = FilterMonitor(strict=True)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=4, log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an alert warns
+        warnings.filterwarnings("ignore", message=".*(val_dataloader|num_workers|log_every)")
+        trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=64))
+    drift = read_events(tmp_path).Scalars("filters/model.conv1/drift")
+    assert drift[-1].value > monitor.thresholds.max_drift  # the case the rules must not flag
+    assert not monitor.alerts.raised
 
 
 def test_mid_run_reinitialization_is_overwritten(tmp_path):

@@ -11,6 +11,7 @@ from lightning_viz.functional.alert_rules import (
     dead_channel_finding,
     filter_findings,
     frozen_finding,
+    network_drift,
     nonfinite_activation_finding,
     saturation_finding,
 )
@@ -29,6 +30,9 @@ LR_FAR_TOO_LOW = {**HEALTHY_SGD, "drift": 7.5e-6, "learned": 7.5e-6}
 DEAD_RELUS = {**HEALTHY_SGD, "drift": 2.3e-4, "learned": 5.6e-7}  # AdamW decay, no gradient
 REINIT = {**HEALTHY_SGD, "drift": 2.4, "learned": 1.2, "step_cosine": -0.04}
 LR_100X = {**HEALTHY_SGD, "drift": 7.5, "learned": 7.5, "norm_ratio": 7.6, "step_cosine": 0.08}
+# torchvision resnet18's conv1 after one epoch of SGD at lr 0.1 (weight decay 5e-4) on the 32x32
+# shapes, a healthy run: initialized at a quarter of its fan-in scale, it grew 9x and rotated
+RESNET_STEM = {**HEALTHY_SGD, "drift": 8.85, "learned": 8.8, "norm_ratio": 8.9, "step_cosine": 0.06}
 
 
 def firing(findings):
@@ -74,6 +78,30 @@ def test_exploding_with_hysteresis():
     assert "exploding" in firing(filter_findings("c", cooling, 46, DEFAULTS, exploding=True))
     calm = {**HEALTHY_SGD, "drift": 2.0}
     assert "exploding" not in firing(filter_findings("c", calm, 46, DEFAULTS, exploding=True))
+
+
+def test_exploding_needs_the_network_to_move_not_one_layer():
+    trained_stem = {**RESNET_STEM, "step_cosine": 0.99}
+    healthy = filter_findings("conv1", trained_stem, 64, DEFAULTS, network_drift=0.71)
+    assert firing(healthy) == set()
+    far_too_high = filter_findings("conv1", trained_stem, 64, DEFAULTS, network_drift=10.6)
+    (finding,) = [f for f in far_too_high if f.firing]
+    assert finding.kind == "exploding"
+    assert "moved 8.85x their initial norm, and the network's layers 10.6x in the median" in (
+        finding.message
+    )
+    assert network_drift([0.7, 8.85, math.nan, 0.5, 0.9]) == 0.8
+    assert math.isnan(network_drift([math.nan]))
+
+
+def test_overwritten_waits_for_weights_that_learned_something():
+    first_epoch = filter_findings("conv1", RESNET_STEM, 32, DEFAULTS, network_drift=0.71)
+    assert "overwritten" in firing(first_epoch)  # the rule alone cannot tell
+    from_init = filter_findings(
+        "conv1", RESNET_STEM, 32, DEFAULTS, network_drift=0.71, from_untrained=True
+    )
+    assert firing(from_init) == set()
+    assert firing(filter_findings("conv1", REINIT, 115, DEFAULTS)) == {"overwritten"}
 
 
 def test_collapse():
