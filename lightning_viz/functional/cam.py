@@ -147,7 +147,7 @@ def _read_head(
             if len(shape) == 4 and shape[2] * shape[3] >= 2 and shape[1] in widths
         ]
         if not names:
-            raise ValueError(_no_head_message(model, finished))
+            raise ValueError(_no_head_message(model, finished, widths))
     else:
         names = list(resolve_layers(model, layer))
     output, captured = run_until_captured(
@@ -162,7 +162,7 @@ def _read_head(
             head = GapLinearHead(name, linear, rectified)
             return head, activation.relu() if rectified else activation, logits
     if finished is not None:
-        raise ValueError(_no_head_message(model, finished))
+        raise ValueError(_no_head_message(model, finished, widths))
     raise ValueError(_not_fed_message(names[0], captured[names[0]], logits, linears))
 
 
@@ -217,9 +217,10 @@ def _not_fed_message(
 
 
 def _no_head_message(
-    model: nn.Module, finished: list[tuple[str, nn.Module, tuple[int, ...]]]
+    model: nn.Module, finished: list[tuple[str, nn.Module, tuple[int, ...]]], widths: set[int]
 ) -> str:
-    """What the network ends with, after its last feature map larger than 1x1."""
+    """What the network ends with, after its last feature map larger than 1x1 (``widths``: the
+    in-features of its linear layers)."""
     spatial = [
         i for i, (_, _, shape) in enumerate(finished) if len(shape) == 4 and shape[2] * shape[3] > 1
     ]
@@ -228,6 +229,23 @@ def _no_head_message(
         "CAM needs global average pooling followed by one linear layer; use Grad-CAM "
         "(grad_cam, GradCAMLogger), which works with any head"
     )
+    shrunk = [
+        (name, shape)
+        for i, (name, module, shape) in enumerate(finished)
+        if i > (spatial[-1] if spatial else -1)
+        and len(shape) == 4
+        and shape[2] * shape[3] == 1
+        and shape[1] in widths
+        and any(True for _ in module.parameters())  # a layer's map, not the pooling's output
+    ]
+    if shrunk:  # the maps shrank to 1x1 before the head at this size: a map of one cell
+        name, shape = shrunk[0]
+        return (
+            f"{model_name}'s feature maps are 1x1 at the probes' size from {name!r} "
+            f"{shape[1:]} on, before its linear head: a class activation map would be a single "
+            "cell. Larger probes give it room (a ResNet's last map is 2x2 at 64 pixels, 7x7 at "
+            "224); Grad-CAM (grad_cam, GradCAMLogger) of an earlier layer shows where at any size"
+        )
     if not spatial:
         return f"{model_name} has no feature map larger than 1x1; {advice}"
     name, _, shape = finished[spatial[-1]]

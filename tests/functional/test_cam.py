@@ -115,6 +115,18 @@ def test_a_vision_transformer_is_refused_naming_the_end_of_its_head():
     assert error.match(r"'conv_proj' \(32, 4, 4\) comes \d+ modules, then .* LayerNorm -> Linear,")
 
 
+def test_a_resnet_on_probes_too_small_for_its_head_is_told_so(resnet18, images):
+    """At 32 pixels resnet18's layer4 is 1x1: its head is GAP + linear, but a map would be one
+    cell, which the message says instead of calling the head something else."""
+    with pytest.raises(
+        ValueError,
+        match=r"1x1 at the probes' size from 'layer4.0.conv1' "
+        r"\(512, 1, 1\) on, before its linear head: .* a single cell",
+    ):
+        class_activation_map(resnet18, images[:, :, :32, :32])
+    class_activation_map(resnet18, images)  # at 64 pixels, a 2x2 map
+
+
 class PixelClassifier(nn.Module):
     """An identity 1x1 conv, global average pooling, one linear layer: the CAM of class t is
     ``W[t, 0] * x_0 + W[t, 1] * x_1``, known exactly."""
