@@ -92,8 +92,8 @@ def color_bar(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(3, h, width) legend: ``title``, then the colormap from ``low`` (left) to ``high``, each
-    end as wide as its longer label needs (at least 48 pixels)."""
+    """(3, h, width) legend: ``title`` (wrapped to the width), then the colormap from ``low``
+    (left) to ``high``, each end as wide as its longer label needs (at least 48 pixels)."""
     end = max(48, math.ceil(max(_font().getlength(low), _font().getlength(high))) + 8)
     ramp = torch.linspace(0, 1, max(width - 2 * end, 16), device=device)
     table = colormap_table(cmap).to(device)
@@ -102,8 +102,7 @@ def color_bar(
     ends = text_band([low, high], end, device=device, dtype=dtype)
     bar = torch.cat([ends[0], strip, ends[1]], dim=2)
     bar = torch.nn.functional.pad(bar, (0, width - bar.shape[-1]), value=white(dtype))
-    title_band = text_band([title], width, device=device, align="left", dtype=dtype)[0]
-    return torch.cat([title_band, bar], dim=1)
+    return torch.cat([footnote(width, title, device, dtype), bar], dim=1)
 
 
 @lru_cache(maxsize=256)

@@ -75,9 +75,10 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
         assert [i.step for i in deconv_images] == EPOCH_ENDS
         # a block per probe, as narrow as TensorBoard's card: the probe and its top 3 channels
         # in 2 rows of 2 tiles (captioned, 2 pixels apart), one block per row, the colour bar
+        # under its title, wrapped over 3 lines (not cut at the image's edge)
         assert (deconv_images[0].width, deconv_images[0].height) == (
             2 * 98 - 2 + 12,
-            10 * (2 * 112 + 2) + 11 * 6 + 32,
+            10 * (2 * 112 + 2) + 11 * 6 + 3 * 16 + 16,
         )
         assert deconv_images[0].width <= CARD_WIDTH
         pixels = image_pixels(deconv_images[-1])

@@ -70,6 +70,13 @@ def test_color_bar_runs_through_the_colormap_between_its_end_labels():
     assert (ramp.diff() >= 0).all()
 
 
+def test_color_bar_wraps_a_title_wider_than_the_bar():
+    title = "model.layer2.0.conv1: each probe's top-3 channels projected to pixels; mid-grey = 0"
+    bar = color_bar(300, "gray", "-", "+", title)
+    assert bar.shape[1] >= 3 * BAND  # wrapped over two lines or more, none cut
+    assert torch.equal(bar[:, : bar.shape[1] - BAND], footnote(300, title))
+
+
 def test_readable_tiles_and_panel_grids():
     assert readable(torch.rand(2, 3, 8, 8)).shape[-1] == MIN_TILE  # x12, nearest
     assert readable(torch.rand(2, 3, 5, 5)).shape[-1] == 100  # a whole factor
