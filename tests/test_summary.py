@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 import time
-
 from collections import OrderedDict
 
 import pytest

@@ -37,6 +37,10 @@ from lightning_viz.functional.filters import (
 )
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
+FILTERS_PER_ROW = 4
+"""The most filter tiles (about 100 pixels each) side by side: TensorBoard fits an image to its
+350-pixel card, so 4 across keep their captions at 85% (8 across, for a 64-filter first layer,
+shrank them to 5 pixels); more filters run down the card."""
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
@@ -117,9 +121,10 @@ class FilterMonitor(VizCallback):
     - ``filters/<layer>/update_noise``: median Geary's C of ``W - W0`` (not at step 0).
     - ``filters/<layer>/noise_histogram`` (histogram): per-filter C. (Not ``filters/<layer>``:
       TensorBoard shows one kind of data per tag, and that tag is the image.)
-    - ``filters/<layer>`` (image): the filters as a grid; RGB for 3 input channels, else one grey
-      tile per filter showing its strongest in-channel slice; each tile min-max normalized,
-      enlarged to at least 96 pixels and captioned with the filter's index and C.
+    - ``filters/<layer>`` (image): the filters as a grid, at most 4 across (so that TensorBoard's
+      card does not shrink the captions); RGB for 3 input channels, else one grey tile per
+      filter showing its strongest in-channel slice; each tile min-max normalized, enlarged to
+      at least 96 pixels and captioned with the filter's index and C.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
@@ -351,7 +356,7 @@ class FilterMonitor(VizCallback):
                 filter_tiles(self._layers[name].weight),
                 [f"{i}  C {c:.2f}" for i, c in enumerate(noise)],
             )
-            image = grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))
+            image = grid(tiles, nrow=min(FILTERS_PER_ROW, math.ceil(math.sqrt(len(tiles)))))
             legend = footnote(
                 image.shape[-1],
                 f"{name}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter "

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.testing import ImageClassifier, shapes_task
 from tests.helpers import (
+    Classifier,
     DigitsClassifier,
     assert_caption,
     fit,
@@ -55,6 +56,18 @@ def test_logs_every_key_at_the_expected_steps(tmp_path):
     # padding, then two lines of legend
     assert (images[0].width, images[0].height) == (4 * 102 + 2, 4 * 118 + 2 + 2 * 16)
     assert not monitor.alerts.raised
+
+
+def test_a_wide_first_layer_runs_down_the_card_four_filters_across(tmp_path):
+    """64 filters 8 across made an 818-pixel image that TensorBoard's 350-pixel card shrank to
+    5-pixel captions; 4 across it shrinks them by 15% and the grid runs down the card."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 64, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)
+    )
+    fit(Classifier(model), [FilterMonitor(strict=True)], tmp_path, epochs=1, limit_train_batches=2)
+    (first, *_) = read_events(tmp_path).Images("filters/model.0")
+    assert first.width == 4 * 102 + 2  # 5x5 kernels enlarged x20, 2 pixels apart
+    assert first.height >= 16 * 118 + 2  # 16 rows of captioned tiles, then the legend
 
 
 def test_noise_and_drift_values_match_the_weights(tmp_path):
