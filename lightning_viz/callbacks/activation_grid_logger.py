@@ -19,7 +19,7 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid
 from lightning_viz.functional._capture import Forward, output_shapes
-from lightning_viz.functional._validation import all_finite, check_int
+from lightning_viz.functional._validation import all_finite, check_int, not_finite_error
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.captions import (
     captioned_blocks,
@@ -214,10 +214,7 @@ class ActivationGridLogger(ProbeCallback):
                 }
             )
             if not host["finite"]:
-                raise ValueError(
-                    f"the feature maps of {layer!r} have NaN or Inf: the probes or the model's "
-                    "weights are not finite"
-                )
+                raise not_finite_error(f"the feature maps of {layer!r}")
             channels = host["channels"].long().tolist()
             captions = [
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in row]

@@ -20,6 +20,7 @@ from lightning_viz.functional._validation import (
     check_choices,
     check_fraction,
     check_logits,
+    not_finite_error,
     target_index,
 )
 from lightning_viz.functional.captions import (
@@ -245,10 +246,7 @@ class ClassView(ProbeCallback):
     def _check_finite(maps: torch.Tensor, what: str) -> None:
         """Fail (as an alert) when a view's maps are not finite: nothing to show."""
         if not all_finite(maps):
-            raise ValueError(
-                f"{what} has NaN or Inf: the probes, the model's outputs or its weights are not "
-                "finite"
-            )
+            raise not_finite_error(what)
 
     # ----------------------------------------------------------------------- trust scores
     def score_maps(

@@ -24,6 +24,7 @@ from lightning_viz.functional._validation import (
     check_choice,
     check_choices,
     check_int,
+    not_finite_error,
 )
 from lightning_viz.functional.captions import (
     captioned_blocks,
@@ -283,10 +284,7 @@ class DeconvLogger(ProbeCallback):
         notes = self._sanity(trainer, pl_module, probes, projections)
         for layer, (channels, images) in projections.items():
             if not all_finite(images):
-                raise ValueError(
-                    f"the reconstructions of {layer!r} have NaN or Inf: the probes or the "
-                    "model's weights are not finite"
-                )
+                raise not_finite_error(f"the reconstructions of {layer!r}")
             k = min(self.top_k, channels.shape[1])
             recon = to_uint8(to_rgb(normalize_signed(images[:, :k].flatten(0, 1))))
             recon = recon.unflatten(0, (len(probes), k))

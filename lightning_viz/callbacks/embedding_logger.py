@@ -27,6 +27,7 @@ from lightning_viz.functional._validation import (
     check_class_names,
     check_int,
     check_layer_names,
+    not_finite_error,
 )
 from lightning_viz.functional.captions import captioned, class_name, footnote, stack_rows
 from lightning_viz.functional.embedding import (
@@ -272,10 +273,7 @@ class EmbeddingLogger(ValidationView):
         labelled = len(self._labels) == len(self._features)
         labels = torch.cat(self._labels).long() if labelled else None
         if not all_finite(features):
-            raise ValueError(
-                f"the features of {self._layer[0]!r} have NaN or Inf: the model's weights or the "
-                "validation images are not finite"
-            )
+            raise not_finite_error(f"the features of {self._layer[0]!r}", "the validation images")
         accuracy = knn_accuracy(features, labels, self.k) if labels is not None else None
         points = pca_2d(features)
         colours = class_colours(

@@ -18,7 +18,12 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional._capture import run_until_captured
-from lightning_viz.functional._validation import all_finite, check_int, check_layer_names
+from lightning_viz.functional._validation import (
+    all_finite,
+    check_int,
+    check_layer_names,
+    not_finite_error,
+)
 from lightning_viz.functional.captions import footnote, labelled_table, stack_rows
 from lightning_viz.functional.feature_vis import visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
@@ -310,10 +315,7 @@ class FeatureVisualizer(ProbeCallback):
                 }
             )
             if not host["finite"]:
-                raise ValueError(
-                    f"the feature visualization of {layer!r} has NaN or Inf: the model's "
-                    "weights are not finite"
-                )
+                raise not_finite_error(f"the feature visualization of {layer!r}", None)
             # clones, not views of the whole transfer
             self.spectra[layer] = host["spectrum"].clone()
             self.adam[layer] = {k: host[f"adam.{k}"].clone() for k in result.adam}

@@ -141,3 +141,14 @@ def all_finite(values: Tensor) -> Tensor:
     (about 3e38 / their number) read as not finite too.
     """
     return values.sum(dtype=torch.float32).isfinite()
+
+
+def not_finite_error(what: str, inputs: str | None = "the probes") -> ValueError:
+    """The error of a view whose ``what`` (a map, a reconstruction) came out with NaN or Inf: it
+    has nothing to show, and says where to look (``inputs``: what it ran on besides the model)."""
+    sources = "the model's weights or normalization statistics"
+    sources = f"{inputs}, {sources}" if inputs else sources
+    return ValueError(
+        f"NaN or Inf in {what}: {sources} are not finite, or the weights grew so large that the "
+        "pass overflowed (FilterMonitor's drift in the thousands: a learning rate far too high)"
+    )

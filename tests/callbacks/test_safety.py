@@ -78,8 +78,14 @@ def test_nan_maps_become_alerts_and_training_goes_on(tmp_path):
         trainer = fit(module, callbacks, tmp_path, epochs=2, limit_train_batches=2)
     assert trainer.current_epoch == 2
     assert [a.kind for a in callbacks[0].alerts.raised] == ["failed"]  # once, not every epoch
-    assert "map of 'model.features' has NaN" in callbacks[0].alerts.raised[0].message
+    assert (
+        "NaN or Inf in the Grad-CAM map of 'model.features'"
+        in callbacks[0].alerts.raised[0].message
+    )
     assert [a.kind for a in callbacks[1].alerts.raised] == ["failed"]
+    # where to look: the corrupt statistic, or weights grown past float32
+    assert "normalization statistics" in callbacks[1].alerts.raised[0].message
+    assert "pass overflowed" in callbacks[1].alerts.raised[0].message
 
 
 class Switch(nn.Module):
