@@ -3,6 +3,7 @@ scores logged beside the maps."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -286,7 +287,7 @@ class ClassView(ProbeCallback):
                 note=" ".join(lines[1:]) or None,
                 summary="  \n".join(line for line in lines if line),
                 columns={
-                    COLUMNS[key]: [f"{v:.2f}" for v in values.tolist()]
+                    COLUMNS[key]: ["-" if math.isnan(v) else f"{v:.2f}" for v in values.tolist()]
                     for key, values in per_probe.items()
                 },
             )

@@ -339,11 +339,11 @@ class DeconvLogger(ProbeCallback):
         )
         similarity = {}
         for layer, found in projections.items():
-            filled = (found.channels.flatten() >= 0).float()  # -1: an empty evolution slot
+            # an empty evolution slot (channel -1) is a zero image: NaN, left out of the mean
             alike = rank_correlation(
                 found.images.flatten(0, 1), randomized[layer].images.flatten(0, 1)
             )
-            similarity[layer] = (alike * filled).sum() / filled.sum().clamp(min=1)
+            similarity[layer] = alike.nanmean()
         similarity = to_host(similarity)
         method = {layer: tags.tag(tags.DECONV, layer) for layer in similarity}
         self.log_scalars(

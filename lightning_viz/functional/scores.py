@@ -42,15 +42,16 @@ def _ranks(values: Tensor) -> Tensor:
 
 def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
     """(N,) Spearman rank correlation of each image's two maps (any shape after the first
-    dimension, flattened), ties at their mean rank as scipy's ``spearmanr``; 0 where a map is
-    constant (it ranks nothing)."""
+    dimension, flattened), ties at their mean rank as scipy's ``spearmanr``; NaN where a map is
+    constant, as there (it ranks nothing: an empty Grad-CAM map neither passes nor fails a
+    score, and means over probes leave it out)."""
     if first.shape != second.shape:
         raise ValueError(f"maps of shapes {tuple(first.shape)} and {tuple(second.shape)} differ")
     a = _ranks(first.detach().float().flatten(1))
     b = _ranks(second.detach().float().flatten(1))
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     scale = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
-    return torch.where(scale > 0, (a * b).sum(dim=1) / scale.clamp(min=1e-12), 0.0)
+    return torch.where(scale > 0, (a * b).sum(dim=1) / scale.clamp(min=1e-12), math.nan)
 
 
 INDEPENDENT = 0.5

@@ -1,6 +1,8 @@
 """The trust scores of the explaining views and DeconvLogger through a real Trainer: values,
 warnings, neutrality, and the published direction of the randomization test."""
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -71,7 +73,7 @@ def test_scores_equal_the_functional_ones_on_the_final_model(tmp_path):
     sanity = scalar(events, f"sanity/gradcam/{LAYER}")
     assert [step for step, _ in sanity] == RENDERS
     assert sanity[-1][1] == pytest.approx(
-        rank_correlation(final, random_cam).mean().item(), abs=1e-5
+        rank_correlation(final, random_cam).nanmean().item(), abs=1e-5
     )
     ssim = structural_similarity(upsample(final, (32, 32)), upsample(random_cam, (32, 32)))
     assert scalar(events, f"sanity/gradcam/{LAYER}/ssim")[-1][1] == pytest.approx(
@@ -170,7 +172,7 @@ def test_every_explaining_view_logs_the_scores_of_what_it_shows(tmp_path, view):
     trained = explain(module, logger, images, labels)
     copy = randomized_copy(module, modules=upper_half(module)).eval()
     randomized = explain(copy, logger, images, labels)
-    expected = rank_correlation(trained, randomized).mean().item()
+    expected = rank_correlation(trained, randomized).nanmean().item()
     assert scalar(events, f"sanity/{tag}")[-1][1] == pytest.approx(expected, abs=1e-4)
     heat = upsample(trained, (32, 32))
     deletion = deletion_insertion(module, images, heat, labels).deletion_auc.mean().item()
@@ -350,3 +352,24 @@ def test_the_logged_sanity_scores_reproduce_the_published_direction(tmp_path):
     assert final["saliency/vanilla_signed"][1] <= 0.3, final
     assert final["deconv/model.layer3"][1] >= 0.5, final  # deconvnet
     assert final["deconv/model.layer4"][1] >= 0.5, final  # guided backprop
+
+
+def test_an_empty_map_gets_no_score_rather_than_a_passing_one(tmp_path):
+    """A Grad-CAM map that is 0 everywhere (no positive evidence at the layer) ranks nothing: its
+    stability is undefined, not 0.00, which would read as a sanity pass."""
+    module = DigitsClassifier()
+    last_norm = module.model.features[9]
+    with torch.no_grad():  # the layer's output is ReLU(-100): 0 for every probe
+        last_norm.weight.zero_()
+        last_norm.bias.fill_(-100.0)
+    last_norm.requires_grad_(False)
+    logger = GradCAMLogger(layers=[LAYER], strict=True)
+    fit(module, [logger], tmp_path, epochs=2, limit_train_batches=2)
+    events = read_events(tmp_path)
+    stability = scalar(events, f"stability/gradcam/{LAYER}")
+    assert len(stability) >= 2  # the fit-start render has none: nothing before it
+    assert all(math.isnan(value) for _, value in stability)
+    text = events.Tensors(f"gradcam/{LAYER}/targets/text_summary")[-1]
+    rows = [r for r in text.tensor_proto.string_val[0].decode().splitlines() if r.startswith("| ")]
+    column = rows[0].split(" | ").index("stability")
+    assert {row.split(" | ")[column] for row in rows[2:]} == {"-"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from scipy.stats import spearmanr
+from scipy.stats import ConstantInputWarning, spearmanr
 from skimage.metrics import structural_similarity as skimage_ssim
 from torch import nn
 
@@ -41,10 +41,12 @@ def test_rank_correlation_equals_scipy_ties_included():
     np.testing.assert_allclose(rank_correlation(first, second).numpy(), expected, atol=1e-6)
 
 
-def test_rank_correlation_of_a_constant_map_is_zero_and_shapes_must_agree():
+def test_rank_correlation_of_a_constant_map_is_undefined_and_shapes_must_agree():
     maps = torch.rand(2, 4, 4)
     constant = torch.zeros(2, 4, 4)
-    assert torch.equal(rank_correlation(maps, constant), torch.zeros(2))
+    assert rank_correlation(maps, constant).isnan().all()  # as scipy's spearmanr
+    with pytest.warns(ConstantInputWarning):
+        assert np.isnan(spearmanr(maps[0].flatten(), constant[0].flatten())[0])
     assert torch.allclose(rank_correlation(maps, maps * 3 + 1), torch.ones(2))
     with pytest.raises(ValueError, match="differ"):
         rank_correlation(maps, torch.zeros(2, 4, 5))
