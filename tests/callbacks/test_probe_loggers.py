@@ -163,6 +163,14 @@ def test_evolution_rows_drawn_one_at_a_time_match_the_table_drawn_whole(tmp_path
         assert (a == b).all()
 
 
+def assert_row_label(evolution, deconv: DeconvLogger, row: int, text: str) -> None:
+    """Row ``row`` of a logged ``evolution/model.features.0`` grid (98-pixel cells under a
+    16-pixel header, right-aligned labels left of them) is labelled ``text``."""
+    label_width = evolution.width - 98 * len(deconv.features["model.features.0"])
+    pixels = image_pixels(evolution)
+    assert_caption(pixels, text, x=0, y=16 + row * 98, width=label_width, height=98, align="right")
+
+
 def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     deconv = DeconvLogger(layers=["model.features.0"], strict=True)
@@ -180,16 +188,7 @@ def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
         resumed.columns["model.features.0"][0], deconv.columns["model.features.0"][0]
     )
     evolution = read_events(tmp_path / "b").Images("evolution/model.features.0")
-    label_width = evolution[-1].width - 98 * len(resumed.features["model.features.0"])
-    assert_caption(
-        image_pixels(evolution[-1]),
-        "epoch 2",
-        x=0,
-        y=16 + 2 * 98,
-        width=label_width,
-        height=98,
-        align="right",
-    )
+    assert_row_label(evolution[-1], resumed, 2, "epoch 2")
 
 
 def test_resume_at_a_sparser_cadence_adds_rows_to_the_evolution(tmp_path):
@@ -215,16 +214,7 @@ def test_resume_at_a_sparser_cadence_adds_rows_to_the_evolution(tmp_path):
     )
     assert resumed.column_epochs["model.features.0"] == [0, 1, 3]
     (evolution,) = read_events(tmp_path / "b").Images("evolution/model.features.0")
-    label_width = evolution.width - 98 * len(resumed.features["model.features.0"])
-    assert_caption(
-        image_pixels(evolution),
-        "epoch 3",
-        x=0,
-        y=16 + 2 * 98,
-        width=label_width,
-        height=98,
-        align="right",
-    )
+    assert_row_label(evolution, resumed, 2, "epoch 3")
 
 
 def test_evolution_columns_are_capped_and_thinned(tmp_path):
