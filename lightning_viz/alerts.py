@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -74,11 +74,16 @@ class AlertBook:
         self.raised = [Alert(**alert) for alert in state.get("raised", [])]
 
 
-def deliver(alert: Alert, on_alert: OnAlert, trainer: Any) -> None:
-    """Warn (always), then stop the trainer (health alerts only) or call the user's function."""
-    rank_zero_warn(alert.message)
-    if on_alert == "stop" and alert.kind not in NOTICE_KINDS:
+def deliver(alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any) -> None:
+    """Warn (always), then stop the trainer (health alerts only) or call the user's function
+    with each alert. ``alerts`` of one kind, raised together, warn once: the first's message,
+    naming the other layers (a divergence raises ``exploding`` on every conv at once)."""
+    first, others = alerts[0], [alert.layer for alert in alerts[1:]]
+    also = f" (also in {len(others)} more: {', '.join(map(repr, others))})" if others else ""
+    rank_zero_warn(first.message + also)
+    if on_alert == "stop" and first.kind not in NOTICE_KINDS:
         trainer.should_stop = True
-        rank_zero_info(f"{alert.source} stopped training: {alert.kind} in {alert.layer!r}.")
+        rank_zero_info(f"{first.source} stopped training: {first.kind} in {first.layer!r}{also}.")
     elif callable(on_alert):
-        on_alert(alert)
+        for alert in alerts:
+            on_alert(alert)

@@ -392,10 +392,10 @@ class ActivationMonitor(VizCallback):
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
             self._flush(trainer)
-        with self.guarded(trainer, "dead channels"):
+        with self.guarded(trainer, "dead channels"), self.alerts_together(trainer):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
-        with self.guarded(trainer, "saturation"):
+        with self.guarded(trainer, "saturation"), self.alerts_together(trainer):
             self._check_saturation(trainer)
 
     @override
@@ -517,9 +517,10 @@ class ActivationMonitor(VizCallback):
         for index, step_rows in sorted(by_step.items()):
             step = pending[index][0]
             with_histograms = self.histograms and index == last
-            self._log_step(
-                trainer, step, [(rows[r][1], r) for r in step_rows], host, with_histograms
-            )
+            with self.alerts_together(trainer):
+                self._log_step(
+                    trainer, step, [(rows[r][1], r) for r in step_rows], host, with_histograms
+                )
 
     def _bounds_of(self, key: str) -> tuple[float, float] | None:
         """The saturation bounds of the layer behind a logged key (``layer`` or ``layer#i``)."""

@@ -240,6 +240,7 @@ class VizCallback(*CALLBACK_BASES):
         self.budget = None if budget is None else check_fraction("budget", budget)
         self._timing = 0
         self.alerts = AlertBook()
+        self._held: list[Alert] | None = None  # alerts to deliver together (alerts_together)
         self._warned_no_tensorboard = False
         self._not_shown: str | None = None
         self._restored = False
@@ -554,8 +555,22 @@ class VizCallback(*CALLBACK_BASES):
             rank_zero_info(f"{alert.message} at epoch {alert.epoch} (step {alert.step}).")
         table = RunContext.of(trainer).add_alert_row(status, alert)
         self.log_text(trainer, tags.ALERTS, table)
-        if status == "raised":
-            deliver(alert, self.on_alert, trainer)
+        if status == "raised" and self._held is not None:
+            self._held.append(alert)
+        elif status == "raised":
+            deliver([alert], self.on_alert, trainer)
+
+    @contextmanager
+    def alerts_together(self, trainer: pl.Trainer) -> Iterator[None]:
+        """Alerts raised inside are delivered at its end, each kind once (one warning naming
+        every layer), instead of one warning per layer; each still has its table row."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for kind in dict.fromkeys(alert.kind for alert in held):
+                deliver([a for a in held if a.kind == kind], self.on_alert, trainer)
 
     def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
         """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every

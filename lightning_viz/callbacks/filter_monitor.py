@@ -313,10 +313,34 @@ class FilterMonitor(VizCallback):
         host = to_host(
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
-        first = next(iter(self._layers))
         network = network_drift(
             host[name, "drift"].item() for name in self._layers if name not in self._frozen
         )
+        with self.alerts_together(trainer):
+            metrics = self._judge(trainer, host, baseline, network)
+        self.previous_step = trainer.global_step
+        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
+        if self.writer(trainer) is not None:
+            for name in self._layers:
+                histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
+                self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
+        if not self._image_layers or not self.takes_images(trainer):
+            return
+        if not baseline and not self.within_budget(
+            trainer, "the filter image of an epoch", per_epoch=True
+        ):
+            return
+        self._log_images(trainer, host)
+
+    def _judge(
+        self,
+        trainer: pl.Trainer,
+        host: dict[Any, Tensor],
+        baseline: bool,
+        network: float,
+    ) -> dict[str, float]:
+        """Each layer's scalars to log; its alerts raised (``network``: the median drift)."""
+        first = next(iter(self._layers))
         metrics = {}
         for name in self._layers:
             self.previous[name] = host[name, "sample"].clone()
@@ -338,18 +362,10 @@ class FilterMonitor(VizCallback):
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)
-        self.previous_step = trainer.global_step
-        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
-        if self.writer(trainer) is not None:
-            for name in self._layers:
-                histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
-                self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
-        if not self._image_layers or not self.takes_images(trainer):
-            return
-        if not baseline and not self.within_budget(
-            trainer, "the filter image of an epoch", per_epoch=True
-        ):
-            return
+        return metrics
+
+    def _log_images(self, trainer: pl.Trainer, host: dict[Any, Tensor]) -> None:
+        """The watched image layers' filters, captioned with their Geary's C."""
         for name in self._image_layers:
             noise = host[name, "filter_noise"].tolist()
             tiles = captioned(

@@ -168,11 +168,14 @@ def test_weight_decay_alone_does_not_count_as_learning(tmp_path):
 
 def test_far_too_high_learning_rate_is_exploding(tmp_path):
     monitor = FilterMonitor(strict=True)
-    with pytest.warns(UserWarning, match=r"learning rate is likely far too high"):
+    with pytest.warns(UserWarning, match=r"learning rate is likely far too high") as record:
         fit(DigitsClassifier("adam", 1.0), [monitor], tmp_path, epochs=2)
     exploding = [a for a in monitor.alerts.raised if a.kind == "exploding"]
     assert {a.layer for a in exploding} == set(CONVS)
     assert all(a.epoch == 0 and a.value > 5 for a in exploding)  # once each, no flood
+    # one warning for the three layers, each still an alert (and a row of the alerts table)
+    (warning,) = [w for w in record if "far too high" in str(w.message)]
+    assert f"(also in 2 more: '{CONVS[1]}', '{CONVS[2]}')" in str(warning.message)
 
 
 def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
