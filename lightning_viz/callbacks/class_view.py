@@ -39,10 +39,10 @@ from lightning_viz.functional.scores import (
     STABLE,
     deletion_insertion,
     energy_in_box,
+    map_similarity,
     pointing_game,
     random_maps,
     randomized_call,
-    rank_correlation,
     structural_similarity,
     upper_half,
 )
@@ -309,7 +309,7 @@ class ClassView(ProbeCallback):
                 found[f"{method}|maps"] = m
                 previous = self.previous_maps.get(method)
                 if previous is not None and previous.shape == m.shape:
-                    found[f"{method}|stability"] = rank_correlation(m, previous.to(m.device))
+                    found[f"{method}|stability"] = map_similarity(m, previous.to(m.device))
         size = tuple(probes.images.shape[-2:])
         ssim = "sanity" in self.scores and min(size) >= SSIM_SIDE
         wanted = ssim or probes.regions is not None or "faithfulness" in self.scores
@@ -322,7 +322,7 @@ class ClassView(ProbeCallback):
                 modules=upper_half(pl_module, probes.images[:1], forward),
             )
             for method, m in maps.items():
-                found[f"{method}|sanity"] = rank_correlation(m, randomized[method])
+                found[f"{method}|sanity"] = map_similarity(m, randomized[method])
                 if ssim:
                     random_heat = upsample(randomized[method], size)
                     found[f"{method}|ssim"] = structural_similarity(heats[method], random_heat)

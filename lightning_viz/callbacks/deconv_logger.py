@@ -38,8 +38,8 @@ from lightning_viz.functional.captions import (
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
     INDEPENDENT,
+    map_similarity,
     randomized_forward,
-    rank_correlation,
     upper_half,
 )
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
@@ -340,7 +340,7 @@ class DeconvLogger(ProbeCallback):
         similarity = {}
         for layer, found in projections.items():
             # an empty evolution slot (channel -1) is a zero image: NaN, left out of the mean
-            alike = rank_correlation(
+            alike = map_similarity(
                 found.images.flatten(0, 1), randomized[layer].images.flatten(0, 1)
             )
             similarity[layer] = alike.nanmean()

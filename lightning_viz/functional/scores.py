@@ -43,8 +43,7 @@ def _ranks(values: Tensor) -> Tensor:
 def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
     """(N,) Spearman rank correlation of each image's two maps (any shape after the first
     dimension, flattened), ties at their mean rank as scipy's ``spearmanr``; NaN where a map is
-    constant, as there (it ranks nothing: an empty Grad-CAM map neither passes nor fails a
-    score, and means over probes leave it out)."""
+    constant, as there (it ranks nothing; :func:`map_similarity` reads it as a score)."""
     if first.shape != second.shape:
         raise ValueError(f"maps of shapes {tuple(first.shape)} and {tuple(second.shape)} differ")
     a = _ranks(first.detach().float().flatten(1))
@@ -52,6 +51,17 @@ def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     scale = (a.square().sum(dim=1) * b.square().sum(dim=1)).sqrt()
     return torch.where(scale > 0, (a * b).sum(dim=1) / scale.clamp(min=1e-12), math.nan)
+
+
+def map_similarity(rated: Tensor, reference: Tensor) -> Tensor:
+    """(N,) :func:`rank_correlation` of the maps being rated with reference maps (the previous
+    render's, the randomized network's), read as a score: NaN where the rated map is constant
+    (an empty map: nothing to score), 0 where only the reference is (the map changed: it was
+    or became empty there)."""
+    alike = rank_correlation(rated, reference)
+    flat = rated.detach().flatten(1)
+    constant = (flat == flat[:, :1]).all(dim=1)
+    return torch.where(constant, math.nan, alike.nan_to_num(nan=0.0))
 
 
 INDEPENDENT = 0.5

@@ -28,10 +28,10 @@ from lightning_viz.functional import (
 )
 from lightning_viz.functional.scores import (
     deletion_insertion,
+    map_similarity,
     random_maps,
     randomized_copy,
     randomized_forward,
-    rank_correlation,
     region_masks,
     structural_similarity,
     upper_half,
@@ -73,7 +73,7 @@ def test_scores_equal_the_functional_ones_on_the_final_model(tmp_path):
     sanity = scalar(events, f"sanity/gradcam/{LAYER}")
     assert [step for step, _ in sanity] == RENDERS
     assert sanity[-1][1] == pytest.approx(
-        rank_correlation(final, random_cam).nanmean().item(), abs=1e-5
+        map_similarity(final, random_cam).nanmean().item(), abs=1e-5
     )
     ssim = structural_similarity(upsample(final, (32, 32)), upsample(random_cam, (32, 32)))
     assert scalar(events, f"sanity/gradcam/{LAYER}/ssim")[-1][1] == pytest.approx(
@@ -172,7 +172,7 @@ def test_every_explaining_view_logs_the_scores_of_what_it_shows(tmp_path, view):
     trained = explain(module, logger, images, labels)
     copy = randomized_copy(module, modules=upper_half(module)).eval()
     randomized = explain(copy, logger, images, labels)
-    expected = rank_correlation(trained, randomized).nanmean().item()
+    expected = map_similarity(trained, randomized).nanmean().item()
     assert scalar(events, f"sanity/{tag}")[-1][1] == pytest.approx(expected, abs=1e-4)
     heat = upsample(trained, (32, 32))
     deletion = deletion_insertion(module, images, heat, labels).deletion_auc.mean().item()

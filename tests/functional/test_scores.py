@@ -14,6 +14,7 @@ from lightning_viz.functional.scores import (
     deletion_insertion,
     energy_in_box,
     layers_that_run,
+    map_similarity,
     pointing_game,
     random_maps,
     randomized_call,
@@ -48,6 +49,10 @@ def test_rank_correlation_of_a_constant_map_is_undefined_and_shapes_must_agree()
     with pytest.warns(ConstantInputWarning):
         assert np.isnan(spearmanr(maps[0].flatten(), constant[0].flatten())[0])
     assert torch.allclose(rank_correlation(maps, maps * 3 + 1), torch.ones(2))
+    # as a score: an empty rated map has none; an empty reference is a change (0)
+    assert map_similarity(constant, maps).isnan().all()
+    assert torch.equal(map_similarity(maps, constant), torch.zeros(2))
+    assert torch.equal(map_similarity(maps, maps), rank_correlation(maps, maps))
     with pytest.raises(ValueError, match="differ"):
         rank_correlation(maps, torch.zeros(2, 4, 5))
 
@@ -199,7 +204,7 @@ def test_randomization_reproduces_the_published_direction(trained_resnet):
     model, probes, labels = trained_resnet
     randomized = randomized_copy(model, modules=upper_half(model), seed=1).eval()
     trained, random = explanations(model, probes, labels), explanations(randomized, probes, labels)
-    similarity = {name: rank_correlation(trained[name], random[name]).mean() for name in trained}
+    similarity = {name: map_similarity(trained[name], random[name]).nanmean() for name in trained}
     assert similarity["gradcam"] <= 0.3, similarity
     assert similarity["gradient"] <= 0.3, similarity
     assert similarity["guided backprop"] >= 0.5, similarity
