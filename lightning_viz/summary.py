@@ -192,8 +192,8 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
 
 def _model_order(events: Any) -> dict[str, int]:
     """Each layer's position in the model, from the custom-scalars layout the callbacks wrote
-    (its sections, ``layer conv -> activation``, follow ``named_modules()``; a module's later
-    calls, ``name#2``, sort beside its first); empty without it."""
+    (its :func:`~lightning_viz.tags.layer_section` titles follow ``named_modules()``; a module's
+    later calls, ``name#2``, sort beside its first); empty without it."""
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     if metadata.CONFIG_SUMMARY_TAG not in events.Tags()["tensors"]:
@@ -201,10 +201,7 @@ def _model_order(events: Any) -> dict[str, int]:
     layout = layout_pb2.Layout()
     proto = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[-1].tensor_proto
     layout.ParseFromString(proto.string_val[0])
-    sections = [
-        c.title.removeprefix("layer ") for c in layout.category if c.title.startswith("layer ")
-    ]
-    names = [name for section in sections for name in section.split(" -> ")]
+    names = [name for c in layout.category for name in tags.section_layers(c.title)]
     return {name: index for index, name in enumerate(names)}
 
 

@@ -172,6 +172,16 @@ def _template_regex(template: str, layer: str, keys: Sequence[str], key_group: s
     return "^" + pattern.replace(re.escape("{key}"), f"{key_group}{alternatives})") + "$"
 
 
+def layer_section(layers: Sequence[str]) -> str:
+    """The custom-scalars section title of a conv layer and the layers that follow it."""
+    return "layer " + " -> ".join(layers)
+
+
+def section_layers(title: str) -> list[str]:
+    """The layers a :func:`layer_section` title names, in model order (none for other titles)."""
+    return title.removeprefix("layer ").split(" -> ") if title.startswith("layer ") else []
+
+
 def alert_table(rows: Sequence[Sequence[object]]) -> str:
     """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: a numbered table of
     the short columns, then what to check for each, numbered alike. (In one table, the long

@@ -204,7 +204,7 @@ def _sections(
         for layer in group:
             for chart, regexes in per_layer[layer].items():
                 charts.setdefault(chart, []).extend(regexes)
-        sections["layer " + " -> ".join(group)] = charts
+        sections[tags.layer_section(group)] = charts
     return sections
 
 
