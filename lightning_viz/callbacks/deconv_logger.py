@@ -405,7 +405,8 @@ class DeconvLogger(ProbeCallback):
         legend = footnote(
             table.shape[-1],
             f"{layer}: each column one channel, projected to pixels on the probe it fires most "
-            "on, at the end of each epoch (a row); mid-grey = 0",
+            "on, at the end of each logged epoch (a row; blank rows wait for the epochs to "
+            "come); mid-grey = 0",
             table.device,
             table.dtype,
         )
