@@ -71,10 +71,10 @@ class FilterMonitor(VizCallback):
     - ``overwritten``: the cosine between the weights now and at the previous measurement below
       ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence); not against
       the untrained baseline, which holds nothing learned to overwrite.
-    - ``exploding``: drift above ``max_drift``, in the layer and in the median of the learning
-      layers (a learning rate far too high moves them all; a single layer initialized small,
-      like the stem of torchvision's ResNets, grows past it in healthy runs); clears below half
-      of it.
+    - ``exploding``: drift above ``max_drift``, in the layer and in the median of the watched
+      learning layers (a learning rate far too high moves them all; a single layer initialized
+      small, like the stem of torchvision's ResNets, grows past it in healthy runs, so watching
+      that layer alone brings its false alarm back); clears below half of it.
     - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
     - ``noisy_filters``: on the first watched layer, once it learned something (``learned`` >=
       0.1), an update noise of at least ``max_update_noise``: the structure training added is

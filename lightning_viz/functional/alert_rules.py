@@ -72,7 +72,7 @@ def filter_findings(
         exploding: whether ``exploding`` is active: it clears only once the drift falls below
             half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
             flap).
-        network_drift: the median drift of the model's learning layers at this measurement
+        network_drift: the median drift of the watched learning layers at this measurement
             (:func:`network_drift`); None: the layer's own. ``exploding`` needs both past
             ``max_drift``: a learning rate far too high moves every layer, while a layer
             initialized small for its fan-in (the stem of torchvision's ResNets, a quarter of
