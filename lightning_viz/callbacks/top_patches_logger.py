@@ -183,7 +183,10 @@ class TopPatchesLogger(ValidationView):
 
     @override
     def watching(self) -> str:
-        return "top patches of " + (", ".join(self._layers) or "the default layers")
+        return "top patches of " + (
+            ", ".join(self._layers)
+            or "the layers of the activation grids (chosen on the first validation batch)"
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -247,6 +247,7 @@ def test_state_round_trips_and_resume_keeps_the_initial_weights(tmp_path):
     torch.save(state, tmp_path / "state.pt")
     loaded = torch.load(tmp_path / "state.pt", weights_only=True)
     assert torch.equal(loaded["initial"][FIRST], initial)
+    assert loaded["previous_step"] == STEPS_PER_EPOCH  # overwritten compares trained weights next
     resumed = FilterMonitor(strict=True)
     resumed.load_state_dict(loaded)
     fit(module, [resumed], tmp_path / "second", epochs=1)

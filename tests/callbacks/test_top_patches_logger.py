@@ -47,8 +47,13 @@ def maxima(module, layer, images, units):
 
 def test_top_k_equals_a_brute_force_search_and_changed_compares_epochs(tmp_path):
     logger = TopPatchesLogger(strict=True)
+    # the startup line, before the first validation batch picks the layers
+    assert logger.watching() == (
+        "top patches of the layers of the activation grids (chosen on the first validation batch)"
+    )
     module = DigitsClassifier("sgd", 0.05)
     fit(module, [logger], tmp_path, epochs=3)
+    assert logger.watching() == "top patches of " + ", ".join(LAYERS)
     events = read_events(tmp_path)
     _, val = digits_loaders()
     images = val.dataset.tensors[0]
