@@ -205,10 +205,9 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
 
 def parse_alert_table(text: str) -> list[dict[str, str]]:
     """The rows of an :func:`alert_table`, as ``{column: cell}``."""
-    lines = text.splitlines()
-    cells = [line.strip().strip("|").split(" | ") for line in lines[2:] if line.startswith("|")]
+    table = [line for line in text.splitlines()[2:] if line.startswith("|")]
     checks = dict(re.findall(r"^(\d+)\. (.*)$", text, flags=re.MULTILINE))
-    rows = [dict(zip(ALERT_COLUMNS, (c.strip() for c in row[1:]), strict=False)) for row in cells]
-    for row, number in zip(rows, (row[0].strip() for row in cells), strict=True):
-        row[ALERT_COLUMNS[-1]] = checks.get(number, "")
-    return rows
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in table]
+    return [
+        dict(zip(ALERT_COLUMNS, [*row[1:], checks.get(row[0], "")], strict=False)) for row in rows
+    ]
