@@ -1,7 +1,7 @@
 """The alert benchmark: labelled runs (healthy, planted faults, frozen on purpose), both monitors
 at their defaults, and a confusion table of what fired when.
 
-    python -m benchmarks.alerts                 # every scenario (2-core CPU: about 3 minutes)
+    python -m benchmarks.alerts                 # every scenario (2-core CPU: about 8 minutes)
     python -m benchmarks.alerts --only adamw    # the scenarios whose name contains "adamw"
     python -m benchmarks.alerts --signals out.json  # also save every layer's signals per epoch
 
@@ -160,8 +160,15 @@ class ScenarioModule(pl.LightningModule):
 
 
 # ------------------------------------------------------------------------------------- data
-def digits_data(labels: str = "true", raw: bool = False, seed: int = 0, train_size: int = 1437):
+def digits_data(
+    labels: str = "true",
+    raw: bool = False,
+    seed: int = 0,
+    train_size: int = 1437,
+    channels: int = 1,
+):
     images, targets = digits_tensors()
+    images = images.expand(-1, channels, -1, -1).contiguous()
     if raw:  # the 0-255 pixel values, never standardized
         images = (images - images.min()) / (images.max() - images.min()) * 255
     generator = torch.Generator().manual_seed(seed)
@@ -228,6 +235,45 @@ def rgb_net(**kwargs) -> Callable[[], nn.Module]:
 
 def resnet() -> nn.Module:
     return torchvision.models.resnet18(num_classes=3)
+
+
+def pretrained(model: Callable[[int], nn.Module]) -> Callable[[], nn.Module]:
+    """``model(classes)`` trained on the digits 0 to 4 in RGB (SGD, 3 epochs), its head replaced
+    by a new one for all 10 digits: the start of a fine-tuning run. Trained once per process."""
+    trained: dict[str, Any] = {}
+
+    def build() -> nn.Module:
+        if not trained:
+            images, labels = digits_tensors()
+            keep = labels < 5
+            data = DataLoader(
+                TensorDataset(images[keep].expand(-1, 3, -1, -1), labels[keep]),
+                64,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(0),
+            )
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                net = model(5)
+                optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+                for _ in range(3):
+                    for x, y in data:
+                        optimizer.zero_grad()
+                        F.cross_entropy(net(x), y).backward()
+                        optimizer.step()
+            trained["state"] = copy.deepcopy(net.state_dict())
+        net = model(5)
+        net.load_state_dict(trained["state"])
+        head_name, head = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+        parent, _, attribute = head_name.rpartition(".")
+        setattr(net.get_submodule(parent), attribute, nn.Linear(head.in_features, 10))
+        return net
+
+    return build
+
+
+PRETRAINED_RESNET = pretrained(lambda classes: torchvision.models.resnet18(num_classes=classes))
+PRETRAINED_RGB_NET = pretrained(lambda classes: conv_net(in_channels=3, classes=classes))
 
 
 def freeze_features(model: nn.Module) -> None:
@@ -316,6 +362,38 @@ SCENARIOS = [
         Recipe(resnet, "adamw", 1e-3),
         epochs=4,
         data=rgb_data,
+        held_out=True,
+    ),
+    Scenario(
+        "finetune-resnet18-sgd",
+        "healthy",
+        Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4),
+        epochs=5,
+        data_args={"channels": 3, "train_size": 400},
+    ),
+    Scenario(
+        "finetune-rgb-sgd",
+        "healthy",
+        Recipe(PRETRAINED_RGB_NET, lr=0.02),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+    ),
+    Scenario(
+        "finetune-resnet18-adamw",
+        "healthy",
+        Recipe(PRETRAINED_RESNET, "adamw", 1e-4),
+        epochs=5,
+        data_args={"channels": 3, "train_size": 400},
+        seed=1,
+        held_out=True,
+    ),
+    Scenario(
+        "finetune-rgb-adamw",
+        "healthy",
+        Recipe(PRETRAINED_RGB_NET, "adamw", 3e-4),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+        seed=1,
         held_out=True,
     ),
     # faults
@@ -430,6 +508,42 @@ SCENARIOS = [
         expected=("nonfinite_weights", "nonfinite_activations"),
         onset=3,
     ),
+    Scenario(
+        "finetune-resnet18-lr-far-too-high",
+        "fault",
+        Recipe(PRETRAINED_RESNET, "adam", 0.05),
+        epochs=5,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+    ),
+    Scenario(
+        "finetune-rgb-lr-far-too-high",
+        "fault",
+        Recipe(PRETRAINED_RGB_NET, "adam", 0.05),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+    ),
+    Scenario(
+        "finetune-resnet18-sgd-lr-2",
+        "fault",
+        Recipe(PRETRAINED_RESNET, lr=2.0),
+        epochs=5,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+        seed=1,
+        held_out=True,
+    ),
+    Scenario(
+        "finetune-rgb-adamw-lr-0.1",
+        "fault",
+        Recipe(PRETRAINED_RGB_NET, "adamw", 0.1),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+        seed=2,
+        held_out=True,
+    ),
     # frozen on purpose
     Scenario("frozen-backbone", "frozen", Recipe(digits_net(), freeze=freeze_features), epochs=6),
     Scenario("ema-copy", "frozen", Recipe(digits_net(), ema=True), epochs=8),
@@ -459,6 +573,14 @@ SCENARIOS = [
         epochs=4,
         data_args={"raw": True},
         expected=("exploding", "overwritten", "collapse"),
+    ),
+    Scenario(
+        "finetune-rgb-sgd-lr-1",
+        "report",
+        Recipe(PRETRAINED_RGB_NET, lr=1.0),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
     ),
     Scenario(
         "deep-sigmoid-adamw",

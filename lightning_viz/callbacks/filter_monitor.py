@@ -26,7 +26,7 @@ from lightning_viz.functional.alert_rules import (
     FilterThresholds,
     filter_findings,
     frozen_finding,
-    network_drift,
+    network_median,
 )
 from lightning_viz.functional.captions import captioned, footnote, stack_rows
 from lightning_viz.functional.filters import (
@@ -69,8 +69,10 @@ class FilterMonitor(VizCallback):
     - ``not_learning``: after ``warmup_steps`` optimizer steps, ``learned`` below
       ``min_learned`` (dead ReLUs, vanishing gradients, a learning rate far too low).
     - ``overwritten``: the cosine between the weights now and at the previous measurement below
-      ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence); not against
-      the untrained baseline, which holds nothing learned to overwrite.
+      ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence). In the first
+      interval, from the weights at train start, the median of the watched learning layers must
+      be below it too: a small-init layer turns far from its random init in a healthy run, and
+      a learning rate far too high turns most layers, from scratch or from pretrained weights.
     - ``exploding``: drift above ``max_drift``, in the layer and in the median of the watched
       learning layers (a learning rate far too high moves them all; a single layer initialized
       small, like the stem of torchvision's ResNets, grows past it in healthy runs, so watching
@@ -313,9 +315,11 @@ class FilterMonitor(VizCallback):
         host = to_host(
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
-        network = network_drift(
-            host[name, "drift"].item() for name in self._layers if name not in self._frozen
-        )
+        learning = [name for name in self._layers if name not in self._frozen]
+        network = {
+            key: network_median(host[name, key].item() for name in learning)
+            for key in ("drift", "step_cosine")
+        }
         with self.alerts_together(trainer):
             metrics = self._judge(trainer, host, baseline, network)
         self.previous_step = trainer.global_step
@@ -337,9 +341,10 @@ class FilterMonitor(VizCallback):
         trainer: pl.Trainer,
         host: dict[Any, Tensor],
         baseline: bool,
-        network: float,
+        network: dict[str, float],
     ) -> dict[str, float]:
-        """Each layer's scalars to log; its alerts raised (``network``: the median drift)."""
+        """Each layer's scalars to log; its alerts raised (``network``: the learning layers'
+        median drift and step cosine)."""
         first = next(iter(self._layers))
         metrics = {}
         for name in self._layers:
@@ -357,8 +362,8 @@ class FilterMonitor(VizCallback):
                 learning=name not in self._frozen,
                 first_layer=name == first,
                 exploding=(name, "exploding") in self.alerts.active,
-                network_drift=network,
-                from_untrained=self.previous_step == 0,
+                network_drift=network["drift"],
+                network_cosine=network["step_cosine"] if self.previous_step == 0 else None,
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)

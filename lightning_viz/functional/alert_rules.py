@@ -31,11 +31,12 @@ class FilterThresholds:
 
     Measured there: ``learned`` of healthy layers >= 0.0087 at the first measurement (0.019 after
     3 optimizer steps), of layers that do not learn <= 4.2e-5; the step cosine of healthy layers
-    >= 0.80 once trained (from the untrained baseline down to 0.06, see :func:`filter_findings`),
-    of overwritten ones <= 0.08; the median drift of a healthy network's layers <= 2.3, of one
-    whose learning rate is far too high >= 10.6 in the first epoch (a single healthy layer, the
-    small-init stem of torchvision's ResNets under SGD at lr 0.1, reaches 9); first-layer update
-    noise of healthy runs <= 0.84.
+    >= 0.80 once trained (in the first interval down to 0.06 in one layer and 0.77 in a network's
+    median, see :func:`filter_findings`), of overwritten ones <= 0.08 (a network's median in the
+    first interval of a learning rate far too high, from scratch or fine-tuning: <= 0.36); the
+    median drift of a healthy network's layers <= 2.3, of one whose learning rate is far too high
+    >= 10.6 in the first epoch (a single healthy layer, the small-init stem of torchvision's
+    ResNets under SGD at lr 0.1, reaches 9); first-layer update noise of healthy runs <= 0.84.
     """
 
     min_learned: float = 1e-3
@@ -55,7 +56,7 @@ def filter_findings(
     first_layer: bool = False,
     exploding: bool = False,
     network_drift: float | None = None,
-    from_untrained: bool = False,
+    network_cosine: float | None = None,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -73,15 +74,18 @@ def filter_findings(
             half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
             flap).
         network_drift: the median drift of the watched learning layers at this measurement
-            (:func:`network_drift`); None: the layer's own. ``exploding`` needs both past
+            (:func:`network_median`); None: the layer's own. ``exploding`` needs both past
             ``max_drift``: a learning rate far too high moves every layer, while a layer
             initialized small for its fan-in (the stem of torchvision's ResNets, a quarter of
             its fan-in scale) grows several times its initial norm in a healthy run.
-        from_untrained: the previous measurement is the untrained baseline (train start, step
-            0). ``overwritten`` then waits: the first steps turn a random init into learned
-            weights, and a small-init layer rotates far from its init (cosine 0.06 after one
-            epoch of SGD at lr 0.1) while training well; there is nothing learned yet to
-            overwrite.
+        network_cosine: the median step cosine of the watched learning layers; None: the
+            layer's own. ``overwritten`` needs both below ``min_step_cosine``. FilterMonitor
+            passes it for the first interval, from the weights at train start: a small-init
+            layer rotates far from its random init in a healthy run (cosine 0.06 after one
+            epoch of SGD at lr 0.1) while the network's median stays >= 0.77, and a learning
+            rate far too high, from scratch or fine-tuning pretrained weights, turns most
+            layers (median <= 0.36). Later intervals read each layer alone: a re-initialized
+            layer is overwritten whatever the others do.
 
     Returns:
         One finding per rule that applies at this measurement.
@@ -120,16 +124,18 @@ def filter_findings(
         ),
     ]
     cosine = values["step_cosine"]
-    if math.isfinite(cosine) and not from_untrained:
+    network_turn = cosine if network_cosine is None else network_cosine
+    among = "" if network_cosine is None else f", and {network_turn:.2f} in the network's median"
+    if math.isfinite(cosine):
         findings.append(
             Finding(
                 "overwritten",
                 layer,
-                cosine < thresholds.min_step_cosine,
+                cosine < thresholds.min_step_cosine and network_turn < thresholds.min_step_cosine,
                 cosine,
                 thresholds.min_step_cosine,
                 f"layer {layer!r} was overwritten since the previous measurement: the cosine "
-                f"between its weights then and now is {cosine:.2f} (threshold "
+                f"between its weights then and now is {cosine:.2f}{among} (threshold "
                 f"min_step_cosine={thresholds.min_step_cosine:g}; training that refines a layer "
                 "keeps it near 1). Something replaced what it had learned: a re-initialization "
                 "or a load of other weights, a learning-rate spike, or divergence (check the "
@@ -172,10 +178,10 @@ def filter_findings(
     return findings
 
 
-def network_drift(drifts: Iterable[float]) -> float:
-    """The median of the learning layers' drifts (the finite ones; NaN when none is): how far
-    the network as a whole moved, which one layer's outlying init does not sway."""
-    finite = [d for d in drifts if math.isfinite(d)]
+def network_median(values: Iterable[float]) -> float:
+    """The median of the learning layers' values (the finite ones; NaN when none is): how far
+    the network as a whole moved or turned, which one layer's outlying init does not sway."""
+    finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite) if finite else math.nan
 
 

@@ -198,6 +198,27 @@ def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
     assert not monitor.alerts.raised
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "overwritten"),
+    [("sgd", 0.01, set()), ("adam", 0.02, {"model.features.4", "model.features.8"})],
+)
+def test_fine_tuning_at_a_learning_rate_far_too_high_is_overwritten(
+    tmp_path, optimizer, lr, overwritten
+):
+    """From pretrained weights, a learning rate far too high turns most layers away from them in
+    the first epoch, before it moves them max_drift times their norm (no `exploding` yet); a
+    gentle fine-tune keeps them."""
+    pretraining = DigitsClassifier("sgd", 0.05)
+    fit(pretraining, [], tmp_path / "pretraining", epochs=1)
+    module = DigitsClassifier(optimizer, lr)
+    module.load_state_dict(pretraining.state_dict())
+    monitor = FilterMonitor(strict=True)
+    with warnings.catch_warnings(record=True):
+        fit(module, [monitor], tmp_path / "fine-tuning", epochs=1)
+    raised = {(a.kind, a.layer, a.epoch) for a in monitor.alerts.raised}
+    assert raised == {("overwritten", layer, 0) for layer in overwritten}
+
+
 def test_mid_run_reinitialization_is_overwritten(tmp_path):
     monitor = FilterMonitor(strict=True)
     module = DigitsClassifier("sgd", 0.05, reinit_first_conv_at=3)
