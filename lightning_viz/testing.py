@@ -118,12 +118,10 @@ class PhotoCNN(DigitsCNN):
         super().__init__(width, num_classes, in_channels=3, first_kernel=7)
 
 
-PHOTO_CLASSES = [
-    f"{photo} {corner}"
-    for photo in ("temple", "flower")
-    for corner in ("top-left", "top-right", "bottom-left", "bottom-right")
-]
-"""The photo-crops classes: which quarter of which of scikit-learn's two photos a crop is from."""
+PHOTO_CLASSES = [f"{photo} {corner}" for photo in ("temple", "flower") for corner in "↖↗↙↘"]
+"""The photo-crops classes: which quarter of which of scikit-learn's two photos a crop is from
+(``temple ↖``: the temple's top-left quarter), short enough that ``true temple ↖`` fits the
+96-pixel tiles of the deconv and activation-grid views."""
 
 
 def photo_crops(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 
 from lightning_viz import DeconvLogger
-from lightning_viz.functional import filter_noise
+from lightning_viz.functional import filter_noise, to_uint8
+from lightning_viz.functional.captions import BAND, text_band
 from tests.helpers import assert_caption, image_pixels, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_row_of(pixels: np.ndarray, text: str, x: int, width: int) -> int:
+    """The row at which the caption ``text`` is drawn at ``x`` (0 if nowhere in the top 200)."""
+    band = to_uint8(text_band([text], width))[0].permute(1, 2, 0).numpy()
+    rows = (y for y in range(200) if np.array_equal(pixels[y : y + BAND, x : x + width], band))
+    return next(rows, 0)
 
 
 def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
@@ -24,8 +32,12 @@ def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
         kind, _, layer = tag.partition("/")
         if kind == "filters":  # 7x7 enlarged x14
             caption = dict(text=f"0  C {first_filter:.2f}", x=2, y=2, width=98)
-        elif kind in ("gradcam", "deconv", "activation_grid"):
-            caption = dict(text="true temple top-left", x=6, y=6, width=96)
+        elif kind == "gradcam":
+            caption = dict(text="true temple ↖", x=6, y=6, width=96)
+        elif kind in ("deconv", "activation_grid"):  # under the legend: the blocks run down
+            y = first_row_of(pixels, "true temple ↖", x=6, width=96)
+            assert y > 2 * BAND, f"{tag}: no legend above the first block"
+            caption = dict(text="true temple ↖", x=6, y=y, width=96)
         elif kind == "evolution":
             # the last of 16 epoch rows (crops enlarged to 96 pixels), labelled right-aligned
             # in the column left of the features' 98-pixel columns

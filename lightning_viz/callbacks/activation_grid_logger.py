@@ -107,8 +107,8 @@ class ActivationGridLogger(ProbeCallback):
       class) then its k most active channels (each captioned with its index, ``ch 12``),
       strongest first, read row by row in about sqrt(k + 1) columns (3 for k = 8, so the image
       stays as narrow as TensorBoard's card and runs down the page), enlarged to the probe's
-      tile size (at least 96 pixels) with square pixels; below, a colour bar and a note on how
-      the maps are scaled.
+      tile size (at least 96 pixels) with square pixels; above them (the image runs far down
+      the page), the layer's name, a colour bar and a note on how the maps are scaled.
     - ``activation_grid/<layer>/channels`` (text): per probe, its class, its block's scale (the
       largest absolute value among its maps, shown at the bright end), the share of the layer's
       values that are <= 0 on it, the share of the layer's channels that are dead on it (no
@@ -226,14 +226,15 @@ class ActivationGridLogger(ProbeCallback):
             image = grid(panels, nrow=per_row, padding=6)
             legend = self._legend(layer, image, len(channels[0]), bool(host["signed"]))
             self.log_image(
-                trainer, tags.tag(tags.ACTIVATION_GRID, layer), stack_rows(image, legend)
+                trainer, tags.tag(tags.ACTIVATION_GRID, layer), stack_rows(legend, image)
             )
             self.log_text(
                 trainer, tags.tag(tags.ACTIVATION_GRID_CHANNELS, layer), self._table(probes, host)
             )
 
     def _legend(self, layer: str, image: Tensor, k: int, signed: bool) -> Tensor:
-        """The colour bar under the grid, and a note on how the maps are scaled."""
+        """The colour bar above the grid (which runs far down the page), and a note on how the
+        maps are scaled."""
         width, device, dtype = image.shape[-1], image.device, image.dtype
         title = f"{layer}: top {k} channels by mean"
         if signed:

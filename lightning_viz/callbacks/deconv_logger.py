@@ -96,7 +96,8 @@ class DeconvLogger(ProbeCallback):
 
     - ``deconv/<layer>`` (image): a panel per probe, the probe (captioned with its class) then
       its top-k reconstructions (captioned with their channel), each mapped to [0, 1] with 0 at
-      mid-grey and the 99th percentile of |value| clipped; a grey bar from - to + below.
+      mid-grey and the 99th percentile of |value| clipped; above them (the panels run far down
+      the page), the layer's name, a grey bar from - to + and the sanity note if any.
     - ``deconv/<layer>/channels`` (text): the channel indices of each row.
     - ``evolution/<layer>`` (image): one column per followed feature (headed with its
       channel), one row per logged epoch (labelled with it), so that the features fit
@@ -105,7 +106,7 @@ class DeconvLogger(ProbeCallback):
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
     - ``sanity/deconv/<layer>`` (``scores=["sanity"]``): the mean rank correlation of each
       reconstruction with the same channel's through the randomized network; at 0.5 or above a
-      note under the image says the reconstructions do not depend on what the network learned
+      note above the panels says the reconstructions do not depend on what the network learned
       (Adebayo et al. 2018 and Sixt et al. 2020 found deconvnet and guided backprop largely
       blind to the upper layers' weights).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
@@ -309,10 +310,10 @@ class DeconvLogger(ProbeCallback):
                 image.device,
                 image.dtype,
             )
-            rows = [image, legend]
+            rows = [legend]  # above the blocks, which run far down the page
             if notes.get(layer):
                 rows.append(footnote(image.shape[-1], notes[layer], image.device, image.dtype))
-            self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(*rows))
+            self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(*rows, image))
             lines = [f"probe {i}: channels {c}" for i, c in enumerate(top)]
             self.log_text(trainer, tags.tag(tags.DECONV_CHANNELS, layer), "  \n".join(lines))
             if self.evolution:

@@ -34,7 +34,9 @@ TILE, BAND, GAP = 96, 16, 6
 BLOCK = 3 * (BAND + TILE) + 2 * 2
 """A probe's block: its 9 tiles (the probe, 8 channels) in 3 rows of 3, 2 pixels apart."""
 GRID_HEIGHT = 10 * BLOCK + 11 * GAP
-"""Ten probes' blocks, one under the other; below, the colour bar and a note."""
+"""Ten probes' blocks, one under the other."""
+LEGEND = 5 * BAND
+"""Above the blocks: the colour bar's title and ramp, and a note of three lines."""
 WIDTH = 3 * (TILE + 2) - 2 + 2 * GAP
 """Three tiles: as narrow as TensorBoard's card."""
 
@@ -61,9 +63,9 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         images = events.Images(f"activation_grid/{layer}")
         assert [i.step for i in images] == [0, *EPOCH_ENDS]
         # a block per probe: the probe and its 8 channels, 96-pixel tiles 2 apart under their
-        # captions, blocks 6 apart, then the colour bar (title, ramp) and a note of three lines
+        # captions, blocks 6 apart, under the colour bar (title, ramp) and a note of three lines
         width = WIDTH
-        assert {(i.width, i.height) for i in images} == {(width, GRID_HEIGHT + 5 * BAND)}
+        assert {(i.width, i.height) for i in images} == {(width, LEGEND + GRID_HEIGHT)}
         rows = text_rows(events, f"activation_grid/{layer}/channels")
         assert [row[1] for row in rows] == [str(c) for c in range(10)]  # the probes' classes
         channels = [shown_channels(row) for row in rows]
@@ -74,14 +76,14 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         assert torch.allclose(dead, expected[layer].dead_fraction, atol=0.005)
         pixels = image_pixels(images[-1])
         for probe in (0, 3):
-            top = GAP + probe * (BLOCK + GAP)
+            top = LEGEND + GAP + probe * (BLOCK + GAP)
             assert_caption(pixels, f"true {probe}", x=GAP, y=top, width=TILE)
             for slot in (0, 4, 7):  # tile slot + 1 of the block, row by row
                 row, column = divmod(slot + 1, 3)
                 x, y = GAP + column * (TILE + 2), top + row * (BAND + TILE + 2)
                 assert_caption(pixels, f"ch {channels[probe][slot]}", x=x, y=y, width=TILE)
         # after ReLUs the maps are non-negative: the colour bar runs through viridis
-        assert_colour(pixels[GRID_HEIGHT + BAND + BAND // 2, width // 2], "viridis", 128)
+        assert_colour(pixels[BAND + BAND // 2, width // 2], "viridis", 128)
     assert hook_count(module) == 0
     assert not logger.alerts.raised
 
@@ -92,10 +94,9 @@ def test_a_layer_before_its_relu_is_drawn_in_the_diverging_map(tmp_path):
     images = read_events(tmp_path).Images("activation_grid/model.features.1")
     assert [i.step for i in images] == [0, 2]
     assert images[-1].width == WIDTH  # 5 tiles: 3 columns, 2 rows
-    height = 10 * (2 * (BAND + TILE) + 2) + 11 * GAP
     pixels = image_pixels(images[-1])
     # the bar's middle is RdBu_r's white at 0
-    assert_colour(pixels[height + BAND + BAND // 2, images[-1].width // 2], "RdBu_r", 128)
+    assert_colour(pixels[BAND + BAND // 2, images[-1].width // 2], "RdBu_r", 128)
 
 
 def test_default_layers_are_the_first_and_the_deepest_activated_maps():

@@ -74,17 +74,21 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
         # a block per probe, as narrow as TensorBoard's card: the probe and its top 3 channels
-        # in 2 rows of 2 tiles (captioned, 2 pixels apart), one block per row, the colour bar
-        # under its title, wrapped over 3 lines (not cut at the image's edge)
+        # in 2 rows of 2 tiles (captioned, 2 pixels apart), one block per row; above them (the
+        # blocks run far down the page) the colour bar under its title, wrapped over 3 lines
+        # (not cut at the image's edge)
+        legend = 3 * 16 + 16
         assert (deconv_images[0].width, deconv_images[0].height) == (
             2 * 98 - 2 + 12,
-            10 * (2 * 112 + 2) + 11 * 6 + 3 * 16 + 16,
+            legend + 10 * (2 * 112 + 2) + 11 * 6,
         )
         assert deconv_images[0].width <= CARD_WIDTH
         pixels = image_pixels(deconv_images[-1])
-        assert_caption(pixels, "true 0", x=6, y=6, width=96)
+        bar_middle = pixels[3 * 16 + 8, deconv_images[0].width // 2]
+        assert (abs(bar_middle.astype(int) - 128) <= 2).all()  # the grey ramp's 0
+        assert_caption(pixels, "true 0", x=6, y=legend + 6, width=96)
         top = deconv_channels(events, layer)[0]
-        assert_caption(pixels, f"ch {top[0]}", x=6 + 98, y=6, width=96)
+        assert_caption(pixels, f"ch {top[0]}", x=6 + 98, y=legend + 6, width=96)
         evolution = events.Images(f"evolution/{layer}")
         assert [i.step for i in evolution] == EPOCH_ENDS
         # three epoch rows from the first epoch on (max_epochs=3): the image keeps its size
