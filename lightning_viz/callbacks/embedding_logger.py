@@ -100,7 +100,9 @@ class EmbeddingLogger(ValidationView):
       accuracy in its caption.
     - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset.
     - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2F<layer>/``
-      in the log directory, with ``projector_config.pbtxt``).
+      in the log directory, with ``projector_config.pbtxt``), named ``embedding/<layer>:<step>``.
+      The Projector opens on the earliest step (it sorts the names); pick the latest in its
+      tensor menu on the left.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead``: the share of
       training time spent in it, and in all.
 
