@@ -74,12 +74,26 @@ class AlertBook:
         self.raised = [Alert(**alert) for alert in state.get("raised", [])]
 
 
+def also_in(alerts: Sequence[Alert]) -> str:
+    """`` (also in N more: 'a', 'b')`` naming the layers of ``alerts``; empty when none."""
+    layers = ", ".join(repr(alert.layer) for alert in alerts)
+    return f" (also in {len(alerts)} more: {layers})" if alerts else ""
+
+
+def announce_cleared(alerts: Sequence[Alert]) -> None:
+    """One line for ``alerts`` of one kind that cleared together, naming every layer."""
+    first = alerts[0]
+    rank_zero_info(
+        f"{first.source}: {first.kind} in {first.layer!r} cleared{also_in(alerts[1:])} at epoch "
+        f"{first.epoch} (step {first.step})."
+    )
+
+
 def deliver(alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any) -> None:
     """Warn (always), then stop the trainer (health alerts only) or call the user's function
     with each alert. ``alerts`` of one kind, raised together, warn once: the first's message,
     naming the other layers (a divergence raises ``exploding`` on every conv at once)."""
-    first, others = alerts[0], [alert.layer for alert in alerts[1:]]
-    also = f" (also in {len(others)} more: {', '.join(map(repr, others))})" if others else ""
+    first, also = alerts[0], also_in(alerts[1:])
     rank_zero_warn(first.message + also)
     if on_alert == "stop" and first.kind not in NOTICE_KINDS:
         trainer.should_stop = True

@@ -31,6 +31,7 @@ from lightning_viz.alerts import (
     Alert,
     AlertBook,
     OnAlert,
+    announce_cleared,
     check_on_alert,
     deliver,
 )
@@ -240,7 +241,8 @@ class VizCallback(*CALLBACK_BASES):
         self.budget = None if budget is None else check_fraction("budget", budget)
         self._timing = 0
         self.alerts = AlertBook()
-        self._held: list[Alert] | None = None  # alerts to deliver together (alerts_together)
+        # (status, alert, the step's table) to deliver together (alerts_together)
+        self._held: list[tuple[str, Alert, str]] | None = None
         self._warned_no_tensorboard = False
         self._not_shown: str | None = None
         self._restored = False
@@ -551,26 +553,36 @@ class VizCallback(*CALLBACK_BASES):
         )
         if status == "raised":
             self.alerts.raised.append(alert)
-        else:
-            rank_zero_info(f"{alert.message} at epoch {alert.epoch} (step {alert.step}).")
         table = RunContext.of(trainer).add_alert_row(status, alert)
+        if self._held is not None:
+            self._held.append((status, alert, table))
+            return
         self.log_text(trainer, tags.ALERTS, table)
-        if status == "raised" and self._held is not None:
-            self._held.append(alert)
-        elif status == "raised":
+        if status == "raised":
             deliver([alert], self.on_alert, trainer)
+        else:
+            announce_cleared([alert])
 
     @contextmanager
     def alerts_together(self, trainer: pl.Trainer) -> Iterator[None]:
-        """Alerts raised inside are delivered at its end, each kind once (one warning naming
-        every layer), instead of one warning per layer; each still has its table row."""
+        """Alerts raised or cleared inside are delivered at its end, each kind once (one
+        warning or line naming every layer), instead of one per layer, and the step's alert
+        table is written once; each alert still has its table row."""
         self._held = []
         try:
             yield
         finally:
             held, self._held = self._held, None
-            for kind in dict.fromkeys(alert.kind for alert in held):
-                deliver([a for a in held if a.kind == kind], self.on_alert, trainer)
+            if held:
+                self.log_text(trainer, tags.ALERTS, held[-1][2])
+            for status in ("raised", "cleared"):
+                alerts = [alert for s, alert, _ in held if s == status]
+                for kind in dict.fromkeys(alert.kind for alert in alerts):
+                    of_kind = [alert for alert in alerts if alert.kind == kind]
+                    if status == "raised":
+                        deliver(of_kind, self.on_alert, trainer)
+                    else:
+                        announce_cleared(of_kind)
 
     def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
         """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every

@@ -67,7 +67,9 @@ class FilterMonitor(VizCallback):
     benchmark ``benchmarks/alerts.py``, whose table the README shows):
 
     - ``not_learning``: after ``warmup_steps`` optimizer steps, ``learned`` below
-      ``min_learned`` (dead ReLUs, vanishing gradients, a learning rate far too low).
+      ``min_learned``, while the median of the watched learning layers is below it too (dead
+      ReLUs, a learning rate far too low) or 20 times the layer's (vanishing gradients); a
+      pretrained layer fine-tuned gently learns little, but no less than the others.
     - ``overwritten``: the cosine between the weights now and at the previous measurement below
       ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence). In the first
       interval, from the weights at train start, the median of the watched learning layers must
@@ -321,7 +323,7 @@ class FilterMonitor(VizCallback):
         learning = [name for name in self._layers if name not in self._frozen]
         network = {
             key: network_median(host[name, key].item() for name in learning)
-            for key in ("drift", "step_cosine")
+            for key in ("drift", "step_cosine", "learned")
         }
         with self.alerts_together(trainer):
             metrics = self._judge(trainer, host, baseline, network)
@@ -347,7 +349,7 @@ class FilterMonitor(VizCallback):
         network: dict[str, float],
     ) -> dict[str, float]:
         """Each layer's scalars to log; its alerts raised (``network``: the learning layers'
-        median drift and step cosine)."""
+        median drift, step cosine and learned)."""
         first = next(iter(self._layers))
         metrics = {}
         for name in self._layers:
@@ -366,6 +368,7 @@ class FilterMonitor(VizCallback):
                 first_layer=name == first,
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
+                network_learned=network["learned"],
                 network_cosine=network["step_cosine"] if self.previous_step == 0 else None,
             )
             for finding in findings:

@@ -29,8 +29,11 @@ class Finding:
 class FilterThresholds:
     """FilterMonitor's alert thresholds, from the alert benchmark (``benchmarks/alerts.py``).
 
-    Measured there: ``learned`` of healthy layers >= 0.0087 at the first measurement (0.019 after
-    3 optimizer steps), of layers that do not learn <= 4.2e-5; the step cosine of healthy layers
+    Measured there: ``learned`` of healthy layers trained from scratch >= 0.0087 at the first
+    measurement (0.019 after 3 optimizer steps), of pretrained ones fine-tuned gently down to
+    4.9e-4 (a user's resnet18 stem), at most 5.5 times behind the network's median; of layers
+    that do not learn <= 4.2e-5 (in networks whose median is <= 8.3e-6, or 55 to 246 times
+    behind it under vanishing gradients); the step cosine of healthy layers
     >= 0.80 once trained (in the first interval down to 0.06 in one layer and 0.77 in a network's
     median, see :func:`filter_findings`), of overwritten ones <= 0.08 (a network's median in the
     first interval of a learning rate far too high, from scratch or fine-tuning: <= 0.36); the
@@ -40,6 +43,7 @@ class FilterThresholds:
     """
 
     min_learned: float = 1e-3
+    max_learning_lag: float = 20.0
     max_drift: float = 5.0
     min_step_cosine: float = 0.5
     min_norm_ratio: float = 0.1
@@ -57,6 +61,7 @@ def filter_findings(
     exploding: bool = False,
     network_drift: float | None = None,
     network_cosine: float | None = None,
+    network_learned: float | None = None,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -86,6 +91,13 @@ def filter_findings(
             rate far too high, from scratch or fine-tuning pretrained weights, turns most
             layers (median <= 0.36). Later intervals read each layer alone: a re-initialized
             layer is overwritten whatever the others do.
+        network_learned: the median ``learned`` of the watched learning layers; None: the
+            layer's own. ``not_learning`` fires below ``min_learned`` when the network as a
+            whole learns as little (a learning rate far too low, dead ReLUs everywhere), or when
+            the layer lags ``max_learning_lag`` times behind the network's median (gradients
+            that vanish before they reach it). A pretrained stem fine-tuned gently learns
+            little but keeps pace (at most 5.5 times behind in the benchmark and a user's
+            fine-tune of resnet18: 4.9e-4 against a median of 2.5e-3).
 
     Returns:
         One finding per rule that applies at this measurement.
@@ -126,6 +138,15 @@ def filter_findings(
     cosine = values["step_cosine"]
     network_turn = cosine if network_cosine is None else network_cosine
     among = "" if network_cosine is None else f", and {network_turn:.2f} in the network's median"
+    cause = (
+        "Something replaced what it had learned: a re-initialization or a load of other "
+        "weights, a learning-rate spike, or divergence (check the loss for spikes)."
+        if network_cosine is None
+        else "The learning rate is far too high: most layers turned away from the weights "
+        "training started from. When fine-tuning, that replaced what the pretrained weights had "
+        "learned, and it stays replaced after this alert clears: lower the rate (fine-tuning "
+        "often takes a tenth of the rate from scratch, or less) or warm it up."
+    )
     if math.isfinite(cosine):
         findings.append(
             Finding(
@@ -137,18 +158,18 @@ def filter_findings(
                 f"layer {layer!r} was overwritten since the previous measurement: the cosine "
                 f"between its weights then and now is {cosine:.2f}{among} (threshold "
                 f"min_step_cosine={thresholds.min_step_cosine:g}; training that refines a layer "
-                "keeps it near 1). Something replaced what it had learned: a re-initialization "
-                "or a load of other weights, a learning-rate spike, or divergence (check the "
-                "loss for spikes).",
+                f"keeps it near 1). {cause}",
             )
         )
     if not learning or steps < thresholds.warmup_steps:
         return findings
+    typical = learned if network_learned is None else network_learned
+    lagging = learned * thresholds.max_learning_lag < typical
     findings.append(
         Finding(
             "not_learning",
             layer,
-            learned < thresholds.min_learned,
+            learned < thresholds.min_learned and (typical < thresholds.min_learned or lagging),
             learned,
             thresholds.min_learned,
             f"layer {layer!r} learned almost nothing in {steps} optimizer steps: the part of "

@@ -203,20 +203,45 @@ def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
     [("sgd", 0.01, set()), ("adam", 0.02, {"model.features.4", "model.features.8"})],
 )
 def test_fine_tuning_at_a_learning_rate_far_too_high_is_overwritten(
-    tmp_path, optimizer, lr, overwritten
+    tmp_path, caplog, optimizer, lr, overwritten
 ):
     """From pretrained weights, a learning rate far too high turns most layers away from them in
     the first epoch, before it moves them max_drift times their norm (no `exploding` yet); a
     gentle fine-tune keeps them."""
+    torch.manual_seed(0)
     pretraining = DigitsClassifier("sgd", 0.05)
     fit(pretraining, [], tmp_path / "pretraining", epochs=1)
     module = DigitsClassifier(optimizer, lr)
     module.load_state_dict(pretraining.state_dict())
     monitor = FilterMonitor(strict=True)
     with warnings.catch_warnings(record=True):
-        fit(module, [monitor], tmp_path / "fine-tuning", epochs=1)
+        fit(module, [monitor], tmp_path / "fine-tuning", epochs=2)
     raised = {(a.kind, a.layer, a.epoch) for a in monitor.alerts.raised}
     assert raised == {("overwritten", layer, 0) for layer in overwritten}
+    if overwritten:  # the next measurement refines the new weights: one line for both layers
+        cleared = [r.getMessage() for r in caplog.records if "cleared" in r.getMessage()]
+        assert cleared == [
+            "FilterMonitor: overwritten in 'model.features.4' cleared (also in 1 more: "
+            f"'model.features.8') at epoch 1 (step {2 * STEPS_PER_EPOCH})."
+        ]
+
+
+def test_a_gentle_fine_tune_learns_little_but_keeps_pace_and_is_not_flagged(tmp_path):
+    """Fine-tuned at SGD 6e-5, the pretrained deepest conv learns less than min_learned in an
+    epoch, but keeps pace with the others (a third of their learned): a layer that learns
+    little alongside the network is not a layer that does not learn."""
+    torch.manual_seed(0)
+    pretraining = DigitsClassifier("sgd", 0.05)
+    fit(pretraining, [], tmp_path / "pretraining", epochs=3)
+    module = DigitsClassifier("sgd", 6e-5)
+    module.load_state_dict(pretraining.state_dict())
+    monitor = FilterMonitor(strict=True)
+    fit(module, [monitor], tmp_path / "fine-tuning", epochs=1)
+    events = read_events(tmp_path / "fine-tuning")
+    learned = {layer: events.Scalars(f"filters/{layer}/learned")[-1].value for layer in CONVS}
+    assert learned["model.features.8"] < monitor.thresholds.min_learned  # the case in question
+    assert sorted(learned.values())[1] > monitor.thresholds.min_learned
+    assert not monitor.alerts.raised
 
 
 def test_mid_run_reinitialization_is_overwritten(tmp_path):
@@ -239,8 +264,8 @@ def test_alerts_reach_tensorboard_and_the_callable(tmp_path):
     assert [(a.kind, a.layer) for a in received] == [("not_learning", c) for c in CONVS]
     events = read_events(tmp_path)
     texts = events.Tensors("alerts/text_summary")
-    assert {t.step for t in texts} == {STEPS_PER_EPOCH}
-    # the last entry of the step holds every alert of the step, one table row each
+    # one entry for the measurement's three alerts (not a growing table per alert)
+    assert [t.step for t in texts] == [STEPS_PER_EPOCH]
     rows = tags.parse_alert_table(texts[-1].tensor_proto.string_val[0].decode())
     assert [(r["status"], r["kind"], r["layer"]) for r in rows] == [
         ("raised", "not_learning", c) for c in CONVS

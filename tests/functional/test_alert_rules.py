@@ -106,7 +106,25 @@ def test_overwritten_in_the_first_interval_needs_the_network_to_turn():
     (finding,) = [f for f in far_too_high if f.firing]
     assert finding.kind == "overwritten"
     assert "then and now is 0.06, and 0.34 in the network's median" in finding.message
+    assert "When fine-tuning, that replaced what the pretrained weights had" in finding.message
     assert firing(filter_findings("conv1", REINIT, 115, DEFAULTS)) == {"overwritten"}
+
+
+def test_not_learning_reads_the_layer_against_the_network():
+    """A user's gentle fine-tune of resnet18: the pretrained stem learned 4.9e-4 in 13 steps,
+    the network's median 2.45e-3. Vanishing gradients leave a layer far behind a network that
+    learns; a learning rate far too low leaves the whole network behind."""
+    stem = {**HEALTHY_SGD, "learned": 4.9e-4}
+    assert firing(filter_findings("conv1", stem, 13, DEFAULTS)) == {"not_learning"}
+    assert firing(filter_findings("conv1", stem, 13, DEFAULTS, network_learned=2.45e-3)) == set()
+    starved = {**HEALTHY_SGD, "learned": 2.7e-6}  # deep-sigmoid's first layer
+    assert firing(filter_findings("c", starved, 23, DEFAULTS, network_learned=0.05)) == {
+        "not_learning"
+    }
+    too_low = {**HEALTHY_SGD, "learned": 1.1e-5}  # lr-far-too-low: the median 8.3e-6
+    assert firing(filter_findings("c", too_low, 23, DEFAULTS, network_learned=8.3e-6)) == {
+        "not_learning"
+    }
 
 
 def test_collapse():
