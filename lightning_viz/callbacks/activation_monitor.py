@@ -96,7 +96,10 @@ def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
 class ActivationMonitor(VizCallback):
     r"""Watch how sparse and localized the feature maps are, and which channels are dead.
 
-    On sampled training batches (every ``every_n_steps``), forward hooks on the watched layers
+    On sampled training batches (every ``every_n_steps``, and an epoch's last batch when no
+    other of the epoch was, so that every epoch's dead-channel, saturation and NaN checks have
+    data: in epochs shorter than the cadence, and when the other callbacks spend the ``budget``
+    while the monitor's own share is within it), forward hooks on the watched layers
     keep a strided copy of each feature map on the device; the copies of several sampled steps
     are reduced together to each step's statistics
     (:func:`~lightning_viz.functional.activation_stats`), packed into one tensor and moved to
@@ -247,6 +250,7 @@ class ActivationMonitor(VizCallback):
         self._bounds: dict[str, tuple[float, float] | None] = {}
         self._saturation: dict[str, list[float]] = {}
         self._batches_seen = 0
+        self._epoch_sampled = False
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -311,6 +315,7 @@ class ActivationMonitor(VizCallback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active, self._seen, self._saturation = {}, {}, {}
+        self._epoch_sampled = False
 
     @override
     def on_train_batch_start(
@@ -319,10 +324,21 @@ class ActivationMonitor(VizCallback):
         # counted in batches, not global_step: with two optimizers (a GAN) or manual
         # optimization global_step advances by several per batch and could skip every sample
         self._batches_seen += 1
-        if not self.showing or self._batches_seen % self._interval != 0:
+        if not self.showing:
             return
-        if not self.within_budget(trainer, "a sampled step", collective=True):
+        due = self._batches_seen % self._interval == 0
+        # an epoch's last batch is sampled when nothing else of the epoch was (epochs shorter
+        # than the cadence, or the views' cost over the budget), so that every epoch's
+        # dead-channel, saturation and NaN checks have data: the monitor's own share decides
+        only = batch_idx + 1 == trainer.num_training_batches and not self._epoch_sampled
+        if not due and not only:
             return
+        admitted = due and self.within_budget(trainer, "a sampled step", collective=True)
+        if not admitted and only:
+            admitted = self.within_budget(trainer, "a sampled step", collective=True, alone=True)
+        if not admitted:
+            return
+        self._epoch_sampled = True
         with self.timed(trainer):
             self._add_hooks(trainer)
 

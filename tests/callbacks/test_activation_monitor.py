@@ -55,6 +55,18 @@ def test_default_cadence_is_the_trainers_log_every_n_steps(tmp_path):
     assert steps == [5, 10, 15, 20]  # fit() sets log_every_n_steps=5
 
 
+def test_an_epoch_shorter_than_the_cadence_still_samples_its_last_batch(tmp_path):
+    """A fine-tune of 3 epochs of 13 batches at the default cadence of 50 had no sample at all,
+    so no epoch had a dead-channel check."""
+    monitor = ActivationMonitor(layers=[RELUS[0]], every_n_steps=50, strict=True)
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=3, limit_train_batches=13)
+    events = read_events(tmp_path)
+    steps = [e.step for e in events.Scalars(f"activations/{RELUS[0]}/zero_fraction")]
+    assert steps == [13, 26, 39]
+    dead = [e.step for e in events.Scalars(f"activations/{RELUS[0]}/dead_fraction")]
+    assert dead == [13, 26, 39]
+
+
 class Recorder(pl.Callback):
     """Records the first training batch and the hooks present in training and validation."""
 
