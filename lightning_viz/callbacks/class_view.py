@@ -40,10 +40,10 @@ from lightning_viz.functional.scores import (
     deletion_insertion,
     energy_in_box,
     map_similarity,
+    map_structural_similarity,
     pointing_game,
     random_maps,
     randomized_call,
-    structural_similarity,
     upper_half,
 )
 from lightning_viz.probes import Probes
@@ -325,7 +325,7 @@ class ClassView(ProbeCallback):
                 found[f"{method}|sanity"] = map_similarity(m, randomized[method])
                 if ssim:
                     random_heat = upsample(randomized[method], size)
-                    found[f"{method}|ssim"] = structural_similarity(heats[method], random_heat)
+                    found[f"{method}|ssim"] = map_structural_similarity(heats[method], random_heat)
         if probes.regions is not None:  # free: no forward
             for method, heat in heats.items():
                 found[f"{method}|pointing"] = pointing_game(heat, probes.regions)

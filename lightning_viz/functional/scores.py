@@ -59,9 +59,20 @@ def map_similarity(rated: Tensor, reference: Tensor) -> Tensor:
     (an empty map: nothing to score), 0 where only the reference is (the map changed: it was
     or became empty there)."""
     alike = rank_correlation(rated, reference)
-    flat = rated.detach().flatten(1)
-    constant = (flat == flat[:, :1]).all(dim=1)
-    return torch.where(constant, math.nan, alike.nan_to_num(nan=0.0))
+    return torch.where(constant_maps(rated), math.nan, alike.nan_to_num(nan=0.0))
+
+
+def map_structural_similarity(rated: Tensor, reference: Tensor) -> Tensor:
+    """(N,) :func:`structural_similarity` of the (N, H, W) maps being rated with reference
+    maps, read as a score: NaN where the rated map is constant (two empty maps have an SSIM of
+    1, which would read as "does not depend on what was learned")."""
+    return torch.where(constant_maps(rated), math.nan, structural_similarity(rated, reference))
+
+
+def constant_maps(maps: Tensor) -> Tensor:
+    """(N,) whether each map holds one value everywhere (an empty map: nothing to score)."""
+    flat = maps.detach().flatten(1)
+    return (flat == flat[:, :1]).all(dim=1)
 
 
 INDEPENDENT = 0.5
@@ -356,11 +367,12 @@ def region_masks(regions: Tensor, size: tuple[int, int]) -> Tensor:
 
 def pointing_game(maps: Tensor, regions: Tensor) -> Tensor:
     """(N,) 1 where the peak of each (N, H, W) map (the first, row-major, on ties) lies in its
-    image's region, else 0; ``regions`` are (N, 4) boxes or (N, H, W) masks
-    (:func:`region_masks`)."""
+    image's region, else 0, NaN for a constant map (it has no peak); ``regions`` are (N, 4)
+    boxes or (N, H, W) masks (:func:`region_masks`)."""
     inside = region_masks(regions.to(maps.device), tuple(maps.shape[-2:])).flatten(1)
     peak = maps.flatten(1).argmax(dim=1, keepdim=True)
-    return inside.gather(1, peak)[:, 0].float()
+    hit = inside.gather(1, peak)[:, 0].float()
+    return torch.where(constant_maps(maps), math.nan, hit)
 
 
 def energy_in_box(maps: Tensor, regions: Tensor) -> Tensor:

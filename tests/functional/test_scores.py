@@ -15,6 +15,7 @@ from lightning_viz.functional.scores import (
     energy_in_box,
     layers_that_run,
     map_similarity,
+    map_structural_similarity,
     pointing_game,
     random_maps,
     randomized_call,
@@ -71,6 +72,12 @@ def test_structural_similarity_equals_scikit_image():
         )
         assert found[i].item() == pytest.approx(expected, abs=1e-5)
     assert torch.allclose(structural_similarity(first, first), torch.ones(3), atol=1e-6)
+    # as a score: two empty maps are not "alike", there is nothing to score (a user's Grad-CAM
+    # had 5 empty maps of 10, each counted as SSIM 1.00 in the sanity mean)
+    empty = torch.zeros(3, 32, 32)
+    assert structural_similarity(empty, empty).tolist() == [1.0, 1.0, 1.0]
+    assert map_structural_similarity(empty, empty).isnan().all()
+    assert torch.equal(map_structural_similarity(first, second), found)
     with pytest.raises(ValueError, match="at least 11x11"):
         structural_similarity(torch.rand(1, 7, 7), torch.rand(1, 7, 7))
 
@@ -146,6 +153,7 @@ def test_pointing_game_and_energy_in_box():
     assert energy_in_box(maps, boxes).tolist() == [1.0, 0.5]
     assert pointing_game(maps, torch.tensor([[3, 3, 6, 6], [0, 0, 1, 1]])).tolist() == [0.0, 0.0]
     assert energy_in_box(torch.zeros(1, 6, 6), boxes[:1]).isnan().all()
+    assert pointing_game(torch.zeros(1, 6, 6), boxes[:1]).isnan().all()  # no peak to point
 
 
 def test_masks_score_as_the_boxes_they_draw_and_shapes_a_box_cannot():
