@@ -37,6 +37,7 @@ from lightning_viz.functional.scores import (
     INDEPENDENT,
     SSIM_SIDE,
     STABLE,
+    constant_maps,
     deletion_insertion,
     energy_in_box,
     map_similarity,
@@ -283,6 +284,13 @@ class ClassView(ProbeCallback):
             lines = self._score_lines(
                 trainer, method, mean, 0.0 if drop is None else drop.mean().item()
             )
+            empty = host.pop(f"{method}|empty").nonzero().flatten().tolist()
+            if empty:
+                lines.append(
+                    f"The maps of probe{'s' if len(empty) > 1 else ''} "
+                    f"{', '.join(map(str, empty))} are empty (one value everywhere): the view "
+                    "found nothing there for the class explained, and the scores leave them out."
+                )
             ratings[method] = Rating(
                 note=" ".join(lines[1:]) or None,
                 summary="  \n".join(line for line in lines if line),
@@ -303,7 +311,9 @@ class ClassView(ProbeCallback):
     ) -> dict[str, torch.Tensor]:
         """The per-probe scores of each tag's maps, on the device, keyed ``tag|score``, and for
         stability the maps themselves (``tag|maps``), kept for the next render."""
-        found: dict[str, torch.Tensor] = {}
+        found: dict[str, torch.Tensor] = {
+            f"{method}|empty": constant_maps(m) for method, m in maps.items()
+        }
         if "stability" in self.scores:
             for method, m in maps.items():
                 found[f"{method}|maps"] = m

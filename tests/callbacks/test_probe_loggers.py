@@ -1,5 +1,6 @@
 import ast
 import copy
+import math
 
 import pytest
 import pytorch_lightning as pl
@@ -276,6 +277,23 @@ def test_guided_gradcam_image_and_targets(tmp_path):
         *[(row.split("|")[2], row.split("|")[3]) for row in table[2:]], strict=True
     )
     assert explained == predicted  # target="pred" explains the predicted class
+
+
+def test_empty_gradcam_maps_are_said_and_left_out_of_the_scores(tmp_path):
+    """A head of zeros gives every class score a zero gradient: every Grad-CAM map is empty
+    at fit start, which the image's note and the text say, and no score rates them."""
+    module = DigitsClassifier()
+    with torch.no_grad():
+        module.model.head.weight.zero_()
+    fit(module, [GradCAMLogger(strict=True)], tmp_path, epochs=1, limit_train_batches=1)
+    events = read_events(tmp_path)
+    text = events.Tensors("gradcam/model.features/targets/text_summary")[0]
+    assert text.step == 0
+    assert (
+        "The maps of probes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 are empty (one value everywhere)"
+        in text.tensor_proto.string_val[0].decode()
+    )
+    assert math.isnan(events.Scalars("sanity/gradcam/model.features")[0].value)
 
 
 def test_probe_pass_restores_each_flag_and_leaves_no_grad(tmp_path):
