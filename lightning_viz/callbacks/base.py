@@ -398,8 +398,9 @@ class VizCallback(*CALLBACK_BASES):
             message = (
                 f"lightning-viz took {share:.1%} of the training time so far, over the budget of "
                 f"{self.budget:.1%}: {what} is skipped, and the costliest callbacks skip work "
-                "until the share is back within it (lightning_viz/overhead shows each one's "
-                "share; budget=None never skips)."
+                "until the share is back within it. Each view still shows at its first chance "
+                "and in the last epoch, so a fit of a few epochs may stay over it "
+                "(lightning_viz/overhead shows each callback's share; budget=None never skips)."
             )
             self.raise_alert(
                 trainer,
