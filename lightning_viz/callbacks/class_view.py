@@ -382,10 +382,10 @@ class ClassView(ProbeCallback):
             )
             lines[0] = (
                 f"stable since epoch {self.stable_since[method]} (rank correlation with the "
-                f"previous render {mean['stability']:.2f} >= {STABLE})"
+                f"previous render {mean['stability']:.2f} >= {STABLE})."
                 if settled
                 else f"not settled: rank correlation with the previous render "
-                f"{mean['stability']:.2f} < {STABLE}"
+                f"{mean['stability']:.2f} < {STABLE}."
             )
         if mean.get("sanity", 0.0) >= INDEPENDENT:
             lines.append(
