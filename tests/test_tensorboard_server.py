@@ -127,16 +127,17 @@ def test_images_are_served_as_decodable_pngs(server):
 
 
 @pytest.mark.parametrize(
-    ("tag", "size"),
+    ("tag", "size", "top"),
     [
-        ("occlusion/sensitivity", (2 * 200 + 6, 5 * 118 + 6 + 32)),
-        ("saliency/smoothgrad", (2 * 200 + 6, 5 * 118 + 6 + 32)),
-        ("lime/weights", (2 * 200 + 6, 5 * 118 + 6 + 32)),
-        ("cam/model.features", (2 * 200 + 6, 5 * 118 + 6 + 32)),
-        ("activation_grid/model.features.2", None),
+        ("occlusion/sensitivity", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
+        ("saliency/smoothgrad", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
+        ("lime/weights", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
+        ("cam/model.features", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
+        # its blocks run far down the page: the legend (title, ramp, 3 lines of note) is on top
+        ("activation_grid/model.features.2", None, 5 * 16),
     ],
 )
-def test_every_probe_view_is_served_with_captions(server, tag, size):
+def test_every_probe_view_is_served_with_captions(server, tag, size, top):
     base, run = server
     entries = json.loads(get(base, "/data/plugin/images/images", run=run, tag=tag))
     assert entries[0]["step"] == 0  # the untrained baseline
@@ -144,7 +145,7 @@ def test_every_probe_view_is_served_with_captions(server, tag, size):
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     if size is not None:
         assert (pixels.shape[1], pixels.shape[0]) == size
-    assert_caption(pixels, "true 0", x=6, y=6, width=96)
+    assert_caption(pixels, "true 0", x=6, y=top + 6, width=96)
     texts = json.loads(get(base, "/data/plugin/text/tags"))[run]
     assert any(text.startswith(tag + "/") for text in texts)
 

@@ -174,7 +174,7 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     assert {a.layer for a in exploding} == set(CONVS)
     assert all(a.epoch == 0 and a.value > 5 for a in exploding)  # once each, no flood
     # one warning for the three layers, each still an alert (and a row of the alerts table)
-    (warning,) = [w for w in record if "far too high" in str(w.message)]
+    (warning,) = [w for w in record if "likely far too high" in str(w.message)]
     assert f"(also in 2 more: '{CONVS[1]}', '{CONVS[2]}')" in str(warning.message)
 
 
