@@ -28,11 +28,12 @@ from lightning_viz.functional.captions import (
     captioned_rows,
     class_name,
     color_bar,
+    fits,
     footnote,
     stack_rows,
 )
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.images import colormap_table, panels_per_row
+from lightning_viz.functional.images import colormap_table, panels_per_row, readable
 from lightning_viz.functional.scores import (
     INDEPENDENT,
     SSIM_SIDE,
@@ -50,6 +51,15 @@ from lightning_viz.functional.scores import (
 from lightning_viz.probes import Probes
 
 Target = Literal["label", "pred"] | int | None
+
+
+def prediction_caption(name: str, probability: float, width: int) -> str:
+    """``pred <class> <probability>`` for a map's tile ``width`` pixels wide; without the
+    probability (which the text table gives) where the whole would not fit, so that the class
+    is never cut ("pred temple ↖ 93%" read "pred temple …" on the demo's 96-pixel tiles)."""
+    full = f"pred {name} {probability:.0%}"
+    return full if fits(full, width) else f"pred {name}"
+
 
 SCORES = ("stability", "sanity", "faithfulness")
 """The trust scores a class-explaining view can log beside its maps (``scores=``)."""
@@ -217,8 +227,9 @@ class ClassView(ProbeCallback):
         names = self.class_names
         predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
         image_captions = [self.probe_caption(probes, i) for i in range(n)]
+        width = readable(probes.display[:1]).shape[-1]
         map_captions = [
-            f"pred {class_name(p, names)} {c:.0%}"
+            prediction_caption(class_name(p, names), c, width)
             for p, c in zip(predicted_list, confidence_list, strict=True)
         ]
         table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]

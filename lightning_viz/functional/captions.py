@@ -34,6 +34,11 @@ def _font() -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, FONT_SIZE)
 
 
+def fits(text: str, width: int) -> bool:
+    """Whether a caption band ``width`` pixels wide shows ``text`` whole, not cut."""
+    return fit_text(text, width - 4) == text
+
+
 def fit_text(text: str, width: int) -> str:
     """``text``, cut at the end with an ellipsis so that it fits ``width`` pixels."""
     font = _font()

@@ -36,6 +36,7 @@ from tests.helpers import (
     pointing_game,
     read_events,
     relative_error,
+    text_rows,
     train_flags,
 )
 
@@ -277,6 +278,18 @@ def test_guided_gradcam_image_and_targets(tmp_path):
         *[(row.split("|")[2], row.split("|")[3]) for row in table[2:]], strict=True
     )
     assert explained == predicted  # target="pred" explains the predicted class
+
+
+def test_a_long_class_name_is_captioned_whole_and_its_probability_left_to_the_text(tmp_path):
+    """'pred number 7 93%' is wider than a 96-pixel tile: the map's caption keeps the class."""
+    names = [f"number {i}" for i in range(10)]
+    logger = GradCAMLogger(class_names=names, strict=True)
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=1)
+    events = read_events(tmp_path)
+    predicted = text_rows(events, "gradcam/model.features/targets")[0][2]
+    pixels = image_pixels(events.Images("gradcam/model.features")[-1])
+    assert_caption(pixels, "true number 0", x=6, y=6, width=96)
+    assert_caption(pixels, f"pred {predicted}", x=6 + 98, y=6, width=96)
 
 
 def test_empty_gradcam_maps_are_said_and_left_out_of_the_scores(tmp_path):
