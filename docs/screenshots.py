@@ -59,8 +59,13 @@ SCREENSHOT_FLAGS = (
 
 
 def serve_on(port: int) -> list[str]:
-    """TensorBoard's arguments to serve on loopback only, every run loaded at once."""
-    return ["--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"]
+    """TensorBoard's arguments to serve on loopback only, every run read whole before it serves
+    (a server that still loads shows cards of an earlier step, or none: the README's Grad-CAM
+    and deconv shots once showed a broken image)."""
+    return [
+        "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
+        "--reload_interval", "0", "--reload_task", "blocking",
+    ]  # fmt: skip
 
 
 def chromium() -> str:
