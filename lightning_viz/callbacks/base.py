@@ -583,14 +583,14 @@ class VizCallback(*CALLBACK_BASES):
             held, self._held = self._held, None
             if held:
                 self.log_text(trainer, tags.ALERTS, held[-1][2])
-            for status in ("raised", "cleared"):
+            say = {
+                "raised": lambda alerts: deliver(alerts, self.on_alert, trainer),
+                "cleared": announce_cleared,
+            }
+            for status, announce in say.items():
                 alerts = [alert for s, alert, _ in held if s == status]
                 for kind in dict.fromkeys(alert.kind for alert in alerts):
-                    of_kind = [alert for alert in alerts if alert.kind == kind]
-                    if status == "raised":
-                        deliver(of_kind, self.on_alert, trainer)
-                    else:
-                        announce_cleared(of_kind)
+                    announce([alert for alert in alerts if alert.kind == kind])
 
     def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
         """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every
