@@ -75,6 +75,7 @@ class RunContext:
         self.background = BackgroundWriter()
         self.cost = CostMeter()
         self.over_budget_said = False
+        self.no_tensorboard_said = False
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print one line on
@@ -106,6 +107,21 @@ class RunContext:
                 (status, a.kind, a.layer, a.epoch, a.value, a.threshold, a.message)
                 for status, a in self.alert_rows
             ]
+        )
+
+    def say_no_tensorboard(self, trainer: pl.Trainer, images: bool) -> None:
+        """One warning per Trainer, naming every lightning-viz callback, that their images
+        (``images``), histograms and alert texts go nowhere: no TensorBoardLogger is attached.
+        Not under ``fast_dev_run``, whose stand-in logger Lightning announces itself."""
+        if self.no_tensorboard_said or trainer.fast_dev_run:
+            return
+        self.no_tensorboard_said = True
+        names = ", ".join(type(callback).__name__ for callback in self.callbacks(trainer))
+        rank_zero_warn(
+            "lightning-viz: no TensorBoardLogger is attached to the Trainer, so the "
+            f"{'images, ' if images else ''}histograms and alert texts of {names} will not be "
+            "logged (scalars still go to the attached loggers). Add "
+            "`logger=TensorBoardLogger(...)` to see them."
         )
 
     @classmethod
@@ -243,7 +259,6 @@ class VizCallback(*CALLBACK_BASES):
         self.alerts = AlertBook()
         # (status, alert, the step's table) to deliver together (alerts_together)
         self._held: list[tuple[str, Alert, str]] | None = None
-        self._warned_no_tensorboard = False
         self._not_shown: str | None = None
         self._restored = False
 
@@ -452,14 +467,7 @@ class VizCallback(*CALLBACK_BASES):
                 fast_event_checksums()
                 RunContext.of(trainer).write_layout_once(trainer, logger.experiment)
                 return logger.experiment
-        if not self._warned_no_tensorboard:
-            self._warned_no_tensorboard = True
-            images = "" if self._wandb_loggers(trainer) else "images, "
-            rank_zero_warn(
-                f"{type(self).__name__}: no TensorBoardLogger is attached to the Trainer, so its "
-                f"{images}histograms and alert texts will not be logged (scalars still go to the "
-                "attached loggers). Add `logger=TensorBoardLogger(...)` to see them."
-            )
+        RunContext.of(trainer).say_no_tensorboard(trainer, images=not self._wandb_loggers(trainer))
         return None
 
     def takes_images(self, trainer: pl.Trainer) -> bool:

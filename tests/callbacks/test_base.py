@@ -1,11 +1,14 @@
 """What every callback shares: the one host transfer and the per-Trainer RunContext."""
 
 import re
+import warnings
 
 import pytest
 import torch
+from pytorch_lightning.loggers import CSVLogger
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
+import lightning_viz
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, tags
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
@@ -118,6 +121,22 @@ def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     from lightning_viz.summary import summarize
 
     assert "step 2 (epoch 0) [cleared at step 4] Flapping: look here" in summarize(tmp_path / "b")
+
+
+def test_without_tensorboard_one_warning_names_every_callback(tmp_path):
+    callbacks = lightning_viz.default_callbacks()
+    with pytest.warns(UserWarning, match="no TensorBoardLogger") as record:
+        fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, logger=CSVLogger(str(tmp_path)))
+    said = [str(w.message) for w in record if "no TensorBoardLogger" in str(w.message)]
+    assert len(said) == 1
+    assert all(type(callback).__name__ in said[0] for callback in callbacks)
+
+
+def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(DigitsClassifier(), lightning_viz.default_callbacks(), tmp_path, fast_dev_run=True)
+    assert not [w for w in record if "TensorBoardLogger" in str(w.message)]
 
 
 def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog):

