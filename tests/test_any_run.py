@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
-from lightning_viz.testing import tiny_vit
-from tests.helpers import make_trainer, read_events
+from lightning_viz.callbacks.validation_view import ValidationView
+from lightning_viz.testing import digits_loaders, tiny_vit
+from tests.helpers import DigitsClassifier, make_trainer, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -444,3 +445,65 @@ def test_sharded_strategies_get_notices_instead_of_a_hang(tmp_path):
     }
     assert all("FSDPStrategy shards the parameters" in m for m in notices.values())
     assert not read_events(tmp_path).Tags()["images"]
+
+
+def every_callback_for_digits():
+    """default_callbacks() and the validation views."""
+    return [
+        *lightning_viz.default_callbacks(),
+        lightning_viz.EmbeddingLogger(),
+        lightning_viz.TopPatchesLogger(),
+    ]
+
+
+TRAINER_SETTINGS = {
+    "accumulate_grad_batches=4": {"accumulate_grad_batches": 4},
+    "val_check_interval=0.5": {"val_check_interval": 0.5},
+    "limit_val_batches=0": {"limit_val_batches": 0},
+    "num_sanity_val_steps=0": {"num_sanity_val_steps": 0},
+    "check_val_every_n_epoch=2": {"check_val_every_n_epoch": 2, "max_epochs": 3},
+    "max_steps mid-epoch": {"max_steps": 15, "max_epochs": -1},
+    "overfit_batches=2": {"overfit_batches": 2},
+    "gradient_clip_val": {"gradient_clip_val": 0.5},
+    "fast_dev_run": {"fast_dev_run": True},
+    "logger=False": {"logger": False},
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINER_SETTINGS))
+def test_every_callback_keeps_training_identical_under_trainer_settings(tmp_path, name):
+    """Each Trainer setting with every callback that suits the digits net: the fit, then
+    ``trainer.validate``, complete; the weights and RNG end as without the callbacks."""
+    trained = {}
+    for variant in ("without", "with"):
+        callbacks = [] if variant == "without" else every_callback_for_digits()
+        settings = {"max_epochs": 2, "deterministic": True, **TRAINER_SETTINGS[name]}
+        pl.seed_everything(0, verbose=False)
+        module = DigitsClassifier()
+        trainer = make_trainer(tmp_path / variant, callbacks, log_every_n_steps=5, **settings)
+        train_data, val_data = digits_loaders()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, train_data, val_data)
+            trainer.validate(module, val_data, verbose=False)
+        trained[variant] = (module.state_dict(), torch.random.get_rng_state())
+        for callback in callbacks:
+            kinds = {alert.kind for alert in callback.alerts.raised}
+            # without validation the validation views say so; a few seconds pass the budget
+            expected = (
+                {"not_shown"}
+                if name == "limit_val_batches=0" and isinstance(callback, ValidationView)
+                else set()
+            )
+            assert kinds - {"over_budget"} == expected, (type(callback).__name__, kinds)
+    if name not in ("fast_dev_run", "logger=False"):  # which log nothing
+        events = read_events(tmp_path / "with").Tags()
+        views = {"filters", "gradcam", "deconv", "activation_grid"}
+        if name not in ("limit_val_batches=0", "max_steps mid-epoch"):  # no validation epoch
+            views |= {"embedding", "top_patches"}
+        assert views <= {tag.split("/")[0] for tag in events["images"]}
+        assert any(tag.startswith("activations/") for tag in events["scalars"])
+    (without, rng_without), (with_them, rng_with) = trained["without"], trained["with"]
+    for key in without:
+        assert torch.equal(without[key], with_them[key]), key
+    assert torch.equal(rng_without, rng_with)

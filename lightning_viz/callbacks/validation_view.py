@@ -116,14 +116,18 @@ class ValidationView(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         validation = next(fit_dataloaders(trainer))
-        runs = is_overridden("validation_step", pl_module) and trainer.limit_val_batches != 0
-        if validation is None or not runs:
-            self.show_nothing(
-                f"{type(self).__name__} reads the validation forward, and this fit has no "
-                "validation loop: define validation_step and pass val_dataloaders (or a "
-                "datamodule with val_dataloader()) to trainer.fit.",
-                trainer,
+        if trainer.limit_val_batches == 0:
+            why = "limit_val_batches=0 turns the Trainer's validation off"
+        elif validation is None or not is_overridden("validation_step", pl_module):
+            why = (
+                "this fit has no validation loop: define validation_step and pass "
+                "val_dataloaders (or a datamodule with val_dataloader()) to trainer.fit"
             )
+        else:
+            return
+        self.show_nothing(
+            f"{type(self).__name__} reads the validation forward, and {why}.", trainer
+        )
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -139,6 +139,13 @@ def test_a_fit_without_validation_says_so_once(tmp_path):
     assert "no validation loop" in logger.alerts.raised[0].message
 
 
+def test_validation_turned_off_by_the_trainer_is_named(tmp_path):
+    logger = EmbeddingLogger()
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_val_batches=0)
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert "limit_val_batches=0" in logger.alerts.raised[0].message
+
+
 def test_bad_arguments_fail_at_construction_and_unknown_layers_at_fit_start(tmp_path):
     with pytest.raises(ValueError, match=r"num_images.*at most 5000"):
         EmbeddingLogger(num_images=6000)
