@@ -71,9 +71,7 @@ def summarize(run: Path) -> str | None:
     order = _model_order(events)
     rows = [
         [layer, *(cell(layer, c) for c in header[1:-1]), ", ".join(active.get(layer, []))]
-        for layer in sorted(
-            layers, key=lambda name: (order.get(name.split("#")[0], len(order)), _natural(name))
-        )
+        for layer in sorted(layers, key=lambda name: (position(order, name), _natural(name)))
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
@@ -190,10 +188,16 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
     return raised
 
 
+def position(order: dict[str, int], name: str) -> int:
+    """Where ``name`` (a layer, or a module's later call ``name#2``) sorts in ``order``: its own
+    place if the layout gave it one, else its module's (beside its first call), else last."""
+    return order.get(name, order.get(tags.called_layer(name), len(order)))
+
+
 def _model_order(events: Any) -> dict[str, int]:
     """Each layer's position in the model, from the custom-scalars layout the callbacks wrote
-    (its :func:`~lightning_viz.tags.layer_section` titles follow ``named_modules()``; a module's
-    later calls, ``name#2``, sort beside its first); empty without it."""
+    (its :func:`~lightning_viz.tags.layer_section` titles follow the order the first training
+    batch ran the layers in, a call apart from the module's others); empty without it."""
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     if metadata.CONFIG_SUMMARY_TAG not in events.Tags()["tensors"]:

@@ -172,8 +172,19 @@ def _template_regex(template: str, layer: str, keys: Sequence[str], key_group: s
     return "^" + pattern.replace(re.escape("{key}"), f"{key_group}{alternatives})") + "$"
 
 
+def call_key(layer: str, call: int) -> str:
+    """The name of a module's ``call``-th call in one forward: ``layer`` for the first,
+    ``layer#k`` for the k-th (a ResNet block calls its ``relu`` twice)."""
+    return layer if call == 1 else f"{layer}#{call}"
+
+
+def called_layer(key: str) -> str:
+    """The module a :func:`call_key` names."""
+    return key.split("#")[0]
+
+
 def layer_section(layers: Sequence[str]) -> str:
-    """The custom-scalars section title of a conv layer and the layers that follow it."""
+    """The custom-scalars section title of a conv layer and the layers (or calls) that follow it."""
     return "layer " + " -> ".join(layers)
 
 

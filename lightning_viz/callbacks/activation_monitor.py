@@ -298,19 +298,28 @@ class ActivationMonitor(VizCallback):
         return f"activations of {len(self._layers)} layers"
 
     @override
-    def layout(self) -> dict[str, dict[str, list[str]]]:
-        def regex(name: str, *keys: str) -> list[str]:
-            return [tags.scalar_regex(tags.ACTIVATION_SCALAR, name, keys, numbered_calls=True)]
+    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
+        """Charts for each call of a watched module the first training batch ran (a ResNet
+        block's ``relu`` and ``relu#2``, apart, each beside the conv before it); one chart for
+        all calls of a module it did not see run."""
 
-        def charts(name: str) -> dict[str, list[str]]:
-            if self._bounds.get(name) is not None:
-                return {"activation saturation": regex(name, "saturated_fraction")}
+        def charts(key: str, numbered_calls: bool) -> dict[str, list[str]]:
+            def regex(*keys: str) -> list[str]:
+                return [tags.scalar_regex(tags.ACTIVATION_SCALAR, key, keys, numbered_calls)]
+
+            if self._bounds.get(tags.called_layer(key)) is not None:
+                return {"activation saturation": regex("saturated_fraction")}
             return {
-                "activation sparsity": regex(name, "zero_fraction", "dead_fraction"),
-                "activation localization": regex(name, "localization"),
+                "activation sparsity": regex("zero_fraction", "dead_fraction"),
+                "activation localization": regex("localization"),
             }
 
-        return {name: charts(name) for name in self._layers}
+        calls = [key for key in call_order if tags.called_layer(key) in self._layers]
+        seen = {tags.called_layer(key) for key in calls}
+        return {
+            **{key: charts(key, numbered_calls=False) for key in calls},
+            **{name: charts(name, True) for name in self._layers if name not in seen},
+        }
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -321,6 +330,7 @@ class ActivationMonitor(VizCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         # counted in batches, not global_step: with two optimizers (a GAN) or manual
         # optimization global_step advances by several per batch and could skip every sample
         self._batches_seen += 1
@@ -359,6 +369,7 @@ class ActivationMonitor(VizCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if not self._handles:
             return
         with self.timed(trainer):
@@ -457,7 +468,7 @@ class ActivationMonitor(VizCallback):
         """One watched module's output in a sampled forward: its statistics, on the device."""
         try:
             count = self._calls[name] = self._calls.get(name, 0) + 1
-            key = name if count == 1 else f"{name}#{count}"
+            key = tags.call_key(name, count)
             if not isinstance(output, Tensor) or output.dim() != 4:
                 if explicit:
                     shape = (
@@ -540,7 +551,7 @@ class ActivationMonitor(VizCallback):
 
     def _bounds_of(self, key: str) -> tuple[float, float] | None:
         """The saturation bounds of the layer behind a logged key (``layer`` or ``layer#i``)."""
-        return self._bounds.get(key.split("#")[0])
+        return self._bounds.get(tags.called_layer(key))
 
     def _log_step(
         self,

@@ -24,7 +24,9 @@ from lightning_viz._compat import (
     TENSORBOARD_LOGGERS,
     WANDB_LOGGERS,
     add_png,
+    compiled_parts,
     fast_event_checksums,
+    in_backward,
     state_key,
 )
 from lightning_viz.alerts import (
@@ -53,8 +55,9 @@ class RunContext:
 
     - ``picked_probes``: probes picked from the data, by count, so that probe callbacks that were
       not given probes look through the same images;
-    - the custom-scalars layout of all of them, written once by whichever logs first (so a
-      subclass that overrides a hook cannot lose the dashboard);
+    - the custom-scalars layout of all of them, written once by whichever logs first after the
+      first training batch (so a subclass that overrides a hook cannot lose the dashboard), its
+      sections in the order that batch's forward ran the layers (:meth:`record_call_order`);
     - the alert total logged as ``alerts/count``, and the rows of the current step's alert table;
     - the :class:`~lightning_viz.callbacks.background.BackgroundWriter` that writes their
       images, histograms and texts off the training thread;
@@ -76,6 +79,9 @@ class RunContext:
         self.cost = CostMeter()
         self.over_budget_said = False
         self.no_tensorboard_said = False
+        self.call_order: list[str] | None = None
+        self._recording: list[str] = []
+        self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print one line on
@@ -124,6 +130,47 @@ class RunContext:
             "`logger=TensorBoardLogger(...)` to see them."
         )
 
+    def record_call_order(self, module: nn.Module) -> None:
+        """Note, during the first training batch, the order in which ``module``'s submodules
+        return (:func:`~lightning_viz.tags.call_key` names: a ResNet block's second ``relu``
+        call runs after its second conv, though ``named_modules()`` lists the module once,
+        before it). Until :meth:`stop_recording` the hooks observe only. A torch.compile'd model
+        skips hooks added after compilation: its order stays unknown (``[]``)."""
+        if self.call_order is not None or self.recording:
+            return
+        if compiled_parts(module):
+            self.call_order = []
+            return
+        self._recording, counts = [], {}
+
+        def note(name: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, _args: Any, _output: Any) -> None:
+                if not in_backward():  # gradient checkpointing re-runs the forward there
+                    counts[name] = counts.get(name, 0) + 1
+                    self._recording.append(tags.call_key(name, counts[name]))
+
+            return hook
+
+        self._order_hooks = [
+            submodule.register_forward_hook(note(name))
+            for name, submodule in module.named_modules()
+            if name
+        ]
+
+    @property
+    def recording(self) -> bool:
+        """Whether :meth:`record_call_order`'s hooks are in place."""
+        return bool(self._order_hooks)
+
+    def stop_recording(self) -> None:
+        """Remove the hooks of :meth:`record_call_order`; the order is known from now on."""
+        if not self.recording:
+            return
+        for handle in self._order_hooks:
+            handle.remove()
+        self._order_hooks = []
+        self.call_order = self._recording
+
     @classmethod
     def of(cls, trainer: pl.Trainer) -> RunContext:
         """The context of ``trainer``, created on first use."""
@@ -158,12 +205,12 @@ class RunContext:
         """Write the custom-scalars layout of every lightning-viz callback, once per Trainer:
         the alerts, one health section with every layer's key numbers, then a section per conv
         layer holding its charts and those of the activations that follow it in the model."""
-        if self.layout_written:
+        if self.layout_written or self.call_order is None:
             return
         self.layout_written = True
         per_layer: dict[str, dict[str, list[str]]] = {}
         for callback in self.callbacks(trainer):
-            for layer, charts in callback.layout().items():
+            for layer, charts in callback.layout(self.call_order).items():
                 per_layer.setdefault(layer, {}).update(charts)
         if not per_layer:
             return
@@ -179,7 +226,8 @@ class RunContext:
                 for title, template, key in HEALTH_CHARTS
             },
         }
-        for title, charts in _sections(trainer.lightning_module, per_layer).items():
+        sections = _sections(trainer.lightning_module, per_layer, self.call_order)
+        for title, charts in sections.items():
             layout[title] = charts
         layout = {
             category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
@@ -199,18 +247,21 @@ HEALTH_CHARTS = (
 
 
 def _sections(
-    module: nn.Module, per_layer: dict[str, dict[str, list[str]]]
+    module: nn.Module, per_layer: dict[str, dict[str, list[str]]], call_order: list[str]
 ) -> dict[str, dict[str, list[str]]]:
     """Per-layer charts grouped in model order: each conv with the layers that follow it up to
-    the next conv (its BatchNorm's ReLU), titled ``conv -> activation``."""
-    order = {name: index for index, (name, _) in enumerate(module.named_modules())}
+    the next conv (its BatchNorm's ReLU), titled ``conv -> activation``. Model order is the
+    order the first training batch's forward returned them (``call_order``), where it ran every
+    charted layer; else ``named_modules()`` order, a module's later calls beside its first."""
     convs = {name for name, m in module.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
-
-    def position(layer: str) -> int:
-        return order.get(layer.split("#")[0], len(order))
+    if set(per_layer) <= set(call_order):
+        order = {key: index for index, key in enumerate(call_order)}
+    else:
+        named = {name: index for index, (name, _) in enumerate(module.named_modules())}
+        order = {key: named.get(tags.called_layer(key), len(named)) for key in per_layer}
 
     groups: list[list[str]] = []
-    for layer in sorted(per_layer, key=position):
+    for layer in sorted(per_layer, key=order.__getitem__):
         if layer in convs or not groups or groups[-1][0] not in convs:
             groups.append([layer])
         else:
@@ -298,6 +349,7 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
+        RunContext.of(trainer).stop_recording()
         self.finish_writes(trainer, close=True)
 
     @override
@@ -313,6 +365,7 @@ class VizCallback(*CALLBACK_BASES):
     ) -> None:
         # Lightning finalizes the loggers right after this hook (and calls no teardown): what
         # was logged before the exception is written now
+        RunContext.of(trainer).stop_recording()
         self.finish_writes(trainer, close=True)
 
     def finish_writes(self, trainer: pl.Trainer, close: bool) -> None:
@@ -353,6 +406,26 @@ class VizCallback(*CALLBACK_BASES):
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """What the callback does when training starts (baselines, probes); default nothing."""
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        RunContext.of(trainer).record_call_order(pl_module)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        context = RunContext.of(trainer)
+        if context.recording:
+            context.stop_recording()
+            self.writer(trainer)  # writes the layout, now that the order is known
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -452,9 +525,11 @@ class VizCallback(*CALLBACK_BASES):
         self.alerts.load_state_dict(state_dict.get("alerts", {}))
         self._restored = True
 
-    def layout(self) -> dict[str, dict[str, list[str]]]:
+    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
         """``{layer: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard (the
-        Trainer's :class:`RunContext` groups the layers)."""
+        Trainer's :class:`RunContext` groups the layers); ``call_order``: the module calls of the
+        first training batch (:func:`~lightning_viz.tags.call_key` names; empty if unknown), for
+        a chart per call."""
         return {}
 
     # ----------------------------------------------------------------------------- logging

@@ -247,7 +247,7 @@ class FilterMonitor(VizCallback):
         self._slices = {n: reference_slices(m.weight.shape) for n, m in self._layers.items()}
 
     @override
-    def layout(self) -> dict[str, dict[str, list[str]]]:
+    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
         noise = ("noise", "update_noise", "noisy_fraction")
         moved = ("drift", "learned")
         return {

@@ -5,14 +5,31 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from pytorch_lightning.loggers import CSVLogger
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+from torch import nn
 
 import lightning_viz
-from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger, tags
+from lightning_viz import (
+    ActivationMonitor,
+    DeconvLogger,
+    FilterMonitor,
+    GradCAMLogger,
+    summary,
+    tags,
+)
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
-from tests.helpers import DigitsClassifier, fit, read_events
+from lightning_viz.testing import ImageClassifier, random_loader
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    fit,
+    hook_count,
+    make_trainer,
+    read_events,
+)
 
 
 def test_to_host_keeps_keys_shapes_and_values():
@@ -206,3 +223,60 @@ def test_the_layout_puts_each_conv_beside_its_activation_after_alerts_and_health
     for title in ("filter noise, every layer", "filter drift, every layer"):
         matching = [tag for tag in scalars if re.match(health[title][0], tag)]
         assert len(matching) == 3, title  # one per layer
+
+
+def charted(category, tag: str) -> list[str]:
+    """The titles of the charts of ``category`` whose regexes match ``tag``."""
+    return [
+        chart.title
+        for chart in category.chart
+        if any(re.match(regex, tag) for regex in chart.multiline.tag)
+    ]
+
+
+def test_a_resnet_blocks_second_relu_call_is_charted_after_its_second_conv(tmp_path):
+    # named_modules() lists a BasicBlock's relu once, before conv2; its second call runs after
+    # conv2 and the residual sum, and has a section and chart of its own there
+    torch.manual_seed(0)
+    module = Classifier(torchvision.models.resnet18(num_classes=10))
+    callbacks = [FilterMonitor(strict=True), ActivationMonitor(every_n_steps=1, strict=True)]
+    make_trainer(tmp_path, callbacks, max_steps=2).fit(module, random_loader())
+    sections = {c.title: c for c in layout_of(tmp_path).category}
+    block = "model.layer1.0"
+    first = sections[f"layer {block}.conv1 -> {block}.relu"]
+    second = sections[f"layer {block}.conv2 -> {block}.relu#2"]
+    sparsity = "activations/{}/zero_fraction"
+    assert charted(first, sparsity.format(f"{block}.relu")) == ["activation sparsity"]
+    assert charted(first, sparsity.format(f"{block}.relu#2")) == []
+    assert charted(second, sparsity.format(f"{block}.relu#2")) == ["activation sparsity"]
+    assert charted(second, sparsity.format(f"{block}.relu")) == []
+    assert hook_count(module) == 0
+
+
+class SharedActivation(nn.Module):
+    """One ReLU module, defined before the convs, called after each of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_shared_activation_module_is_charted_after_each_conv_that_feeds_it(tmp_path, capsys):
+    callbacks = [FilterMonitor(strict=True), ActivationMonitor(every_n_steps=1, strict=True)]
+    fit(ImageClassifier(SharedActivation()), callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    titles = [c.title for c in layout_of(tmp_path).category][2:]
+    assert titles == ["layer model.conv1 -> model.act", "layer model.conv2 -> model.act#2"]
+    summary.main(["summary", str(tmp_path)])
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert [row for row in rows if row.startswith("model.")] == [
+        "model.conv1",
+        "model.act",
+        "model.conv2",
+        "model.act#2",
+    ]

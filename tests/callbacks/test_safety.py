@@ -216,7 +216,7 @@ def test_images_also_go_to_an_attached_wandb_logger(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lightning-viz-test")
     callbacks = [FilterMonitor(strict=True), GradCAMLogger(strict=True)]
-    with pytest.warns(UserWarning, match="its histograms and alert texts will not be logged"):
+    with pytest.warns(UserWarning, match="so the histograms and alert texts of FilterMonitor"):
         fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=2, logger=logger)
     logger.experiment.finish()
     (media,) = tmp_path.glob("wandb/offline-run-*/files/media/images")
