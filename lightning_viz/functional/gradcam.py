@@ -180,7 +180,9 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
     side, adaptive pooling excluded: ``layer4`` in a ResNet at 224 pixels, ``features`` in a VGG
     (a container finishes after its last child); on small inputs, where the last maps are 2x2
     blobs, an earlier one (``layer2`` of a ResNet at 64 pixels). Without such a map, the last
-    one larger than 1x1.
+    one larger than 1x1. A network whose output is class maps (N, K, h, w) (segmentation) is
+    read before the layers that output them (its head, and the blocks ending in it), whose
+    Grad-CAM would only redraw the prediction.
     "Spatial" means h and w shrink from the input by about the same factor, which leaves out
     attention internals such as (N, heads, tokens, head_dim). For a vision transformer, whose
     token maps (N, tokens, dim) come after its last spatial map (the patch embedding), it is the
@@ -208,8 +210,24 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
             f"{type(model).__name__} has no layer with a spatial output larger than 1x1 nor a "
             "token map; pass `layers=` with names from model.named_modules()"
         )
-    fine = [i for i in spatial if min(finished[i][2][-2:]) >= MIN_MAP_SIDE]
-    return finished[(fine or spatial)[-1]][0]
+    features = _before_score_maps(finished, spatial) or spatial
+    fine = [i for i in features if min(finished[i][2][-2:]) >= MIN_MAP_SIDE]
+    return finished[(fine or features)[-1]][0]
+
+
+def _before_score_maps(
+    finished: list[tuple[str, nn.Module, tuple[int, ...]]], spatial: list[int]
+) -> list[int]:
+    """``spatial`` less a segmentation net's class maps: where the last module to finish outputs
+    (N, K, h, w) maps, the trailing spatial maps of K channels are its head and the containers
+    around it, and their Grad-CAM only redraws the prediction."""
+    if not spatial or spatial[-1] != len(finished) - 1:
+        return spatial
+    classes = finished[-1][2][1]
+    end = len(spatial)
+    while end and finished[spatial[end - 1]][2][1] == classes:
+        end -= 1
+    return spatial[:end]
 
 
 def _deepest_token_map_reaching_the_class_token(

@@ -498,8 +498,9 @@ def test_a_segmenter_gets_grad_cam_of_its_predicted_regions(tmp_path):
     )
     assert not gradcam.alerts.raised
     images = read_events(tmp_path).Tags()["images"]
-    (layer,) = gradcam._layers  # the last feature map: here the per-pixel classifier's
-    assert f"gradcam/{layer}" in images
+    # the last feature map before the per-pixel classifier, whose maps are the prediction
+    assert list(gradcam._layers) == ["model.features"]
+    assert "gradcam/model.features" in images
     assert "deconv/model.features.0" in images
 
 
