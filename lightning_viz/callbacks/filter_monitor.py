@@ -44,7 +44,14 @@ shrank them to 5 pixels); more filters run down the card."""
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and min(module.kernel_size) >= 2
+    return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and min(module.kernel_size) >= 2
+
+
+def filters(module: nn.Module) -> Tensor:
+    """The layer's filters as (out, in, kh, kw): a transposed conv stores (in, out, kh, kw)."""
+    if isinstance(module, nn.ConvTranspose2d):
+        return module.weight.transpose(0, 1)
+    return module.weight
 
 
 class FilterMonitor(VizCallback):
@@ -89,8 +96,9 @@ class FilterMonitor(VizCallback):
       distillation teacher is not a fault; an accidental freeze shows here at step 0).
 
     Args:
-        layers: names of the conv layers to watch; default every ``nn.Conv2d`` with kernels of
-            at least 2x2 (Geary's C needs neighbours).
+        layers: names of the conv layers to watch; default every ``nn.Conv2d`` and
+            ``nn.ConvTranspose2d`` (a decoder's) with kernels of at least 2x2 (Geary's C needs
+            neighbours).
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
             watched layer), ``"all"``, or a list of names.
         every_n_epochs: measure every this many training epochs.
@@ -219,7 +227,8 @@ class FilterMonitor(VizCallback):
         self._layers = watched_layers(pl_module, self.layer_names, _is_spatial_conv, source)
         if not self._layers:
             self.show_nothing(
-                f"{type(pl_module).__name__} has no nn.Conv2d layer with kernels of at least "
+                f"{type(pl_module).__name__} has no nn.Conv2d or nn.ConvTranspose2d layer with "
+                "kernels of at least "
                 "2x2, so there are no filters to show (Conv1d, Conv3d and 1x1 convs are not "
                 "read). Pass layers=[...] to name conv layers."
             )
@@ -244,7 +253,7 @@ class FilterMonitor(VizCallback):
                 )
             self._image_layers = list(self.image_layers)
         self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
-        self._slices = {n: reference_slices(m.weight.shape) for n, m in self._layers.items()}
+        self._slices = {n: reference_slices(filters(m).shape) for n, m in self._layers.items()}
 
     @override
     def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -269,7 +278,7 @@ class FilterMonitor(VizCallback):
         if self.initial:
             return
         self.initial = {
-            name: kernel_slices(module.weight.detach(), self._slices[name]).to(
+            name: kernel_slices(filters(module).detach(), self._slices[name]).to(
                 "cpu", torch.float32, copy=True
             )
             for name, module in self._layers.items()
@@ -308,12 +317,12 @@ class FilterMonitor(VizCallback):
     def _measure(self, trainer: pl.Trainer, baseline: bool) -> None:
         health = {
             name: filter_health(
-                module.weight,
+                filters(module),
                 self.initial[name],
                 self.noise_threshold,
                 sample=self._samples[name],
                 previous=self.previous.get(name),
-                slices=self._reference_slices(name, module.weight),
+                slices=self._reference_slices(name, filters(module)),
             )
             for name, module in self._layers.items()
         }
@@ -380,7 +389,7 @@ class FilterMonitor(VizCallback):
         for name in self._image_layers:
             noise = host[name, "filter_noise"].tolist()
             tiles = captioned(
-                filter_tiles(self._layers[name].weight),
+                filter_tiles(filters(self._layers[name])),
                 [f"{i}  C {c:.2f}" for i, c in enumerate(noise)],
             )
             image = grid(tiles, nrow=min(FILTERS_PER_ROW, math.ceil(math.sqrt(len(tiles)))))

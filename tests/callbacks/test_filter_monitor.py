@@ -340,11 +340,44 @@ def test_model_without_conv_layers_gets_one_notice(tmp_path):
         nn.Flatten(), nn.Linear(1024, 64), nn.Unflatten(1, (64, 1, 1))
     )
     monitor = FilterMonitor(strict=True)
-    with pytest.warns(UserWarning, match=r"has no nn.Conv2d layer with kernels of at least 2x2"):
+    with pytest.warns(
+        UserWarning,
+        match=r"has no nn.Conv2d or nn.ConvTranspose2d layer with kernels of at least 2x2",
+    ):
         trainer = fit(module, [monitor], tmp_path, epochs=2)
     assert trainer.current_epoch == 2
     assert [(a.kind, a.step) for a in monitor.alerts.raised] == [("not_shown", 0)]
     assert not [t for t in read_events(tmp_path).Tags()["scalars"] if t.startswith("filters/")]
+
+
+class Reconstruct(ImageClassifier):
+    """An autoencoder of the digits whose decoder upsamples with a transposed conv."""
+
+    def __init__(self) -> None:
+        net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 1, 3, padding=1),
+        )
+        super().__init__(net, lr=0.05, momentum=0.9)
+
+    def training_step(self, batch, batch_idx):
+        images, _ = batch
+        return nn.functional.mse_loss(self.model(images), images)
+
+
+def test_a_decoders_transposed_convs_are_watched_filter_by_output_channel(tmp_path):
+    monitor = FilterMonitor(image_layers="all", strict=True)
+    fit(Reconstruct(), [monitor], tmp_path, epochs=1, validate=False)
+    assert list(monitor._layers) == ["model.0", "model.2", "model.4"]
+    events = read_events(tmp_path)
+    assert events.Scalars("filters/model.2/drift")[-1].value > 0
+    # (in 8, out 4, 4, 4) weights: 4 filters, one per output channel, each over 8 inputs
+    assert events.Histograms("filters/model.2/noise_histogram")[-1].histogram_value.num == 4
+    assert "filters/model.2" in events.Tags()["images"]
+    assert not monitor.alerts.raised
 
 
 def test_two_instances_keep_separate_state(tmp_path):
