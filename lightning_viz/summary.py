@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import re
 import sys
@@ -154,7 +155,8 @@ def _trust(events: Any, scalars: set[str]) -> list[str]:
         text_tag = tags.text_summary(f"{explained}/targets")
         if text_tag in texts:
             text = events.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
-            said = " ".join(t.strip() for t in text.split("\n|", 1)[0].splitlines() if t.strip())
+            above = itertools.takewhile(lambda t: not t.startswith("|"), text.splitlines())
+            said = " ".join(t.strip() for t in above if t.strip())
             line += f" ({said})" if said else ""
         lines.append(line)
     return ["trust scores of the explanations (latest):", *lines] if lines else []

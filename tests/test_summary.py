@@ -90,6 +90,17 @@ def test_summary_gives_each_explanation_s_trust_scores_and_what_its_text_said(tm
     assert re.search(r"\((stable since epoch 1|not settled: rank correlation)", line)
 
 
+def test_a_text_that_starts_with_its_table_adds_no_note(tmp_path, capsys):
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("filters/conv1/noise", 0.5, 0)
+        writer.add_scalar("stability/saliency/smoothgrad", 0.14, 5)
+        table = "| probe | explains class | predicted | probability |\n|---|---|---|---|\n| 0 |"
+        writer.add_text("saliency/smoothgrad/targets", table, 5)
+    assert main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "  saliency/smoothgrad: stability 0.14\n" in out
+
+
 def test_a_directory_without_our_logs_says_so(tmp_path, capsys):
     with SummaryWriter(str(tmp_path)) as writer:
         writer.add_scalar("loss", 1.0, 0)

@@ -325,7 +325,7 @@ class VizCallback(*CALLBACK_BASES):
         fit start (from ``setup``) or at once (given the ``trainer``). Arguments the user set
         explicitly fail instead: a run that trains fine never fails because of a default.
         """
-        self._not_shown = why
+        self._not_shown = why if why.endswith((".", "?", "!")) else f"{why}."
         if trainer is not None:
             self._notice_not_shown(trainer)
 

@@ -385,7 +385,10 @@ class ClassView(ProbeCallback):
         """Whether the maps have settled (first, maybe empty), then the warnings; ``drop`` is
         how far the class's probability falls with every pixel deleted (mean over probes)."""
         lines = [""]
-        if "stability" in mean:
+        if "stability" in mean and math.isnan(mean["stability"]):
+            self.stable_since[method] = None
+            lines[0] = "not settled: every map is empty (all one value), nothing to compare."
+        elif "stability" in mean:
             settled = mean["stability"] >= STABLE
             since = self.stable_since.get(method)
             self.stable_since[method] = (

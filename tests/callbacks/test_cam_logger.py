@@ -109,6 +109,7 @@ def test_a_model_without_a_gap_head_gets_a_notice_and_training_goes_on(tmp_path)
         trainer = fit(Classifier(mlp_head_cnn()), [logger], tmp_path, limit_train_batches=2)
     assert trainer.current_epoch == 2
     assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert logger.alerts.raised[0].message.endswith("GradCAMLogger), which works with any head.")
     assert not [tag for tag in read_events(tmp_path).Tags()["images"] if tag.startswith("cam/")]
 
 

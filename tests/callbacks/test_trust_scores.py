@@ -373,3 +373,8 @@ def test_an_empty_map_gets_no_score_rather_than_a_passing_one(tmp_path):
     rows = [r for r in text.tensor_proto.string_val[0].decode().splitlines() if r.startswith("| ")]
     column = rows[0].split(" | ").index("stability")
     assert {row.split(" | ")[column] for row in rows[2:]} == {"-"}
+
+
+def test_stability_of_maps_that_are_all_empty_says_so_instead_of_comparing_nan():
+    lines = GradCAMLogger()._score_lines(None, "gradcam/x", {"stability": math.nan}, 0.0)
+    assert lines[0] == "not settled: every map is empty (all one value), nothing to compare."
