@@ -190,7 +190,7 @@ class CAMLogger(ClassView):
 
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
+        targets = self._targets(pl_module, probes)
         [layer] = self._layers
         maps, logits = self._maps_and_logits(pl_module, probes, targets)
         self._check_finite(maps, f"the CAM of {layer!r}")

@@ -32,7 +32,12 @@ from lightning_viz.functional.captions import (
     footnote,
     stack_rows,
 )
-from lightning_viz.functional.gradcam import OutputTransform
+from lightning_viz.functional.gradcam import (
+    OutputTransform,
+    class_maps,
+    pixel_shares,
+    segmented_classes,
+)
 from lightning_viz.functional.images import colormap_table, panels_per_row, readable
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -53,12 +58,13 @@ from lightning_viz.probes import Probes
 Target = Literal["label", "pred"] | int | None
 
 
-def prediction_caption(name: str, probability: float, width: int) -> str:
-    """``pred <class> <probability>`` for a map's tile ``width`` pixels wide; without the
-    probability (which the text table gives) where the whole would not fit, so that the class
-    is never cut ("pred temple ↖ 93%" read "pred temple …" on the demo's 96-pixel tiles)."""
-    full = f"pred {name} {probability:.0%}"
-    return full if fits(full, width) else f"pred {name}"
+def prediction_caption(name: str, value: float, width: int, segmented: bool = False) -> str:
+    """``pred <class> <probability>`` for a map's tile ``width`` pixels wide (``<class> on
+    <share>`` of the pixels, for a ``segmented`` class); without the number (which the text
+    table gives) where the whole would not fit, so that the class is never cut ("pred temple ↖
+    93%" read "pred temple …" on the demo's 96-pixel tiles)."""
+    full = f"{name} on {value:.0%}" if segmented else f"pred {name} {value:.0%}"
+    return full if fits(full, width) else (name if segmented else f"pred {name}")
 
 
 SCORES = ("stability", "sanity", "faithfulness")
@@ -150,6 +156,8 @@ class ClassView(ProbeCallback):
         self.output_transform = output_transform
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
+        self._outputs_class_maps = False
+        self._pixel_shares: torch.Tensor | None = None
         self.scores = check_choices("scores", scores, SCORES, self.default_scores)
         self.previous_maps: dict[str, torch.Tensor] = {}
         self.stable_since: dict[str, int | None] = {}
@@ -169,6 +177,7 @@ class ClassView(ProbeCallback):
                 "(a reconstruction?), not class scores, so there is nothing to explain; pass "
                 "output_transform= to say which score to explain."
             )
+        self._outputs_class_maps = not explicit and class_maps(output) is not None
         try:
             scores = check_logits(self._transform(output), 1)
         except ValueError as error:
@@ -201,17 +210,44 @@ class ClassView(ProbeCallback):
                 f"{int(labels.min())} to {int(labels.max())}"
             )
 
-    def _targets(self, probes: Probes) -> torch.Tensor | int | None:
+    def _targets(self, pl_module: pl.LightningModule, probes: Probes) -> torch.Tensor | int | None:
+        """The class each probe's map explains at this render: its label, a fixed class, or
+        None for the predicted one. A segmentation model's probes (default ``output_transform``)
+        are read once more without gradients, for the share of their pixels each class is
+        predicted on (the captions'): the predicted class of a segmentation is the one the
+        probe shows besides the background (:func:`~lightning_viz.functional.gradcam.
+        segmented_classes`), where the class of most pixels would be the background on every
+        probe."""
         target = self.target
         if target is None:
             target = "label" if self._labels_are_classes else "pred"
+        self._pixel_shares = None
+        if self._outputs_class_maps:
+            with torch.no_grad():
+                maps = class_maps((self.probe_forward(pl_module) or pl_module)(probes.images))
+            self._pixel_shares = None if maps is None else pixel_shares(maps.float())
         if target == "label":
             return probes.labels
-        return None if target == "pred" else target
+        if target == "pred":
+            return None if self._pixel_shares is None else segmented_classes(self._pixel_shares)
+        return target
+
+    @property
+    def explained_quantity(self) -> str:
+        """What the maps explain of the class: its softmax probability, or, for a segmentation
+        model, its score summed over the pixels predicted as it (their probability saturates:
+        a sum over thousands of pixels is certain whatever the image shows)."""
+        return "score" if self._outputs_class_maps else "probability"
 
     def _explained_class(self, targets: torch.Tensor | int | None) -> str:
         if targets is None:
             return "predicted class"
+        if (
+            self._outputs_class_maps
+            and self.target in (None, "pred")
+            and not self._labels_are_classes
+        ):
+            return "class segmented besides the background"
         if isinstance(targets, int):
             return f"class {class_name(targets, self.class_names)}"
         return "true class"
@@ -219,20 +255,29 @@ class ClassView(ProbeCallback):
     def _predictions(
         self, probes: Probes, logits: torch.Tensor, targets: torch.Tensor | int | None
     ) -> tuple[list[str], list[str], str]:
-        """Each probe's caption, its map's caption (predicted class and probability), and the
+        """Each probe's caption, its map's caption (predicted class and probability; for a
+        segmentation, the explained class and the share of pixels predicted as it), and the
         markdown table of what each probe explains."""
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
-        confidence, predicted = logits.softmax(dim=1).max(dim=1)
         names = self.class_names
-        predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
         image_captions = [self.probe_caption(probes, i) for i in range(n)]
         width = readable(probes.display[:1]).shape[-1]
+        if self._pixel_shares is not None:  # a segmentation: the explained class's pixels
+            shares = self._pixel_shares.cpu()
+            predicted = explained.cpu()
+            confidence = shares.gather(1, predicted[:, None])[:, 0]
+            header = "share of pixels"
+        else:
+            confidence, predicted = logits.softmax(dim=1).max(dim=1)
+            header = "probability"
+        predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
+        segmented = self._pixel_shares is not None
         map_captions = [
-            prediction_caption(class_name(p, names), c, width)
+            prediction_caption(class_name(p, names), c, width, segmented)
             for p, c in zip(predicted_list, confidence_list, strict=True)
         ]
-        table = ["| probe | explains class | predicted | probability |", "|---|---|---|---|"]
+        table = [f"| probe | explains class | predicted | {header} |", "|---|---|---|---|"]
         rows = zip(explained.tolist(), predicted_list, confidence_list, strict=True)
         table += [
             f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
@@ -245,7 +290,7 @@ class ClassView(ProbeCallback):
     ) -> tuple[torch.Tensor | int | None, torch.Tensor, torch.Tensor]:
         """The probes' targets as the view names them (:meth:`_targets`), their class scores
         from one forward, and the (N,) classes the maps explain."""
-        targets = self._targets(probes)
+        targets = self._targets(pl_module, probes)
         logits = self._class_logits(pl_module, probes)
         return targets, logits, target_index(targets, logits)
 

@@ -234,7 +234,7 @@ class GradCAMLogger(ClassView):
 
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        targets = self._targets(probes)
+        targets = self._targets(pl_module, probes)
         cams, logits, guided = self._explain(pl_module, probes, targets)
         for layer, cam in cams.items():
             self._check_finite(cam, f"the Grad-CAM map of {layer!r}")

@@ -198,6 +198,7 @@ class LIMELogger(ClassView):
             output_transform=self._transform,
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
+            probabilities=self.explained_quantity == "probability",
         )
 
     @override
@@ -221,7 +222,8 @@ class LIMELogger(ClassView):
         borders[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
         maps = torch.where(borders[:, None], torch.full_like(maps, 0.5), maps)
         *captions, table = self._predictions(probes, logits, targets)
-        title = f"LIME: segment weight for the {self._explained_class(targets)}'s probability"
+        explained_class = self._explained_class(targets)
+        title = f"LIME: segment weight for the {explained_class}'s {self.explained_quantity}"
         ends = ("lowers", "raises")
         note = rating[tags.LIME].note
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)

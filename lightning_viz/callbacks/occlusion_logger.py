@@ -150,7 +150,8 @@ class OcclusionLogger(ClassView):
     def _sensitivity(
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
     ) -> torch.Tensor:
-        """(N, H, W): how much hiding the patch around each pixel lowers the probability."""
+        """(N, H, W): how much hiding the patch around each pixel lowers the probability (a
+        segmentation's score)."""
         return occlusion(
             pl_module,
             probes.images,
@@ -161,6 +162,7 @@ class OcclusionLogger(ClassView):
             output_transform=self._transform,
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
+            probabilities=self.explained_quantity == "probability",
         )
 
     @override
@@ -181,7 +183,10 @@ class OcclusionLogger(ClassView):
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         height, width = self._window
         explained_class = self._explained_class(targets)
-        title = f"occlusion, {height}x{width} patch: drop of the {explained_class}'s probability"
+        title = (
+            f"occlusion, {height}x{width} patch: drop of the {explained_class}'s "
+            f"{self.explained_quantity}"
+        )
         ends = ("rises", "drops")
         self._log_panels(
             trainer, tags.OCCLUSION, display, overlays, captions, ends, title,

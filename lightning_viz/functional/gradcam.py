@@ -39,6 +39,51 @@ def class_scores(output: Any) -> Tensor:
     Raises:
         ValueError: an output in none of these shapes; pass your own ``output_transform``.
     """
+    scores = _score_tensor(output)
+    if scores.dim() == 1:
+        return scores[:, None]
+    if scores.dim() == 4:
+        predicted = scores.detach().argmax(dim=1, keepdim=True)
+        mask = torch.zeros_like(scores).scatter_(1, predicted, 1.0)
+        return (scores * mask).sum(dim=(2, 3))
+    return scores
+
+
+def class_maps(output: Any) -> Tensor | None:
+    """The (N, K, H, W) per-pixel class scores of a segmentation model's output, in the shapes
+    :func:`class_scores` reads; None for any other output."""
+    try:
+        scores = _score_tensor(output)
+    except ValueError:
+        return None
+    return scores if scores.dim() == 4 else None
+
+
+def pixel_shares(maps: Tensor) -> Tensor:
+    """(N, K): the share of each image's pixels that per-pixel class scores ``maps`` (N, K, H,
+    W) predict as each class."""
+    predicted = maps.detach().argmax(dim=1)
+    counts = torch.zeros(maps.shape[:2], device=maps.device)
+    counts.scatter_add_(
+        1, predicted.flatten(1), torch.ones_like(predicted.flatten(1), dtype=counts.dtype)
+    )
+    return counts / predicted[0].numel()
+
+
+def segmented_classes(shares: Tensor) -> Tensor:
+    """(N,) the class each image's segmentation is about, from its :func:`pixel_shares`: the
+    one predicted on most of its pixels besides the class predicted on most pixels of all the
+    images (the background, as a rule); that class where an image shows nothing else."""
+    dominant = shares.sum(dim=0).argmax()
+    others = shares.clone()
+    others[:, dominant] = 0
+    best, index = others.max(dim=1)
+    return torch.where(best > 0, index, dominant)
+
+
+def _score_tensor(output: Any) -> Tensor:
+    """The tensor of class scores in a model's output (a dict's ``"out"`` or ``"logits"`` or
+    only tensor, a sequence's first tensor, or the tensor)."""
     if isinstance(output, Mapping):
         tensors = {k: v for k, v in output.items() if isinstance(v, Tensor)}
         key = next((k for k in _SCORE_KEYS if k in tensors), None)
@@ -49,20 +94,14 @@ def class_scores(output: Any) -> Tensor:
                 f"the model returns a dict with keys {list(output)}: none is 'out' or 'logits' "
                 "and there is not exactly one tensor; pass output_transform=lambda out: ..."
             )
-        return class_scores(tensors[key])
+        return _score_tensor(tensors[key])
     if isinstance(output, (tuple, list)):
         first = next((item for item in output if isinstance(item, Tensor)), None)
         if first is None:
             raise ValueError("the model returns a sequence without a tensor")
-        return class_scores(first)
+        return _score_tensor(first)
     if not isinstance(output, Tensor):
         raise ValueError(f"the model returns {type(output).__name__}, not class scores")
-    if output.dim() == 1:
-        return output[:, None]
-    if output.dim() == 4:
-        predicted = output.detach().argmax(dim=1, keepdim=True)
-        mask = torch.zeros_like(output).scatter_(1, predicted, 1.0)
-        return (output * mask).sum(dim=(2, 3))
     return output
 
 

@@ -91,6 +91,7 @@ def lime(
     output_transform: OutputTransform = class_scores,
     forward: Forward | None = None,
     max_batch: int | None = None,
+    probabilities: bool = True,
 ) -> LimeExplanation:
     """LIME's segment weights for each image's target class.
 
@@ -98,7 +99,7 @@ def lime(
     the others in the batch; never the global generator) draws ``samples`` masks that keep each
     segment with probability ``keep``; the first mask keeps all, as lime's. Hidden segments
     take ``baseline``. All variants of all images run as forwards of at most ``max_batch``,
-    without gradients, and the target's softmax probability is fitted by ridge regression
+    without gradients, and the target's softmax probability (or score) is fitted by ridge regression
     (penalty ``ridge``, intercept not penalized: scikit-learn's ``Ridge(alpha=ridge)`` with
     ``sample_weight``) on the visible-segment indicators, each variant weighted by
     ``sqrt(exp(-d^2 / 0.25^2))`` with ``d`` its cosine distance to the all-visible mask
@@ -119,6 +120,7 @@ def lime(
         output_transform: turns the model's output into (N, num_classes) scores.
         forward: how to run the model when not ``model(x)``.
         max_batch: the most variants per forward; None: 64 on a CPU, 256 elsewhere.
+        probabilities: fit the softmax probability (True) or the raw score.
 
     Returns:
         a :class:`LimeExplanation`.
@@ -150,7 +152,7 @@ def lime(
     with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
         reference = check_logits(output_transform(run(images)), n).float()
         index = target_index(targets, reference)
-        probabilities = []
+        fitted = []
         rows = torch.arange(n * samples, device=images.device)
         for chunk in rows.split(max_batch):
             image, sample = chunk // samples, chunk % samples
@@ -159,8 +161,9 @@ def lime(
             variant = images[image].float() * shown + baseline * (1 - shown)
             variant = variant.round().clamp(0, 255) if images.dtype == torch.uint8 else variant
             scores = check_logits(output_transform(run(variant.to(images.dtype))), len(chunk))
-            probabilities.append(scores.float().softmax(dim=1).gather(1, index[image, None])[:, 0])
-    target = torch.cat(probabilities).view(n, samples)
+            scores = scores.float().softmax(dim=1) if probabilities else scores.float()
+            fitted.append(scores.gather(1, index[image, None])[:, 0])
+    target = torch.cat(fitted).view(n, samples)
     visible = masks.sum(dim=2)
     distance = 1 - (visible / counts[:, None]).sqrt()  # cosine distance to the all-visible mask
     kernel = torch.exp(-distance.square() / KERNEL_WIDTH**2).sqrt()

@@ -504,6 +504,28 @@ def test_a_segmenter_gets_grad_cam_of_its_predicted_regions(tmp_path):
     assert "deconv/model.features.0" in images
 
 
+def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_path):
+    # the class of most pixels is the background on every probe, and the probability of a
+    # class score summed over thousands of pixels is 100% whatever the image: explaining that
+    # gave the same background map on every probe and occlusion maps that were all empty
+    callbacks = [GradCAMLogger(strict=True), lightning_viz.OcclusionLogger(strict=True)]
+    fit(DigitsSegmenter(), callbacks, tmp_path, epochs=1, limit_train_batches=4)
+    events = read_events(tmp_path)
+    for rows in (
+        text_rows(events, "gradcam/model.features/targets"),
+        text_rows(events, "occlusion/sensitivity/targets"),
+    ):
+        assert len(rows) == 10
+        explained = {row[1] for row in rows}
+        shares = [float(row[3]) for row in rows]
+        assert explained <= {"1", "2"}  # a stroke class, not the background (0)
+        assert all(0.05 < share < 0.6 for share in shares), shares  # of the probe's pixels
+    drops = [float(row[4]) for row in text_rows(events, "occlusion/sensitivity/targets")]
+    assert min(drops) > 0  # hiding the stroke lowers its summed score
+    gradcam = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
+    assert "| share of pixels |" in gradcam.tensor_proto.string_val[0].decode()
+
+
 class WithTeacher(DigitsClassifier):
     """A frozen copy of the network that never runs in forward (a distillation teacher)."""
 

@@ -4,7 +4,12 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from lightning_viz.functional import class_scores, grad_cam
-from lightning_viz.functional.gradcam import default_gradcam_layer
+from lightning_viz.functional.gradcam import (
+    class_maps,
+    default_gradcam_layer,
+    pixel_shares,
+    segmented_classes,
+)
 from lightning_viz.testing import TinyCNN, tiny_vit
 from tests.helpers import assert_untouched, relative_error, train_flags
 
@@ -244,3 +249,17 @@ def test_default_layer_of_a_segmentation_net_is_before_its_class_maps():
     images = torch.randn(2, 3, 32, 32)
     assert default_gradcam_layer(unet, images) == "dec"
     assert default_gradcam_layer(nn.Sequential(unet), images) == "0.dec"
+
+
+def test_pixel_shares_and_the_class_a_segmentation_is_about():
+    maps = torch.zeros(3, 3, 2, 2)
+    maps[:, 0] = 1.0  # background everywhere ...
+    maps[0, 1, 0, 0] = 2.0  # ... but one pixel of class 1 in image 0
+    maps[1, 2, :, 1] = 2.0  # and two of class 2 in image 1; image 2 shows only background
+    shares = pixel_shares(maps)
+    assert shares.tolist() == [[0.75, 0.25, 0.0], [0.5, 0.0, 0.5], [1.0, 0.0, 0.0]]
+    assert segmented_classes(shares).tolist() == [1, 2, 0]
+    assert class_maps({"out": maps, "aux": maps[:, :1]}) is maps
+    assert class_maps((maps, 1)) is maps
+    assert class_maps(torch.zeros(3, 10)) is None
+    assert class_maps("not scores") is None
