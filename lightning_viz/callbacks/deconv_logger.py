@@ -387,7 +387,9 @@ class DeconvLogger(ProbeCallback):
         # epochs down, features across: the card's width holds a few features, not 16 epochs;
         # a fixed number of epoch slots, so that the image keeps its size from epoch to epoch
         drawn = len(self.column_epochs[layer])
-        slots = max(self._evolution_slots(trainer), drawn)  # more: resumed at another cadence
+        # the last epoch's image has no blank rows: epochs the budget skipped never come
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        slots = drawn if last else max(self._evolution_slots(trainer), drawn)  # more: resumed
         labels = [f"epoch {e}" for e in self.column_epochs[layer]] + [""] * (slots - drawn)
         headers = [f"ch {c}" for c in self.features[layer]]
         table, before, headers_before = self._tables.get(layer, (None, [], []))
@@ -406,8 +408,8 @@ class DeconvLogger(ProbeCallback):
         legend = footnote(
             table.shape[-1],
             f"{layer}: each column one channel, projected to pixels on the probe it fires most "
-            "on, at the end of each logged epoch (a row; blank rows wait for the epochs to "
-            "come); mid-grey = 0",
+            "on, at the end of each logged epoch (a row each, filled in as training goes on); "
+            "mid-grey = 0",
             table.device,
             table.dtype,
         )

@@ -223,6 +223,15 @@ def test_resume_at_a_sparser_cadence_adds_rows_to_the_evolution(tmp_path):
     assert_row_label(evolution, resumed, 2, "epoch 3")
 
 
+def test_the_last_evolution_has_no_blank_rows_for_epochs_the_budget_skipped(tmp_path):
+    deconv = DeconvLogger(layers=["model.features.0"], budget=1e-6, strict=True)
+    fit(DigitsClassifier(), [deconv], tmp_path, epochs=4, limit_train_batches=2)
+    assert deconv.column_epochs["model.features.0"] == [0, 3]  # the first and the last
+    first, last = read_events(tmp_path).Images("evolution/model.features.0")
+    assert first.height - last.height == 2 * 98  # 4 rows planned, 2 drawn
+    assert_row_label(last, deconv, 1, "epoch 3")
+
+
 def test_evolution_columns_are_capped_and_thinned(tmp_path):
     deconv = DeconvLogger(layers=["model.features.0"], max_columns=3, strict=True)
     fit(DigitsClassifier(), [deconv], tmp_path, epochs=5, limit_train_batches=2)
