@@ -167,7 +167,9 @@ class ActivationMonitor(VizCallback):
 
     - ``activations/<layer>/zero_fraction``: fraction of values <= 0 (sparsity), per sampled step.
     - ``activations/<layer>/localization``: 0 when a feature map's positive mass spreads evenly
-      over the image, 1 when it sits on one pixel (mean over images and active channels).
+      over the image, 1 when it sits on one pixel (mean over images and active channels: read
+      it with ``dead_fraction``, since a layer whose channels died is localized by its few live
+      ones).
     - ``activations/<layer>`` (histogram): the values of a sampled batch's strided images (an
       evenly strided sample of at most 4,096 of them), for the last step of each read: every
       sampled step at the default cadence, one per ``log_every_n_steps`` batches at most.
