@@ -83,21 +83,29 @@ class RunContext:
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
-    def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
-        """Count ``callback`` as started; once all of the Trainer's have, print one line on
-        rank 0: where the logs go, the TensorBoard command to watch them live, what is watched."""
-        everyone = self.callbacks(trainer)
-        self.started_callbacks.add(id(callback))
-        if len(self.started_callbacks) != len(everyone):
+    def starting(self, trainer: pl.Trainer) -> None:
+        """Before the first callback's train-start work (baselines, first renders, which can
+        take a while), print on rank 0 where the logs go and the TensorBoard command to watch
+        them live."""
+        if self.started_callbacks:
             return
-        watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
         board = next((lg for lg in trainer.loggers if isinstance(lg, TENSORBOARD_LOGGERS)), None)
         where = (
             f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
             if board is not None
             else "no TensorBoardLogger attached: scalars only"
         )
-        rank_zero_info(f"lightning-viz: {where}; watching {', '.join(watched) or 'nothing'}")
+        rank_zero_info(f"lightning-viz: {where}")
+
+    def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
+        """Count ``callback`` as started; once all of the Trainer's have, print on rank 0 what
+        they watch (probe views choose their layers on the probes, at their start)."""
+        everyone = self.callbacks(trainer)
+        self.started_callbacks.add(id(callback))
+        if len(self.started_callbacks) != len(everyone):
+            return
+        watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
+        rank_zero_info(f"lightning-viz: watching {', '.join(watched) or 'nothing'}")
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
         """Add a raised or cleared alert to its step's rows; the markdown table of that step.
@@ -399,6 +407,7 @@ class VizCallback(*CALLBACK_BASES):
         if context.callbacks(trainer)[0] is self:
             context.cost.start()
             context.over_budget_said = False
+        context.starting(trainer)
         if self.showing:
             with self.timed(trainer):
                 self.start(trainer, pl_module)
