@@ -50,11 +50,17 @@ def state_key(callback: Any, **fields: Any) -> str:
 
 def compiled_parts(module: torch.nn.Module) -> list[str]:
     """Names of the parts of ``module`` that run torch.compile'd code ("" for a LightningModule
-    whose forward Lightning compiled): code that skips hooks added after compilation."""
+    whose forward Lightning compiled): ``torch.compile(net)`` wrappers and nets compiled in
+    place (``net.compile()``, whose compiled call is a private attribute). Compiled code skips
+    hooks added after compilation, or recompiles to trace them (which changes its numerics)."""
     from torch._dynamo.eval_frame import OptimizedModule
 
-    parts = [name for name, m in module.named_modules() if isinstance(m, OptimizedModule)]
-    if getattr(module, "_compiler_ctx", None):
+    parts = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+    ]
+    if getattr(module, "_compiler_ctx", None) and "" not in parts:
         parts.insert(0, "")
     return parts
 
