@@ -492,12 +492,16 @@ class VizCallback(*CALLBACK_BASES):
         if not fits and not context.over_budget_said:
             context.over_budget_said = True
             share = context.cost.share()
+            shares = sorted(
+                ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
+            )
+            each = ", ".join(f"{name} {part:.1%}" for part, name in shares)
             message = (
-                f"lightning-viz took {share:.1%} of the training time so far, over the budget of "
-                f"{self.budget:.1%}: {what} is skipped, and the costliest callbacks skip work "
-                "until the share is back within it. Each view still shows at its first chance "
-                "and in the last epoch, so a fit of a few epochs may stay over it "
-                "(lightning_viz/overhead shows each callback's share; budget=None never skips)."
+                f"lightning-viz took {share:.1%} of the training time so far ({each}), over the "
+                f"budget of {self.budget:.1%}: {what} is skipped, and the costliest callbacks "
+                "skip work until the share is back within it. Each view still shows at its first "
+                "chance and in the last epoch, so a fit of a few epochs may stay over it "
+                "(lightning_viz/overhead charts each callback's share; budget=None never skips)."
             )
             self.raise_alert(
                 trainer,

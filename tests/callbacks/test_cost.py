@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import lightning_viz
@@ -154,3 +156,8 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path):
     notices = [a for c in callbacks for a in c.alerts.raised if a.kind == "over_budget"]
     assert len(notices) == 1
     assert "the costliest callbacks skip work" in notices[0].message
+    # each callback's share, costliest first: the notice is not the one that noticed's alone
+    shares = re.search(r"so far \((\w+) (\d+\.\d)%, (\w+) (\d+\.\d)%\)", notices[0].message)
+    assert shares is not None, notices[0].message
+    assert {shares[1], shares[3]} == {"ActivationMonitor", "GradCAMLogger"}
+    assert float(shares[2]) >= float(shares[4])
