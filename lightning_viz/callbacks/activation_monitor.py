@@ -550,6 +550,7 @@ class ActivationMonitor(VizCallback):
                 self._log_step(
                     trainer, step, [(rows[r][1], r) for r in step_rows], host, with_histograms
                 )
+        self.log_scalars(trainer, self.alert_count(trainer))  # now, not at the samples' steps
 
     def _bounds_of(self, key: str) -> tuple[float, float] | None:
         """The saturation bounds of the layer behind a logged key (``layer`` or ``layer#i``)."""
@@ -590,7 +591,7 @@ class ActivationMonitor(VizCallback):
             if with_histograms:
                 tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
                 self.log_histogram(trainer, tag, host["histograms"][row], step=step)
-        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)}, step=step)
+        self.log_scalars(trainer, metrics, step=step)
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)

@@ -79,6 +79,7 @@ class RunContext:
         self.cost = CostMeter()
         self.over_budget_said = False
         self.no_tensorboard_said = False
+        self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -690,8 +691,14 @@ class VizCallback(*CALLBACK_BASES):
 
     def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
         """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every
-        measurement (0 included)."""
-        return {tags.ALERT_COUNT: float(RunContext.of(trainer).alert_total(trainer))}
+        measurement (0 included); empty where another callback logged this total at this step
+        already (two points at one step drew the chart's line back and forth)."""
+        context = RunContext.of(trainer)
+        point = (trainer.global_step, context.alert_total(trainer))
+        if point == context.alert_count_logged:
+            return {}
+        context.alert_count_logged = point
+        return {tags.ALERT_COUNT: float(point[1])}
 
     @contextmanager
     def guarded(self, trainer: pl.Trainer, what: str) -> Iterator[None]:

@@ -96,7 +96,8 @@ def test_alerts_of_several_callbacks_at_one_step_share_one_text_entry(tmp_path):
         trainer = fit(module, monitors, tmp_path, epochs=1)
     assert RunContext.of(trainer).alert_total(trainer) == 0  # notices: no health alert
     events = read_events(tmp_path)
-    assert [e.value for e in events.Scalars("alerts/count")] == [0.0, 0.0, 0.0, 0.0]
+    # one point per step: two monitors measuring at one step log it once
+    assert [(e.step, e.value) for e in events.Scalars("alerts/count")] == [(0, 0.0), (23, 0.0)]
     (step,) = {e.step for e in events.Tensors("alerts/text_summary")}
     last = events.Tensors("alerts/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert step == 0
@@ -112,6 +113,16 @@ class Flapping(VizCallback):
     def on_train_epoch_end(self, trainer, pl_module):
         firing = trainer.current_epoch == 0
         self.raise_alert(trainer, Finding("flapping", "layer", firing, 1.0, 0.5, "look here"))
+
+
+def test_alerts_count_has_one_point_per_step_in_step_order(tmp_path):
+    # ActivationMonitor logs the statistics of steps that waited at their own (past) steps: the
+    # count went with them, and the chart's line ran back and forth between steps
+    callbacks = [FilterMonitor(strict=True), ActivationMonitor(every_n_steps=1, strict=True)]
+    fit(DigitsClassifier(), callbacks, tmp_path, epochs=2)
+    steps = [e.step for e in read_events(tmp_path).Scalars("alerts/count")]
+    assert steps == sorted(set(steps))
+    assert (steps[0], steps[-1]) == (0, 46)
 
 
 def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
