@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -90,7 +91,8 @@ class LIMELogger(ClassView):
     How to read it: red segments are those whose presence the surrogate credits with the
     class's probability; blue ones count against it. A trained net's red sits on the object's
     segments. Trust a map only when its R^2 is high (above about 0.5): a low R^2 means the model
-    is not close to linear in the segments around this probe, and the weights say little.
+    is not close to linear in the segments around this probe, and the weights say little; "-"
+    means hiding segments did not move the probability at all (a saturated one): no fit.
 
     Cost: per logged epoch ``probes x samples`` forwards without gradients (2,560 images with
     10 probes and the defaults), in batches of ``max_batch``, and one small batched solve; not
@@ -229,7 +231,9 @@ class LIMELogger(ClassView):
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {
             "largest weight": [f"{w:.3f}" for w in explanation.weights.abs().amax(dim=1).tolist()],
-            "R^2": [f"{score:.2f}" for score in explanation.score.tolist()],
+            "R^2": [
+                "-" if math.isnan(score) else f"{score:.2f}" for score in explanation.score.tolist()
+            ],
         }
         table = self._with_columns(table, columns)
         self.log_text(trainer, tags.LIME_TARGETS, self._rated_text(table, rating[tags.LIME]))

@@ -44,7 +44,9 @@ class LimeExplanation(NamedTuple):
     intercept: Tensor
     """(N,) float32: the surrogate's probability with every segment hidden."""
     score: Tensor
-    """(N,) float32: the weighted R^2 of the surrogate on the variants (1: a perfect fit)."""
+    """(N,) float32: the weighted R^2 of the surrogate on the variants (1: a perfect fit; NaN
+    where hiding segments did not move the target, as a saturated probability does: nothing to
+    fit)."""
 
 
 def grid_segments(size: tuple[int, int], cells: int | Sequence[int], device=None) -> Tensor:
@@ -180,6 +182,11 @@ def _masks(samples: int, width: int, keep: float, seed: int, device: torch.devic
     return masks
 
 
+FLAT_TARGET = 1e-6
+"""A target whose weighted spread over the variants is at most this (relative to its size, at
+least 1) did not move: its fit has no R^2."""
+
+
 def _weighted_ridge(
     features: Tensor, target: Tensor, weight: Tensor, penalty: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,7 +194,8 @@ def _weighted_ridge(
     ``Ridge(alpha=penalty).fit(features, target, sample_weight=weight)``: features and target
     are centred on their weighted means, then ``(X^T W X + penalty I) b = X^T W y``.
 
-    Returns the (N, S) coefficients, the (N,) intercepts and the (N,) weighted R^2.
+    Returns the (N, S) coefficients, the (N,) intercepts and the (N,) weighted R^2 (NaN for a
+    flat target, :data:`FLAT_TARGET`).
     """
     x, y = features.double(), target.double()
     w = weight.double() / weight.double().sum(dim=1, keepdim=True)
@@ -205,6 +213,8 @@ def _weighted_ridge(
     residual = yc - (xc @ coefficients[..., None])[..., 0]
     total = (w * yc.square()).sum(dim=1)
     score = 1 - (w * residual.square()).sum(dim=1) / total.clamp(min=1e-30)
+    flat = total.sqrt() <= FLAT_TARGET * y.abs().amax(dim=1).clamp(min=1.0)
+    score = torch.where(flat, torch.nan, score)
     return coefficients.float(), intercept.float(), score.float()
 
 

@@ -118,6 +118,16 @@ def test_a_linear_model_over_segments_gets_its_true_weights():
     assert explanation.score.min() > 0.9999
 
 
+def test_a_probability_that_hiding_segments_does_not_move_has_no_r2():
+    # a saturated softmax: every variant scores 1.0, and 1 - 0 / 0 read as a perfect fit
+    segments = grid_segments((12, 12), 3)
+    images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    saturated = LinearProbability(segments, torch.zeros(9))
+    explanation = lime(saturated, images, segments, targets=1, samples=50)
+    assert torch.isnan(explanation.score).all()
+    assert (explanation.weights.abs() < 1e-6).all()
+
+
 def test_each_image_is_seeded_by_its_index_only(tiny, images):
     segments = grid_segments((64, 64), 4)
     state = torch.random.get_rng_state()
