@@ -175,6 +175,10 @@ class Probes:
         With labels, one image per class comes first (classes in increasing order), then the
         rest in dataset order. ``n=None`` picks one per class, at least 8 and at most 16 (the
         classes found before two batches in a row bring no new one); 8 without labels.
+        Segmentation masks (an (N, H, W) integer target the images' size; values below 0 and
+        255 are ignored) pick per class the image it covers most, besides the class covering
+        most pixels of all (the background): each probe is labelled with its class and carries
+        its mask, so the views explain it and score how well their maps fall on it.
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
@@ -192,17 +196,19 @@ class Probes:
             check_int("n", n)
         wanted = MAX_PICKED if n is None else n
         split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
-        images, labels, classes_seen = [], [], [0]
+        images, labels, masks, classes_seen = [], [], [], [0]
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
                 batch_images, batch_labels = split(batch)
                 images.append(batch_images.detach().cpu())
                 if batch_labels is not None:
                     labels.append(batch_labels.detach().cpu())
-                classes_seen.append(torch.cat(labels).unique().numel() if labels else 0)
+                elif batch_to_images is None and (found := _masks(batch, batch_images)) is not None:
+                    masks.append(found.detach().cpu())
+                classes_seen.append(_class_count(labels, masks))
                 count = sum(len(b) for b in images)
                 all_classes = (
-                    not labels
+                    not (labels or masks)
                     or classes_seen[-1] >= wanted
                     or (n is None and len(set(classes_seen[-3:])) == 1)
                 )
@@ -211,14 +217,19 @@ class Probes:
         if not images:
             raise ValueError("the dataloader yielded no batch to pick probes from")
         all_images = torch.cat(images)
+        if n is None:
+            n = min(MAX_PICKED, max(MIN_PICKED, classes_seen[-1]))
+        if masks and len(masks) == len(images):
+            chosen, classes = _segmented_order(torch.cat(masks))
+            chosen, classes = chosen[:n], classes[:n]
+            class_masks = torch.cat(masks)[chosen] == classes[:, None, None]
+            return cls(all_images[chosen], classes, masks=class_masks)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
             _class_first_order(all_labels)
             if all_labels is not None
             else torch.arange(len(all_images))
         )
-        if n is None:
-            n = min(MAX_PICKED, max(MIN_PICKED, classes_seen[-1]))
         chosen = order[:n]
         return cls(all_images[chosen], None if all_labels is None else all_labels[chosen])
 
@@ -302,6 +313,75 @@ def _looks_like_images(values: Tensor) -> bool:
 def _looks_like_labels(values: Tensor, images: Tensor) -> bool:
     integer = not values.dtype.is_floating_point and values.dtype != torch.bool
     return integer and values.shape == images.shape[:1]
+
+
+IGNORED_MASK_VALUES = (255,)
+"""Mask values that are no class (besides negative ones): the "ignore" borders of Pascal VOC
+and Cityscapes."""
+
+
+def _masks(batch: Any, images: Tensor) -> Tensor | None:
+    """The batch's segmentation masks: an integer (N, H, W) (or (N, 1, H, W)) tensor the
+    images' size, second in a sequence or under any key of a dict; None without one."""
+    if isinstance(batch, (list, tuple)):
+        candidates = list(batch[1:2])
+    elif isinstance(batch, dict):
+        candidates = list(batch.values())
+    else:
+        return None
+    n, _, height, width = images.shape
+    for value in candidates:
+        if (
+            not isinstance(value, Tensor)
+            or value.dtype.is_floating_point
+            or value.dtype == torch.bool
+        ):
+            continue
+        if value.dim() == 4 and value.shape[1] == 1:
+            value = value[:, 0]
+        if value.shape == (n, height, width):
+            return value.long()
+    return None
+
+
+def _class_count(labels: list[Tensor], masks: list[Tensor]) -> int:
+    """How many classes the labels (or the masks, ignored values left out) seen so far hold."""
+    if labels:
+        return torch.cat(labels).unique().numel()
+    if not masks:
+        return 0
+    values = torch.cat(masks).unique()
+    return int(((values >= 0) & ~torch.isin(values, torch.tensor(IGNORED_MASK_VALUES))).sum())
+
+
+def _segmented_order(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of images and the class each is picked for: per class (ascending) besides the
+    one covering most pixels of all, the image it covers most; then the rest in order, each for
+    the class it shows most besides that one (that one where it shows nothing else)."""
+    valid = (masks >= 0) & ~torch.isin(masks, torch.tensor(IGNORED_MASK_VALUES))
+    classes = int(masks[valid].max()) + 1 if valid.any() else 1
+    flat = torch.where(valid, masks, classes).flatten(1)
+    counts = torch.zeros(len(masks), classes + 1, dtype=torch.long)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    counts = counts[:, :classes]  # the ignored pixels' column dropped
+    dominant = int(counts.sum(dim=0).argmax())
+    others = counts.clone()
+    others[:, dominant] = 0
+    chosen: list[int] = []
+    picked_for: list[int] = []
+    for c in range(classes):
+        if c == dominant or not others[:, c].any():
+            continue
+        ranked = [int(i) for i in others[:, c].argsort(descending=True, stable=True)]
+        best = next((i for i in ranked if i not in chosen and others[i, c] > 0), None)
+        if best is not None:
+            chosen.append(best)
+            picked_for.append(c)
+    for i in range(len(masks)):
+        if i not in chosen and counts[i].any():
+            chosen.append(i)
+            picked_for.append(int(others[i].argmax()) if others[i].any() else dominant)
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(picked_for, dtype=torch.long)
 
 
 def _class_first_order(labels: Tensor) -> Tensor:

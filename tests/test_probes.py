@@ -128,3 +128,30 @@ def test_batch_to_images_reads_any_batch():
     assert only_images.labels is None
     with pytest.raises(ValueError, match=r"batch_to_images must return \(N, C, H, W\) images"):
         Probes.from_dataloader(batches, n=2, batch_to_images=lambda b: b["audio"])
+
+
+def segmentation_data(n: int = 24):
+    """Images with one square of class 1, 2 or 3 on background 0, of growing size; a border of
+    ignored pixels (255) around each."""
+    images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(n, 16, 16, dtype=torch.long)
+    for i in range(n):
+        side = 2 + i % 8
+        masks[i, 2 : 2 + side, 2 : 2 + side] = 1 + i % 3
+    masks[:, 0] = 255
+    return images, masks
+
+
+def test_segmentation_masks_pick_each_class_where_it_is_largest_with_its_mask():
+    images, masks = segmentation_data()
+    probes = Probes.from_dataloader(DataLoader(TensorDataset(images, masks), batch_size=8))
+    assert len(probes) == 8  # 3 classes besides the background: at least 8
+    assert probes.labels[:3].tolist() == [1, 2, 3]  # never the background, nor 255
+    covered = (masks == probes.labels[0]).flatten(1).sum(dim=1)
+    first = int((probes.images[0] == images).flatten(1).all(dim=1).nonzero())
+    assert covered[first] == covered.max()  # class 1 where it covers most
+    for i in range(len(probes)):
+        index = int((probes.images[i] == images).flatten(1).all(dim=1).nonzero())
+        assert torch.equal(probes.masks[i], masks[index] == probes.labels[i])
+    as_dicts = [{"image": images[i : i + 8], "mask": masks[i : i + 8, None]} for i in (0, 8, 16)]
+    assert torch.equal(Probes.from_dataloader(as_dicts).labels, probes.labels)
