@@ -161,3 +161,31 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
     """The share of (N, H, W) maps whose peak lies in its image's (N, 4) box (top, left,
     bottom, right; bottom and right exclusive): the pointing game of localization."""
     return scores.pointing_game(maps, boxes).nanmean().item()
+
+
+class TinyUNet(nn.Module):
+    """Encoder, bottleneck, a decoder joined by a skip connection, and a 1x1 head."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.bottleneck = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        skip = self.enc(x)
+        return self.head(self.dec(torch.cat([self.up(self.bottleneck(skip)), skip], dim=1)))
+
+
+def segmentation_data(n: int = 24):
+    """Images with one square of class 1, 2 or 3 on background 0, of growing size; a border of
+    ignored pixels (255) around each."""
+    images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(n, 16, 16, dtype=torch.long)
+    for i in range(n):
+        side = 2 + i % 8
+        masks[i, 2 : 2 + side, 2 : 2 + side] = 1 + i % 3
+    masks[:, 0] = 255
+    return images, masks

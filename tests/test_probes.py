@@ -7,6 +7,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import Probes
+from tests.helpers import segmentation_data
 
 
 def labelled_loader(shuffle: bool) -> DataLoader:
@@ -128,18 +129,6 @@ def test_batch_to_images_reads_any_batch():
     assert only_images.labels is None
     with pytest.raises(ValueError, match=r"batch_to_images must return \(N, C, H, W\) images"):
         Probes.from_dataloader(batches, n=2, batch_to_images=lambda b: b["audio"])
-
-
-def segmentation_data(n: int = 24):
-    """Images with one square of class 1, 2 or 3 on background 0, of growing size; a border of
-    ignored pixels (255) around each."""
-    images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    masks = torch.zeros(n, 16, 16, dtype=torch.long)
-    for i in range(n):
-        side = 2 + i % 8
-        masks[i, 2 : 2 + side, 2 : 2 + side] = 1 + i % 3
-    masks[:, 0] = 255
-    return images, masks
 
 
 def test_segmentation_masks_pick_each_class_where_it_is_largest_with_its_mask():

@@ -28,6 +28,7 @@ from lightning_viz.testing import (
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
+    TinyUNet,
     assert_caption,
     fit,
     hook_count,
@@ -36,6 +37,7 @@ from tests.helpers import (
     pointing_game,
     read_events,
     relative_error,
+    segmentation_data,
     text_rows,
     train_flags,
 )
@@ -533,6 +535,38 @@ def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_p
     assert min(drops) > 0  # hiding the stroke lowers its summed score
     gradcam = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
     assert "| share of pixels |" in gradcam.tensor_proto.string_val[0].decode()
+
+
+class MaskSegmenter(pl.LightningModule):
+    """A small U-Net trained on per-pixel masks (255: ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyUNet(classes=4)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        images, masks = batch
+        return nn.functional.cross_entropy(self(images), masks, ignore_index=255)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def test_a_segmenter_on_masks_explains_each_probes_class_and_scores_it_on_the_mask(tmp_path):
+    images, masks = segmentation_data(32)
+    loader = DataLoader(TensorDataset(images, masks), batch_size=8)
+    gradcam = GradCAMLogger(strict=True)
+    trainer = make_trainer(tmp_path, [gradcam], max_epochs=2, log_every_n_steps=1)
+    trainer.fit(MaskSegmenter(), loader)
+    assert gradcam.probes.labels[:3].tolist() == [1, 2, 3]
+    assert gradcam.probes.masks is not None
+    events = read_events(tmp_path)
+    rows = text_rows(events, "gradcam/net.dec/targets")
+    assert [row[1] for row in rows] == [str(c) for c in gradcam.probes.labels.tolist()]
+    assert "localization/gradcam/net.dec/pointing_game" in events.Tags()["scalars"]
 
 
 class WithTeacher(DigitsClassifier):

@@ -11,7 +11,7 @@ from lightning_viz.functional.gradcam import (
     segmented_classes,
 )
 from lightning_viz.testing import TinyCNN, tiny_vit
-from tests.helpers import assert_untouched, relative_error, train_flags
+from tests.helpers import TinyUNet, assert_untouched, relative_error, train_flags
 
 
 def captum_grad_cam(model, inputs, layer_name, targets):
@@ -225,22 +225,6 @@ def test_forward_runs_the_model_another_way_with_layers_named_from_the_model(tin
     through = grad_cam(holder, images, "net.conv2", forward=holder.net)["net.conv2"]
     direct = grad_cam(tiny, images, "conv2")["conv2"]
     assert torch.equal(through, direct)
-
-
-class TinyUNet(nn.Module):
-    """Encoder, bottleneck, a decoder joined by a skip connection, and a 1x1 head of 3 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.bottleneck = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
-        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())
-        self.head = nn.Conv2d(8, 3, 1)
-
-    def forward(self, x):
-        skip = self.enc(x)
-        return self.head(self.dec(torch.cat([self.up(self.bottleneck(skip)), skip], dim=1)))
 
 
 def test_default_layer_of_a_segmentation_net_is_before_its_class_maps():
