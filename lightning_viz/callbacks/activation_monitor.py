@@ -300,7 +300,7 @@ class ActivationMonitor(VizCallback):
         return f"activations of {len(self._layers)} layers"
 
     @override
-    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
+    def layout(self, call_order: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
         """Charts for each call of a watched module the first training batch ran (a ResNet
         block's ``relu`` and ``relu#2``, apart, each beside the conv before it); one chart for
         all calls of a module it did not see run."""

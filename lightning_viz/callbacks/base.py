@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -56,8 +56,9 @@ class RunContext:
     - ``picked_probes``: probes picked from the data, by count, so that probe callbacks that were
       not given probes look through the same images;
     - the custom-scalars layout of all of them, written once by whichever logs first after the
-      first training batch (so a subclass that overrides a hook cannot lose the dashboard), its
-      sections in the order that batch's forward ran the layers (:meth:`record_call_order`);
+      first training batch (at the latest after the first epoch, so a subclass that overrides a
+      hook cannot lose the dashboard), its sections in the order that batch's forward ran the
+      layers (:meth:`record_call_order`);
     - the alert total logged as ``alerts/count``, and the rows of the current step's alert table;
     - the :class:`~lightning_viz.callbacks.background.BackgroundWriter` that writes their
       images, histograms and texts off the training thread;
@@ -160,25 +161,28 @@ class RunContext:
 
             return hook
 
-        self._order_hooks = [
-            submodule.register_forward_hook(note(name))
-            for name, submodule in module.named_modules()
-            if name
-        ]
+        try:
+            for name, submodule in module.named_modules():
+                if name and not isinstance(submodule, torch.jit.ScriptModule):  # no hooks there
+                    self._order_hooks.append(submodule.register_forward_hook(note(name)))
+        except Exception:  # a module that refuses hooks: the order stays unknown
+            self.stop_recording(final=True)
 
     @property
     def recording(self) -> bool:
         """Whether :meth:`record_call_order`'s hooks are in place."""
         return bool(self._order_hooks)
 
-    def stop_recording(self) -> None:
-        """Remove the hooks of :meth:`record_call_order`; the order is known from now on."""
-        if not self.recording:
-            return
+    def stop_recording(self, final: bool = False) -> None:
+        """Remove the hooks of :meth:`record_call_order`: the order is known from now on (at the
+        first training batch's end, or a validation's start). ``final`` (an epoch's end, the
+        fit's): the order is settled even if nothing was recorded (a subclass that overrode the
+        batch hooks without calling them), as unknown (``[]``)."""
         for handle in self._order_hooks:
             handle.remove()
+        if self._order_hooks or (final and self.call_order is None):
+            self.call_order = self._recording
         self._order_hooks = []
-        self.call_order = self._recording
 
     @classmethod
     def of(cls, trainer: pl.Trainer) -> RunContext:
@@ -243,6 +247,13 @@ class RunContext:
             for category, charts in layout.items()
         }
         self.background.submit("custom scalars layout", lambda: writer.add_custom_scalars(layout))
+
+
+def is_last_epoch(trainer: pl.Trainer) -> bool:
+    """Whether the current training epoch is the fit's last by ``max_epochs`` (never known when
+    it is None or -1: a fit bounded by ``max_steps`` or ``max_time``)."""
+    last = trainer.max_epochs
+    return last is not None and last >= 0 and trainer.current_epoch + 1 >= last
 
 
 HEALTH_CHARTS = (
@@ -358,7 +369,7 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
-        RunContext.of(trainer).stop_recording()
+        RunContext.of(trainer).stop_recording(final=True)
         self.finish_writes(trainer, close=True)
 
     @override
@@ -374,7 +385,7 @@ class VizCallback(*CALLBACK_BASES):
     ) -> None:
         # Lightning finalizes the loggers right after this hook (and calls no teardown): what
         # was logged before the exception is written now
-        RunContext.of(trainer).stop_recording()
+        RunContext.of(trainer).stop_recording(final=True)
         self.finish_writes(trainer, close=True)
 
     def finish_writes(self, trainer: pl.Trainer, close: bool) -> None:
@@ -435,10 +446,22 @@ class VizCallback(*CALLBACK_BASES):
         context = RunContext.of(trainer)
         if context.recording:
             context.stop_recording()
-            self.writer(trainer)  # writes the layout, now that the order is known
+            self._write_layout(trainer)
+
+    def _write_layout(self, trainer: pl.Trainer) -> None:
+        """Write the custom-scalars layout now, if not yet (the writer's first use does)."""
+        if not RunContext.of(trainer).layout_written:
+            with self.guarded(trainer, "the custom-scalars layout"):
+                self.writer(trainer)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        RunContext.of(trainer).stop_recording()  # a validation forward is no training batch's
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        RunContext.of(trainer).stop_recording(final=True)
+        self._write_layout(trainer)
         if self.showing:
             with self.timed(trainer):
                 self.epoch_end(trainer, pl_module)
@@ -480,10 +503,7 @@ class VizCallback(*CALLBACK_BASES):
         ``alone``, the callback's own share is held to the whole budget, as if it kept it alone:
         for the work a health check needs, which the others' spending must not starve.
         """
-        last_epoch = (
-            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        )
-        if self.budget is None or (per_epoch and last_epoch):
+        if self.budget is None or (per_epoch and is_last_epoch(trainer)):
             return True
         context = RunContext.of(trainer)
         sharing = 1 if alone else sum(c.budget is not None for c in context.callbacks(trainer))
@@ -539,7 +559,7 @@ class VizCallback(*CALLBACK_BASES):
         self.alerts.load_state_dict(state_dict.get("alerts", {}))
         self._restored = True
 
-    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
+    def layout(self, call_order: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
         """``{layer: {chart: [tag regexes]}}`` for TensorBoard's custom-scalars dashboard (the
         Trainer's :class:`RunContext` groups the layers); ``call_order``: the module calls of the
         first training batch (:func:`~lightning_viz.tags.call_key` names; empty if unknown), for

@@ -48,10 +48,14 @@ def _is_spatial_conv(name: str, module: nn.Module) -> bool:
 
 
 def filters(module: nn.Module) -> Tensor:
-    """The layer's filters as (out, in, kh, kw): a transposed conv stores (in, out, kh, kw)."""
-    if isinstance(module, nn.ConvTranspose2d):
-        return module.weight.transpose(0, 1)
-    return module.weight
+    """The layer's filters as (out, in / groups, kh, kw): a transposed conv stores its weight as
+    (in, out / groups, kh, kw)."""
+    weight = module.weight
+    if not isinstance(module, nn.ConvTranspose2d):
+        return weight
+    groups = module.groups
+    grouped = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+    return grouped.transpose(1, 2).reshape(-1, weight.shape[0] // groups, *weight.shape[2:])
 
 
 class FilterMonitor(VizCallback):
@@ -256,7 +260,7 @@ class FilterMonitor(VizCallback):
         self._slices = {n: reference_slices(filters(m).shape) for n, m in self._layers.items()}
 
     @override
-    def layout(self, call_order: list[str]) -> dict[str, dict[str, list[str]]]:
+    def layout(self, call_order: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
         noise = ("noise", "update_noise", "noisy_fraction")
         moved = ("drift", "learned")
         return {
@@ -275,16 +279,21 @@ class FilterMonitor(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
-        if self.initial:
-            return
-        self.initial = {
-            name: kernel_slices(filters(module).detach(), self._slices[name]).to(
-                "cpu", torch.float32, copy=True
-            )
-            for name, module in self._layers.items()
-        }
-        with self.guarded(trainer, "filter baseline"):
-            self._measure(trainer, baseline=True)
+        fresh = not self.initial
+        # a resumed run's reference may lack layers watched now (other layers=, a newer version
+        # watching more): they are compared with their weights at the resume
+        self.initial.update(
+            {
+                name: kernel_slices(filters(module).detach(), self._slices[name]).to(
+                    "cpu", torch.float32, copy=True
+                )
+                for name, module in self._layers.items()
+                if name not in self.initial
+            }
+        )
+        if fresh:
+            with self.guarded(trainer, "filter baseline"):
+                self._measure(trainer, baseline=True)
 
     @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -293,3 +293,43 @@ def test_a_shared_activation_module_is_charted_after_each_conv_that_feeds_it(tmp
         "model.conv2",
         "model.act#2",
     ]
+
+
+class Scripted(DigitsClassifier):
+    """A DigitsCNN whose first block is TorchScript, which takes no module hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model.features[0] = torch.jit.script(self.model.features[0])
+
+
+def test_a_torchscript_submodule_trains_and_gets_its_layout(tmp_path):
+    trainer = fit(Scripted(), [FilterMonitor(strict=True)], tmp_path, epochs=1)
+    assert trainer.current_epoch == 1
+    assert RunContext.of(trainer).call_order  # the other modules' order
+    assert layout_of(tmp_path).category
+
+
+class SkipsBatchEnd(ActivationMonitor):
+    """A user's subclass that overrides the batch-end hook without calling super()."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pass
+
+
+def test_a_subclass_without_super_still_gets_the_layout_and_leaves_no_hooks(tmp_path):
+    module = DigitsClassifier()
+    trainer = fit(module, [SkipsBatchEnd(every_n_steps=1000)], tmp_path, epochs=2)
+    assert hook_count(module) == 0
+    context = RunContext.of(trainer)
+    assert context.layout_written
+    assert len(context.call_order) <= 23 * 20  # one epoch of calls at most
+    assert layout_of(tmp_path).category
+
+
+def test_a_fit_bounded_by_max_steps_keeps_the_evolution_image_size(tmp_path):
+    deconv = DeconvLogger(layers=["model.features.0"], strict=True)
+    fit(DigitsClassifier(), [deconv], tmp_path, epochs=-1, max_steps=6, limit_train_batches=2)
+    evolution = read_events(tmp_path).Images("evolution/model.features.0")
+    assert len(evolution) == 3
+    assert len({(image.width, image.height) for image in evolution}) == 1

@@ -380,6 +380,20 @@ def test_a_decoders_transposed_convs_are_watched_filter_by_output_channel(tmp_pa
     assert not monitor.alerts.raised
 
 
+def test_a_resumed_state_without_some_watched_layers_compares_them_from_the_resume(tmp_path):
+    # a checkpoint of a monitor that watched fewer layers (other layers=, or an earlier version
+    # that did not watch transposed convs): the others start their reference at the resume
+    first = FilterMonitor(layers=[FIRST], strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [first], tmp_path / "a", epochs=1)
+    resumed = FilterMonitor(strict=True)
+    resumed.load_state_dict(first.state_dict())
+    fit(DigitsClassifier("sgd", 0.05), [resumed], tmp_path / "b", epochs=1)
+    assert set(resumed.initial) == set(CONVS)
+    assert torch.equal(resumed.initial[FIRST], first.initial[FIRST])
+    events = read_events(tmp_path / "b")
+    assert all(events.Scalars(f"filters/{layer}/drift")[-1].value > 0 for layer in CONVS)
+
+
 def test_two_instances_keep_separate_state(tmp_path):
     first, second = FilterMonitor(layers=[FIRST]), FilterMonitor(layers=["model.features.4"])
     assert first.state_key != second.state_key
