@@ -197,6 +197,7 @@ class Probes:
         wanted = MAX_PICKED if n is None else n
         split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
         images, labels, masks, classes_seen = [], [], [], [0]
+        mask_classes: set[int] = set()
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
                 batch_images, batch_labels = split(batch)
@@ -205,7 +206,9 @@ class Probes:
                     labels.append(batch_labels.detach().cpu())
                 elif batch_to_images is None and (found := _masks(batch, batch_images)) is not None:
                     masks.append(found.detach().cpu())
-                classes_seen.append(_class_count(labels, masks))
+                    mask_classes.update(_mask_classes(found).tolist())
+                seen = torch.cat(labels).unique().numel() if labels else len(mask_classes)
+                classes_seen.append(seen)
                 count = sum(len(b) for b in images)
                 all_classes = (
                     not (labels or masks)
@@ -219,10 +222,11 @@ class Probes:
         all_images = torch.cat(images)
         if n is None:
             n = min(MAX_PICKED, max(MIN_PICKED, classes_seen[-1]))
-        if masks and len(masks) == len(images):
-            chosen, classes = _segmented_order(torch.cat(masks))
+        if masks and len(masks) == len(images) and mask_classes:
+            all_masks = torch.cat(masks)
+            chosen, classes = _segmented_order(all_masks, max(mask_classes) + 1)
             chosen, classes = chosen[:n], classes[:n]
-            class_masks = torch.cat(masks)[chosen] == classes[:, None, None]
+            class_masks = all_masks[chosen] == classes[:, None, None]
             return cls(all_images[chosen], classes, masks=class_masks)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
@@ -318,61 +322,59 @@ def _looks_like_labels(values: Tensor, images: Tensor) -> bool:
 IGNORED_MASK_VALUES = (255,)
 """Mask values that are no class (besides negative ones): the "ignore" borders of Pascal VOC
 and Cityscapes."""
+MAX_MASK_CLASS = 1023
+"""Masks whose values (ignored ones aside) pass this are no class ids (depth, instance ids)."""
+_MASK_KEYS = ("mask", "masks", "label", "labels", "target", "targets", "segmentation", "y")
 
 
 def _masks(batch: Any, images: Tensor) -> Tensor | None:
-    """The batch's segmentation masks: an integer (N, H, W) (or (N, 1, H, W)) tensor the
-    images' size, second in a sequence or under any key of a dict; None without one."""
+    """The batch's segmentation masks: an integer (N, H, W) tensor the images' size, second in
+    a sequence or under a mask or label key of a dict, whose values are class ids
+    (:data:`MAX_MASK_CLASS`); None without one."""
     if isinstance(batch, (list, tuple)):
         candidates = list(batch[1:2])
     elif isinstance(batch, dict):
-        candidates = list(batch.values())
+        candidates = [batch[key] for key in _MASK_KEYS if key in batch]
     else:
         return None
     n, _, height, width = images.shape
     for value in candidates:
         if (
-            not isinstance(value, Tensor)
-            or value.dtype.is_floating_point
-            or value.dtype == torch.bool
+            isinstance(value, Tensor)
+            and value is not images
+            and not value.dtype.is_floating_point
+            and value.dtype != torch.bool
+            and value.shape == (n, height, width)
+            and all(c <= MAX_MASK_CLASS for c in _mask_classes(value).tolist())
         ):
-            continue
-        if value.dim() == 4 and value.shape[1] == 1:
-            value = value[:, 0]
-        if value.shape == (n, height, width):
-            return value.long()
+            return value
     return None
 
 
-def _class_count(labels: list[Tensor], masks: list[Tensor]) -> int:
-    """How many classes the labels (or the masks, ignored values left out) seen so far hold."""
-    if labels:
-        return torch.cat(labels).unique().numel()
-    if not masks:
-        return 0
-    values = torch.cat(masks).unique()
-    return int(((values >= 0) & ~torch.isin(values, torch.tensor(IGNORED_MASK_VALUES))).sum())
+def _mask_classes(masks: Tensor) -> Tensor:
+    """The class ids in ``masks``: their values, ignored ones (< 0, 255) left out."""
+    values = masks.unique()
+    return values[(values >= 0) & ~torch.isin(values, torch.tensor(IGNORED_MASK_VALUES))]
 
 
-def _segmented_order(masks: Tensor) -> tuple[Tensor, Tensor]:
+def _segmented_order(masks: Tensor, classes: int) -> tuple[Tensor, Tensor]:
     """Indices of images and the class each is picked for: per class (ascending) besides the
     one covering most pixels of all, the image it covers most; then the rest in order, each for
     the class it shows most besides that one (that one where it shows nothing else)."""
-    valid = (masks >= 0) & ~torch.isin(masks, torch.tensor(IGNORED_MASK_VALUES))
-    classes = int(masks[valid].max()) + 1 if valid.any() else 1
-    flat = torch.where(valid, masks, classes).flatten(1)
-    counts = torch.zeros(len(masks), classes + 1, dtype=torch.long)
-    counts.scatter_add_(1, flat, torch.ones_like(flat))
-    counts = counts[:, :classes]  # the ignored pixels' column dropped
+    ignored = torch.tensor(IGNORED_MASK_VALUES)
+    counts = torch.stack(
+        [
+            torch.bincount(m[(m >= 0) & ~torch.isin(m, ignored)].long(), minlength=classes)
+            for m in masks.flatten(1)
+        ]
+    )
     dominant = int(counts.sum(dim=0).argmax())
     others = counts.clone()
     others[:, dominant] = 0
     chosen: list[int] = []
     picked_for: list[int] = []
     for c in range(classes):
-        if c == dominant or not others[:, c].any():
-            continue
-        ranked = [int(i) for i in others[:, c].argsort(descending=True, stable=True)]
+        ranked = others[:, c].argsort(descending=True, stable=True).tolist()
         best = next((i for i in ranked if i not in chosen and others[i, c] > 0), None)
         if best is not None:
             chosen.append(best)

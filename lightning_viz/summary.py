@@ -72,7 +72,7 @@ def summarize(run: Path) -> str | None:
     order = _model_order(events)
     rows = [
         [layer, *(cell(layer, c) for c in header[1:-1]), ", ".join(active.get(layer, []))]
-        for layer in sorted(layers, key=lambda name: (position(order, name), _natural(name)))
+        for layer in sorted(layers, key=lambda name: (_position(order, name), _natural(name)))
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
@@ -190,7 +190,7 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
     return raised
 
 
-def position(order: dict[str, int], name: str) -> int:
+def _position(order: dict[str, int], name: str) -> int:
     """Where ``name`` (a layer, or a module's later call ``name#2``) sorts in ``order``: its own
     place if the layout gave it one, else its module's (beside its first call), else last."""
     return order.get(name, order.get(tags.called_layer(name), len(order)))

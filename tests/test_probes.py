@@ -142,5 +142,14 @@ def test_segmentation_masks_pick_each_class_where_it_is_largest_with_its_mask():
     for i in range(len(probes)):
         index = int((probes.images[i] == images).flatten(1).all(dim=1).nonzero())
         assert torch.equal(probes.masks[i], masks[index] == probes.labels[i])
-    as_dicts = [{"image": images[i : i + 8], "mask": masks[i : i + 8, None]} for i in (0, 8, 16)]
+    as_dicts = [{"image": images[i : i + 8], "mask": masks[i : i + 8]} for i in (0, 8, 16)]
     assert torch.equal(Probes.from_dataloader(as_dicts).labels, probes.labels)
+
+
+def test_integer_images_and_targets_that_are_no_class_ids_are_no_masks():
+    grey = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    assert Probes.from_dataloader([{"image": grey}]).labels is None  # the images themselves
+    depth = torch.randint(0, 60000, (8, 16, 16), dtype=torch.int32)  # a depth map, in mm
+    assert Probes.from_dataloader([(torch.rand(8, 3, 16, 16), depth)]).labels is None
+    ignored = torch.full((8, 16, 16), 255)
+    assert Probes.from_dataloader([(torch.rand(8, 3, 16, 16), ignored)]).labels is None

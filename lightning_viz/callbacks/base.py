@@ -266,22 +266,31 @@ HEALTH_CHARTS = (
 """The health section's charts: one key of every layer per chart."""
 
 
+def _model_order(module: nn.Module, layers: list[str], call_order: Sequence[str]) -> list[str]:
+    """``layers`` in the order the first training batch's forward returned them
+    (``call_order``); one it did not run goes after the last that did and comes before it in
+    ``named_modules()`` (a module's later calls beside its first)."""
+    named = {name: index for index, (name, _) in enumerate(module.named_modules())}
+
+    def listed(key: str) -> int:
+        return named.get(tags.called_layer(key), len(named))
+
+    ran, charted = set(call_order), set(layers)
+    order = [key for key in call_order if key in charted]
+    for key in sorted((key for key in layers if key not in ran), key=listed):
+        before = [i for i, other in enumerate(order) if listed(other) <= listed(key)]
+        order.insert(before[-1] + 1 if before else 0, key)
+    return order
+
+
 def _sections(
     module: nn.Module, per_layer: dict[str, dict[str, list[str]]], call_order: list[str]
 ) -> dict[str, dict[str, list[str]]]:
-    """Per-layer charts grouped in model order: each conv with the layers that follow it up to
-    the next conv (its BatchNorm's ReLU), titled ``conv -> activation``. Model order is the
-    order the first training batch's forward returned them (``call_order``), where it ran every
-    charted layer; else ``named_modules()`` order, a module's later calls beside its first."""
+    """Per-layer charts grouped in model order (:func:`_model_order`): each conv with the layers
+    that follow it up to the next conv (its BatchNorm's ReLU), titled ``conv -> activation``."""
     convs = {name for name, m in module.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
-    if set(per_layer) <= set(call_order):
-        order = {key: index for index, key in enumerate(call_order)}
-    else:
-        named = {name: index for index, (name, _) in enumerate(module.named_modules())}
-        order = {key: named.get(tags.called_layer(key), len(named)) for key in per_layer}
-
     groups: list[list[str]] = []
-    for layer in sorted(per_layer, key=order.__getitem__):
+    for layer in _model_order(module, list(per_layer), call_order):
         if layer in convs or not groups or groups[-1][0] not in convs:
             groups.append([layer])
         else:

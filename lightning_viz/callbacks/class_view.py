@@ -158,6 +158,7 @@ class ClassView(ProbeCallback):
         self._labels_are_classes = False
         self._outputs_class_maps = False
         self._pixel_shares: torch.Tensor | None = None
+        self._segmented_pred = False  # this render explains segmented_classes
         self.scores = check_choices("scores", scores, SCORES, self.default_scores)
         self.previous_maps: dict[str, torch.Tensor] = {}
         self.stable_since: dict[str, int | None] = {}
@@ -226,6 +227,7 @@ class ClassView(ProbeCallback):
             with torch.no_grad():
                 maps = class_maps((self.probe_forward(pl_module) or pl_module)(probes.images))
             self._pixel_shares = None if maps is None else pixel_shares(maps.float())
+        self._segmented_pred = target == "pred" and self._pixel_shares is not None
         if target == "label":
             return probes.labels
         if target == "pred":
@@ -242,11 +244,7 @@ class ClassView(ProbeCallback):
     def _explained_class(self, targets: torch.Tensor | int | None) -> str:
         if targets is None:
             return "predicted class"
-        if (
-            self._outputs_class_maps
-            and self.target in (None, "pred")
-            and not self._labels_are_classes
-        ):
+        if self._segmented_pred:
             return "class segmented besides the background"
         if isinstance(targets, int):
             return f"class {class_name(targets, self.class_names)}"

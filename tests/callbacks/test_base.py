@@ -280,6 +280,18 @@ class SharedActivation(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+def test_a_layer_the_first_batch_did_not_run_leaves_the_others_in_their_order(tmp_path):
+    module = ImageClassifier(SharedActivation())
+    module.model.teacher = nn.Conv2d(1, 8, 3)  # watched, never run in forward
+    callbacks = [FilterMonitor(strict=True), ActivationMonitor(every_n_steps=1, strict=True)]
+    fit(module, callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    assert [c.title for c in layout_of(tmp_path).category][2:] == [
+        "layer model.conv1 -> model.act",
+        "layer model.conv2 -> model.act#2",
+        "layer model.teacher",
+    ]
+
+
 def test_a_shared_activation_module_is_charted_after_each_conv_that_feeds_it(tmp_path, capsys):
     callbacks = [FilterMonitor(strict=True), ActivationMonitor(every_n_steps=1, strict=True)]
     fit(ImageClassifier(SharedActivation()), callbacks, tmp_path, epochs=1, limit_train_batches=2)
