@@ -249,24 +249,38 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
             f"{type(model).__name__} has no layer with a spatial output larger than 1x1 nor a "
             "token map; pass `layers=` with names from model.named_modules()"
         )
-    features = _before_score_maps(finished, spatial) or spatial
+    if spatial[-1] == len(finished) - 1:  # the net outputs maps: a segmentation
+        features = _before_score_maps(model, images, finished, spatial, forward) or spatial
+    else:
+        features = spatial
     fine = [i for i in features if min(finished[i][2][-2:]) >= MIN_MAP_SIDE]
     return finished[(fine or features)[-1]][0]
 
 
 def _before_score_maps(
-    finished: list[tuple[str, nn.Module, tuple[int, ...]]], spatial: list[int]
+    model: nn.Module,
+    images: Tensor,
+    finished: list[tuple[str, nn.Module, tuple[int, ...]]],
+    spatial: list[int],
+    forward: Forward | None,
 ) -> list[int]:
-    """``spatial`` less a segmentation net's class maps: where the last module to finish outputs
-    (N, K, h, w) maps, the trailing spatial maps of K channels are its head and the containers
-    around it, and their Grad-CAM only redraws the prediction."""
-    if not spatial or spatial[-1] != len(finished) - 1:
-        return spatial
-    classes = finished[-1][2][1]
-    end = len(spatial)
-    while end and finished[spatial[end - 1]][2][1] == classes:
+    """The spatial maps of a segmentation net that its class scores are computed from (one
+    backward: an auxiliary head, which torchvision's segmentation nets run last, is not), less
+    its head: the trailing maps of the scores' K channels, and the containers around them,
+    whose Grad-CAM only redraws the prediction."""
+    names = [finished[i][0] for i in spatial]
+    modules = resolve_layers(model, names)
+    with gradient_pass(model, images) as x:
+        output, captured = run_until_captured(model, x, modules, full_forward=True, forward=forward)
+        scores = _score_tensor(output)
+        maps = [captured[name] for name in names]
+        gradients = torch.autograd.grad(scores.float().sum(), maps, allow_unused=True)
+    on_path = [i for i, gradient in zip(spatial, gradients, strict=True) if gradient is not None]
+    classes = scores.shape[1]
+    end = len(on_path)
+    while end and finished[on_path[end - 1]][2][1] == classes:
         end -= 1
-    return spatial[:end]
+    return on_path[:end]
 
 
 def _deepest_token_map_reaching_the_class_token(

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 from captum.attr import LayerGradCam
 from torch import nn
 
@@ -233,6 +234,14 @@ def test_default_layer_of_a_segmentation_net_is_before_its_class_maps():
     images = torch.randn(2, 3, 32, 32)
     assert default_gradcam_layer(unet, images) == "dec"
     assert default_gradcam_layer(nn.Sequential(unet), images) == "0.dec"
+
+
+def test_default_layer_of_a_segmentation_net_is_on_the_path_to_its_scores():
+    # torchvision runs the auxiliary head last: its maps do not reach the "out" scores
+    fcn = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=5, aux_loss=True
+    ).eval()
+    assert default_gradcam_layer(fcn, torch.randn(1, 3, 64, 64)) == "classifier.3"
 
 
 def test_pixel_shares_and_the_class_a_segmentation_is_about():
