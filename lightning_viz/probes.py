@@ -178,7 +178,8 @@ class Probes:
         Segmentation masks (an (N, H, W) integer target the images' size; values below 0 and
         255 are ignored) pick per class the image it covers most, besides the class covering
         most pixels of all (the background): each probe is labelled with its class and carries
-        its mask, so the views explain it and score how well their maps fall on it.
+        its mask, so the views explain it and score how well their maps fall on it (not with
+        ``batch_to_images``, which names the images and labels itself).
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python

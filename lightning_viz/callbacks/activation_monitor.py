@@ -179,8 +179,9 @@ class ActivationMonitor(VizCallback):
       few to tell a dead channel from a rarely active one).
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
-    - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (with every
-      measurement).
+    - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (when the sampled
+      steps are read, and at epoch end: at the step they are read at, once per step for all the
+      lightning-viz callbacks).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 

@@ -42,7 +42,7 @@ class LimeExplanation(NamedTuple):
     weights: Tensor
     """(N, S) float32: the surrogate's coefficient per segment (0 past an image's segments)."""
     intercept: Tensor
-    """(N,) float32: the surrogate's probability with every segment hidden."""
+    """(N,) float32: the surrogate's probability (or score) with every segment hidden."""
     score: Tensor
     """(N,) float32: the weighted R^2 of the surrogate on the variants (1: a perfect fit; NaN
     where hiding segments did not move the target, as a saturated probability does: nothing to
