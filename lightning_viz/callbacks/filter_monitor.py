@@ -91,7 +91,9 @@ class FilterMonitor(VizCallback):
       small, like the stem of torchvision's ResNets, grows past it in healthy runs, so watching
       that layer alone brings its false alarm back); clears below half of it.
     - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
-    - ``noisy_filters``: on the first watched layer, once it learned something (``learned`` >=
+    - ``noisy_filters``: on the first watched layer that is no transposed conv (the one that
+      reads the images: a GAN's generator, listed first, starts from a latent vector), once it
+      learned something (``learned`` >=
       0.1), an update noise of at least ``max_update_noise``: the structure training added is
       itself noise.
     - ``nonfinite_weights``: NaN or Inf in the weights.
@@ -104,7 +106,7 @@ class FilterMonitor(VizCallback):
             ``nn.ConvTranspose2d`` (a decoder's) with kernels of at least 2x2 (Geary's C needs
             neighbours).
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
-            watched layer), ``"all"``, or a list of names.
+            watched layer that is no transposed conv), ``"all"``, or a list of names.
         every_n_epochs: measure every this many training epochs.
         noise_threshold: a filter with C at or above it counts as noisy in ``noisy_fraction``.
         warmup_steps: optimizer steps before ``not_learning`` and ``noisy_filters`` may fire.
@@ -202,6 +204,7 @@ class FilterMonitor(VizCallback):
         )
         self._layers: dict[str, nn.Module] = {}
         self._image_layers: list[str] = []
+        self._first: str | None = None  # the layer that reads the images (no transposed conv)
         self._frozen: list[str] = []
         self._samples: dict[str, Tensor] = {}
         self._slices: dict[str, Tensor | None] = {}
@@ -244,8 +247,11 @@ class FilterMonitor(VizCallback):
                     f"{source}: layer {name!r} ({type(module).__name__}) has no conv weight with "
                     f"kernels of at least 2x2 (weight shape {shape})"
                 )
+        self._first = next(
+            (n for n, m in self._layers.items() if not isinstance(m, nn.ConvTranspose2d)), None
+        )
         if self.image_layers == "first":
-            self._image_layers = list(self._layers)[:1]
+            self._image_layers = [self._first or next(iter(self._layers))] if self._layers else []
         elif self.image_layers == "all":
             self._image_layers = list(self._layers)
         else:
@@ -368,7 +374,6 @@ class FilterMonitor(VizCallback):
     ) -> dict[str, float]:
         """Each layer's scalars to log; its alerts raised (``network``: the learning layers'
         median drift, step cosine and learned)."""
-        first = next(iter(self._layers))
         metrics = {}
         for name in self._layers:
             self.previous[name] = host[name, "sample"].clone()
@@ -383,7 +388,7 @@ class FilterMonitor(VizCallback):
                 steps=trainer.global_step,
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
-                first_layer=name == first,
+                first_layer=name == self._first,
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],

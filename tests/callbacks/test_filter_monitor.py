@@ -1,6 +1,7 @@
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 from pytorch_lightning.loggers import CSVLogger
@@ -378,6 +379,53 @@ def test_a_decoders_transposed_convs_are_watched_filter_by_output_channel(tmp_pa
     assert events.Histograms("filters/model.2/noise_histogram")[-1].histogram_value.num == 4
     assert "filters/model.2" in events.Tags()["images"]
     assert not monitor.alerts.raised
+
+
+class DCGAN(pl.LightningModule):
+    """A generator of transposed convs from a latent vector, listed before its discriminator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(
+            nn.ConvTranspose2d(8, 16, 4), nn.ReLU(), nn.ConvTranspose2d(16, 1, 4, 2, 1), nn.Tanh()
+        )
+        self.discriminator = nn.Sequential(
+            nn.Conv2d(1, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 1, 4), nn.Flatten()
+        )
+
+    def training_step(self, batch, batch_idx):
+        real = nn.functional.interpolate(batch[0], size=8)
+        d_opt, g_opt = self.optimizers()
+        fake = self.generator(torch.randn(len(real), 8, 1, 1))
+        d_loss = (
+            nn.functional.softplus(-self.discriminator(real)).mean()
+            + nn.functional.softplus(self.discriminator(fake.detach())).mean()
+        )
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = nn.functional.softplus(-self.discriminator(fake)).mean()
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+
+    def configure_optimizers(self):
+        return (
+            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        )
+
+
+def test_the_first_layer_of_a_gan_is_the_one_that_reads_the_images(tmp_path):
+    # the generator's first transposed conv reads a latent vector: its update has no image
+    # structure (a healthy DCGAN got noisy_filters on it), nor do its filters show the data
+    monitor = FilterMonitor(strict=True)
+    fit(DCGAN(), [monitor], tmp_path, epochs=1, limit_train_batches=4, validate=False)
+    assert list(monitor._layers)[:2] == ["generator.0", "generator.2"]
+    assert monitor._image_layers == ["discriminator.0"]
+    assert monitor._first == "discriminator.0"
+    assert read_events(tmp_path).Images("filters/discriminator.0")
 
 
 def test_a_resumed_state_without_some_watched_layers_compares_them_from_the_resume(tmp_path):
