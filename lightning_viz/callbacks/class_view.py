@@ -263,20 +263,19 @@ class ClassView(ProbeCallback):
         width = readable(probes.display[:1]).shape[-1]
         if self._pixel_shares is not None:  # a segmentation: the explained class's pixels
             shares = self._pixel_shares.cpu()
-            predicted = explained.cpu()
-            confidence = shares.gather(1, predicted[:, None])[:, 0]
-            header = "share of pixels"
+            captioned, predicted = explained.cpu(), shares.argmax(dim=1)
+            confidence = shares.gather(1, captioned[:, None])[:, 0]
+            headers = "predicted on most pixels | share of pixels predicted as the explained class"
         else:
             confidence, predicted = logits.softmax(dim=1).max(dim=1)
-            header = "probability"
-        predicted_list, confidence_list = predicted.tolist(), confidence.tolist()
-        segmented = self._pixel_shares is not None
+            captioned, headers = predicted, "predicted | probability"
+        confidence_list = confidence.tolist()
         map_captions = [
-            prediction_caption(class_name(p, names), c, width, segmented)
-            for p, c in zip(predicted_list, confidence_list, strict=True)
+            prediction_caption(class_name(c, names), p, width, self._pixel_shares is not None)
+            for c, p in zip(captioned.tolist(), confidence_list, strict=True)
         ]
-        table = [f"| probe | explains class | predicted | {header} |", "|---|---|---|---|"]
-        rows = zip(explained.tolist(), predicted_list, confidence_list, strict=True)
+        table = [f"| probe | explains class | {headers} |", "|---|---|---|---|"]
+        rows = zip(explained.tolist(), predicted.tolist(), confidence_list, strict=True)
         table += [
             f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
             for i, (t, p, c) in enumerate(rows)

@@ -534,7 +534,10 @@ def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_p
     drops = [float(row[4]) for row in text_rows(events, "occlusion/sensitivity/targets")]
     assert min(drops) > 0  # hiding the stroke lowers its summed score
     gradcam = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
-    assert "| share of pixels |" in gradcam.tensor_proto.string_val[0].decode()
+    text = gradcam.tensor_proto.string_val[0].decode()
+    assert "| predicted on most pixels | share of pixels predicted as the explained class |" in text
+    rows = text_rows(events, "gradcam/model.features/targets")
+    assert {row[2] for row in rows} == {"0"}  # most of each digit's pixels: the background
 
 
 class MaskSegmenter(pl.LightningModule):
