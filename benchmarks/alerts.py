@@ -63,6 +63,19 @@ def conv_net(
     )
 
 
+def conv_autoencoder(width: int = 16) -> nn.Module:
+    """Two strided convs down to 8x8, two transposed convs back up to the 32x32 digit."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1),
+    )
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
@@ -85,6 +98,7 @@ class Recipe:
     freeze: Callable[[nn.Module], None] | None = None
     ema: bool = False
     teacher: bool = False
+    reconstruct: bool = False  # an autoencoder: the loss is the images' mean squared error
 
 
 class ScenarioModule(pl.LightningModule):
@@ -114,6 +128,8 @@ class ScenarioModule(pl.LightningModule):
         if self.recipe.augment:
             shift = torch.randint(-2, 3, (2,)).tolist()
             x = torch.roll(x, shifts=shift, dims=(2, 3)) + 0.1 * torch.randn_like(x)
+        if self.recipe.reconstruct:
+            return F.mse_loss(self(x), x)
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         if self.recipe.teacher:
@@ -130,7 +146,8 @@ class ScenarioModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean())
+        if not self.recipe.reconstruct:
+            self.log("val_acc", (self(x).argmax(dim=1) == y).float().mean())
 
     def on_train_epoch_start(self) -> None:
         recipe = self.recipe
@@ -542,6 +559,34 @@ SCENARIOS = [
         data_args={"channels": 3, "train_size": 400},
         expected=("exploding", "collapse", "overwritten"),
         seed=2,
+        held_out=True,
+    ),
+    Scenario(
+        "autoencoder-adam-1e-3",
+        "healthy",
+        Recipe(conv_autoencoder, "adam", 1e-3, reconstruct=True),
+        epochs=8,
+    ),
+    Scenario(
+        "autoencoder-sgd-0.05",
+        "healthy",
+        Recipe(conv_autoencoder, lr=0.05, reconstruct=True),
+        epochs=8,
+        held_out=True,
+    ),
+    Scenario(
+        "autoencoder-adam-lr-0.1",
+        "fault",
+        Recipe(conv_autoencoder, "adam", 0.1, reconstruct=True),
+        epochs=6,
+        expected=("exploding", "overwritten"),
+    ),
+    Scenario(
+        "autoencoder-sgd-lr-5",
+        "fault",
+        Recipe(conv_autoencoder, lr=5.0, reconstruct=True),
+        epochs=6,
+        expected=("exploding", "overwritten", "collapse", "nonfinite_weights"),
         held_out=True,
     ),
     # frozen on purpose
