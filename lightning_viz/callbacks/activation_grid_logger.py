@@ -28,7 +28,7 @@ from lightning_viz.functional.captions import (
     footnote,
     stack_rows,
 )
-from lightning_viz.functional.gradcam import MIN_MAP_SIDE
+from lightning_viz.functional.gradcam import MIN_MAP_SIDE, on_the_scores_path
 from lightning_viz.functional.images import (
     CARD_WIDTH,
     colormap_table,
@@ -51,7 +51,9 @@ def default_grid_layers(
 
     Candidates are the activation modules (ReLU and the others ActivationMonitor watches) with a
     spatial (N, C, h, w) output of at least 2x2, at their first call; without any (a model that
-    calls ``F.relu``), the ``nn.Conv2d`` outputs. The deepest is the last candidate at least
+    calls ``F.relu``), the ``nn.Conv2d`` outputs, of the layers the model's scores are computed
+    from (not an auxiliary head: :func:`~lightning_viz.functional.gradcam.on_the_scores_path`,
+    one backward). The deepest is the last candidate at least
     ``MIN_MAP_SIDE`` (7) pixels a side, as Grad-CAM's default, else the last one: where maps
     are 2x2 blobs there is nothing to see of localization. One name when both are the same
     layer; none without a candidate.
@@ -65,6 +67,8 @@ def default_grid_layers(
     candidates = [c for c in spatial if is_activation(c[1])] or [
         c for c in spatial if isinstance(c[1], nn.Conv2d)
     ]
+    reaching = set(on_the_scores_path(model, images, [c[0] for c in candidates], forward))
+    candidates = [c for c in candidates if c[0] in reaching]  # not an auxiliary head's
     if not candidates:
         return []
     fine = [c for c in candidates if min(c[2][-2:]) >= MIN_MAP_SIDE]

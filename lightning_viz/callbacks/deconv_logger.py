@@ -18,7 +18,6 @@ from lightning_viz.callbacks.base import is_last_epoch, to_host
 from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
-from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import (
     all_finite,
     check_choice,
@@ -35,6 +34,7 @@ from lightning_viz.functional.captions import (
     stack_rows,
     table_label_width,
 )
+from lightning_viz.functional.gradcam import on_the_scores_path
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -73,7 +73,8 @@ class DeconvLogger(ProbeCallback):
 
     Args:
         layers: names from ``model.named_modules()``; default at most 5 ``nn.Conv2d`` layers
-            evenly spread from the first to the last (in definition order).
+            evenly spread from the first to the last (in definition order) of those that run in
+            the forward and feed the model's scores (not a teacher's, nor an auxiliary head's).
         top_k: channels per probe and layer. The default 3 fills a 2x2 block with the probe, a
             block that keeps 128-pixel tiles (64-pixel probes, enlarged) within TensorBoard's
             card; 4 left a tile empty in a block 3 wide, shrunk on the card, at a third more cost.
@@ -220,10 +221,10 @@ class DeconvLogger(ProbeCallback):
         self._check_named_layers(pl_module, probes, tokens=False)
         layers = self._layers
         if self.layer_names is None:
-            # convs that never run in the forward (an EMA copy, a teacher) cannot be projected
+            # convs that never run in the forward (an EMA copy, a teacher) cannot be projected,
+            # and an auxiliary head's feed no score
             forward = self.probe_forward(pl_module)
-            ran = {name for name, _, _ in output_shapes(pl_module, probes.images[:1], forward)}
-            names = [name for name in layers if name in ran]
+            names = on_the_scores_path(pl_module, probes.images[:1], list(layers), forward)
             if not names:
                 raise Unsuited(
                     f"{type(self).__name__}: none of the model's nn.Conv2d layers ran in its "

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lightning_viz.functional._capture import (
     Forward,
+    capture_outputs,
     grid_side,
     output_shapes,
     resolve_layers,
@@ -79,6 +80,30 @@ def segmented_classes(shares: Tensor) -> Tensor:
     others[:, dominant] = 0
     best, index = others.max(dim=1)
     return torch.where(best > 0, index, dominant)
+
+
+def on_the_scores_path(
+    model: nn.Module, images: Tensor, names: Sequence[str], forward: Forward | None = None
+) -> list[str]:
+    """The layers of ``names`` that ran in a forward of ``images`` and that the model's class
+    scores (the tensor :func:`class_scores` reads) are computed from, by one backward: not an
+    auxiliary head, which torchvision's segmentation nets run last and which feeds only their
+    training loss. Every layer that ran where the output holds no such tensor."""
+    if not names:
+        return []
+    modules = resolve_layers(model, list(names))
+    with gradient_pass(model, images) as x, capture_outputs(modules) as captured:
+        output = (forward or model)(x)
+        ran = [name for name in names if name in captured]
+        try:
+            scores = _score_tensor(output)
+        except ValueError:
+            return ran
+        if not ran or not scores.requires_grad:
+            return ran
+        maps = [captured[name] for name in ran]
+        gradients = torch.autograd.grad(scores.float().sum(), maps, allow_unused=True)
+    return [name for name, gradient in zip(ran, gradients, strict=True) if gradient is not None]
 
 
 def _score_tensor(output: Any) -> Tensor:
@@ -268,15 +293,9 @@ def _before_score_maps(
     backward: an auxiliary head, which torchvision's segmentation nets run last, is not), less
     its head: the trailing maps of the scores' K channels, and the containers around them,
     whose Grad-CAM only redraws the prediction."""
-    names = [finished[i][0] for i in spatial]
-    modules = resolve_layers(model, names)
-    with gradient_pass(model, images) as x:
-        output, captured = run_until_captured(model, x, modules, full_forward=True, forward=forward)
-        scores = _score_tensor(output)
-        maps = [captured[name] for name in names]
-        gradients = torch.autograd.grad(scores.float().sum(), maps, allow_unused=True)
-    on_path = [i for i, gradient in zip(spatial, gradients, strict=True) if gradient is not None]
-    classes = scores.shape[1]
+    reaching = set(on_the_scores_path(model, images, [finished[i][0] for i in spatial], forward))
+    on_path = [i for i in spatial if finished[i][0] in reaching]
+    classes = finished[-1][2][1]
     end = len(on_path)
     while end and finished[on_path[end - 1]][2][1] == classes:
         end -= 1

@@ -125,6 +125,17 @@ def test_default_layers_are_the_first_and_the_deepest_activated_maps():
     assert hook_count(resnet) == hook_count(vgg) == 0
 
 
+def test_default_layers_leave_out_an_auxiliary_head():
+    # torchvision's segmentation nets run their auxiliary head last; it feeds no score
+    fcn = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=5, aux_loss=True
+    ).eval()
+    _, deepest = default_grid_layers(fcn, torch.randn(1, 3, 64, 64))
+    assert not deepest.startswith("aux_classifier")
+    assert deepest.startswith("classifier")
+    assert hook_count(fcn) == 0
+
+
 class Flat(ImageClassifier):
     """A classifier without a feature map: nothing for the grid to show."""
 
