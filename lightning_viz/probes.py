@@ -207,7 +207,7 @@ class Probes:
                     labels.append(batch_labels.detach().cpu())
                 elif batch_to_images is None and (found := _masks(batch, batch_images)) is not None:
                     masks.append(found.detach().cpu())
-                    mask_classes.update(_mask_classes(found).tolist())
+                    mask_classes.update(_class_ids(found.unique()).tolist())
                 seen = torch.cat(labels).unique().numel() if labels else len(mask_classes)
                 classes_seen.append(seen)
                 count = sum(len(b) for b in images)
@@ -346,15 +346,14 @@ def _masks(batch: Any, images: Tensor) -> Tensor | None:
             and not value.dtype.is_floating_point
             and value.dtype != torch.bool
             and value.shape == (n, height, width)
-            and all(c <= MAX_MASK_CLASS for c in _mask_classes(value).tolist())
+            and all(c <= MAX_MASK_CLASS for c in _class_ids(value.unique()).tolist())
         ):
             return value
     return None
 
 
-def _mask_classes(masks: Tensor) -> Tensor:
-    """The class ids in ``masks``: their values, ignored ones (< 0, 255) left out."""
-    values = masks.unique()
+def _class_ids(values: Tensor) -> Tensor:
+    """The mask ``values`` that are class ids: ignored ones (< 0, 255) left out."""
     return values[(values >= 0) & ~torch.isin(values, torch.tensor(IGNORED_MASK_VALUES))]
 
 
@@ -362,12 +361,8 @@ def _segmented_order(masks: Tensor, classes: int) -> tuple[Tensor, Tensor]:
     """Indices of images and the class each is picked for: per class (ascending) besides the
     one covering most pixels of all, the image it covers most; then the rest in order, each for
     the class it shows most besides that one (that one where it shows nothing else)."""
-    ignored = torch.tensor(IGNORED_MASK_VALUES)
     counts = torch.stack(
-        [
-            torch.bincount(m[(m >= 0) & ~torch.isin(m, ignored)].long(), minlength=classes)
-            for m in masks.flatten(1)
-        ]
+        [torch.bincount(_class_ids(m).long(), minlength=classes) for m in masks.flatten(1)]
     )
     dominant = int(counts.sum(dim=0).argmax())
     others = counts.clone()
