@@ -211,21 +211,24 @@ class ClassView(ProbeCallback):
                 f"{int(labels.min())} to {int(labels.max())}"
             )
 
-    def _targets(self, pl_module: pl.LightningModule, probes: Probes) -> torch.Tensor | int | None:
+    def _targets(
+        self, pl_module: pl.LightningModule, probes: Probes, output: Any = None
+    ) -> torch.Tensor | int | None:
         """The class each probe's map explains at this render: its label, a fixed class, or
         None for the predicted one. A segmentation model's probes (default ``output_transform``)
-        are read once more without gradients, for the share of their pixels each class is
-        predicted on (the captions'): the predicted class of a segmentation is the one the
-        probe shows besides the background (:func:`~lightning_viz.functional.gradcam.
-        segmented_classes`), where the class of most pixels would be the background on every
-        probe."""
+        are read for the share of their pixels each class is predicted on (the captions'), from
+        ``output`` (the probes' forward without gradients) or a forward of their own: the
+        predicted class of a segmentation is the one the probe shows besides the background
+        (:func:`~lightning_viz.functional.gradcam.segmented_classes`), where the class of most
+        pixels would be the background on every probe."""
         target = self.target
         if target is None:
             target = "label" if self._labels_are_classes else "pred"
         self._pixel_shares = None
         if self._outputs_class_maps:
-            with torch.no_grad():
-                maps = class_maps((self.probe_forward(pl_module) or pl_module)(probes.images))
+            if output is None:
+                output = self._probe_output(pl_module, probes)
+            maps = class_maps(output)
             self._pixel_shares = None if maps is None else pixel_shares(maps.float())
         self._segmented_pred = target == "pred" and self._pixel_shares is not None
         if target == "label":
@@ -285,17 +288,18 @@ class ClassView(ProbeCallback):
     def _explained_classes(
         self, pl_module: pl.LightningModule, probes: Probes
     ) -> tuple[torch.Tensor | int | None, torch.Tensor, torch.Tensor]:
-        """The probes' targets as the view names them (:meth:`_targets`), their class scores
-        from one forward, and the (N,) classes the maps explain."""
-        targets = self._targets(pl_module, probes)
-        logits = self._class_logits(pl_module, probes)
+        """The probes' targets as the view names them (:meth:`_targets`), their (N,
+        num_classes) float class scores, both from one forward without gradients, and the (N,)
+        classes the maps explain."""
+        output = self._probe_output(pl_module, probes)
+        targets = self._targets(pl_module, probes, output)
+        logits = self._transform(output).float()
         return targets, logits, target_index(targets, logits)
 
-    def _class_logits(self, pl_module: pl.LightningModule, probes: Probes) -> torch.Tensor:
-        """The probes' (N, num_classes) float scores, from one forward without gradients."""
+    def _probe_output(self, pl_module: pl.LightningModule, probes: Probes) -> Any:
+        """The model's output on the probes, from a forward without gradients."""
         with torch.no_grad():
-            output = (self.probe_forward(pl_module) or pl_module)(probes.images)
-        return self._transform(output).float()
+            return (self.probe_forward(pl_module) or pl_module)(probes.images)
 
     @staticmethod
     def _check_finite(maps: torch.Tensor, what: str) -> None:

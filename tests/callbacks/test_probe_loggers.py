@@ -540,6 +540,32 @@ def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_p
     assert {row[2] for row in rows} == {"0"}  # most of each digit's pixels: the background
 
 
+class CountedOcclusion(lightning_viz.OcclusionLogger):
+    """Records the batch sizes of the model's forwards in each render."""
+
+    renders: list[list[int]]
+
+    def visualize(self, trainer, pl_module, probes):
+        sizes: list[int] = []
+        handle = pl_module.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+        try:
+            super().visualize(trainer, pl_module, probes)
+        finally:
+            handle.remove()
+        self.renders = [*getattr(self, "renders", []), sizes]
+
+
+def test_a_segmenters_class_view_reads_its_probes_once_per_render(tmp_path):
+    """The pixel shares and the class scores come from one forward of the probes (they were
+    two); the other whole-probe forward is occlusion's reference."""
+    occlusion = CountedOcclusion(strict=True)
+    fit(DigitsSegmenter(), [occlusion], tmp_path, epochs=1, limit_train_batches=2)
+    assert len(occlusion.renders) == 2  # fit start, epoch end
+    for sizes in occlusion.renders:
+        assert sizes.count(10) == 2
+        assert sum(sizes) == 2 * 10 + 10 * 49  # and the 49 occluded copies of each probe
+
+
 class MaskSegmenter(pl.LightningModule):
     """A small U-Net trained on per-pixel masks (255: ignored)."""
 
