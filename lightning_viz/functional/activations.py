@@ -28,7 +28,9 @@ class ActivationReductions(NamedTuple):
     """(6,) the numerators and denominators of :data:`SUMMED` (sum them over batches or ranks,
     then read them with :func:`stats_from_sums`)."""
     channel_active: Tensor
-    """(C,) bool: the channel has a positive value in the (read) images."""
+    """(C,) bool: the channel has a positive value in the read images, or a positive sum over
+    the whole batch (which for a non-negative activation such as a ReLU says the same of every
+    image, where the read images may be too few to call a channel dead)."""
     active_maps: Tensor
     """How many (image, channel) maps of the read images have a positive value."""
     histogram: Tensor
@@ -41,8 +43,11 @@ class ActivationSample(NamedTuple):
 
     images: Tensor
     """(n, C, H, W): a copy of the strided images, in the feature map's dtype."""
-    total: Tensor
-    """The whole batch's plain sum in float32: NaN or Inf anywhere in it makes it non-finite."""
+    channel_sums: Tensor
+    """(C,) each channel's sum over the whole batch in float32: NaN or Inf anywhere makes one
+    non-finite, and a positive one says the channel is active."""
+    values_per_channel: int
+    """How many values each channel has in the whole batch (N x H x W)."""
 
 
 def sample_activations(activations: Tensor, max_values: int | None = None) -> ActivationSample:
@@ -55,12 +60,13 @@ def sample_activations(activations: Tensor, max_values: int | None = None) -> Ac
     """
     whole = _checked(activations, max_values)
     images = _strided_images(whole, max_values).clone(memory_format=torch.contiguous_format)
-    return ActivationSample(images, _plain_sum(whole))
+    n, _, height, width = whole.shape
+    return ActivationSample(images, _channel_sums(whole), n * height * width)
 
 
 def reduce_activation_samples(
     images: Tensor,
-    totals: Tensor,
+    channel_sums: Tensor,
     bins: int = HISTOGRAM_BINS,
     histogram_samples: int | None = None,
     bounds: tuple[float, float] | None = None,
@@ -72,7 +78,7 @@ def reduce_activation_samples(
 
     Args:
         images: (S, n, C, H, W): each step's :attr:`ActivationSample.images`, stacked.
-        totals: (S,): each step's :attr:`ActivationSample.total`.
+        channel_sums: (S, C): each step's :attr:`ActivationSample.channel_sums`.
         bins, histogram_samples, bounds: as in :func:`activation_stats`, per step.
         overwrite: the function may overwrite float32 ``images`` (it then copies nothing:
             on a CPU, temporaries of several MB cost a page fault per 4 KiB).
@@ -82,10 +88,10 @@ def reduce_activation_samples(
         ``active_maps`` (S,) and ``histogram`` (S, 2 + bins); ``channel_active`` (C,) is any
         step's.
     """
-    if images.dim() != 5 or totals.shape != images.shape[:1]:
+    if images.dim() != 5 or channel_sums.shape != (images.shape[0], images.shape[2]):
         raise ValueError(
-            "`images` must be (S, n, C, H, W) and `totals` (S,), got "
-            f"{tuple(images.shape)} and {tuple(totals.shape)}"
+            "`images` must be (S, n, C, H, W) and `channel_sums` (S, C), got "
+            f"{tuple(images.shape)} and {tuple(channel_sums.shape)}"
         )
     _check_counts(bins, histogram_samples)
     a = images.to(torch.float32, copy=not overwrite)
@@ -111,14 +117,15 @@ def reduce_activation_samples(
         [
             zero,
             localized,
-            (~totals.isfinite()).float(),
+            (~channel_sums.isfinite()).any(dim=1).float(),
             a.new_full((steps,), count),
             weight.float(),
             saturated,
         ],
         dim=1,
     )
-    return ActivationReductions(sums, active.any(dim=1).any(dim=0), active_maps, histogram)
+    channel_active = active.any(dim=1).any(dim=0) | (channel_sums > 0).any(dim=0)
+    return ActivationReductions(sums, channel_active, active_maps, histogram)
 
 
 def activation_reductions(
@@ -135,7 +142,7 @@ def activation_reductions(
     _check_counts(bins, histogram_samples)
     images = _strided_images(whole, max_values)
     reduced = reduce_activation_samples(
-        images[None], _plain_sum(whole)[None], bins, histogram_samples, bounds
+        images[None], _channel_sums(whole)[None], bins, histogram_samples, bounds
     )
     return ActivationReductions(
         reduced.sums[0], reduced.channel_active, reduced.active_maps[0], reduced.histogram[0]
@@ -169,8 +176,8 @@ def activation_stats(
 
     Returns:
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
-        ``channel_active``: (C,) bool, any positive value in this batch (OR these across batches
-        to count dead channels);
+        ``channel_active``: (C,) bool, any positive value in the read images or a positive sum
+        over the whole batch (OR these across batches to count dead channels);
         ``localization``: mean over images and active channels of ``1 - H2(p) / log(H*W)``, with
         p the positive part normalized over space and ``H2(p) = -log sum(p^2)`` its collision
         (order-2 Renyi) entropy, the log of the map's participation ratio: 0 when spread evenly,
@@ -266,9 +273,9 @@ def _strided_images(activations: Tensor, max_values: int | None) -> Tensor:
     return activations[::stride]
 
 
-def _plain_sum(activations: Tensor) -> Tensor:
-    # summed in float32: a float16 sum overflows to Inf on any large batch of ordinary values
-    return activations.sum(dtype=torch.float32)
+def _channel_sums(activations: Tensor) -> Tensor:
+    # in float32: a float16 sum overflows to Inf on any large batch of ordinary values
+    return activations.sum(dim=(0, 2, 3), dtype=torch.float32)
 
 
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:

@@ -1,4 +1,5 @@
 import math
+from contextlib import nullcontext
 
 import pytest
 import pytorch_lightning as pl
@@ -65,6 +66,20 @@ def test_an_epoch_shorter_than_the_cadence_still_samples_its_last_batch(tmp_path
     assert steps == [13, 26, 39]
     dead = [e.step for e in events.Scalars(f"activations/{RELUS[0]}/dead_fraction")]
     assert dead == [13, 26, 39]
+
+
+@pytest.mark.parametrize("dead", [False, True])
+def test_a_short_run_reads_dead_channels_from_the_whole_batch(tmp_path, dead):
+    """A sampled step reads 4 of the 64 images here (256 values per channel of the 8x8 layer),
+    too few alone to call a channel dead: a ReLU's per-channel sums over the whole batch are
+    enough, so one sample per epoch gives each epoch a dead fraction."""
+    monitor = ActivationMonitor(layers=[RELUS[2]], every_n_steps=50, max_values=2**12)
+    module = DeadBias() if dead else DigitsClassifier()
+    with pytest.warns(UserWarning, match="had no positive") if dead else nullcontext():
+        fit(module, [monitor], tmp_path, epochs=2, limit_train_batches=3)
+    fractions = read_events(tmp_path).Scalars(f"activations/{RELUS[2]}/dead_fraction")
+    assert [(e.step, e.value) for e in fractions] == [(3, float(dead)), (6, float(dead))]
+    assert [a.kind for a in monitor.alerts.raised] == (["dead_channels"] if dead else [])
 
 
 class Recorder(pl.Callback):
