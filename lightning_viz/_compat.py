@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities import model_helpers
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer import record_writer
 
@@ -26,6 +27,7 @@ except ImportError:  # a declared dependency; without it TensorBoard's own check
 
 try:
     import lightning.pytorch as unified
+    from lightning.pytorch.utilities import model_helpers as unified_model_helpers
     from lightning.pytorch.loggers import TensorBoardLogger as UnifiedTensorBoardLogger
     from lightning.pytorch.loggers import WandbLogger as UnifiedWandbLogger
 except ImportError:  # the unified package is optional
@@ -40,6 +42,14 @@ TENSORBOARD_LOGGERS: tuple[type, ...] = (
 WANDB_LOGGERS: tuple[type, ...] = (
     (WandbLogger,) if unified is None else (WandbLogger, UnifiedWandbLogger)
 )
+
+
+def is_overridden(method: str, module: Any) -> bool:
+    """Whether ``module`` (a LightningModule of either namespace) defines ``method`` itself,
+    by its own namespace's ``is_overridden`` (each one fails on the other's modules)."""
+    if unified is not None and isinstance(module, unified.LightningModule):
+        return unified_model_helpers.is_overridden(method, module)
+    return model_helpers.is_overridden(method, module)
 
 
 def state_key(callback: Any, **fields: Any) -> str:

@@ -8,12 +8,11 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_viz._compat import compiled_parts, fit_dataloaders
+from lightning_viz._compat import compiled_parts, fit_dataloaders, is_overridden
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.callbacks.probe_base import Unsuited
