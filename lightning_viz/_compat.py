@@ -27,9 +27,9 @@ except ImportError:  # a declared dependency; without it TensorBoard's own check
 
 try:
     import lightning.pytorch as unified
-    from lightning.pytorch.utilities import model_helpers as unified_model_helpers
     from lightning.pytorch.loggers import TensorBoardLogger as UnifiedTensorBoardLogger
     from lightning.pytorch.loggers import WandbLogger as UnifiedWandbLogger
+    from lightning.pytorch.utilities import model_helpers as unified_model_helpers
 except ImportError:  # the unified package is optional
     unified = None
 
