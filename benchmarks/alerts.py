@@ -76,6 +76,36 @@ def conv_autoencoder(width: int = 16) -> nn.Module:
     )
 
 
+class DCGAN(nn.Module):
+    """The DCGAN recipe at 32x32: a generator of four transposed convs from a 32-d latent
+    vector, a discriminator of four strided convs (LeakyReLU 0.2, BatchNorm inside)."""
+
+    latent = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def up(inp: int, out: int, stride: int, padding: int) -> list[nn.Module]:
+            return [
+                nn.ConvTranspose2d(inp, out, 4, stride, padding, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+            ]
+
+        def down(inp: int, out: int, norm: bool) -> list[nn.Module]:
+            layers = [nn.Conv2d(inp, out, 4, 2, 1, bias=not norm)]
+            return layers + ([nn.BatchNorm2d(out)] if norm else []) + [nn.LeakyReLU(0.2)]
+
+        self.generator = nn.Sequential(
+            *up(self.latent, 64, 1, 0), *up(64, 32, 2, 1), *up(32, 16, 2, 1),
+            nn.ConvTranspose2d(16, 1, 4, 2, 1, bias=False), nn.Tanh(),
+        )  # fmt: skip
+        self.discriminator = nn.Sequential(
+            *down(1, 16, False), *down(16, 32, True), *down(32, 64, True),
+            nn.Conv2d(64, 1, 4), nn.Flatten(),
+        )  # fmt: skip
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
@@ -99,6 +129,7 @@ class Recipe:
     ema: bool = False
     teacher: bool = False
     reconstruct: bool = False  # an autoencoder: the loss is the images' mean squared error
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's
 
 
 class ScenarioModule(pl.LightningModule):
@@ -176,6 +207,45 @@ class ScenarioModule(pl.LightningModule):
         return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)]
 
 
+class GANModule(pl.LightningModule):
+    """A :class:`DCGAN` trained the usual way: per batch, a discriminator step on real and
+    generated images, then a generator step (manual optimization, two Adam optimizers)."""
+
+    def __init__(self, recipe: Recipe, epochs: int) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.model = recipe.model()
+        self.automatic_optimization = False
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.generator(z)
+
+    def training_step(self, batch, batch_idx):
+        low, high = batch[0].min(), batch[0].max()
+        real = (batch[0] - low) / (high - low) * 2 - 1  # the generator's tanh range
+        d_opt, g_opt = self.optimizers()
+        fake = self(torch.randn(len(real), self.model.latent, 1, 1, device=real.device))
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        judge = self.model.discriminator
+        d_loss = F.binary_cross_entropy_with_logits(
+            judge(real), ones
+        ) + F.binary_cross_entropy_with_logits(judge(fake.detach()), zeros)
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = F.binary_cross_entropy_with_logits(judge(fake), ones)
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+
+    def configure_optimizers(self):
+        recipe = self.recipe
+        return [
+            torch.optim.Adam(part.parameters(), lr=recipe.lr, betas=recipe.betas)
+            for part in (self.model.discriminator, self.model.generator)
+        ]
+
+
 # ------------------------------------------------------------------------------------- data
 def digits_data(
     labels: str = "true",
@@ -240,6 +310,7 @@ class Scenario:
     seed: int = 0
     held_out: bool = False
     note: str = ""
+    module: Callable[[Recipe, int], pl.LightningModule] = ScenarioModule
 
 
 def digits_net(**kwargs) -> Callable[[], nn.Module]:
@@ -589,6 +660,40 @@ SCENARIOS = [
         expected=("exploding", "overwritten", "collapse", "nonfinite_weights"),
         held_out=True,
     ),
+    Scenario(
+        "dcgan-adam-2e-4",
+        "healthy",
+        Recipe(DCGAN, "adam", 2e-4, betas=(0.5, 0.999)),
+        epochs=8,
+        module=GANModule,
+    ),
+    Scenario(
+        "dcgan-adam-2e-4-seed1",
+        "healthy",
+        Recipe(DCGAN, "adam", 2e-4, betas=(0.5, 0.999)),
+        epochs=8,
+        module=GANModule,
+        seed=1,
+        held_out=True,
+    ),
+    Scenario(
+        "dcgan-adam-lr-0.05",
+        "fault",
+        Recipe(DCGAN, "adam", 0.05, betas=(0.5, 0.999)),
+        epochs=6,
+        module=GANModule,
+        expected=("exploding", "overwritten"),
+        held_out=True,
+    ),
+    Scenario(
+        "dcgan-adam-lr-0.5",
+        "fault",
+        Recipe(DCGAN, "adam", 0.5, betas=(0.5, 0.999)),
+        epochs=6,
+        module=GANModule,
+        expected=("exploding", "overwritten"),
+        held_out=True,
+    ),
     # frozen on purpose
     Scenario("frozen-backbone", "frozen", Recipe(digits_net(), freeze=freeze_features), epochs=6),
     Scenario("ema-copy", "frozen", Recipe(digits_net(), ema=True), epochs=8),
@@ -706,7 +811,7 @@ class SignalRecorder(pl.Callback):
 def run(scenario: Scenario) -> dict[str, Any]:
     pl.seed_everything(scenario.seed, verbose=False)
     train, val = scenario.data(seed=scenario.seed, **scenario.data_args)
-    module = ScenarioModule(scenario.recipe, scenario.epochs)
+    module = scenario.module(scenario.recipe, scenario.epochs)
     monitors = [FilterMonitor(), ActivationMonitor()]
     recorder = SignalRecorder()
     logger = MemoryLogger()
