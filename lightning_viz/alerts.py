@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_viz.tags import NOTICE_KINDS
+from lightning_viz.tags import INFO_KINDS, NOTICE_KINDS
 
 OnAlert = Literal["warn", "stop"] | Callable[["Alert"], Any]
 
@@ -90,11 +90,12 @@ def announce_cleared(alerts: Sequence[Alert]) -> None:
 
 
 def deliver(alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any) -> None:
-    """Warn (always), then stop the trainer (health alerts only) or call the user's function
-    with each alert. ``alerts`` of one kind, raised together, warn once: the first's message,
-    naming the other layers (a divergence raises ``exploding`` on every conv at once)."""
+    """Warn (a line for :data:`~lightning_viz.tags.INFO_KINDS`), then stop the trainer
+    (health alerts only) or call the user's function with each alert. ``alerts`` of one kind,
+    raised together, warn once: the first's message, naming the other layers (a divergence
+    raises ``exploding`` on every conv at once)."""
     first, also = alerts[0], also_in(alerts[1:])
-    rank_zero_warn(first.message + also)
+    (rank_zero_info if first.kind in INFO_KINDS else rank_zero_warn)(first.message + also)
     if on_alert == "stop" and first.kind not in NOTICE_KINDS:
         trainer.should_stop = True
         rank_zero_info(f"{first.source} stopped training: {first.kind} in {first.layer!r}{also}.")

@@ -126,6 +126,9 @@ ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what
 NOTICE_KINDS = frozenset({"failed", "frozen", "not_shown", "over_budget"})
 """Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
 not counted in :data:`ALERT_COUNT`, listed apart by ``lightning-viz summary``."""
+INFO_KINDS = frozenset({"over_budget"})
+"""Notices printed as a line, not a warning: lightning-viz doing what it was asked, which a
+healthy run should not be warned about."""
 OVERHEAD = "lightning_viz/overhead"
 """Scalar, at every training epoch's end: the share of the wall-clock time since the previous
 entry (or train start) that the training thread spent in lightning-viz callbacks."""

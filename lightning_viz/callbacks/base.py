@@ -530,9 +530,8 @@ class VizCallback(*CALLBACK_BASES):
             message = (
                 f"lightning-viz took {share:.1%} of the training time so far ({each}), over the "
                 f"budget of {self.budget:.1%}: {what} is skipped, and the costliest callbacks "
-                "skip work until the share is back within it. Each view still shows at its first "
-                "chance and in the last epoch, so a fit of a few epochs may stay over it "
-                "(lightning_viz/overhead charts each callback's share; budget=None never skips)."
+                "skip work until the share is back within it (each view still shows in the last "
+                "epoch; budget=None never skips)."
             )
             self.raise_alert(
                 trainer,

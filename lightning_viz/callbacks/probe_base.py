@@ -27,7 +27,8 @@ from lightning_viz.functional.captions import class_name
 from lightning_viz.probes import Probes
 
 SLOW_RENDER_SECONDS = 1.0
-"""A probe visualization that takes longer says so in a log line, with its duration."""
+"""A probe visualization that takes longer says so in a log line, with its duration (the first
+such render of a fit)."""
 
 
 class Unsuited(Exception):
@@ -127,6 +128,7 @@ class ProbeCallback(VizCallback):
         self.num_probes = None if num_probes is None else check_int("num_probes", num_probes)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.probes: Probes | None = None
+        self._said_slow = False
 
     # ----------------------------------------------------------------------------- hooks
     @override
@@ -143,6 +145,7 @@ class ProbeCallback(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resumed = self.probes is not None
+        self._said_slow = False
         self.class_names = self.given_class_names or class_names_of(trainer)
         try:
             self.probes = self._resolve_probes(trainer).to(pl_module.device)
@@ -281,10 +284,12 @@ class ProbeCallback(VizCallback):
         ):
             self.visualize(trainer, pl_module, self.probes)
         seconds = time.perf_counter() - started
-        if seconds >= SLOW_RENDER_SECONDS:
+        if seconds >= SLOW_RENDER_SECONDS and not self._said_slow:
+            self._said_slow = True
             rank_zero_info(
                 f"lightning-viz: {name} took {seconds:.1f} s to render at step "
-                f"{trainer.global_step} (every_n_epochs= or fewer probes or layers for less)"
+                f"{trainer.global_step} (every_n_epochs= or fewer probes or layers for less; "
+                "lightning_viz/overhead charts what each callback costs)"
             )
 
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:

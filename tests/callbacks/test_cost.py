@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 
 import lightning_viz
 from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, Probes, tags
+from lightning_viz.callbacks import probe_base
 from lightning_viz.callbacks.base import RunContext
 from lightning_viz.callbacks.cost import CostMeter
 from lightning_viz.summary import summarize
@@ -80,7 +82,9 @@ def test_overhead_is_logged_at_every_epoch_end_per_callback_and_in_total(tmp_pat
 
 
 @pytest.mark.parametrize(("budget", "at_least"), [(0.01, 1), (0.05, 6)])
-def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path, budget, at_least):
+def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(
+    tmp_path, caplog, budget, at_least
+):
     unbudgeted = ActivationMonitor(every_n_steps=1)
     trainer = fit(DigitsClassifier(), [unbudgeted], tmp_path / "free", epochs=1)
     unbudgeted_share = RunContext.of(trainer).cost.share()
@@ -94,8 +98,12 @@ def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path,
             super()._end_sampled_step(trainer)
 
     monitor = Counting(every_n_steps=1, budget=budget)
-    with pytest.warns(UserWarning, match=rf"over the budget of {budget:.1%}: a sampled step is"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO"):
+        warnings.simplefilter("always")
         trainer = fit(DigitsClassifier(), [monitor], tmp_path / "budget", epochs=4)
+    assert re.search(rf"over the budget of {budget:.1%}: a sampled step is", caplog.text)
+    # a line, not a warning: the budget is doing its job
+    assert not [w for w in caught if "budget" in str(w.message)]
     context = RunContext.of(trainer)
     assert context.cost.share() < budget
     # the cadence stretches by about the unbudgeted share over the budget
@@ -106,10 +114,13 @@ def test_a_budget_stretches_an_expensive_cadence_until_the_share_holds(tmp_path,
     assert trainer.current_epoch == 4
 
 
-def test_past_the_budget_filter_images_skip_epochs_but_the_measurement_never_waits(tmp_path):
+def test_past_the_budget_filter_images_skip_epochs_but_the_measurement_never_waits(
+    tmp_path, caplog
+):
     monitor = FilterMonitor(budget=0.001)
-    with pytest.warns(UserWarning, match=r"the filter image of an epoch is skipped"):
+    with caplog.at_level("INFO"):
         trainer = fit(DigitsClassifier(), [monitor], tmp_path, epochs=5, validate=False)
+    assert "the filter image of an epoch is skipped" in caplog.text
     events = read_events(tmp_path)
     epoch_ends = [trainer.global_step * (e + 1) // 5 for e in range(5)]
     noise = events.Scalars("filters/model.features.0/noise")
@@ -161,3 +172,14 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path):
     assert shares is not None, notices[0].message
     assert {shares[1], shares[3]} == {"ActivationMonitor", "GradCAMLogger"}
     assert float(shares[2]) >= float(shares[4])
+
+
+def test_a_slow_render_is_announced_once_per_fit(tmp_path, caplog, monkeypatch):
+    """LIME took 7.6 s at every render of a user's run and said so at every one."""
+    monkeypatch.setattr(probe_base, "SLOW_RENDER_SECONDS", 0.0)
+    images, labels = digits_tensors()
+    gradcam = GradCAMLogger(probes=Probes(images[:4], labels[:4]))
+    with caplog.at_level("INFO"):
+        fit(DigitsClassifier(), [gradcam], tmp_path, epochs=3, limit_train_batches=2)
+    assert len(re.findall(r"GradCAMLogger took \d+\.\d s to render at step 0 ", caplog.text)) == 1
+    assert "to render at step 2" not in caplog.text
