@@ -89,6 +89,22 @@ def announce_cleared(alerts: Sequence[Alert]) -> None:
     )
 
 
+def deliver_notices(held: Sequence[tuple[Alert, OnAlert]]) -> None:
+    """Notices of several callbacks, held while a fit starts: one warning (or line) per
+    distinct message, naming every callback that gave it (seven probe views that find no
+    images in the batches warned seven times); each callable ``on_alert`` gets its own."""
+    groups: dict[tuple[str, str], list[tuple[Alert, OnAlert]]] = {}
+    for alert, on_alert in held:
+        text = alert.message.removeprefix(f"{alert.source}: ")
+        groups.setdefault((alert.kind, text), []).append((alert, on_alert))
+    for (kind, text), group in groups.items():
+        sources = ", ".join(dict.fromkeys(alert.source for alert, _ in group))
+        (rank_zero_info if kind in INFO_KINDS else rank_zero_warn)(f"{sources}: {text}")
+        for alert, on_alert in group:
+            if callable(on_alert):
+                on_alert(alert)
+
+
 def deliver(alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any) -> None:
     """Warn (a line for :data:`~lightning_viz.tags.INFO_KINDS`), then stop the trainer
     (health alerts only) or call the user's function with each alert. ``alerts`` of one kind,

@@ -36,6 +36,7 @@ from lightning_viz.alerts import (
     announce_cleared,
     check_on_alert,
     deliver,
+    deliver_notices,
 )
 from lightning_viz.callbacks.background import BackgroundWriter
 from lightning_viz.callbacks.cost import CostMeter
@@ -82,6 +83,7 @@ class RunContext:
         self.no_tensorboard_said = False
         self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
+        self.held_notices: list[tuple[Alert, OnAlert]] | None = None  # while the fit starts
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -91,6 +93,7 @@ class RunContext:
         them live."""
         if self.started_callbacks:
             return
+        self.held_notices = []
         board = next((lg for lg in trainer.loggers if isinstance(lg, TENSORBOARD_LOGGERS)), None)
         where = (
             f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
@@ -101,13 +104,29 @@ class RunContext:
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print on rank 0 what
-        they watch (probe views choose their layers on the probes, at their start)."""
+        they watch (probe views choose their layers on the probes, at their start), then the
+        notices held since the first one started, alike ones together."""
         everyone = self.callbacks(trainer)
         self.started_callbacks.add(id(callback))
         if len(self.started_callbacks) != len(everyone):
             return
         watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
         rank_zero_info(f"lightning-viz: watching {', '.join(watched) or 'nothing'}")
+        self.release_notices()
+
+    def release_notices(self) -> None:
+        """Deliver the notices held while the fit started, alike ones together, and hold no
+        more (also when the start failed half-way)."""
+        held, self.held_notices = self.held_notices or [], None
+        deliver_notices(held)
+
+    def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
+        """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
+        wait while the fit starts, to be said together (:meth:`started`)."""
+        if self.held_notices is not None and alerts[0].kind in tags.NOTICE_KINDS:
+            self.held_notices += [(alert, on_alert) for alert in alerts]
+        else:
+            deliver(alerts, on_alert, trainer)
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
         """Add a raised or cleared alert to its step's rows; the markdown table of that step.
@@ -379,6 +398,7 @@ class VizCallback(*CALLBACK_BASES):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
         RunContext.of(trainer).stop_recording(final=True)
+        RunContext.of(trainer).release_notices()
         self.finish_writes(trainer, close=True)
 
     @override
@@ -395,6 +415,7 @@ class VizCallback(*CALLBACK_BASES):
         # Lightning finalizes the loggers right after this hook (and calls no teardown): what
         # was logged before the exception is written now
         RunContext.of(trainer).stop_recording(final=True)
+        RunContext.of(trainer).release_notices()
         self.finish_writes(trainer, close=True)
 
     def finish_writes(self, trainer: pl.Trainer, close: bool) -> None:
@@ -418,11 +439,6 @@ class VizCallback(*CALLBACK_BASES):
             self.raise_alert(trainer, Finding("failed", f"writing {what}", True, message=message))
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._not_shown is not None:
-            self._notice_not_shown(trainer)
-
-    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         context = RunContext.of(trainer)
         if context.callbacks(trainer)[0] is self:
@@ -430,10 +446,14 @@ class VizCallback(*CALLBACK_BASES):
             context.over_budget_said = False
             context.started_callbacks = set()  # a second fit on the Trainer says it again
         context.starting(trainer)
-        if self.showing:
-            with self.timed(trainer):
-                self.start(trainer, pl_module)
-        context.started(self, trainer)
+        try:
+            if self._not_shown is not None:  # found in setup
+                self._notice_not_shown(trainer)
+            if self.showing:
+                with self.timed(trainer):
+                    self.start(trainer, pl_module)
+        finally:
+            context.started(self, trainer)
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """What the callback does when training starts (baselines, probes); default nothing."""
@@ -693,7 +713,7 @@ class VizCallback(*CALLBACK_BASES):
             return
         self.log_text(trainer, tags.ALERTS, table)
         if status == "raised":
-            deliver([alert], self.on_alert, trainer)
+            RunContext.of(trainer).deliver([alert], self.on_alert, trainer)
         else:
             announce_cleared([alert])
 
@@ -710,7 +730,9 @@ class VizCallback(*CALLBACK_BASES):
             if held:
                 self.log_text(trainer, tags.ALERTS, held[-1][2])
             say = {
-                "raised": lambda alerts: deliver(alerts, self.on_alert, trainer),
+                "raised": lambda alerts: RunContext.of(trainer).deliver(
+                    alerts, self.on_alert, trainer
+                ),
                 "cleared": announce_cleared,
             }
             for status, announce in say.items():

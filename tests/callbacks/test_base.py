@@ -1,14 +1,17 @@
 """What every callback shares: the one host transfer and the per-Trainer RunContext."""
 
+import logging
 import re
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 from pytorch_lightning.loggers import CSVLogger
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
 from lightning_viz import (
@@ -345,3 +348,50 @@ def test_a_fit_bounded_by_max_steps_keeps_the_evolution_image_size(tmp_path):
     evolution = read_events(tmp_path).Images("evolution/model.features.0")
     assert len(evolution) == 3
     assert len({(image.width, image.height) for image in evolution}) == 1
+
+
+class SequenceClassifier(pl.LightningModule):
+    """A Conv1d net on (N, 8, 16) sequences: no image for any view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, caplog):
+    """Seven probe views that found no images in the batches warned seven times, and the notices
+    found in setup came before the line saying where the logs go."""
+    received = []
+    callbacks = lightning_viz.default_callbacks(on_alert=received.append, extra_views=True)
+    data = DataLoader(TensorDataset(torch.randn(16, 8, 16), torch.randint(0, 4, (16,))), 8)
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=1)
+    logging.captureWarnings(True)  # warnings and lines in one record, in order
+    try:
+        with caplog.at_level("INFO"):
+            trainer.fit(SequenceClassifier(), data, data)
+    finally:
+        logging.captureWarnings(False)
+    ours = re.compile(r"^lightning-viz:|(Monitor|Logger|Visualizer)(, \w+)*: ")
+    said = [r.getMessage() for r in caplog.records if ours.search(r.getMessage())]
+    assert said[0].startswith("lightning-viz: logging to")
+    no_images = [line for line in said if "cannot find (N, C, H, W) images in a batch" in line]
+    views = ["GradCAMLogger", "ActivationGridLogger", "OcclusionLogger", "SaliencyLogger",
+             "LIMELogger", "CAMLogger", "FeatureVisualizer"]  # fmt: skip
+    assert len([line for line in no_images if "pass probes=" in line]) == 1
+    assert f"{', '.join(views)}: cannot find" in no_images[0]
+    # each callback's own alert still reaches on_alert
+    assert sorted(a.source for a in received if "pass probes=" in a.message) == sorted(views)
