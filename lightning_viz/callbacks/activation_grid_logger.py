@@ -233,7 +233,9 @@ class ActivationGridLogger(ProbeCallback):
                 trainer, tags.tag(tags.ACTIVATION_GRID, layer), stack_rows(legend, image)
             )
             self.log_text(
-                trainer, tags.tag(tags.ACTIVATION_GRID_CHANNELS, layer), self._table(probes, host)
+                trainer,
+                tags.tag(tags.ACTIVATION_GRID_CHANNELS, layer),
+                self._table(layer, probes, host),
             )
 
     def _legend(self, layer: str, image: Tensor, k: int, signed: bool) -> Tensor:
@@ -243,22 +245,37 @@ class ActivationGridLogger(ProbeCallback):
         title = f"{layer}: top {k} channels by mean"
         if signed:
             bar = color_bar(width, SIGNED_CMAP, "-largest", "+largest", title, device, dtype)
-            note = (
-                "The layer has negative values (it comes before its activation): blue below 0, "
-                "white at 0, red above. Each probe's maps are scaled to their largest absolute "
-                "value (in the text table)."
-            )
         else:
             bar = color_bar(width, self.cmap, "0", "largest", title, device, dtype)
-            note = (
+        note = self._scale_note(layer, signed)
+        return stack_rows(bar, footnote(width, note, device, dtype))
+
+    def _scale_note(self, layer: str, signed: bool) -> str:
+        """How the layer's maps are coloured and scaled, under the colour bar and above the
+        text table; for negative values, why the layer has them (an activation module that
+        passes some, such as GELU or SiLU, or a layer before its activation)."""
+        if not signed:
+            return (
                 "Each probe's maps are scaled from 0 to their largest value (in the text table): "
                 "a weak map stays dark beside a strong one."
             )
-        return stack_rows(bar, footnote(width, note, device, dtype))
+        module = self._layers.get(layer)
+        why = (
+            f"its activation, {type(module).__name__}, lets some through"
+            if module is not None and is_activation(module)
+            else "it comes before its activation"
+        )
+        return (
+            f"The layer has negative values ({why}): blue below 0, white at 0, red above. Each "
+            "probe's maps are scaled to their largest absolute value (in the text table)."
+        )
 
-    def _table(self, probes: Probes, host: dict[str, Tensor]) -> str:
-        """The markdown table of what each block shows, with the layer's sparsity on the probe."""
+    def _table(self, layer: str, probes: Probes, host: dict[str, Tensor]) -> str:
+        """The markdown table of what each block shows, with the layer's sparsity on the probe,
+        under the note on how the maps are scaled."""
         lines = [
+            self._scale_note(layer, bool(host["signed"])),
+            "",
             "| probe | class | scale (largest absolute value) | values <= 0 | dead channels | "
             "channels (mean activation) |",
             "|---|---|---|---|---|---|",

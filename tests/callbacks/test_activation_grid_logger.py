@@ -99,6 +99,28 @@ def test_a_layer_before_its_relu_is_drawn_in_the_diverging_map(tmp_path):
     assert_colour(pixels[BAND + BAND // 2, images[-1].width // 2], "RdBu_r", 128)
 
 
+def scale_note(events, layer: str) -> str:
+    text = events.Tensors(f"activation_grid/{layer}/channels/text_summary")[-1]
+    return text.tensor_proto.string_val[0].decode().splitlines()[0]
+
+
+def test_the_note_says_why_a_layer_has_negative_values(tmp_path):
+    """A user's SiLU layer was said to come before its activation: it is the activation."""
+    module = DigitsClassifier()
+    module.model.features[2] = nn.GELU()  # after the first conv and BatchNorm
+    layers = ["model.features.1", "model.features.2", "model.features.6"]
+    logger = ActivationGridLogger(layers=layers, k=4, strict=True)
+    fit(module, [logger], tmp_path, epochs=1, limit_train_batches=2)
+    events = read_events(tmp_path)
+    assert scale_note(events, layers[0]).startswith(
+        "The layer has negative values (it comes before its activation): blue below 0"
+    )
+    assert scale_note(events, layers[1]).startswith(
+        "The layer has negative values (its activation, GELU, lets some through)"
+    )
+    assert scale_note(events, layers[2]).startswith("Each probe's maps are scaled from 0")
+
+
 def test_default_layers_are_the_first_and_the_deepest_activated_maps():
     resnet = Classifier(torchvision.models.resnet18(num_classes=10)).eval()
     # at 64 pixels layer3's maps are 4x4: the deepest of at least 7x7 is in layer2
