@@ -229,14 +229,22 @@ def _no_head_message(
         "CAM needs global average pooling followed by one linear layer; use Grad-CAM "
         "(grad_cam, GradCAMLogger), which works with any head"
     )
+    after_spatial = spatial[-1] if spatial else -1
+    pooled = next(  # the pooling's 1x1 output: what a head's norm reads then is no feature map
+        (
+            i
+            for i, (_, module, shape) in enumerate(finished)
+            if i > after_spatial and _is_one_cell(shape) and not _has_parameters(module)
+        ),
+        len(finished),
+    )
     shrunk = [
         (name, shape)
         for i, (name, module, shape) in enumerate(finished)
-        if i > (spatial[-1] if spatial else -1)
-        and len(shape) == 4
-        and shape[2] * shape[3] == 1
+        if after_spatial < i < pooled
+        and _is_one_cell(shape)
         and shape[1] in widths
-        and any(True for _ in module.parameters())  # a layer's map, not the pooling's output
+        and _has_parameters(module)  # a layer's map
     ]
     if shrunk:  # the maps shrank to 1x1 before the head at this size: a map of one cell
         name, shape = shrunk[0]
@@ -262,3 +270,11 @@ def _no_head_message(
         f"last feature map {name!r} {shape[1:]} comes {head}, and no linear layer turns a "
         f"feature map's global average into its scores. {advice}"
     )
+
+
+def _is_one_cell(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2] * shape[3] == 1
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())

@@ -109,6 +109,30 @@ def test_other_heads_are_refused_with_what_was_found(request, model_name, found,
         gap_linear_head(model, images[:1])
 
 
+class NormedHead(nn.Module):
+    """ConvNeXt's head: global average pooling, LayerNorm2d of the 1x1 map, flatten, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 8, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = torchvision.models.convnext.LayerNorm2d(8)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.flatten(self.norm(self.pool(self.features(x)))))
+
+
+def test_a_norm_after_the_pooling_is_named_not_taken_for_a_too_small_map(images):
+    """The 1x1 map a ConvNeXt head normalizes was read as maps shrunk by small probes, and the
+    message advised larger ones, which cannot help."""
+    with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
+        class_activation_map(NormedHead(), images)
+    assert error.match(r"'features' \(8, 31, 31\) comes AdaptiveAvgPool2d -> LayerNorm2d -> ")
+    assert "1x1" not in str(error.value)
+
+
 def test_a_vision_transformer_is_refused_naming_the_end_of_its_head():
     with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
         gap_linear_head(tiny_vit().eval(), torch.randn(1, 3, 32, 32))
