@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -245,5 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print("\n\n".join(tables))
+    try:
+        print("\n\n".join(tables), flush=True)
+    except BrokenPipeError:  # `lightning-viz summary logs | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
     return 0

@@ -121,6 +121,21 @@ def test_python_dash_m(tmp_path):
     assert "no lightning-viz logs" in result.stderr
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """``lightning-viz summary logs | head`` ended in a BrokenPipeError traceback."""
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("filters/conv/noise", 0.5, 0)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "lightning_viz", "summary", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reader.stdout.close()  # before the table is written: as `head` that has its lines
+    _, errors = reader.communicate(timeout=120)
+    assert reader.returncode == 0
+    assert b"BrokenPipeError" not in errors, errors.decode()
+
+
 def test_summary_reads_event_files_without_importing_torch(tmp_path):
     with SummaryWriter(str(tmp_path)) as writer:
         writer.add_scalar("filters/conv1/noise", 0.5, 0)
