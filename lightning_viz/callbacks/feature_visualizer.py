@@ -17,7 +17,7 @@ from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
-from lightning_viz.functional._capture import run_until_captured
+from lightning_viz.functional._capture import Forward, run_until_captured
 from lightning_viz.functional._validation import (
     all_finite,
     check_int,
@@ -25,7 +25,7 @@ from lightning_viz.functional._validation import (
     not_finite_error,
 )
 from lightning_viz.functional.captions import footnote, labelled_table, stack_rows
-from lightning_viz.functional.feature_vis import visualize_features
+from lightning_viz.functional.feature_vis import PAD, visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
 from lightning_viz.probes import Probes
@@ -170,6 +170,7 @@ class FeatureVisualizer(ProbeCallback):
         self._layers: dict[str, nn.Module] = {}
         self._input_mean: Tensor | None = None
         self._input_std: Tensor | None = None
+        self._keep_size = False  # the model takes only the probes' size
         self.units: dict[str, list[int]] = {}
         self.spectra: dict[str, Tensor] = {}
         self.adam: dict[str, dict[str, Tensor]] = {}
@@ -233,6 +234,7 @@ class FeatureVisualizer(ProbeCallback):
             _, captured = run_until_captured(
                 pl_module, images, self._layers, full_forward=False, forward=forward
             )
+            self._keep_size = not self._runs_padded(pl_module, images[:1], forward)
         for layer, activation in captured.items():
             if layer in self.units:  # restored from a checkpoint: the run's units
                 continue
@@ -249,6 +251,19 @@ class FeatureVisualizer(ProbeCallback):
                 means = activation.float().mean(dim=(0, 2, 3))
                 top = means.topk(min(self.num_units, count)).indices
                 self.units[layer] = top.tolist()
+
+    def _runs_padded(
+        self, pl_module: pl.LightningModule, image: torch.Tensor, forward: Forward | None
+    ) -> bool:
+        """Whether the model takes the probes' size grown by the transforms' padding: a ViT
+        built for its image size raises ("Input height (56) doesn't match model (32)"), and
+        is then shown images of its own size."""
+        padded = F.pad(image, (PAD,) * 4)
+        try:
+            run_until_captured(pl_module, padded, self._layers, full_forward=False, forward=forward)
+        except Exception:  # whatever the model raises on a size it does not take
+            return False
+        return True
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -301,6 +316,7 @@ class FeatureVisualizer(ProbeCallback):
                 input_std=self._input_std,
                 seed=self.seed + self.renders,
                 forward=self.probe_forward(pl_module),
+                keep_size=self._keep_size,
             )
             thumbnails = to_rgb(result.images)
             if max(thumbnails.shape[-2:]) > MAX_THUMBNAIL:
@@ -377,7 +393,8 @@ class FeatureVisualizer(ProbeCallback):
     @override
     def watching(self) -> str:
         units = sum(len(self.units.get(layer, ())) for layer in self._layers)
-        return f"{self.view} of {units} units in {len(self._layers)} layers"
+        layers = len(self._layers)
+        return f"{self.view} of {units} units in {layers} layer{'s' if layers != 1 else ''}"
 
 
 def _enlarged(images: Tensor, slots: int) -> Tensor:

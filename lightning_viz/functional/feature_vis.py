@@ -138,7 +138,7 @@ def spectrum_to_image(spectrum: Tensor, size: tuple[int, int], decorrelate: bool
     return torch.sigmoid(image)
 
 
-def random_transform(images: Tensor, generator: torch.Generator) -> Tensor:
+def random_transform(images: Tensor, generator: torch.Generator, keep_size: bool = False) -> Tensor:
     """Lucent's ``standard_transforms`` as one affine resampling, drawn from ``generator``.
 
     The (N, C, H, W) images in [0, 1] are padded by :data:`PAD` pixels of mid-grey, shifted by
@@ -151,8 +151,11 @@ def random_transform(images: Tensor, generator: torch.Generator) -> Tensor:
     left such units at 0 in the benchmark. Difference from lucent: the size stays the padded
     size (lucent's upscaling grows the image).
 
+    With ``keep_size`` the padded margin is cropped away after the transform, for a model that
+    takes one input size only (a ViT built for its image size).
+
     Returns:
-        (N, C, H + 2 * PAD, W + 2 * PAD) transformed images.
+        (N, C, H + 2 * PAD, W + 2 * PAD) transformed images; (N, C, H, W) with ``keep_size``.
     """
     padded = F.pad(images, (PAD,) * 4, value=0.5)
     n, c, height, width = padded.shape
@@ -173,7 +176,8 @@ def random_transform(images: Tensor, generator: torch.Generator) -> Tensor:
     theta = torch.cat([to_normalized @ linear @ to_pixels, (to_normalized @ offset)[:, None]], 1)
     theta = theta.to(device=images.device, dtype=images.dtype).expand(n, 2, 3)
     grid = F.affine_grid(theta, [n, c, height, width], align_corners=False)
-    return F.grid_sample(padded, grid, mode="bilinear", align_corners=False)
+    moved = F.grid_sample(padded, grid, mode="bilinear", align_corners=False)
+    return moved[..., PAD:-PAD, PAD:-PAD] if keep_size else moved
 
 
 def to_model_input(images: Tensor, input_mean: Tensor | float, input_std: Tensor | float) -> Tensor:
@@ -218,6 +222,7 @@ def visualize_features(
     lr: float = 0.05,
     transforms: bool = True,
     forward: Forward | None = None,
+    keep_size: bool = False,
 ) -> FeatureVisualization:
     """Grow, for each unit (channel) of ``layer``, the image that maximizes its mean activation.
 
@@ -247,6 +252,9 @@ def visualize_features(
         lr: Adam's learning rate.
         transforms: apply :func:`random_transform` at each step (lucent's default).
         forward: how to run the model when not ``model(inputs)``.
+        keep_size: the transformed images keep the input size (:func:`random_transform`), for
+            a model that takes no other (a ViT built for its image size); else they are
+            :data:`PAD` pixels larger a side, as lucent's.
 
     Returns:
         ``FeatureVisualization(spectrum, images, objective)``: the parameters reached (on the
@@ -314,7 +322,7 @@ def visualize_features(
         for _ in range(steps):
             images = spectrum_to_image(parameters, (height, width), decorrelate)
             if transforms:
-                images = random_transform(images, generator)
+                images = random_transform(images, generator, keep_size)
             (gradient,) = torch.autograd.grad(objective_of(images).sum(), parameters)
             parameters.grad = -gradient  # ascent: Adam minimizes
             optimizer.step()

@@ -10,9 +10,17 @@ from torch import nn
 import lightning_viz.callbacks.feature_visualizer as feature_visualizer
 from lightning_viz.callbacks.feature_visualizer import FIT_START, FeatureVisualizer
 from lightning_viz.functional.images import CARD_WIDTH
-from lightning_viz.testing import ImageClassifier
+from lightning_viz.testing import ImageClassifier, random_loader, tiny_vit
 from tests.callbacks.test_neutrality import assert_same_training, train
-from tests.helpers import DigitsClassifier, fit, hook_count, read_events, text_rows
+from tests.helpers import (
+    Classifier,
+    DigitsClassifier,
+    fit,
+    hook_count,
+    make_trainer,
+    read_events,
+    text_rows,
+)
 
 LAYERS = ["model.features.2", "model.features.10"]
 LOGGED_STEPS = [0, 23, 46]
@@ -167,6 +175,17 @@ def test_a_model_without_feature_maps_gets_a_notice_and_training_goes_on(tmp_pat
         trainer = fit(Flat(), [visualizer], tmp_path, epochs=1, limit_train_batches=2)
     assert trainer.current_epoch == 1
     assert [a.kind for a in visualizer.alerts.raised] == ["not_shown"]
+
+
+def test_a_model_of_one_input_size_is_shown_images_of_that_size(tmp_path):
+    """A ViT built for 32 pixels failed every render on the transforms' 56-pixel images."""
+    visualizer = FeatureVisualizer(layers=["model.conv_proj"], num_units=2, strict=True, **FAST)
+    trainer = make_trainer(tmp_path, [visualizer], max_epochs=1, log_every_n_steps=1)
+    trainer.fit(Classifier(tiny_vit()), random_loader(n=8, size=32), random_loader(n=8, size=32))
+    assert visualizer._keep_size
+    events = read_events(tmp_path)
+    assert len(events.Images("feature_vis/model.conv_proj")) == 2  # fit start, epoch end
+    assert not visualizer.alerts.raised
 
 
 @pytest.mark.parametrize(

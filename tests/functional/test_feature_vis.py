@@ -66,6 +66,9 @@ def test_the_random_transform_pads_and_is_drawn_from_the_generator():
     torch.testing.assert_close(
         first[1:2], random_transform(images[1:2], torch.Generator().manual_seed(5))
     )
+    # for a model of one input size: the same transform, the padded margin cropped away
+    kept = random_transform(images, torch.Generator().manual_seed(5), keep_size=True)
+    assert torch.equal(kept, first[..., 12:32, 12:32])
 
 
 def test_display_images_map_to_the_models_input_statistics():
