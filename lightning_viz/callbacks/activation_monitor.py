@@ -20,7 +20,6 @@ from lightning_viz.callbacks.base import VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
 from lightning_viz.functional.activations import (
-    SUMMED,
     ActivationSample,
     reduce_activation_samples,
     sample_activations,
@@ -63,9 +62,6 @@ ACTIVATION_NAMES = frozenset(
 are watched by default too."""
 SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 """Output ranges of the activations that saturate, by lower-case class name."""
-NON_NEGATIVE_NAMES = frozenset({"relu", "relu6", "squaredrelu"})
-"""Class names (lower case) of the activations whose outputs are never negative: a channel's
-sum over a whole batch is then positive exactly when one of its values is."""
 _RELU_KEYS = ("zero_fraction", "localization")
 MIN_VALUES_PER_CHANNEL = 1024
 """A channel is read as dead only after this many of its values in an epoch's sampled batches
@@ -87,13 +83,6 @@ def is_activation(module: nn.Module, types: tuple[type[nn.Module], ...] | None =
     if types is not None:
         return isinstance(module, types)
     return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.lower() in ACTIVATION_NAMES
-
-
-def is_non_negative(module: nn.Module) -> bool:
-    """Whether ``module`` is an activation whose outputs are never negative (ReLU, ReLU6)."""
-    return type(module).__name__.lower() in NON_NEGATIVE_NAMES or isinstance(
-        module, (nn.ReLU, nn.ReLU6)
-    )
 
 
 def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
@@ -184,10 +173,10 @@ class ActivationMonitor(VizCallback):
       evenly strided sample of at most 4,096 of them), for the last step of each read: every
       sampled step at the default cadence, one per ``log_every_n_steps`` batches at most.
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
-      positive value in any sampled batch of the epoch (all of a ReLU's batch, through its
-      per-channel sums; the read images of other activations); only once each channel had at
-      least 1,024 values in them (a 1x1 map of a squeeze-excitation block in small batches has
-      too few to tell a dead channel from a rarely active one).
+      positive value in any sampled batch of the epoch (the whole batch, by its per-channel
+      maxima); only once each channel had at least 1,024 values in them (a 1x1 map of a
+      squeeze-excitation block in small batches has too few to tell a dead channel from a
+      rarely active one).
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (when the sampled
@@ -260,9 +249,8 @@ class ActivationMonitor(VizCallback):
         self._hooked = False
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, int] = {}
         self._bounds: dict[str, tuple[float, float] | None] = {}
-        self._non_negative: set[str] = set()
         self._saturation: dict[str, list[float]] = {}
         self._batches_seen = 0
         self._epoch_sampled = False
@@ -306,7 +294,6 @@ class ActivationMonitor(VizCallback):
                 "activation_types=[...] naming your activation classes."
             )
         self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
-        self._non_negative = {name for name, m in self._layers.items() if is_non_negative(m)}
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
@@ -534,7 +521,7 @@ class ActivationMonitor(VizCallback):
                 run = list(run)
                 reduced = reduce_activation_samples(
                     torch.stack([sample.images for _, sample in run]),
-                    torch.stack([sample.channel_sums for _, sample in run]),
+                    torch.stack([sample.channel_max for _, sample in run]),
                     histogram_samples=HISTOGRAM_SAMPLES,
                     bounds=bounds,
                     overwrite=True,  # the stacked copy is the monitor's own
@@ -585,10 +572,8 @@ class ActivationMonitor(VizCallback):
             values = host["sums"][row].tolist()
             stats = stats_from_sums(values)
             saturating = self._bounds_of(key) is not None
-            if key in self._active:
-                self._seen[key] = self._seen.get(key, 0.0) + self._dead_evidence(
-                    key, values[SUMMED.index("elements")], values_per_channel, trainer
-                )
+            if key in self._active:  # its per-channel maxima read the whole batch, every rank's
+                self._seen[key] = self._seen.get(key, 0) + values_per_channel * trainer.world_size
             self.raise_alert(trainer, nonfinite_activation_finding(key, stats["nonfinite"], step))
             if stats["nonfinite"]:
                 continue
@@ -605,16 +590,6 @@ class ActivationMonitor(VizCallback):
                 tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
                 self.log_histogram(trainer, tag, host["histograms"][row], step=step)
         self.log_scalars(trainer, metrics, step=step)
-
-    def _dead_evidence(
-        self, key: str, read_values: float, values_per_channel: int, trainer: pl.Trainer
-    ) -> float:
-        """How many values per channel a sampled step showed to be not positive, for a channel
-        found inactive: each channel's whole batch for a non-negative activation (its sum over
-        the batch is 0), else the read images' (``read_values``, summed over ranks)."""
-        if tags.called_layer(key) in self._non_negative:
-            return values_per_channel * trainer.world_size
-        return read_values / self._active[key].numel()
 
     def _log_dead(self, trainer: pl.Trainer) -> None:
         keys = list(self._active)

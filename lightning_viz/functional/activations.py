@@ -28,9 +28,8 @@ class ActivationReductions(NamedTuple):
     """(6,) the numerators and denominators of :data:`SUMMED` (sum them over batches or ranks,
     then read them with :func:`stats_from_sums`)."""
     channel_active: Tensor
-    """(C,) bool: the channel has a positive value in the read images, or a positive sum over
-    the whole batch (which for a non-negative activation such as a ReLU says the same of every
-    image, where the read images may be too few to call a channel dead)."""
+    """(C,) bool: the channel has a positive value anywhere in the batch (its maximum over the
+    whole batch, where the read images may be too few to call a channel dead)."""
     active_maps: Tensor
     """How many (image, channel) maps of the read images have a positive value."""
     histogram: Tensor
@@ -43,9 +42,9 @@ class ActivationSample(NamedTuple):
 
     images: Tensor
     """(n, C, H, W): a copy of the strided images, in the feature map's dtype."""
-    channel_sums: Tensor
-    """(C,) each channel's sum over the whole batch in float32: NaN or Inf anywhere makes one
-    non-finite, and a positive one says the channel is active."""
+    channel_max: Tensor
+    """(C,) each channel's maximum over the whole batch, in float32: NaN or +Inf anywhere makes
+    one non-finite, and a positive one says the channel is active."""
     values_per_channel: int
     """How many values each channel has in the whole batch (N x H x W)."""
 
@@ -61,12 +60,12 @@ def sample_activations(activations: Tensor, max_values: int | None = None) -> Ac
     whole = _checked(activations, max_values)
     images = _strided_images(whole, max_values).clone(memory_format=torch.contiguous_format)
     n, _, height, width = whole.shape
-    return ActivationSample(images, _channel_sums(whole), n * height * width)
+    return ActivationSample(images, _channel_max(whole), n * height * width)
 
 
 def reduce_activation_samples(
     images: Tensor,
-    channel_sums: Tensor,
+    channel_max: Tensor,
     bins: int = HISTOGRAM_BINS,
     histogram_samples: int | None = None,
     bounds: tuple[float, float] | None = None,
@@ -78,7 +77,7 @@ def reduce_activation_samples(
 
     Args:
         images: (S, n, C, H, W): each step's :attr:`ActivationSample.images`, stacked.
-        channel_sums: (S, C): each step's :attr:`ActivationSample.channel_sums`.
+        channel_max: (S, C): each step's :attr:`ActivationSample.channel_max`.
         bins, histogram_samples, bounds: as in :func:`activation_stats`, per step.
         overwrite: the function may overwrite float32 ``images`` (it then copies nothing:
             on a CPU, temporaries of several MB cost a page fault per 4 KiB).
@@ -88,14 +87,17 @@ def reduce_activation_samples(
         ``active_maps`` (S,) and ``histogram`` (S, 2 + bins); ``channel_active`` (C,) is any
         step's.
     """
-    if images.dim() != 5 or channel_sums.shape != (images.shape[0], images.shape[2]):
+    if images.dim() != 5 or channel_max.shape != (images.shape[0], images.shape[2]):
         raise ValueError(
-            "`images` must be (S, n, C, H, W) and `channel_sums` (S, C), got "
-            f"{tuple(images.shape)} and {tuple(channel_sums.shape)}"
+            "`images` must be (S, n, C, H, W) and `channel_max` (S, C), got "
+            f"{tuple(images.shape)} and {tuple(channel_max.shape)}"
         )
     _check_counts(bins, histogram_samples)
     a = images.to(torch.float32, copy=not overwrite)
     steps, count, area = len(a), a[0].numel(), a.shape[3] * a.shape[4]
+    # NaN or +Inf anywhere in the batch shows in its maxima; -Inf (a LeakyReLU's) in the read
+    # images, before they are clamped
+    nonfinite = (~channel_max.isfinite()).any(dim=1) | (~a.isfinite()).flatten(1).any(dim=1)
     saturated = _saturated_count(a, bounds)
     flat = a.flatten(1)
     if histogram_samples is not None and flat.shape[1] > histogram_samples:
@@ -117,15 +119,14 @@ def reduce_activation_samples(
         [
             zero,
             localized,
-            (~channel_sums.isfinite()).any(dim=1).float(),
+            nonfinite.float(),
             a.new_full((steps,), count),
             weight.float(),
             saturated,
         ],
         dim=1,
     )
-    channel_active = active.any(dim=1).any(dim=0) | (channel_sums > 0).any(dim=0)
-    return ActivationReductions(sums, channel_active, active_maps, histogram)
+    return ActivationReductions(sums, (channel_max > 0).any(dim=0), active_maps, histogram)
 
 
 def activation_reductions(
@@ -142,7 +143,7 @@ def activation_reductions(
     _check_counts(bins, histogram_samples)
     images = _strided_images(whole, max_values)
     reduced = reduce_activation_samples(
-        images[None], _channel_sums(whole)[None], bins, histogram_samples, bounds
+        images[None], _channel_max(whole)[None], bins, histogram_samples, bounds
     )
     return ActivationReductions(
         reduced.sums[0], reduced.channel_active, reduced.active_maps[0], reduced.histogram[0]
@@ -171,13 +172,14 @@ def activation_stats(
         max_values: read every s-th image of the batch, s the smallest stride that keeps at
             most this many values (whole feature maps, so localization stays exact per map), but
             at least :data:`MIN_IMAGES` images; None: every image. The statistics then describe
-            those images (``elements`` counts their values); ``nonfinite`` still reads the
-            whole batch.
+            those images (``elements`` counts their values); ``channel_active`` and the NaN and
+            +Inf of ``nonfinite`` still read the whole batch (its per-channel maxima), -Inf the
+            read images.
 
     Returns:
         ``zero_fraction``: fraction of elements <= 0 (sparsity after a ReLU);
-        ``channel_active``: (C,) bool, any positive value in the read images or a positive sum
-        over the whole batch (OR these across batches to count dead channels);
+        ``channel_active``: (C,) bool, any positive value in the whole batch (OR these across
+        batches to count dead channels);
         ``localization``: mean over images and active channels of ``1 - H2(p) / log(H*W)``, with
         p the positive part normalized over space and ``H2(p) = -log sum(p^2)`` its collision
         (order-2 Renyi) entropy, the log of the map's participation ratio: 0 when spread evenly,
@@ -273,9 +275,9 @@ def _strided_images(activations: Tensor, max_values: int | None) -> Tensor:
     return activations[::stride]
 
 
-def _channel_sums(activations: Tensor) -> Tensor:
-    # in float32: a float16 sum overflows to Inf on any large batch of ordinary values
-    return activations.sum(dim=(0, 2, 3), dtype=torch.float32)
+def _channel_max(activations: Tensor) -> Tensor:
+    """(C,) each channel's maximum over the batch, in float32 (NaN where it holds one)."""
+    return activations.amax(dim=(0, 2, 3)).float()
 
 
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:

@@ -68,13 +68,21 @@ def test_an_epoch_shorter_than_the_cadence_still_samples_its_last_batch(tmp_path
     assert dead == [13, 26, 39]
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU])
 @pytest.mark.parametrize("dead", [False, True])
-def test_a_short_run_reads_dead_channels_from_the_whole_batch(tmp_path, dead):
+def test_a_short_run_reads_dead_channels_from_the_whole_batch(tmp_path, dead, activation):
     """A sampled step reads 4 of the 64 images here (256 values per channel of the 8x8 layer),
-    too few alone to call a channel dead: a ReLU's per-channel sums over the whole batch are
+    too few alone to call a channel dead: its per-channel maxima over the whole batch are
     enough, so one sample per epoch gives each epoch a dead fraction."""
     monitor = ActivationMonitor(layers=[RELUS[2]], every_n_steps=50, max_values=2**12)
-    module = DeadBias() if dead else DigitsClassifier()
+    module = DigitsClassifier()
+    module.model.features[10] = activation()
+    if dead:  # the BatchNorm before it outputs -100: no positive value, whatever the input
+        norm = module.model.features[9]
+        with torch.no_grad():
+            norm.weight.zero_()
+            norm.bias.fill_(-100.0)
+        norm.requires_grad_(False)
     with pytest.warns(UserWarning, match="had no positive") if dead else nullcontext():
         fit(module, [monitor], tmp_path, epochs=2, limit_train_batches=3)
     fractions = read_events(tmp_path).Scalars(f"activations/{RELUS[2]}/dead_fraction")

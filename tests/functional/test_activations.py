@@ -225,7 +225,7 @@ def test_samples_of_many_steps_reduce_at_once_to_each_steps_reductions(bounds):
     samples = [sample_activations(b, max_values=2**12) for b in batches]
     reduced = reduce_activation_samples(
         torch.stack([s.images for s in samples]),
-        torch.stack([s.channel_sums for s in samples]),
+        torch.stack([s.channel_max for s in samples]),
         bins=16,
         histogram_samples=500,
         bounds=bounds,
@@ -263,19 +263,19 @@ def test_a_sample_is_a_copy_that_later_in_place_ops_do_not_change():
     expected = maps[::2].clone()
     maps.zero_()
     assert torch.equal(sample.images, expected)
-    assert sample.channel_sums.dtype == torch.float32
+    assert sample.channel_max.dtype == torch.float32
     assert sample.values_per_channel == 8 * 4 * 4
 
 
 def test_a_channel_positive_only_in_images_the_stride_skips_is_active():
     """A 64-channel 12x12 map in batches of 32 is read in 7 images (1,008 values per channel):
     a channel active in one other image only was counted dead."""
-    maps = torch.zeros(32, 64, 12, 12)
+    maps = torch.full((32, 64, 12, 12), -0.1)  # a GELU's small negative values
     maps[:, :32] = 1.0
     maps[3, 40, 5, 5] = 0.5  # the stride of 5 reads images 0, 5, 10, ...
     sample = sample_activations(maps, max_values=2**16)
     assert len(sample.images) == 7
-    reduced = reduce_activation_samples(sample.images[None], sample.channel_sums[None])
+    reduced = reduce_activation_samples(sample.images[None], sample.channel_max[None])
     expected = torch.zeros(64, dtype=torch.bool)
     expected[:32] = expected[40] = True
     assert torch.equal(reduced.channel_active, expected)
@@ -284,7 +284,7 @@ def test_a_channel_positive_only_in_images_the_stride_skips_is_active():
 
 def test_reducing_samples_checks_their_shapes():
     with pytest.raises(
-        ValueError, match=r"`images` must be \(S, n, C, H, W\) and `channel_sums` \(S, C\)"
+        ValueError, match=r"`images` must be \(S, n, C, H, W\) and `channel_max` \(S, C\)"
     ):
         reduce_activation_samples(torch.rand(2, 3, 4, 4), torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\(S, C\), got \(3, 2, 3, 4, 4\) and \(3, 2\)"):
