@@ -80,7 +80,9 @@ def summarize(run: Path) -> str | None:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.append(
         "values: latest (change since the first); layers in "
-        f"{'model' if order else 'name'} order; ! a value past its alert's threshold"
+        f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
+        "logged (a conv's filters or an activation's maps; a dead fraction after 1,024 values "
+        "per channel in an epoch)"
     )
     overhead = _overhead(events, scalars)
     if overhead:

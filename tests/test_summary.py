@@ -45,6 +45,7 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     assert frozen.rstrip().endswith("frozen")  # its active alert, flagged in its row
     relu = next(line for line in lines if line.startswith("model.features.2 "))
     assert relu.split()[1] == "-"  # no filter scalars on a ReLU
+    assert "- not logged (a conv's filters or an activation's maps; a dead fraction" in out
     # model order: each conv beside the ReLU that follows it, features.10 after features.8
     order = [line.split()[0] for line in lines if line.startswith("model.")]
     assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
