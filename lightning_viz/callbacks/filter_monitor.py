@@ -35,12 +35,16 @@ from lightning_viz.functional.filters import (
     reference_slices,
     weight_sample,
 )
+from lightning_viz.functional.selection import evenly_spaced
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
 FILTERS_PER_ROW = 4
 """The most filter tiles (about 100 pixels each) side by side: TensorBoard fits an image to its
 350-pixel card, so 4 across keep their captions at 85% (8 across, for a 64-filter first layer,
 shrank them to 5 pixels); more filters run down the card."""
+MAX_FILTERS_SHOWN = 64
+"""A layer's image shows at most this many filters (16 rows), evenly spread over its indices:
+a ViT's 192 patch-embedding filters made a 394x5506-pixel image."""
 
 
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
@@ -142,7 +146,8 @@ class FilterMonitor(VizCallback):
     - ``filters/<layer>`` (image): the filters as a grid, at most 4 across (so that TensorBoard's
       card does not shrink the captions); RGB for 3 input channels, else one grey tile per
       filter showing its strongest in-channel slice; each tile min-max normalized, enlarged to
-      at least 96 pixels and captioned with the filter's index and C.
+      at least 96 pixels and captioned with the filter's index and C; at most 64 filters,
+      evenly spread over the indices of a wider layer (a ViT's 192 ran 5,500 pixels down).
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
@@ -402,15 +407,21 @@ class FilterMonitor(VizCallback):
         """The watched image layers' filters, captioned with their Geary's C."""
         for name in self._image_layers:
             noise = host[name, "filter_noise"].tolist()
+            shown = evenly_spaced(len(noise), MAX_FILTERS_SHOWN)
             tiles = captioned(
-                filter_tiles(filters(self._layers[name])),
-                [f"{i}  C {c:.2f}" for i, c in enumerate(noise)],
+                filter_tiles(filters(self._layers[name])[shown]),
+                [f"{i}  C {noise[i]:.2f}" for i in shown],
             )
             image = grid(tiles, nrow=min(FILTERS_PER_ROW, math.ceil(math.sqrt(len(tiles)))))
+            some = (
+                f" ({len(shown)} of its {len(noise)}, evenly spread)"
+                if len(shown) < len(noise)
+                else ""
+            )
             legend = footnote(
                 image.shape[-1],
-                f"{name}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter "
-                "scaled to its own range",
+                f"{name}: filter index{some} and Geary's C (1 = white noise, 0 = smooth); each "
+                "filter scaled to its own range",
                 device=image.device,
             )
             self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), stack_rows(image, legend))

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import Alert, FilterMonitor, tags
+from lightning_viz.functional import filter_noise
 from lightning_viz.testing import ImageClassifier, shapes_task
 from tests.helpers import (
     Classifier,
@@ -71,12 +72,26 @@ def test_a_wide_first_layer_runs_down_the_card_four_filters_across(tmp_path):
     assert first.height >= 16 * 118 + 2  # 16 rows of captioned tiles, then the legend
 
 
+def test_a_layer_of_many_filters_shows_64_evenly_spread(tmp_path):
+    """A ViT's 192 patch-embedding filters made a 394x5506-pixel image."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 192, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(192, 10),
+    )  # fmt: skip
+    noise = filter_noise(model[0].weight.detach())
+    fit(Classifier(model), [FilterMonitor(strict=True)], tmp_path, epochs=1, limit_train_batches=2)
+    (first, *_) = read_events(tmp_path).Images("filters/model.0")
+    assert first.width == 4 * 98 + 2  # 4x4 kernels enlarged x24, 2 pixels apart
+    assert 16 * 114 + 2 < first.height < 16 * 114 + 2 + 4 * 16  # 16 rows and the legend
+    # the second tile is filter 3 (0, 3, 6, ..., 191)
+    assert_caption(image_pixels(first), f"3  C {noise[3]:.2f}", x=2 + 98, y=2, width=96)
+
+
 def test_noise_and_drift_values_match_the_weights(tmp_path):
     module = DigitsClassifier("sgd", 0.05)
     initial = module.model.features[0].weight.detach().clone()
     monitor = FilterMonitor(layers=[FIRST], strict=True)
     fit(module, [monitor], tmp_path, epochs=1)
-    from lightning_viz.functional import filter_noise
 
     final = module.model.features[0].weight.detach()
     events = read_events(tmp_path)
