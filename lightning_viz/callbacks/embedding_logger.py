@@ -37,6 +37,7 @@ from lightning_viz.functional.embedding import (
     scatter_image,
     subset_positions,
 )
+from lightning_viz.functional.gradcam import on_the_scores_path
 from lightning_viz.functional.images import CARD_WIDTH, normalize, to_uint8
 
 MAX_IMAGES = 5000
@@ -58,8 +59,10 @@ class EmbeddingLogger(ValidationView):
     validation images (the same images every epoch: positions in the validation stream drawn
     once with ``seed``) are read from the validation forward the Trainer runs anyway: a hook on
     ``layer`` lives for one batch at a time, no extra forward. By default the features are the
-    input of the model's last ``nn.Linear`` (the classifier head): what the network has made of
-    the image just before it decides. Then, on global rank 0:
+    input of the classifier head (the last ``nn.Linear`` the class scores come from: not a
+    regression or auxiliary head defined after it, told by one backward of an image at the first
+    validation batch where the model has several): what the network has made of the image just
+    before it decides. Then, on global rank 0:
 
     - the projector gets them with each image's class and a thumbnail (``add_embedding``:
       TensorBoard's Projector tab shows t-SNE, UMAP or PCA of them, one entry per epoch);
@@ -74,7 +77,7 @@ class EmbeddingLogger(ValidationView):
     Args:
         layer: the module whose features to embed: its output, averaged over space when it is a
             (N, C, H, W) map and over tokens when it is (N, T, D). Default: the input of the
-            model's last ``nn.Linear``.
+            classifier head (above).
         num_images: the size of the subset, at most 5,000 (:data:`MAX_IMAGES`: the projector
             parses its files in the browser and slows to a crawl beyond that; 1,000 load in
             about a second). A validation set with fewer images gives all of them.
@@ -92,8 +95,8 @@ class EmbeddingLogger(ValidationView):
     Raises:
         ValueError: bad arguments (at construction); an unknown ``layer`` (at fit start).
 
-    Logged keys (``<layer>`` the embedded module's name; the last ``nn.Linear`` by default,
-    whose input is embedded):
+    Logged keys (``<layer>`` the embedded module's name; the classifier head by default, whose
+    input is embedded):
 
     - ``embedding/<layer>`` (image): the scatter plot of the subset's features on their two
       principal axes, a dot per image coloured by its class, with the legend and the k-NN
@@ -164,6 +167,7 @@ class EmbeddingLogger(ValidationView):
         self.given_class_names = check_class_names(class_names)
         self.class_names: list[str] | None = self.given_class_names
         self._layer: tuple[str, nn.Module, bool] | None = None
+        self._heads: dict[str, nn.Module] = {}  # the candidates, until the first batch chooses
         self._subset: list[int] = []
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
@@ -187,10 +191,28 @@ class EmbeddingLogger(ValidationView):
                 "input to embed (an autoencoder or a segmentation net). Pass layer= naming the "
                 "module whose output to embed (e.g. the encoder's last block)."
             )
-        self._layer = (*heads[-1], True)
+        self._heads = dict(heads)
+        self._layer = (*heads[-1], True) if len(heads) == 1 else None
+
+    def _choose_head(self, pl_module: pl.LightningModule, images: Tensor) -> None:
+        """The classifier head among several linear layers: the last that the model's class
+        scores come from (:func:`~lightning_viz.functional.gradcam.on_the_scores_path`, one
+        backward of an image), not an auxiliary head defined after it (a multi-task net's
+        regression head); the last defined where that cannot tell."""
+        try:
+            names = on_the_scores_path(pl_module, images[:1], list(self._heads))
+        except Exception:  # a forward that does not take the images alone: the last defined
+            names = []
+        name = names[-1] if names else list(self._heads)[-1]
+        self._layer = (name, self._heads[name], True)
 
     @override
     def watching(self) -> str:
+        if self._layer is None:
+            return (
+                "the embedding of the input of the classifier head (chosen on the first "
+                "validation batch)"
+            )
         name, _, head_input = self._layer
         return f"the embedding of {'the input of ' if head_input else ''}{name}"
 
@@ -236,6 +258,8 @@ class EmbeddingLogger(ValidationView):
         self._thumbnails.append(thumbnails(images.index_select(0, rows)))
         if labels is not None:
             self._labels.append(labels.index_select(0, rows.to(labels.device)))
+        if self._layer is None:
+            self._choose_head(pl_module, images)
         name, module, head_input = self._layer
         taken = []
 

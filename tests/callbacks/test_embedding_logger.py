@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from google.protobuf import text_format
 from tensorboard.plugins.projector import projector_plugin
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
@@ -10,7 +11,7 @@ from torch import nn
 
 from lightning_viz import EmbeddingLogger
 from lightning_viz.functional.embedding import knn_accuracy, subset_positions
-from lightning_viz.testing import ImageClassifier, digits_loaders
+from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     DigitsClassifier,
@@ -120,6 +121,38 @@ def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path
     pixels = image_pixels(events.Images("embedding/model.features.6")[-1])
     tab10_blue = np.array([31, 119, 180])  # every dot in the colour of class 0
     assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
+
+
+class WithRegressor(DigitsCNN):
+    """A multi-task net: class scores, and a regression head on earlier features, defined
+    after the classifier and returned second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.regressor = nn.Linear(32, 1)
+
+    def forward(self, x):
+        early = self.features[:7](x)
+        scores = self.head(self.features[7:](early).mean(dim=(2, 3)))
+        return scores, self.regressor(early.mean(dim=(2, 3)))
+
+
+class MultiTask(ImageClassifier):
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        scores, value = self(images)
+        return F.cross_entropy(scores, labels) + F.mse_loss(value[:, 0], labels.float())
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+
+def test_the_default_head_is_the_classifier_not_a_head_defined_after_it(tmp_path):
+    """A multi-task net's regression head, the last nn.Linear defined, was embedded."""
+    logger = EmbeddingLogger(num_images=50, projector=False, strict=True)
+    fit(MultiTask(WithRegressor()), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    assert logger._layer[0] == "model.head"
+    assert "embedding/model.head" in read_events(tmp_path).Tags()["images"]
 
 
 def test_a_model_without_a_linear_head_is_not_shown_and_fit_goes_on(tmp_path):
