@@ -37,6 +37,9 @@ LABEL_WIDTH = 48
 """About the width of the row labels (``ch 123``) left of the grid."""
 MIN_PATCH_TILE = 30
 """The smallest side of a patch in the grid: nine of them and the labels fit the card."""
+FRAME_GREY = 160
+"""The 1-pixel frame drawn over each patch's edge, so that a white patch (a digit's empty
+background) shows on the white page instead of leaving a caption over nothing."""
 
 
 def compact(value: float) -> str:
@@ -336,6 +339,9 @@ class TopPatchesLogger(ValidationView):
         low, high = patches.amin(), patches.amax()
         patches = (patches - low) / (high - low).clamp_min(1e-12)
         tiles = to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest"))
+        frame = torch.ones_like(tiles[0, 0], dtype=torch.bool)
+        frame[1:-1, 1:-1] = False
+        tiles[:, :, frame] = FRAME_GREY  # a white patch stays visible on the white page
         values = host["values"].flatten().tolist()
         texts = ["" if v == float("-inf") else compact(v) for v in values]
         cells = captioned(tiles, texts).unflatten(0, (units, k))

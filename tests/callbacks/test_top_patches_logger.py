@@ -7,6 +7,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_viz import TopPatchesLogger
+from lightning_viz.callbacks.top_patches_logger import FRAME_GREY
 from lightning_viz.testing import ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import DigitsClassifier, fit, hook_count, image_pixels, read_events
@@ -79,6 +80,10 @@ def test_top_k_equals_a_brute_force_search_and_changed_compares_epochs(tmp_path)
             assert scalar.value == pytest.approx(sum(shares) / len(shares), abs=1e-6)
         grid = image_pixels(events.Images(f"top_patches/{layer}")[-1])
         assert grid.shape[1] <= 350  # as wide as TensorBoard's card
+        # every patch framed in grey: a white one would vanish into the page
+        tile = logger._tile
+        framed = (grid[..., :3] == FRAME_GREY).all(axis=-1).sum()
+        assert framed >= len(units) * 9 * (4 * tile - 4)
     assert hook_count(module) == 0
 
 
