@@ -81,12 +81,20 @@ def also_in(alerts: Sequence[Alert]) -> str:
 
 
 def announce_cleared(alerts: Sequence[Alert]) -> None:
-    """One line for ``alerts`` of one kind that cleared together, naming every layer."""
+    """One line for ``alerts`` of one kind that cleared together, naming every layer; for a
+    health alert, that clearing is no recovery (a diverged run's ``overwritten`` clears once
+    its weights stop turning, at 14% accuracy)."""
     first = alerts[0]
-    rank_zero_info(
+    line = (
         f"{first.source}: {first.kind} in {first.layer!r} cleared{also_in(alerts[1:])} at epoch "
         f"{first.epoch} (step {first.step})."
     )
+    if first.kind not in NOTICE_KINDS:
+        line += (
+            " The rule no longer fires; what happened stays in the weights (the run's metrics "
+            "tell whether it recovered)."
+        )
+    rank_zero_info(line)
 
 
 def deliver_notices(held: Sequence[tuple[Alert, OnAlert]]) -> None:

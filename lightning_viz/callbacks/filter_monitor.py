@@ -147,7 +147,9 @@ class FilterMonitor(VizCallback):
       card does not shrink the captions); RGB for 3 input channels, else one grey tile per
       filter showing its strongest in-channel slice; each tile min-max normalized, enlarged to
       at least 96 pixels and captioned with the filter's index and C; at most 64 filters,
-      evenly spread over the indices of a wider layer (a ViT's 192 ran 5,500 pixels down).
+      evenly spread over the indices of a wider layer (a ViT's 192 ran 5,500 pixels down); the
+      layer's active alerts and drift head the legend (each filter scaled to its own range, a
+      diverged layer's filters can look smooth).
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
@@ -418,12 +420,17 @@ class FilterMonitor(VizCallback):
                 if len(shown) < len(noise)
                 else ""
             )
-            legend = footnote(
-                image.shape[-1],
+            text = (
                 f"{name}: filter index{some} and Geary's C (1 = white noise, 0 = smooth); each "
-                "filter scaled to its own range",
-                device=image.device,
+                "filter scaled to its own range"
             )
+            active = sorted(kind for layer, kind in self.alerts.active if layer == name)
+            if active:  # a diverged layer's filters, each scaled alone, can look smooth
+                text = (
+                    f"ALERT {', '.join(active)} (drift {host[name, 'drift'].item():.3g}): read "
+                    f"the filters with it. {text}"
+                )
+            legend = footnote(image.shape[-1], text, device=image.device)
             self.log_image(trainer, tags.tag(tags.FILTER_IMAGE, name), stack_rows(image, legend))
 
     def _reference_slices(self, name: str, weight: Tensor) -> Tensor | None:

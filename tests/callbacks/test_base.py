@@ -139,7 +139,10 @@ def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
         fit(DigitsClassifier(), [callback], tmp_path / "b", epochs=3, limit_train_batches=2)
     assert sum("look here" in str(w.message) for w in record) == 1  # printed once
     cleared = [r.getMessage() for r in caplog.records if "cleared at" in r.getMessage()]
-    assert cleared == ["Flapping: flapping in 'layer' cleared at epoch 1 (step 4)."]
+    assert cleared == [
+        "Flapping: flapping in 'layer' cleared at epoch 1 (step 4). The rule no longer fires; "
+        "what happened stays in the weights (the run's metrics tell whether it recovered)."
+    ]
     texts = read_events(tmp_path / "b").Tensors("alerts/text_summary")
     rows = [
         (t.step, r["status"], r["kind"])

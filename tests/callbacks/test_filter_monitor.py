@@ -1,5 +1,6 @@
 import warnings
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -10,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.functional import filter_noise
+from lightning_viz.functional.captions import footnote
+from lightning_viz.functional.images import to_uint8
 from lightning_viz.testing import ImageClassifier, shapes_task
 from tests.helpers import (
     Classifier,
@@ -192,6 +195,20 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     # one warning for the three layers, each still an alert (and a row of the alerts table)
     (warning,) = [w for w in record if "likely far too high" in str(w.message)]
     assert f"(also in 2 more: '{CONVS[1]}', '{CONVS[2]}')" in str(warning.message)
+    # the filter image says so: each filter scaled to its own range, a diverged layer's can
+    # look smooth
+    events = read_events(tmp_path)
+    pixels = image_pixels(events.Images(f"filters/{FIRST}")[-1])
+    drift = events.Scalars(f"filters/{FIRST}/drift")[-1].value
+    active = sorted(kind for layer, kind in monitor.alerts.active if layer == FIRST)
+    assert "exploding" in active
+    text = (
+        f"ALERT {', '.join(active)} (drift {drift:.3g}): read the filters with it. {FIRST}: "
+        "filter index and Geary's C (1 = white noise, 0 = smooth); each filter scaled to its "
+        "own range"
+    )
+    legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels[-legend.shape[0] :], legend)
 
 
 def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
@@ -238,7 +255,9 @@ def test_fine_tuning_at_a_learning_rate_far_too_high_is_overwritten(
         cleared = [r.getMessage() for r in caplog.records if "cleared" in r.getMessage()]
         assert cleared == [
             "FilterMonitor: overwritten in 'model.features.4' cleared (also in 1 more: "
-            f"'model.features.8') at epoch 1 (step {2 * STEPS_PER_EPOCH})."
+            f"'model.features.8') at epoch 1 (step {2 * STEPS_PER_EPOCH}). The rule no longer "
+            "fires; what happened stays in the weights (the run's metrics tell whether it "
+            "recovered)."
         ]
 
 
