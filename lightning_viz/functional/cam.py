@@ -267,7 +267,7 @@ def _no_head_message(
         head = f"{len(after) - MESSAGE_MODULES} modules, then {head}"
     return (
         f"{model_name} does not end in global average pooling and one linear layer: after its "
-        f"last feature map {name!r} {shape[1:]} comes {head}, and no linear layer turns a "
+        f"last feature map {name!r} {shape[1:]} it runs {head}, and no linear layer turns a "
         f"feature map's global average into its scores. {advice}"
     )
 

@@ -103,7 +103,7 @@ def test_a_model_without_a_gap_head_gets_a_notice_and_training_goes_on(tmp_path)
     with pytest.warns(
         UserWarning,
         match=r"CAMLogger: ImageClassifier does not end in global average pooling and one linear "
-        r"layer: after its last feature map 'model.2' \(8, 8, 8\) comes Flatten -> Linear -> "
+        r"layer: after its last feature map 'model.2' \(8, 8, 8\) it runs Flatten -> Linear -> "
         r"ReLU -> Linear.*GradCAMLogger",
     ):
         trainer = fit(Classifier(mlp_head_cnn()), [logger], tmp_path, limit_train_batches=2)

@@ -91,10 +91,10 @@ def test_the_small_models_end_in_a_gap_linear_head(model, channels, head):
 @pytest.mark.parametrize(
     ("model_name", "found"),
     [
-        ("vgg11", r"'avgpool' \(512, 7, 7\) comes Linear -> ReLU -> Dropout -> Linear"),
+        ("vgg11", r"'avgpool' \(512, 7, 7\) it runs Linear -> ReLU -> Dropout -> Linear"),
         (
             "mobilenet_v3_small",
-            r"'features' \(576, 2, 2\) comes AdaptiveAvgPool2d -> Linear -> Hardswish -> "
+            r"'features' \(576, 2, 2\) it runs AdaptiveAvgPool2d -> Linear -> Hardswish -> "
             "Dropout -> Linear,",
         ),
     ],
@@ -129,14 +129,16 @@ def test_a_norm_after_the_pooling_is_named_not_taken_for_a_too_small_map(images)
     message advised larger ones, which cannot help."""
     with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
         class_activation_map(NormedHead(), images)
-    assert error.match(r"'features' \(8, 31, 31\) comes AdaptiveAvgPool2d -> LayerNorm2d -> ")
+    assert error.match(r"'features' \(8, 31, 31\) it runs AdaptiveAvgPool2d -> LayerNorm2d -> ")
     assert "1x1" not in str(error.value)
 
 
 def test_a_vision_transformer_is_refused_naming_the_end_of_its_head():
     with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
         gap_linear_head(tiny_vit().eval(), torch.randn(1, 3, 32, 32))
-    assert error.match(r"'conv_proj' \(32, 4, 4\) comes \d+ modules, then .* LayerNorm -> Linear,")
+    assert error.match(
+        r"'conv_proj' \(32, 4, 4\) it runs \d+ modules, then .* LayerNorm -> Linear,"
+    )
 
 
 def test_a_resnet_on_probes_too_small_for_its_head_is_told_so(resnet18, images):
