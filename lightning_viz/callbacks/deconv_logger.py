@@ -65,9 +65,10 @@ class DeconvLogger(ProbeCallback):
     rank 0 only.
 
     Feature evolution (Zeiler & Fergus 2013, figure 4): on the first logged epoch the features to
-    follow are chosen per layer (the top channel of each of the first ``num_features`` probes, or
-    the given ``features``); every logged epoch each is projected again from the probe that
-    activates it most in that epoch, and the grid gains a row. Past epochs are kept as small
+    follow are chosen per layer (``num_features`` distinct channels: the probes' top channels in
+    probe order, then their second ones where probes share one; or the given ``features``);
+    every logged epoch each is projected again from the probe that activates it most in that
+    epoch, and the grid gains a row. Past epochs are kept as small
     uint8 thumbnails on the CPU, in the callback's state (a resumed run continues the grid), at
     most ``max_columns`` of them: when there are more, old epochs are thinned evenly.
 

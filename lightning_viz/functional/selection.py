@@ -19,13 +19,16 @@ def evenly_spaced(length: int, count: int) -> list[int]:
 
 
 def first_features(top: Tensor, count: int) -> list[int]:
-    """The features to follow: the strongest channel of each of the first ``count`` probes, in
-    probe order, each channel once.
+    """The ``count`` features to follow: the probes' strongest channels in probe order, each
+    channel once, then their second strongest, and so on (where probes share a top channel, as
+    an untrained layer's often do, the grid still gets ``count`` columns); fewer only when the
+    probes' channels run out.
 
     Args:
         top: (N, K) channels per probe, strongest first (:func:`top_channels`).
     """
-    return list(dict.fromkeys(top[:count, 0].tolist()))
+    ranked = top.t().flatten().tolist()  # every probe's first channel, then every second, ...
+    return list(dict.fromkeys(ranked))[:count]
 
 
 def follow_features(

@@ -13,10 +13,13 @@ def test_evenly_spaced_keeps_the_ends():
     assert len(set(evenly_spaced(17, 16))) == 16
 
 
-def test_first_features_are_each_probes_top_channel_once():
+def test_first_features_are_the_probes_top_channels_once_then_their_next():
     top = torch.tensor([[5, 1], [5, 2], [3, 0], [7, 5]])
-    assert first_features(top, 3) == [5, 3]
-    assert first_features(top, 4) == [5, 3, 7]
+    assert first_features(top, 2) == [5, 3]
+    assert first_features(top, 3) == [5, 3, 7]
+    # two probes share channel 5: the probes' second channels fill the grid's columns
+    assert first_features(top, 4) == [5, 3, 7, 1]
+    assert first_features(top, 9) == [5, 3, 7, 1, 2, 0]  # all there are
 
 
 def test_followed_features_go_to_the_probe_that_activates_them_most():
