@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from lightning_viz.probes import Probes
 
 Key = TypeVar("Key", bound=Hashable)
+SHARES_NAMED = 4
+"""The ``over_budget`` notice names the costliest callbacks, this many, and sums the others."""
 
 
 class RunContext:
@@ -546,7 +548,11 @@ class VizCallback(*CALLBACK_BASES):
             shares = sorted(
                 ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
             )
-            each = ", ".join(f"{name} {part:.1%}" for part, name in shares)
+            named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
+            each = ", ".join(f"{name} {part:.1%}" for part, name in named)
+            if rest:
+                others = f"{len(rest)} other{'s' if len(rest) > 1 else ''}"
+                each += f", {others} {sum(part for part, _ in rest):.1%}"
             message = (
                 f"lightning-viz took {share:.1%} of the training time so far ({each}), over the "
                 f"budget of {self.budget:.1%}: {what} is skipped, and the costliest callbacks "
