@@ -95,6 +95,9 @@ class ActivationGridLogger(ProbeCallback):
             Grad-CAM's default): ``relu`` and ``layer2.1.relu`` of a torchvision ResNet at 64
             pixels, ``layer4.1.relu`` at 224 (see :func:`default_grid_layers`).
         k: channels per probe and layer (a layer with fewer shows all of them).
+        drawn_probes: how many probes the image draws, the first ones (the text table lists
+            every probe): a probe's block runs about 350 pixels down TensorBoard's card, and ten
+            of them ran 3,500; None draws all.
         probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict, budget:
             as in :class:`~lightning_viz.GradCAMLogger`.
         cmap: the matplotlib colormap of non-negative maps (after a ReLU); a layer with
@@ -107,12 +110,13 @@ class ActivationGridLogger(ProbeCallback):
 
     Logged keys:
 
-    - ``activation_grid/<layer>`` (image): a block per probe, the probe (captioned with its
-      class) then its k most active channels (each captioned with its index, ``ch 12``),
-      strongest first, read row by row in about sqrt(k + 1) columns (3 for k = 8, so the image
-      stays as narrow as TensorBoard's card and runs down the page), enlarged to the probe's
-      tile size (at least 96 pixels) with square pixels; above them (the image runs far down
-      the page), the layer's name, a colour bar and a note on how the maps are scaled.
+    - ``activation_grid/<layer>`` (image): a block per probe (the first ``drawn_probes``), the
+      probe (captioned with its class) then its k most active channels (each captioned with its
+      index, ``ch 12``), strongest first, read row by row in about sqrt(k + 1) columns (3 for
+      k = 8, so the image stays as narrow as TensorBoard's card and runs down the page),
+      enlarged to the probe's tile size (at least 96 pixels) with square pixels; above them,
+      the layer's name, a colour bar and a note on how the maps are scaled (and how many of
+      the probes are drawn).
     - ``activation_grid/<layer>/channels`` (text): per probe, its class, its block's scale (the
       largest absolute value among its maps, shown at the bright end), the share of the layer's
       values that are <= 0 on it, the share of the layer's channels that are dead on it (no
@@ -147,6 +151,7 @@ class ActivationGridLogger(ProbeCallback):
         self,
         layers: Sequence[str] | None = None,
         k: int = 8,
+        drawn_probes: int | None = 4,
         probes: Probes | None = None,
         num_probes: int | None = None,
         every_n_epochs: int = 1,
@@ -169,6 +174,7 @@ class ActivationGridLogger(ProbeCallback):
             budget=budget,
         )
         self.k = check_int("k", k)
+        self.drawn_probes = check_int("drawn_probes", drawn_probes, allow_none=True)
         colormap_table(cmap)  # an unknown name fails here, not at the first epoch
         self.cmap = cmap
         self._layers: dict[str, nn.Module] = {}
@@ -220,15 +226,21 @@ class ActivationGridLogger(ProbeCallback):
             if not host["finite"]:
                 raise not_finite_error(f"the feature maps of {layer!r}")
             channels = host["channels"].long().tolist()
+            shown = len(channels) if self.drawn_probes is None else self.drawn_probes
             captions = [
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in row]
-                for i, row in enumerate(channels)
+                for i, row in enumerate(channels[:shown])
             ]
-            tiles = torch.cat([display[:, None], drawn.tiles], dim=1)
+            tiles = torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1)
             panels = captioned_blocks(tiles, captions, math.ceil(math.sqrt(tiles.shape[1])))
             per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
             image = grid(panels, nrow=per_row, padding=6)
             legend = self._legend(layer, image, len(channels[0]), bool(host["signed"]))
+            if len(panels) < len(channels):
+                note = f"The first {len(panels)} of the {len(channels)} probes; the text lists all."
+                legend = stack_rows(
+                    legend, footnote(image.shape[-1], note, image.device, image.dtype)
+                )
             self.log_image(
                 trainer, tags.tag(tags.ACTIVATION_GRID, layer), stack_rows(legend, image)
             )

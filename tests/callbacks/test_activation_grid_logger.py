@@ -33,10 +33,11 @@ TILE, BAND, GAP = 96, 16, 6
 """A tile's side, its caption band and the gap between probes' blocks."""
 BLOCK = 3 * (BAND + TILE) + 2 * 2
 """A probe's block: its 9 tiles (the probe, 8 channels) in 3 rows of 3, 2 pixels apart."""
-GRID_HEIGHT = 10 * BLOCK + 11 * GAP
-"""Ten probes' blocks, one under the other."""
-LEGEND = 5 * BAND
-"""Above the blocks: the colour bar's title and ramp, and a note of three lines."""
+GRID_HEIGHT = 4 * BLOCK + 5 * GAP
+"""The first four probes' blocks, one under the other (ten ran 3,500 pixels down the card)."""
+LEGEND = 6 * BAND
+"""Above the blocks: the colour bar's title and ramp, a note of three lines, and one saying
+which probes are drawn."""
 WIDTH = 3 * (TILE + 2) - 2 + 2 * GAP
 """Three tiles: as narrow as TensorBoard's card."""
 
@@ -86,6 +87,14 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         assert_colour(pixels[BAND + BAND // 2, width // 2], "viridis", 128)
     assert hook_count(module) == 0
     assert not logger.alerts.raised
+
+
+def test_drawn_probes_none_draws_every_probe(tmp_path):
+    logger = ActivationGridLogger(layers=["model.features.2"], drawn_probes=None, strict=True)
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
+    image = read_events(tmp_path).Images("activation_grid/model.features.2")[-1]
+    # ten blocks under the colour bar and its three-line note, no line on the probes drawn
+    assert (image.width, image.height) == (WIDTH, 5 * BAND + 10 * BLOCK + 11 * GAP)
 
 
 def test_a_layer_before_its_relu_is_drawn_in_the_diverging_map(tmp_path):
