@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_viz import tags
-from lightning_viz._compat import fit_dataloaders
+from lightning_viz._compat import fit_dataloaders, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
@@ -58,11 +58,12 @@ class EmbeddingLogger(ValidationView):
     At the end of every ``every_n_epochs`` validation epoch, the features of ``num_images``
     validation images (the same images every epoch: positions in the validation stream drawn
     once with ``seed``) are read from the validation forward the Trainer runs anyway: a hook on
-    ``layer`` lives for one batch at a time, no extra forward. By default the features are the
-    input of the classifier head (the last ``nn.Linear`` the class scores come from: not a
-    regression or auxiliary head defined after it, told by one backward of an image at the first
-    validation batch where the model has several): what the network has made of the image just
-    before it decides. Then, on global rank 0:
+    ``layer`` lives for one batch at a time. By default the features are the input of the
+    classifier head (the last ``nn.Linear`` the class scores come from: not a regression or
+    auxiliary head defined after it, told by one forward and backward of one image at the first
+    validation batch where the model has several; the last defined under a strategy that shards
+    the parameters): what the network has made of the image just before it decides. Then, on
+    global rank 0:
 
     - the projector gets them with each image's class and a thumbnail (``add_embedding``:
       TensorBoard's Projector tab shows t-SNE, UMAP or PCA of them, one entry per epoch);
@@ -119,10 +120,11 @@ class EmbeddingLogger(ValidationView):
     from their class's cloud are worth a look in the projector, whose thumbnails show them.
 
     Cost: a hook per validation batch that copies the subset's rows of one feature tensor and
-    their thumbnails (no extra forward); at the logged epoch's end an SVD of num_images x
-    features, a num_images² similarity and a 350x350 image, on the device. The projector files
-    are written on the background writer. Measured on the digits CNN (360 validation images):
-    1-3% of the validation epoch and 20 ms at its end (benchmarks/probe_cost.py).
+    their thumbnails (no extra forward, but for the one image that chooses the head); at the
+    logged epoch's end an SVD of num_images x features, a num_images² similarity and a 350x350
+    image, on the device. The projector files are written on the background writer. Measured on
+    the digits CNN (360 validation images): 1-3% of the validation epoch and 20 ms at its end
+    (benchmarks/probe_cost.py).
 
     Example::
 
@@ -168,6 +170,7 @@ class EmbeddingLogger(ValidationView):
         self.class_names: list[str] | None = self.given_class_names
         self._layer: tuple[str, nn.Module, bool] | None = None
         self._heads: dict[str, nn.Module] = {}  # the candidates, until the first batch chooses
+        self._guess = ""  # why the head was not chosen by a backward, when it was not
         self._subset: list[int] = []
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
@@ -180,6 +183,7 @@ class EmbeddingLogger(ValidationView):
 
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._guess = ""
         if self.layer_name is not None:
             name, module = next(iter(named_layers(pl_module, [self.layer_name], "").items()))
             self._layer = (name, module, False)
@@ -193,14 +197,26 @@ class EmbeddingLogger(ValidationView):
             )
         self._heads = dict(heads)
         self._layer = (*heads[-1], True) if len(heads) == 1 else None
+        sharded = sharded_strategy(trainer)
+        if self._layer is None and sharded is not None:
+            self._layer = (*heads[-1], True)
+            self._guess = (
+                f"the last nn.Linear defined: the {sharded} shards the parameters, so it cannot "
+                "run the backward that tells the classifier from an auxiliary head; pass layer= "
+                "to choose"
+            )
 
     def _choose_head(self, pl_module: pl.LightningModule, images: Tensor) -> None:
         """The classifier head among several linear layers: the last that the model's class
         scores come from (:func:`~lightning_viz.functional.gradcam.on_the_scores_path`, one
         backward of an image), not an auxiliary head defined after it (a multi-task net's
         regression head); the last defined where that cannot tell."""
+        dtype = next(pl_module.parameters()).dtype
         try:
-            names = on_the_scores_path(pl_module, images[:1], list(self._heads))
+            with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+                names = on_the_scores_path(
+                    pl_module, images[:1], list(self._heads), lambda x: pl_module(x.to(dtype))
+                )
         except Exception:  # a forward that does not take the images alone: the last defined
             names = []
         name = names[-1] if names else list(self._heads)[-1]
@@ -214,7 +230,8 @@ class EmbeddingLogger(ValidationView):
                 "validation batch)"
             )
         name, _, head_input = self._layer
-        return f"the embedding of {'the input of ' if head_input else ''}{name}"
+        guess = f" ({self._guess})" if self._guess else ""
+        return f"the embedding of {'the input of ' if head_input else ''}{name}{guess}"
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

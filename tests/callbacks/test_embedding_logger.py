@@ -9,7 +9,7 @@ from tensorboard.plugins.projector import projector_plugin
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import nn
 
-from lightning_viz import EmbeddingLogger
+from lightning_viz import EmbeddingLogger, TopPatchesLogger
 from lightning_viz.functional.embedding import knn_accuracy, subset_positions
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
@@ -155,6 +155,52 @@ def test_the_default_head_is_the_classifier_not_a_head_defined_after_it(tmp_path
     assert "embedding/model.head" in read_events(tmp_path).Tags()["images"]
 
 
+class NoisyRegressor(WithRegressor):
+    """Noise on the regressor's input in every mode: a forward that draws from the global RNG."""
+
+    def forward(self, x):
+        early = self.features[:7](x)
+        scores = self.head(self.features[7:](early).mean(dim=(2, 3)))
+        pooled = early.mean(dim=(2, 3))
+        return scores, self.regressor(pooled + 0.01 * torch.randn_like(pooled))
+
+
+def test_choosing_the_head_leaves_training_bit_identical(tmp_path):
+    """The backward that tells the classifier from the regressor touches no gradient, no
+    statistic and no RNG, even of a forward that draws random numbers."""
+
+    def train_multitask(log_dir, callbacks):
+        torch.manual_seed(0)
+        module = MultiTask(NoisyRegressor())
+        trainer = fit(module, callbacks, log_dir, epochs=2)
+        return module, trainer, torch.random.get_rng_state()
+
+    logger = EmbeddingLogger(num_images=50, projector=False, strict=True)
+    with_logger = train_multitask(tmp_path / "with", [logger])
+    assert logger._layer[0] == "model.head"
+    assert_same_training(train_multitask(tmp_path / "without", []), with_logger)
+
+
+def test_a_sharded_strategy_embeds_the_last_head_and_says_why(tmp_path):
+    """No rank-0 backward where the parameters are sharded: it would wait for the other ranks.
+    A CPU strategy with FSDP's name stands in for FSDP (which needs a GPU)."""
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    class FSDPStrategy(SingleDeviceStrategy):
+        pass
+
+    logger = EmbeddingLogger(num_images=50, projector=False, strict=True)
+    strategy = FSDPStrategy(device=torch.device("cpu"))
+    fit(MultiTask(WithRegressor()), [logger], tmp_path, epochs=1, strategy=strategy)
+    assert logger._layer[0] == "model.regressor"
+    assert logger.watching() == (
+        "the embedding of the input of model.regressor (the last nn.Linear defined: the "
+        "FSDPStrategy shards the parameters, so it cannot run the backward that tells the "
+        "classifier from an auxiliary head; pass layer= to choose)"
+    )
+    assert "embedding/model.regressor" in read_events(tmp_path).Tags()["images"]
+
+
 def test_a_model_without_a_linear_head_is_not_shown_and_fit_goes_on(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     logger = EmbeddingLogger()
@@ -166,10 +212,17 @@ def test_a_model_without_a_linear_head_is_not_shown_and_fit_goes_on(tmp_path):
 
 
 def test_a_fit_without_validation_says_so_once(tmp_path):
+    """Once for every validation view: one warning naming them all."""
     logger = EmbeddingLogger()
-    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, validate=False)
+    with pytest.warns(UserWarning) as warned:
+        fit(DigitsClassifier(), [logger, TopPatchesLogger()], tmp_path, epochs=1, validate=False)
     assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
-    assert "no validation loop" in logger.alerts.raised[0].message
+    said = [str(w.message) for w in warned if "validation forward" in str(w.message)]
+    assert said == [
+        "EmbeddingLogger, TopPatchesLogger: its view is read from the validation forward, and "
+        "this fit has no validation loop: define validation_step and pass val_dataloaders (or "
+        "a datamodule with val_dataloader()) to trainer.fit."
+    ]
 
 
 def test_validation_turned_off_by_the_trainer_is_named(tmp_path):
