@@ -230,13 +230,13 @@ def _no_head_message(
         "(grad_cam, GradCAMLogger), which works with any head"
     )
     after_spatial = spatial[-1] if spatial else -1
-    pooled = next(  # the pooling's 1x1 output: what a head's norm reads then is no feature map
+    pooled = max(  # the head's pooling, the last 1x1 output: what a norm reads then is no map
         (
             i
             for i, (_, module, shape) in enumerate(finished)
             if i > after_spatial and _is_one_cell(shape) and not _has_parameters(module)
         ),
-        len(finished),
+        default=len(finished),
     )
     shrunk = [
         (name, shape)

@@ -133,6 +133,33 @@ def test_a_norm_after_the_pooling_is_named_not_taken_for_a_too_small_map(images)
     assert "1x1" not in str(error.value)
 
 
+class PooledToOneCell(nn.Module):
+    """A max pooling shrinks the probes' maps to 1x1 before the last conv and the head's
+    global average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.shrink = nn.MaxPool2d(31)
+        self.conv = nn.Conv2d(8, 16, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        maps = self.relu(self.conv(self.shrink(self.stem(x))))
+        return self.head(self.pool(maps).flatten(1))
+
+
+def test_maps_pooled_to_one_cell_before_the_head_are_told_so(images):
+    """The max pooling was taken for the head's, and the message called the head something
+    other than global average pooling and one linear layer."""
+    with pytest.raises(
+        ValueError, match=r"1x1 at the probes' size from 'conv' \(16, 1, 1\) on, before its "
+    ):
+        class_activation_map(PooledToOneCell(), images)
+
+
 def test_a_vision_transformer_is_refused_naming_the_end_of_its_head():
     with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
         gap_linear_head(tiny_vit().eval(), torch.randn(1, 3, 32, 32))
