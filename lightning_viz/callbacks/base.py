@@ -709,7 +709,7 @@ class VizCallback(*CALLBACK_BASES):
             threshold=float(finding.threshold),
             epoch=trainer.current_epoch,
             step=trainer.global_step,
-            message=message if message.startswith(source) else f"{source}: {message}",
+            message=message if message.startswith(f"{source}: ") else f"{source}: {message}",
         )
         if status == "raised":
             self.alerts.raised.append(alert)

@@ -125,7 +125,7 @@ class ValidationView(VizCallback):
         else:
             return
         self.show_nothing(
-            f"{type(self).__name__} reads the validation forward, and {why}.", trainer
+            f"its view is read from the validation forward, and {why}.", trainer
         )
 
     @override
