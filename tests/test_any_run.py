@@ -467,6 +467,7 @@ TRAINER_SETTINGS = {
     "gradient_clip_val": {"gradient_clip_val": 0.5},
     "fast_dev_run": {"fast_dev_run": True},
     "logger=False": {"logger": False},
+    "precision=bf16-true": {"precision": "bf16-true"},
 }
 
 

@@ -22,6 +22,7 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, class_names_of
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
 from lightning_viz.functional import grid
+from lightning_viz.functional._capture import in_model_precision
 from lightning_viz.functional._validation import (
     all_finite,
     check_class_names,
@@ -211,12 +212,10 @@ class EmbeddingLogger(ValidationView):
         scores come from (:func:`~lightning_viz.functional.gradcam.on_the_scores_path`, one
         backward of an image), not an auxiliary head defined after it (a multi-task net's
         regression head); the last defined where that cannot tell."""
-        dtype = next(pl_module.parameters()).dtype
+        forward = in_model_precision(pl_module)
         try:
             with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-                names = on_the_scores_path(
-                    pl_module, images[:1], list(self._heads), lambda x: pl_module(x.to(dtype))
-                )
+                names = on_the_scores_path(pl_module, images[:1], list(self._heads), forward)
         except Exception:  # a forward that does not take the images alone: the last defined
             names = []
         name = names[-1] if names else list(self._heads)[-1]

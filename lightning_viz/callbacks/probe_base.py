@@ -17,7 +17,7 @@ from typing_extensions import override
 from lightning_viz._compat import eager, fit_dataloaders, progress_note, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
-from lightning_viz.functional._capture import Forward, grid_side, output_shapes
+from lightning_viz.functional._capture import Forward, grid_side, in_model_precision, output_shapes
 from lightning_viz.functional._validation import (
     check_class_names,
     check_int,
@@ -266,10 +266,9 @@ class ProbeCallback(VizCallback):
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else
-        None (``pl_module(images)``)."""
-        if self.forward_fn is None:
-            return None
-        return functools.partial(self.forward_fn, pl_module)
+        None (``pl_module(images)``); the probes cast to a half-precision model's dtype."""
+        given = None if self.forward_fn is None else functools.partial(self.forward_fn, pl_module)
+        return in_model_precision(pl_module, given)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""

@@ -20,6 +20,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
+from lightning_viz.functional._capture import in_model_precision
 from lightning_viz.functional._validation import check_int, check_layer_names
 from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
 from lightning_viz.functional.images import CARD_WIDTH, to_rgb, to_uint8
@@ -227,8 +228,9 @@ class TopPatchesLogger(ValidationView):
             ) from error
 
     def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:
+        forward = in_model_precision(pl_module)
         if not self._layers:
-            names = default_grid_layers(pl_module, images[:1])
+            names = default_grid_layers(pl_module, images[:1], forward)
             if not names:
                 raise Unsuited(
                     f"{type(self).__name__}: {type(pl_module).__name__} has no activation or "
@@ -236,7 +238,7 @@ class TopPatchesLogger(ValidationView):
                     "layers with (N, C, H, W) outputs."
                 )
             self._layers = named_layers(pl_module, names, type(self).__name__)
-        self._fields = receptive_fields(pl_module, images[:1], list(self._layers))
+        self._fields = receptive_fields(pl_module, images[:1], list(self._layers), forward)
 
     @override
     def hooks(
