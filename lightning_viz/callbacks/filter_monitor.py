@@ -424,7 +424,11 @@ class FilterMonitor(VizCallback):
                 f"{name}: filter index{some} and Geary's C (1 = white noise, 0 = smooth); each "
                 "filter scaled to its own range"
             )
-            active = sorted(kind for layer, kind in self.alerts.active if layer == name)
+            active = sorted(
+                kind
+                for layer, kind in self.alerts.active
+                if layer == name and kind not in tags.NOTICE_KINDS
+            )
             if active:  # a diverged layer's filters, each scaled alone, can look smooth
                 text = (
                     f"ALERT {', '.join(active)} (drift {host[name, 'drift'].item():.3g}): read "

@@ -136,6 +136,13 @@ def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_pat
     assert trainer.current_epoch == 3  # a notice, not a health alert: no stop
     events = read_events(tmp_path)
     assert events.Scalars(f"filters/{FIRST}/drift")[-1].value == 0  # still measured
+    pixels = image_pixels(events.Images(f"filters/{FIRST}")[-1])
+    text = (  # no ALERT on its filters: frozen is a notice about the setup
+        f"{FIRST}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter scaled "
+        "to its own range"
+    )
+    legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels[-legend.shape[0] :], legend)
 
 
 def test_layer_in_no_optimizer_group_is_frozen(tmp_path):
