@@ -119,8 +119,9 @@ class RunContext:
     def release_notices(self) -> None:
         """Deliver the notices held while the fit started, alike ones together, and hold no
         more (also when the start failed half-way)."""
-        held, self.held_notices = self.held_notices or [], None
-        deliver_notices(held)
+        if self.held_notices is not None:
+            held, self.held_notices = self.held_notices, None
+            deliver_notices(held)
 
     def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
         """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
@@ -399,6 +400,8 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
+        if self._not_shown is not None:  # said once; here when the fit loop never started
+            self._notice_not_shown(trainer)
         RunContext.of(trainer).stop_recording(final=True)
         RunContext.of(trainer).release_notices()
         self.finish_writes(trainer, close=True)
@@ -464,7 +467,9 @@ class VizCallback(*CALLBACK_BASES):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        RunContext.of(trainer).record_call_order(pl_module)
+        context = RunContext.of(trainer)
+        context.release_notices()  # held still when a subclass's on_train_start skipped super's
+        context.record_call_order(pl_module)
 
     @override
     def on_train_batch_end(

@@ -398,3 +398,38 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
     assert f"{', '.join(views)}: cannot find" in no_images[0]
     # each callback's own alert still reaches on_alert
     assert sorted(a.source for a in received if "pass probes=" in a.message) == sorted(views)
+
+
+@pytest.mark.parametrize("skipped", ["limit_train_batches=0", "max_steps=0"])
+def test_a_setup_notice_is_said_when_the_fit_loop_never_starts(tmp_path, skipped):
+    """The notices found in setup waited for on_train_start, which a fit with nothing to train
+    never calls: the user never learned why nothing was logged."""
+    data = DataLoader(TensorDataset(torch.randn(16, 8, 16), torch.randint(0, 4, (16,))), 8)
+    name, value = skipped.split("=")
+    trainer = make_trainer(tmp_path, [FilterMonitor()], max_epochs=1, **{name: int(value)})
+    with pytest.warns(UserWarning, match=r"^FilterMonitor: SequenceClassifier has no nn.Conv2d"):
+        trainer.fit(SequenceClassifier(), data)
+
+
+class SkipsTrainStart(GradCAMLogger):
+    def on_train_start(self, trainer, pl_module):
+        """A subclass that forgot super().on_train_start."""
+
+
+def test_notices_held_by_a_start_that_never_ends_are_said_at_the_first_batch(tmp_path):
+    data = DataLoader(TensorDataset(torch.randn(16, 8, 16), torch.randint(0, 4, (16,))), 8)
+    said_by_first_batch = []
+
+    def noticed():
+        return [w for w in caught if "has no nn.Conv2d" in str(w.message)]
+
+    class FirstBatch(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            said_by_first_batch.append(len(noticed()))
+
+    callbacks = [FilterMonitor(), SkipsTrainStart(), FirstBatch()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, callbacks, max_epochs=1).fit(SequenceClassifier(), data)
+    assert said_by_first_batch[0] == 1
+    assert len(noticed()) == 1
