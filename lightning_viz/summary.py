@@ -81,8 +81,8 @@ def summarize(run: Path) -> str | None:
     lines.append(
         "values: latest (change since the first); layers in "
         f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
-        "logged (a conv's filters or an activation's maps; a dead fraction after 1,024 values "
-        "per channel in an epoch)"
+        "logged (a conv's filters or an activation's maps; a dead fraction after "
+        f"{tags.DEAD_AFTER_VALUES:,} values per channel in an epoch)"
     )
     overhead = _overhead(events, scalars)
     if overhead:

@@ -63,9 +63,6 @@ are watched by default too."""
 SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 """Output ranges of the activations that saturate, by lower-case class name."""
 _RELU_KEYS = ("zero_fraction", "localization")
-MIN_VALUES_PER_CHANNEL = 1024
-"""A channel is read as dead only after this many of its values in an epoch's sampled batches
-(a channel that is positive 1% of the time is then all-negative by chance with p < 5e-5)."""
 HISTOGRAM_SAMPLES = 2**12
 """Activation histograms count an evenly strided sample of at most this many values."""
 STATISTICS_VALUES = 2**16
@@ -133,7 +130,8 @@ class ActivationMonitor(VizCallback):
       the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
     - ``nonfinite_activations``: NaN or Inf in a sampled feature map, raised when its step is
       read (with ``on_alert="stop"``, training stops then: at most ``log_every_n_steps``
-      batches later).
+      batches later). NaN and +Inf are seen in every image of the batch (through the channels'
+      maxima); -Inf only in the images read (``max_values``).
 
     Args:
         layers: names of modules whose (4-D) outputs to watch; default every activation module.
@@ -174,9 +172,9 @@ class ActivationMonitor(VizCallback):
       sampled step at the default cadence, one per ``log_every_n_steps`` batches at most.
     - ``activations/<layer>/dead_fraction``: at epoch end, the fraction of channels with no
       positive value in any sampled batch of the epoch (the whole batch, by its per-channel
-      maxima); only once each channel had at least 1,024 values in them (a 1x1 map of a
-      squeeze-excitation block in small batches has too few to tell a dead channel from a
-      rarely active one).
+      maxima); only once each channel had at least 1,024 values in them
+      (:data:`~lightning_viz.tags.DEAD_AFTER_VALUES`: a 1x1 map of a squeeze-excitation block
+      in small batches has too few to tell a dead channel from a rarely active one).
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (when the sampled
@@ -599,7 +597,7 @@ class ActivationMonitor(VizCallback):
         dead = to_host({"dead": torch.stack([(a == 0).float().mean() for a in alive])})["dead"]
         metrics = {}
         for key, fraction in zip(keys, dead.tolist(), strict=True):
-            if self._seen.get(key, 0.0) < MIN_VALUES_PER_CHANNEL:
+            if self._seen.get(key, 0) < tags.DEAD_AFTER_VALUES:
                 continue  # too few values to call a channel dead (1x1 maps, tiny batches)
             metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
             if trainer.current_epoch + 1 >= self.warmup_epochs:
