@@ -195,9 +195,11 @@ class ScenarioModule(pl.LightningModule):
         recipe = self.recipe
         params = [p for p in self.model.parameters() if p.requires_grad]
         if recipe.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay or 0.01)
+            opt = torch.optim.AdamW(
+                params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay or 0.01
+            )
         elif recipe.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=recipe.lr)
+            opt = torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas)
         else:
             opt = torch.optim.SGD(
                 params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay
@@ -213,6 +215,8 @@ class GANModule(pl.LightningModule):
 
     def __init__(self, recipe: Recipe, epochs: int) -> None:
         super().__init__()
+        if recipe.optimizer != "adam":
+            raise ValueError(f"a GAN scenario trains with Adam, got {recipe.optimizer!r}")
         self.recipe = recipe
         self.model = recipe.model()
         self.automatic_optimization = False
@@ -225,7 +229,7 @@ class GANModule(pl.LightningModule):
         real = (batch[0] - low) / (high - low) * 2 - 1  # the generator's tanh range
         d_opt, g_opt = self.optimizers()
         fake = self(torch.randn(len(real), self.model.latent, 1, 1, device=real.device))
-        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        ones, zeros = real.new_ones(len(real), 1), real.new_zeros(len(real), 1)
         judge = self.model.discriminator
         d_loss = F.binary_cross_entropy_with_logits(
             judge(real), ones
