@@ -190,6 +190,10 @@ class ActivationGridLogger(ProbeCallback):
             self._layers = named_layers(pl_module, self.layer_names, type(self).__name__)
 
     @override
+    def logs_scalars(self) -> bool:
+        return False
+
+    @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         self._check_named_layers(pl_module, probes, tokens=False)
         if self.layer_names is not None:

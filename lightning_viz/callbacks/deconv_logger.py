@@ -218,6 +218,10 @@ class DeconvLogger(ProbeCallback):
             self.features = {n: list(c) for n, c in self.given_features.items()}
 
     @override
+    def logs_scalars(self) -> bool:
+        return "sanity" in self.scores
+
+    @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         self._check_named_layers(pl_module, probes, tokens=False)
         layers = self._layers
