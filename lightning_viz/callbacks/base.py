@@ -559,22 +559,15 @@ class VizCallback(*CALLBACK_BASES):
                 others = f"{len(rest)} other{'s' if len(rest) > 1 else ''}"
                 each += f", {others} {sum(part for part, _ in rest):.1%}"
             message = (
-                f"lightning-viz took {share:.1%} of the training time so far ({each}), over the "
-                f"budget of {self.budget:.1%}: {what} is skipped, and the costliest callbacks "
-                "skip work until the share is back within it (each view still shows in the last "
-                "epoch; budget=None never skips)."
+                f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
+                f"budget of {self.budget:.1%}: {what} is skipped ({type(self).__name__}), and "
+                "the costliest callbacks skip work until the share is back within it (each view "
+                "still shows in the last epoch; budget=None never skips)."
             )
-            self.raise_alert(
-                trainer,
-                Finding(
-                    "over_budget",
-                    type(self).__name__,
-                    True,
-                    message=message,
-                    value=share,
-                    threshold=self.budget,
-                ),
+            finding = Finding(
+                "over_budget", "budget", True, message=message, value=share, threshold=self.budget
             )
+            self.raise_alert(trainer, finding, source="lightning-viz")
         return fits
 
     def watching(self) -> str | None:
@@ -696,13 +689,14 @@ class VizCallback(*CALLBACK_BASES):
         self.write(trainer, tag, lambda writer: writer.add_text(tag, text, global_step=step))
 
     # ------------------------------------------------------------------------------ alerts
-    def raise_alert(self, trainer: pl.Trainer, finding: Finding) -> None:
+    def raise_alert(self, trainer: pl.Trainer, finding: Finding, source: str = "") -> None:
         """Deliver an alert when ``finding`` starts firing for its (layer, kind); say so when it
-        clears. Either joins the step's alert table in TensorBoard's Text tab."""
+        clears. Either joins the step's alert table in TensorBoard's Text tab. ``source``: who
+        it is from, when not this callback (the budget all the callbacks share)."""
         status = self.alerts.update((finding.layer, finding.kind), finding.firing)
         if status is None:
             return
-        source = type(self).__name__
+        source = source or type(self).__name__
         message = finding.message
         if status == "cleared":
             message = f"{finding.kind} in {finding.layer!r} cleared"

@@ -169,6 +169,11 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path, monkeypatch
     notices = [a for c in callbacks for a in c.alerts.raised if a.kind == "over_budget"]
     assert len(notices) == 1
     assert "the costliest callbacks skip work" in notices[0].message
+    # from lightning-viz, not from the callback that happened to ask first (a user blamed
+    # ActivationMonitor, at 0.7%, for a notice that FeatureVisualizer's 65% caused)
+    assert (notices[0].source, notices[0].layer) == ("lightning-viz", "budget")
+    assert notices[0].message.startswith("lightning-viz: the callbacks took ")
+    assert re.search(r"is skipped \((ActivationMonitor|GradCAMLogger)\)", notices[0].message)
     # each callback's share, costliest first: the notice is not the one that noticed's alone;
     # past the few it names, the others' sum (a default run with every view has twelve)
     shares = re.search(r"so far \((\w+) (\d+\.\d)%, ([\w ]+) (\d+\.\d)%\)", notices[0].message)
