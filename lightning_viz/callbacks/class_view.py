@@ -38,7 +38,12 @@ from lightning_viz.functional.gradcam import (
     pixel_shares,
     segmented_classes,
 )
-from lightning_viz.functional.images import colormap_table, panels_per_row, readable
+from lightning_viz.functional.images import (
+    LEGIBLE_WIDTH,
+    colormap_table,
+    panels_per_row,
+    readable,
+)
 from lightning_viz.functional.scores import (
     INDEPENDENT,
     SSIM_SIDE,
@@ -531,5 +536,5 @@ class ClassView(ProbeCallback):
         """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
         captions = [list(pair) for pair in zip(image_captions, map_captions, strict=True)]
         panels = captioned_rows(torch.stack([display, maps], dim=1), captions)
-        per_row = panels_per_row(len(panels), *panels.shape[-2:])
+        per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=LEGIBLE_WIDTH)
         return grid(panels, nrow=per_row, padding=6)

@@ -46,6 +46,10 @@ from lightning_viz.functional.selection import evenly_spaced, first_features, fo
 from lightning_viz.probes import Probes
 
 MAX_DEFAULT_LAYERS = 5
+EVOLUTION_CELL = 64
+"""The largest side of a cell of the evolution grid: its projections are shrunk to it."""
+EVOLUTION_LABEL = "epoch 999"
+"""The widest row label that the evolution grid's width plans for."""
 RULES = ("deconvnet", "guided")
 
 
@@ -367,6 +371,15 @@ class DeconvLogger(ProbeCallback):
             if float(value) >= INDEPENDENT
         }
 
+    def _evolution_cells(self, thumbnails: Tensor) -> Tensor:
+        """The thumbnails enlarged by the largest whole factor that keeps ``num_features``
+        columns and the row labels within TensorBoard's card (none past 64 pixels: they hold
+        no more detail), so that the legend under them is not shrunk."""
+        side = max(thumbnails.shape[-2:])
+        fitting = (CARD_WIDTH - table_label_width([EVOLUTION_LABEL])) // self.num_features - 2
+        scale = max(1, min(fitting, EVOLUTION_CELL) // side)
+        return thumbnails.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
     def _evolution_slots(self, trainer: pl.Trainer) -> int:
         """Columns of the evolution grid: the epochs the run will log, at most ``max_columns``."""
         if trainer.max_epochs is None or trainer.max_epochs < 0:
@@ -375,16 +388,17 @@ class DeconvLogger(ProbeCallback):
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
         thumbnails = to_rgb(normalize_signed(followed))
-        if max(thumbnails.shape[-2:]) > 64:
-            thumbnails = F.interpolate(thumbnails, size=(64, 64), mode="area")
+        if max(thumbnails.shape[-2:]) > EVOLUTION_CELL:
+            size = (EVOLUTION_CELL, EVOLUTION_CELL)
+            thumbnails = F.interpolate(thumbnails, size=size, mode="area")
         thumbnails = to_uint8(thumbnails)
         columns = self.columns.setdefault(layer, [])
         epochs = self.column_epochs.setdefault(layer, [])
         enlarged = self._enlarged.get(layer)
         if enlarged is None or len(enlarged) != len(columns):  # e.g. columns from a checkpoint
-            enlarged = [readable(column.to(followed.device)) for column in columns]
+            enlarged = [self._evolution_cells(column.to(followed.device)) for column in columns]
         columns.append(thumbnails.cpu())
-        enlarged.append(readable(thumbnails))
+        enlarged.append(self._evolution_cells(thumbnails))
         epochs.append(trainer.current_epoch)
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]

@@ -145,6 +145,11 @@ CARD_WIDTH = 350
 """The width of an image card in TensorBoard's Images tab (its ``tf-image-loader`` is 350 pixels
 wide whatever the window): a wider image is shrunk to it, and its 12-pixel captions with it."""
 
+LEGIBLE_WIDTH = CARD_WIDTH * 6 // 5
+"""The widest image whose 12-pixel captions stay legible in the card: shrunk to it, they are 10
+pixels high. Two probe panels of 96-pixel tiles (the digits', 32-pixel photos') fit; two of
+128-pixel tiles (64-pixel probes: 534 pixels, captions shrunk to 8) do not."""
+
 
 def panels_per_row(
     count: int, height: int, width: int, aspect: float = 0.75, max_width: int | None = None

@@ -214,7 +214,7 @@ def test_a_model_without_a_linear_head_is_not_shown_and_fit_goes_on(tmp_path):
 def test_a_fit_without_validation_says_so_once(tmp_path):
     """Once for every validation view: one warning naming them all."""
     logger = EmbeddingLogger()
-    with pytest.warns(UserWarning) as warned:
+    with pytest.warns(UserWarning, match="validation forward") as warned:
         fit(DigitsClassifier(), [logger, TopPatchesLogger()], tmp_path, epochs=1, validate=False)
     assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
     said = [str(w.message) for w in warned if "validation forward" in str(w.message)]

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
 from lightning_viz import DeconvLogger, GradCAMLogger, Probes
+from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
@@ -41,6 +42,10 @@ from tests.helpers import (
     text_rows,
     train_flags,
 )
+
+EVOLUTION_PITCH = EVOLUTION_CELL + 2
+"""Rows and columns of the digits' evolution grid: 8-pixel projections enlarged 8 times, 2
+pixels apart."""
 
 CONVS = ["model.features.0", "model.features.4", "model.features.8"]
 EPOCH_ENDS = [23, 46, 69]
@@ -101,19 +106,32 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
         assert 1 <= len(features) <= 4
         first, last = image_pixels(evolution[0]), image_pixels(evolution[-1])
         # a column per feature headed with its channel: as wide as the features, whatever the
-        # number of epochs (16 epochs across shrank the tiles to a sixth on TensorBoard's card)
-        label_width = first.shape[1] - len(features) * 98
+        # number of epochs (16 epochs across shrank the tiles to a sixth on TensorBoard's card);
+        # the 8-pixel projections enlarged 8 times, so that 4 columns fit the card (96-pixel
+        # cells made it 450 pixels wide, its legend shrunk with it)
+        assert first.shape[1] <= CARD_WIDTH
+        label_width = first.shape[1] - len(features) * EVOLUTION_PITCH
         assert 40 < label_width < 70
         assert_caption(
-            last, f"ch {features[-1]}", x=label_width + 98 * (len(features) - 1), y=0, width=98
+            last,
+            f"ch {features[-1]}",
+            x=label_width + EVOLUTION_PITCH * (len(features) - 1),
+            y=0,
+            width=EVOLUTION_PITCH,
         )
         # an epoch per row, labelled on the left; at the first epoch the last row is empty
-        third_row = 16 + 2 * 98
+        third_row = 16 + 2 * EVOLUTION_PITCH
         assert_caption(
-            last, "epoch 2", x=0, y=third_row, width=label_width, height=98, align="right"
+            last,
+            "epoch 2",
+            x=0,
+            y=third_row,
+            width=label_width,
+            height=EVOLUTION_PITCH,
+            align="right",
         )
-        assert (first[third_row : third_row + 98] == 255).all()
-        assert not (last[third_row : third_row + 98, label_width:] == 255).all()
+        assert (first[third_row : third_row + EVOLUTION_PITCH] == 255).all()
+        assert not (last[third_row : third_row + EVOLUTION_PITCH, label_width:] == 255).all()
     assert hook_count(module) == 0
 
 
@@ -172,11 +190,12 @@ def test_evolution_rows_drawn_one_at_a_time_match_the_table_drawn_whole(tmp_path
 
 
 def assert_row_label(evolution, deconv: DeconvLogger, row: int, text: str) -> None:
-    """Row ``row`` of a logged ``evolution/model.features.0`` grid (98-pixel cells under a
-    16-pixel header, right-aligned labels left of them) is labelled ``text``."""
-    label_width = evolution.width - 98 * len(deconv.features["model.features.0"])
+    """Row ``row`` of a logged ``evolution/model.features.0`` grid (cells under a 16-pixel
+    header, right-aligned labels left of them) is labelled ``text``."""
+    label_width = evolution.width - EVOLUTION_PITCH * len(deconv.features["model.features.0"])
     pixels = image_pixels(evolution)
-    assert_caption(pixels, text, x=0, y=16 + row * 98, width=label_width, height=98, align="right")
+    y = 16 + row * EVOLUTION_PITCH
+    assert_caption(pixels, text, x=0, y=y, width=label_width, height=EVOLUTION_PITCH, align="right")
 
 
 def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
@@ -230,7 +249,7 @@ def test_the_last_evolution_has_no_blank_rows_for_epochs_the_budget_skipped(tmp_
     fit(DigitsClassifier(), [deconv], tmp_path, epochs=4, limit_train_batches=2)
     assert deconv.column_epochs["model.features.0"] == [0, 3]  # the first and the last
     first, last = read_events(tmp_path).Images("evolution/model.features.0")
-    assert first.height - last.height == 2 * 98  # 4 rows planned, 2 drawn
+    assert first.height - last.height == 2 * EVOLUTION_PITCH  # 4 rows planned, 2 drawn
     assert_row_label(last, deconv, 1, "epoch 3")
 
 
@@ -255,6 +274,22 @@ def test_grad_cam_localizes_the_shape(tmp_path):
     maps = grad_cam(module.eval(), probe_images, "model.features", probe_labels)
     assert pointing_game(upsample(maps["model.features"], (32, 32)), boxes) >= 0.8
     assert len(read_events(tmp_path).Images("gradcam/model.features")) == 6
+
+
+def test_class_view_panels_of_64_pixel_probes_stay_legible_in_the_card(tmp_path):
+    """Two panels of 128-pixel tiles a row made a 534-pixel image, which TensorBoard shrank to
+    its 350-pixel card, captions to 8 pixels: one panel a row, shown at its size."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )  # fmt: skip
+    loader = random_loader(n=8, size=64)
+    make_trainer(tmp_path, [GradCAMLogger(strict=True)], max_epochs=1).fit(
+        Classifier(model), loader, loader
+    )
+    image = read_events(tmp_path).Images("gradcam/model.1")[-1]
+    assert image.width == 6 + 2 * 128 + 2 + 6  # one panel: the probe and its map, 2 apart
+    assert image.width <= CARD_WIDTH
 
 
 def test_default_gradcam_layer_is_the_last_feature_map_of_at_least_7x7():
