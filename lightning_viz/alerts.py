@@ -113,16 +113,22 @@ def deliver_notices(held: Sequence[tuple[Alert, OnAlert]]) -> None:
                 on_alert(alert)
 
 
-def deliver(alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any) -> None:
+def deliver(
+    alerts: Sequence[Alert], on_alert: OnAlert, trainer: Any, stopping: bool = False
+) -> None:
     """Warn (a line for :data:`~lightning_viz.tags.INFO_KINDS`), then stop the trainer
     (health alerts only) or call the user's function with each alert. ``alerts`` of one kind,
     raised together, warn once: the first's message, naming the other layers (a divergence
-    raises ``exploding`` on every conv at once)."""
+    raises ``exploding`` on every conv at once). ``stopping``: an alert of this step stopped
+    training already, and said so."""
     first, also = alerts[0], also_in(alerts[1:])
     (rank_zero_info if first.kind in INFO_KINDS else rank_zero_warn)(first.message + also)
     if on_alert == "stop" and first.kind not in NOTICE_KINDS:
         trainer.should_stop = True
-        rank_zero_info(f"{first.source} stopped training: {first.kind} in {first.layer!r}{also}.")
+        if not stopping:
+            rank_zero_info(
+                f"{first.source} stopped training: {first.kind} in {first.layer!r}{also}."
+            )
     elif callable(on_alert):
         for alert in alerts:
             on_alert(alert)

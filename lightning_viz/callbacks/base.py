@@ -86,6 +86,7 @@ class RunContext:
         self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None  # while the fit starts
+        self.stopped_at: int | None = None  # the step whose alerts stopped training
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -128,8 +129,10 @@ class RunContext:
         wait while the fit starts, to be said together (:meth:`started`)."""
         if self.held_notices is not None and alerts[0].kind in tags.NOTICE_KINDS:
             self.held_notices += [(alert, on_alert) for alert in alerts]
-        else:
-            deliver(alerts, on_alert, trainer)
+            return
+        deliver(alerts, on_alert, trainer, stopping=self.stopped_at == trainer.global_step)
+        if on_alert == "stop" and alerts[0].kind not in tags.NOTICE_KINDS:
+            self.stopped_at = trainer.global_step
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
         """Add a raised or cleared alert to its step's rows; the markdown table of that step.

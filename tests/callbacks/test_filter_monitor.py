@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import numpy as np
@@ -216,6 +217,16 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     )
     legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
     assert np.array_equal(pixels[-legend.shape[0] :], legend)
+
+
+def test_alerts_of_several_kinds_that_stop_training_say_so_once(tmp_path, caplog):
+    monitor = FilterMonitor(on_alert="stop")
+    with warnings.catch_warnings(), caplog.at_level("INFO"):
+        warnings.simplefilter("ignore")
+        trainer = fit(DigitsClassifier("sgd", 5.0), [monitor], tmp_path, epochs=3)
+    assert trainer.current_epoch == 1
+    assert len({a.kind for a in monitor.alerts.raised}) >= 2  # exploding, overwritten, ...
+    assert len(re.findall("stopped training", caplog.text)) == 1
 
 
 def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
