@@ -74,7 +74,8 @@ class EmbeddingLogger(ValidationView):
       logged as a scalar: how well the representation separates the classes.
 
     Under DDP the subset is drawn from rank 0's share of the validation set (no collective). A
-    validation loader that shuffles shows other images every epoch.
+    validation loader that shuffles shows other images every epoch. Where the fit has several
+    validation dataloaders, the subset comes from the first.
 
     Args:
         layer: the module whose features to embed: its output, averaged over space when it is a

@@ -84,7 +84,8 @@ class TopPatchesLogger(ValidationView):
     batch (:func:`~lightning_viz.functional.receptive_fields`): exact for chains of convolutions
     and poolings, residual sums and concatenations included; an interpolation, a transposed
     convolution or a token layer on the path makes it the approximation documented there, said
-    in the text table. Global rank 0 only (under DDP: rank 0's share of the validation set).
+    in the text table. Global rank 0 only (under DDP: rank 0's share of the validation set);
+    the first validation dataloader only, where the fit has several.
 
     Args:
         layers: names from ``model.named_modules()`` with (N, C, H, W) outputs; default the
