@@ -104,7 +104,8 @@ class EmbeddingLogger(ValidationView):
     - ``embedding/<layer>`` (image): the scatter plot of the subset's features on their two
       principal axes, a dot per image coloured by its class, with the legend and the k-NN
       accuracy in its caption.
-    - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset.
+    - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset's
+      images whose class has another image in it; not logged where no class has two.
     - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2F<layer>/``
       in the log directory, with ``projector_config.pbtxt``), named ``embedding/<layer>:<step>``.
       The Projector opens on the earliest step (it sorts the names); pick the latest in its
@@ -330,7 +331,7 @@ class EmbeddingLogger(ValidationView):
         name = self._layer[0]
         classes = None if labels is None else sorted(set(host["labels"].long().tolist()))
         knn = None if labels is None else float(host["accuracy"])
-        if knn is not None:
+        if knn is not None and not math.isnan(knn):
             self.log_scalars(trainer, {tags.tag(tags.EMBEDDING_SCALAR, name, "knn_accuracy"): knn})
         self.log_image(
             trainer, tags.tag(tags.EMBEDDING, name), self._picture(scatter, classes, knn)
@@ -344,7 +345,9 @@ class EmbeddingLogger(ValidationView):
         device, width = scatter.device, scatter.shape[-1]
         what = f"input of {name}" if head_input else name
         title = f"{what}: {len(self._positions)} validation images, PCA"
-        if knn is not None:
+        if knn is not None and math.isnan(knn):
+            title += "; no class has two images for a k-NN accuracy"
+        elif knn is not None:
             title += f"; {self.k}-NN accuracy {knn:.1%}"
         parts = [footnote(width, title, device, torch.uint8), scatter]
         if classes:

@@ -43,7 +43,9 @@ def pca_2d(features: Tensor) -> Tensor:
 def knn_accuracy(features: Tensor, labels: Tensor, k: int = 5) -> Tensor:
     """Leave-one-out k-nearest-neighbour accuracy of ``labels`` from ``features`` (cosine
     similarity, majority vote, ties to the nearest neighbour's class): how well the features
-    separate the classes, a 0-dim tensor in [0, 1].
+    separate the classes, a 0-dim tensor in [0, 1]. Over the images whose class has another
+    image among ``features`` (one alone in its class has no neighbour that could be right); NaN
+    where no class has two.
 
     Cosine similarity makes it blind to the features' scale, which drifts during training.
     """
@@ -63,7 +65,8 @@ def knn_accuracy(features: Tensor, labels: Tensor, k: int = 5) -> Tensor:
     weights = torch.ones(k, device=features.device)
     weights[0] += 0.5
     counts.scatter_add_(1, votes, weights.expand(n, k).contiguous())
-    return (counts.argmax(dim=1) == labels).float().mean()
+    accompanied = labels.bincount(minlength=classes)[labels] > 1
+    return (counts.argmax(dim=1) == labels)[accompanied].float().mean()
 
 
 CLASS_COLOURS = (

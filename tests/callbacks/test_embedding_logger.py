@@ -100,6 +100,22 @@ def test_embedding_leaves_training_bit_identical(tmp_path):
     assert_same_training(without, with_logger)
 
 
+def test_no_knn_accuracy_where_no_class_has_two_images(tmp_path):
+    """A user's six validation images of six classes gave a k-NN accuracy of 0%."""
+    train_loader, val = digits_loaders()
+    images, labels = val.dataset.tensors
+    firsts = [int((labels == c).nonzero()[0]) for c in range(6)]
+    six = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images[firsts], labels[firsts]), 6
+    )
+    logger = EmbeddingLogger(projector=False, strict=True)
+    module = DigitsClassifier()
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(module, train_loader, six)
+    events = read_events(tmp_path)
+    assert f"{TAG}/knn_accuracy" not in events.Tags()["scalars"]
+    assert [e.step for e in events.Images(TAG)] == [23]
+
+
 class Unlabelled(ImageClassifier):
     """Validation batches of images only."""
 

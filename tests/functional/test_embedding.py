@@ -64,8 +64,16 @@ def test_knn_accuracy_breaks_ties_for_the_nearest_neighbour():
     features = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, -0.3], [0.0, 1.0]])
     labels = torch.tensor([1, 1, 2, 2])
     votes_for_point_0 = knn_accuracy(features[:3], torch.tensor([1, 1, 2]), k=2)
-    assert votes_for_point_0.item() == pytest.approx(2 / 3)  # points 0, 1 right; 2 wrong
+    assert votes_for_point_0.item() == 1.0  # points 0, 1 right; 2, alone in its class, left out
     assert knn_accuracy(features, labels, k=1).item() == pytest.approx(0.5)
+
+
+def test_knn_accuracy_leaves_out_images_alone_in_their_class():
+    """Six validation images of six classes gave 0%, which looked like features that separate
+    nothing: no image had a neighbour of its class to find."""
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    assert knn_accuracy(features, torch.tensor([0, 0, 1, 2]), k=1).item() == 1.0
+    assert knn_accuracy(features, torch.tensor([0, 1, 2, 3]), k=1).isnan()
 
 
 def test_knn_accuracy_is_blind_to_scale():
