@@ -108,7 +108,8 @@ class TopPatchesLogger(ValidationView):
       first, each captioned with the unit's maximum on that image; as wide as TensorBoard's card.
     - ``top_patches/<layer>/changed``: from the second logged epoch, the mean over units of the
       share of a unit's top-k images that were not in its previous top-k: 0 when every unit
-      responds most to the same images as before, 1 when none does.
+      responds most to the same images as before, 1 when none does (not logged where the
+      validation set has no more than k images, all of them in every top-k).
     - ``top_patches/<layer>/units`` (text): per unit, its top values and the images' positions
       in the validation set, and the layer's receptive field (size, stride, exact or not).
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead``: the share of
@@ -306,9 +307,11 @@ class TopPatchesLogger(ValidationView):
                 "validation step runs."
             )
         for name, top in self._top.items():
-            changed = (
+            changed = (  # nothing to change where every image is in every unit's top k
                 changed_fraction(self.previous[name], top.positions).mean()
-                if name in self.previous and self.previous[name].shape == top.positions.shape
+                if name in self.previous
+                and self.previous[name].shape == top.positions.shape
+                and self._position > self.k
                 else None
             )
             host = to_host(
@@ -333,9 +336,10 @@ class TopPatchesLogger(ValidationView):
 
     def _grid(self, name: str, top: TopK, host: dict[str, Tensor], channels: list[int]) -> Tensor:
         """Units (rows) by their top k patches, each captioned with its value."""
-        units, k = top.values.shape
+        units = top.values.shape[0]
+        k = min(top.values.shape[1], self._position)  # a validation set smaller than k
         tile = self._tile
-        patches = top.patches.flatten(0, 1).float()
+        patches = top.patches[:, :k].flatten(0, 1).float()
         if patches.shape[1] != 3:
             patches = to_rgb(patches.mean(dim=1, keepdim=True))
         # one scale for every patch of the layer, so that contrast compares across patches
@@ -345,10 +349,10 @@ class TopPatchesLogger(ValidationView):
         frame = torch.ones_like(tiles[0, 0], dtype=torch.bool)
         frame[1:-1, 1:-1] = False
         tiles[:, :, frame] = FRAME_GREY  # a white patch stays visible on the white page
-        values = host["values"].flatten().tolist()
+        values = host["values"][:, :k].flatten().tolist()
         texts = ["" if v == float("-inf") else compact(v) for v in values]
         cells = captioned(tiles, texts).unflatten(0, (units, k))
-        empty = (host["positions"] < 0).flatten()
+        empty = (host["positions"][:, :k] < 0).flatten()
         if empty.any():
             cells = cells.flatten(0, 1)
             cells[empty.to(cells.device)] = 255

@@ -8,9 +8,17 @@ from torch import nn
 
 from lightning_viz import TopPatchesLogger
 from lightning_viz.callbacks.top_patches_logger import FRAME_GREY
+from lightning_viz.functional.captions import table_label_width
 from lightning_viz.testing import ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
-from tests.helpers import DigitsClassifier, fit, hook_count, image_pixels, read_events
+from tests.helpers import (
+    DigitsClassifier,
+    fit,
+    hook_count,
+    image_pixels,
+    make_trainer,
+    read_events,
+)
 
 LAYERS = ["model.features.2", "model.features.10"]
 """The defaults on the digits CNN: the first ReLU and the deepest at least 7x7 (8x8)."""
@@ -85,6 +93,24 @@ def test_top_k_equals_a_brute_force_search_and_changed_compares_epochs(tmp_path)
         framed = (grid[..., :3] == FRAME_GREY).all(axis=-1).sum()
         assert framed >= len(units) * 9 * (4 * tile - 4)
     assert hook_count(module) == 0
+
+
+def test_a_validation_set_smaller_than_k_shows_its_images_and_no_changed_score(tmp_path):
+    """Six validation images under k = 9: three blank columns headed 7 to 9, and a changed
+    score of 0 at every epoch, which read as settled units."""
+    train_loader, val = digits_loaders()
+    images, labels = val.dataset.tensors
+    six = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images[:6], labels[:6]), 6)
+    logger = TopPatchesLogger(layers=LAYERS[:1], units=2, strict=True)
+    module = DigitsClassifier()
+    make_trainer(tmp_path, [logger], max_epochs=2).fit(module, train_loader, six)
+    events = read_events(tmp_path)
+    assert "top_patches/model.features.2/changed" not in events.Tags()["scalars"]
+    units = tables(events, "model.features.2")[46]
+    assert all(sorted(positions) == list(range(6)) for _, positions in units.values())
+    grid = events.Images("top_patches/model.features.2")[-1]
+    label_width = table_label_width([f"ch {unit}" for unit in units])
+    assert grid.width == label_width + 6 * (logger._tile + 2)  # six columns, none blank
 
 
 def test_first_layer_patches_are_the_5x5_fields_of_the_maxima(tmp_path):
