@@ -279,7 +279,7 @@ class ActivationGridLogger(ProbeCallback):
         why = (
             f"its activation, {type(module).__name__}, lets some through"
             if module is not None and is_activation(module)
-            else "it comes before its activation"
+            else "it is no activation's output"
         )
         return (
             f"The layer has negative values ({why}): blue below 0, white at 0, red above. Each "

@@ -221,8 +221,15 @@ def _no_head_message(
 ) -> str:
     """What the network ends with, after its last feature map larger than 1x1 (``widths``: the
     in-features of its linear layers)."""
+    attention = tuple(  # its (N, heads, tokens, dim) tensors are no feature maps
+        f"{name}."
+        for name, module in model.named_modules()
+        if "attention" in type(module).__name__.lower()
+    )
     spatial = [
-        i for i, (_, _, shape) in enumerate(finished) if len(shape) == 4 and shape[2] * shape[3] > 1
+        i
+        for i, (name, _, shape) in enumerate(finished)
+        if len(shape) == 4 and shape[2] * shape[3] > 1 and not name.startswith(attention)
     ]
     model_name = type(model).__name__
     advice = (

@@ -122,7 +122,7 @@ def test_the_note_says_why_a_layer_has_negative_values(tmp_path):
     fit(module, [logger], tmp_path, epochs=1, limit_train_batches=2)
     events = read_events(tmp_path)
     assert scale_note(events, layers[0]).startswith(
-        "The layer has negative values (it comes before its activation): blue below 0"
+        "The layer has negative values (it is no activation's output): blue below 0"
     )
     assert scale_note(events, layers[1]).startswith(
         "The layer has negative values (its activation, GELU, lets some through)"

@@ -168,6 +168,17 @@ def test_a_vision_transformer_is_refused_naming_the_end_of_its_head():
     )
 
 
+def test_a_timm_vision_transformer_is_refused_naming_its_patch_embedding():
+    """Its attention's (N, heads, tokens, dim) tensors were named as the last feature map:
+    'blocks.11.attn.k_norm' (3, 17, 64)."""
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10, depth=2).eval()
+    with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
+        gap_linear_head(vit, torch.randn(1, 3, 64, 64))
+    assert error.match(r"after its last feature map 'patch_embed.proj' \(192, 4, 4\) it runs")
+
+
 def test_a_resnet_on_probes_too_small_for_its_head_is_told_so(resnet18, images):
     """At 32 pixels resnet18's layer4 is 1x1: its head is GAP + linear, but a map would be one
     cell, which the message says instead of calling the head something else."""
