@@ -242,9 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     tables = [table for run in runs(args.logdir) if (table := summarize(run)) is not None]
     if not tables:
+        csv = next(args.logdir.rglob("metrics.csv"), None)
         print(
             f"lightning-viz: no lightning-viz logs under {args.logdir} (no filters/*, "
-            "activations/* or alerts entries in its TensorBoard event files)",
+            "activations/* or alerts entries in its TensorBoard event files)"
+            + (
+                f"; the summary reads TensorBoard's event files, not a CSVLogger's {csv}: "
+                "attach a TensorBoardLogger"
+                if csv is not None
+                else ""
+            ),
             file=sys.stderr,
         )
         return 1

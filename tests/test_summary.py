@@ -106,8 +106,24 @@ def test_a_directory_without_our_logs_says_so(tmp_path, capsys):
     with SummaryWriter(str(tmp_path)) as writer:
         writer.add_scalar("loss", 1.0, 0)
     assert main(["summary", str(tmp_path)]) == 1
-    assert "no lightning-viz logs under" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "no lightning-viz logs under" in said
+    assert "CSVLogger" not in said
     assert main(["summary", str(tmp_path / "missing")]) == 2
+
+
+def test_a_csv_only_run_is_told_that_the_summary_reads_tensorboard(tmp_path, capsys):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lightning_viz import FilterMonitor
+    from tests.helpers import DigitsClassifier, fit
+
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        fit(DigitsClassifier(), [FilterMonitor()], tmp_path, epochs=1, logger=CSVLogger(tmp_path))
+    assert main(["summary", str(tmp_path)]) == 1
+    assert re.search(
+        r"not a CSVLogger's .*metrics.csv: attach a TensorBoardLogger", capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
