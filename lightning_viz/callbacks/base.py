@@ -771,8 +771,9 @@ class VizCallback(*CALLBACK_BASES):
             if self.strict:
                 raise
             cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            subject = "it" if what == type(self).__name__ else what
             message = (
-                f"{what} failed and was skipped ({cause}). Training goes on; pass strict=True "
+                f"{subject} failed and was skipped ({cause}). Training goes on; pass strict=True "
                 "to raise instead."
             )
             self.raise_alert(trainer, Finding("failed", what, True, message=message))

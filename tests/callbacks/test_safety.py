@@ -32,7 +32,7 @@ def test_out_of_memory_in_a_visualization_becomes_an_alert(tmp_path, monkeypatch
     gradcam = GradCAMLogger()
     with pytest.warns(
         UserWarning,
-        match=r"GradCAMLogger failed and was skipped \(OutOfMemoryError: CUDA out of memory. "
+        match=r"^GradCAMLogger: it failed and was skipped \(OutOfMemoryError: CUDA out of memory. "
         r"Tried to allocate 2.00 GiB\)",
     ):
         trainer = fit(DigitsClassifier(), [gradcam], tmp_path, epochs=2, limit_train_batches=2)
@@ -48,7 +48,7 @@ def test_a_failed_visualization_never_stops_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr("lightning_viz.callbacks.gradcam_logger.grad_cam_and_logits", boom)
     gradcam = GradCAMLogger(on_alert="stop")
-    with pytest.warns(UserWarning, match="GradCAMLogger failed and was skipped"):
+    with pytest.warns(UserWarning, match="GradCAMLogger: it failed and was skipped"):
         trainer = fit(DigitsClassifier(), [gradcam], tmp_path, epochs=3, limit_train_batches=2)
     assert trainer.current_epoch == 3
     assert not trainer.should_stop
@@ -109,7 +109,7 @@ def test_a_layer_that_changes_shape_at_run_time_becomes_an_alert(tmp_path):
     deconv = DeconvLogger(layers=["model.features.11"])
     with pytest.warns(
         UserWarning,
-        match=r"DeconvLogger failed.*ValueError: layer 'model.features.11' \(Switch\) "
+        match=r"DeconvLogger: it failed.*ValueError: layer 'model.features.11' \(Switch\) "
         r"returned tuple",
     ):
         trainer = fit(
