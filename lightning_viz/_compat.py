@@ -133,6 +133,8 @@ def progress_note(trainer: Any, note: str) -> Iterator[None]:
         bar = callback.train_progress_bar if isinstance(callback, TQDMProgressBar) else None
         description = bar.desc
     except (AttributeError, TypeError):  # no bar, another kind of bar, or not shown yet
+        bar = None
+    if bar is None:  # outside the handler: an error in the block is not chained to this one
         yield
         return
     bar.set_description_str(f"{description}[{note}] ", refresh=True)
