@@ -132,7 +132,8 @@ class ActivationGridLogger(ProbeCallback):
     is far below the other probes' means the layer barely responds to that probe. Dead channels
     (a share in the table that grows over training) no longer fire on anything and no longer
     learn. Early layers should show edge and stroke detectors; deeper, coarser maps should fire
-    on fewer, larger parts. A layer before its activation is drawn blue below 0 and red above.
+    on fewer, larger parts. A layer with negative values (no activation's output, or a GELU or
+    SiLU, which lets some through) is drawn blue below 0 and red above.
 
     Cost: per logged epoch one forward of the probes without gradients, stopped at the deepest
     layer, and probes x (k + 1) tiles per layer composed in uint8 on the device; PNG encoding

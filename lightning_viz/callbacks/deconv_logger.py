@@ -60,10 +60,10 @@ def _is_conv(name: str, module: nn.Module) -> bool:
 class DeconvLogger(ProbeCallback):
     r"""Deconvnet reconstructions of the strongest feature maps, and how chosen features evolve.
 
-    Every ``every_n_epochs`` at the end of a training epoch, for each watched layer and each
-    probe, the ``top_k`` channels with the largest summed activation are projected back to pixel
-    space (:func:`~lightning_viz.functional.project_layers`: Zeiler & Fergus's deconvnet, or
-    guided backprop). All layers share one forward pass that stops at the deepest one, over one
+    Every ``every_n_epochs`` at the end of a training epoch, for each watched layer and each of
+    the first ``drawn_probes`` probes, the ``top_k`` channels with the largest summed activation
+    are projected back to pixel space (:func:`~lightning_viz.functional.project_layers`: Zeiler
+    & Fergus's deconvnet, or guided backprop). All layers share one forward pass that stops at the deepest one, over one
     batch row per (probe, channel) to project; each layer's channels go through one backward.
     Model in eval mode for the pass, fp32, train flags restored, no ``.grad`` touched; global
     rank 0 only.
@@ -83,6 +83,10 @@ class DeconvLogger(ProbeCallback):
         top_k: channels per probe and layer. The default 3 fills a 2x2 block with the probe, a
             block that keeps 128-pixel tiles (64-pixel probes, enlarged) within TensorBoard's
             card; 4 left a tile empty in a block 3 wide, shrunk on the card, at a third more cost.
+        drawn_probes: how many probes' top channels are projected and drawn, the first ones
+            (the text lists every probe's; the followed features are projected from any
+            probe): a probe's block runs about 230 pixels down TensorBoard's card, and ten of
+            them ran 2,300 per layer; None draws all.
         rule: ``"deconvnet"`` (Zeiler & Fergus) or ``"guided"`` (guided backprop).
         evolution: also log the feature-evolution grid.
         features: ``(layer, channel)`` pairs to follow; default chosen on the first logged epoch.
@@ -100,11 +104,11 @@ class DeconvLogger(ProbeCallback):
 
     Logged keys:
 
-    - ``deconv/<layer>`` (image): a panel per probe, the probe (captioned with its class) then
+    - ``deconv/<layer>`` (image): a panel per drawn probe, the probe (captioned with its class) then
       its top-k reconstructions (captioned with their channel), each mapped to [0, 1] with 0 at
       mid-grey and the 99th percentile of |value| clipped; above them (the panels run far down
       the page), the layer's name, a grey bar from - to + and the sanity note if any.
-    - ``deconv/<layer>/channels`` (text): the channel indices of each row.
+    - ``deconv/<layer>/channels`` (text): each probe's top-k channels, the drawn ones marked.
     - ``evolution/<layer>`` (image): one column per followed feature (headed with its
       channel), one row per logged epoch (labelled with it), so that the features fit
       TensorBoard's card side by side; as many rows as the run will log (at most
@@ -124,7 +128,7 @@ class DeconvLogger(ProbeCallback):
     not converged (read each column downwards).
 
     Cost: per logged epoch one forward of the probes up to the deepest layer to choose the
-    channels, then one forward of about probes x top_k + num_features rows and per layer one
+    channels, then one forward of about drawn_probes x top_k + num_features rows and per layer one
     backward of them (on resnet18 at 64x64 with 10 probes, about one optimizer step at batch 64
     on a CPU, almost all of it projection compute); images are composed in uint8 and encoded on
     the background writer.
@@ -142,6 +146,7 @@ class DeconvLogger(ProbeCallback):
         self,
         layers: Sequence[str] | None = None,
         top_k: int = 3,
+        drawn_probes: int | None = 4,
         rule: Literal["deconvnet", "guided"] = "deconvnet",
         evolution: bool = True,
         features: Sequence[tuple[str, int]] | None = None,
@@ -169,6 +174,7 @@ class DeconvLogger(ProbeCallback):
             budget=budget,
         )
         self.top_k = check_int("top_k", top_k)
+        self.drawn_probes = check_int("drawn_probes", drawn_probes, allow_none=True)
         self.rule = check_choice("rule", rule, RULES)
         self.evolution = bool(evolution)
         self.scores = check_choices("scores", scores, ("sanity",), ())
@@ -271,18 +277,25 @@ class DeconvLogger(ProbeCallback):
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
         followed_at: dict[str, tuple[Tensor, Tensor]] = {}
         chosen_now: dict[str, list[int]] = {}
+        tops: dict[str, Tensor] = {}
+        drawn = len(probes) if self.drawn_probes is None else min(self.drawn_probes, len(probes))
 
         def channels_of(layer: str):
-            """Picks the channels to project from the layer's activation in the shared pass."""
+            """Picks the channels to project from the layer's activation in the shared pass:
+            the drawn probes' top channels, and the followed features wherever they fire most."""
 
             def pick(activation: Tensor) -> Tensor:
-                top = top_channels(activation, min(self.top_k, activation.shape[1]))
+                top = tops[layer] = top_channels(activation, min(self.top_k, activation.shape[1]))
+                projected = top.clone()
+                projected[drawn:] = -1
                 if not self.evolution:
-                    return top
+                    return projected
                 features = self.features.get(layer)
                 if features is None:
                     features = chosen_now[layer] = first_features(top, self.num_features)
-                channels, followed_at[layer] = follow_features(activation, top, features, layer)
+                channels, followed_at[layer] = follow_features(
+                    activation, projected, features, layer
+                )
                 return channels
 
             return pick
@@ -296,16 +309,16 @@ class DeconvLogger(ProbeCallback):
         for layer, (channels, images) in projections.items():
             if not all_finite(images):
                 raise not_finite_error(f"the reconstructions of {layer!r}")
-            k = min(self.top_k, channels.shape[1])
-            recon = to_uint8(to_rgb(normalize_signed(images[:, :k].flatten(0, 1))))
-            recon = recon.unflatten(0, (len(probes), k))
-            display = to_uint8(probes.display)[:, None]
+            k = tops[layer].shape[1]  # a layer with fewer channels than top_k shows them all
+            recon = to_uint8(to_rgb(normalize_signed(images[:drawn, :k].flatten(0, 1))))
+            recon = recon.unflatten(0, (drawn, k))
+            display = to_uint8(probes.display[:drawn])[:, None]
             rows = readable(torch.cat([display, recon], dim=1).flatten(0, 1))
-            rows = rows.unflatten(0, (len(probes), k + 1))
-            top = channels[:, :k].tolist()
+            rows = rows.unflatten(0, (drawn, k + 1))
+            top = tops[layer].tolist()
             captions = [
                 [self.probe_caption(probes, i)] + [f"ch {c}" for c in channels_of_probe]
-                for i, channels_of_probe in enumerate(top)
+                for i, channels_of_probe in enumerate(top[:drawn])
             ]
             panels = captioned_blocks(rows, captions, math.ceil(math.sqrt(k + 1)))
             per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
@@ -315,8 +328,8 @@ class DeconvLogger(ProbeCallback):
                 "gray",
                 "-",
                 "+",
-                f"{layer}: each probe's top-{k} channels projected to pixels ({self.rule}); "
-                "mid-grey = 0",
+                f"{layer}: {self._whose(drawn, len(probes))} top-{k} channels projected to "
+                f"pixels ({self.rule}); mid-grey = 0",
                 image.device,
                 image.dtype,
             )
@@ -324,10 +337,18 @@ class DeconvLogger(ProbeCallback):
             if notes.get(layer):
                 rows.append(footnote(image.shape[-1], notes[layer], image.device, image.dtype))
             self.log_image(trainer, tags.tag(tags.DECONV, layer), stack_rows(*rows, image))
-            lines = [f"probe {i}: channels {c}" for i, c in enumerate(top)]
+            lines = [
+                f"probe {i}: channels {c}{' (drawn)' if i < drawn < len(top) else ''}"
+                for i, c in enumerate(top)
+            ]
             self.log_text(trainer, tags.tag(tags.DECONV_CHANNELS, layer), "  \n".join(lines))
             if self.evolution:
                 self._add_column(trainer, layer, images[followed_at[layer]])
+
+    @staticmethod
+    def _whose(drawn: int, probes: int) -> str:
+        """Whose channels the image shows: every probe's, or the first few's."""
+        return "each probe's" if drawn == probes else f"the first {drawn} of {probes} probes'"
 
     def _sanity(
         self,

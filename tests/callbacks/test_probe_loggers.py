@@ -55,7 +55,10 @@ def deconv_channels(events, layer: str) -> list[list[int]]:
     """Each probe's projected channels, from the latest ``deconv/<layer>/channels`` text."""
     entry = events.Tensors(f"deconv/{layer}/channels/text_summary")[-1]
     text = entry.tensor_proto.string_val[0].decode()
-    return [ast.literal_eval(line.split(": channels ")[1]) for line in text.split("  \n")]
+    return [
+        ast.literal_eval(line.split(": channels ")[1].removesuffix(" (drawn)"))
+        for line in text.split("  \n")
+    ]
 
 
 def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
@@ -82,18 +85,21 @@ def test_images_at_every_logged_epoch_and_evolution_gains_columns(tmp_path):
     for layer in CONVS:
         deconv_images = events.Images(f"deconv/{layer}")
         assert [i.step for i in deconv_images] == EPOCH_ENDS
-        # a block per probe, as narrow as TensorBoard's card: the probe and its top 3 channels
-        # in 2 rows of 2 tiles (captioned, 2 pixels apart), one block per row; above them (the
-        # blocks run far down the page) the colour bar under its title, wrapped over 3 lines
-        # (not cut at the image's edge)
-        legend = 3 * 16 + 16
+        # a block per drawn probe (the first 4 of 10: ten ran 2,300 pixels down the card), as
+        # narrow as TensorBoard's card: the probe and its top 3 channels in 2 rows of 2 tiles
+        # (captioned, 2 pixels apart), one block per row; above them (the blocks run down the
+        # page) the colour bar under its title, wrapped over 4 lines (not cut at the image's edge)
+        legend = 4 * 16 + 16
         assert (deconv_images[0].width, deconv_images[0].height) == (
             2 * 98 - 2 + 12,
-            legend + 10 * (2 * 112 + 2) + 11 * 6,
+            legend + 4 * (2 * 112 + 2) + 5 * 6,
         )
         assert deconv_images[0].width <= CARD_WIDTH
+        text = events.Tensors(f"deconv/{layer}/channels/text_summary")[-1]
+        lines = text.tensor_proto.string_val[0].decode().split("  \n")
+        assert [line.endswith(" (drawn)") for line in lines] == [True] * 4 + [False] * 6
         pixels = image_pixels(deconv_images[-1])
-        bar_middle = pixels[3 * 16 + 8, deconv_images[0].width // 2]
+        bar_middle = pixels[4 * 16 + 8, deconv_images[0].width // 2]
         assert (abs(bar_middle.astype(int) - 128) <= 2).all()  # the grey ramp's 0
         assert_caption(pixels, "true 0", x=6, y=legend + 6, width=96)
         top = deconv_channels(events, layer)[0]

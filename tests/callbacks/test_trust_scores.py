@@ -332,8 +332,8 @@ def test_the_logged_sanity_scores_reproduce_the_published_direction(tmp_path):
     callbacks = [
         GradCAMLogger(layers=["model.layer3"], **common),
         SaliencyLogger("vanilla", absolute=False, **common),
-        DeconvLogger(layers=["model.layer3"], **common),
-        DeconvLogger(layers=["model.layer4"], rule="guided", **common),
+        DeconvLogger(layers=["model.layer3"], drawn_probes=None, **common),  # all 16 probes
+        DeconvLogger(layers=["model.layer4"], rule="guided", drawn_probes=None, **common),
     ]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
     trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
