@@ -136,10 +136,10 @@ class ActivationGridLogger(ProbeCallback):
     SiLU, which lets some through) is drawn blue below 0 and red above.
 
     Cost: per logged epoch one forward of the probes without gradients, stopped at the deepest
-    layer, and probes x (k + 1) tiles per layer composed in uint8 on the device; PNG encoding
-    runs on the background writer. With the defaults and 10 probes on a 2-core CPU: 20-40 ms
-    on the digits CNN (about half an optimizer step at batch 64), about 50 ms on resnet18 at
-    64x64 (a tenth of a step).
+    layer, and drawn_probes x (k + 1) tiles per layer composed in uint8 on the device; PNG
+    encoding runs on the background writer. With the defaults and 10 probes on a 2-core CPU:
+    about half an optimizer step at batch 64 on the digits CNN, a tenth on resnet18 at 64x64
+    (benchmarks/probe_cost.py).
 
     Example::
 
