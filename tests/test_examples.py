@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lightning_viz import DeconvLogger
+from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
 from lightning_viz.functional import filter_noise, to_uint8
 from lightning_viz.functional.captions import BAND, text_band
 from tests.helpers import assert_caption, image_pixels, read_events
@@ -39,11 +40,17 @@ def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
             assert y > 2 * BAND, f"{tag}: no legend above the first block"
             caption = dict(text="true temple ↖", x=6, y=y, width=96)
         elif kind == "evolution":
-            # the last of 16 epoch rows (crops enlarged to 96 pixels), labelled right-aligned
-            # in the column left of the features' 98-pixel columns
-            label_width = pixels.shape[1] - 98 * len(deconv.features[layer])
+            # the last of 16 epoch rows (32-pixel crops enlarged to 64, 2 pixels apart, so that
+            # 4 features fit the card), labelled right-aligned left of the features' columns
+            pitch = EVOLUTION_CELL + 2
+            label_width = pixels.shape[1] - pitch * len(deconv.features[layer])
             caption = dict(
-                text="epoch 29", x=0, y=16 + 15 * 98, width=label_width, height=98, align="right"
+                text="epoch 29",
+                x=0,
+                y=16 + 15 * pitch,
+                width=label_width,
+                height=pitch,
+                align="right",
             )
         captions[tag] = pixels, caption
     return captions

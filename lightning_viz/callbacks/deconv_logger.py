@@ -63,10 +63,10 @@ class DeconvLogger(ProbeCallback):
     Every ``every_n_epochs`` at the end of a training epoch, for each watched layer and each of
     the first ``drawn_probes`` probes, the ``top_k`` channels with the largest summed activation
     are projected back to pixel space (:func:`~lightning_viz.functional.project_layers`: Zeiler
-    & Fergus's deconvnet, or guided backprop). All layers share one forward pass that stops at the deepest one, over one
-    batch row per (probe, channel) to project; each layer's channels go through one backward.
-    Model in eval mode for the pass, fp32, train flags restored, no ``.grad`` touched; global
-    rank 0 only.
+    & Fergus's deconvnet, or guided backprop). All layers share one forward pass that stops at
+    the deepest one, over one batch row per (probe, channel) to project; each layer's channels
+    go through one backward. Model in eval mode for the pass, in fp32 (a half-precision model in
+    its own dtype), train flags restored, no ``.grad`` touched; global rank 0 only.
 
     Feature evolution (Zeiler & Fergus 2013, figure 4): on the first logged epoch the features to
     follow are chosen per layer (``num_features`` distinct channels: the probes' top channels in
@@ -128,10 +128,10 @@ class DeconvLogger(ProbeCallback):
     not converged (read each column downwards).
 
     Cost: per logged epoch one forward of the probes up to the deepest layer to choose the
-    channels, then one forward of about drawn_probes x top_k + num_features rows and per layer one
-    backward of them (on resnet18 at 64x64 with 10 probes, 4 drawn, about three quarters of an
-    optimizer step at batch 64 on a CPU, most of it projection compute); images are composed in uint8 and encoded on
-    the background writer.
+    channels, then one forward of about drawn_probes x top_k + num_features rows and per layer
+    one backward of them (on resnet18 at 64x64 with 10 probes, 4 drawn, about three quarters of
+    an optimizer step at batch 64 on a CPU, most of it projection compute); images are composed
+    in uint8 and encoded on the background writer.
 
     Example::
 
@@ -306,7 +306,7 @@ class DeconvLogger(ProbeCallback):
         )
         self.features.update(chosen_now)
         notes = self._sanity(trainer, pl_module, probes, projections)
-        for layer, (channels, images) in projections.items():
+        for layer, (_, images) in projections.items():
             if not all_finite(images):
                 raise not_finite_error(f"the reconstructions of {layer!r}")
             k = tops[layer].shape[1]  # a layer with fewer channels than top_k shows them all
