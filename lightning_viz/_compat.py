@@ -121,6 +121,17 @@ def sharded_strategy(trainer: Any) -> str | None:
     return next(iter(names & SHARDED_STRATEGIES), None)
 
 
+def precision_dtype(trainer: Any) -> torch.dtype | None:
+    """The dtype the Trainer's precision casts a batch's floating tensors to before the model
+    sees them (``"bf16-true"``, ``"16-true"``, ``"64-true"``), by its plugin's public
+    ``convert_input``; None where it leaves them as they are (32-bit, mixed precision)."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    if plugin is None:
+        return None
+    dtype = plugin.convert_input(torch.zeros(())).dtype
+    return None if dtype == torch.float32 else dtype
+
+
 @contextmanager
 def progress_note(trainer: Any, note: str) -> Iterator[None]:
     """Show ``note`` after the training progress bar's description while the block runs, so a

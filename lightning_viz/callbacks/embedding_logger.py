@@ -19,10 +19,9 @@ from lightning_viz._compat import fit_dataloaders, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import Unsuited, class_names_of
+from lightning_viz.callbacks.probe_base import Unsuited, class_names_of, in_training_precision
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
 from lightning_viz.functional import grid
-from lightning_viz.functional._capture import in_model_precision
 from lightning_viz.functional._validation import (
     all_finite,
     check_class_names,
@@ -214,7 +213,7 @@ class EmbeddingLogger(ValidationView):
         scores come from (:func:`~lightning_viz.functional.gradcam.on_the_scores_path`, one
         backward of an image), not an auxiliary head defined after it (a multi-task net's
         regression head); the last defined where that cannot tell."""
-        forward = in_model_precision(pl_module)
+        forward = in_training_precision(pl_module)
         try:
             with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
                 names = on_the_scores_path(pl_module, images[:1], list(self._heads), forward)

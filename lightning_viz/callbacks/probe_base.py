@@ -14,10 +14,16 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_viz._compat import eager, fit_dataloaders, progress_note, sharded_strategy
+from lightning_viz._compat import (
+    eager,
+    fit_dataloaders,
+    precision_dtype,
+    progress_note,
+    sharded_strategy,
+)
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
-from lightning_viz.functional._capture import Forward, grid_side, in_model_precision, output_shapes
+from lightning_viz.functional._capture import Forward, grid_side, output_shapes
 from lightning_viz.functional._validation import (
     check_class_names,
     check_int,
@@ -72,6 +78,19 @@ def class_names_of(trainer: pl.Trainer) -> list[str] | None:
             if isinstance(names, (list, tuple)) and names:
                 return [str(name) for name in names]
     return None
+
+
+def in_training_precision(
+    pl_module: pl.LightningModule, forward: Forward | None = None
+) -> Forward | None:
+    """``forward`` (default the module) on images cast as the Trainer casts a batch where its
+    precision sets the model's dtype (``precision="bf16-true"``: the probe passes' fp32 copies
+    would not match it; autograd casts the gradients back); ``forward`` itself elsewhere."""
+    dtype = precision_dtype(pl_module.trainer)
+    if dtype is None:
+        return forward
+    run = forward or pl_module
+    return lambda images: run(images.to(dtype))
 
 
 def default_probe_loader(trainer: pl.Trainer) -> Any:
@@ -266,9 +285,9 @@ class ProbeCallback(VizCallback):
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else
-        None (``pl_module(images)``); the probes cast to a half-precision model's dtype."""
+        None (``pl_module(images)``); on the probes cast as the Trainer casts a batch."""
         given = None if self.forward_fn is None else functools.partial(self.forward_fn, pl_module)
-        return in_model_precision(pl_module, given)
+        return in_training_precision(pl_module, given)
 
     def logs_scalars(self) -> bool:
         """Whether a render logs scalars too (trust scores), which go to any logger; a view of

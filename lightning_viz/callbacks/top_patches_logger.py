@@ -18,9 +18,8 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import Unsuited
+from lightning_viz.callbacks.probe_base import Unsuited, in_training_precision
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
-from lightning_viz.functional._capture import in_model_precision
 from lightning_viz.functional._validation import check_int, check_layer_names
 from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
 from lightning_viz.functional.images import CARD_WIDTH, to_rgb, to_uint8
@@ -230,7 +229,7 @@ class TopPatchesLogger(ValidationView):
             ) from error
 
     def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:
-        forward = in_model_precision(pl_module)
+        forward = in_training_precision(pl_module)
         if not self._layers:
             names = default_grid_layers(pl_module, images[:1], forward)
             if not names:

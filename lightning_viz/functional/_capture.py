@@ -180,17 +180,6 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def in_model_precision(model: nn.Module, forward: Forward | None = None) -> Forward | None:
-    """How to run a half-precision model (``precision="bf16-true"`` or ``"16-true"``) on fp32
-    images: ``forward`` (default ``model``) on the images cast to the parameters' dtype, which
-    autograd undoes for the gradients. ``forward`` itself for any other model."""
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    if dtype not in (torch.float16, torch.bfloat16):
-        return forward
-    run = forward or model
-    return lambda images: run(images.to(dtype))
-
-
 def output_shapes(
     model: nn.Module, inputs: Tensor, forward: Forward | None = None
 ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:

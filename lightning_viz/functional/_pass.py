@@ -24,7 +24,9 @@ def default_max_batch(device: torch.device) -> int:
 
 @contextmanager
 def gradient_pass(model: nn.Module, inputs: Tensor) -> Iterator[Tensor]:
-    """Check a probe batch and yield a float copy that requires grad, with autograd on in fp32.
+    """Check a probe batch and yield a float copy that requires grad, with autograd on and
+    autocast off (a half-precision model is run on the copy cast to its dtype by the caller's
+    forward: the callbacks' :func:`~lightning_viz.callbacks.probe_base.in_training_precision`).
 
     Works under ``torch.inference_mode`` (Lightning's validation), which ``enable_grad`` alone
     does not undo; the copy is made inside, so it is a normal tensor even when ``inputs`` is not.

@@ -197,6 +197,15 @@ def test_choosing_the_head_leaves_training_bit_identical(tmp_path):
     assert_same_training(train_multitask(tmp_path / "without", []), with_logger)
 
 
+def test_a_half_precision_model_gets_its_classifier_head(tmp_path):
+    """The backward that chooses the head ran the bf16 model on fp32 images, failed, and fell
+    back silently to the last nn.Linear defined: the regressor."""
+    logger = EmbeddingLogger(num_images=50, projector=False, strict=True)
+    module = MultiTask(WithRegressor())
+    fit(module, [logger], tmp_path, epochs=1, limit_train_batches=2, precision="bf16-true")
+    assert logger._layer[0] == "model.head"
+
+
 def test_a_sharded_strategy_embeds_the_last_head_and_says_why(tmp_path):
     """No rank-0 backward where the parameters are sharded: it would wait for the other ranks.
     A CPU strategy with FSDP's name stands in for FSDP (which needs a GPU)."""

@@ -19,6 +19,7 @@ from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
 from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.testing import (
+    DigitsCNN,
     ShapesCNN,
     digits_tensors,
     random_loader,
@@ -500,6 +501,29 @@ class NormalizesUint8(DigitsClassifier):
 
     def forward(self, x):
         return self.model(x.float() / 255 * 4 - 2)
+
+
+class WithHalfTeacher(nn.Module):
+    """An fp32 student beside a frozen bf16 teacher, registered first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher = DigitsCNN().to(torch.bfloat16).requires_grad_(False)
+        self.student = DigitsCNN()
+
+    def forward(self, x):
+        return self.student(x)
+
+
+def test_probes_take_the_trainers_precision_not_the_first_parameters_dtype(tmp_path):
+    """The probes were cast to the first parameter's dtype: a bf16 teacher registered first made
+    every probe view show nothing on an fp32 run."""
+    callbacks = [GradCAMLogger(strict=True), DeconvLogger(strict=True)]
+    fit(Classifier(WithHalfTeacher()), callbacks, tmp_path, epochs=1, limit_train_batches=2)
+    assert not [a for c in callbacks for a in c.alerts.raised]
+    images = read_events(tmp_path).Tags()["images"]
+    assert "gradcam/model.student.features" in images
+    assert "deconv/model.student.features.0" in images
 
 
 def test_uint8_images_are_probed_as_the_model_takes_them(tmp_path):
