@@ -237,11 +237,11 @@ def _no_head_message(
         "(grad_cam, GradCAMLogger), which works with any head"
     )
     after_spatial = spatial[-1] if spatial else -1
-    pooled = max(  # the head's pooling, the last 1x1 output: what a norm reads then is no map
+    pooled = max(  # the head's pooling, the last to 1x1: what a norm reads then is no map
         (
             i
             for i, (_, module, shape) in enumerate(finished)
-            if i > after_spatial and _is_one_cell(shape) and not _has_parameters(module)
+            if i > after_spatial and _is_one_cell(shape) and _is_pooling(module)
         ),
         default=len(finished),
     )
@@ -281,6 +281,11 @@ def _no_head_message(
 
 def _is_one_cell(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[2] * shape[3] == 1
+
+
+def _is_pooling(module: nn.Module) -> bool:
+    """torch's pooling modules and others named so (timm's ``SelectAdaptivePool2d``)."""
+    return "pool" in type(module).__name__.lower()
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -179,6 +179,18 @@ def test_a_timm_vision_transformer_is_refused_naming_its_patch_embedding():
     assert error.match(r"after its last feature map 'patch_embed.proj' \(192, 4, 4\) it runs")
 
 
+def test_a_timm_mobilenetv3_conv_head_after_the_pooling_is_named(images):
+    """Its head pools, then runs a 1x1 conv and an activation: the activation's 1x1 output was
+    taken for the pooling, and the message asked for larger probes, which cannot help."""
+    import timm
+
+    model = timm.create_model("mobilenetv3_small_050", num_classes=10).eval()
+    with pytest.raises(ValueError, match=NOT_GAP_LINEAR) as error:
+        gap_linear_head(model, images[:1])
+    assert error.match(r"it runs AdaptiveAvgPool2d -> Identity -> Conv2d -> ")
+    assert "1x1" not in str(error.value)
+
+
 def test_a_resnet_on_probes_too_small_for_its_head_is_told_so(resnet18, images):
     """At 32 pixels resnet18's layer4 is 1x1: its head is GAP + linear, but a map would be one
     cell, which the message says instead of calling the head something else."""
