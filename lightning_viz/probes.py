@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int
 from lightning_viz.functional.images import normalize, to_rgb
 
@@ -391,16 +390,7 @@ def _class_first_order(labels: Tensor) -> Tensor:
 
 @contextmanager
 def preserved_rng(seed: int) -> Iterator[None]:
-    """Run the block under ``seed``; torch (CPU, CUDA), numpy and Python RNGs get their state back.
-
-    The legacy numpy global state is what user transforms draw from, so that is what is saved.
-    """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)  # noqa: NPY002
+    """Run the block under ``seed``; the global generators get their state back after it."""
+    with untouched_rng():
+        torch.manual_seed(seed)
+        yield

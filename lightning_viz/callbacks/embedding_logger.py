@@ -22,6 +22,7 @@ from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, class_names_of, in_training_precision
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
 from lightning_viz.functional import grid
+from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import (
     all_finite,
     check_class_names,
@@ -215,7 +216,7 @@ class EmbeddingLogger(ValidationView):
         regression head); the last defined where that cannot tell."""
         forward = in_training_precision(pl_module)
         try:
-            with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            with untouched_rng():
                 names = on_the_scores_path(pl_module, images[:1], list(self._heads), forward)
         except Exception:  # a forward that does not take the images alone: the last defined
             names = []

@@ -24,6 +24,7 @@ from lightning_viz._compat import (
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import RunContext, VizCallback
 from lightning_viz.functional._capture import Forward, grid_side, output_shapes
+from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import (
     check_class_names,
     check_int,
@@ -56,8 +57,9 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def probe_pass(module: nn.Module) -> Iterator[None]:
-    """Eval mode with flags restored, and torch.compile'd code run eagerly so hooks fire."""
-    with eval_mode(module), eager():
+    """Eval mode with flags restored, torch.compile'd code run eagerly so hooks fire, and the
+    global random generators as they were (a forward may draw noise in eval mode too)."""
+    with eval_mode(module), eager(), untouched_rng():
         yield
 
 

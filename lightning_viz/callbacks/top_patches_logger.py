@@ -20,6 +20,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, in_training_precision
 from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
+from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
 from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
 from lightning_viz.functional.images import CARD_WIDTH, to_rgb, to_uint8
@@ -215,7 +216,8 @@ class TopPatchesLogger(ValidationView):
         """Choose the default layers and their receptive fields from one forward of an image
         (``pl_module(image)``); a model that cannot run so is :class:`Unsuited` to the defaults."""
         try:
-            self._layers_and_fields(pl_module, images)
+            with untouched_rng():
+                self._layers_and_fields(pl_module, images)
         except Unsuited:
             raise
         except Exception as error:

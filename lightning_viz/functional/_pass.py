@@ -1,10 +1,13 @@
-"""What every probe pass needs: checked inputs, gradients on, autocast off, a batch size."""
+"""What every probe pass needs: checked inputs, gradients on, autocast off, a batch size, the
+global random generators left as they were."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -55,3 +58,19 @@ def gradient_pass(model: nn.Module, inputs: Tensor) -> Iterator[Tensor]:
         torch.autocast(device_type=inputs.device.type, enabled=False),
     ):
         yield inputs.detach().clone().float().requires_grad_(True)
+
+
+@contextmanager
+def untouched_rng() -> Iterator[None]:
+    """Whatever the block draws, torch's (CPU and every initialized CUDA device's), numpy's
+    global and Python's generators end as they were: a model whose forward draws noise in eval
+    mode, or a view that draws its own, leaves training's random stream alone. The legacy numpy
+    global state is what user transforms draw from, so that is what is saved."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_viz.functional._capture import Forward, hooked_forward
-from lightning_viz.functional._pass import default_max_batch
+from lightning_viz.functional._pass import default_max_batch, untouched_rng
 from lightning_viz.functional._validation import check_int, check_logits, target_index
 from lightning_viz.functional.gradcam import OutputTransform, class_scores
 
@@ -190,9 +190,8 @@ def randomized_parameters(
                 f"`modules` must name layers with reset_parameters; not such: {sorted(unknown)}"
             )
         chosen = [(name, layer) for name, layer in layers if name in wanted]
-    devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     replaced: dict[str, Tensor] = {}
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with untouched_rng(), torch.no_grad():
         torch.manual_seed(seed)
         for name, layer in reversed(chosen):
             fresh = copy.deepcopy(layer)

@@ -20,9 +20,9 @@ from lightning_viz import (
 from tests.helpers import DigitsClassifier, fit
 
 
-def train(tmp_path, callbacks, **trainer_args):
+def train(tmp_path, callbacks, module_class=DigitsClassifier, **trainer_args):
     torch.manual_seed(0)
-    module = DigitsClassifier("sgd", 0.05)
+    module = module_class("sgd", 0.05)
     trainer = fit(module, callbacks, tmp_path, epochs=2, **trainer_args)
     return module, trainer, torch.random.get_rng_state()
 
@@ -89,6 +89,29 @@ def test_every_callback_at_once_leaves_training_bit_identical(tmp_path):
         TopPatchesLogger(strict=True),
     ]
     assert_same_training(without, train(tmp_path / "with", callbacks))
+
+
+class NoisyForward(DigitsClassifier):
+    """Input noise in every mode: a forward that draws from the global generator in eval mode
+    too, as the probe passes and the validation views' first-batch forwards run it."""
+
+    def forward(self, x):
+        return self.model(x + 1e-3 * torch.randn_like(x))
+
+
+def test_a_forward_that_draws_noise_leaves_training_bit_identical(tmp_path):
+    """The probe passes and TopPatchesLogger's receptive-field forward advanced the global
+    generator of such a model, and training drew other numbers than without them."""
+    without = train(tmp_path / "without", [], NoisyForward)
+    callbacks = [
+        GradCAMLogger(strict=True),
+        DeconvLogger(strict=True),
+        ActivationGridLogger(strict=True),
+        OcclusionLogger(strict=True),
+        TopPatchesLogger(strict=True),
+        EmbeddingLogger(strict=True),
+    ]
+    assert_same_training(without, train(tmp_path / "with", callbacks, NoisyForward))
 
 
 def test_the_check_itself_sees_a_difference(tmp_path):
