@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_viz import tags
+from lightning_viz._compat import sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
@@ -184,6 +185,13 @@ class TopPatchesLogger(ValidationView):
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers, self._fields, self._channels = {}, {}, {}
+        sharded = sharded_strategy(trainer)
+        if sharded is not None:
+            raise Unsuited(
+                f"the {sharded} shards the parameters across ranks, and the forward on rank 0 "
+                "alone that finds the receptive fields would wait forever for the other ranks' "
+                "shards (sharded strategies are not supported yet)."
+            )
         if self.layer_names is not None:
             self._layers = named_layers(pl_module, self.layer_names, type(self).__name__)
 

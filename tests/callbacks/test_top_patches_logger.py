@@ -176,3 +176,19 @@ def test_units_past_the_layers_channels_become_an_alert_and_training_goes_on(tmp
     assert [a.kind for a in logger.alerts.raised] == ["failed"]
     assert "16 channels" in logger.alerts.raised[0].message
     assert trainer.current_epoch == 1
+
+
+def test_a_sharded_strategy_gets_a_notice_instead_of_a_hang(tmp_path):
+    """The receptive fields' forward on rank 0 alone would wait forever for the other ranks'
+    shards. A CPU strategy with FSDP's name stands in for FSDP (which needs a GPU)."""
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    class FSDPStrategy(SingleDeviceStrategy):
+        pass
+
+    logger = TopPatchesLogger()
+    strategy = FSDPStrategy(device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="TopPatchesLogger: the FSDPStrategy shards the param"):
+        fit(DigitsClassifier(), [logger], tmp_path, epochs=1, strategy=strategy)
+    assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
+    assert not read_events(tmp_path).Tags()["images"]
