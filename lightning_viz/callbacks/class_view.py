@@ -173,6 +173,10 @@ class ClassView(ProbeCallback):
         return {"layers": self.layer_names, "target": self.target}
 
     @override
+    def logs_scalars(self) -> bool:
+        return bool(self.scores)
+
+    @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         source = type(self).__name__
         explicit = self.output_transform is not None

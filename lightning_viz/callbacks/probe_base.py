@@ -293,14 +293,15 @@ class ProbeCallback(VizCallback):
 
     def logs_scalars(self) -> bool:
         """Whether a render logs scalars too (trust scores), which go to any logger; a view of
-        images and texts alone is not rendered where nothing takes them (a CSVLogger alone)."""
+        images and texts alone is not rendered where nothing takes them (a CSVLogger alone),
+        but for ``fast_dev_run``, whose point is to run every piece once."""
         return True
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
         if not trainer.is_global_zero:
             return
-        if not self.logs_scalars() and not self.takes_images(trainer):
+        if not (self.logs_scalars() or trainer.fast_dev_run or self.takes_images(trainer)):
             return
         name = type(self).__name__
         started = time.perf_counter()

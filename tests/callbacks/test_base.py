@@ -169,24 +169,45 @@ def test_without_tensorboard_one_warning_names_every_callback(tmp_path):
 
 def test_views_of_images_alone_are_not_rendered_for_a_csv_logger(tmp_path):
     """DeconvLogger and ActivationGridLogger rendered every epoch for nothing (12% and 7% of a
-    CSV-only run); Grad-CAM's trust scores are scalars, which the CSV file takes."""
-    rendered = []
+    CSV-only run); Grad-CAM's trust scores are scalars, which the CSV file takes; fast_dev_run
+    renders everything once, which is what it is for."""
 
-    def counted(view):
-        class Counted(view):
-            def visualize(self, *args):
-                rendered.append(view.__name__)
-                super().visualize(*args)
+    def views():
+        rendered = []
 
-        return Counted()
+        def counted(view, **arguments):
+            class Counted(view):
+                def visualize(self, *args):
+                    rendered.append(f"{view.__name__} unscored" if arguments else view.__name__)
+                    super().visualize(*args)
 
-    callbacks = [counted(DeconvLogger), counted(ActivationGridLogger), counted(GradCAMLogger)]
+            return Counted(**arguments)
+
+        callbacks = [
+            counted(DeconvLogger),
+            counted(ActivationGridLogger),
+            counted(GradCAMLogger),
+            counted(GradCAMLogger, scores=(), layers=["model.features.4"]),
+        ]
+        return callbacks, rendered
+
+    callbacks, rendered = views()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, logger=CSVLogger(str(tmp_path)))
-    assert rendered == ["GradCAMLogger", "GradCAMLogger"]  # fit start, epoch end
+    assert rendered == ["GradCAMLogger"] * 2  # fit start, epoch end
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "stability/gradcam/model.features" in metrics.splitlines()[0].split(",")
+    callbacks, rendered = views()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(DigitsClassifier(), callbacks, tmp_path / "dev", fast_dev_run=True)
+    assert set(rendered) == {
+        "DeconvLogger",
+        "ActivationGridLogger",
+        "GradCAMLogger",
+        "GradCAMLogger unscored",
+    }
 
 
 def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path):
