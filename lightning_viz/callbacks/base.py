@@ -452,6 +452,7 @@ class VizCallback(*CALLBACK_BASES):
         if context.callbacks(trainer)[0] is self:
             context.cost.start()
             context.over_budget_said = False
+            context.stopped_at = None
             context.started_callbacks = set()  # a second fit on the Trainer says it again
         context.starting(trainer)
         try:
