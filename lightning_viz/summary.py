@@ -185,7 +185,11 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
                 "epoch": row.get("epoch", "-"),
                 "kind": row["kind"],
                 "layer": row["layer"],
-                "message": row["what to check"],
+                "message": (
+                    f"{row['kind']} in {row['layer']!r}, {row['what to check']}"
+                    if row["what to check"].startswith("as for ")  # a paragraph said once
+                    else row["what to check"]
+                ),
                 "state": "active",
             }
             raised.append(alert)

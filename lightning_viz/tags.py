@@ -204,7 +204,9 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
     """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: a numbered table of
     the short columns, then what to check for each, numbered alike. (In one table, the long
     column left the others a few characters each in TensorBoard's text card: "0.632" wrapped
-    into three lines.)"""
+    into three lines.) A paragraph that repeats an earlier row's but for the layer and the
+    numbers refers to it (a divergence raises the same two alerts on every conv: six paragraphs
+    alike)."""
 
     def cell(value: object) -> str:
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -217,8 +219,19 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
         for i, row in enumerate(rows, 1)
     ]
     lines += ["", f"**{ALERT_COLUMNS[-1]}**", ""]
-    lines += [f"{i}. {cell(row[-1])}" for i, row in enumerate(rows, 1)]
+    first_of: dict[tuple[object, str], object] = {}  # a paragraph said once per step
+    for i, row in enumerate(rows, 1):
+        status, layer, message = row[0], row[2], str(row[-1])
+        template = (status, _NUMBER.sub("#", message.replace(str(layer), "{layer}")))
+        if template in first_of:
+            message = f"as for {first_of[template]!r} above, with this layer's values"
+        else:
+            first_of[template] = layer
+        lines.append(f"{i}. {cell(message)}")
     return "\n".join(lines)
+
+
+_NUMBER = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?")
 
 
 def parse_alert_table(text: str) -> list[dict[str, str]]:

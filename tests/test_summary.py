@@ -192,3 +192,15 @@ def test_values_past_an_active_alerts_threshold_are_flagged(tmp_path, capsys):
         noise, drift = re.split(r"\s{2,}", row)[1:3]
         assert drift.endswith("!") == (layer in active), row  # drift past max_drift
         assert not noise.endswith("!")
+
+
+def test_an_alert_said_once_per_step_is_named_in_the_summary(tmp_path, capsys):
+    """The alert table refers to an earlier row's paragraph; the summary names the alert."""
+    with pytest.warns(UserWarning, match="far too high"):
+        fit(DigitsClassifier("sgd", 5.0), [FilterMonitor()], tmp_path, epochs=1)
+    assert main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "[active] exploding in 'model.features.4', as for 'model.features.0' above, with this "
+        "layer's values" in out
+    )

@@ -74,6 +74,28 @@ def test_alert_table_reads_back_row_by_row():
     assert parsed[1]["what to check"] == "failed cleared"
 
 
+def test_alert_table_says_a_paragraph_once_per_step():
+    """A divergence raised exploding and overwritten on three convs: six long paragraphs, alike
+    but for the layer and the numbers."""
+
+    def moved(layer, times):
+        return f"layer '{layer}' moved {times}x its initial norm (max_drift=5): lower the lr"
+
+    rows = [
+        ("raised", "exploding", "conv1", 2, 9.06, 5.0, moved("conv1", 9.06)),
+        ("raised", "overwritten", "conv1", 2, 0.06, 0.5, "layer 'conv1' was overwritten"),
+        ("raised", "exploding", "conv2", 2, 12.7, 5.0, moved("conv2", 12.7)),
+        ("cleared", "exploding", "conv3", 2, 1.0, 5.0, "exploding in 'conv3' cleared"),
+    ]
+    checks = [row["what to check"] for row in tags.parse_alert_table(tags.alert_table(rows))]
+    assert checks == [
+        moved("conv1", 9.06),
+        "layer 'conv1' was overwritten",
+        "as for 'conv1' above, with this layer's values",
+        "exploding in 'conv3' cleared",
+    ]
+
+
 def test_alert_table_keeps_the_long_message_out_of_the_table():
     """TensorBoard's text card gives a table's columns the width their longest words need: a
     message column left the others a few characters, and numbers wrapped over lines."""
