@@ -508,3 +508,43 @@ def test_every_callback_keeps_training_identical_under_trainer_settings(tmp_path
     for key in without:
         assert torch.equal(without[key], with_them[key]), key
     assert torch.equal(rng_without, rng_with)
+
+
+class CheckpointedWhenGradients(nn.Module):
+    """Reentrant activation checkpointing, switched on whenever autograd is (not only in
+    training): the probe passes' forwards with gradients run it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=True)
+        else:
+            x = self.block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_reentrant_checkpointing_in_every_forward_gets_notices_not_a_crash(tmp_path):
+    """DeconvLogger's and ActivationGridLogger's layer choice (a backward of a probe) raised
+    out of fit()'s start: torch's reentrant checkpoint refuses autograd.grad."""
+    trained = {}
+    for variant in ("without", "with"):
+        callbacks = lightning_viz.default_callbacks() if variant == "with" else []
+        pl.seed_everything(0, verbose=False)
+        module = lightning_viz.testing.ImageClassifier(CheckpointedWhenGradients())
+        train_data, val_data = digits_loaders()
+        trainer = make_trainer(tmp_path / variant, callbacks, max_epochs=1, deterministic=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, train_data, val_data)
+        trained[variant] = module.state_dict()
+    notices = {a.source: a.message for c in callbacks for a in c.alerts.raised}
+    assert "preparing it on a probe failed (RuntimeError: " in notices["DeconvLogger"]
+    assert "preparing it on a probe failed (RuntimeError: " in notices["ActivationGridLogger"]
+    for key, value in trained["without"].items():
+        assert torch.equal(value, trained["with"][key]), key

@@ -176,6 +176,16 @@ class ProbeCallback(VizCallback):
         except Unsuited as why:
             self.show_nothing(str(why), trainer)
             return
+        except ValueError:  # the checks of the user's own arguments
+            raise
+        except Exception as error:  # the model's own failure on a probe pass: training goes on
+            cause = str(error).splitlines()[0] if str(error) else ""
+            self.show_nothing(
+                f"{type(self).__name__}: preparing it on a probe failed ({type(error).__name__}: "
+                f"{cause}); it needs a forward and backward of the probes with autograd on",
+                trainer,
+            )
+            return
         if self.at_fit_start and not resumed:
             self._run(trainer, pl_module)
 
@@ -224,7 +234,9 @@ class ProbeCallback(VizCallback):
         the user's probes fail at fit start, clearly; picked ones make the callback
         :class:`Unsuited` (a working run is never broken by a default)."""
         probes, source = self.probes, type(self).__name__
-        problem = Unsuited if self.user_probes is None and self.forward_fn is None else ValueError
+        problem = (
+            ValueError if self.user_probes is not None or self.forward_fn is not None else Unsuited
+        )
         first_conv = next(
             ((n, m) for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d)), None
         )
