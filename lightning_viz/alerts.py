@@ -37,6 +37,12 @@ class Alert:
     step: int
     message: str
 
+    @property
+    def is_notice(self) -> bool:
+        """Whether it reports on lightning-viz or the setup (``failed``, ``frozen``,
+        ``not_shown``, ``over_budget``), not on training's health."""
+        return self.kind in NOTICE_KINDS
+
 
 def check_on_alert(on_alert: OnAlert) -> OnAlert:
     """Validate the ``on_alert`` argument of a callback."""
@@ -89,7 +95,7 @@ def announce_cleared(alerts: Sequence[Alert]) -> None:
         f"{first.source}: {first.kind} in {first.layer!r} cleared{also_in(alerts[1:])} at epoch "
         f"{first.epoch} (step {first.step})."
     )
-    if first.kind not in NOTICE_KINDS:
+    if not first.is_notice:
         line += (
             " The rule no longer fires; what happened stays in the weights (the run's metrics "
             "tell whether it recovered)."
@@ -123,7 +129,7 @@ def deliver(
     training already, and said so."""
     first, also = alerts[0], also_in(alerts[1:])
     (rank_zero_info if first.kind in INFO_KINDS else rank_zero_warn)(first.message + also)
-    if on_alert == "stop" and first.kind not in NOTICE_KINDS:
+    if on_alert == "stop" and not first.is_notice:
         trainer.should_stop = True
         if not stopping:
             rank_zero_info(

@@ -127,11 +127,11 @@ class RunContext:
     def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
         """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
         wait while the fit starts, to be said together (:meth:`started`)."""
-        if self.held_notices is not None and alerts[0].kind in tags.NOTICE_KINDS:
+        if self.held_notices is not None and alerts[0].is_notice:
             self.held_notices += [(alert, on_alert) for alert in alerts]
             return
         deliver(alerts, on_alert, trainer, stopping=self.stopped_at == trainer.global_step)
-        if on_alert == "stop" and alerts[0].kind not in tags.NOTICE_KINDS:
+        if on_alert == "stop" and not alerts[0].is_notice:
             self.stopped_at = trainer.global_step
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
@@ -234,7 +234,7 @@ class RunContext:
         included); notices (:data:`~lightning_viz.tags.NOTICE_KINDS`) are not counted, so that
         a healthy run reads 0."""
         return sum(
-            alert.kind not in tags.NOTICE_KINDS
+            not alert.is_notice
             for callback in self.callbacks(trainer)
             for alert in callback.alerts.raised
         )
