@@ -224,7 +224,7 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
         status, layer, message = row[0], row[2], str(row[-1])
         template = (status, _NUMBER.sub("#", message.replace(str(layer), "{layer}")))
         if template in first_of:
-            message = f"as for {first_of[template]!r} above, with this layer's values"
+            message = f"as for {first_of[template]!r} above; its values in the table"
         else:
             first_of[template] = layer
         lines.append(f"{i}. {cell(message)}")

@@ -201,6 +201,6 @@ def test_an_alert_said_once_per_step_is_named_in_the_summary(tmp_path, capsys):
     assert main(["summary", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (
-        "[active] exploding in 'model.features.4', as for 'model.features.0' above, with this "
-        "layer's values" in out
+        "[active] exploding in 'model.features.4', as for 'model.features.0' above; its values "
+        "in the table" in out
     )

@@ -91,7 +91,7 @@ def test_alert_table_says_a_paragraph_once_per_step():
     assert checks == [
         moved("conv1", 9.06),
         "layer 'conv1' was overwritten",
-        "as for 'conv1' above, with this layer's values",
+        "as for 'conv1' above; its values in the table",
         "exploding in 'conv3' cleared",
     ]
 

@@ -86,6 +86,7 @@ class RunContext:
         self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None  # while the fit starts
+        self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
         self.stopped_at: int | None = None  # the step whose alerts stopped training
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -123,6 +124,17 @@ class RunContext:
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
+        if self.held_table is not None:
+            write, self.held_table = self.held_table, None
+            write()
+
+    def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer, table: str) -> None:
+        """Log the step's alert table; while the fit starts, only the last one, once released
+        (each callback's notice wrote the table so far: eight copies at step 0)."""
+        if self.held_notices is None:
+            callback.log_text(trainer, tags.ALERTS, table)
+        else:
+            self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, table)
 
     def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
         """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
@@ -717,7 +729,7 @@ class VizCallback(*CALLBACK_BASES):
         if self._held is not None:
             self._held.append((status, alert, table))
             return
-        self.log_text(trainer, tags.ALERTS, table)
+        RunContext.of(trainer).write_alert_table(self, trainer, table)
         if status == "raised":
             RunContext.of(trainer).deliver([alert], self.on_alert, trainer)
         else:
@@ -734,7 +746,7 @@ class VizCallback(*CALLBACK_BASES):
         finally:
             held, self._held = self._held, None
             if held:
-                self.log_text(trainer, tags.ALERTS, held[-1][2])
+                RunContext.of(trainer).write_alert_table(self, trainer, held[-1][2])
             say = {
                 "raised": lambda alerts: RunContext.of(trainer).deliver(
                     alerts, self.on_alert, trainer
