@@ -251,9 +251,10 @@ class ProbeCallback(VizCallback):
                 return (self.probe_forward(pl_module) or pl_module)(probes.images[:1])
         except Exception as error:
             raise problem(
-                f"{source}: the model cannot run on the probes of shape "
-                f"{tuple(probes.images.shape)}: {type(error).__name__}: {error}. Pass probes= "
-                "the model takes, or forward_fn= to say how to run it on them."
+                f"{source}: the model cannot run on the first probe, of shape "
+                f"{tuple(probes.images[:1].shape)} (of {len(probes)}): {type(error).__name__}: "
+                f"{error}. Pass probes= the model takes, or forward_fn=(pl_module, images) -> "
+                "output to say how to run it on a batch of them."
             ) from error
 
     def _check_named_layers(

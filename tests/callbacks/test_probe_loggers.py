@@ -389,7 +389,10 @@ def test_probe_pass_restores_each_flag_and_leaves_no_grad(tmp_path):
             Probes(torch.randn(2, 3, 32, 32)),
             r"probes have 3 channels but .*'model.features.0' expects 1",
         ),
-        (Probes(torch.randn(2, 1, 3, 3)), r"cannot run on the probes of shape \(2, 1, 3, 3\)"),
+        (
+            Probes(torch.randn(2, 1, 3, 3)),
+            r"cannot run on the first probe, of shape \(1, 1, 3, 3\)",
+        ),
     ],
 )
 @pytest.mark.parametrize("callback", [GradCAMLogger, DeconvLogger])
