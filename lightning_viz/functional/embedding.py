@@ -85,15 +85,18 @@ def class_colours(classes: Sequence[int] | Tensor, device: torch.device | str = 
 def scatter_image(points: Tensor, colours: Tensor, size: int = 400, radius: int = 3) -> Tensor:
     """A (3, size, size) uint8 scatter plot of (N, 2) points drawn as discs in (N, 3) uint8
     colours on white, scaled to fill the square with a margin (equal scale on both axes, so
-    distances keep their meaning), later points over earlier ones. Composed on the device."""
+    distances keep their meaning; the narrower one centred), later points over earlier ones.
+    Composed on the device."""
     device = points.device
     image = torch.full((3, size, size), int(white(torch.uint8)), dtype=torch.uint8, device=device)
     if points.shape[0] == 0:
         return image
     low = points.min(dim=0).values
-    span = (points.max(dim=0).values - low).max().clamp_min(1e-12)
+    extent = points.max(dim=0).values - low
+    span = extent.max().clamp_min(1e-12)
     margin = radius + 2
-    centre = (points - low) / span * (size - 1 - 2 * margin) + margin
+    # the narrower axis centred: a flat cloud sat along the bottom edge
+    centre = (points - low + (span - extent) / 2) / span * (size - 1 - 2 * margin) + margin
     offsets = torch.arange(-radius, radius + 1, device=device)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     inside = dy**2 + dx**2 <= radius**2 + radius

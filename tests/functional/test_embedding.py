@@ -82,6 +82,14 @@ def test_knn_accuracy_is_blind_to_scale():
     assert knn_accuracy(features * 100, labels) == knn_accuracy(features, labels)
 
 
+def test_a_flat_cloud_is_centred_on_its_narrow_axis():
+    """A cloud ten times wider than tall sat along the bottom edge of the card."""
+    points = torch.tensor([[0.0, 0.0], [10.0, 1.0]])
+    image = scatter_image(points, class_colours([0, 0]), size=100, radius=1)
+    rows = (image != 255).any(dim=0).any(dim=1).nonzero().flatten()
+    assert 40 <= rows.float().mean() <= 60  # around the middle row, not at the bottom
+
+
 def test_scatter_puts_each_point_where_its_coordinates_say_in_its_class_colour():
     points = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     image = scatter_image(points, class_colours([0, 1, 2]), size=100, radius=3)
