@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor
+
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks import (
     ActivationGridLogger,
@@ -18,6 +24,7 @@ from lightning_viz.callbacks import (
     TopPatchesLogger,
 )
 from lightning_viz.callbacks.base import VizCallback
+from lightning_viz.callbacks.validation_view import BatchToImages
 from lightning_viz.probes import Probes
 
 DEFAULT_BUDGET = 0.02
@@ -30,6 +37,8 @@ def default_callbacks(
     activations: bool = True,
     budget: float | None = DEFAULT_BUDGET,
     extra_views: bool = False,
+    forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
+    batch_to_images: BatchToImages | None = None,
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
@@ -55,6 +64,13 @@ def default_callbacks(
             networks that end in global average pooling + a linear layer, with one notice
             otherwise) and the validation views (they ride on the validation forward; without
             a validation loop each says so once).
+        forward_fn: how the probe views run the model on a batch of images,
+            ``forward_fn(pl_module, images)`` (a GAN's discriminator, a model with other inputs
+            fixed inside it); default ``pl_module(images)``.
+        batch_to_images: where the validation views find the images and labels in a batch
+            that is not a tensor or an ``(images, labels, ...)`` sequence. The probe views'
+            probes from such batches: ``probes=Probes.from_dataloader(loader,
+            batch_to_images=...)``.
 
     Example::
 
@@ -65,17 +81,16 @@ def default_callbacks(
     callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert, budget=budget)]
     if activations:
         callbacks.append(ActivationMonitor(on_alert=on_alert, budget=budget))
+    probe_views = [GradCAMLogger, DeconvLogger, ActivationGridLogger]
+    if extra_views:
+        probe_views += [OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger, FeatureVisualizer]
     callbacks += [
-        GradCAMLogger(probes=probes, on_alert=on_alert, budget=budget),
-        DeconvLogger(probes=probes, on_alert=on_alert, budget=budget),
-        ActivationGridLogger(probes=probes, on_alert=on_alert, budget=budget),
+        view(probes=probes, forward_fn=forward_fn, on_alert=on_alert, budget=budget)
+        for view in probe_views
     ]
     if extra_views:
         callbacks += [
-            view(probes=probes, on_alert=on_alert, budget=budget)
-            for view in (OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger, FeatureVisualizer)
-        ]
-        callbacks += [
-            view(on_alert=on_alert, budget=budget) for view in (EmbeddingLogger, TopPatchesLogger)
+            view(batch_to_images=batch_to_images, on_alert=on_alert, budget=budget)
+            for view in (EmbeddingLogger, TopPatchesLogger)
         ]
     return callbacks

@@ -420,6 +420,30 @@ def test_a_gan_is_explained_through_its_discriminator_with_forward_fn(tmp_path):
     assert not [alert for callback in callbacks for alert in callback.alerts.raised]
 
 
+def test_default_callbacks_take_forward_fn_for_every_probe_view(tmp_path):
+    """A user with a GAN had to build the ten callbacks by hand to pass forward_fn."""
+
+    def through_discriminator(gan, images):
+        return gan.discriminator(images)
+
+    callbacks = lightning_viz.default_callbacks(
+        forward_fn=through_discriminator, extra_views=True, budget=None
+    )
+    probe_views = [c for c in callbacks if hasattr(c, "forward_fn")]
+    assert len(probe_views) == 8
+    assert all(c.forward_fn is through_discriminator for c in probe_views)
+    train(GAN, lambda: loader(images(), labels()), callbacks[:4], tmp_path)
+    logged = read_events(tmp_path).Tags()["images"]
+    assert "gradcam/discriminator.0" in logged
+    # and batch_to_images for the validation views, which read the validation batches
+    batch = {"pixels": torch.zeros(2, 1, 8, 8), "digit": torch.tensor([3, 4])}
+    views = lightning_viz.default_callbacks(
+        extra_views=True, batch_to_images=lambda b: (b["pixels"], b["digit"])
+    )[-2:]
+    assert [type(v).__name__ for v in views] == ["EmbeddingLogger", "TopPatchesLogger"]
+    assert all(v._split(batch)[1].tolist() == [3, 4] for v in views)
+
+
 def test_sharded_strategies_get_notices_instead_of_a_hang(tmp_path):
     """Lightning's FSDP and DeepSpeed need a GPU; a CPU strategy with FSDP's name stands in for
     them, so this checks the decision, not FSDP itself."""
