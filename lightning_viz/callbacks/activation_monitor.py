@@ -339,10 +339,15 @@ class ActivationMonitor(VizCallback):
             return
         due = self._batches_seen % self._interval == 0
         # an epoch's last batch is sampled when nothing else of the epoch was (epochs shorter
-        # than the cadence, or the budget), whatever the budget: every epoch's dead-channel,
-        # saturation and NaN checks have data, as FilterMonitor's measurement never waits
+        # than the cadence, or the views' cost over the budget), so that every epoch's
+        # dead-channel, saturation and NaN checks have data: the monitor's own share decides
         only = batch_idx + 1 == trainer.num_training_batches and not self._epoch_sampled
-        if not (only or (due and self.within_budget(trainer, "a sampled step", collective=True))):
+        if not due and not only:
+            return
+        admitted = due and self.within_budget(trainer, "a sampled step", collective=True)
+        if not admitted and only:
+            admitted = self.within_budget(trainer, "a sampled step", collective=True, alone=True)
+        if not admitted:
             return
         self._epoch_sampled = True
         with self.timed(trainer):

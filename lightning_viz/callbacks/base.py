@@ -545,18 +545,21 @@ class VizCallback(*CALLBACK_BASES):
         what: str,
         per_epoch: bool = False,
         collective: bool = False,
+        alone: bool = False,
     ) -> bool:
         """Whether the next piece of skippable work (``what``) fits the ``budget``; always
         without one, for the callback's first piece in a fit, and for an epoch's work
         (``per_epoch``) at the end of the last epoch. The first time a callback of the Trainer
         is refused, one ``over_budget`` notice says so (once per fit, for all of them).
 
-        With ``collective`` (the work reaches collectives), rank 0 decides for every rank.
+        With ``collective`` (the work reaches collectives), rank 0 decides for every rank. With
+        ``alone``, the callback's own share is held to the whole budget, as if it kept it alone:
+        for the work a health check needs, which the others' spending must not starve.
         """
         if self.budget is None or (per_epoch and is_last_epoch(trainer)):
             return True
         context = RunContext.of(trainer)
-        sharing = sum(c.budget is not None for c in context.callbacks(trainer))
+        sharing = 1 if alone else sum(c.budget is not None for c in context.callbacks(trainer))
         fits = context.cost.may_spend(type(self).__name__, self.budget, sharing)
         if collective and trainer.world_size > 1:
             fits = trainer.strategy.broadcast(fits, src=0)
