@@ -120,7 +120,7 @@ class RunContext:
 
     def release_notices(self) -> None:
         """Deliver the notices held while the fit started, alike ones together, and hold no
-        more (also when the start failed half-way)."""
+        more (also when the start failed half-way); write the alert table held meanwhile."""
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
@@ -129,12 +129,12 @@ class RunContext:
             write()
 
     def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer, table: str) -> None:
-        """Log the step's alert table; while the fit starts, only the last one, once released
-        (each callback's notice wrote the table so far: eight copies at step 0)."""
-        if self.held_notices is None:
-            callback.log_text(trainer, tags.ALERTS, table)
-        else:
-            self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, table)
+        """Hold the step's alert table so far, to be written once, whole, when the next batch
+        starts or the fit ends (:meth:`release_notices`): each callback that alerts at a step
+        adds its rows, and writing each one's table showed growing copies in the Text tab
+        (eight at the first step, three at the first validation of the default views)."""
+        step = trainer.global_step
+        self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, table, step=step)
 
     def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
         """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
@@ -147,11 +147,8 @@ class RunContext:
             self.stopped_at = trainer.global_step
 
     def add_alert_row(self, status: str, alert: Alert) -> str:
-        """Add a raised or cleared alert to its step's rows; the markdown table of that step.
-
-        TensorBoard's Text tab shows one entry per step and tag, so every callback that alerts
-        at a step writes the table of all the step's alerts so far: the last one is complete.
-        """
+        """Add a raised or cleared alert to its step's rows; the markdown table of that step
+        (TensorBoard's Text tab shows one entry per step and tag: every row of the step)."""
         if self.alert_rows and self.alert_rows[0][1].step != alert.step:
             self.alert_rows = []
         self.alert_rows.append((status, alert))
@@ -423,6 +420,7 @@ class VizCallback(*CALLBACK_BASES):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        RunContext.of(trainer).release_notices()
         self.finish_writes(trainer, close=False)
         context = RunContext.of(trainer)
         if context.callbacks(trainer)[-1] is self:
@@ -699,9 +697,12 @@ class VizCallback(*CALLBACK_BASES):
                 copied.synchronize()
             logger.log_image(key=tag, images=[pixels.numpy().transpose(1, 2, 0)], step=step)
 
-    def log_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
-        """Log markdown text (rank 0 only); TensorBoard files it under ``<tag>/text_summary``."""
-        step = trainer.global_step
+    def log_text(
+        self, trainer: pl.Trainer, tag: str, text: str, step: int | None = None
+    ) -> None:
+        """Log markdown text (rank 0 only) at ``step`` (default: now); TensorBoard files it
+        under ``<tag>/text_summary``."""
+        step = trainer.global_step if step is None else step
         self.write(trainer, tag, lambda writer: writer.add_text(tag, text, global_step=step))
 
     # ------------------------------------------------------------------------------ alerts
