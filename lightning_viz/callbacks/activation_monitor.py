@@ -30,6 +30,7 @@ from lightning_viz.functional.alert_rules import (
     nonfinite_activation_finding,
     saturation_finding,
 )
+from lightning_viz.functional.captions import counted
 
 ACTIVATION_TYPES = (
     nn.ReLU,
@@ -296,7 +297,7 @@ class ActivationMonitor(VizCallback):
 
     @override
     def watching(self) -> str:
-        return f"activations of {len(self._layers)} layers"
+        return f"activations of {counted(len(self._layers), 'layer')}"
 
     @override
     def layout(self, call_order: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:

@@ -43,6 +43,7 @@ from lightning_viz.callbacks.cost import CostMeter
 from lightning_viz.functional._validation import check_fraction
 from lightning_viz.functional.activations import histogram_edges
 from lightning_viz.functional.alert_rules import Finding
+from lightning_viz.functional.captions import counted
 from lightning_viz.functional.images import to_uint8
 
 if TYPE_CHECKING:
@@ -570,8 +571,7 @@ class VizCallback(*CALLBACK_BASES):
             named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
             each = ", ".join(f"{name} {part:.1%}" for part, name in named)
             if rest:
-                others = f"{len(rest)} other{'s' if len(rest) > 1 else ''}"
-                each += f", {others} {sum(part for part, _ in rest):.1%}"
+                each += f", {counted(len(rest), 'other')} {sum(part for part, _ in rest):.1%}"
             message = (
                 f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
                 f"budget of {self.budget:.1%}: {what} is skipped ({type(self).__name__}), and "
@@ -697,9 +697,7 @@ class VizCallback(*CALLBACK_BASES):
                 copied.synchronize()
             logger.log_image(key=tag, images=[pixels.numpy().transpose(1, 2, 0)], step=step)
 
-    def log_text(
-        self, trainer: pl.Trainer, tag: str, text: str, step: int | None = None
-    ) -> None:
+    def log_text(self, trainer: pl.Trainer, tag: str, text: str, step: int | None = None) -> None:
         """Log markdown text (rank 0 only) at ``step`` (default: now); TensorBoard files it
         under ``<tag>/text_summary``."""
         step = trainer.global_step if step is None else step

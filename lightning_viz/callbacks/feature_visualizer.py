@@ -24,7 +24,7 @@ from lightning_viz.functional._validation import (
     check_layer_names,
     not_finite_error,
 )
-from lightning_viz.functional.captions import footnote, labelled_table, stack_rows
+from lightning_viz.functional.captions import counted, footnote, labelled_table, stack_rows
 from lightning_viz.functional.feature_vis import PAD, visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
@@ -393,8 +393,7 @@ class FeatureVisualizer(ProbeCallback):
     @override
     def watching(self) -> str:
         units = sum(len(self.units.get(layer, ())) for layer in self._layers)
-        layers = len(self._layers)
-        return f"{self.view} of {units} units in {layers} layer{'s' if layers != 1 else ''}"
+        return f"{self.view} of {units} units in {counted(len(self._layers), 'layer')}"
 
 
 def _enlarged(images: Tensor, slots: int) -> Tensor:

@@ -28,7 +28,7 @@ from lightning_viz.functional.alert_rules import (
     frozen_finding,
     network_median,
 )
-from lightning_viz.functional.captions import captioned, footnote, stack_rows
+from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
 from lightning_viz.functional.filters import (
     filter_health,
     kernel_slices,
@@ -287,7 +287,7 @@ class FilterMonitor(VizCallback):
     @override
     def watching(self) -> str:
         images = ", ".join(self._image_layers) or "none"
-        return f"filters of {len(self._layers)} conv layers (images of {images})"
+        return f"filters of {counted(len(self._layers), 'conv layer')} (images of {images})"
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

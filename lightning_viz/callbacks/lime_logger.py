@@ -183,7 +183,7 @@ class LIMELogger(ClassView):
 
     @override
     def watching(self) -> str:
-        return f"LIME ({self._segmentation} segments) on {len(self.probes)} probes"
+        return f"LIME ({self._segmentation} segments) {self.on_probes}"
 
     def _explanation(
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor

@@ -145,7 +145,7 @@ class OcclusionLogger(ClassView):
     @override
     def watching(self) -> str:
         height, width = self._window
-        return f"occlusion ({height}x{width} patches) on {len(self.probes)} probes"
+        return f"occlusion ({height}x{width} patches) {self.on_probes}"
 
     def _sensitivity(
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor

@@ -287,7 +287,15 @@ class ProbeCallback(VizCallback):
         layers = (
             ", ".join(self._layers) if len(self._layers) <= 2 else f"{len(self._layers)} layers"
         )
-        return f"{self.view} of {layers} on {len(self.probes)} probes"
+        return f"{self.view} of {layers} {self.on_probes}"
+
+    @property
+    def on_probes(self) -> str:
+        """ "on N probes" for the "watching" line, which says when they have no labels (the
+        views then explain the predicted class; a batch whose labels are not its second
+        element needs ``probes=Probes.from_dataloader(..., batch_to_images=...)``)."""
+        labelled = "" if self.probes.labels is not None else "unlabelled "
+        return f"on {len(self.probes)} {labelled}probes"
 
     view = "probe views"
     """What the callback shows, for the line printed at fit start."""

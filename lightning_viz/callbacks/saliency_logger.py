@@ -170,7 +170,7 @@ class SaliencyLogger(ClassView):
 
     @override
     def watching(self) -> str:
-        return f"saliency ({self.key}) on {len(self.probes)} probes"
+        return f"saliency ({self.key}) {self.on_probes}"
 
     def attributions(
         self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None

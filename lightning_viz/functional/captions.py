@@ -218,6 +218,11 @@ def captioned_blocks(
     return stacked[:, :, : stacked.shape[2] - padding]
 
 
+def counted(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural but for one: "1 layer", "3 layers"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def class_name(index: int, names: Sequence[str] | None) -> str:
     """The name of class ``index`` when ``names`` has it, else the index."""
     return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)

@@ -484,3 +484,26 @@ def test_notices_held_by_a_start_that_never_ends_are_said_at_the_first_batch(tmp
         make_trainer(tmp_path, callbacks, max_epochs=1).fit(SequenceClassifier(), data)
     assert said_by_first_batch[0] == 1
     assert len(noticed()) == 1
+
+
+class LabelsLast(ImageClassifier):
+    """Batches of (images, metadata, labels): the labels are not where the picker looks."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch[0], batch[2]), batch_idx)
+
+
+def test_the_watching_line_says_when_the_probes_have_no_labels(tmp_path, caplog):
+    """Probes picked from batches whose second element is no label tensor are unlabelled, and
+    the views then explain the predicted class: the line printed at fit start says so."""
+    images, labels = torch.randn(16, 1, 12, 12), torch.randint(0, 4, (16,))
+    samples = [(images[i], {"id": i}, labels[i]) for i in range(16)]
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, 4))
+    callbacks = [FilterMonitor(), ActivationMonitor(), GradCAMLogger()]
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, callbacks, max_epochs=1).fit(LabelsLast(net), DataLoader(samples, 8))
+    watching = next(r.getMessage() for r in caplog.records if "viz: watching" in r.getMessage())
+    assert watching == (
+        "lightning-viz: watching filters of 1 conv layer (images of model.0), activations of 1 "
+        "layer, Grad-CAM of model.1 on 8 unlabelled probes"
+    )
