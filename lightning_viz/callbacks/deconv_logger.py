@@ -112,7 +112,8 @@ class DeconvLogger(ProbeCallback):
     - ``evolution/<layer>`` (image): one column per followed feature (headed with its
       channel), one row per logged epoch (labelled with it), so that the features fit
       TensorBoard's card side by side; as many rows as the run will log (at most
-      ``max_columns``) from the first epoch on, so the image keeps its size.
+      ``max_columns``) from the first epoch on, so the image keeps its size; the last epoch's
+      leaves out the blank rows of epochs the budget skipped.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
     - ``sanity/deconv/<layer>`` (``scores=["sanity"]``): the mean rank correlation of each
       reconstruction with the same channel's through the randomized network; at 0.5 or above a
