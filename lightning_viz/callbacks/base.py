@@ -376,6 +376,7 @@ class VizCallback(*CALLBACK_BASES):
         self._held: list[tuple[str, Alert, str]] | None = None
         self._not_shown: str | None = None
         self._restored = False
+        self._last_fit: tuple[weakref.ref[pl.LightningModule], int] | None = None
 
     # --------------------------------------------------------------------- models it skips
     @property
@@ -401,8 +402,17 @@ class VizCallback(*CALLBACK_BASES):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._not_shown = None
         RunContext.of(trainer).background.reopen()
-        if stage == "fit" and not self._restored:
+        if stage == "fit" and not self._restored and not self._continues(trainer, pl_module):
             self.reset_state()
+
+    def _continues(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Whether this fit goes on training the model of this callback's last fit, from the
+        step where it ended (``fit`` again with more epochs): the state is kept, as from a
+        checkpoint, so references and the steps counted since them still agree."""
+        if self._last_fit is None:
+            return False
+        module, step = self._last_fit
+        return module() is pl_module and step == trainer.global_step > 0
 
     def reset_state(self) -> None:
         """Forget what an earlier fit left behind, so a callback reused for a new model (cross-
@@ -413,6 +423,8 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
+        if stage == "fit":
+            self._last_fit = (weakref.ref(pl_module), trainer.global_step)
         if self._not_shown is not None:  # said once; here when the fit loop never started
             self._notice_not_shown(trainer)
         RunContext.of(trainer).stop_recording(final=True)

@@ -216,8 +216,12 @@ class FilterMonitor(VizCallback):
         self._samples: dict[str, Tensor] = {}
         self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
+        # the optimizer step each reference was taken at: a run resumed from a checkpoint
+        # without this callback's state takes it then, and has learned nothing since
+        self.reference_steps: dict[str, int] = {}
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
+        self._baseline_step: int | None = None  # this fit's baseline measurement, if it had one
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -293,17 +297,15 @@ class FilterMonitor(VizCallback):
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
         fresh = not self.initial
+        self._baseline_step = trainer.global_step if fresh else None
         # a resumed run's reference may lack layers watched now (other layers=, a newer version
         # watching more): they are compared with their weights at the resume
-        self.initial.update(
-            {
-                name: kernel_slices(filters(module).detach(), self._slices[name]).to(
+        for name, module in self._layers.items():
+            if name not in self.initial:
+                self.initial[name] = kernel_slices(filters(module).detach(), self._slices[name]).to(
                     "cpu", torch.float32, copy=True
                 )
-                for name, module in self._layers.items()
-                if name not in self.initial
-            }
-        )
+                self.reference_steps[name] = trainer.global_step
         if fresh:
             with self.guarded(trainer, "filter baseline"):
                 self._measure(trainer, baseline=True)
@@ -319,6 +321,7 @@ class FilterMonitor(VizCallback):
         return {
             **super().state_dict(),
             "initial": dict(self.initial),
+            "reference_steps": dict(self.reference_steps),
             "previous": dict(self.previous),
             "previous_step": self.previous_step,
         }
@@ -327,11 +330,13 @@ class FilterMonitor(VizCallback):
     def reset_state(self) -> None:
         super().reset_state()
         self.initial, self.previous, self.previous_step = {}, {}, None
+        self.reference_steps = {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial = dict(state_dict.get("initial", {}))
+        self.reference_steps = dict(state_dict.get("reference_steps", {}))  # older: step 0
         self.previous = dict(state_dict.get("previous", {}))
         self.previous_step = state_dict.get("previous_step")
 
@@ -392,14 +397,18 @@ class FilterMonitor(VizCallback):
             findings = filter_findings(
                 name,
                 {key: host[name, key].item() for key in _RULE_INPUTS},
-                steps=trainer.global_step,
+                steps=trainer.global_step - self.reference_steps.get(name, 0),
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
                 first_layer=name == self._first,
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],
-                network_cosine=network["step_cosine"] if self.previous_step == 0 else None,
+                network_cosine=(
+                    network["step_cosine"]
+                    if self._baseline_step is not None and self.previous_step == self._baseline_step
+                    else None
+                ),
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)

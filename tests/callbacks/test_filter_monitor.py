@@ -14,7 +14,7 @@ from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.images import to_uint8
-from lightning_viz.testing import ImageClassifier, shapes_task
+from lightning_viz.testing import ImageClassifier, digits_loaders, shapes_task
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -557,3 +557,44 @@ def test_the_reference_of_a_resnet_costs_at_most_a_quarter_of_its_watched_weight
     assert path.stat().st_size <= 0.25 * weights_bytes
     assert monitor.initial["model.conv1"].shape == (64, 3, 7, 7)  # a small first layer: whole
     assert monitor.initial["model.layer4.1.conv2"].shape == (512, 103, 3, 3)
+
+
+def test_fitting_the_same_model_again_continues_from_its_reference(tmp_path):
+    """fit() again with more epochs took a new reference at the second fit's start but counted
+    every optimizer step since the first: every conv "learned almost nothing in 23 steps"."""
+    module = DigitsClassifier("sgd", 0.05)
+    initial = module.model.features[0].weight.detach().clone()
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append, strict=True)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    train, _ = digits_loaders()
+    trainer.fit(module, train)
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(module, train)
+    assert not [alert for alert in received if alert.kind == "not_learning"]
+    assert torch.equal(monitor.initial[FIRST], initial)
+    drift = read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")
+    assert [entry.step for entry in drift] == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert 0 < drift[1].value < drift[2].value
+
+
+def test_a_resume_without_the_monitors_state_counts_steps_from_its_reference(tmp_path):
+    """Callbacks added when resuming from a checkpoint saved without them take their reference
+    at the resume: the first epoch's steps were counted as steps it learned nothing in."""
+    module = DigitsClassifier("sgd", 0.05)
+    first = make_trainer(tmp_path / "a", [], max_epochs=1)
+    train, _ = digits_loaders()
+    first.fit(module, train)
+    first.save_checkpoint(tmp_path / "plain.ckpt")
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append, strict=True)
+    make_trainer(tmp_path / "b", [monitor], max_epochs=2).fit(
+        DigitsClassifier("sgd", 0.05), train, ckpt_path=tmp_path / "plain.ckpt"
+    )
+    assert not [alert for alert in received if alert.kind == "not_learning"]
+    assert monitor.reference_steps == dict.fromkeys(CONVS, STEPS_PER_EPOCH)
+    drift = read_events(tmp_path / "b").Scalars(f"filters/{FIRST}/drift")
+    assert [(entry.step, entry.value > 0) for entry in drift] == [
+        (STEPS_PER_EPOCH, False),
+        (2 * STEPS_PER_EPOCH, True),
+    ]
