@@ -162,6 +162,7 @@ class ClassView(ProbeCallback):
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
         self._outputs_class_maps = False
+        self._single_output = False  # a regression or a single logit: no class to name
         self._pixel_shares: torch.Tensor | None = None
         self._segmented_pred = False  # this render explains segmented_classes
         self.scores = check_choices("scores", scores, SCORES, self.default_scores)
@@ -198,6 +199,7 @@ class ClassView(ProbeCallback):
                 "(N, num_classes) scores"
             ) from None
         classes = scores.shape[1]
+        self._single_output = classes == 1
         if isinstance(self.target, int) and self.target >= classes:
             raise ValueError(
                 f"{source}: `target`={self.target} is not a class of a model with {classes} "
@@ -250,10 +252,13 @@ class ClassView(ProbeCallback):
     def explained_quantity(self) -> str:
         """What the maps explain of the class: its softmax probability, or, for a segmentation
         model, its score summed over the pixels predicted as it (their probability saturates:
-        a sum over thousands of pixels is certain whatever the image shows)."""
-        return "score" if self._outputs_class_maps else "probability"
+        a sum over thousands of pixels is certain whatever the image shows), or a model's one
+        output as it is (the softmax of one output is 1 whatever the image)."""
+        return "score" if self._outputs_class_maps or self._single_output else "probability"
 
     def _explained_class(self, targets: torch.Tensor | int | None) -> str:
+        if self._single_output:
+            return "output"
         if targets is None:
             return "predicted class"
         if self._segmented_pred:
@@ -266,8 +271,8 @@ class ClassView(ProbeCallback):
         self, probes: Probes, logits: torch.Tensor, targets: torch.Tensor | int | None
     ) -> tuple[list[str], list[str], str]:
         """Each probe's caption, its map's caption (predicted class and probability; for a
-        segmentation, the explained class and the share of pixels predicted as it), and the
-        markdown table of what each probe explains."""
+        segmentation, the explained class and the share of pixels predicted as it; for a model
+        with one output, its value), and the markdown table of what each probe explains."""
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         names = self.class_names
@@ -278,6 +283,11 @@ class ClassView(ProbeCallback):
             captioned, predicted = explained.cpu(), shares.argmax(dim=1)
             confidence = shares.gather(1, captioned[:, None])[:, 0]
             headers = "predicted on most pixels | share of pixels predicted as the explained class"
+        elif self._single_output:
+            outputs = logits[:, 0].cpu().tolist()
+            table = ["| probe | output |", "|---|---|"]
+            table += [f"| {i} | {value:.4g} |" for i, value in enumerate(outputs)]
+            return image_captions, [f"out {value:.3g}" for value in outputs], "\n".join(table)
         else:
             confidence, predicted = logits.softmax(dim=1).max(dim=1)
             captioned, headers = predicted, "predicted | probability"

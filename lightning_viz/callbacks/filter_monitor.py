@@ -248,15 +248,17 @@ class FilterMonitor(VizCallback):
                 f"{type(pl_module).__name__} has no nn.Conv2d or nn.ConvTranspose2d layer with "
                 "kernels of at least "
                 "2x2, so there are no filters to show (Conv1d, Conv3d and 1x1 convs are not "
-                "read). Pass layers=[...] to name conv layers."
+                "read; layers=[...] can name a conv module of another class whose weight is "
+                "(out, in, height, width))."
             )
         for name, module in self._layers.items():
             weight = getattr(module, "weight", None)
             if not isinstance(weight, Tensor) or weight.dim() != 4 or min(weight.shape[-2:]) < 2:
                 shape = tuple(weight.shape) if isinstance(weight, Tensor) else None
                 raise ValueError(
-                    f"{source}: layer {name!r} ({type(module).__name__}) has no conv weight with "
-                    f"kernels of at least 2x2 (weight shape {shape})"
+                    f"{source}: layer {name!r} ({type(module).__name__}) has no 2-D conv weight "
+                    f"(out, in, height, width) with kernels of at least 2x2 (weight shape {shape}; "
+                    "Conv1d and Conv3d filters are not read)"
                 )
         self._first = next(
             (n for n, m in self._layers.items() if not isinstance(m, nn.ConvTranspose2d)), None

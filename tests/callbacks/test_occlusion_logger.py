@@ -1,10 +1,11 @@
 """OcclusionLogger through a real Trainer: images, captions, the table's numbers, localization."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_viz import OcclusionLogger, Probes
+from lightning_viz import GradCAMLogger, OcclusionLogger, Probes
 from lightning_viz.functional import occlusion, upsample
 from lightning_viz.testing import ShapesCNN, shapes_task
 from tests.callbacks.test_probe_loggers import EPOCH_ENDS, Autoencoder
@@ -86,3 +87,48 @@ def test_bad_arguments_fail_at_construction(factory, message):
 def test_a_window_larger_than_the_probes_fails_at_fit_start(tmp_path):
     with pytest.raises(ValueError, match=r"`window` \(40, 40\) is larger than the probes"):
         fit(DigitsClassifier(), [OcclusionLogger(window=40)], tmp_path, epochs=1)
+
+
+class Regressor(pl.LightningModule):
+    """A CNN with one output, regressing each image's mean brightness."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+            torch.nn.Flatten(), torch.nn.Linear(128, 1),
+        )  # fmt: skip
+
+    def forward(self, images):
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        return torch.nn.functional.mse_loss(self(images)[:, 0], targets)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_path):
+    """A regression head's captions said "pred 0 100%" (the softmax of one output), and the
+    occlusion of that probability was 0 everywhere."""
+    images = torch.rand(32, 1, 16, 16)
+    data = DataLoader(TensorDataset(images, images.mean(dim=(1, 2, 3))), batch_size=8)
+    logger, gradcam = OcclusionLogger(strict=True), GradCAMLogger(strict=True)
+    module = Regressor()
+    make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
+    events = read_events(tmp_path)
+    with torch.no_grad():
+        outputs = module.eval()(logger.probes.images)[:, 0]
+    for tag in ("occlusion/sensitivity/targets", "gradcam/model.1/targets"):
+        rows = text_rows(events, tag)
+        assert [int(row[0]) for row in rows] == list(range(8))
+        assert [float(row[1]) for row in rows] == pytest.approx(outputs.tolist(), rel=1e-3)
+    # the occlusion of the output itself: its drops are the functional view's on raw scores
+    expected = occlusion(module, logger.probes.images, 0, window=4, stride=2, probabilities=False)
+    drops = [float(row[2]) for row in text_rows(events, "occlusion/sensitivity/targets")]
+    assert drops == pytest.approx(expected.flatten(1).amax(dim=1).tolist(), abs=1e-3)
+    assert max(drops) > 0
+    pixels = image_pixels(events.Images("gradcam/model.1")[-1])
+    assert_caption(pixels, f"out {outputs[0].item():.3g}", x=6 + 98, y=6, width=96)
