@@ -286,8 +286,14 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         if labels is None and images is not None:
             labels = next((v for v in tensors.values() if _looks_like_labels(v, images)), None)
     if images is None or images.dim() != 4:
+        found = (
+            ""
+            if images is None
+            else f" (its inputs have shape {tuple(images.shape)}: 1-D signals and 3-D volumes "
+            "are not supported)"
+        )
         raise ValueError(
-            f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}; "
+            f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}{found}; "
             "pass probes=Probes(images, labels) or Probes.from_dataloader(loader, "
             "batch_to_images=...) instead"
         )

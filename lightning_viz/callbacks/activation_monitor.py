@@ -266,6 +266,7 @@ class ActivationMonitor(VizCallback):
             return
         self._batches_seen = 0
         self._pending, self._flush_every, self._problems = [], 1, []
+        self._other_output: tuple[str, tuple[int, ...]] | None = None  # a watched non-4-D one
         source = type(self).__name__
         compiled = compiled_parts(pl_module)
         if compiled:
@@ -398,10 +399,16 @@ class ActivationMonitor(VizCallback):
             if problems:
                 raise ValueError("; ".join(problems))
             if agreed and not records and hooked:
+                returned = (
+                    f" ({self._other_output[0]!r} returned {self._other_output[1]}: token maps, "
+                    "1-D signals and 3-D volumes are not watched)"
+                    if self._other_output is not None
+                    else ""
+                )
                 self.show_nothing(
                     f"none of the {len(self._layers)} watched activation modules returned a "
-                    "4-D (N, C, H, W) feature map (a token model such as a ViT gives (N, tokens, "
-                    "dim)). Pass layers=[...] naming modules with 4-D outputs.",
+                    f"4-D (N, C, H, W) feature map{returned}. Pass layers=[...] naming modules "
+                    "with 4-D outputs, if the model has any.",
                     trainer,
                 )
             elif agreed and records:
@@ -472,6 +479,8 @@ class ActivationMonitor(VizCallback):
             count = self._calls[name] = self._calls.get(name, 0) + 1
             key = tags.call_key(name, count)
             if not isinstance(output, Tensor) or output.dim() != 4:
+                if isinstance(output, Tensor) and self._other_output is None:
+                    self._other_output = (key, tuple(output.shape))
                 if explicit:
                     shape = (
                         tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__

@@ -215,7 +215,7 @@ class ValidationView(VizCallback):
             if self._given_split:
                 raise
             raise Unsuited(
-                f"{type(self).__name__}: {error.args[0].split(';')[0]} of the validation loader; "
+                f"{type(self).__name__}: in the validation loader, {error.args[0].split(';')[0]}; "
                 "pass batch_to_images= to say where they are."
             ) from error
 

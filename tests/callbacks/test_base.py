@@ -440,6 +440,16 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
              "LIMELogger", "CAMLogger", "FeatureVisualizer"]  # fmt: skip
     assert len([line for line in no_images if "pass probes=" in line]) == 1
     assert f"{', '.join(views)}: cannot find" in no_images[0]
+    # what they found instead, which no argument makes an image
+    shape = "(its inputs have shape (8, 8, 16): 1-D signals and 3-D volumes are not supported)"
+    assert all(shape in line for line in no_images)
+    assert any("EmbeddingLogger: in the validation loader, cannot find" in line for line in said)
+    assert any(
+        "ActivationMonitor: none of the 1 watched activation modules returned a 4-D (N, C, H, W) "
+        "feature map ('net.1' returned (8, 16, 14): token maps, 1-D signals and 3-D volumes are "
+        "not watched)" in line
+        for line in said
+    )
     # each callback's own alert still reaches on_alert
     assert sorted(a.source for a in received if "pass probes=" in a.message) == sorted(views)
     # and the alert table of each step is written once, whole (each notice wrote it so far: the
