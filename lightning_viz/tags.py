@@ -219,14 +219,17 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
         for i, row in enumerate(rows, 1)
     ]
     lines += ["", f"**{ALERT_COLUMNS[-1]}**", ""]
-    first_of: dict[tuple[object, str], object] = {}  # a paragraph said once per step
+    first_of: dict[tuple[object, str], tuple[object, str]] = {}  # a paragraph said once per step
     for i, row in enumerate(rows, 1):
         status, layer, message = row[0], row[2], str(row[-1])
-        template = (status, _NUMBER.sub("#", message.replace(str(layer), "{layer}")))
+        general = message.replace(str(layer), "{layer}")
+        template = (status, _NUMBER.sub("#", general))
         if template in first_of:
-            message = f"as for {first_of[template]!r} above; its values in the table"
+            earlier, earlier_general = first_of[template]
+            values = "" if general == earlier_general else "; its values in the table"
+            message = f"as for {earlier!r} above{values}"
         else:
-            first_of[template] = layer
+            first_of[template] = (layer, general)
         lines.append(f"{i}. {cell(message)}")
     return "\n".join(lines)
 

@@ -86,6 +86,7 @@ def test_alert_table_says_a_paragraph_once_per_step():
         ("raised", "overwritten", "conv1", 2, 0.06, 0.5, "layer 'conv1' was overwritten"),
         ("raised", "exploding", "conv2", 2, 12.7, 5.0, moved("conv2", 12.7)),
         ("cleared", "exploding", "conv3", 2, 1.0, 5.0, "exploding in 'conv3' cleared"),
+        ("raised", "overwritten", "conv2", 2, 0.06, 0.5, "layer 'conv2' was overwritten"),
     ]
     checks = [row["what to check"] for row in tags.parse_alert_table(tags.alert_table(rows))]
     assert checks == [
@@ -93,6 +94,7 @@ def test_alert_table_says_a_paragraph_once_per_step():
         "layer 'conv1' was overwritten",
         "as for 'conv1' above; its values in the table",
         "exploding in 'conv3' cleared",
+        "as for 'conv1' above",  # the same words: no values that differ (notices have none)
     ]
 
 
