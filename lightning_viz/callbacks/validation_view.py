@@ -124,7 +124,7 @@ class ValidationView(VizCallback):
             )
         else:
             return
-        self.show_nothing(f"its view is read from the validation forward, and {why}.", trainer)
+        self.show_nothing(f"the view is read from the validation forward, and {why}.", trainer)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

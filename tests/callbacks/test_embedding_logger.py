@@ -244,7 +244,7 @@ def test_a_fit_without_validation_says_so_once(tmp_path):
     assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
     said = [str(w.message) for w in warned if "validation forward" in str(w.message)]
     assert said == [
-        "EmbeddingLogger, TopPatchesLogger: its view is read from the validation forward, and "
+        "EmbeddingLogger, TopPatchesLogger: the view is read from the validation forward, and "
         "this fit has no validation loop: define validation_step and pass val_dataloaders (or "
         "a datamodule with val_dataloader()) to trainer.fit."
     ]
