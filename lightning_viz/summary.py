@@ -75,15 +75,19 @@ def summarize(run: Path) -> str | None:
         [layer, *(cell(layer, c) for c in header[1:-1]), ", ".join(active.get(layer, []))]
         for layer in sorted(layers, key=lambda name: (_position(order, name), _natural(name)))
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [f"run: {run}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append(
-        "values: latest (change since the first); layers in "
-        f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
-        "logged (a conv's filters or an activation's maps; a dead fraction after "
-        f"{tags.DEAD_AFTER_VALUES:,} values per channel in an epoch)"
-    )
+    lines = [f"run: {run}"]
+    if rows:
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        lines.append(
+            "values: latest (change since the first); layers in "
+            f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
+            "logged (a conv's filters or an activation's maps; a dead fraction after "
+            f"{tags.DEAD_AFTER_VALUES:,} values per channel in an epoch)"
+        )
+    else:  # no monitor attached, or one that showed nothing (a notice says why)
+        lines.append("layers: no filter or activation measured")
     overhead = _overhead(events, scalars)
     if overhead:
         lines.append(overhead)

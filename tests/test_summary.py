@@ -7,7 +7,9 @@ import time
 from collections import OrderedDict
 
 import pytest
+import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger
@@ -204,3 +206,21 @@ def test_an_alert_said_once_per_step_is_named_in_the_summary(tmp_path, capsys):
         "[active] exploding in 'model.features.4', as for 'model.features.0' above; its values "
         "in the table" in out
     )
+
+
+def test_a_run_whose_monitors_measured_nothing_has_no_empty_table(tmp_path, capsys):
+    """A Conv3d net: the monitors show nothing, with a notice each; the summary printed the
+    table's header and legend over no row."""
+    from tests.callbacks.test_base import SequenceClassifier
+    from tests.helpers import make_trainer
+
+    data = DataLoader(TensorDataset(torch.randn(16, 8, 16), torch.randint(0, 4, (16,))), 8)
+    with pytest.warns(UserWarning, match="has no nn.Conv2d"):
+        make_trainer(tmp_path, [FilterMonitor(), ActivationMonitor()], max_epochs=1).fit(
+            SequenceClassifier(), data
+        )
+    assert main(["summary", str(tmp_path)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == "layers: no filter or activation measured"
+    assert not [line for line in said if line.startswith(("layer ", "values: latest"))]
+    assert "notices (on lightning-viz or the setup, not on training): 2" in said
