@@ -24,6 +24,7 @@ from lightning_viz.callbacks import (
     TopPatchesLogger,
 )
 from lightning_viz.callbacks.base import VizCallback
+from lightning_viz.callbacks.class_view import ClassView
 from lightning_viz.callbacks.validation_view import BatchToImages
 from lightning_viz.probes import Probes
 
@@ -39,6 +40,7 @@ def default_callbacks(
     extra_views: bool = False,
     forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
     batch_to_images: BatchToImages | None = None,
+    probability: str = "softmax",
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
@@ -71,6 +73,9 @@ def default_callbacks(
             that is not a tensor or an ``(images, labels, ...)`` sequence. The probe views'
             probes from such batches: ``probes=Probes.from_dataloader(loader,
             batch_to_images=...)``.
+        probability: how the views that explain a class read its probability: ``"softmax"``
+            (one class per image) or ``"sigmoid"`` (a multi-label model, or a single-logit
+            binary classifier, trained with ``BCEWithLogitsLoss``); see ``GradCAMLogger``.
 
     Example::
 
@@ -85,7 +90,13 @@ def default_callbacks(
     if extra_views:
         probe_views += [OcclusionLogger, SaliencyLogger, LIMELogger, CAMLogger, FeatureVisualizer]
     callbacks += [
-        view(probes=probes, forward_fn=forward_fn, on_alert=on_alert, budget=budget)
+        view(
+            probes=probes,
+            forward_fn=forward_fn,
+            on_alert=on_alert,
+            budget=budget,
+            **({"probability": probability} if issubclass(view, ClassView) else {}),
+        )
         for view in probe_views
     ]
     if extra_views:

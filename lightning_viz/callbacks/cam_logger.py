@@ -48,7 +48,7 @@ class CAMLogger(ClassView):
             ``DigitsCNN``. Give it when the search does not find it; its head must still be a
             global average and one linear layer.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, cmap, alpha,
-            output_transform, scores, on_alert, strict, budget: as in
+            output_transform, probability, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -101,6 +101,7 @@ class CAMLogger(ClassView):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -121,6 +122,7 @@ class CAMLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            probability=probability,
             scores=scores,
             on_alert=on_alert,
             strict=strict,

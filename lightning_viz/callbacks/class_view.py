@@ -18,6 +18,7 @@ from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import class_scores, grid, upsample
 from lightning_viz.functional._validation import (
     all_finite,
+    check_choice,
     check_choices,
     check_fraction,
     check_logits,
@@ -33,9 +34,11 @@ from lightning_viz.functional.captions import (
     stack_rows,
 )
 from lightning_viz.functional.gradcam import (
+    PROBABILITIES,
     OutputTransform,
     class_maps,
     pixel_shares,
+    probabilities_of,
     segmented_classes,
 )
 from lightning_viz.functional.images import (
@@ -130,6 +133,7 @@ class ClassView(ProbeCallback):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -159,6 +163,7 @@ class ClassView(ProbeCallback):
                 f"`output_transform` must be None or a callable, got {output_transform!r}"
             )
         self.output_transform = output_transform
+        self.probability = check_choice("probability", probability, PROBABILITIES)
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
         self._outputs_class_maps = False
@@ -250,11 +255,23 @@ class ClassView(ProbeCallback):
 
     @property
     def explained_quantity(self) -> str:
-        """What the maps explain of the class: its softmax probability, or, for a segmentation
-        model, its score summed over the pixels predicted as it (their probability saturates:
-        a sum over thousands of pixels is certain whatever the image shows), or a model's one
-        output as it is (the softmax of one output is 1 whatever the image)."""
-        return "score" if self._outputs_class_maps or self._single_output else "probability"
+        """What the maps explain of the class: its probability (``probability``), or, for a
+        segmentation model, its score summed over the pixels predicted as it (their probability
+        saturates: a sum over thousands of pixels is certain whatever the image shows), or a
+        model's one output as it is (the softmax of one output is 1 whatever the image)."""
+        one_softmax = self._single_output and self.probability == "softmax"
+        return "score" if self._outputs_class_maps or one_softmax else "probability"
+
+    def measured(self, scores: torch.Tensor) -> torch.Tensor:
+        """What the maps explain of (N, K) class ``scores``: :attr:`explained_quantity`, by
+        ``probability`` (the functional views' ``probabilities=``: :meth:`measure_as`)."""
+        return probabilities_of(scores, self.measure_as)
+
+    @property
+    def measure_as(self) -> bool | str:
+        """The ``probabilities=`` of the functional views: ``probability``, or False where the
+        explained quantity is a score."""
+        return self.probability if self.explained_quantity == "probability" else False
 
     def _explained_class(self, targets: torch.Tensor | int | None) -> str:
         if self._single_output:
@@ -284,12 +301,17 @@ class ClassView(ProbeCallback):
             confidence = shares.gather(1, captioned[:, None])[:, 0]
             headers = "predicted on most pixels | share of pixels predicted as the explained class"
         elif self._single_output:
-            outputs = logits[:, 0].cpu().tolist()
-            table = ["| probe | output |", "|---|---|"]
+            outputs = self.measured(logits)[:, 0].cpu().tolist()
+            if self.explained_quantity == "probability":  # a single-logit binary classifier
+                table = ["| probe | probability |", "|---|---|"]
+                captions = [f"p {value:.0%}" for value in outputs]
+            else:
+                table = ["| probe | output |", "|---|---|"]
+                captions = [f"out {value:.3g}" for value in outputs]
             table += [f"| {i} | {value:.4g} |" for i, value in enumerate(outputs)]
-            return image_captions, [f"out {value:.3g}" for value in outputs], "\n".join(table)
+            return image_captions, captions, "\n".join(table)
         else:
-            confidence, predicted = logits.softmax(dim=1).max(dim=1)
+            confidence, predicted = self.measured(logits).max(dim=1)
             captioned, headers = predicted, "predicted | probability"
         confidence_list = confidence.tolist()
         map_captions = [
@@ -421,7 +443,7 @@ class ClassView(ProbeCallback):
                 for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,
-                        output_transform=self._transform,
+                        output_transform=self._transform, probabilities=self.probability,
                     )  # fmt: skip
                     found[f"{method}|{key}"] = curves.deletion_auc
                     if key == "deletion":

@@ -70,6 +70,10 @@ class GradCAMLogger(ClassView):
             (N, K, H, W) each class's score summed over the pixels predicted as it. A model
             that returns an image the size of its input (an autoencoder) shows nothing with a
             notice unless you pass one.
+        probability: how the scores become the probabilities in the captions and the text
+            (and in occlusion, LIME and the faithfulness score): ``"softmax"`` (default, one
+            class per image) or ``"sigmoid"`` (each class on its own: a multi-label model, or a
+            single-logit binary classifier, trained with ``BCEWithLogitsLoss``).
         scores: the trust scores logged beside the maps: True for all, False for none, or
             names from ``"stability"`` (no extra cost), ``"sanity"`` (the Grad-CAM pass once
             more, with the upper half of the network re-initialized: under half a training
@@ -147,6 +151,7 @@ class GradCAMLogger(ClassView):
         alpha: float = 0.5,
         guided: bool = False,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -163,6 +168,7 @@ class GradCAMLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            probability=probability,
             scores=scores,
             on_alert=on_alert,
             strict=strict,

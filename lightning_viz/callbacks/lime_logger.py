@@ -66,7 +66,8 @@ class LIMELogger(ClassView):
             class's probability, blue ones lower it).
         alpha: map opacity over the probe.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            probability, scores, on_alert, strict, budget: as in
+            :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); probes that do not fit the model, labels
@@ -124,6 +125,7 @@ class LIMELogger(ClassView):
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -139,6 +141,7 @@ class LIMELogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            probability=probability,
             scores=scores,
             on_alert=on_alert,
             strict=strict,
@@ -200,7 +203,7 @@ class LIMELogger(ClassView):
             output_transform=self._transform,
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
-            probabilities=self.explained_quantity == "probability",
+            probabilities=self.measure_as,
         )
 
     @override

@@ -45,7 +45,8 @@ class OcclusionLogger(ClassView):
         max_batch: the most occluded images per forward (memory: that many images'
             activations); default 64 on a CPU, 256 on an accelerator.
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            probability, scores, on_alert, strict, budget: as in
+            :class:`~lightning_viz.GradCAMLogger`.
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
             lowers the probability, blue where it raises it).
         alpha: heatmap opacity over the probe.
@@ -101,6 +102,7 @@ class OcclusionLogger(ClassView):
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -116,6 +118,7 @@ class OcclusionLogger(ClassView):
             cmap=cmap,
             alpha=alpha,
             output_transform=output_transform,
+            probability=probability,
             scores=scores,
             on_alert=on_alert,
             strict=strict,
@@ -162,7 +165,7 @@ class OcclusionLogger(ClassView):
             output_transform=self._transform,
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
-            probabilities=self.explained_quantity == "probability",
+            probabilities=self.measure_as,
         )
 
     @override

@@ -76,7 +76,8 @@ class SaliencyLogger(ClassView):
             SmoothGrad, ``"RdBu_r"`` (red for, blue against the class) for the signed methods.
         alpha: map opacity over the probe (1: the map alone).
         target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            scores, on_alert, strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            probability, scores, on_alert, strict, budget: as in
+            :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); probes that do not fit the model or labels
@@ -134,6 +135,7 @@ class SaliencyLogger(ClassView):
         cmap: str | None = None,
         alpha: float = 0.85,
         output_transform: OutputTransform | None = None,
+        probability: str = "softmax",
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -153,6 +155,7 @@ class SaliencyLogger(ClassView):
             cmap=cmap or ("RdBu_r" if self.signed else "inferno"),
             alpha=alpha,
             output_transform=output_transform,
+            probability=probability,
             scores=scores,
             on_alert=on_alert,
             strict=strict,

@@ -50,6 +50,30 @@ def class_scores(output: Any) -> Tensor:
     return scores
 
 
+PROBABILITIES = ("softmax", "sigmoid")
+"""How class scores become probabilities: a softmax over the classes (one class per image), or
+each score's sigmoid (every class on its own: multi-label models, single-logit binary
+classifiers, trained with ``BCEWithLogitsLoss``)."""
+
+
+def probabilities_of(scores: Tensor, probabilities: bool | str = True) -> Tensor:
+    """(N, K) float32 probabilities of (N, K) class scores by ``probabilities``, one of
+    :data:`PROBABILITIES` (True: ``"softmax"``); the scores as they are for False.
+
+    Raises:
+        ValueError: ``probabilities`` none of these.
+    """
+    kind = "softmax" if probabilities is True else probabilities
+    if kind is not False and kind not in PROBABILITIES:
+        raise ValueError(
+            f"`probabilities` must be True, False or one of {PROBABILITIES}, got {probabilities!r}"
+        )
+    scores = scores.float()
+    if kind == "sigmoid":
+        return scores.sigmoid()
+    return scores.softmax(dim=1) if kind == "softmax" else scores
+
+
 def class_maps(output: Any) -> Tensor | None:
     """The (N, K, H, W) per-pixel class scores of a segmentation model's output, in the shapes
     :func:`class_scores` reads; None for any other output."""

@@ -28,7 +28,7 @@ from lightning_viz.functional._validation import (
     check_pair,
     target_index,
 )
-from lightning_viz.functional.gradcam import OutputTransform, class_scores
+from lightning_viz.functional.gradcam import OutputTransform, class_scores, probabilities_of
 
 KERNEL_WIDTH = 0.25
 """Width of the exponential kernel on the cosine distance to the whole image (lime_image's)."""
@@ -93,7 +93,7 @@ def lime(
     output_transform: OutputTransform = class_scores,
     forward: Forward | None = None,
     max_batch: int | None = None,
-    probabilities: bool = True,
+    probabilities: bool | str = True,
 ) -> LimeExplanation:
     """LIME's segment weights for each image's target class.
 
@@ -122,7 +122,8 @@ def lime(
         output_transform: turns the model's output into (N, num_classes) scores.
         forward: how to run the model when not ``model(x)``.
         max_batch: the most variants per forward; None: 64 on a CPU, 256 elsewhere.
-        probabilities: fit the softmax probability (True) or the raw score.
+        probabilities: fit the softmax probability (True or ``"softmax"``), each class's
+            sigmoid (``"sigmoid"``: a multi-label model) or the raw score (False).
 
     Returns:
         a :class:`LimeExplanation`.
@@ -163,7 +164,7 @@ def lime(
             variant = images[image].float() * shown + baseline * (1 - shown)
             variant = variant.round().clamp(0, 255) if images.dtype == torch.uint8 else variant
             scores = check_logits(output_transform(run(variant.to(images.dtype))), len(chunk))
-            scores = scores.float().softmax(dim=1) if probabilities else scores.float()
+            scores = probabilities_of(scores, probabilities)
             fitted.append(scores.gather(1, index[image, None])[:, 0])
     target = torch.cat(fitted).view(n, samples)
     visible = masks.sum(dim=2)

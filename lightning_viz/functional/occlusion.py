@@ -16,7 +16,7 @@ from lightning_viz.functional._validation import (
     check_pair,
     target_index,
 )
-from lightning_viz.functional.gradcam import OutputTransform, class_scores
+from lightning_viz.functional.gradcam import OutputTransform, class_scores, probabilities_of
 
 
 def occlusion_windows(
@@ -44,7 +44,7 @@ def occlusion(
     window: int | Sequence[int] = 8,
     stride: int | Sequence[int] = 4,
     baseline: float = 0.0,
-    probabilities: bool = True,
+    probabilities: bool | str = True,
     output_transform: OutputTransform = class_scores,
     forward: Forward | None = None,
     max_batch: int | None = None,
@@ -67,7 +67,8 @@ def occlusion(
         window: the patch's (height, width), or one side for a square.
         stride: pixels between patch positions, (vertical, horizontal) or one for both.
         baseline: the value hidden pixels take.
-        probabilities: measure the softmax probability (True) or the raw score.
+        probabilities: measure the softmax probability (True or ``"softmax"``), each class's
+            sigmoid (``"sigmoid"``: a multi-label model) or the raw score (False).
         output_transform: turns the model's output into (N, num_classes) scores.
         forward: how to run the model when not ``model(x)``.
         max_batch: the most occluded images per forward (memory: that many images'
@@ -100,8 +101,9 @@ def occlusion(
     run = forward or model
 
     def scores(batch: Tensor) -> Tensor:
-        output = check_logits(output_transform(run(batch)), len(batch)).float()
-        return output.softmax(dim=1) if probabilities else output
+        return probabilities_of(
+            check_logits(output_transform(run(batch)), len(batch)), probabilities
+        )
 
     with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
         reference = scores(images)

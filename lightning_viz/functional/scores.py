@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_viz.functional._capture import Forward, hooked_forward
 from lightning_viz.functional._pass import default_max_batch, untouched_rng
 from lightning_viz.functional._validation import check_int, check_logits, target_index
-from lightning_viz.functional.gradcam import OutputTransform, class_scores
+from lightning_viz.functional.gradcam import OutputTransform, class_scores, probabilities_of
 
 T = TypeVar("T")
 
@@ -282,13 +282,15 @@ def deletion_insertion(
     output_transform: OutputTransform = class_scores,
     forward: Forward | None = None,
     max_batch: int | None = None,
+    probabilities: bool | str = True,
 ) -> Curves:
     """Deletion and insertion curves of (N, H, W) ``maps`` (Petsiuk et al., RISE, 2018): pixels
     ranked by the map (highest first, ties by position) are set to ``baseline`` (all channels) a
-    ``1 / steps`` share at a time, and the softmax probability of the target class is read after
-    each; insertion starts from the baseline image and puts them back in the same order. Every
-    step of every image is one row of batched forwards of at most ``max_batch`` images, without
-    gradients; run the model in eval mode.
+    ``1 / steps`` share at a time, and the probability of the target class (``probabilities``:
+    True or ``"softmax"``, ``"sigmoid"`` for a multi-label model) is read after each; insertion
+    starts from the baseline image and puts them back in the same order. Every step of every
+    image is one row of batched forwards of at most ``max_batch`` images, without gradients; run
+    the model in eval mode.
 
     A map that ranks the evidence first makes the deletion curve fall fast (a low AUC) and the
     insertion curve rise fast (a high one); compare with a random order (:func:`random_maps`).
@@ -317,7 +319,7 @@ def deletion_insertion(
         curves = []
         for inserting in (False, True):
             rows = torch.arange(n * (steps + 1), device=images.device)
-            probabilities = []
+            read = []
             for chunk in rows.split(max_batch):
                 image, step = chunk // (steps + 1), chunk % (steps + 1)
                 # a pixel is hidden at step s when its rank is below the step's count
@@ -327,8 +329,9 @@ def deletion_insertion(
                 hidden = hidden.view(-1, 1, *images.shape[-2:]).float()
                 batch = images[image].float() * (1 - hidden) + baseline * hidden
                 scores = check_logits(output_transform(run(batch.to(images.dtype))), len(chunk))
-                probabilities.append(scores.float().softmax(dim=1).gather(1, index[image][:, None]))
-            curves.append(torch.cat(probabilities)[:, 0].view(n, steps + 1))
+                probability = probabilities_of(scores, probabilities)
+                read.append(probability.gather(1, index[image][:, None]))
+            curves.append(torch.cat(read)[:, 0].view(n, steps + 1))
     deletion, insertion = curves
     return Curves(deletion, insertion, _area(deletion), _area(insertion))
 

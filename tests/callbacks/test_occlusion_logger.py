@@ -132,3 +132,51 @@ def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_pat
     assert max(drops) > 0
     pixels = image_pixels(events.Images("gradcam/model.1")[-1])
     assert_caption(pixels, f"out {outputs[0].item():.3g}", x=6 + 98, y=6, width=96)
+
+
+class MultiLabel(pl.LightningModule):
+    """Four independent yes/no classes per image (sigmoids, BCEWithLogitsLoss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+            torch.nn.Flatten(), torch.nn.Linear(128, 4),
+        )  # fmt: skip
+
+    def forward(self, images):
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        return torch.nn.functional.binary_cross_entropy_with_logits(self(images), targets)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
+    """Captions and the table gave the softmax over four independent classes (31% where each
+    sigmoid said 50%), and occlusion measured that softmax."""
+    images = torch.rand(32, 1, 16, 16)
+    data = DataLoader(TensorDataset(images, (torch.rand(32, 4) > 0.5).float()), batch_size=8)
+    logger = OcclusionLogger(probability="sigmoid", strict=True)
+    gradcam = GradCAMLogger(probability="sigmoid", strict=True)
+    module = MultiLabel()
+    make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
+    events = read_events(tmp_path)
+    with torch.no_grad():
+        probability, predicted = module.eval()(logger.probes.images).sigmoid().max(dim=1)
+    rows = text_rows(events, "gradcam/model.1/targets")
+    assert [int(row[2]) for row in rows] == predicted.tolist()
+    assert [float(row[3]) for row in rows] == pytest.approx(probability.tolist(), abs=5e-3)
+    pixels = image_pixels(events.Images("gradcam/model.1")[-1])
+    caption = f"pred {predicted[0]} {probability[0]:.0%}"
+    assert_caption(pixels, caption, x=6 + 98, y=6, width=96)
+    expected = occlusion(
+        module, logger.probes.images, predicted, window=4, stride=2, probabilities="sigmoid"
+    )
+    drops = [float(row[4]) for row in text_rows(events, "occlusion/sensitivity/targets")]
+    assert drops == pytest.approx(expected.flatten(1).amax(dim=1).tolist(), abs=1e-3)
+    with pytest.raises(ValueError, match="`probability` must be one of"):
+        GradCAMLogger(probability="softmax2")

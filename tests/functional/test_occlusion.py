@@ -45,6 +45,17 @@ def test_raw_scores_and_a_baseline_match_captum(vgg11, images):
     assert relative_error(ours, expected[:, 0]) < 1e-3
 
 
+def test_a_multi_label_models_sigmoid_matches_captum(resnet18, images):
+    ours = occlusion(resnet18, images, 2, window=16, stride=16, probabilities="sigmoid")
+    expected = Occlusion(lambda x: resnet18(x).sigmoid()).attribute(
+        images, sliding_window_shapes=(3, 16, 16), strides=(3, 16, 16), target=2
+    )
+    assert expected.abs().max() > 0
+    assert relative_error(ours, expected[:, 0]) < 1e-3
+    with pytest.raises(ValueError, match="`probabilities` must be True, False or one of"):
+        occlusion(resnet18, images, 2, window=16, stride=16, probabilities="sigmoids")
+
+
 def test_windows_cover_every_pixel_and_are_cut_at_the_border():
     masks = occlusion_windows((10, 7), (4, 3), (3, 3))
     # rows start at 0, 3, 6 (the last cut to 6..9); columns at 0, 3, 6 (the last to 6)
