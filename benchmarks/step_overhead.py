@@ -10,8 +10,8 @@ measurement. On a GPU, steps the monitor does not sample run under
 
 Mean step times of separate runs differ by several percent on a shared machine, more than the
 default cadence costs (two sampled steps in a hundred). So the default cadence is also measured
-within its own runs ("paired"): each sampled step and the steps right after it (where the
-background writer's histograms compete for the CPU), against the median of the unsampled steps
+within its own runs ("paired"): each sampled step and the steps right after it (where what
+the sample left behind may still cost), against the median of the unsampled steps
 just before, as a share of the steps between two samples.
 """
 

@@ -281,7 +281,7 @@ class RunContext:
             category: {chart: ["Multiline", regexes] for chart, regexes in charts.items()}
             for category, charts in layout.items()
         }
-        self.background.submit("custom scalars layout", lambda: writer.add_custom_scalars(layout))
+        self.background.run_here("custom scalars layout", lambda: writer.add_custom_scalars(layout))
 
 
 def is_last_epoch(trainer: pl.Trainer) -> bool:
@@ -344,8 +344,8 @@ class VizCallback(*CALLBACK_BASES):
     """Base of the lightning-viz callbacks: they decide when to compute and where to log.
 
     Scalars go to every attached logger's ``log_metrics``; images, histograms and text go to the
-    first TensorBoardLogger's SummaryWriter on global rank 0, written by a background thread
-    (PNG encoding included) so that training goes on meanwhile. Every entry's step is
+    first TensorBoardLogger's SummaryWriter on global rank 0, images by a background thread (PNG
+    encoding included) so that training goes on meanwhile. Every entry's step is
     ``trainer.global_step``.
 
     Cost: each callback measures the wall-clock time it keeps the training thread busy (host
@@ -658,23 +658,26 @@ class VizCallback(*CALLBACK_BASES):
             for logger in trainer.loggers:
                 logger.log_metrics(dict(metrics), step=step)
 
-    def write(self, trainer: pl.Trainer, what: str, job: Callable[[Any], None]) -> None:
-        """Run ``job(summary_writer)`` on the background writer (rank 0, with a TensorBoardLogger
-        attached; else nothing): the training thread goes on while it runs. ``job`` must hold
-        all it writes, the step included."""
+    def write(
+        self, trainer: pl.Trainer, what: str, job: Callable[[Any], None], image: bool = False
+    ) -> None:
+        """Run ``job(summary_writer)`` (rank 0, with a TensorBoardLogger attached; else
+        nothing): an ``image``'s on the background writer, so that the training thread goes on
+        while it is encoded (``job`` must then hold all it writes, the step included), any
+        other write here (see :class:`~lightning_viz.callbacks.background.BackgroundWriter`)."""
         writer = self.writer(trainer)
         if writer is None:
             return
         self._report_write_errors(trainer)
-        RunContext.of(trainer).background.submit(what, lambda: job(writer))
+        background = RunContext.of(trainer).background
+        (background.submit if image else background.run_here)(what, lambda: job(writer))
 
     def log_histogram(
         self, trainer: pl.Trainer, tag: str, histogram: Tensor, step: int | None = None
     ) -> None:
         """Log a histogram counted on the device and moved to the host already: (2 + B,), its
         min, max and B equal-width bin counts (``ActivationReductions.histogram``), at ``step``
-        (default: the current global step). The background writer turns it into TensorBoard's
-        summary."""
+        (default: the current global step)."""
         step = trainer.global_step if step is None else step
         self.write(trainer, tag, lambda writer: write_histogram(writer, tag, histogram, step))
 
@@ -703,7 +706,7 @@ class VizCallback(*CALLBACK_BASES):
                 copied.synchronize()
             add_png(writer, tag, pixels.numpy(), step)
 
-        self.write(trainer, tag, add_image)
+        self.write(trainer, tag, add_image, image=True)
         for logger in wandb:
             if copied is not None:
                 copied.synchronize()
