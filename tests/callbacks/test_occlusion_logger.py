@@ -89,22 +89,24 @@ def test_a_window_larger_than_the_probes_fails_at_fit_start(tmp_path):
         fit(DigitsClassifier(), [OcclusionLogger(window=40)], tmp_path, epochs=1)
 
 
-class Regressor(pl.LightningModule):
-    """A CNN with one output, regressing each image's mean brightness."""
+class Scorer(pl.LightningModule):
+    """A small CNN with ``outputs`` scores per image, trained with ``loss`` on them (a regression
+    has one output and the MSE; a multi-label model one per class and BCEWithLogitsLoss)."""
 
-    def __init__(self):
+    def __init__(self, outputs, loss):
         super().__init__()
         self.model = torch.nn.Sequential(
             torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-            torch.nn.Flatten(), torch.nn.Linear(128, 1),
+            torch.nn.Flatten(), torch.nn.Linear(128, outputs),
         )  # fmt: skip
+        self.loss = loss
 
     def forward(self, images):
         return self.model(images)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        return torch.nn.functional.mse_loss(self(images)[:, 0], targets)
+        return self.loss(self(images), targets)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -114,9 +116,9 @@ def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_pat
     """A regression head's captions said "pred 0 100%" (the softmax of one output), and the
     occlusion of that probability was 0 everywhere."""
     images = torch.rand(32, 1, 16, 16)
-    data = DataLoader(TensorDataset(images, images.mean(dim=(1, 2, 3))), batch_size=8)
+    data = DataLoader(TensorDataset(images, images.mean(dim=(1, 2, 3))[:, None]), batch_size=8)
     logger, gradcam = OcclusionLogger(strict=True), GradCAMLogger(strict=True)
-    module = Regressor()
+    module = Scorer(1, torch.nn.functional.mse_loss)
     make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
     events = read_events(tmp_path)
     with torch.no_grad():
@@ -134,27 +136,6 @@ def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_pat
     assert_caption(pixels, f"out {outputs[0].item():.3g}", x=6 + 98, y=6, width=96)
 
 
-class MultiLabel(pl.LightningModule):
-    """Four independent yes/no classes per image (sigmoids, BCEWithLogitsLoss)."""
-
-    def __init__(self):
-        super().__init__()
-        self.model = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-            torch.nn.Flatten(), torch.nn.Linear(128, 4),
-        )  # fmt: skip
-
-    def forward(self, images):
-        return self.model(images)
-
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        return torch.nn.functional.binary_cross_entropy_with_logits(self(images), targets)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
     """Captions and the table gave the softmax over four independent classes (31% where each
     sigmoid said 50%), and occlusion measured that softmax."""
@@ -162,7 +143,7 @@ def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
     data = DataLoader(TensorDataset(images, (torch.rand(32, 4) > 0.5).float()), batch_size=8)
     logger = OcclusionLogger(probability="sigmoid", strict=True)
     gradcam = GradCAMLogger(probability="sigmoid", strict=True)
-    module = MultiLabel()
+    module = Scorer(4, torch.nn.functional.binary_cross_entropy_with_logits)
     make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
     events = read_events(tmp_path)
     with torch.no_grad():
