@@ -289,8 +289,8 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         found = (
             ""
             if images is None
-            else f" (its inputs have shape {tuple(images.shape)}: 1-D signals and 3-D volumes "
-            "are not supported)"
+            else f" (its inputs have shape {tuple(images.shape)}, not (N, C, H, W): 1-D signals "
+            "and 3-D volumes are not supported, images need a channel dimension)"
         )
         raise ValueError(
             f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}{found}; "

@@ -246,6 +246,7 @@ class ActivationMonitor(VizCallback):
         self._flush_every = 1
         self._calls: dict[str, int] = {}
         self._hooked = False
+        self._other_output: tuple[str, tuple[int, ...]] | None = None  # a watched non-4-D one
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
         self._seen: dict[str, int] = {}
@@ -266,7 +267,7 @@ class ActivationMonitor(VizCallback):
             return
         self._batches_seen = 0
         self._pending, self._flush_every, self._problems = [], 1, []
-        self._other_output: tuple[str, tuple[int, ...]] | None = None  # a watched non-4-D one
+        self._other_output = None
         source = type(self).__name__
         compiled = compiled_parts(pl_module)
         if compiled:

@@ -1,4 +1,4 @@
-"""The background writer: TensorBoard writes (PNG encoding above all) off the training thread."""
+"""The background writer: image writes (their PNG encoding) off the training thread."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class RunContext:
       layers (:meth:`record_call_order`);
     - the alert total logged as ``alerts/count``, and the rows of the current step's alert table;
     - the :class:`~lightning_viz.callbacks.background.BackgroundWriter` that writes their
-      images, histograms and texts off the training thread;
+      images off the training thread;
     - the :class:`~lightning_viz.callbacks.cost.CostMeter` of what they cost, which their
       ``budget`` is kept against.
 
@@ -125,15 +125,20 @@ class RunContext:
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
+        self.write_held_table()
+
+    def write_held_table(self) -> None:
+        """Write the alert table held (:meth:`write_alert_table`), if any."""
         if self.held_table is not None:
             write, self.held_table = self.held_table, None
             write()
 
     def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer, table: str) -> None:
-        """Hold the step's alert table so far, to be written once, whole, when the next batch
-        starts or the fit ends (:meth:`release_notices`): each callback that alerts at a step
-        adds its rows, and writing each one's table showed growing copies in the Text tab
-        (eight at the first step, three at the first validation of the default views)."""
+        """Hold the step's alert table so far, to be written whole when the next batch starts,
+        the fit ends (:meth:`release_notices`) or a row of a later step comes: each callback
+        that alerts at a step adds its rows, and writing each one's table showed growing copies
+        in the Text tab (eight at the first step, three at the first validation of the default
+        views)."""
         step = trainer.global_step
         self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, table, step=step)
 
@@ -151,6 +156,7 @@ class RunContext:
         """Add a raised or cleared alert to its step's rows; the markdown table of that step
         (TensorBoard's Text tab shows one entry per step and tag: every row of the step)."""
         if self.alert_rows and self.alert_rows[0][1].step != alert.step:
+            self.write_held_table()  # an earlier step's rows, not released yet
             self.alert_rows = []
         self.alert_rows.append((status, alert))
         return tags.alert_table(
@@ -423,12 +429,14 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restored = False
-        if stage == "fit":
-            self._last_fit = (weakref.ref(pl_module), trainer.global_step)
+        context = RunContext.of(trainer)
+        if stage == "fit":  # a fit that the alerts stopped starts afresh if fit again
+            stopped = context.stopped_at is not None
+            self._last_fit = None if stopped else (weakref.ref(pl_module), trainer.global_step)
         if self._not_shown is not None:  # said once; here when the fit loop never started
             self._notice_not_shown(trainer)
-        RunContext.of(trainer).stop_recording(final=True)
-        RunContext.of(trainer).release_notices()
+        context.stop_recording(final=True)
+        context.release_notices()
         self.finish_writes(trainer, close=True)
 
     @override
@@ -451,13 +459,14 @@ class VizCallback(*CALLBACK_BASES):
 
     def finish_writes(self, trainer: pl.Trainer, close: bool) -> None:
         """Wait for the background writes (and stop the writer's thread with ``close``); a
-        write that failed becomes a ``failed`` alert."""
-        background = RunContext.of(trainer).background
+        write that failed becomes a ``failed`` alert, in an alert table written now."""
+        context = RunContext.of(trainer)
         if close:
-            background.close()
+            context.background.close()
         else:
-            background.flush()
+            context.background.flush()
         self._report_write_errors(trainer)
+        context.write_held_table()
 
     def _report_write_errors(self, trainer: pl.Trainer) -> None:
         for what, error in RunContext.of(trainer).background.take_errors():

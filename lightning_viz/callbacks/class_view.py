@@ -215,6 +215,14 @@ class ClassView(ProbeCallback):
                 f"{source}: target='label' needs probes with labels; pass "
                 "Probes(images, labels) or target='pred'"
             )
+        if self._single_output:  # one output to explain, whatever the labels are
+            if self.target == "label":
+                raise ValueError(
+                    f"{source}: target='label' needs a score per class, and the model has one "
+                    "output; leave target unset to explain that output"
+                )
+            self._labels_are_classes = False
+            return
         labels = probes.labels
         self._labels_are_classes = labels is not None and bool(
             labels.min() >= 0 and labels.max() < classes

@@ -221,7 +221,6 @@ class FilterMonitor(VizCallback):
         self.reference_steps: dict[str, int] = {}
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
-        self._baseline_step: int | None = None  # this fit's baseline measurement, if it had one
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -299,7 +298,6 @@ class FilterMonitor(VizCallback):
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
         fresh = not self.initial
-        self._baseline_step = trainer.global_step if fresh else None
         # a resumed run's reference may lack layers watched now (other layers=, a newer version
         # watching more): they are compared with their weights at the resume
         for name, module in self._layers.items():
@@ -406,9 +404,9 @@ class FilterMonitor(VizCallback):
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],
-                network_cosine=(
+                network_cosine=(  # the first measurement after the layer's reference
                     network["step_cosine"]
-                    if self._baseline_step is not None and self.previous_step == self._baseline_step
+                    if self.previous_step == self.reference_steps.get(name, 0)
                     else None
                 ),
             )

@@ -63,11 +63,15 @@ def probabilities_of(scores: Tensor, probabilities: bool | str = True) -> Tensor
     Raises:
         ValueError: ``probabilities`` none of these.
     """
-    kind = "softmax" if probabilities is True else probabilities
-    if kind is not False and kind not in PROBABILITIES:
-        raise ValueError(
-            f"`probabilities` must be True, False or one of {PROBABILITIES}, got {probabilities!r}"
-        )
+    if isinstance(probabilities, str):
+        if probabilities not in PROBABILITIES:
+            raise ValueError(
+                f"`probabilities` must be True, False or one of {PROBABILITIES}, got "
+                f"{probabilities!r}"
+            )
+        kind = probabilities
+    else:
+        kind = "softmax" if probabilities else None
     scores = scores.float()
     if kind == "sigmoid":
         return scores.sigmoid()

@@ -25,7 +25,7 @@ from lightning_viz import (
 )
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
-from lightning_viz.testing import ImageClassifier, random_loader
+from lightning_viz.testing import ImageClassifier, digits_loaders, random_loader
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -441,7 +441,10 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
     assert len([line for line in no_images if "pass probes=" in line]) == 1
     assert f"{', '.join(views)}: cannot find" in no_images[0]
     # what they found instead, which no argument makes an image
-    shape = "(its inputs have shape (8, 8, 16): 1-D signals and 3-D volumes are not supported)"
+    shape = (
+        "(its inputs have shape (8, 8, 16), not (N, C, H, W): 1-D signals and 3-D volumes are "
+        "not supported, images need a channel dimension)"
+    )
     assert all(shape in line for line in no_images)
     assert any("EmbeddingLogger: in the validation loader, cannot find" in line for line in said)
     assert any(
@@ -517,3 +520,48 @@ def test_the_watching_line_says_when_the_probes_have_no_labels(tmp_path, caplog)
         "lightning-viz: watching filters of 1 conv layer (images of model.0), activations of 1 "
         "layer, Grad-CAM of model.1 on 8 unlabelled probes"
     )
+
+
+class AlertsEarlyAndLate(VizCallback):
+    """An alert at a batch start (as ActivationMonitor's over_budget at an epoch's last batch,
+    before the optimizer step), and one at epoch end, a step later."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if batch_idx == 2:
+            self.raise_alert(trainer, Finding("noisy_filters", "early", True, message="early"))
+
+    def epoch_end(self, trainer, pl_module):
+        self.raise_alert(trainer, Finding("not_learning", "late", True, message="late"))
+
+
+def test_a_held_alert_table_is_written_before_a_later_step_s_rows_replace_it(tmp_path):
+    callback = AlertsEarlyAndLate(on_alert=lambda alert: None)
+    fit(DigitsClassifier(), [callback], tmp_path, epochs=1, limit_train_batches=3, validate=False)
+    tables = read_events(tmp_path).Tensors("alerts/text_summary")
+    rows = {t.step: tags.parse_alert_table(t.tensor_proto.string_val[0].decode()) for t in tables}
+    assert {step: [row["layer"] for row in table] for step, table in rows.items()} == {
+        2: ["early"],
+        3: ["late"],
+    }
+
+
+class AlwaysExploding(VizCallback):
+    def epoch_end(self, trainer, pl_module):
+        self.raise_alert(trainer, Finding("exploding", "conv", True, message="still exploding"))
+
+
+def test_fit_again_after_the_alerts_stopped_training_raises_them_again(tmp_path):
+    """A continued fit keeps the callbacks' state, but not after a stop: the alert that stopped
+    the run was still active, so the second fit trained through it without a word."""
+    module = DigitsClassifier()
+    trainer = make_trainer(
+        tmp_path, [AlwaysExploding(on_alert="stop")], max_epochs=5, limit_train_batches=2
+    )
+    train, _ = digits_loaders()
+    trainer.fit(module, train)
+    assert trainer.current_epoch == 1
+    trainer.fit_loop.max_epochs = 10
+    with pytest.warns(UserWarning, match="still exploding"):
+        trainer.fit(module, train)
+    assert trainer.current_epoch == 2

@@ -598,3 +598,38 @@ def test_a_resume_without_the_monitors_state_counts_steps_from_its_reference(tmp
         (STEPS_PER_EPOCH, False),
         (2 * STEPS_PER_EPOCH, True),
     ]
+
+
+def test_a_resume_before_the_first_measurement_still_judges_it_by_the_network(
+    tmp_path, monkeypatch
+):
+    """The first measurement after the reference judges a layer's turn (``overwritten``) by the
+    network's median step cosine (a small-init stem turns more on its own); a checkpoint saved
+    before that measurement resumed without it."""
+    import lightning_viz.callbacks.filter_monitor as filter_monitor
+
+    judged, findings = [], filter_monitor.filter_findings
+
+    def spy(*args, **kwargs):
+        judged.append((kwargs["steps"], kwargs["network_cosine"] is not None))
+        return findings(*args, **kwargs)
+
+    monkeypatch.setattr(filter_monitor, "filter_findings", spy)
+    train, _ = digits_loaders()
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}"
+    )
+    monitor = FilterMonitor(on_alert=lambda alert: None)
+    first = make_trainer(
+        tmp_path / "a", [monitor, checkpoints], max_epochs=1, limit_train_batches=4,
+        enable_checkpointing=True,
+    )  # fmt: skip
+    first.fit(DigitsClassifier(), train)
+    resumed = FilterMonitor(on_alert=lambda alert: None)
+    judged.clear()
+    make_trainer(tmp_path / "b", [resumed], max_epochs=2, limit_train_batches=4).fit(
+        DigitsClassifier(), train, ckpt_path=tmp_path / "ckpt" / "step=2.ckpt"
+    )
+    assert resumed.previous_step == 8
+    assert set(judged[: len(CONVS)]) == {(4, True)}  # the first measurement, at step 4
+    assert set(judged[len(CONVS) :]) == {(8, False)}

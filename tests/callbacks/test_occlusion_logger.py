@@ -161,3 +161,29 @@ def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
     assert drops == pytest.approx(expected.flatten(1).amax(dim=1).tolist(), abs=1e-3)
     with pytest.raises(ValueError, match="`probability` must be one of"):
         GradCAMLogger(probability="softmax2")
+
+
+def test_a_single_logit_binary_classifier_with_labelled_probes_shows_its_probability(tmp_path):
+    """Labels 0 and 1 are no classes of a model with one output: given probes with them, the
+    fit failed at start ("labels must lie in [0, 1)")."""
+    images = torch.rand(32, 1, 16, 16)
+    labels = (images.mean(dim=(1, 2, 3)) > 0.5).long()
+
+    def bce(scores, targets):
+        return torch.nn.functional.binary_cross_entropy_with_logits(scores[:, 0], targets.float())
+
+    module = Scorer(1, bce)
+    logger = GradCAMLogger(probability="sigmoid", probes=Probes(images[:8], labels[:8]))
+    data = DataLoader(TensorDataset(images, labels), batch_size=8)
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(module, data)
+    with torch.no_grad():
+        probability = module.eval()(images[:8])[:, 0].sigmoid()
+    rows = text_rows(read_events(tmp_path), "gradcam/model.1/targets")
+    assert [float(row[1]) for row in rows] == pytest.approx(probability.tolist(), abs=1e-3)
+    pixels = image_pixels(read_events(tmp_path).Images("gradcam/model.1")[-1])
+    assert_caption(pixels, "true 1" if labels[0] else "true 0", x=6, y=6, width=96)
+    assert_caption(pixels, f"p {probability[0]:.0%}", x=6 + 98, y=6, width=96)
+    with pytest.raises(ValueError, match="target='label' needs a score per class"):
+        make_trainer(tmp_path, [GradCAMLogger(target="label", probes=logger.probes)]).fit(
+            Scorer(1, bce), data
+        )
