@@ -86,7 +86,8 @@ class RunContext:
         self.no_tensorboard_said = False
         self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
-        self.held_notices: list[tuple[Alert, OnAlert]] | None = None  # while the fit starts
+        # while the fit starts or a validation runs
+        self.held_notices: list[tuple[Alert, OnAlert]] | None = None
         self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
         self.stopped_at: int | None = None  # the step whose alerts stopped training
         self._recording: list[str] = []
@@ -98,7 +99,7 @@ class RunContext:
         them live."""
         if self.started_callbacks:
             return
-        self.held_notices = []
+        self.hold_notices()
         board = next((lg for lg in trainer.loggers if isinstance(lg, TENSORBOARD_LOGGERS)), None)
         where = (
             f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
@@ -118,6 +119,12 @@ class RunContext:
         watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
         rank_zero_info(f"lightning-viz: watching {', '.join(watched) or 'nothing'}")
         self.release_notices()
+
+    def hold_notices(self) -> None:
+        """Hold the notices raised from now on, to be said together by :meth:`release_notices`
+        (also while the fit starts: :meth:`starting`)."""
+        if self.held_notices is None:
+            self.held_notices = []
 
     def release_notices(self) -> None:
         """Deliver the notices held while the fit started, alike ones together, and hold no
@@ -529,7 +536,16 @@ class VizCallback(*CALLBACK_BASES):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        RunContext.of(trainer).stop_recording()  # a validation forward is no training batch's
+        context = RunContext.of(trainer)
+        context.stop_recording()  # a validation forward is no training batch's
+        if context.callbacks(trainer)[0] is self:
+            context.hold_notices()  # the validation views' notices, said together at its end
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        context = RunContext.of(trainer)
+        if context.callbacks(trainer)[-1] is self:
+            context.release_notices()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

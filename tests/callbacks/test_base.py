@@ -446,7 +446,10 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
         "not supported, images need a channel dimension)"
     )
     assert all(shape in line for line in no_images)
-    assert any("EmbeddingLogger: in the validation loader, cannot find" in line for line in said)
+    # the validation views' notices at the first validation: said together too
+    validation = [line for line in said if "in the validation loader, cannot find" in line]
+    assert len(validation) == 1
+    assert "EmbeddingLogger, TopPatchesLogger: in the validation loader" in validation[0]
     assert any(
         "ActivationMonitor: none of the 1 watched activation modules returned a 4-D (N, C, H, W) "
         "feature map ('net.1' returned (8, 16, 14): token maps, 1-D signals and 3-D volumes are "
