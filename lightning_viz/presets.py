@@ -25,8 +25,7 @@ from lightning_viz.callbacks import (
 )
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.callbacks.class_view import ClassView
-from lightning_viz.callbacks.validation_view import BatchToImages
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 DEFAULT_BUDGET = 0.02
 """The share of training time :func:`default_callbacks` may take together."""
@@ -69,10 +68,10 @@ def default_callbacks(
         forward_fn: how the probe views run the model on a batch of images,
             ``forward_fn(pl_module, images)`` (a GAN's discriminator, a model with other inputs
             fixed inside it); default ``pl_module(images)``.
-        batch_to_images: where the validation views find the images and labels in a batch
-            that is not a tensor or an ``(images, labels, ...)`` sequence. The probe views'
-            probes from such batches: ``probes=Probes.from_dataloader(loader,
-            batch_to_images=...)``.
+        batch_to_images: where every view finds the images and labels in a batch that is not
+            a tensor, an ``(images, labels, ...)`` sequence or a dict (the probe views, to pick
+            their probes from the data; the validation views, in every validation batch):
+            ``batch_to_images(batch)`` returns the images or ``(images, labels)``.
         probability: how the views that explain a class read its probability: ``"softmax"``
             (one class per image) or ``"sigmoid"`` (a multi-label model, or a single-logit
             binary classifier, trained with ``BCEWithLogitsLoss``); see ``GradCAMLogger``.
@@ -93,6 +92,7 @@ def default_callbacks(
         view(
             probes=probes,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             on_alert=on_alert,
             budget=budget,
             **({"probability": probability} if issubclass(view, ClassView) else {}),

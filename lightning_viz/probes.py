@@ -22,6 +22,12 @@ _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 
 
+BatchToImages = Callable[[Any], Tensor | tuple[Tensor, Tensor | None]]
+"""Where the images (and labels) are in a batch that is not a tensor, an ``(images, labels,
+...)`` sequence or a dict: ``batch_to_images(batch)`` returns the (N, C, H, W) images, or
+``(images, labels)``."""
+
+
 class Probes:
     """A fixed set of probe images, with optional labels and display images.
 
@@ -167,7 +173,7 @@ class Probes:
         loader: Iterable,
         n: int | None = None,
         max_batches: int = 64,
-        batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]] | None = None,
+        batch_to_images: BatchToImages | None = None,
     ) -> Probes:
         """Pick ``n`` probes from a DataLoader, deterministically, without touching training's RNG.
 
@@ -294,8 +300,7 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         )
         raise ValueError(
             f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}{found}; "
-            "pass probes=Probes(images, labels) or Probes.from_dataloader(loader, "
-            "batch_to_images=...) instead"
+            "pass batch_to_images= to say where they are, or probes=Probes(images, labels)"
         )
     if labels is not None and (labels.shape != images.shape[:1] or labels.dtype.is_floating_point):
         labels = None
@@ -303,7 +308,7 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 
 
 def split_batch_with(
-    batch_to_images: Callable[[Any], Tensor | tuple[Tensor, Tensor | None]],
+    batch_to_images: BatchToImages,
 ) -> Callable[[Any], tuple[Tensor, Tensor | None]]:
     def split(batch: Any) -> tuple[Tensor, Tensor | None]:
         found = batch_to_images(batch)

@@ -444,6 +444,43 @@ def test_default_callbacks_take_forward_fn_for_every_probe_view(tmp_path):
     assert all(v._split(batch)[1].tolist() == [3, 4] for v in views)
 
 
+class NestedLoader:
+    """Batches whose images and labels sit in nested dicts, which no key or shape reveals."""
+
+    def __init__(self):
+        self.data = [
+            {"inputs": {"rgb": images()[i : i + 4]}, "meta": {"label": labels()[i : i + 4]}}
+            for i in range(0, 16, 4)
+        ]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+def classify_nested(net, batch):
+    return F.cross_entropy(net(batch["inputs"]["rgb"]), batch["meta"]["label"])
+
+
+def test_default_callbacks_take_batch_to_images_for_the_probe_views_too(tmp_path):
+    """Given to default_callbacks, it reached the validation views only: every probe view said
+    it could not find images and asked for probes=."""
+    callbacks = lightning_viz.default_callbacks(
+        batch_to_images=lambda b: (b["inputs"]["rgb"], b["meta"]["label"]), budget=None
+    )
+    net = nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    train(lambda: Task(net, classify_nested), NestedLoader, callbacks, tmp_path)
+    assert not [a for c in callbacks for a in c.alerts.raised if a.kind == "not_shown"]
+    probe_views = [c for c in callbacks if hasattr(c, "probes")]
+    assert len(probe_views) == 3
+    assert all(view.probes is probe_views[0].probes for view in probe_views)  # picked once
+    assert probe_views[0].probes.labels.tolist()[:3] == [0, 1, 2]  # one per class first
+    logged = read_events(tmp_path).Tags()["images"]
+    assert {tag.split("/")[0] for tag in logged} >= {"gradcam", "deconv", "activation_grid"}
+
+
 def test_sharded_strategies_get_notices_instead_of_a_hang(tmp_path):
     """Lightning's FSDP and DeepSpeed need a GPU; a CPU strategy with FSDP's name stands in for
     them, so this checks the decision, not FSDP itself."""

@@ -36,7 +36,7 @@ from lightning_viz.functional.images import (
     readable,
     to_uint8,
 )
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 SIGNED_CMAP = "RdBu_r"
 """The diverging colormap of layers whose maps have negative values (before their activation):
@@ -98,8 +98,8 @@ class ActivationGridLogger(ProbeCallback):
         drawn_probes: how many probes the image draws, the first ones (the text table lists
             every probe): a probe's block runs about 350 pixels down TensorBoard's card, and ten
             of them ran 3,500; None draws all.
-        probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict, budget:
-            as in :class:`~lightning_viz.GradCAMLogger`.
+        probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, on_alert,
+            strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
         cmap: the matplotlib colormap of non-negative maps (after a ReLU); a layer with
             negative values (before its activation) is shown in the diverging ``"RdBu_r"``,
             white at 0, so its negative responses are not clipped away.
@@ -157,6 +157,7 @@ class ActivationGridLogger(ProbeCallback):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "viridis",
         on_alert: OnAlert = "warn",
@@ -169,6 +170,7 @@ class ActivationGridLogger(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             on_alert=on_alert,
             strict=strict,

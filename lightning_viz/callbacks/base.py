@@ -57,8 +57,8 @@ SHARES_NAMED = 4
 class RunContext:
     """What the lightning-viz callbacks of one Trainer share, in one place.
 
-    - ``picked_probes``: probes picked from the data, by count, so that probe callbacks that were
-      not given probes look through the same images;
+    - ``picked_probes``: probes picked from the data, by count (and ``batch_to_images``), so
+      that probe callbacks that were not given probes look through the same images;
     - the custom-scalars layout of all of them, written once by whichever logs first after the
       first training batch (at the latest after the first epoch, so a subclass that overrides a
       hook cannot lose the dashboard), its sections in the order that batch's forward ran the
@@ -76,7 +76,7 @@ class RunContext:
     _of_trainer: ClassVar[weakref.WeakKeyDictionary[Any, RunContext]] = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
-        self.picked_probes: dict[int | None, Probes] = {}
+        self.picked_probes: dict[tuple[int | None, Any], Probes] = {}  # by count, batch_to_images
         self.layout_written = False
         self.alert_rows: list[tuple[str, Alert]] = []
         self.started_callbacks: set[int] = set()

@@ -20,7 +20,7 @@ from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 
 class CAMLogger(ClassView):
@@ -47,8 +47,8 @@ class CAMLogger(ClassView):
             ResNet, ``model.features`` of a DenseNet (after the ReLU its forward applies) or of
             ``DigitsCNN``. Give it when the search does not find it; its head must still be a
             global average and one linear layer.
-        target, probes, num_probes, every_n_epochs, forward_fn, class_names, cmap, alpha,
-            output_transform, probability, scores, on_alert, strict, budget: as in
+        target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, cmap,
+            alpha, output_transform, probability, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -97,6 +97,7 @@ class CAMLogger(ClassView):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "jet",
         alpha: float = 0.5,
@@ -118,6 +119,7 @@ class CAMLogger(ClassView):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             cmap=cmap,
             alpha=alpha,

@@ -61,7 +61,7 @@ from lightning_viz.functional.scores import (
     randomized_call,
     upper_half,
 )
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 Target = Literal["label", "pred"] | int | None
 
@@ -129,6 +129,7 @@ class ClassView(ProbeCallback):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "jet",
         alpha: float = 0.5,
@@ -145,6 +146,7 @@ class ClassView(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             on_alert=on_alert,
             strict=strict,

@@ -43,7 +43,7 @@ from lightning_viz.functional.scores import (
     upper_half,
 )
 from lightning_viz.functional.selection import evenly_spaced, first_features, follow_features
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 MAX_DEFAULT_LAYERS = 5
 EVOLUTION_CELL = 64
@@ -95,8 +95,8 @@ class DeconvLogger(ProbeCallback):
         scores: ``["sanity"]`` (or True) also projects the same channels through the network
             with the upper half of its parametrized layers re-initialized (one more projection
             pass per logged epoch); default none.
-        probes, num_probes, every_n_epochs, forward_fn, class_names, on_alert, strict, budget:
-            as in ``GradCAMLogger``.
+        probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, on_alert,
+            strict, budget: as in ``GradCAMLogger``.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers or channels, probes that do
@@ -157,6 +157,7 @@ class DeconvLogger(ProbeCallback):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
@@ -169,6 +170,7 @@ class DeconvLogger(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             on_alert=on_alert,
             strict=strict,

@@ -20,7 +20,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, class_names_of, in_training_precision
-from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
+from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional import grid
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import (
@@ -40,6 +40,7 @@ from lightning_viz.functional.embedding import (
 )
 from lightning_viz.functional.gradcam import on_the_scores_path
 from lightning_viz.functional.images import CARD_WIDTH, normalize, to_uint8
+from lightning_viz.probes import BatchToImages
 
 MAX_IMAGES = 5000
 """The most images an embedding may hold: TensorBoard's projector parses its text files in the

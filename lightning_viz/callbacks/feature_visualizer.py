@@ -28,7 +28,7 @@ from lightning_viz.functional.captions import counted, footnote, labelled_table,
 from lightning_viz.functional.feature_vis import PAD, visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 FIT_START = -1
 """The epoch recorded for the column rendered at fit start, before any training."""
@@ -77,7 +77,7 @@ class FeatureVisualizer(ProbeCallback):
         max_columns: the most renders the grid shows; when there are more, old ones are
             thinned evenly (the first and the last kept).
         seed: seeds the noise and the random transforms (render k uses ``seed + k``).
-        probes, num_probes, every_n_epochs, forward_fn, on_alert, strict, budget:
+        probes, num_probes, every_n_epochs, forward_fn, batch_to_images, on_alert, strict, budget:
             as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -137,6 +137,7 @@ class FeatureVisualizer(ProbeCallback):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
@@ -157,6 +158,7 @@ class FeatureVisualizer(ProbeCallback):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             on_alert=on_alert,
             strict=strict,
             budget=budget,

@@ -28,7 +28,7 @@ from lightning_viz.functional import (
 from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 
 class GradCAMLogger(ClassView):
@@ -57,6 +57,9 @@ class GradCAMLogger(ClassView):
             ``pl_module(images)``: a GAN's discriminator
             (``lambda gan, x: gan.discriminator(x)``), a LightningModule without ``forward()``.
             Layers are still named from ``pl_module.named_modules()``.
+        batch_to_images: where the probes picked from the data are in a batch that is not a
+            tensor, an ``(images, labels, ...)`` sequence or a dict: ``batch_to_images(batch)``
+            returns the (N, C, H, W) images or ``(images, labels)``; unused with ``probes=``.
         class_names: the names drawn on the images for class indices; default the
             datamodule's ``classes`` (or ``class_names``), else the probe dataset's ``classes``
             (torchvision datasets have it), else the indices.
@@ -146,6 +149,7 @@ class GradCAMLogger(ClassView):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "jet",
         alpha: float = 0.5,
@@ -164,6 +168,7 @@ class GradCAMLogger(ClassView):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             cmap=cmap,
             alpha=alpha,

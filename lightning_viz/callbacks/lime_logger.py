@@ -26,7 +26,7 @@ from lightning_viz.functional._validation import (
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.lime import LimeExplanation, grid_segments, lime, slic_segments
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 Segmentation = Literal["auto", "slic", "grid"]
 
@@ -65,8 +65,8 @@ class LIMELogger(ClassView):
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red segments raise the
             class's probability, blue ones lower it).
         alpha: map opacity over the probe.
-        target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            probability, scores, on_alert, strict, budget: as in
+        target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
+            output_transform, probability, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -121,6 +121,7 @@ class LIMELogger(ClassView):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
@@ -137,6 +138,7 @@ class LIMELogger(ClassView):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             cmap=cmap,
             alpha=alpha,

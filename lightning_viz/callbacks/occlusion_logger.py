@@ -22,7 +22,7 @@ from lightning_viz.functional._validation import (
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
 from lightning_viz.functional.occlusion import occlusion
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 
 class OcclusionLogger(ClassView):
@@ -44,8 +44,8 @@ class OcclusionLogger(ClassView):
         baseline: the value hidden pixels take; 0 is the mean colour of normalized images.
         max_batch: the most occluded images per forward (memory: that many images'
             activations); default 64 on a CPU, 256 on an accelerator.
-        target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            probability, scores, on_alert, strict, budget: as in
+        target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
+            output_transform, probability, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
             lowers the probability, blue where it raises it).
@@ -98,6 +98,7 @@ class OcclusionLogger(ClassView):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
@@ -114,6 +115,7 @@ class OcclusionLogger(ClassView):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             cmap=cmap,
             alpha=alpha,

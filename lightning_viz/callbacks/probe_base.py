@@ -31,7 +31,7 @@ from lightning_viz.functional._validation import (
     check_layer_names,
 )
 from lightning_viz.functional.captions import class_name
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 SLOW_RENDER_SECONDS = 1.0
 """A probe visualization that takes longer says so in a log line, with its duration (the first
@@ -129,6 +129,7 @@ class ProbeCallback(VizCallback):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -141,6 +142,11 @@ class ProbeCallback(VizCallback):
         if forward_fn is not None and not callable(forward_fn):
             raise ValueError(f"`forward_fn` must be None or a callable, got {forward_fn!r}")
         self.forward_fn = forward_fn
+        if batch_to_images is not None and not callable(batch_to_images):
+            raise ValueError(
+                f"`batch_to_images` must be None or a callable, got {batch_to_images!r}"
+            )
+        self.batch_to_images = batch_to_images
         if probes is not None and not isinstance(probes, Probes):
             raise ValueError(
                 f"`probes` must be a lightning_viz.Probes or None, got {type(probes).__name__}"
@@ -221,13 +227,16 @@ class ProbeCallback(VizCallback):
         if self.user_probes is not None:
             return self.user_probes
         picked = RunContext.of(trainer).picked_probes
-        if self.num_probes not in picked:
+        key = (self.num_probes, self.batch_to_images)
+        if key not in picked:
             try:
                 loader = default_probe_loader(trainer)
-                picked[self.num_probes] = Probes.from_dataloader(loader, n=self.num_probes)
+                picked[key] = Probes.from_dataloader(
+                    loader, n=self.num_probes, batch_to_images=self.batch_to_images
+                )
             except ValueError as error:
                 raise Unsuited(f"{error}") from None
-        return picked[self.num_probes]
+        return picked[key]
 
     def _check_probes(self, pl_module: pl.LightningModule) -> Any:
         """The model's output on the first probe, after checking that the probes fit the model:
@@ -293,7 +302,7 @@ class ProbeCallback(VizCallback):
     def on_probes(self) -> str:
         """ "on N probes" for the "watching" line, which says when they have no labels (the
         views then explain the predicted class; a batch whose labels are not its second
-        element needs ``probes=Probes.from_dataloader(..., batch_to_images=...)``)."""
+        element needs ``batch_to_images=``)."""
         labelled = "" if self.probes.labels is not None else "unlabelled "
         return f"on {len(self.probes)} {labelled}probes"
 

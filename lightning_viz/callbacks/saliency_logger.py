@@ -30,7 +30,7 @@ from lightning_viz.functional._validation import (
 )
 from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.functional.images import readable
-from lightning_viz.probes import Probes
+from lightning_viz.probes import BatchToImages, Probes
 
 Method = Literal["vanilla", "smoothgrad", "integrated_gradients", "expected_gradients"]
 METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "integrated_gradients", "expected_gradients")
@@ -75,8 +75,8 @@ class SaliencyLogger(ClassView):
         cmap: a matplotlib colormap; default ``"inferno"`` for the magnitudes of vanilla and
             SmoothGrad, ``"RdBu_r"`` (red for, blue against the class) for the signed methods.
         alpha: map opacity over the probe (1: the map alone).
-        target, probes, num_probes, every_n_epochs, forward_fn, class_names, output_transform,
-            probability, scores, on_alert, strict, budget: as in
+        target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
+            output_transform, probability, scores, on_alert, strict, budget: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -131,6 +131,7 @@ class SaliencyLogger(ClassView):
         num_probes: int | None = None,
         every_n_epochs: int = 1,
         forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None = None,
+        batch_to_images: BatchToImages | None = None,
         class_names: Sequence[str] | None = None,
         cmap: str | None = None,
         alpha: float = 0.85,
@@ -151,6 +152,7 @@ class SaliencyLogger(ClassView):
             num_probes=num_probes,
             every_n_epochs=every_n_epochs,
             forward_fn=forward_fn,
+            batch_to_images=batch_to_images,
             class_names=class_names,
             cmap=cmap or ("RdBu_r" if self.signed else "inferno"),
             alpha=alpha,

@@ -20,7 +20,7 @@ from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited, in_training_precision
-from lightning_viz.callbacks.validation_view import BatchToImages, ValidationView
+from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
 from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
@@ -32,6 +32,7 @@ from lightning_viz.functional.top_patches import (
     empty_top_k,
     update_top_k,
 )
+from lightning_viz.probes import BatchToImages
 
 MAX_TILE = 96
 """The largest side of a patch in the grid (a few units with k = 3)."""

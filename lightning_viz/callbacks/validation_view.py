@@ -3,7 +3,6 @@ runs anyway, with hooks that live for one batch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -17,9 +16,8 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional._validation import check_int
-from lightning_viz.probes import split_batch, split_batch_with
+from lightning_viz.probes import BatchToImages, split_batch, split_batch_with
 
-BatchToImages = Callable[[Any], Tensor | tuple[Tensor, Tensor | None]]
 """Where the images (and labels) are in a batch that is not a tensor, an ``(images, labels, ...)``
 sequence or a dict: returns the (N, C, H, W) images, or ``(images, labels)``."""
 

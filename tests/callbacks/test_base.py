@@ -83,7 +83,7 @@ def test_one_context_per_trainer_and_probes_shared_within_it(tmp_path):
     assert context is RunContext.of(trainer)
     assert first.probes is third.probes  # the same count shares one pick
     assert len(second.probes) == 4
-    assert set(context.picked_probes) == {4, None}  # None: the default, one per class
+    assert set(context.picked_probes) == {(4, None), (None, None)}  # None: one per class
     assert context.alert_total(trainer) == 0
     other = fit(DigitsClassifier(), [first], tmp_path / "again", epochs=1, limit_train_batches=2)
     assert RunContext.of(other) is not context
@@ -438,7 +438,7 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
     no_images = [line for line in said if "cannot find (N, C, H, W) images in a batch" in line]
     views = ["GradCAMLogger", "ActivationGridLogger", "OcclusionLogger", "SaliencyLogger",
              "LIMELogger", "CAMLogger", "FeatureVisualizer"]  # fmt: skip
-    assert len([line for line in no_images if "pass probes=" in line]) == 1
+    assert len([line for line in no_images if "pass batch_to_images=" in line]) == 2
     assert f"{', '.join(views)}: cannot find" in no_images[0]
     # what they found instead, which no argument makes an image
     shape = (
@@ -457,7 +457,7 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
         for line in said
     )
     # each callback's own alert still reaches on_alert
-    assert sorted(a.source for a in received if "pass probes=" in a.message) == sorted(views)
+    assert sorted(a.source for a in received if "or probes=" in a.message) == sorted(views)
     # and the alert table of each step is written once, whole (each notice wrote it so far: the
     # Text tab showed eight growing copies at step 0 and three at the first validation's step)
     tables = read_events(tmp_path).Tensors("alerts/text_summary")
