@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -142,20 +143,23 @@ def loader(*tensors, batch_size=4):
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size)
 
 
-class DictLoader:
-    """Batches as dicts with keys lightning-viz does not know."""
+class Batches:
+    """Four batches of ``images()`` and ``labels()``, each put together by ``make(images,
+    labels)``: in shapes lightning-viz has to search."""
 
-    def __init__(self):
-        self.data = [
-            {"img": images()[i : i + 4], "cls": labels()[i : i + 4], "id": list(range(4))}
-            for i in range(0, 16, 4)
-        ]
+    def __init__(self, make: Callable[[torch.Tensor, torch.Tensor], Any]):
+        self.data = [make(images()[i : i + 4], labels()[i : i + 4]) for i in range(0, 16, 4)]
 
     def __iter__(self):
         return iter(self.data)
 
     def __len__(self):
         return len(self.data)
+
+
+def dict_batches():
+    """Batches as dicts with keys lightning-viz does not know."""
+    return Batches(lambda x, y: {"img": x, "cls": y, "id": list(range(4))})
 
 
 def classify(net, batch):
@@ -237,7 +241,7 @@ SETUPS = {
             nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)),
             classify,
         ),
-        DictLoader,
+        dict_batches,
         {"filters/", "gradcam/", "deconv/", "activation_grid/"},
     ),
     "LightningModule without forward()": Setup(
@@ -444,20 +448,9 @@ def test_default_callbacks_take_forward_fn_for_every_probe_view(tmp_path):
     assert all(v._split(batch)[1].tolist() == [3, 4] for v in views)
 
 
-class NestedLoader:
+def nested_batches():
     """Batches whose images and labels sit in nested dicts, which no key or shape reveals."""
-
-    def __init__(self):
-        self.data = [
-            {"inputs": {"rgb": images()[i : i + 4]}, "meta": {"label": labels()[i : i + 4]}}
-            for i in range(0, 16, 4)
-        ]
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def __len__(self):
-        return len(self.data)
+    return Batches(lambda x, y: {"inputs": {"rgb": x}, "meta": {"label": y}})
 
 
 def classify_nested(net, batch):
@@ -471,7 +464,7 @@ def test_default_callbacks_take_batch_to_images_for_the_probe_views_too(tmp_path
         batch_to_images=lambda b: (b["inputs"]["rgb"], b["meta"]["label"]), budget=None
     )
     net = nn.Sequential(conv_encoder(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-    train(lambda: Task(net, classify_nested), NestedLoader, callbacks, tmp_path)
+    train(lambda: Task(net, classify_nested), nested_batches, callbacks, tmp_path)
     assert not [a for c in callbacks for a in c.alerts.raised if a.kind == "not_shown"]
     probe_views = [c for c in callbacks if hasattr(c, "probes")]
     assert len(probe_views) == 3
