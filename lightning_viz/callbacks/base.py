@@ -127,8 +127,9 @@ class RunContext:
             self.held_notices = []
 
     def release_notices(self) -> None:
-        """Deliver the notices held while the fit started, alike ones together, and hold no
-        more (also when the start failed half-way); write the alert table held meanwhile."""
+        """Deliver the notices held (while the fit started or a validation ran), alike ones
+        together, and hold no more (also when the start failed half-way); write the alert table
+        held meanwhile."""
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
