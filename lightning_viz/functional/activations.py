@@ -96,8 +96,9 @@ def reduce_activation_samples(
     a = images.to(torch.float32, copy=not overwrite)
     steps, count, area = len(a), a[0].numel(), a.shape[3] * a.shape[4]
     # NaN or +Inf anywhere in the batch shows in its maxima; -Inf (a LeakyReLU's) in the read
-    # images, before they are clamped
-    nonfinite = (~channel_max.isfinite()).any(dim=1) | (~a.isfinite()).flatten(1).any(dim=1)
+    # images' minima, before they are clamped (isfinite on every value costs 40x more on a CPU)
+    lowest = a.flatten(1).amin(dim=1)
+    nonfinite = (~channel_max.isfinite()).any(dim=1) | ~lowest.isfinite()
     saturated = _saturated_count(a, bounds)
     flat = a.flatten(1)
     if histogram_samples is not None and flat.shape[1] > histogram_samples:
