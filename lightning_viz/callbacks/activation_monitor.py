@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from itertools import groupby
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -90,6 +91,60 @@ def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
     return SATURATING_BOUNDS.get(type(module).__name__.lower())
 
 
+class SampleBuffers:
+    """The waiting copies of each watched layer's strided images, written into one
+    (steps, n, C, H, W) buffer per layer that is reused from read to read, so that a read
+    reduces them where they are. With a new tensor for each copy and a stack of them to
+    reduce, a CPU faulted in fresh pages for every one: 1.4 MB a step on the digits net sampling
+    every step (340 page faults), and the stack was one more copy of everything."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+        self._used: dict[str, int] = {}
+
+    def store(self, key: str, capacity: int, images: Tensor) -> Tensor:
+        """Copy ``images`` into the next free slot of ``key``'s buffer (made for ``capacity``
+        steps of this shape when none is waiting in it) and return the slot; a copy of its own
+        when no slot suits."""
+        buffer, used = self._buffers.get(key), self._used.get(key, 0)
+        suits = (
+            buffer is not None
+            and buffer.shape[1:] == images.shape
+            and buffer.dtype == images.dtype
+            and buffer.device == images.device
+        )
+        if not used and (not suits or len(buffer) < capacity):
+            buffer = self._buffers[key] = images.new_empty((capacity, *images.shape))
+        elif not suits or used == len(buffer):
+            return images.clone(memory_format=torch.contiguous_format)
+        self._used[key] = used + 1
+        return buffer[used].copy_(images)
+
+    def groups(
+        self, key: str, samples: list[tuple[int, ActivationSample]]
+    ) -> list[tuple[list[tuple[int, ActivationSample]], Tensor]]:
+        """A layer's waiting ``(step index, sample)`` in groups of one shape, each with its
+        images as one (S, n, C, H, W) tensor: the slots of the buffer, in the order they were
+        filled, and the rest stacked."""
+        buffer = self._buffers.get(key)
+        held = [item for item in samples if buffer is not None and item[1].images._base is buffer]
+        groups = [(held, buffer[: len(held)])] if held else []
+        rest: dict[tuple, list[tuple[int, ActivationSample]]] = {}
+        for item in samples:
+            if not held or item[1].images._base is not buffer:
+                rest.setdefault((item[1].images.shape, item[1].images.dtype), []).append(item)
+        groups += [(run, torch.stack([s.images for _, s in run])) for run in rest.values()]
+        return groups
+
+    def release(self) -> None:
+        """Every slot is free again (what waited was read, or dropped)."""
+        self._used = {}
+
+    def clear(self) -> None:
+        """Free the buffers' memory (the fit is over)."""
+        self._buffers, self._used = {}, {}
+
+
 class ActivationMonitor(VizCallback):
     r"""Watch how sparse and localized the feature maps are, and which channels are dead.
 
@@ -97,8 +152,9 @@ class ActivationMonitor(VizCallback):
     other of the epoch was, so that every epoch's dead-channel, saturation and NaN checks have
     data: in epochs shorter than the cadence, and when the other callbacks spend the ``budget``
     while the monitor's own share is within it), forward hooks on the watched layers
-    keep a strided copy of each feature map on the device; the copies of several sampled steps
-    are reduced together to each step's statistics
+    keep a strided copy of each feature map on the device (in a buffer per layer, reused from
+    read to read: :class:`SampleBuffers`); the copies of several sampled steps are reduced
+    together where they are to each step's statistics
     (:func:`~lightning_viz.functional.activation_stats`), packed into one tensor and moved to
     the host in one transfer, then logged at their own steps. The first sampled step is read at
     once; then as many steps wait as fit in ``log_every_n_steps`` batches and 64 MiB
@@ -196,10 +252,11 @@ class ActivationMonitor(VizCallback):
     fraction and localization of the strided images are within 0.03 of the whole batch's
     (tested); NaN and Inf are looked for in every value.
 
-    Cost: on a sampled step, a strided copy and a sum per watched feature map; on a read, about
-    20 device operations per layer for all the steps that waited, one host transfer and the
-    scalars' writes; on other steps nothing. At ``every_n_steps=1`` this is the worst case (the
-    README's performance section gives it), and the waiting copies hold up to 64 MiB.
+    Cost: on a sampled step, a strided copy and each channel's maximum per watched feature map;
+    on a read, about 20 device operations per layer for all the steps that waited, one host
+    transfer and the scalars' writes; on other steps nothing. At ``every_n_steps=1`` this is the
+    worst case (the README's performance section gives it), and the buffers of the waiting
+    copies hold up to 64 MiB until the fit ends.
 
     Example::
 
@@ -243,6 +300,7 @@ class ActivationMonitor(VizCallback):
         self._handles: list[RemovableHandle] = []
         self._step_samples: dict[str, ActivationSample] = {}
         self._pending: list[tuple[int, dict[str, ActivationSample]]] = []
+        self._buffers = SampleBuffers()
         self._flush_every = 1
         self._calls: dict[str, int] = {}
         self._hooked = False
@@ -267,6 +325,7 @@ class ActivationMonitor(VizCallback):
             return
         self._batches_seen = 0
         self._pending, self._flush_every, self._problems = [], 1, []
+        self._buffers.clear()
         self._other_output = None
         source = type(self).__name__
         compiled = compiled_parts(pl_module)
@@ -394,7 +453,7 @@ class ActivationMonitor(VizCallback):
         pending, self._pending = self._pending, []
         problems, self._problems = self._problems, []
         hooked, self._hooked = self._hooked, False
-        with self.guarded(trainer, "activation statistics"):
+        with self.guarded(trainer, "activation statistics"), self._released():
             records = sum(len(samples) for _, samples in pending)
             agreed = self._ranks_agree(trainer, not problems, records)
             if problems:
@@ -416,6 +475,14 @@ class ActivationMonitor(VizCallback):
                 self._log_pending(trainer, pending)
         if self._flush_every == 1 and pending:
             self._flush_every = self._steps_per_flush(trainer, len(pending[0][1]))
+
+    @contextmanager
+    def _released(self) -> Iterator[None]:
+        """Free the buffers' slots after a read, whether it got to reduce them or not."""
+        try:
+            yield
+        finally:
+            self._buffers.release()
 
     def _steps_per_flush(self, trainer: pl.Trainer, maps_per_step: int) -> int:
         """How many sampled steps wait to be reduced together: as many as fit in
@@ -454,6 +521,7 @@ class ActivationMonitor(VizCallback):
             finally:
                 self.strict = strict
         self._pending = []
+        self._buffers.release()
         super().on_exception(trainer, pl_module, exception)
 
     @override
@@ -461,6 +529,7 @@ class ActivationMonitor(VizCallback):
         super().teardown(trainer, pl_module, stage)
         self._remove_hooks()
         self._pending = []
+        self._buffers.clear()
 
     # ------------------------------------------------------------------------ measurement
     def _make_hook(self, name: str, trainer: pl.Trainer):
@@ -488,7 +557,8 @@ class ActivationMonitor(VizCallback):
                     )
                     self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
                 return
-            self._step_samples[key] = sample_activations(output, self.max_values)
+            store = partial(self._buffers.store, key, self._flush_every)
+            self._step_samples[key] = sample_activations(output, self.max_values, store)
         except Exception as error:  # a hook must never break the training step
             self._problems.append(f"layer {name!r}: {type(error).__name__}: {error}")
 
@@ -523,21 +593,25 @@ class ActivationMonitor(VizCallback):
             for key, sample in samples.items():
                 by_key.setdefault(key, []).append((index, sample))
         rows: list[tuple[int, str, int]] = []  # step's index, key, values per channel
-        sums, histograms = [], []
+        sums, histograms, histogram_rows = [], [], {}
+        last = len(pending) - 1
         for key, samples in by_key.items():
             bounds = self._bounds_of(key)
-            for _, run in groupby(samples, key=lambda item: item[1].images.shape):
-                run = list(run)
+            for run, images in self._buffers.groups(key, samples):
+                with_histogram = self.histograms and run[-1][0] == last
                 reduced = reduce_activation_samples(
-                    torch.stack([sample.images for _, sample in run]),
+                    images,
                     torch.stack([sample.channel_max for _, sample in run]),
                     histogram_samples=HISTOGRAM_SAMPLES,
                     bounds=bounds,
-                    overwrite=True,  # the stacked copy is the monitor's own
+                    overwrite=True,  # the monitor's own copies
+                    histogram_steps=int(with_histogram),  # only the last step's is logged
                 )
                 rows += [(index, key, sample.values_per_channel) for index, sample in run]
                 sums.append(reduced.sums)
-                histograms.append(reduced.histogram)
+                if with_histogram:
+                    histogram_rows[key] = len(histograms)
+                    histograms.append(reduced.histogram)
                 if bounds is None:  # a sigmoid saturates instead
                     active = reduced.channel_active
                     self._active[key] = (
@@ -546,19 +620,18 @@ class ActivationMonitor(VizCallback):
         on_device = {"sums": torch.cat(sums)}
         if trainer.world_size > 1:
             on_device["sums"] = trainer.strategy.reduce(on_device["sums"], reduce_op="sum")
-        if self.histograms:
+        if histograms:
             on_device["histograms"] = torch.cat(histograms)
         host = to_host(on_device)  # the one transfer of these steps
         by_step: dict[int, list[int]] = {}
         for row, (index, _, _) in enumerate(rows):
             by_step.setdefault(index, []).append(row)
-        last = len(pending) - 1
         for index, step_rows in sorted(by_step.items()):
             step = pending[index][0]
-            with_histograms = self.histograms and index == last
+            histogram_of = histogram_rows if index == last else {}
             with self.alerts_together(trainer):
                 self._log_step(
-                    trainer, step, [(*rows[r][1:], r) for r in step_rows], host, with_histograms
+                    trainer, step, [(*rows[r][1:], r) for r in step_rows], host, histogram_of
                 )
         self.log_scalars(trainer, self.alert_count(trainer))  # now, not at the samples' steps
 
@@ -572,10 +645,11 @@ class ActivationMonitor(VizCallback):
         step: int,
         rows: list[tuple[str, int, int]],
         host: dict[str, Tensor],
-        with_histograms: bool,
+        histogram_rows: dict[str, int],
     ) -> None:
-        """One sampled step's scalars, alerts and (``with_histograms``) histograms, from its
-        ``(layer, values per channel in the batch, row)`` of the host tensors."""
+        """One sampled step's scalars, alerts and histograms (of the layers in
+        ``histogram_rows``, by their rows of ``host["histograms"]``), from its ``(layer, values
+        per channel in the batch, row)`` of the host tensors."""
         metrics = {}
         for key, values_per_channel, row in rows:
             values = host["sums"][row].tolist()
@@ -595,9 +669,10 @@ class ActivationMonitor(VizCallback):
             else:
                 logged = _RELU_KEYS
             metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
-            if with_histograms:
+            if key in histogram_rows:
                 tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
-                self.log_histogram(trainer, tag, host["histograms"][row], step=step)
+                histogram = host["histograms"][histogram_rows[key]]
+                self.log_histogram(trainer, tag, histogram, step=step)
         self.log_scalars(trainer, metrics, step=step)
 
     def _log_dead(self, trainer: pl.Trainer) -> None:

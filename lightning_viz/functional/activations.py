@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -49,16 +49,27 @@ class ActivationSample(NamedTuple):
     """How many values each channel has in the whole batch (N x H x W)."""
 
 
-def sample_activations(activations: Tensor, max_values: int | None = None) -> ActivationSample:
+def sample_activations(
+    activations: Tensor,
+    max_values: int | None = None,
+    store: Callable[[Tensor], Tensor] | None = None,
+) -> ActivationSample:
     """What the training hot path keeps of a feature map for :func:`reduce_activation_samples`:
     two device operations, whatever the size, so that many steps' samples can be reduced at once.
 
     Args:
         activations: (N, C, H, W) feature maps.
         max_values: as in :func:`activation_stats`.
+        store: copies the strided images (a view of ``activations``) into memory of its own and
+            returns the copy (ActivationMonitor's: a slot of a buffer it reuses); default a new
+            contiguous tensor.
     """
     whole = _checked(activations, max_values)
-    images = _strided_images(whole, max_values).clone(memory_format=torch.contiguous_format)
+    strided = _strided_images(whole, max_values)
+    if store is None:
+        images = strided.clone(memory_format=torch.contiguous_format)
+    else:
+        images = store(strided)
     n, _, height, width = whole.shape
     return ActivationSample(images, _channel_max(whole), n * height * width)
 
@@ -70,6 +81,7 @@ def reduce_activation_samples(
     histogram_samples: int | None = None,
     bounds: tuple[float, float] | None = None,
     overwrite: bool = False,
+    histogram_steps: int | None = None,
 ) -> ActivationReductions:
     """The reductions of S steps' samples of one layer at once, in as few device operations as a
     single step's (about 20, whatever S and the sizes); with ``overwrite`` it allocates no float
@@ -81,11 +93,13 @@ def reduce_activation_samples(
         bins, histogram_samples, bounds: as in :func:`activation_stats`, per step.
         overwrite: the function may overwrite float32 ``images`` (it then copies nothing:
             on a CPU, temporaries of several MB cost a page fault per 4 KiB).
+        histogram_steps: count the histograms of the last this many steps only (ActivationMonitor
+            logs one step's of each read); None: every step's.
 
     Returns:
         :class:`ActivationReductions` with a leading step dimension: ``sums`` (S, 6),
-        ``active_maps`` (S,) and ``histogram`` (S, 2 + bins); ``channel_active`` (C,) is any
-        step's.
+        ``active_maps`` (S,) and ``histogram`` (S, 2 + bins), or (``histogram_steps``, 2 + bins)
+        for the last steps; ``channel_active`` (C,) is any step's.
     """
     if images.dim() != 5 or channel_max.shape != (images.shape[0], images.shape[2]):
         raise ValueError(
@@ -93,6 +107,10 @@ def reduce_activation_samples(
             f"{tuple(images.shape)} and {tuple(channel_max.shape)}"
         )
     _check_counts(bins, histogram_samples)
+    if histogram_steps is not None and not 0 <= histogram_steps <= len(images):
+        raise ValueError(
+            f"`histogram_steps` must lie in [0, {len(images)}] (the steps), got {histogram_steps}"
+        )
     a = images.to(torch.float32, copy=not overwrite)
     steps, count, area = len(a), a[0].numel(), a.shape[3] * a.shape[4]
     # NaN or +Inf anywhere in the batch shows in its maxima; -Inf (a LeakyReLU's) in the read
@@ -101,6 +119,8 @@ def reduce_activation_samples(
     nonfinite = (~channel_max.isfinite()).any(dim=1) | ~lowest.isfinite()
     saturated = _saturated_count(a, bounds)
     flat = a.flatten(1)
+    if histogram_steps is not None:
+        flat = flat[steps - histogram_steps :]
     if histogram_samples is not None and flat.shape[1] > histogram_samples:
         flat = flat[:, :: -(-flat.shape[1] // histogram_samples)]
     histogram = _histograms(flat, bins)  # before the values are clamped in place

@@ -8,8 +8,13 @@ import torchvision
 from torch import nn
 
 from lightning_viz import ActivationMonitor
-from lightning_viz.callbacks.activation_monitor import HISTOGRAM_SAMPLES, STATISTICS_VALUES
+from lightning_viz.callbacks.activation_monitor import (
+    HISTOGRAM_SAMPLES,
+    STATISTICS_VALUES,
+    SampleBuffers,
+)
 from lightning_viz.functional import activation_stats
+from lightning_viz.functional.activations import ActivationSample
 from lightning_viz.testing import random_loader
 from tests.helpers import Classifier, DigitsClassifier, fit, hook_count, make_trainer, read_events
 
@@ -253,6 +258,87 @@ def test_every_step_sampling_reads_the_device_once_per_log_interval(tmp_path, mo
         # a histogram per read: of its last step
         histograms = read_events(tmp_path).Histograms(f"activations/{layer}")
         assert [h.step for h in histograms] == [1, 6, 11, 16, 21, 23]
+
+
+class EveryOutput(pl.Callback):
+    """Each training batch's outputs of the watched layers, by the step they are logged at."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        def keep(name):
+            return lambda m, a, o: self.batch.__setitem__(name, o.detach().clone())
+
+        self.handles = [pl_module.get_submodule(n).register_forward_hook(keep(n)) for n in RELUS]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.outputs[trainer.global_step] = self.batch
+
+    def on_train_end(self, trainer, pl_module):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_waiting_steps_are_each_read_as_their_own_batch(tmp_path):
+    """Sampling every step, the copies wait in buffers reused from read to read, across epochs
+    and a smaller last batch: every step's values are still its own batch's."""
+    recorder = EveryOutput()
+    monitor = ActivationMonitor(every_n_steps=1, strict=True)
+    fit(DigitsClassifier(), [recorder, monitor], tmp_path, epochs=2, validate=False)
+    events = read_events(tmp_path)
+    assert len(recorder.outputs) == 2 * STEPS_PER_EPOCH
+    for layer in RELUS:
+        zero = events.Scalars(f"activations/{layer}/zero_fraction")
+        localization = events.Scalars(f"activations/{layer}/localization")
+        assert [e.step for e in zero] == sorted(recorder.outputs)
+        for zero_event, localization_event in zip(zero, localization, strict=True):
+            output = recorder.outputs[zero_event.step][layer]
+            expected = activation_stats(
+                output, max_values=STATISTICS_VALUES, histogram_samples=HISTOGRAM_SAMPLES
+            )
+            assert zero_event.value == pytest.approx(expected["zero_fraction"].item(), rel=1e-5)
+            assert localization_event.value == pytest.approx(
+                expected["localization"].item(), rel=1e-5
+            )
+        for histogram in events.Histograms(f"activations/{layer}"):
+            output = recorder.outputs[histogram.step][layer]
+            expected = activation_stats(
+                output, max_values=STATISTICS_VALUES, histogram_samples=HISTOGRAM_SAMPLES
+            )
+            edges = expected["histogram_edges"]
+            assert histogram.histogram_value.min == pytest.approx(edges[0].item())
+            assert histogram.histogram_value.max == pytest.approx(edges[-1].item())
+
+
+def test_sample_buffers_reuse_their_slots_and_keep_odd_shapes_apart():
+    buffers = SampleBuffers()
+    steps = [torch.full((2, 3, 4, 4), float(i)) for i in range(3)]
+    slots = [buffers.store("relu", 3, images) for images in steps]
+    smaller = buffers.store("relu", 3, torch.full((1, 3, 4, 4), 9.0))  # a last, smaller batch
+    overflow = buffers.store("relu", 3, torch.full((2, 3, 4, 4), 7.0))  # more than its capacity
+    samples = [
+        (index, ActivationSample(images, torch.zeros(3), 32))
+        for index, images in enumerate([*slots, smaller, overflow])
+    ]
+    groups = buffers.groups("relu", samples)
+    assert [[index for index, _ in run] for run, _ in groups] == [[0, 1, 2], [3], [4]]
+    held = groups[0][1]
+    assert held.data_ptr() == slots[0].data_ptr()  # the buffer itself, no copy
+    assert held[:, 0, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]
+    assert groups[1][1].shape == (1, 1, 3, 4, 4)
+    assert groups[2][1][0, 0, 0, 0, 0] == 7.0
+    buffers.release()
+    again = buffers.store("relu", 3, steps[2])
+    assert again.data_ptr() == slots[0].data_ptr()  # read: the first slot is free again
+    bigger = buffers.store("relu", 5, steps[1])  # a larger capacity while a slot is in use
+    assert bigger.data_ptr() == slots[1].data_ptr()
+    buffers.release()
+    regrown = buffers.store("relu", 5, steps[1])  # nothing waits: a buffer for 5 steps
+    assert regrown.data_ptr() != slots[0].data_ptr()
 
 
 def test_waiting_copies_stay_within_their_memory_bound(tmp_path, monkeypatch):

@@ -282,6 +282,29 @@ def test_a_channel_positive_only_in_images_the_stride_skips_is_active():
     assert torch.equal(activation_stats(maps, max_values=2**16)["channel_active"], expected)
 
 
+def test_histograms_of_the_last_steps_only_are_those_of_every_step():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 8, 6, 6)
+    channel_max = images.amax(dim=(1, 3, 4))
+    every = reduce_activation_samples(images, channel_max, bins=8, histogram_samples=100)
+    for last in (0, 1, 4):
+        reduced = reduce_activation_samples(
+            images, channel_max, bins=8, histogram_samples=100, histogram_steps=last
+        )
+        assert torch.equal(reduced.histogram, every.histogram[4 - last :])
+        assert torch.equal(reduced.sums, every.sums)
+    with pytest.raises(ValueError, match=r"`histogram_steps` must lie in \[0, 4\]"):
+        reduce_activation_samples(images, channel_max, histogram_steps=5)
+
+
+def test_a_sample_can_be_stored_where_the_caller_says():
+    maps = torch.rand(8, 2, 4, 4)
+    slot = torch.empty(3, 4, 2, 4, 4)[1]
+    sample = sample_activations(maps, max_values=64, store=lambda images: slot.copy_(images))
+    assert sample.images.data_ptr() == slot.data_ptr()
+    assert torch.equal(sample.images, maps[::2])
+
+
 def test_reducing_samples_checks_their_shapes():
     with pytest.raises(
         ValueError, match=r"`images` must be \(S, n, C, H, W\) and `channel_max` \(S, C\)"
