@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import model_helpers
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer import record_writer
+from torch.utils.tensorboard import SummaryWriter
 
 try:
     import google_crc32c
@@ -199,3 +200,15 @@ def fast_event_checksums() -> None:
     """
     if google_crc32c is not None and google_crc32c.implementation == "c":
         record_writer.masked_crc32c = masked_crc32c
+
+
+def scalar_event_writer(logger: Any) -> Any | None:
+    """The event-file writer behind a TensorBoardLogger without a prefix (reopened if an earlier
+    fit closed it; call on global rank 0 only), to write several scalars as one event; None for
+    other loggers, prefixed ones and tensorboardX writers (their ``log_metrics`` logs them)."""
+    if not isinstance(logger, TENSORBOARD_LOGGERS) or logger._prefix:
+        return None
+    experiment = logger.experiment
+    if not isinstance(experiment, SummaryWriter):
+        return None
+    return experiment._get_file_writer()

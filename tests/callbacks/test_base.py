@@ -167,6 +167,39 @@ def test_without_tensorboard_one_warning_names_every_callback(tmp_path):
     assert all(type(callback).__name__ in said[0] for callback in callbacks)
 
 
+def test_a_steps_scalars_are_one_tensorboard_event_and_a_prefix_is_kept(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    fit(DigitsClassifier(), [ActivationMonitor(every_n_steps=1)], tmp_path, epochs=1)
+    (path,) = tmp_path.rglob("events.out.tfevents.*")
+    tags_by_event = [
+        sorted(value.tag for value in event.summary.value)
+        for event in EventFileLoader(str(path)).Load()
+        if any(v.tag.endswith("/zero_fraction") for v in event.summary.value)
+    ]
+    assert len(tags_by_event) == 23  # a step each
+    expected = sorted(
+        f"activations/model.features.{layer}/{key}"
+        for layer in (2, 6, 10)
+        for key in ("zero_fraction", "localization")
+    )
+    assert all(tags == expected for tags in tags_by_event)
+    zero = read_events(tmp_path).Scalars(f"{expected[-1]}")
+    assert [e.step for e in zero] == list(range(1, 24))
+
+    # a prefixed logger's log_metrics adds its prefix: lightning-viz's scalars keep going there
+    prefixed = TensorBoardLogger(str(tmp_path / "prefixed"), prefix="run")
+    fit(
+        DigitsClassifier(),
+        [ActivationMonitor(every_n_steps=1)],
+        tmp_path,
+        epochs=1,
+        logger=prefixed,
+    )
+    assert f"run-{expected[-1]}" in read_events(prefixed.log_dir).Tags()["scalars"]
+
+
 def test_views_of_images_alone_are_not_rendered_for_a_csv_logger(tmp_path):
     """DeconvLogger and ActivationGridLogger rendered every epoch for nothing (12% and 7% of a
     CSV-only run); Grad-CAM's trust scores are scalars, which the CSV file takes; fast_dev_run
