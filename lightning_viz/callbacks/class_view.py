@@ -84,7 +84,8 @@ is on by default only where that explanation is cheap (Grad-CAM, CAM: measured a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
 RESPONDS = 0.1
-"""The deletion test judges a map only where the class's probability falls by at least this
+"""The deletion test judges a map only where what it explains (the class's probability; a
+segmentation's class score, a single output's value, in their own units) falls by at least this
 when every pixel is deleted: an untrained network's flat curves rank nothing, whatever the
 map."""
 COLUMNS = {
@@ -453,7 +454,7 @@ class ClassView(ProbeCallback):
                 for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,
-                        output_transform=self._transform, probabilities=self.probability,
+                        output_transform=self._transform, probabilities=self.measure_as,
                     )  # fmt: skip
                     found[f"{method}|{key}"] = curves.deletion_auc
                     if key == "deletion":
@@ -480,7 +481,8 @@ class ClassView(ProbeCallback):
         self, trainer: pl.Trainer, method: str, mean: dict[str, float], drop: float
     ) -> list[str]:
         """Whether the maps have settled (first, maybe empty), then the warnings; ``drop`` is
-        how far the class's probability falls with every pixel deleted (mean over probes)."""
+        how far the explained quantity (:attr:`explained_quantity`) falls with every pixel deleted
+        (mean over probes)."""
         lines = [""]
         if "stability" in mean and math.isnan(mean["stability"]):
             self.stable_since[method] = None
@@ -504,9 +506,14 @@ class ClassView(ProbeCallback):
                 f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
                 "on what the network learned."
             )
+        explained = (
+            "output"
+            if self._single_output and self.explained_quantity == "score"
+            else f"class's {self.explained_quantity}"
+        )
         if "deletion" in mean and drop >= RESPONDS and mean["deletion"] >= mean["random"]:
             lines.append(
-                "Deleting pixels in the maps' order lowers the class's probability no faster "
+                f"Deleting pixels in the maps' order lowers the {explained} no faster "
                 f"than a random order (deletion AUC {mean['deletion']:.2f} vs "
                 f"{mean['random']:.2f}): the maps are not faithful to the model."
             )

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import GradCAMLogger, OcclusionLogger, Probes
-from lightning_viz.functional import occlusion, upsample
+from lightning_viz.functional import deletion_insertion, occlusion, upsample
 from lightning_viz.testing import ShapesCNN, shapes_task
 from tests.callbacks.test_probe_loggers import EPOCH_ENDS, Autoencoder
 from tests.helpers import (
@@ -134,6 +134,25 @@ def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_pat
     assert max(drops) > 0
     pixels = image_pixels(events.Images("gradcam/model.1")[-1])
     assert_caption(pixels, f"out {outputs[0].item():.3g}", x=6 + 98, y=6, width=96)
+
+
+def test_a_single_outputs_faithfulness_follows_its_value(tmp_path):
+    """The deletion curves of a model with one output read the softmax of that output: 1.0 at
+    every step, whatever the map, so every AUC was a flat 1.0."""
+    images = torch.rand(32, 1, 16, 16)
+    data = DataLoader(TensorDataset(images, images.mean(dim=(1, 2, 3))[:, None]), batch_size=8)
+    logger = OcclusionLogger(scores=["faithfulness"], strict=True)
+    module = Scorer(1, torch.nn.functional.mse_loss)
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(module, data)
+    events = read_events(tmp_path)
+    module.eval()
+    probes = logger.probes.images
+    maps = occlusion(module, probes, 0, logger._window, logger._stride, probabilities=False)
+    curves = deletion_insertion(module, probes, upsample(maps, (16, 16)), 0, probabilities=False)
+    for key, auc in (("deletion", curves.deletion_auc), ("insertion", curves.insertion_auc)):
+        found = events.Scalars(f"faithfulness/occlusion/sensitivity/{key}")[-1].value
+        assert found == pytest.approx(auc.mean().item(), abs=1e-4)
+        assert found != pytest.approx(1.0)
 
 
 def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
