@@ -27,6 +27,7 @@ from lightning_viz.functional.alert_rules import (
     filter_findings,
     frozen_finding,
     network_median,
+    reference_at_resume_finding,
 )
 from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
 from lightning_viz.functional.filters import (
@@ -104,6 +105,10 @@ class FilterMonitor(VizCallback):
     - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
       no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
       distillation teacher is not a fault; an accidental freeze shows here at step 0).
+    - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
+      checkpoint without the monitor's reference weights of some watched layers (saved without
+      FilterMonitor, or with other ``layers=``); they are measured from their weights at the
+      resume, not from the initialization.
 
     Args:
         layers: names of the conv layers to watch; default every ``nn.Conv2d`` and
@@ -298,14 +303,17 @@ class FilterMonitor(VizCallback):
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
         fresh = not self.initial
-        # a resumed run's reference may lack layers watched now (other layers=, a newer version
-        # watching more): they are compared with their weights at the resume
-        for name, module in self._layers.items():
-            if name not in self.initial:
-                self.initial[name] = kernel_slices(filters(module).detach(), self._slices[name]).to(
-                    "cpu", torch.float32, copy=True
-                )
-                self.reference_steps[name] = trainer.global_step
+        # a resumed run's reference may lack layers watched now (a checkpoint saved without the
+        # monitor, other layers=, a newer version watching more): they are compared with their
+        # weights at the resume
+        late = [name for name in self._layers if name not in self.initial]
+        for name in late:
+            self.initial[name] = kernel_slices(
+                filters(self._layers[name]).detach(), self._slices[name]
+            ).to("cpu", torch.float32, copy=True)
+            self.reference_steps[name] = trainer.global_step
+        if late and trainer.global_step > 0:
+            self.raise_alert(trainer, reference_at_resume_finding(late, trainer.global_step))
         if fresh:
             with self.guarded(trainer, "filter baseline"):
                 self._measure(trainer, baseline=True)

@@ -220,6 +220,25 @@ def frozen_finding(layers: Sequence[str]) -> Finding:
     )
 
 
+def reference_at_resume_finding(layers: Sequence[str], step: int) -> Finding:
+    """A notice, once at fit start: the reference weights of these watched layers are their
+    weights at ``step``, where training resumed from a checkpoint without them, not at
+    initialization."""
+    names = ", ".join(repr(name) for name in layers)
+    return Finding(
+        "reference_at_resume",
+        ", ".join(layers),
+        True,
+        float(step),
+        message=f"training resumed at step {step} from a checkpoint without FilterMonitor's "
+        f"reference weights of {len(layers)} watched layer(s) ({names}): their drift, learned and "
+        f"norm ratio are measured from their weights at step {step}, not from the "
+        "initialization, and read smaller than they would from the start. Nothing to do if that "
+        "is meant; attach FilterMonitor from the first step (its state goes into the "
+        "checkpoints) to measure from the initialization.",
+    )
+
+
 def dead_channel_finding(layer: str, fraction: float, threshold: float, epoch: int) -> Finding:
     """ActivationMonitor's ``dead_channels``: too many channels had no positive value all epoch."""
     return _at_or_above(

@@ -571,7 +571,7 @@ def test_fitting_the_same_model_again_continues_from_its_reference(tmp_path):
     trainer.fit(module, train)
     trainer.fit_loop.max_epochs = 2
     trainer.fit(module, train)
-    assert not [alert for alert in received if alert.kind == "not_learning"]
+    assert not [a for a in received if a.kind in ("not_learning", "reference_at_resume")]
     assert torch.equal(monitor.initial[FIRST], initial)
     drift = read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")
     assert [entry.step for entry in drift] == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
@@ -593,6 +593,12 @@ def test_a_resume_without_the_monitors_state_counts_steps_from_its_reference(tmp
     )
     assert not [alert for alert in received if alert.kind == "not_learning"]
     assert monitor.reference_steps == dict.fromkeys(CONVS, STEPS_PER_EPOCH)
+    # said once, as a line: the drift below is measured from the resume
+    (said,) = [alert for alert in received if alert.kind == "reference_at_resume"]
+    assert said.is_notice
+    assert said.value == STEPS_PER_EPOCH
+    assert said.layer == ", ".join(CONVS)
+    assert f"training resumed at step {STEPS_PER_EPOCH}" in said.message
     drift = read_events(tmp_path / "b").Scalars(f"filters/{FIRST}/drift")
     assert [(entry.step, entry.value > 0) for entry in drift] == [
         (STEPS_PER_EPOCH, False),
