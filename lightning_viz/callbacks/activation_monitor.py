@@ -105,7 +105,8 @@ class SampleBuffers:
     def store(self, key: str, capacity: int, images: Tensor) -> Tensor:
         """Copy ``images`` into the next free slot of ``key``'s buffer (made for ``capacity``
         steps of this shape when none is waiting in it) and return the slot; a copy of its own
-        when no slot suits."""
+        when no slot suits, or when no step waits for another (``capacity`` 1: the copy is read
+        at once and freed, where a buffer would hold its memory for the whole fit)."""
         buffer, used = self._buffers.get(key), self._used.get(key, 0)
         suits = (
             buffer is not None
@@ -113,9 +114,12 @@ class SampleBuffers:
             and buffer.dtype == images.dtype
             and buffer.device == images.device
         )
-        if not used and (not suits or len(buffer) < capacity):
-            buffer = self._buffers[key] = images.new_empty((capacity, *images.shape))
-        elif not suits or used == len(buffer):
+        if capacity > 1 and not used and (not suits or len(buffer) < capacity):
+            # a sampled forward under inference_mode (pseudo-labels) must not make it an
+            # inference tensor, which no later step could write into
+            with torch.inference_mode(False):
+                buffer = self._buffers[key] = images.new_empty((capacity, *images.shape))
+        elif buffer is None or not suits or used == len(buffer):
             return images.clone(memory_format=torch.contiguous_format)
         self._used[key] = used + 1
         return buffer[used].copy_(images)
@@ -135,6 +139,11 @@ class SampleBuffers:
                 rest.setdefault((item[1].images.shape, item[1].images.dtype), []).append(item)
         groups += [(run, torch.stack([s.images for _, s in run])) for run in rest.values()]
         return groups
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the buffers hold."""
+        return sum(buffer.nbytes for buffer in self._buffers.values())
 
     def release(self) -> None:
         """Every slot is free again (what waited was read, or dropped)."""
@@ -250,13 +259,15 @@ class ActivationMonitor(VizCallback):
     (whole maps, so each map's localization is exact): a batch of 32 digits (32x32, 16
     channels) is read every 8th image. Measured on the digits net and on resnet18, the zero
     fraction and localization of the strided images are within 0.03 of the whole batch's
-    (tested); NaN and Inf are looked for in every value.
+    (tested); NaN and +Inf are looked for in every value (through the channels' maxima), -Inf
+    in the images read.
 
     Cost: on a sampled step, a strided copy and each channel's maximum per watched feature map;
     on a read, about 20 device operations per layer for all the steps that waited, one host
     transfer and the scalars' writes; on other steps nothing. At ``every_n_steps=1`` this is the
-    worst case (the README's performance section gives it), and the buffers of the waiting
-    copies hold up to 64 MiB until the fit ends.
+    worst case (the README's performance section gives it): steps wait, and the buffers of
+    their copies hold up to 64 MiB until the fit ends (at the default cadence nothing waits, and
+    each copy is freed once read).
 
     Example::
 
@@ -474,7 +485,8 @@ class ActivationMonitor(VizCallback):
             elif agreed and records:
                 self._log_pending(trainer, pending)
         if self._flush_every == 1 and pending:
-            self._flush_every = self._steps_per_flush(trainer, len(pending[0][1]))
+            values = sum(sample.images.numel() for sample in pending[0][1].values())
+            self._flush_every = self._steps_per_flush(trainer, values)
 
     @contextmanager
     def _released(self) -> Iterator[None]:
@@ -484,13 +496,15 @@ class ActivationMonitor(VizCallback):
         finally:
             self._buffers.release()
 
-    def _steps_per_flush(self, trainer: pl.Trainer, maps_per_step: int) -> int:
+    def _steps_per_flush(self, trainer: pl.Trainer, values_per_step: int) -> int:
         """How many sampled steps wait to be reduced together: as many as fit in
-        ``log_every_n_steps`` batches and :data:`PENDING_VALUES` (one, reading every value)."""
-        if self.max_values is None or not maps_per_step:
+        ``log_every_n_steps`` batches and :data:`PENDING_VALUES` with ``values_per_step`` (what a
+        step's copies hold: at least 4 images of each map, more than ``max_values`` on large
+        maps); one, reading every value."""
+        if self.max_values is None or not values_per_step:
             return 1
         per_log = trainer.log_every_n_steps // self._interval
-        return max(1, min(per_log, PENDING_VALUES // (maps_per_step * self.max_values)))
+        return max(1, min(per_log, PENDING_VALUES // values_per_step))
 
     @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -521,7 +535,7 @@ class ActivationMonitor(VizCallback):
             finally:
                 self.strict = strict
         self._pending = []
-        self._buffers.release()
+        self._buffers.clear()  # Lightning calls no teardown after an exception
         super().on_exception(trainer, pl_module, exception)
 
     @override

@@ -123,7 +123,8 @@ def reduce_activation_samples(
         flat = flat[steps - histogram_steps :]
     if histogram_samples is not None and flat.shape[1] > histogram_samples:
         flat = flat[:, :: -(-flat.shape[1] // histogram_samples)]
-    histogram = _histograms(flat, bins)  # before the values are clamped in place
+    # before the values are clamped in place
+    histogram = _histograms(flat, bins) if len(flat) else a.new_zeros((0, 2 + bins))
     positive = a.clamp_(min=0)
     mass = positive.sum(dim=(3, 4))
     active = mass > 0

@@ -166,6 +166,26 @@ def test_hooks_removed_when_training_raises(tmp_path):
     assert hook_count(module) == 0
 
 
+def test_the_waiting_copies_memory_is_freed_when_training_raises(tmp_path):
+    """Lightning calls no teardown after an exception: the buffers of the waiting copies were
+    held (on a GPU, after an out-of-memory error)."""
+
+    class CrashingLater(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 7:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    monitor = ActivationMonitor(every_n_steps=1)
+    held = []
+    spy = pl.Callback()
+    spy.on_train_batch_end = lambda *args: held.append(monitor._buffers.nbytes)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(CrashingLater(), [monitor, spy], tmp_path, epochs=1)
+    assert max(held) > 0
+    assert monitor._buffers.nbytes == 0
+
+
 def test_resnet18_names_each_call_of_a_reused_relu_apart(tmp_path):
     torch.manual_seed(0)
     module = Classifier(torchvision.models.resnet18(num_classes=10))
@@ -341,14 +361,51 @@ def test_sample_buffers_reuse_their_slots_and_keep_odd_shapes_apart():
     assert regrown.data_ptr() != slots[0].data_ptr()
 
 
-def test_waiting_copies_stay_within_their_memory_bound(tmp_path, monkeypatch):
-    from lightning_viz.callbacks.activation_monitor import PENDING_VALUES
+class PseudoLabelled(DigitsClassifier):
+    """Every other batch, labels from the model itself under inference_mode (self-training)."""
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        if batch_idx % 2:
+            with torch.inference_mode():
+                pseudo = self(images).argmax(dim=1)
+            labels = pseudo.clone()  # a tensor autograd may save
+        return super().training_step((images, labels), batch_idx)
+
+
+def test_a_sampled_forward_under_inference_mode_breaks_no_later_read(tmp_path):
+    """A read whose first step ran a forward under inference_mode made the layer's buffer an
+    inference tensor: no later step could copy into it, and every read after it failed."""
+    received = []
+    monitor = ActivationMonitor(every_n_steps=1, on_alert=received.append)
+    fit(PseudoLabelled(), [monitor], tmp_path, epochs=1, validate=False)
+    assert not received
+    zero = read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")
+    assert [e.step for e in zero] == list(range(1, STEPS_PER_EPOCH + 1))
+
+
+def test_the_memory_bound_counts_what_a_step_copies(tmp_path, monkeypatch):
+    """At least 4 images of each map are copied, more than ``max_values`` on large maps: the
+    bound counted ``max_values`` per map and let 15 steps of resnet18 at 224 pixels (528 MiB)
+    wait."""
+    from lightning_viz.callbacks import activation_monitor
 
     transfers = count_transfers(monkeypatch)
-    # 3 layers of up to PENDING_VALUES / 4 values each: two steps would hold more than the bound
-    monitor = ActivationMonitor(every_n_steps=1, max_values=PENDING_VALUES // 4, strict=True)
+    # a step copies 4 images of each map: 65,536 + 32,768 + 16,384 values, over this bound
+    monkeypatch.setattr(activation_monitor, "PENDING_VALUES", 3 * 2**16)
+    monitor = ActivationMonitor(every_n_steps=1, max_values=1024, strict=True)
     fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, limit_train_batches=6, validate=False)
     assert transfers == [3] * 6
+    assert monitor._flush_every == 1
+
+
+def test_the_default_cadence_holds_no_copy_between_samples(tmp_path):
+    monitor = ActivationMonitor(strict=True)
+    held = []
+    spy = pl.Callback()
+    spy.on_train_batch_end = lambda *args: held.append(monitor._buffers.nbytes)
+    fit(DigitsClassifier(), [monitor, spy], tmp_path, epochs=2, validate=False)
+    assert held == [0] * 2 * STEPS_PER_EPOCH
 
 
 def test_user_layer_with_a_non_4d_output_becomes_an_alert(tmp_path):
