@@ -202,11 +202,15 @@ def fast_event_checksums() -> None:
         record_writer.masked_crc32c = masked_crc32c
 
 
+_STOCK_LOG_METRICS = frozenset(logger.log_metrics for logger in TENSORBOARD_LOGGERS)
+
+
 def scalar_event_writer(logger: Any) -> Any | None:
     """The event-file writer behind a TensorBoardLogger without a prefix (reopened if an earlier
     fit closed it; call on global rank 0 only), to write several scalars as one event; None for
-    other loggers, prefixed ones and tensorboardX writers (their ``log_metrics`` logs them)."""
-    if not isinstance(logger, TENSORBOARD_LOGGERS) or logger._prefix:
+    other loggers, prefixed ones, subclasses with a ``log_metrics`` of their own and
+    tensorboardX writers (their ``log_metrics`` logs them)."""
+    if type(logger).log_metrics not in _STOCK_LOG_METRICS or logger._prefix:
         return None
     experiment = logger.experiment
     if not isinstance(experiment, SummaryWriter):

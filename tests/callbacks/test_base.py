@@ -188,6 +188,21 @@ def test_a_steps_scalars_are_one_tensorboard_event_and_a_prefix_is_kept(tmp_path
     zero = read_events(tmp_path).Scalars(f"{expected[-1]}")
     assert [e.step for e in zero] == list(range(1, 24))
 
+    # a subclass's own log_metrics still receives them
+    class Renaming(TensorBoardLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+
+    renaming = Renaming(str(tmp_path / "renaming"))
+    fit(
+        DigitsClassifier(),
+        [ActivationMonitor(every_n_steps=1)],
+        tmp_path,
+        epochs=1,
+        logger=renaming,
+    )
+    assert f"train/{expected[-1]}" in read_events(renaming.log_dir).Tags()["scalars"]
+
     # a prefixed logger's log_metrics adds its prefix: lightning-viz's scalars keep going there
     prefixed = TensorBoardLogger(str(tmp_path / "prefixed"), prefix="run")
     fit(
