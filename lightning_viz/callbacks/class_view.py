@@ -84,10 +84,9 @@ is on by default only where that explanation is cheap (Grad-CAM, CAM: measured a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
 RESPONDS = 0.1
-"""The deletion test judges a map only where what it explains (the class's probability; a
-segmentation's class score, a single output's value, in their own units) falls by at least this
-when every pixel is deleted: an untrained network's flat curves rank nothing, whatever the
-map."""
+"""The deletion test judges a map only where what it explains falls by at least this when every
+pixel is deleted (the class's probability; a single output's value by this share of its
+start): an untrained network's flat curves rank nothing, whatever the map."""
 COLUMNS = {
     "stability": "stability",
     "sanity": "sanity",
@@ -454,13 +453,31 @@ class ClassView(ProbeCallback):
                 for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,
-                        output_transform=self._transform, probabilities=self.measure_as,
+                        output_transform=self._transform, probabilities=self._deletion_reads,
                     )  # fmt: skip
                     found[f"{method}|{key}"] = curves.deletion_auc
                     if key == "deletion":
                         found[f"{method}|insertion"] = curves.insertion_auc
-                        found[f"{method}|drop"] = curves.deletion[:, 0] - curves.deletion[:, -1]
+                        found[f"{method}|drop"] = self._drop(curves.deletion)
         return found
+
+    @property
+    def _deletion_reads(self) -> bool | str:
+        """The ``probabilities=`` of the faithfulness curves: what the maps explain
+        (:meth:`measure_as`: a single output's value), but a segmentation's class probability.
+        Its summed score is over the pixels each perturbed image predicts as the class, which
+        deleting pixels changes: an untrained net's curves jump (from 11 to 0, from 26 to 71)
+        and were judged; the probability's curves stay flat there (a limitation)."""
+        return self.probability if self._outputs_class_maps else self.measure_as
+
+    def _drop(self, deletion: torch.Tensor) -> torch.Tensor:
+        """(N,) how far the faithfulness curves' quantity falls from the first to the last
+        step of (N, S + 1) deletion curves: a probability in its units, a single output's value
+        as a share of its start, whatever its scale."""
+        drop = deletion[:, 0] - deletion[:, -1]
+        if self._deletion_reads is False:
+            drop = drop / deletion[:, 0].abs().clamp(min=torch.finfo(drop.dtype).tiny)
+        return drop
 
     @staticmethod
     def _score_metrics(method: str, mean: dict[str, float]) -> dict[str, float]:
@@ -506,11 +523,10 @@ class ClassView(ProbeCallback):
                 f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
                 "on what the network learned."
             )
-        explained = (
-            "output"
-            if self._single_output and self.explained_quantity == "score"
-            else f"class's {self.explained_quantity}"
-        )
+        explained = {
+            (True, False): "output",
+            (True, True): "output's probability",
+        }.get((self._single_output, self._deletion_reads is not False), "class's probability")
         if "deletion" in mean and drop >= RESPONDS and mean["deletion"] >= mean["random"]:
             lines.append(
                 f"Deleting pixels in the maps' order lowers the {explained} no faster "

@@ -116,8 +116,8 @@ class GradCAMLogger(ClassView):
       (``scores`` with ``"faithfulness"``): the mean area under the probes' deletion and
       insertion curves (16 steps, pixels in the map's order set to 0), and of the deletion curve
       of a random order; a deletion no lower than the random order's gets a note (where
-      deleting every pixel lowers the probability by 0.1 or more: else the curves judge
-      nothing).
+      deleting every pixel lowers the probability by 0.1 or more, a single output by a tenth
+      of its value: else the curves judge nothing).
     - ``localization/gradcam/<layer>/pointing_game``, ``/energy_in_box`` (probes with
       ``boxes`` or ``masks``, at no cost): the share of maps whose peak lies in the probe's box
       (or mask), and the mean share of their positive mass inside it (over the maps that have

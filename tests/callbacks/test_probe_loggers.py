@@ -666,6 +666,28 @@ def test_a_segmenter_on_masks_explains_each_probes_class_and_scores_it_on_the_ma
     assert "localization/gradcam/net.dec/pointing_game" in events.Tags()["scalars"]
 
 
+def test_an_untrained_segmenters_flat_curves_are_not_judged(tmp_path, monkeypatch):
+    """A segmentation's summed class score is over the pixels each perturbed image predicts as
+    the class: an untrained net's deletion curves jumped (from 11 to 0, from 26 to 71), passed
+    the drop meant for a probability, and the faithfulness note judged them (here with the
+    random order made the map's own, so that a judged map is noted)."""
+    from lightning_viz.callbacks import class_view
+
+    monkeypatch.setattr(class_view, "random_maps", lambda maps: maps)
+    pl.seed_everything(0, verbose=False)
+    untrained = MaskSegmenter()
+    untrained.configure_optimizers = lambda: torch.optim.SGD(untrained.parameters(), lr=0.0)
+    images, masks = segmentation_data(32)
+    gradcam = GradCAMLogger(scores=["faithfulness"], strict=True)
+    make_trainer(tmp_path, [gradcam], max_epochs=1, log_every_n_steps=1).fit(
+        untrained, DataLoader(TensorDataset(images, masks), batch_size=8)
+    )
+    texts = read_events(tmp_path).Tensors("gradcam/net.dec/targets/text_summary")
+    assert len(texts) == 2
+    for text in texts:
+        assert "not faithful" not in text.tensor_proto.string_val[0].decode()
+
+
 class WithTeacher(DigitsClassifier):
     """A frozen copy of the network that never runs in forward (a distillation teacher)."""
 
