@@ -301,10 +301,16 @@ class RunContext:
 
 
 def is_last_epoch(trainer: pl.Trainer) -> bool:
-    """Whether the current training epoch is the fit's last by ``max_epochs`` (never known when
-    it is None or -1: a fit bounded by ``max_steps`` or ``max_time``)."""
-    last = trainer.max_epochs
-    return last is not None and last >= 0 and trainer.current_epoch + 1 >= last
+    """Whether the current training epoch is the fit's last, as far as its end knows: by
+    ``max_epochs``, ``max_steps`` reached, or a stop asked for already (EarlyStopping on the
+    validation, a ``max_time`` Timer, ``on_alert="stop"``). A stop asked for after a callback's
+    epoch end is not known there: :meth:`VizCallback.owed_work` makes up for it at train end."""
+    last, steps = trainer.max_epochs, trainer.max_steps
+    return (
+        (last is not None and last >= 0 and trainer.current_epoch + 1 >= last)
+        or (steps is not None and steps >= 0 and trainer.global_step >= steps)
+        or trainer.should_stop
+    )
 
 
 HEALTH_CHARTS = (
@@ -377,7 +383,9 @@ class VizCallback(*CALLBACK_BASES):
     may_spend`). Past it, the callbacks whose own share is above an even part of the budget skip
     (cadences stretch, epochs are skipped) until it holds again; the cheap ones go on. One
     ``over_budget`` notice per fit says so. Baselines at train start, each callback's first
-    piece and the last epoch's views are never skipped.
+    piece and the views at the fit's end are never skipped (the last epoch's: by ``max_epochs``,
+    ``max_steps`` or a stop asked for; a view skipped at an epoch end that no callback had
+    stopped yet renders at train end, :meth:`owed_work`).
     """
 
     def __init__(
@@ -394,6 +402,8 @@ class VizCallback(*CALLBACK_BASES):
         self._not_shown: str | None = None
         self._restored = False
         self._last_fit: tuple[weakref.ref[pl.LightningModule], int] | None = None
+        self._owed = False  # the budget skipped the latest of its per-epoch work
+        self._finishing = False
 
     # --------------------------------------------------------------------- models it skips
     @property
@@ -418,6 +428,7 @@ class VizCallback(*CALLBACK_BASES):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._not_shown = None
+        self._owed = False
         RunContext.of(trainer).background.reopen()
         if stage == "fit" and not self._restored and not self._continues(trainer, pl_module):
             self.reset_state()
@@ -452,6 +463,13 @@ class VizCallback(*CALLBACK_BASES):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._owed and self.showing:
+            self._owed, self._finishing = False, True
+            try:
+                with self.timed(trainer):
+                    self.owed_work(trainer, pl_module)
+            finally:
+                self._finishing = False
         RunContext.of(trainer).release_notices()
         self.finish_writes(trainer, close=False)
         context = RunContext.of(trainer)
@@ -565,6 +583,16 @@ class VizCallback(*CALLBACK_BASES):
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """What the callback does at the end of a training epoch; default nothing."""
 
+    def owed_work(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The per-epoch work the budget skipped at the fit's last epoch end, done at train end
+        (a fit that stopped where no epoch end knew it was the last: an EarlyStopping or Timer
+        called after the callback), so that the fit's final state shows; default nothing."""
+
+    def finishing(self, trainer: pl.Trainer) -> bool:
+        """Whether the work now is the fit's last of its kind (:func:`is_last_epoch`, or
+        :meth:`owed_work`)."""
+        return self._finishing or is_last_epoch(trainer)
+
     # ------------------------------------------------------------------------ cost, budget
     @contextmanager
     def timed(self, trainer: pl.Trainer) -> Iterator[None]:
@@ -589,20 +617,23 @@ class VizCallback(*CALLBACK_BASES):
     ) -> bool:
         """Whether the next piece of skippable work (``what``) fits the ``budget``; always
         without one, for the callback's first piece in a fit, and for an epoch's work
-        (``per_epoch``) at the end of the last epoch. The first time a callback of the Trainer
-        is refused, one ``over_budget`` notice says so (once per fit, for all of them).
+        (``per_epoch``) at the fit's end (:meth:`finishing`). The first time a callback of the
+        Trainer is refused, one ``over_budget`` notice says so (once per fit, for all of them).
 
         With ``collective`` (the work reaches collectives), rank 0 decides for every rank. With
         ``alone``, the callback's own share is held to the whole budget, as if it kept it alone:
         for the work a health check needs, which the others' spending must not starve.
         """
-        if self.budget is None or (per_epoch and is_last_epoch(trainer)):
+        if self.budget is None or (per_epoch and self.finishing(trainer)):
+            self._owed = self._owed and not per_epoch
             return True
         context = RunContext.of(trainer)
         sharing = 1 if alone else sum(c.budget is not None for c in context.callbacks(trainer))
         fits = context.cost.may_spend(type(self).__name__, self.budget, sharing)
         if collective and trainer.world_size > 1:
             fits = trainer.strategy.broadcast(fits, src=0)
+        if per_epoch:
+            self._owed = not fits
         if not fits and not context.over_budget_said:
             context.over_budget_said = True
             share = context.cost.share()
@@ -617,7 +648,7 @@ class VizCallback(*CALLBACK_BASES):
                 f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
                 f"budget of {self.budget:.1%}: {what} is skipped ({type(self).__name__}), and "
                 "the costliest callbacks skip work until the share is back within it (each view "
-                "still shows in the last epoch; budget=None never skips)."
+                "still shows at the fit's end; budget=None never skips)."
             )
             finding = Finding(
                 "over_budget", "budget", True, message=message, value=share, threshold=self.budget

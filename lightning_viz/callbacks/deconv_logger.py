@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import is_last_epoch, to_host
+from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
@@ -433,7 +433,7 @@ class DeconvLogger(ProbeCallback):
         drawn = len(self.column_epochs[layer])
         # the last epoch's image has no blank rows: epochs the budget skipped never come
         slots = (
-            drawn if is_last_epoch(trainer) else max(self._evolution_slots(trainer), drawn)
+            drawn if self.finishing(trainer) else max(self._evolution_slots(trainer), drawn)
         )  # more: resumed
         labels = [f"epoch {e}" for e in self.column_epochs[layer]] + [""] * (slots - drawn)
         headers = [f"ch {c}" for c in self.features[layer]]

@@ -226,6 +226,7 @@ class FilterMonitor(VizCallback):
         self.reference_steps: dict[str, int] = {}
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
+        self._unshown: dict[Any, Tensor] | None = None  # a measurement whose image was skipped
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -237,6 +238,7 @@ class FilterMonitor(VizCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._unshown = None
         source = type(self).__name__
         sharded = sharded_strategy(trainer)
         if sharded is not None:
@@ -382,8 +384,17 @@ class FilterMonitor(VizCallback):
         if not baseline and not self.within_budget(
             trainer, "the filter image of an epoch", per_epoch=True
         ):
+            self._unshown = host
             return
+        self._unshown = None
         self._log_images(trainer, host)
+
+    @override
+    def owed_work(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The filter image of the last measurement, which the budget skipped."""
+        if self._unshown is not None:
+            host, self._unshown = self._unshown, None
+            self._log_images(trainer, host)
 
     def _judge(
         self,

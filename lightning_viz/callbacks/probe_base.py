@@ -203,6 +203,10 @@ class ProbeCallback(VizCallback):
             self._run(trainer, pl_module)
 
     @override
+    def owed_work(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.probes is not None:

@@ -6,6 +6,7 @@ import re
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 
 import lightning_viz
 from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, Probes, tags
@@ -15,6 +16,8 @@ from lightning_viz.callbacks.cost import CostMeter
 from lightning_viz.summary import summarize
 from lightning_viz.testing import digits_tensors
 from tests.helpers import DigitsClassifier, fit, read_events
+
+STEPS_PER_EPOCH = 23
 
 
 class Clock:
@@ -129,6 +132,41 @@ def test_past_the_budget_filter_images_skip_epochs_but_the_measurement_never_wai
     # the baseline, the first epoch's (a callback's first piece) and the last epoch's
     assert [e.step for e in images] == [0, epoch_ends[0], epoch_ends[-1]]
     assert [a.kind for a in monitor.alerts.raised] == ["over_budget"]
+
+
+class StopAfter(pl.Callback):
+    """Stops the fit at an epoch's end, after the callbacks before it (as an EarlyStopping or a
+    ``max_time`` Timer listed after them does)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = trainer.current_epoch == self.epoch
+
+
+@pytest.mark.parametrize("stop", ["after the views", "before the views", "max_steps"])
+def test_a_fit_stopped_early_still_shows_the_views_at_its_end(tmp_path, stop):
+    """The budget lets the last epoch's views through, but knew the last epoch only by
+    max_epochs: a fit stopped by EarlyStopping, a Timer or max_steps never showed its end."""
+    probes = Probes(digits_tensors()[0][:4])
+    views = [FilterMonitor(budget=0.001), GradCAMLogger(probes=probes, budget=0.001)]
+    stopper = StopAfter(epoch=2)
+    callbacks = {
+        "after the views": [*views, stopper],
+        "before the views": [stopper, *views],
+        "max_steps": views,
+    }[stop]
+    steps = {"max_steps": {"max_steps": 60}}.get(stop, {})
+    trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=10, validate=False, **steps)
+    end = trainer.global_step
+    assert end == (60 if stop == "max_steps" else 3 * STEPS_PER_EPOCH)
+    events = read_events(tmp_path)
+    for tag in ("filters/model.features.0", "gradcam/model.features"):
+        shown = [e.step for e in events.Images(tag)]
+        assert shown[-1] == end, (tag, shown)
+        assert STEPS_PER_EPOCH * 2 not in shown  # the middle epochs still skip
+        assert len(shown) == len(set(shown))
 
 
 def test_default_callbacks_keep_a_two_percent_budget_unless_told():

@@ -205,6 +205,21 @@ def assert_row_label(evolution, deconv: DeconvLogger, row: int, text: str) -> No
     assert_caption(pixels, text, x=0, y=y, width=label_width, height=EVOLUTION_PITCH, align="right")
 
 
+def test_a_fit_stopped_early_trims_the_evolution_to_its_epochs(tmp_path):
+    """The evolution grid keeps a row for every epoch up to max_epochs and is trimmed in the
+    last: stopped by EarlyStopping after 2 of 10 epochs, 80% of it stayed blank."""
+    from tests.callbacks.test_cost import StopAfter
+
+    stopped = DeconvLogger(layers=[CONVS[0]], strict=True)
+    fit(DigitsClassifier(), [StopAfter(epoch=1), stopped], tmp_path / "stopped", epochs=10)
+    planned = DeconvLogger(layers=[CONVS[0]], strict=True)
+    fit(DigitsClassifier(), [planned], tmp_path / "planned", epochs=2)
+    tag = f"evolution/{CONVS[0]}"
+    last = read_events(tmp_path / "stopped").Images(tag)[-1]
+    assert last.step == EPOCH_ENDS[1]
+    assert last.height == read_events(tmp_path / "planned").Images(tag)[-1].height
+
+
 def test_resume_keeps_the_evolution_columns_and_the_probes(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     deconv = DeconvLogger(layers=["model.features.0"], strict=True)
