@@ -103,11 +103,12 @@ class RunContext:
             return
         self.hold_notices()
         board = next((lg for lg in trainer.loggers if isinstance(lg, TENSORBOARD_LOGGERS)), None)
-        where = (
-            f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
-            if board is not None
-            else "no TensorBoardLogger attached: scalars only"
-        )
+        if trainer.fast_dev_run:  # Lightning swaps every logger for a dummy that writes nothing
+            where = "fast_dev_run: the callbacks run as a check, and nothing is logged"
+        elif board is not None:
+            where = f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
+        else:
+            where = "no TensorBoardLogger attached: scalars only"
         rank_zero_info(f"lightning-viz: {where}")
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:

@@ -258,11 +258,18 @@ def test_views_of_images_alone_are_not_rendered_for_a_csv_logger(tmp_path):
     }
 
 
-def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path):
-    with warnings.catch_warnings(record=True) as record:
+def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path, caplog):
+    """Lightning swaps the loggers for a dummy under fast_dev_run: the start line said "no
+    TensorBoardLogger attached: scalars only" though one was passed, and nothing is written."""
+    with warnings.catch_warnings(record=True) as record, caplog.at_level("INFO"):
         warnings.simplefilter("always")
         fit(DigitsClassifier(), lightning_viz.default_callbacks(), tmp_path, fast_dev_run=True)
     assert not [w for w in record if "TensorBoardLogger" in str(w.message)]
+    assert (
+        "lightning-viz: fast_dev_run: the callbacks run as a check, and nothing is logged"
+        in caplog.text
+    )
+    assert "TensorBoardLogger" not in caplog.text
 
 
 def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog):
