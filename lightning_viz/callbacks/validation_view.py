@@ -26,8 +26,9 @@ class ValidationView(VizCallback):
     """Base of the callbacks that look at the validation set through the forward passes of the
     validation loop: no extra forward.
 
-    In a logged validation epoch of a fit (every ``every_n_epochs``, not the sanity check, the
-    first validation dataloader; ``trainer.validate`` alone is not watched), each batch's images
+    In a logged validation epoch of a fit (every ``every_n_epochs``, the first validation of the
+    training epoch where ``val_check_interval`` runs several, not the sanity check, the first
+    validation dataloader; ``trainer.validate`` alone is not watched), each batch's images
     and labels are read from the batch, the subclass's forward hooks live from the batch's start
     to its end (and are removed on an exception), and the images' positions in the epoch's
     stream (0, 1, ... in loader order) say which images they are. Global rank 0 only, and no
@@ -61,6 +62,7 @@ class ValidationView(VizCallback):
         self._trainer: pl.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._problems: list[str] = []
+        self._rode_epoch: int | None = None  # the training epoch whose validation it read
 
     # ----------------------------------------------------------------------- subclass API
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -96,6 +98,7 @@ class ValidationView(VizCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._rode_epoch = None
         compiled = compiled_parts(pl_module)
         if compiled:
             where = "the LightningModule's forward" if compiled[0] == "" else repr(compiled[0])
@@ -132,8 +135,13 @@ class ValidationView(VizCallback):
             and trainer.is_global_zero
             and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            # one entry per epoch: val_check_interval=0.25 made four, each bypassing the
+            # budget in the last epoch
+            and self._rode_epoch != trainer.current_epoch
             and self.within_budget(trainer, f"the {self.view} of an epoch", per_epoch=True)
         )
+        if self._riding:
+            self._rode_epoch = trainer.current_epoch
         self._position = 0
         self._problems = []
         self._trainer = trainer

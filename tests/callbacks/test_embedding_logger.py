@@ -94,6 +94,18 @@ def test_every_validation_image_below_num_images_and_every_n_epochs(tmp_path):
     assert [int(p) for _, p in entries[0][2]] == list(range(VALIDATION_SIZE))
 
 
+def test_one_entry_per_epoch_however_often_the_trainer_validates(tmp_path):
+    """val_check_interval=0.25 runs four validations an epoch: each made an entry (a directory
+    of tensors and sprites), and in the last epoch each bypassed the budget."""
+    views = [EmbeddingLogger(strict=True), TopPatchesLogger(strict=True)]
+    fit(DigitsClassifier(), views, tmp_path, epochs=2, val_check_interval=0.25)
+    assert [step for step, _, _ in projector_entries(tmp_path)] == [5, 28]
+    patches = [tag for tag in read_events(tmp_path).Tags()["images"] if tag.startswith("top")]
+    assert patches
+    for tag in patches:
+        assert [e.step for e in read_events(tmp_path).Images(tag)] == [5, 28]
+
+
 def test_embedding_leaves_training_bit_identical(tmp_path):
     without = train(tmp_path / "without", [])
     with_logger = train(tmp_path / "with", [EmbeddingLogger(strict=True)])
