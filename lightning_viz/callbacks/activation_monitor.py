@@ -647,7 +647,7 @@ class ActivationMonitor(VizCallback):
                 self._log_step(
                     trainer, step, [(*rows[r][1:], r) for r in step_rows], host, histogram_of
                 )
-        self.log_scalars(trainer, self.alert_count(trainer))  # now, not at the samples' steps
+        self.count_alerts(trainer)  # now, not at the samples' steps
 
     def _bounds_of(self, key: str) -> tuple[float, float] | None:
         """The saturation bounds of the layer behind a logged key (``layer`` or ``layer#i``)."""
@@ -705,7 +705,8 @@ class ActivationMonitor(VizCallback):
                     key, fraction, self.dead_threshold, trainer.current_epoch
                 )
                 self.raise_alert(trainer, finding)
-        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
+        self.log_scalars(trainer, metrics)
+        self.count_alerts(trainer)
 
     def _check_saturation(self, trainer: pl.Trainer) -> None:
         """``saturated`` on the epoch's mean saturated fraction (host values, the same on every

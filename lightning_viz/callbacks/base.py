@@ -91,6 +91,7 @@ class RunContext:
         # while the fit starts or a validation runs
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None
         self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
+        self.held_count: tuple[int, Callable[[], None]] | None = None  # (step, write its count)
         self.stopped_at: int | None = None  # the step whose alerts stopped training
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -139,10 +140,31 @@ class RunContext:
         self.write_held_table()
 
     def write_held_table(self) -> None:
-        """Write the alert table held (:meth:`write_alert_table`), if any."""
+        """Write the alert table and the alert count held (:meth:`write_alert_table`,
+        :meth:`hold_alert_count`), if any."""
         if self.held_table is not None:
             write, self.held_table = self.held_table, None
             write()
+        if self.held_count is not None:
+            (_, write), self.held_count = self.held_count, None
+            write()
+
+    def hold_alert_count(self, callback: VizCallback, trainer: pl.Trainer) -> None:
+        """Hold a point of ``alerts/count`` at this step, to be written with the step's alert
+        table, with the total then: each callback logged the total at its own measurement, so
+        a step whose later callbacks raised alerts got several points (0, then 5), a vertical
+        jump in the chart."""
+        step = trainer.global_step
+        if self.held_count is not None and self.held_count[0] != step:
+            self.write_held_table()  # an earlier step's, not released yet
+
+        def write() -> None:
+            point = (step, self.alert_total(trainer))
+            if point != self.alert_count_logged:
+                self.alert_count_logged = point
+                callback.log_scalars(trainer, {tags.ALERT_COUNT: float(point[1])}, step=step)
+
+        self.held_count = (step, write)
 
     def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer, table: str) -> None:
         """Hold the step's alert table so far, to be written whole when the next batch starts,
@@ -843,16 +865,11 @@ class VizCallback(*CALLBACK_BASES):
                 for kind in dict.fromkeys(alert.kind for alert in alerts):
                     announce([alert for alert in alerts if alert.kind == kind])
 
-    def alert_count(self, trainer: pl.Trainer) -> dict[str, float]:
-        """``{alerts/count: total}`` to log with a measurement, so the chart has a point at every
-        measurement (0 included); empty where another callback logged this total at this step
-        already (two points at one step drew the chart's line back and forth)."""
-        context = RunContext.of(trainer)
-        point = (trainer.global_step, context.alert_total(trainer))
-        if point == context.alert_count_logged:
-            return {}
-        context.alert_count_logged = point
-        return {tags.ALERT_COUNT: float(point[1])}
+    def count_alerts(self, trainer: pl.Trainer) -> None:
+        """Log a point of ``alerts/count`` at this measurement's step, so the chart has a point
+        at every measurement (0 included): held, one per step with the step's total
+        (:meth:`RunContext.hold_alert_count`)."""
+        RunContext.of(trainer).hold_alert_count(self, trainer)
 
     @contextmanager
     def guarded(self, trainer: pl.Trainer, what: str) -> Iterator[None]:
@@ -872,7 +889,7 @@ class VizCallback(*CALLBACK_BASES):
                 "to raise instead."
             )
             self.raise_alert(trainer, Finding("failed", what, True, message=message))
-            self.log_scalars(trainer, self.alert_count(trainer))
+            self.count_alerts(trainer)
         else:
             if (what, "failed") in self.alerts.active:
                 self.raise_alert(trainer, Finding("failed", what, False))

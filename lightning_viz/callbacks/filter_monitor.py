@@ -374,7 +374,8 @@ class FilterMonitor(VizCallback):
         with self.alerts_together(trainer):
             metrics = self._judge(trainer, host, baseline, network)
         self.previous_step = trainer.global_step
-        self.log_scalars(trainer, {**metrics, **self.alert_count(trainer)})
+        self.log_scalars(trainer, metrics)
+        self.count_alerts(trainer)
         if self.writer(trainer) is not None:
             for name in self._layers:
                 histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)

@@ -129,6 +129,19 @@ def test_alerts_count_has_one_point_per_step_in_step_order(tmp_path):
     assert (steps[0], steps[-1]) == (0, 46)
 
 
+def test_alerts_count_has_the_steps_total_once_though_several_callbacks_measure_at_it(tmp_path):
+    """Each callback logged the total at its own measurement: FilterMonitor 0 at an epoch's
+    end, then ActivationMonitor 3 at the same step, a vertical jump in the chart."""
+    monitors = [
+        FilterMonitor(strict=True),
+        ActivationMonitor(dead_threshold=0.0, warmup_epochs=0, on_alert=lambda alert: None),
+    ]
+    fit(DigitsClassifier(), monitors, tmp_path, epochs=1, validate=False)
+    count = read_events(tmp_path).Scalars("alerts/count")
+    assert [(e.step, e.value) for e in count if e.step == 23] == [(23, 3.0)]
+    assert [e.step for e in count] == sorted({e.step for e in count})
+
+
 def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     callback = Flapping(on_alert="stop")
     with pytest.warns(UserWarning, match="Flapping: look here"), caplog.at_level("INFO"):
