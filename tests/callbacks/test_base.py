@@ -201,31 +201,18 @@ def test_a_steps_scalars_are_one_tensorboard_event_and_a_prefix_is_kept(tmp_path
     zero = read_events(tmp_path).Scalars(f"{expected[-1]}")
     assert [e.step for e in zero] == list(range(1, 24))
 
-    # a subclass's own log_metrics still receives them
+    # a subclass's own log_metrics still receives them, and a prefixed logger's adds its prefix
     class Renaming(TensorBoardLogger):
         def log_metrics(self, metrics, step=None):
             super().log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
 
-    renaming = Renaming(str(tmp_path / "renaming"))
-    fit(
-        DigitsClassifier(),
-        [ActivationMonitor(every_n_steps=1)],
-        tmp_path,
-        epochs=1,
-        logger=renaming,
-    )
-    assert f"train/{expected[-1]}" in read_events(renaming.log_dir).Tags()["scalars"]
-
-    # a prefixed logger's log_metrics adds its prefix: lightning-viz's scalars keep going there
-    prefixed = TensorBoardLogger(str(tmp_path / "prefixed"), prefix="run")
-    fit(
-        DigitsClassifier(),
-        [ActivationMonitor(every_n_steps=1)],
-        tmp_path,
-        epochs=1,
-        logger=prefixed,
-    )
-    assert f"run-{expected[-1]}" in read_events(prefixed.log_dir).Tags()["scalars"]
+    for logger, tag in (
+        (Renaming(str(tmp_path / "renaming")), f"train/{expected[-1]}"),
+        (TensorBoardLogger(str(tmp_path / "prefixed"), prefix="run"), f"run-{expected[-1]}"),
+    ):
+        monitor = ActivationMonitor(every_n_steps=1)
+        fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, logger=logger)
+        assert tag in read_events(logger.log_dir).Tags()["scalars"]
 
 
 def test_views_of_images_alone_are_not_rendered_for_a_csv_logger(tmp_path):
