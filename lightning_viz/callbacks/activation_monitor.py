@@ -274,6 +274,11 @@ class ActivationMonitor(VizCallback):
         trainer = Trainer(callbacks=[ActivationMonitor(every_n_steps=50)])
     """
 
+    budget_note = (
+        "ActivationMonitor's dead-channel, saturation and NaN checks then read fewer batches: "
+        "on a fast net some epochs none, and their alerts come later."
+    )
+
     def __init__(
         self,
         layers: Sequence[str] | None = None,

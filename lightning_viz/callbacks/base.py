@@ -411,6 +411,10 @@ class VizCallback(*CALLBACK_BASES):
     stopped yet renders at train end, :meth:`owed_work`).
     """
 
+    budget_note: ClassVar[str] = ""
+    """What the ``over_budget`` notice adds where this callback keeps a budget: health checks
+    that then wait too."""
+
     def __init__(
         self, on_alert: OnAlert = "warn", strict: bool = False, budget: float | None = None
     ) -> None:
@@ -673,6 +677,8 @@ class VizCallback(*CALLBACK_BASES):
                 "the costliest callbacks skip work until the share is back within it (each view "
                 "still shows at the fit's end; budget=None never skips)."
             )
+            notes = {c.budget_note for c in context.callbacks(trainer) if c.budget is not None}
+            message += "".join(f" {note}" for note in sorted(notes) if note)
             finding = Finding(
                 "over_budget", "budget", True, message=message, value=share, threshold=self.budget
             )
