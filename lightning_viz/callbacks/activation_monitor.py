@@ -131,14 +131,16 @@ class SampleBuffers:
         images as one (S, n, C, H, W) tensor: the slots of the buffer, in the order they were
         filled, and the rest stacked."""
         buffer = self._buffers.get(key)
-        held = [item for item in samples if buffer is not None and item[1].images._base is buffer]
-        groups = [(held, buffer[: len(held)])] if held else []
+        held: list[tuple[int, ActivationSample]] = []
         rest: dict[tuple, list[tuple[int, ActivationSample]]] = {}
         for item in samples:
-            if not held or item[1].images._base is not buffer:
-                rest.setdefault((item[1].images.shape, item[1].images.dtype), []).append(item)
-        groups += [(run, torch.stack([s.images for _, s in run])) for run in rest.values()]
-        return groups
+            images = item[1].images
+            if buffer is not None and images._base is buffer:
+                held.append(item)
+            else:
+                rest.setdefault((images.shape, images.dtype), []).append(item)
+        groups = [(held, buffer[: len(held)])] if held else []
+        return groups + [(run, torch.stack([s.images for _, s in run])) for run in rest.values()]
 
     @property
     def nbytes(self) -> int:

@@ -652,7 +652,8 @@ class VizCallback(*CALLBACK_BASES):
         for the work a health check needs, which the others' spending must not starve.
         """
         if self.budget is None or (per_epoch and self.finishing(trainer)):
-            self._owed = self._owed and not per_epoch
+            if per_epoch:
+                self._owed = False
             return True
         context = RunContext.of(trainer)
         sharing = 1 if alone else sum(c.budget is not None for c in context.callbacks(trainer))

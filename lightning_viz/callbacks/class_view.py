@@ -498,8 +498,8 @@ class ClassView(ProbeCallback):
         self, trainer: pl.Trainer, method: str, mean: dict[str, float], drop: float
     ) -> list[str]:
         """Whether the maps have settled (first, maybe empty), then the warnings; ``drop`` is
-        how far the explained quantity (:attr:`explained_quantity`) falls with every pixel deleted
-        (mean over probes)."""
+        how far what the faithfulness curves read falls with every pixel deleted (:meth:`_drop`,
+        mean over probes)."""
         lines = [""]
         if "stability" in mean and math.isnan(mean["stability"]):
             self.stable_since[method] = None
@@ -523,10 +523,8 @@ class ClassView(ProbeCallback):
                 f"correlation {mean['sanity']:.2f} >= {INDEPENDENT}): these maps do not depend "
                 "on what the network learned."
             )
-        explained = {
-            (True, False): "output",
-            (True, True): "output's probability",
-        }.get((self._single_output, self._deletion_reads is not False), "class's probability")
+        subject = "output" if self._single_output else "class"
+        explained = "output" if self._deletion_reads is False else f"{subject}'s probability"
         if "deletion" in mean and drop >= RESPONDS and mean["deletion"] >= mean["random"]:
             lines.append(
                 f"Deleting pixels in the maps' order lowers the {explained} no faster "
