@@ -22,6 +22,8 @@ from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional._validation import check_fraction, check_int, check_layer_names
 from lightning_viz.functional.activations import (
     ActivationSample,
+    ChannelHealth,
+    channel_health,
     reduce_activation_samples,
     sample_activations,
     stats_from_sums,
@@ -162,7 +164,9 @@ class ActivationMonitor(VizCallback):
     On sampled training batches (every ``every_n_steps``, and an epoch's last batch when no
     other of the epoch was, so that every epoch's dead-channel, saturation and NaN checks have
     data: in epochs shorter than the cadence, and when the other callbacks spend the ``budget``
-    while the monitor's own share is within it), forward hooks on the watched layers
+    while the monitor's own share is within it; past that, the last batch is read for those
+    checks alone, each channel's maximum and a sigmoid's saturated fraction, so they never wait
+    for the budget), forward hooks on the watched layers
     keep a strided copy of each feature map on the device (in a buffer per layer, reused from
     read to read: :class:`SampleBuffers`); the copies of several sampled steps are reduced
     together where they are to each step's statistics
@@ -221,8 +225,8 @@ class ActivationMonitor(VizCallback):
         strict: re-raise a failure of the monitor instead of turning it into an alert.
         budget: the share of training time all lightning-viz callbacks may take together (see
             :class:`~lightning_viz.callbacks.base.VizCallback`); past it, sampled steps are
-            skipped (the cadence stretches) until the share is back within it. None (default):
-            never skip.
+            skipped (the cadence stretches) until the share is back within it; the health checks
+            still read each epoch's last batch. None (default): never skip.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
@@ -277,8 +281,8 @@ class ActivationMonitor(VizCallback):
     """
 
     budget_note = (
-        "ActivationMonitor's dead-channel, saturation and NaN checks then read fewer batches: "
-        "on a fast net some epochs none, and their alerts come later."
+        "ActivationMonitor's scalars then thin out; its dead-channel, saturation and NaN checks "
+        "still read at least each epoch's last batch."
     )
 
     def __init__(
@@ -316,7 +320,10 @@ class ActivationMonitor(VizCallback):
         self._layers: dict[str, nn.Module] = {}
         self._interval = 1
         self._handles: list[RemovableHandle] = []
+        self._health_only = False
         self._step_samples: dict[str, ActivationSample] = {}
+        self._step_health: dict[str, ChannelHealth] = {}
+        self._health: tuple[int, dict[str, ChannelHealth]] | None = None  # read at epoch end
         self._pending: list[tuple[int, dict[str, ActivationSample]]] = []
         self._buffers = SampleBuffers()
         self._flush_every = 1
@@ -405,6 +412,7 @@ class ActivationMonitor(VizCallback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active, self._seen, self._saturation = {}, {}, {}
+        self._health = None
         self._epoch_sampled = False
 
     @override
@@ -424,18 +432,21 @@ class ActivationMonitor(VizCallback):
         only = batch_idx + 1 == trainer.num_training_batches and not self._epoch_sampled
         if not due and not only:
             return
-        admitted = due and self.within_budget(trainer, "a sampled step", collective=True)
-        if not admitted and only:
-            admitted = self.within_budget(trainer, "a sampled step", collective=True, alone=True)
-        if not admitted:
+        whole = due and self.within_budget(trainer, "a sampled step", collective=True)
+        if not whole and only:
+            whole = self.within_budget(trainer, "a sampled step", collective=True, alone=True)
+        if not whole and not only:
             return
+        # where no whole sample fits, the epoch's last batch is read for the health checks
+        # alone (the channels' maxima): they never wait for the budget, as FilterMonitor's do not
         self._epoch_sampled = True
         with self.timed(trainer):
-            self._add_hooks(trainer)
+            self._add_hooks(trainer, health_only=not whole)
 
-    def _add_hooks(self, trainer: pl.Trainer) -> None:
+    def _add_hooks(self, trainer: pl.Trainer, health_only: bool) -> None:
         self._remove_hooks()
-        self._step_samples, self._calls = {}, {}
+        self._health_only = health_only
+        self._step_samples, self._step_health, self._calls = {}, {}, {}
         self._handles = [
             module.register_forward_hook(self._make_hook(name, trainer))
             for name, module in self._layers.items()
@@ -460,6 +471,9 @@ class ActivationMonitor(VizCallback):
         """Keep the step's samples; reduce, sync and log them with the pending ones once
         ``_flush_every`` steps wait (the same steps on every rank: the count is structural)."""
         self._remove_hooks()
+        if self._health_only:
+            self._keep_health(trainer)
+            return
         self._hooked = self._hooked or bool(self._calls)
         self._pending.append((trainer.global_step, self._step_samples))
         self._step_samples = {}
@@ -495,6 +509,53 @@ class ActivationMonitor(VizCallback):
             values = sum(sample.images.numel() for sample in pending[0][1].values())
             self._flush_every = self._steps_per_flush(trainer, values)
 
+    def _keep_health(self, trainer: pl.Trainer) -> None:
+        """Add a health-only step's channel maxima to the epoch's dead-channel record (on the
+        device) and keep the step for :meth:`_read_health`."""
+        for key, health in self._step_health.items():
+            if self._bounds_of(key) is None:
+                self._note_active(key, health.channel_max > 0)
+                self._note_seen(trainer, key, health.values_per_channel)
+        self._health, self._step_health = (trainer.global_step, self._step_health), {}
+
+    def _read_health(self, trainer: pl.Trainer) -> None:
+        """The health-only step's NaN/+Inf alerts and saturated fractions, in one transfer."""
+        if self._health is None:
+            return
+        (step, samples), self._health = self._health, None
+        problems, self._problems = self._problems, []
+        if not self._ranks_agree(trainer, not problems, len(samples)):
+            if problems:
+                raise ValueError("; ".join(problems))
+            return
+        if not samples:
+            return
+        rows = torch.stack(
+            [
+                torch.stack([(~h.channel_max.isfinite()).any().float(), h.saturated_fraction])
+                for h in samples.values()
+            ]
+        )
+        if trainer.world_size > 1:
+            rows = trainer.strategy.reduce(rows, reduce_op="sum")
+        host = to_host({"health": rows})["health"].tolist()
+        for key, (nonfinite, saturated) in zip(samples, host, strict=True):
+            self.raise_alert(trainer, nonfinite_activation_finding(key, nonfinite > 0, step))
+            if not nonfinite and self._bounds_of(key) is not None:
+                self._add_saturation(key, saturated / trainer.world_size)
+
+    def _note_active(self, key: str, active: Tensor) -> None:
+        """OR a sample's (C,) active channels into the epoch's record of ``key``."""
+        self._active[key] = active | self._active[key] if key in self._active else active
+
+    def _note_seen(self, trainer: pl.Trainer, key: str, values_per_channel: int) -> None:
+        """Count the values each channel's maxima read (of every rank's batch)."""
+        self._seen[key] = self._seen.get(key, 0) + values_per_channel * trainer.world_size
+
+    def _add_saturation(self, key: str, fraction: float) -> None:
+        total = self._saturation.setdefault(key, [0.0, 0])
+        total[0], total[1] = total[0] + fraction, total[1] + 1
+
     @contextmanager
     def _released(self) -> Iterator[None]:
         """Free the buffers' slots after a read, whether it got to reduce them or not."""
@@ -517,6 +578,8 @@ class ActivationMonitor(VizCallback):
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
             self._flush(trainer)
+        with self.guarded(trainer, "activation health"), self.alerts_together(trainer):
+            self._read_health(trainer)
         with self.guarded(trainer, "dead channels"), self.alerts_together(trainer):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
                 self._log_dead(trainer)
@@ -535,6 +598,7 @@ class ActivationMonitor(VizCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._remove_hooks()
+        self._health = None
         if self._pending and trainer.world_size == 1:  # other ranks may not reach a collective
             strict, self.strict = self.strict, False  # the training's exception comes first
             try:
@@ -577,6 +641,9 @@ class ActivationMonitor(VizCallback):
                         tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                     )
                     self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
+                return
+            if self._health_only:
+                self._step_health[key] = channel_health(output, self._bounds_of(key))
                 return
             store = partial(self._buffers.store, key, self._flush_every)
             self._step_samples[key] = sample_activations(output, self.max_values, store)
@@ -634,10 +701,7 @@ class ActivationMonitor(VizCallback):
                     histogram_rows[key] = len(histograms)
                     histograms.append(reduced.histogram)
                 if bounds is None:  # a sigmoid saturates instead
-                    active = reduced.channel_active
-                    self._active[key] = (
-                        active | self._active[key] if key in self._active else active
-                    )
+                    self._note_active(key, reduced.channel_active)
         on_device = {"sums": torch.cat(sums)}
         if trainer.world_size > 1:
             on_device["sums"] = trainer.strategy.reduce(on_device["sums"], reduce_op="sum")
@@ -677,14 +741,13 @@ class ActivationMonitor(VizCallback):
             stats = stats_from_sums(values)
             saturating = self._bounds_of(key) is not None
             if key in self._active:  # its per-channel maxima read the whole batch, every rank's
-                self._seen[key] = self._seen.get(key, 0) + values_per_channel * trainer.world_size
+                self._note_seen(trainer, key, values_per_channel)
             self.raise_alert(trainer, nonfinite_activation_finding(key, stats["nonfinite"], step))
             if stats["nonfinite"]:
                 continue
             if saturating:
                 logged = ["saturated_fraction"]
-                total = self._saturation.setdefault(key, [0.0, 0])
-                total[0], total[1] = total[0] + stats["saturated_fraction"], total[1] + 1
+                self._add_saturation(key, stats["saturated_fraction"])
             elif math.isnan(stats["localization"]):
                 logged = ["zero_fraction"]
             else:

@@ -74,6 +74,29 @@ def sample_activations(
     return ActivationSample(images, _channel_max(whole), n * height * width)
 
 
+class ChannelHealth(NamedTuple):
+    """What ActivationMonitor's health checks need of a feature map, and no more
+    (:func:`channel_health`)."""
+
+    channel_max: Tensor
+    """(C,) each channel's maximum over the whole batch, in float32 (as in
+    :class:`ActivationSample`)."""
+    saturated_fraction: Tensor
+    """() the fraction of the batch's values within the margin of a bound (0 without bounds)."""
+    values_per_channel: int
+    """How many values each channel has in the whole batch (N x H x W)."""
+
+
+def channel_health(activations: Tensor, bounds: tuple[float, float] | None = None) -> ChannelHealth:
+    """The dead-channel, NaN/+Inf and saturation evidence of a whole batch's feature maps, in one
+    device operation (two with ``bounds``): for a sampled step that cannot afford
+    :func:`sample_activations`' copy and the read of its statistics."""
+    whole = _checked(activations, None)
+    n, _, height, width = whole.shape
+    saturated = _saturated_count(whole[None], bounds)[0] / max(whole.numel(), 1)
+    return ChannelHealth(_channel_max(whole), saturated, n * height * width)
+
+
 def reduce_activation_samples(
     images: Tensor,
     channel_max: Tensor,

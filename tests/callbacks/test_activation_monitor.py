@@ -595,3 +595,61 @@ def test_gradient_checkpointing_recomputation_is_not_another_call(tmp_path):
     scalars = read_events(tmp_path).Tags()["scalars"]
     relus = {t.split("/")[1] for t in scalars if t.endswith("/zero_fraction")}
     assert relus == set(RELUS)  # no "model.features.6#2" from the recomputation
+
+
+class DiesAtEpochOne(DigitsClassifier):
+    """The second block's BN outputs -100 from epoch 1 on: its ReLU's channels all die then."""
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            norm = self.model.features[5]
+            with torch.no_grad():
+                norm.weight.zero_()
+                norm.bias.fill_(-100.0)
+            norm.requires_grad_(False)
+
+
+def test_the_health_checks_never_wait_for_the_budget(tmp_path):
+    """A user's digits run with default_callbacks(): the budget refused ActivationMonitor's
+    samples (even each epoch's last) in 2 of 5 epochs, which then had no dead-channel check.
+    An epoch's last batch is now read for its health alone when a whole sample does not fit."""
+    monitor = ActivationMonitor(layers=[RELUS[1]], every_n_steps=50, budget=1e-9)
+    with pytest.warns(UserWarning, match=r"100% of the channels of layer 'model.features.6'"):
+        fit(DiesAtEpochOne(), [monitor], tmp_path, epochs=3, limit_train_batches=13)
+    events = read_events(tmp_path)
+    # the fit's first sample is whole (the budget never refuses a first piece); the others
+    # were refused, and read the channels' maxima only
+    zero = events.Scalars(f"activations/{RELUS[1]}/zero_fraction")
+    assert [e.step for e in zero] == [13]
+    dead = events.Scalars(f"activations/{RELUS[1]}/dead_fraction")
+    assert [(e.step, e.value) for e in dead] == [(13, 0.0), (26, 1.0), (39, 1.0)]
+    kinds = [(a.kind, a.epoch) for a in monitor.alerts.raised if a.kind != "over_budget"]
+    assert kinds == [("dead_channels", 1)]
+
+
+def test_a_saturated_layer_is_seen_by_the_health_check(tmp_path):
+    monitor = ActivationMonitor(every_n_steps=50, warmup_epochs=2, budget=1e-9)
+    with pytest.warns(UserWarning, match=r"of the outputs of layer 'model.1' sat within 2%"):
+        fit(Classifier(sigmoid_net(bias=8.0)), [monitor], tmp_path, epochs=2, limit_train_batches=4)
+    (alert,) = [a for a in monitor.alerts.raised if a.kind == "saturated"]
+    assert (alert.layer, alert.epoch) == ("model.1", 1)
+    assert alert.value > 0.9
+    saturated = read_events(tmp_path).Scalars("activations/model.1/saturated_fraction")
+    # the whole sample of epoch 0; epoch 1's was read for its health only
+    assert [e.step for e in saturated] == [4]
+
+
+def test_nan_in_a_health_check_is_an_alert_at_its_step(tmp_path):
+    class NaNAtLastBatch(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if self.current_epoch == 1 and batch_idx == 3:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return super().training_step((x, y), batch_idx)
+
+    monitor = ActivationMonitor(layers=[RELUS[0]], every_n_steps=50, budget=1e-9)
+    with pytest.warns(UserWarning, match="produced NaN or Inf at step 8"):
+        fit(NaNAtLastBatch(), [monitor], tmp_path, epochs=2, limit_train_batches=4)
+    (alert,) = [a for a in monitor.alerts.raised if a.kind == "nonfinite_activations"]
+    assert alert.layer == RELUS[0]

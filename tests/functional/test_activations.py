@@ -9,6 +9,7 @@ from lightning_viz.functional.activations import (
     SUMMED,
     activation_reductions,
     activation_sums,
+    channel_health,
     reduce_activation_samples,
     sample_activations,
     stats_from_sums,
@@ -312,3 +313,17 @@ def test_reducing_samples_checks_their_shapes():
         reduce_activation_samples(torch.rand(2, 3, 4, 4), torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\(S, C\), got \(3, 2, 3, 4, 4\) and \(3, 2\)"):
         reduce_activation_samples(torch.rand(3, 2, 3, 4, 4), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
+def test_a_health_reading_agrees_with_the_whole_statistics(bounds):
+    torch.manual_seed(0)
+    maps = torch.rand(6, 5, 7, 7) if bounds else torch.randn(6, 5, 7, 7)
+    maps[:, 2] = -1.0  # a dead channel
+    maps[3, 4, 1, 1] = float("nan")
+    health = channel_health(maps, bounds)
+    torch.testing.assert_close(health.channel_max, maps.amax(dim=(0, 2, 3)), equal_nan=True)
+    stats = activation_stats(maps, bounds=bounds)
+    assert torch.equal(health.channel_max > 0, stats["channel_active"])
+    assert health.saturated_fraction.item() == pytest.approx(stats["saturated_fraction"].item())
+    assert health.values_per_channel == 6 * 7 * 7
