@@ -1,8 +1,9 @@
-"""One training run for the DDP test: ``python tests/ddp_run.py OUT DEVICES [flaky]``.
+"""One training run for the DDP test: ``python tests/ddp_run.py OUT DEVICES [flaky | health]``.
 
 With DEVICES=2 Lightning's DDP launcher starts the second process by running this file again.
 The batches are the same in both modes: each of 2 ranks takes every other sample of a batch of
-16, a single process takes the whole batch.
+16, a single process takes the whole batch. ``health``: ActivationMonitor alone, with a budget
+that refuses every sample after the first (each epoch's last batch is read for the health checks).
 """
 
 import json
@@ -42,13 +43,14 @@ def fail_on_rank_1_at_step_2(trainer: pl.Trainer) -> None:
     monitor.sample_activations = flaky
 
 
-def main(out: Path, devices: int, flaky: bool) -> None:
+def main(out: Path, devices: int, mode: str | None) -> None:
     pl.seed_everything(0, verbose=False)
     model = sequential_cnn(in_channels=1, kernel=5)  # no BatchNorm: per-rank statistics differ
     images, labels = digits_tensors()
     rank = int(os.environ.get("LOCAL_RANK", 0))  # set by Lightning for the process it starts
     data = TensorDataset(images[:64][rank::devices], labels[:64][rank::devices])
     loader = DataLoader(data, batch_size=16 // devices, shuffle=False)
+    flaky = mode == "flaky"
     callbacks = [
         FilterMonitor(strict=True),
         # every value: the reduced scalars must equal a single process's exactly
@@ -60,6 +62,8 @@ def main(out: Path, devices: int, flaky: bool) -> None:
         TopPatchesLogger(strict=True),
         FeatureVisualizer(steps=8, warm_steps=4, strict=True),
     ]
+    if mode == "health":
+        callbacks = [ActivationMonitor(every_n_steps=100, max_values=None, budget=1e-9)]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -84,4 +88,4 @@ def main(out: Path, devices: int, flaky: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), flaky=sys.argv[3:] == ["flaky"])
+    main(Path(sys.argv[1]), int(sys.argv[2]), mode=sys.argv[3] if sys.argv[3:] else None)

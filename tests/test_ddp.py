@@ -59,3 +59,21 @@ def test_a_failure_on_one_rank_does_not_hang_the_others(tmp_path):
         e.step for e in read_events(tmp_path / "ddp").Scalars("activations/model.1/zero_fraction")
     ]
     assert steps == [1, 2, 4, 5, 6, 7, 8]  # the step sampled at global step 2 is skipped
+
+
+@pytest.mark.slow
+def test_the_health_checks_under_ddp_are_those_of_a_single_process(tmp_path):
+    """Past the budget, each epoch's last batch is read for the health checks alone: every rank
+    reads it, and the dead fractions are reduced over ranks as a whole sample's are."""
+    run(tmp_path / "ddp", 2, "health")
+    run(tmp_path / "single", 1, "health")
+    ddp, single = read_events(tmp_path / "ddp"), read_events(tmp_path / "single")
+    for layer in ("model.1", "model.4"):
+        tag = f"activations/{layer}/dead_fraction"
+        expected = [(e.step, e.value) for e in single.Scalars(tag)]
+        assert [s for s, _ in expected] == [4, 8]
+        assert [(e.step, e.value) for e in ddp.Scalars(tag)] == expected
+        # the first epoch's last batch was a whole sample, the second's a health reading
+        assert [e.step for e in ddp.Scalars(f"activations/{layer}/zero_fraction")] == [4]
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["alerts"] == ranks[1]["alerts"] == ["over_budget"]
