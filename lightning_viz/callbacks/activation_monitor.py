@@ -197,7 +197,8 @@ class ActivationMonitor(VizCallback):
     Alerts (each (layer, kind) once until it clears; see ``on_alert``):
 
     - ``dead_channels``: after ``warmup_epochs``, a layer's fraction of channels with no positive
-      value in any sampled batch of the epoch is at least ``dead_threshold``.
+      value in any sampled batch of the epoch is at least ``dead_threshold`` (a channel whose
+      maximum is NaN is not counted: that is ``nonfinite_activations``').
     - ``saturated``: after ``warmup_epochs``, a sigmoid/tanh layer's mean saturated fraction over
       the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
     - ``nonfinite_activations``: NaN or Inf in a sampled feature map, raised when its step is
@@ -514,7 +515,7 @@ class ActivationMonitor(VizCallback):
         device) and keep the step for :meth:`_read_health`."""
         for key, health in self._step_health.items():
             if self._bounds_of(key) is None:
-                self._note_active(key, health.channel_max > 0)
+                self._note_active(key, health.channel_active)
                 self._note_seen(trainer, key, health.values_per_channel)
         self._health, self._step_health = (trainer.global_step, self._step_health), {}
 
@@ -531,10 +532,7 @@ class ActivationMonitor(VizCallback):
         if not samples:
             return
         rows = torch.stack(
-            [
-                torch.stack([(~h.channel_max.isfinite()).any().float(), h.saturated_fraction])
-                for h in samples.values()
-            ]
+            [torch.stack([h.nonfinite.float(), h.saturated_fraction]) for h in samples.values()]
         )
         if trainer.world_size > 1:
             rows = trainer.strategy.reduce(rows, reduce_op="sum")

@@ -29,7 +29,8 @@ class ActivationReductions(NamedTuple):
     then read them with :func:`stats_from_sums`)."""
     channel_active: Tensor
     """(C,) bool: the channel has a positive value anywhere in the batch (its maximum over the
-    whole batch, where the read images may be too few to call a channel dead)."""
+    whole batch, where the read images may be too few to call a channel dead), or a NaN: a
+    channel is dead when its maximum is a number <= 0 (NaN is ``nonfinite``'s to report)."""
     active_maps: Tensor
     """How many (image, channel) maps of the read images have a positive value."""
     histogram: Tensor
@@ -78,9 +79,10 @@ class ChannelHealth(NamedTuple):
     """What ActivationMonitor's health checks need of a feature map, and no more
     (:func:`channel_health`)."""
 
-    channel_max: Tensor
-    """(C,) each channel's maximum over the whole batch, in float32 (as in
-    :class:`ActivationSample`)."""
+    channel_active: Tensor
+    """(C,) bool, as :attr:`ActivationReductions.channel_active`."""
+    nonfinite: Tensor
+    """() bool: NaN or +Inf anywhere in the batch."""
     saturated_fraction: Tensor
     """() the fraction of the batch's values within the margin of a bound (0 without bounds)."""
     values_per_channel: int
@@ -94,7 +96,9 @@ def channel_health(activations: Tensor, bounds: tuple[float, float] | None = Non
     whole = _checked(activations, None)
     n, _, height, width = whole.shape
     saturated = _saturated_count(whole[None], bounds)[0] / max(whole.numel(), 1)
-    return ChannelHealth(_channel_max(whole), saturated, n * height * width)
+    channel_max = _channel_max(whole)
+    nonfinite = ~channel_max.isfinite().all()
+    return ChannelHealth(_active_channels(channel_max), nonfinite, saturated, n * height * width)
 
 
 def reduce_activation_samples(
@@ -171,7 +175,9 @@ def reduce_activation_samples(
         ],
         dim=1,
     )
-    return ActivationReductions(sums, (channel_max > 0).any(dim=0), active_maps, histogram)
+    return ActivationReductions(
+        sums, _active_channels(channel_max).any(dim=0), active_maps, histogram
+    )
 
 
 def activation_reductions(
@@ -323,6 +329,12 @@ def _strided_images(activations: Tensor, max_values: int | None) -> Tensor:
 def _channel_max(activations: Tensor) -> Tensor:
     """(C,) each channel's maximum over the batch, in float32 (NaN where it holds one)."""
     return activations.amax(dim=(0, 2, 3)).float()
+
+
+def _active_channels(channel_max: Tensor) -> Tensor:
+    """Not dead: a maximum that is not a number <= 0 (a NaN map is not a dead one: after a NaN
+    in the weights every map is NaN, and a dead-channel alert beside the NaN's would misdirect)."""
+    return ~(channel_max <= 0)
 
 
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:

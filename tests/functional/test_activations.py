@@ -322,8 +322,12 @@ def test_a_health_reading_agrees_with_the_whole_statistics(bounds):
     maps[:, 2] = -1.0  # a dead channel
     maps[3, 4, 1, 1] = float("nan")
     health = channel_health(maps, bounds)
-    torch.testing.assert_close(health.channel_max, maps.amax(dim=(0, 2, 3)), equal_nan=True)
     stats = activation_stats(maps, bounds=bounds)
-    assert torch.equal(health.channel_max > 0, stats["channel_active"])
+    # the NaN channel is not dead: the NaN is nonfinite's to report
+    assert health.channel_active.tolist() == [True, True, False, True, True]
+    assert torch.equal(health.channel_active, stats["channel_active"])
+    assert health.nonfinite.item()
+    assert stats["nonfinite"].item()
+    assert not channel_health(maps[:, :4], bounds).nonfinite.item()
     assert health.saturated_fraction.item() == pytest.approx(stats["saturated_fraction"].item())
     assert health.values_per_channel == 6 * 7 * 7
