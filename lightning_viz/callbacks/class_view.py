@@ -454,6 +454,7 @@ class ClassView(ProbeCallback):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,
                         output_transform=self._transform, probabilities=self._deletion_reads,
+                        segmentation=self._outputs_class_maps,
                     )  # fmt: skip
                     found[f"{method}|{key}"] = curves.deletion_auc
                     if key == "deletion":
@@ -464,10 +465,11 @@ class ClassView(ProbeCallback):
     @property
     def _deletion_reads(self) -> bool | str:
         """The ``probabilities=`` of the faithfulness curves: what the maps explain
-        (:meth:`measure_as`: a single output's value), but a segmentation's class probability.
-        Its summed score is over the pixels each perturbed image predicts as the class, which
-        deleting pixels changes: an untrained net's curves jump (from 11 to 0, from 26 to 71)
-        and were judged; the probability's curves stay flat there (a limitation)."""
+        (:meth:`measure_as`: a single output's value), but a segmentation's class probability,
+        read over the pixels the unperturbed probe predicts as the class. Its summed score is
+        over the pixels each perturbed image predicts as the class, which deleting pixels
+        changes: an untrained net's curves jumped (from 11 to 0, from 26 to 71) and were
+        judged."""
         return self.probability if self._outputs_class_maps else self.measure_as
 
     def _drop(self, deletion: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from lightning_viz.functional._capture import Forward, hooked_forward
 from lightning_viz.functional._pass import default_max_batch, untouched_rng
 from lightning_viz.functional._validation import check_int, check_logits, target_index
-from lightning_viz.functional.gradcam import OutputTransform, class_scores, probabilities_of
+from lightning_viz.functional.gradcam import (
+    OutputTransform,
+    class_maps,
+    class_scores,
+    probabilities_of,
+)
 
 T = TypeVar("T")
 
@@ -283,6 +288,7 @@ def deletion_insertion(
     forward: Forward | None = None,
     max_batch: int | None = None,
     probabilities: bool | str = True,
+    segmentation: bool = False,
 ) -> Curves:
     """Deletion and insertion curves of (N, H, W) ``maps`` (Petsiuk et al., RISE, 2018): pixels
     ranked by the map (highest first, ties by position) are set to ``baseline`` (all channels) a
@@ -295,8 +301,17 @@ def deletion_insertion(
     A map that ranks the evidence first makes the deletion curve fall fast (a low AUC) and the
     insertion curve rise fast (a high one); compare with a random order (:func:`random_maps`).
 
+    With ``segmentation``, the model outputs per-pixel class scores (N, K, H, W), found as
+    :func:`~lightning_viz.functional.class_maps` finds them (``output_transform`` is not used),
+    and each step reads the target class's mean probability over the pixels the unperturbed
+    image predicts as the class (every pixel where it predicts none): a fixed set, where a score
+    over the pixels each perturbed image predicts as the class jumps as they change, and the
+    class's probability of the whole image (a softmax over sums of thousands of pixels) stays
+    at 1.
+
     Raises:
-        ValueError: maps whose shape is not (N, H, W) of the images, bad arguments.
+        ValueError: maps whose shape is not (N, H, W) of the images, bad arguments, or with
+            ``segmentation`` an output without class maps.
     """
     steps = check_int("steps", steps)
     if maps.shape != (images.shape[0], *images.shape[-2:]):
@@ -314,8 +329,15 @@ def deletion_insertion(
     rank = torch.empty_like(order).scatter_(1, order, positions)
     counts = torch.linspace(0, pixels, steps + 1, device=images.device).round().long()
     with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
-        reference = check_logits(output_transform(run(images)), n).float()
+        output = run(images)
+        if segmentation:
+            reference_maps = _segmentation_maps(output)
+            reference = class_scores(reference_maps)
+        else:
+            reference = check_logits(output_transform(output), n).float()
         index = target_index(targets, reference)
+        if segmentation:
+            region = _class_region(reference_maps, index)
         curves = []
         for inserting in (False, True):
             rows = torch.arange(n * (steps + 1), device=images.device)
@@ -328,12 +350,46 @@ def deletion_insertion(
                     hidden = ~hidden
                 hidden = hidden.view(-1, 1, *images.shape[-2:]).float()
                 batch = images[image].float() * (1 - hidden) + baseline * hidden
-                scores = check_logits(output_transform(run(batch.to(images.dtype))), len(chunk))
+                output = run(batch.to(images.dtype))
+                if segmentation:
+                    maps = _segmentation_maps(output)
+                    read.append(_region_mean(maps, index[image], region[image], probabilities))
+                    continue
+                scores = check_logits(output_transform(output), len(chunk))
                 probability = probabilities_of(scores, probabilities)
-                read.append(probability.gather(1, index[image][:, None]))
-            curves.append(torch.cat(read)[:, 0].view(n, steps + 1))
+                read.append(probability.gather(1, index[image][:, None])[:, 0])
+            curves.append(torch.cat(read).view(n, steps + 1))
     deletion, insertion = curves
     return Curves(deletion, insertion, _area(deletion), _area(insertion))
+
+
+def _segmentation_maps(output: Any) -> Tensor:
+    maps = class_maps(output)
+    if maps is None:
+        raise ValueError(
+            "`segmentation=True` needs a model output of per-pixel class scores (N, K, H, W), "
+            f"got {type(output).__name__}"
+            + (f" of shape {tuple(output.shape)}" if isinstance(output, Tensor) else "")
+        )
+    return maps.float()
+
+
+def _class_region(maps: Tensor, index: Tensor) -> Tensor:
+    """(N, H, W) bool: the pixels that (N, K, H, W) ``maps`` predict as each image's class;
+    every pixel of an image where none is."""
+    region = maps.argmax(dim=1) == index[:, None, None]
+    return region | ~region.flatten(1).any(dim=1)[:, None, None]
+
+
+def _region_mean(maps: Tensor, index: Tensor, region: Tensor, probabilities: bool | str) -> Tensor:
+    """(B,) the mean over each ``region`` (B, H, W) of class ``index``'s per-pixel
+    probability (:func:`probabilities_of` over the K classes of (B, K, H, W) ``maps``)."""
+    classes = maps.shape[1]
+    per_pixel = probabilities_of(maps.movedim(1, -1).reshape(-1, classes), probabilities)
+    per_pixel = per_pixel.view(len(maps), -1, classes)
+    chosen = per_pixel.gather(2, index.view(-1, 1, 1).expand(-1, per_pixel.shape[1], 1))[..., 0]
+    weights = region.flatten(1).float()
+    return (chosen * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 def _area(curves: Tensor) -> Tensor:

@@ -137,6 +137,41 @@ def test_deletion_falls_faster_for_the_true_evidence_than_for_a_random_order():
     assert torch.all(curves.deletion[:, 1:] <= curves.deletion[:, :-1] + 1e-6)  # monotone
 
 
+class PixelSegmenter(nn.Module):
+    """Per-pixel logits (0, 20 x - 10): class 1 where a pixel's value is above 1/2."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 20 * x - 10], dim=1)
+
+
+def test_a_segmentation_reads_its_class_over_the_pixels_the_probe_predicts_as_it():
+    """The class's probability of the whole image (a softmax over sums of thousands of pixel
+    scores) stayed at 1 or 0; a score over the pixels each perturbed image predicts as the class
+    jumped as they changed. Read over the probe's own pixels of the class, deleting them lowers
+    it in step."""
+    images = torch.zeros(2, 1, 4, 4)
+    images[0, :, :2, :2] = 1.0  # 4 of 16 pixels are class 1; image 1 has none
+    order = torch.arange(16.0).flip(0).view(1, 4, 4).repeat(2, 1, 1)  # row-major
+    curves = deletion_insertion(
+        PixelSegmenter(), images, order, targets=1, steps=16, segmentation=True
+    )
+    kept, gone = torch.sigmoid(torch.tensor(10.0)), torch.sigmoid(torch.tensor(-10.0))
+    # row-major deletion takes (0, 0) and (0, 1) at steps 1 and 2, then (1, 0) and (1, 1) at 5, 6
+    deleted = torch.tensor([0, 1, 2, 2, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]).float()
+    expected = (deleted * gone + (4 - deleted) * kept) / 4
+    torch.testing.assert_close(curves.deletion[0], expected)
+    # no pixel of the class on image 1: its mean over every pixel, which nothing deleted raises
+    torch.testing.assert_close(curves.deletion[1], gone.expand(17))
+    whole = deletion_insertion(PixelSegmenter(), images, order, targets=1, steps=16)
+    # read as the image's class probability, 3 of the 4 pixels deleted change nothing
+    assert whole.deletion[0, 5] > 0.99
+    assert curves.deletion[0, 5] < 0.26
+    with pytest.raises(ValueError, match=r"needs a model output of per-pixel class scores"):
+        deletion_insertion(
+            Linear(torch.ones(1, 1, 4, 4)), images, order, targets=0, segmentation=True
+        )
+
+
 def test_deletion_checks_the_maps_shape():
     model = Linear(torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match=r"`maps` must have shape \(2, 4, 4\)"):
