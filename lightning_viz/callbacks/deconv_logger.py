@@ -34,7 +34,7 @@ from lightning_viz.functional.captions import (
     stack_rows,
     table_label_width,
 )
-from lightning_viz.functional.gradcam import on_the_scores_path
+from lightning_viz.functional.gradcam import class_maps, on_the_scores_path, without_score_head
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -79,7 +79,9 @@ class DeconvLogger(ProbeCallback):
     Args:
         layers: names from ``model.named_modules()``; default at most 5 ``nn.Conv2d`` layers
             evenly spread from the first to the last (in definition order) of those that run in
-            the forward and feed the model's scores (not a teacher's, nor an auxiliary head's).
+            the forward and feed the model's scores (not a teacher's, nor an auxiliary head's),
+            less a segmentation net's head (the convs that output its class maps: their
+            channels are the classes).
         top_k: channels per probe and layer. The default 3 fills a 2x2 block with the probe, a
             block that keeps 128-pixel tiles (64-pixel probes, enlarged) within TensorBoard's
             card; 4 left a tile empty in a block 3 wide, shrunk on the card, at a third more cost.
@@ -243,6 +245,11 @@ class DeconvLogger(ProbeCallback):
             # and an auxiliary head's feed no score
             forward = self.probe_forward(pl_module)
             names = on_the_scores_path(pl_module, probes.images[:1], list(layers), forward)
+            maps = class_maps(output)
+            if maps is not None and names:  # a segmentation head's channels are its classes
+                names = without_score_head(
+                    pl_module, probes.images[:1], names, maps.shape[1], forward
+                )
             if not names:
                 raise Unsuited(
                     f"{type(self).__name__}: none of the model's nn.Conv2d layers ran in its "

@@ -323,11 +323,40 @@ def _before_score_maps(
     whose Grad-CAM only redraws the prediction."""
     reaching = set(on_the_scores_path(model, images, [finished[i][0] for i in spatial], forward))
     on_path = [i for i in spatial if finished[i][0] in reaching]
-    classes = finished[-1][2][1]
-    end = len(on_path)
-    while end and finished[on_path[end - 1]][2][1] == classes:
+    kept = _before_trailing(
+        [finished[i][0] for i in on_path],
+        {name: shape for name, _, shape in finished},
+        classes=finished[-1][2][1],
+    )
+    return on_path[: len(kept)]
+
+
+def without_score_head(
+    model: nn.Module,
+    images: Tensor,
+    names: Sequence[str],
+    classes: int,
+    forward: Forward | None = None,
+) -> list[str]:
+    """``names`` less a segmentation net's head (whose output is class maps with ``classes``
+    channels): the last of them to run while their outputs have that many channels. Their
+    channels are the classes, whose maps only redraw the prediction. All of ``names`` where
+    nothing else would be left."""
+    finished = output_shapes(model, images, forward)
+    order = [name for name, _, _ in finished if name in set(names)]
+    kept = set(_before_trailing(order, {n: shape for n, _, shape in finished}, classes))
+    return [name for name in names if name in kept] or list(names)
+
+
+def _before_trailing(
+    order: Sequence[str], shapes: dict[str, tuple[int, ...]], classes: int
+) -> list[str]:
+    """``order`` (names in the order they finish) without its trailing run of outputs with
+    ``classes`` channels."""
+    end = len(order)
+    while end and shapes[order[end - 1]][1] == classes:
         end -= 1
-    return on_path[:end]
+    return list(order[:end])
 
 
 def _deepest_token_map_reaching_the_class_token(

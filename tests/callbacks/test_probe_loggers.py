@@ -742,6 +742,22 @@ def test_deconv_defaults_skip_layers_that_never_run_in_forward(tmp_path):
     assert "deconv/model.features.8" in read_events(tmp_path).Tags()["images"]
 
 
+def test_deconv_defaults_leave_out_a_segmenters_class_head(tmp_path):
+    """A user's U-Net: the 1x1 conv that outputs the class maps was projected by default, its
+    channels (the classes) captioned "ch 0..3"; a classifier's Linear head is not a conv."""
+    images, masks = segmentation_data(16)
+    deconv = DeconvLogger(strict=True)
+    trainer = make_trainer(tmp_path, [deconv], max_epochs=1, log_every_n_steps=1)
+    trainer.fit(MaskSegmenter(), DataLoader(TensorDataset(images, masks), batch_size=8))
+    assert list(deconv._layers) == ["net.enc.0", "net.bottleneck.1", "net.dec.0"]
+    assert "deconv/net.head" not in read_events(tmp_path).Tags()["images"]
+    # named, it is projected
+    named = DeconvLogger(layers=["net.head"], strict=True)
+    trainer = make_trainer(tmp_path / "named", [named], max_epochs=1, log_every_n_steps=1)
+    trainer.fit(MaskSegmenter(), DataLoader(TensorDataset(images, masks), batch_size=8))
+    assert "deconv/net.head" in read_events(tmp_path / "named").Tags()["images"]
+
+
 def test_default_callbacks_on_a_vision_transformer(tmp_path):
     vit = tiny_vit(random_head=False)  # torchvision's zero head, as a fresh model has it
     callbacks = lightning_viz.default_callbacks()
