@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -40,6 +41,7 @@ def default_callbacks(
     forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
     batch_to_images: BatchToImages | None = None,
     probability: str = "softmax",
+    class_names: Sequence[str] | None = None,
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
@@ -75,6 +77,8 @@ def default_callbacks(
         probability: how the views that explain a class read its probability: ``"softmax"``
             (one class per image) or ``"sigmoid"`` (a multi-label model, or a single-logit
             binary classifier, trained with ``BCEWithLogitsLoss``); see ``GradCAMLogger``.
+        class_names: the names every view draws for class indices (the views that name
+            classes); default the datamodule's or dataset's ``classes``, else the indices.
 
     Example::
 
@@ -96,12 +100,24 @@ def default_callbacks(
             on_alert=on_alert,
             budget=budget,
             **({"probability": probability} if issubclass(view, ClassView) else {}),
+            **_names(view, class_names),
         )
         for view in probe_views
     ]
     if extra_views:
         callbacks += [
-            view(batch_to_images=batch_to_images, on_alert=on_alert, budget=budget)
+            view(
+                batch_to_images=batch_to_images,
+                on_alert=on_alert,
+                budget=budget,
+                **_names(view, class_names),
+            )
             for view in (EmbeddingLogger, TopPatchesLogger)
         ]
     return callbacks
+
+
+def _names(view: type[VizCallback], class_names: Sequence[str] | None) -> dict[str, Any]:
+    """``class_names=`` for a view that draws class names."""
+    takes = "class_names" in inspect.signature(view).parameters
+    return {"class_names": class_names} if takes and class_names is not None else {}

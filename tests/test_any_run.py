@@ -448,6 +448,27 @@ def test_default_callbacks_take_forward_fn_for_every_probe_view(tmp_path):
     assert all(v._split(batch)[1].tolist() == [3, 4] for v in views)
 
 
+def test_default_callbacks_take_class_names_for_every_view_that_draws_them():
+    """A user with a plain TensorDataset (no ``classes``) had to name the classes to each of
+    the callbacks by hand."""
+    names = [f"digit {i}" for i in range(10)]
+    callbacks = lightning_viz.default_callbacks(extra_views=True, class_names=names)
+    named = {type(c).__name__ for c in callbacks if getattr(c, "given_class_names", None)}
+    assert named == {
+        "GradCAMLogger",
+        "DeconvLogger",
+        "ActivationGridLogger",
+        "OcclusionLogger",
+        "SaliencyLogger",
+        "LIMELogger",
+        "CAMLogger",
+        "EmbeddingLogger",
+    }
+    assert all(c.given_class_names == names for c in callbacks if type(c).__name__ in named)
+    with pytest.raises(ValueError, match="class_names"):
+        lightning_viz.default_callbacks(class_names="digits")
+
+
 def nested_batches():
     """Batches whose images and labels sit in nested dicts, which no key or shape reveals."""
     return Batches(lambda x, y: {"inputs": {"rgb": x}, "meta": {"label": y}})
