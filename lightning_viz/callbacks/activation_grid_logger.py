@@ -112,8 +112,9 @@ class ActivationGridLogger(ProbeCallback):
 
     - ``activation_grid/<layer>`` (image): a block per probe (the first ``drawn_probes``), the
       probe (captioned with its class) then its k most active channels (each captioned with its
-      index, ``ch 12``), strongest first, read row by row in about sqrt(k + 1) columns (3 for
-      k = 8, so the image stays as narrow as TensorBoard's card and runs down the page),
+      index, ``ch 12``; ``ch 12 all 0`` where the map is 0 everywhere), strongest first, read
+      row by row in about sqrt(k + 1) columns (3 for k = 8, so the image stays as narrow as
+      TensorBoard's card and runs down the page),
       enlarged to the probe's tile size (at least 96 pixels) with square pixels; above them,
       the layer's name, a colour bar and a note on how the maps are scaled (and how many of
       the probes are drawn).
@@ -228,15 +229,23 @@ class ActivationGridLogger(ProbeCallback):
                     "scale": drawn.scale,
                     "signed": drawn.signed,
                     "finite": all_finite(found.maps),
+                    "blank": found.maps.flatten(2).abs().amax(dim=2) == 0,
                 }
             )
             if not host["finite"]:
                 raise not_finite_error(f"the feature maps of {layer!r}")
             channels = host["channels"].long().tolist()
             shown = len(channels) if self.drawn_probes is None else self.drawn_probes
+            # a map that is 0 everywhere (a channel dead on the probe) is said so: its tile is
+            # as dark as a weak one's
+            blank = host["blank"].tolist()
             captions = [
-                [self.probe_caption(probes, i)] + [f"ch {c}" for c in row]
-                for i, row in enumerate(channels[:shown])
+                [self.probe_caption(probes, i)]
+                + [
+                    f"ch {c} all 0" if zero else f"ch {c}"
+                    for c, zero in zip(row, empty, strict=True)
+                ]
+                for i, (row, empty) in enumerate(zip(channels[:shown], blank, strict=False))
             ]
             tiles = torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1)
             panels = captioned_blocks(tiles, captions, math.ceil(math.sqrt(tiles.shape[1])))

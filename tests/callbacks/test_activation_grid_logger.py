@@ -89,6 +89,28 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
     assert not logger.alerts.raised
 
 
+def test_a_map_zero_everywhere_says_so_in_its_caption(tmp_path):
+    """A user's U-Net showed three solid dark tiles per probe among its "top 8 channels":
+    channels dead on the probe, which nothing told from weak ones."""
+    module = DigitsClassifier()
+    norm = module.model.features[9]  # the BatchNorm before the deepest ReLU: all its maps 0
+    with torch.no_grad():
+        norm.weight.zero_()
+        norm.bias.fill_(-100.0)
+    norm.requires_grad_(False)
+    logger = ActivationGridLogger(strict=True)
+    fit(module, [logger], tmp_path, epochs=1, limit_train_batches=1)
+    events = read_events(tmp_path)
+    for layer, dead in (("model.features.2", False), ("model.features.10", True)):
+        channels = [
+            shown_channels(row) for row in text_rows(events, f"activation_grid/{layer}/channels")
+        ]
+        pixels = image_pixels(events.Images(f"activation_grid/{layer}")[-1])
+        top, x = LEGEND + GAP, GAP + TILE + 2  # the first probe's first channel
+        caption = f"ch {channels[0][0]}" + (" all 0" if dead else "")
+        assert_caption(pixels, caption, x=x, y=top, width=TILE)
+
+
 def test_drawn_probes_none_draws_every_probe(tmp_path):
     logger = ActivationGridLogger(layers=["model.features.2"], drawn_probes=None, strict=True)
     fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
