@@ -44,6 +44,7 @@ from lightning_viz.functional.gradcam import (
 from lightning_viz.functional.images import (
     LEGIBLE_WIDTH,
     colormap_table,
+    outline,
     panels_per_row,
     readable,
 )
@@ -59,6 +60,7 @@ from lightning_viz.functional.scores import (
     pointing_game,
     random_maps,
     randomized_call,
+    region_masks,
     upper_half,
 )
 from lightning_viz.probes import BatchToImages, Probes
@@ -83,6 +85,10 @@ explanation on the network with its upper half re-initialized (drawn anew at eac
 is on by default only where that explanation is cheap (Grad-CAM, CAM: measured at half a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
+REGION_NOTE = (
+    "Yellow outline: the probe's box or mask, which the localization scores (peak and energy "
+    "in region) read."
+)
 RESPONDS = 0.1
 """The deletion test judges a map only where what it explains falls by at least this when every
 pixel is deleted (the class's probability; a single output's value by this share of its
@@ -573,7 +579,13 @@ class ClassView(ProbeCallback):
     ) -> None:
         """Log the probes beside their maps (:meth:`_panels`) over a colour bar of ``cmap``
         (default the callback's) from ``ends[0]`` to ``ends[1]``, titled ``title``, and a
-        ``note`` below when there is one (a warning about what the maps show)."""
+        ``note`` below when there is one (a warning about what the maps show). Probes with
+        boxes or masks have them outlined on their image: what the localization scores read."""
+        regions = None if self.probes is None else self.probes.regions
+        if regions is not None:
+            size = tuple(self.probes.images.shape[-2:])
+            display = outline(display, region_masks(regions, size))
+            note = f"{note} {REGION_NOTE}" if note else REGION_NOTE
         image = self._panels(display, maps, *captions)
         low, high = ends
         legend = color_bar(image.shape[-1], cmap or self.cmap, low, high, title, image.device)

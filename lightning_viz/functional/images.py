@@ -110,6 +110,22 @@ def to_rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+REGION_COLOR = (1.0, 0.85, 0.0)
+"""The colour of a probe's outlined region (:func:`outline`): a yellow that stands out on grey
+digits and on photos alike."""
+
+
+def outline(tiles: Tensor, masks: Tensor, width: int = 2) -> Tensor:
+    """(N, 3, H, W) display ``tiles`` with the border of each (N, h, w) boolean mask (resized to
+    the tiles, nearest) drawn ``width`` pixels wide just inside it in :data:`REGION_COLOR`:
+    where each probe's object lies. Grey tiles come back as RGB, in the tiles' dtype."""
+    inside = F.interpolate(masks[:, None].float(), size=tuple(tiles.shape[-2:]), mode="nearest")
+    outside = F.pad(1 - inside, (width,) * 4, value=1.0)  # beyond the image is outside too
+    edge = (inside > 0) & (F.max_pool2d(outside, 2 * width + 1, stride=1) > 0)
+    color = torch.tensor(REGION_COLOR, device=tiles.device) * white(tiles.dtype)
+    return torch.where(edge, color.to(tiles.dtype).view(1, 3, 1, 1), to_rgb(tiles))
+
+
 def white(dtype: torch.dtype) -> float:
     """The value of white in a display image of ``dtype``: 255 for uint8, else 1.0.
 

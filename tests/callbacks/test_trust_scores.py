@@ -26,6 +26,7 @@ from lightning_viz.functional import (
     saliency,
     upsample,
 )
+from lightning_viz.functional.images import REGION_COLOR
 from lightning_viz.functional.scores import (
     deletion_insertion,
     map_similarity,
@@ -269,6 +270,35 @@ def test_probe_masks_give_the_scores_of_the_boxes_they_fill(tmp_path):
         ]
     assert found["masks"] == found["boxes"]
     assert len(found["masks"][0]) == 2  # fit start and the epoch's end
+
+
+def test_probe_boxes_are_outlined_on_the_probes_not_on_their_maps(tmp_path):
+    """The localization scores read each probe's box, which no picture showed."""
+    images, labels, _ = shapes_task(32)
+    probe_images, probe_labels, boxes = shapes_task(4, seed=1)
+    yellow = (torch.tensor(REGION_COLOR) * 255).round().to(torch.uint8).numpy()
+    for name, probes in (
+        ("boxes", Probes(probe_images, probe_labels, boxes=boxes)),
+        ("none", Probes(probe_images, probe_labels)),
+    ):
+        logger = GradCAMLogger(probes=probes, strict=True)
+        trainer = make_trainer(tmp_path / name, [logger], max_epochs=1, limit_train_batches=1)
+        trainer.fit(Classifier(ShapesCNN()), DataLoader(TensorDataset(images, labels)))
+        pixels = image_pixels(read_events(tmp_path / name).Images(f"gradcam/{LAYER}")[-1])
+        is_yellow = (pixels[..., :3] == yellow).all(axis=-1)
+        if name == "none":
+            assert not is_yellow.any()
+            continue
+        # the first probe's tile: 32 pixels enlarged 3x, under its 16-pixel caption, 6 in
+        top, left, bottom, right = (3 * int(v) for v in boxes[0])
+        tile = is_yellow[6 + 16 : 6 + 16 + 96, 6 : 6 + 96]
+        assert tile[top, left:right].all()
+        assert tile[bottom - 1, left:right].all()
+        assert tile[top:bottom, left].all()
+        assert tile[top:bottom, right - 1].all()
+        assert not tile[top + 2 : bottom - 2, left + 2 : right - 2].any()  # the inside
+        # and none on the map beside it
+        assert tile.sum() == is_yellow[6 + 16 : 6 + 16 + 96, 6 : 6 + 96 + 2 + 96].sum()
 
 
 def test_probe_boxes_are_checked_and_kept_in_the_state():

@@ -113,3 +113,26 @@ def test_normalize_signed_scale_is_torchs_quantile(percentile, size):
     values = torch.randn(3, size, generator=torch.Generator().manual_seed(size)).abs()
     expected = torch.quantile(values, percentile / 100, dim=1, keepdim=True)
     assert torch.allclose(_row_quantile(values, percentile / 100), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_outline_draws_each_masks_border_inside_it(dtype):
+    from lightning_viz.functional.images import REGION_COLOR, outline
+
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True  # a 2x2 square inside
+    masks[1, :2, 2:] = True  # a square in the top-right corner
+    tiles = torch.zeros(2, 1, 8, 8, dtype=dtype)  # grey, enlarged 2x by the outline
+    drawn = outline(tiles, masks, width=1)
+    assert drawn.shape == (2, 3, 8, 8)
+    assert drawn.dtype == dtype
+    colored = (drawn != 0).any(dim=1)
+    expected = torch.zeros(2, 8, 8, dtype=torch.bool)
+    expected[0, 2:6, 2:6] = True
+    expected[0, 3:5, 3:5] = False  # the inside stays as it was
+    expected[1, :4, 4:] = True
+    expected[1, 1:3, 5:7] = False  # the image's own border closes the corner square
+    assert torch.equal(colored, expected)
+    scale = 255 if dtype == torch.uint8 else 1.0
+    color = (torch.tensor(REGION_COLOR) * scale).to(dtype)
+    assert torch.equal(drawn[0, :, 2, 2], color)
