@@ -212,7 +212,13 @@ def scalar_event_writer(logger: Any) -> Any | None:
     tensorboardX writers (their ``log_metrics`` logs them)."""
     if type(logger).log_metrics not in _STOCK_LOG_METRICS or logger._prefix:
         return None
-    experiment = logger.experiment
-    if not isinstance(experiment, SummaryWriter):
+    return event_file_writer(logger.experiment)
+
+
+def event_file_writer(writer: Any) -> Any | None:
+    """The event-file writer behind torch's ``SummaryWriter`` (reopened if an earlier fit closed
+    it), whose ``add_summary`` writes several values as one event; None for other writers
+    (tensorboardX's, whose summaries are protos of its own)."""
+    if not isinstance(writer, SummaryWriter):
         return None
-    return experiment._get_file_writer()
+    return writer._get_file_writer()

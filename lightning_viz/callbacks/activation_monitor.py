@@ -733,7 +733,7 @@ class ActivationMonitor(VizCallback):
         """One sampled step's scalars, alerts and histograms (of the layers in
         ``histogram_rows``, by their rows of ``host["histograms"]``), from its ``(layer, values
         per channel in the batch, row)`` of the host tensors."""
-        metrics = {}
+        metrics, histograms = {}, {}
         for key, values_per_channel, row in rows:
             values = host["sums"][row].tolist()
             stats = stats_from_sums(values)
@@ -753,8 +753,8 @@ class ActivationMonitor(VizCallback):
             metrics.update({tags.tag(tags.ACTIVATION_SCALAR, key, k): stats[k] for k in logged})
             if key in histogram_rows:
                 tag = tags.tag(tags.ACTIVATION_HISTOGRAM, key)
-                histogram = host["histograms"][histogram_rows[key]]
-                self.log_histogram(trainer, tag, histogram, step=step)
+                histograms[tag] = host["histograms"][histogram_rows[key]]
+        self.log_histograms(trainer, histograms, step=step)
         self.log_scalars(trainer, metrics, step=step)
 
     def _log_dead(self, trainer: pl.Trainer) -> None:

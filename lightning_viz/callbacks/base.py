@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor, nn
+from torch.utils.tensorboard.summary import histogram_raw
 from typing_extensions import override
 
 from lightning_viz import tags
@@ -26,6 +27,7 @@ from lightning_viz._compat import (
     WANDB_LOGGERS,
     add_png,
     compiled_parts,
+    event_file_writer,
     fast_event_checksums,
     in_backward,
     scalar_event_writer,
@@ -769,14 +771,17 @@ class VizCallback(*CALLBACK_BASES):
         background = RunContext.of(trainer).background
         (background.submit if image else background.run_here)(what, lambda: job(writer))
 
-    def log_histogram(
-        self, trainer: pl.Trainer, tag: str, histogram: Tensor, step: int | None = None
+    def log_histograms(
+        self, trainer: pl.Trainer, histograms: Mapping[str, Tensor], step: int | None = None
     ) -> None:
-        """Log a histogram counted on the device and moved to the host already: (2 + B,), its
-        min, max and B equal-width bin counts (``ActivationReductions.histogram``), at ``step``
-        (default: the current global step)."""
-        step = trainer.global_step if step is None else step
-        self.write(trainer, tag, lambda writer: write_histogram(writer, tag, histogram, step))
+        """Log histograms counted on the device and moved to the host already, by tag: each
+        (2 + B,), its min, max and B equal-width bin counts (``ActivationReductions.histogram``),
+        at ``step`` (default: the current global step), as one TensorBoard event (one per
+        histogram cost ActivationMonitor 0.26 ms each, a third of a sample on the digits net)."""
+        if histograms:
+            step = trainer.global_step if step is None else step
+            job = partial(write_histograms, histograms=dict(histograms), step=step)
+            self.write(trainer, "histograms", job)
 
     def log_values_histogram(self, trainer: pl.Trainer, tag: str, values: np.ndarray) -> None:
         step = trainer.global_step
@@ -907,26 +912,37 @@ def scalars_summary(metrics: Mapping[str, float]) -> Summary:
     return Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()])
 
 
-def write_histogram(writer: Any, tag: str, histogram: Tensor, step: int) -> None:
-    """``writer.add_histogram_raw`` from a (2 + B,) min, max and bin counts on the host (nothing
-    when empty)."""
+def write_histograms(writer: Any, histograms: Mapping[str, Tensor], step: int) -> None:
+    """(2 + B,) min, max and bin counts on the host, by tag (empty ones left out), as one event
+    of torch's SummaryWriter; one ``add_histogram_raw`` each for another writer."""
+    fields = {tag: f for tag, h in histograms.items() if (f := _histogram_fields(h)) is not None}
+    events = event_file_writer(writer)
+    if events is None:
+        for tag, values in fields.items():
+            writer.add_histogram_raw(tag, global_step=step, **values)
+    elif fields:
+        summaries = [histogram_raw(tag, **values) for tag, values in fields.items()]
+        events.add_summary(Summary(value=[v for s in summaries for v in s.value]), step)
+
+
+def _histogram_fields(histogram: Tensor) -> dict[str, Any] | None:
+    """``add_histogram_raw``'s arguments for a (2 + B,) min, max and bin counts (None when
+    empty)."""
     counts = histogram[2:].double().numpy()
-    edges = histogram_edges(histogram[0], histogram[1], len(counts)).double().numpy()
     total = counts.sum()
     if total == 0:
-        return
+        return None
+    edges = histogram_edges(histogram[0], histogram[1], len(counts)).double().numpy()
     centres = (edges[:-1] + edges[1:]) / 2
-    writer.add_histogram_raw(
-        tag,
-        min=float(edges[0]),
-        max=float(edges[-1]),
-        num=float(total),
-        sum=float((centres * counts).sum()),
-        sum_squares=float((centres**2 * counts).sum()),
-        bucket_limits=edges[1:].tolist(),
-        bucket_counts=counts.tolist(),
-        global_step=step,
-    )
+    return {
+        "min": float(edges[0]),
+        "max": float(edges[-1]),
+        "num": float(total),
+        "sum": float((centres * counts).sum()),
+        "sum_squares": float((centres**2 * counts).sum()),
+        "bucket_limits": edges[1:].tolist(),
+        "bucket_counts": counts.tolist(),
+    }
 
 
 def overhead(trainer: pl.Trainer) -> dict[str, float]:

@@ -23,6 +23,7 @@ from lightning_viz import (
     summary,
     tags,
 )
+from lightning_viz.callbacks import base
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.testing import ImageClassifier, digits_loaders, random_loader
@@ -180,6 +181,19 @@ def test_without_tensorboard_one_warning_names_every_callback(tmp_path):
     assert all(type(callback).__name__ in said[0] for callback in callbacks)
 
 
+def test_histograms_go_to_another_writer_one_call_each():
+    """tensorboardX's writer takes no tensorboard Summary: it gets add_histogram_raw."""
+    calls = []
+
+    class OtherWriter:
+        def add_histogram_raw(self, tag, **fields):
+            calls.append((tag, fields["global_step"], fields["num"], fields["bucket_counts"]))
+
+    histograms = {"a": torch.tensor([0.0, 2.0, 1.0, 3.0]), "empty": torch.zeros(4)}
+    base.write_histograms(OtherWriter(), histograms, step=7)
+    assert calls == [("a", 7, 4.0, [1.0, 3.0])]
+
+
 def test_a_steps_scalars_are_one_tensorboard_event_and_a_prefix_is_kept(tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -200,6 +214,14 @@ def test_a_steps_scalars_are_one_tensorboard_event_and_a_prefix_is_kept(tmp_path
     assert all(tags == expected for tags in tags_by_event)
     zero = read_events(tmp_path).Scalars(f"{expected[-1]}")
     assert [e.step for e in zero] == list(range(1, 24))
+    # a read's histograms too: one event for the three layers (0.26 ms an event before)
+    histograms_by_event = [
+        (event.step, sorted(v.tag for v in event.summary.value))
+        for event in EventFileLoader(str(path)).Load()
+        if any(v.metadata.plugin_data.plugin_name == "histograms" for v in event.summary.value)
+    ]
+    layers = sorted(f"activations/model.features.{layer}" for layer in (2, 6, 10))
+    assert histograms_by_event == [(step, layers) for step in (1, 6, 11, 16, 21, 23)]
 
     # a subclass's own log_metrics still receives them, and a prefixed logger's adds its prefix
     class Renaming(TensorBoardLogger):
