@@ -304,8 +304,10 @@ def deletion_insertion(
     With ``segmentation``, the model outputs per-pixel class scores (N, K, H, W), found as
     :func:`~lightning_viz.functional.class_maps` finds them (``output_transform`` is not used),
     and each step reads the target class's mean probability over the pixels the unperturbed
-    image predicts as the class (every pixel where it predicts none): a fixed set, where a score
-    over the pixels each perturbed image predicts as the class jumps as they change, and the
+    image predicts as the class (its highest score, or with ``"sigmoid"`` a positive one; every
+    pixel where it predicts none; ``targets`` None: the class of the largest summed score,
+    :func:`~lightning_viz.functional.class_scores`, often the background): a fixed set, where a
+    score over the pixels each perturbed image predicts as the class jumps as they change, and the
     class's probability of the whole image (a softmax over sums of thousands of pixels) stays
     at 1.
 
@@ -337,7 +339,7 @@ def deletion_insertion(
             reference = check_logits(output_transform(output), n).float()
         index = target_index(targets, reference)
         if segmentation:
-            region = _class_region(reference_maps, index)
+            region = _class_region(reference_maps, index, probabilities)
         curves = []
         for inserting in (False, True):
             rows = torch.arange(n * (steps + 1), device=images.device)
@@ -374,10 +376,14 @@ def _segmentation_maps(output: Any) -> Tensor:
     return maps.float()
 
 
-def _class_region(maps: Tensor, index: Tensor) -> Tensor:
-    """(N, H, W) bool: the pixels that (N, K, H, W) ``maps`` predict as each image's class;
-    every pixel of an image where none is."""
-    region = maps.argmax(dim=1) == index[:, None, None]
+def _class_region(maps: Tensor, index: Tensor, probabilities: bool | str) -> Tensor:
+    """(N, H, W) bool: the pixels that (N, K, H, W) ``maps`` predict as each image's class (its
+    highest score; with ``"sigmoid"``, every class whose score is positive: a binary or
+    multi-label segmenter's); every pixel of an image where none is."""
+    if probabilities == "sigmoid":
+        region = maps.gather(1, index[:, None, None, None].expand(-1, 1, *maps.shape[2:]))[:, 0] > 0
+    else:
+        region = maps.argmax(dim=1) == index[:, None, None]
     return region | ~region.flatten(1).any(dim=1)[:, None, None]
 
 

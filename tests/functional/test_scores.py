@@ -166,6 +166,12 @@ def test_a_segmentation_reads_its_class_over_the_pixels_the_probe_predicts_as_it
     # read as the image's class probability, 3 of the 4 pixels deleted change nothing
     assert whole.deletion[0, 5] > 0.99
     assert curves.deletion[0, 5] < 0.26
+    # a binary segmenter of one sigmoid output: its class's pixels are those scored positive
+    binary = deletion_insertion(
+        lambda x: PixelSegmenter()(x)[:, 1:], images, order, targets=0, steps=16,
+        probabilities="sigmoid", segmentation=True,
+    )  # fmt: skip
+    torch.testing.assert_close(binary.deletion[0], expected)
     with pytest.raises(ValueError, match=r"needs a model output of per-pixel class scores"):
         deletion_insertion(
             Linear(torch.ones(1, 1, 4, 4)), images, order, targets=0, segmentation=True
