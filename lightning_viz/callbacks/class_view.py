@@ -39,6 +39,7 @@ from lightning_viz.functional.gradcam import (
     class_maps,
     pixel_shares,
     probabilities_of,
+    reconstructs,
     segmented_classes,
 )
 from lightning_viz.functional.images import (
@@ -194,10 +195,10 @@ class ClassView(ProbeCallback):
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         source = type(self).__name__
         explicit = self.output_transform is not None
-        same_as_input = tuple(probes.images.shape[1:])
-        if not explicit and isinstance(output, torch.Tensor) and output.shape[1:] == same_as_input:
+        if not explicit and reconstructs(output, probes.images):
             raise Unsuited(
-                f"{source}: the model returns an image the size of its input, {same_as_input} "
+                f"{source}: the model returns an image the size of its input, "
+                f"{tuple(probes.images.shape[1:])} "
                 "(a reconstruction?), not class scores, so there is nothing to explain; pass "
                 "output_transform= to say which score to explain."
             )

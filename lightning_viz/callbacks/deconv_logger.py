@@ -34,7 +34,12 @@ from lightning_viz.functional.captions import (
     stack_rows,
     table_label_width,
 )
-from lightning_viz.functional.gradcam import class_maps, on_the_scores_path, without_score_head
+from lightning_viz.functional.gradcam import (
+    class_maps,
+    on_the_scores_path,
+    reconstructs,
+    without_score_head,
+)
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -245,7 +250,7 @@ class DeconvLogger(ProbeCallback):
             # and an auxiliary head's feed no score
             forward = self.probe_forward(pl_module)
             names = on_the_scores_path(pl_module, probes.images[:1], list(layers), forward)
-            maps = class_maps(output)
+            maps = None if reconstructs(output, probes.images) else class_maps(output)
             if maps is not None and names:  # a segmentation head's channels are its classes
                 names = without_score_head(
                     pl_module, probes.images[:1], names, maps.shape[1], forward

@@ -88,6 +88,12 @@ def class_maps(output: Any) -> Tensor | None:
     return scores if scores.dim() == 4 else None
 
 
+def reconstructs(output: Any, images: Tensor) -> bool:
+    """Whether a model's ``output`` is an image the size of its input ``images`` (an
+    autoencoder's reconstruction), not class scores."""
+    return isinstance(output, Tensor) and output.shape[1:] == images.shape[1:]
+
+
 def pixel_shares(maps: Tensor) -> Tensor:
     """(N, K): the share of each image's pixels that per-pixel class scores ``maps`` (N, K, H,
     W) predict as each class."""

@@ -476,6 +476,8 @@ def test_an_autoencoder_gets_a_notice_from_gradcam_and_deconv_images(tmp_path):
     images = read_events(tmp_path).Tags()["images"]
     assert not [tag for tag in images if tag.startswith("gradcam/")]
     assert "deconv/model.features.0" in images
+    # its output conv is a decoder, not a segmentation head: it is projected too
+    assert "deconv/decoder" in images
 
 
 def test_target_label_needs_labels(tmp_path):
