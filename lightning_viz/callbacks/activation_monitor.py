@@ -197,8 +197,9 @@ class ActivationMonitor(VizCallback):
     Alerts (each (layer, kind) once until it clears; see ``on_alert``):
 
     - ``dead_channels``: after ``warmup_epochs``, a layer's fraction of channels with no positive
-      value in any sampled batch of the epoch is at least ``dead_threshold`` (a channel whose
-      maximum is NaN is not counted: that is ``nonfinite_activations``').
+      value in any sampled batch of the epoch is at least ``dead_threshold``. An epoch in which
+      the layer's maps held NaN or Inf has no dead fraction (``nonfinite_activations`` says so;
+      a NaN map is neither dead nor alive): the alert neither fires nor clears then.
     - ``saturated``: after ``warmup_epochs``, a sigmoid/tanh layer's mean saturated fraction over
       the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
     - ``nonfinite_activations``: NaN or Inf in a sampled feature map, raised when its step is
@@ -247,7 +248,8 @@ class ActivationMonitor(VizCallback):
       positive value in any sampled batch of the epoch (the whole batch, by its per-channel
       maxima); only once each channel had at least 1,024 values in them
       (:data:`~lightning_viz.tags.DEAD_AFTER_VALUES`: a 1x1 map of a squeeze-excitation block
-      in small batches has too few to tell a dead channel from a rarely active one).
+      in small batches has too few to tell a dead channel from a rarely active one), and not
+      for an epoch in which its maps held NaN or Inf.
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (when the sampled
@@ -334,6 +336,7 @@ class ActivationMonitor(VizCallback):
         self._problems: list[str] = []
         self._active: dict[str, Tensor] = {}
         self._seen: dict[str, int] = {}
+        self._nonfinite: set[str] = set()  # the epoch's layers whose maps held NaN or Inf
         self._bounds: dict[str, tuple[float, float] | None] = {}
         self._saturation: dict[str, list[float]] = {}
         self._batches_seen = 0
@@ -413,7 +416,7 @@ class ActivationMonitor(VizCallback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active, self._seen, self._saturation = {}, {}, {}
-        self._health = None
+        self._nonfinite, self._health = set(), None
         self._epoch_sampled = False
 
     @override
@@ -520,7 +523,8 @@ class ActivationMonitor(VizCallback):
         self._health, self._step_health = (trainer.global_step, self._step_health), {}
 
     def _read_health(self, trainer: pl.Trainer) -> None:
-        """The health-only step's NaN/+Inf alerts and saturated fractions, in one transfer."""
+        """The health-only step's NaN/+Inf alerts and saturated fractions (counted over every
+        rank's values), in one transfer."""
         if self._health is None:
             return
         (step, samples), self._health = self._health, None
@@ -532,15 +536,26 @@ class ActivationMonitor(VizCallback):
         if not samples:
             return
         rows = torch.stack(
-            [torch.stack([h.nonfinite.float(), h.saturated_fraction]) for h in samples.values()]
+            [
+                torch.stack(
+                    [
+                        h.nonfinite.float(),
+                        h.saturated,
+                        h.saturated.new_tensor(h.values_per_channel * len(h.channel_active)),
+                    ]
+                )
+                for h in samples.values()
+            ]
         )
         if trainer.world_size > 1:
             rows = trainer.strategy.reduce(rows, reduce_op="sum")
         host = to_host({"health": rows})["health"].tolist()
-        for key, (nonfinite, saturated) in zip(samples, host, strict=True):
+        for key, (nonfinite, saturated, values) in zip(samples, host, strict=True):
             self.raise_alert(trainer, nonfinite_activation_finding(key, nonfinite > 0, step))
-            if not nonfinite and self._bounds_of(key) is not None:
-                self._add_saturation(key, saturated / trainer.world_size)
+            if nonfinite:
+                self._nonfinite.add(key)
+            elif self._bounds_of(key) is not None:
+                self._add_saturation(key, saturated / values)
 
     def _note_active(self, key: str, active: Tensor) -> None:
         """OR a sample's (C,) active channels into the epoch's record of ``key``."""
@@ -576,7 +591,7 @@ class ActivationMonitor(VizCallback):
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
             self._flush(trainer)
-        with self.guarded(trainer, "activation health"), self.alerts_together(trainer):
+        with self.guarded(trainer, "activation statistics"), self.alerts_together(trainer):
             self._read_health(trainer)
         with self.guarded(trainer, "dead channels"), self.alerts_together(trainer):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:
@@ -742,6 +757,7 @@ class ActivationMonitor(VizCallback):
                 self._note_seen(trainer, key, values_per_channel)
             self.raise_alert(trainer, nonfinite_activation_finding(key, stats["nonfinite"], step))
             if stats["nonfinite"]:
+                self._nonfinite.add(key)
                 continue
             if saturating:
                 logged = ["saturated_fraction"]
@@ -767,6 +783,8 @@ class ActivationMonitor(VizCallback):
         for key, fraction in zip(keys, dead.tolist(), strict=True):
             if self._seen.get(key, 0) < tags.DEAD_AFTER_VALUES:
                 continue  # too few values to call a channel dead (1x1 maps, tiny batches)
+            if key in self._nonfinite:
+                continue  # NaN maps are neither dead nor alive: nonfinite_activations says it
             metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
             if trainer.current_epoch + 1 >= self.warmup_epochs:
                 finding = dead_channel_finding(

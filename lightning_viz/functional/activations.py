@@ -29,8 +29,7 @@ class ActivationReductions(NamedTuple):
     then read them with :func:`stats_from_sums`)."""
     channel_active: Tensor
     """(C,) bool: the channel has a positive value anywhere in the batch (its maximum over the
-    whole batch, where the read images may be too few to call a channel dead), or a NaN: a
-    channel is dead when its maximum is a number <= 0 (NaN is ``nonfinite``'s to report)."""
+    whole batch, where the read images may be too few to call a channel dead)."""
     active_maps: Tensor
     """How many (image, channel) maps of the read images have a positive value."""
     histogram: Tensor
@@ -83,22 +82,27 @@ class ChannelHealth(NamedTuple):
     """(C,) bool, as :attr:`ActivationReductions.channel_active`."""
     nonfinite: Tensor
     """() bool: NaN or +Inf anywhere in the batch."""
-    saturated_fraction: Tensor
-    """() the fraction of the batch's values within the margin of a bound (0 without bounds)."""
+    saturated: Tensor
+    """() float32: how many of the batch's values sit within the margin of a bound (0 without
+    bounds); of ``values_per_channel`` times C."""
     values_per_channel: int
     """How many values each channel has in the whole batch (N x H x W)."""
 
 
 def channel_health(activations: Tensor, bounds: tuple[float, float] | None = None) -> ChannelHealth:
-    """The dead-channel, NaN/+Inf and saturation evidence of a whole batch's feature maps, in one
-    device operation (two with ``bounds``): for a sampled step that cannot afford
-    :func:`sample_activations`' copy and the read of its statistics."""
+    """The dead-channel, NaN/+Inf and saturation evidence of a whole batch's feature maps: one
+    pass over the values (two with ``bounds``) and a few operations on the (C,) maxima, for a
+    sampled step that cannot afford :func:`sample_activations`' copy and the read of its
+    statistics."""
     whole = _checked(activations, None)
     n, _, height, width = whole.shape
-    saturated = _saturated_count(whole[None], bounds)[0] / max(whole.numel(), 1)
     channel_max = _channel_max(whole)
-    nonfinite = ~channel_max.isfinite().all()
-    return ChannelHealth(_active_channels(channel_max), nonfinite, saturated, n * height * width)
+    return ChannelHealth(
+        channel_max > 0,
+        ~channel_max.isfinite().all(),
+        _saturated_count(whole[None], bounds)[0],
+        n * height * width,
+    )
 
 
 def reduce_activation_samples(
@@ -175,9 +179,7 @@ def reduce_activation_samples(
         ],
         dim=1,
     )
-    return ActivationReductions(
-        sums, _active_channels(channel_max).any(dim=0), active_maps, histogram
-    )
+    return ActivationReductions(sums, (channel_max > 0).any(dim=0), active_maps, histogram)
 
 
 def activation_reductions(
@@ -329,12 +331,6 @@ def _strided_images(activations: Tensor, max_values: int | None) -> Tensor:
 def _channel_max(activations: Tensor) -> Tensor:
     """(C,) each channel's maximum over the batch, in float32 (NaN where it holds one)."""
     return activations.amax(dim=(0, 2, 3)).float()
-
-
-def _active_channels(channel_max: Tensor) -> Tensor:
-    """Not dead: a maximum that is not a number <= 0 (a NaN map is not a dead one: after a NaN
-    in the weights every map is NaN, and a dead-channel alert beside the NaN's would misdirect)."""
-    return ~(channel_max <= 0)
 
 
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:

@@ -250,6 +250,26 @@ def test_nonfinite_activations_alert(tmp_path):
     assert [e.step for e in zero] == [1, 2]
 
 
+def test_nan_maps_neither_raise_nor_clear_a_dead_channel_alert(tmp_path):
+    """A dead layer whose maps turned NaN read as alive (a NaN maximum counted as a positive
+    value), logged a dead fraction of 0 and cleared its alert while its channels stayed dead."""
+
+    class DeadThenNaN(DeadBias):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if self.current_epoch == 1 and batch_idx == 0:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return super().training_step((x, y), batch_idx)
+
+    monitor = ActivationMonitor(layers=[RELUS[1]], every_n_steps=2)
+    with pytest.warns(UserWarning, match="produced NaN or Inf"):
+        fit(DeadThenNaN(), [monitor], tmp_path, epochs=2, limit_train_batches=4)
+    dead = read_events(tmp_path).Scalars(f"activations/{RELUS[1]}/dead_fraction")
+    assert [(e.step, e.value) for e in dead] == [(4, 1.0)]  # none for the NaN epoch
+    assert (RELUS[1], "dead_channels") in monitor.alerts.active  # not cleared
+
+
 def count_transfers(monkeypatch) -> list[int]:
     """The rows of each of ActivationMonitor's transfers of statistics to the host."""
     import lightning_viz.callbacks.activation_monitor as module
