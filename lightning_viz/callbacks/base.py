@@ -414,8 +414,8 @@ class VizCallback(*CALLBACK_BASES):
     """
 
     budget_note: ClassVar[str] = ""
-    """What the ``over_budget`` notice adds where this callback keeps a budget: health checks
-    that then wait too."""
+    """What the ``over_budget`` notice adds where this callback keeps a budget: what the
+    budget costs it (ActivationMonitor: fewer scalars, its health checks still every epoch)."""
 
     def __init__(
         self, on_alert: OnAlert = "warn", strict: bool = False, budget: float | None = None

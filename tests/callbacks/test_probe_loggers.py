@@ -683,11 +683,12 @@ def test_a_segmenter_on_masks_explains_each_probes_class_and_scores_it_on_the_ma
     assert "localization/gradcam/net.dec/pointing_game" in events.Tags()["scalars"]
 
 
-def test_an_untrained_segmenters_flat_curves_are_not_judged(tmp_path, monkeypatch):
+def test_an_untrained_segmenters_curves_are_not_judged(tmp_path, monkeypatch):
     """A segmentation's summed class score is over the pixels each perturbed image predicts as
     the class: an untrained net's deletion curves jumped (from 11 to 0, from 26 to 71), passed
     the drop meant for a probability, and the faithfulness note judged them (here with the
-    random order made the map's own, so that a judged map is noted)."""
+    random order made the map's own, so that a judged map is noted). Its class probability
+    over the probe's own pixels of the class barely moves: nothing to judge."""
     from lightning_viz.callbacks import class_view
 
     monkeypatch.setattr(class_view, "random_maps", lambda maps: maps)
