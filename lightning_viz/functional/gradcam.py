@@ -348,8 +348,8 @@ def without_score_head(
     channels): the last of them to run while their outputs have that many channels. Their
     channels are the classes, whose maps only redraw the prediction. All of ``names`` where
     nothing else would be left."""
-    finished = output_shapes(model, images, forward)
-    order = [name for name, _, _ in finished if name in set(names)]
+    finished, wanted = output_shapes(model, images, forward), set(names)
+    order = [name for name, _, _ in finished if name in wanted]
     kept = set(_before_trailing(order, {n: shape for n, _, shape in finished}, classes))
     return [name for name in names if name in kept] or list(names)
 
