@@ -117,11 +117,13 @@ digits and on photos alike."""
 
 def outline(tiles: Tensor, masks: Tensor, width: int = 2) -> Tensor:
     """(N, 3, H, W) display ``tiles`` with the border of each (N, h, w) boolean mask (resized to
-    the tiles, nearest) drawn ``width`` pixels wide just inside it in :data:`REGION_COLOR`:
-    where each probe's object lies. Grey tiles come back as RGB, in the tiles' dtype."""
+    the tiles, nearest) drawn ``width`` pixels wide just outside it in :data:`REGION_COLOR`:
+    where each probe's object lies, its own pixels left as they are (a line inside hid a thin
+    ring's band). A side on the image's edge has no line. Grey tiles come back as RGB, in the
+    tiles' dtype."""
     inside = F.interpolate(masks[:, None].float(), size=tuple(tiles.shape[-2:]), mode="nearest")
-    outside = F.pad(1 - inside, (width,) * 4, value=1.0)  # beyond the image is outside too
-    edge = (inside > 0) & (F.max_pool2d(outside, 2 * width + 1, stride=1) > 0)
+    near = F.max_pool2d(inside, 2 * width + 1, stride=1, padding=width)
+    edge = (near > 0) & (inside == 0)
     color = torch.tensor(REGION_COLOR, device=tiles.device) * white(tiles.dtype)
     return torch.where(edge, color.to(tiles.dtype).view(1, 3, 1, 1), to_rgb(tiles))
 

@@ -292,11 +292,15 @@ def test_probe_boxes_are_outlined_on_the_probes_not_on_their_maps(tmp_path):
         # the first probe's tile: 32 pixels enlarged 3x, under its 16-pixel caption, 6 in
         top, left, bottom, right = (3 * int(v) for v in boxes[0])
         tile = is_yellow[6 + 16 : 6 + 16 + 96, 6 : 6 + 96]
-        assert tile[top, left:right].all()
-        assert tile[bottom - 1, left:right].all()
-        assert tile[top:bottom, left].all()
-        assert tile[top:bottom, right - 1].all()
-        assert not tile[top + 2 : bottom - 2, left + 2 : right - 2].any()  # the inside
+        assert top > 0
+        assert bottom < 96
+        assert left > 0
+        assert right < 96
+        assert tile[top - 1, left - 1 : right + 1].all()  # just outside the box
+        assert tile[bottom, left - 1 : right + 1].all()
+        assert tile[top - 1 : bottom + 1, left - 1].all()
+        assert tile[top - 1 : bottom + 1, right].all()
+        assert not tile[top:bottom, left:right].any()  # the object's pixels stay as they are
         # and none on the map beside it
         assert tile.sum() == is_yellow[6 + 16 : 6 + 16 + 96, 6 : 6 + 96 + 2 + 96].sum()
 

@@ -116,7 +116,7 @@ def test_normalize_signed_scale_is_torchs_quantile(percentile, size):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_outline_draws_each_masks_border_inside_it(dtype):
+def test_outline_draws_each_masks_border_outside_it(dtype):
     from lightning_viz.functional.images import REGION_COLOR, outline
 
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
@@ -128,11 +128,11 @@ def test_outline_draws_each_masks_border_inside_it(dtype):
     assert drawn.dtype == dtype
     colored = (drawn != 0).any(dim=1)
     expected = torch.zeros(2, 8, 8, dtype=torch.bool)
-    expected[0, 2:6, 2:6] = True
-    expected[0, 3:5, 3:5] = False  # the inside stays as it was
-    expected[1, :4, 4:] = True
-    expected[1, 1:3, 5:7] = False  # the image's own border closes the corner square
+    expected[0, 1:7, 1:7] = True
+    expected[0, 2:6, 2:6] = False  # the region's own pixels stay as they were
+    expected[1, :5, 3:] = True
+    expected[1, :4, 4:] = False  # no line beyond the image's edge
     assert torch.equal(colored, expected)
     scale = 255 if dtype == torch.uint8 else 1.0
     color = (torch.tensor(REGION_COLOR) * scale).to(dtype)
-    assert torch.equal(drawn[0, :, 2, 2], color)
+    assert torch.equal(drawn[0, :, 1, 1], color)
