@@ -396,9 +396,8 @@ class ClassView(ProbeCallback):
             mean = {key: values.nanmean().item() for key, values in per_probe.items()}
             metrics |= self._score_metrics(method, mean)
             drop = host.get(f"{method}|drop")
-            lines = self._score_lines(
-                trainer, method, mean, 0.0 if drop is None else drop.mean().item()
-            )
+            drop = 0.0 if drop is None or drop.isnan().all() else drop.nanmean().item()
+            lines = self._score_lines(trainer, method, mean, drop)
             empty = host.pop(f"{method}|empty").nonzero().flatten().tolist()
             if empty:
                 lines.append(
@@ -457,16 +456,20 @@ class ClassView(ProbeCallback):
                 found[f"{method}|energy"] = energy_in_box(heat, probes.regions)
         if "faithfulness" in self.scores:
             for method, heat in heats.items():
+                # an empty map ranks the pixels by position alone: no score, as for the others
+                unrated = found[f"{method}|empty"]
                 for order, key in ((heat, "deletion"), (random_maps(heat), "random")):
                     curves = deletion_insertion(
                         pl_module, probes.images, order, explained, forward=forward,
                         output_transform=self._transform, probabilities=self._deletion_reads,
                         segmentation=self._outputs_class_maps,
                     )  # fmt: skip
-                    found[f"{method}|{key}"] = curves.deletion_auc
+                    found[f"{method}|{key}"] = curves.deletion_auc.masked_fill(unrated, math.nan)
                     if key == "deletion":
-                        found[f"{method}|insertion"] = curves.insertion_auc
-                        found[f"{method}|drop"] = self._drop(curves.deletion)
+                        insertion = curves.insertion_auc.masked_fill(unrated, math.nan)
+                        found[f"{method}|insertion"] = insertion
+                        drop = self._drop(curves.deletion).masked_fill(unrated, math.nan)
+                        found[f"{method}|drop"] = drop
         return found
 
     @property

@@ -1,6 +1,7 @@
 import ast
 import copy
 import math
+import re
 
 import pytest
 import pytorch_lightning as pl
@@ -700,10 +701,25 @@ def test_an_untrained_segmenters_curves_are_not_judged(tmp_path, monkeypatch):
     make_trainer(tmp_path, [gradcam], max_epochs=1, log_every_n_steps=1).fit(
         untrained, DataLoader(TensorDataset(images, masks), batch_size=8)
     )
-    texts = read_events(tmp_path).Tensors("gradcam/net.dec/targets/text_summary")
+    events = read_events(tmp_path)
+    texts = events.Tensors("gradcam/net.dec/targets/text_summary")
     assert len(texts) == 2
     for text in texts:
         assert "not faithful" not in text.tensor_proto.string_val[0].decode()
+    # an empty map ranks the pixels by position alone: it gets no faithfulness score, and the
+    # mean leaves it out (its AUCs were in the table and the mean, under a note saying not)
+    note = re.search(
+        r"The maps of probes? ([\d, ]+) are empty", texts[-1].tensor_proto.string_val[0].decode()
+    )
+    assert note is not None
+    empty = {int(i) for i in note[1].split(", ")}
+    rows = text_rows(events, "gradcam/net.dec/targets")
+    assert 0 < len(empty) < len(rows)
+    for i, row in enumerate(rows):
+        assert (row[4:7] == ["-", "-", "-"]) == (i in empty), row
+    rated = [float(row[4]) for i, row in enumerate(rows) if i not in empty]
+    logged = events.Scalars("faithfulness/gradcam/net.dec/deletion")[-1].value
+    assert logged == pytest.approx(sum(rated) / len(rated), abs=0.006)
 
 
 @pytest.mark.slow
@@ -722,7 +738,8 @@ def test_a_trained_segmenters_maps_are_faithful_over_their_class_pixels(tmp_path
     )
     rows = text_rows(read_events(tmp_path), "gradcam/net.dec/targets")
     columns = {"share": 3, "deletion": 4, "insertion": 5, "random": 6}
-    segmented = [{k: float(row[i]) for k, i in columns.items()} for row in rows]
+    rated = [row for row in rows if row[4] != "-"]  # an empty map has no faithfulness score
+    segmented = [{k: float(row[i]) for k, i in columns.items()} for row in rated]
     segmented = [row for row in segmented if row["share"] >= 0.2]
     assert len(segmented) >= 2
     for row in segmented:
