@@ -541,7 +541,7 @@ class ActivationMonitor(VizCallback):
                     [
                         h.nonfinite.float(),
                         h.saturated,
-                        h.saturated.new_tensor(h.values_per_channel * len(h.channel_active)),
+                        h.saturated.new_full((), h.values_per_channel * len(h.channel_active)),
                     ]
                 )
                 for h in samples.values()
@@ -591,7 +591,8 @@ class ActivationMonitor(VizCallback):
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
             self._flush(trainer)
-        with self.guarded(trainer, "activation statistics"), self.alerts_together(trainer):
+        # a name of its own: a reading that succeeds clears its name's failure alert
+        with self.guarded(trainer, "activation health"), self.alerts_together(trainer):
             self._read_health(trainer)
         with self.guarded(trainer, "dead channels"), self.alerts_together(trainer):
             if self._ranks_agree(trainer, True, len(self._active)) and self._active:

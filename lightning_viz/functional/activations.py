@@ -336,7 +336,7 @@ def _channel_max(activations: Tensor) -> Tensor:
 def _saturated_count(values: Tensor, bounds: tuple[float, float] | None) -> Tensor:
     """(S,) how many values of each step's (n, C, H, W) sit within the margin of a bound."""
     if bounds is None:
-        return values.new_zeros(len(values))
+        return values.new_zeros(len(values), dtype=torch.float32)
     low, high = bounds
     margin = SATURATION_MARGIN * (high - low)
     saturated = (values <= low + margin) | (values >= high - margin)

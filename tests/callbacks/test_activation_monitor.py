@@ -270,6 +270,21 @@ def test_nan_maps_neither_raise_nor_clear_a_dead_channel_alert(tmp_path):
     assert (RELUS[1], "dead_channels") in monitor.alerts.active  # not cleared
 
 
+def test_a_failure_that_persists_is_one_alert_that_stays(tmp_path, monkeypatch):
+    """The epoch's health reading, which succeeds, shared the statistics' failure name and
+    cleared their alert at every epoch end: one warning an epoch, each 'cleared' in the table."""
+
+    def broken(self, trainer, pending):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ActivationMonitor, "_log_pending", broken)
+    monitor = ActivationMonitor(layers=[RELUS[0]], every_n_steps=2)
+    with pytest.warns(UserWarning, match="activation statistics failed"):
+        fit(DigitsClassifier(), [monitor], tmp_path, epochs=3, limit_train_batches=4)
+    assert [a.kind for a in monitor.alerts.raised] == ["failed"]
+    assert ("activation statistics", "failed") in monitor.alerts.active
+
+
 def count_transfers(monkeypatch) -> list[int]:
     """The rows of each of ActivationMonitor's transfers of statistics to the host."""
     import lightning_viz.callbacks.activation_monitor as module

@@ -331,3 +331,5 @@ def test_a_health_reading_agrees_with_the_whole_statistics(bounds):
     assert health.values_per_channel == 6 * 7 * 7
     fraction = health.saturated.item() / (health.values_per_channel * 5)
     assert fraction == pytest.approx(stats["saturated_fraction"].item())
+    # a count in float32 whatever the maps' precision (float16 holds no count past 65,504)
+    assert channel_health(maps.half(), bounds).saturated.dtype == torch.float32
