@@ -116,14 +116,17 @@ digits and on photos alike."""
 
 
 def outline(tiles: Tensor, masks: Tensor, width: int = 2) -> Tensor:
-    """(N, 3, H, W) display ``tiles`` with the border of each (N, h, w) boolean mask (resized to
-    the tiles, nearest) drawn ``width`` pixels wide just outside it in :data:`REGION_COLOR`:
-    where each probe's object lies, its own pixels left as they are (a line inside hid a thin
-    ring's band). A side on the image's edge has no line. Grey tiles come back as RGB, in the
-    tiles' dtype."""
-    inside = F.interpolate(masks[:, None].float(), size=tuple(tiles.shape[-2:]), mode="nearest")
+    """(N, 3, H, W) display ``tiles`` with the border of each (N, h, w) boolean mask drawn
+    ``width`` pixels wide in :data:`REGION_COLOR`: just outside it, so that the object's own
+    pixels stay as they are (a line inside hid a thin ring's band), and inside it along the
+    image's edge, where there is no outside (a box of the whole image is its frame). The mask
+    is resized to the tiles keeping every pixel it covers (shrunk by nearest, a small region
+    could vanish). Grey tiles come back as RGB, in the tiles' dtype."""
+    inside = F.adaptive_max_pool2d(masks[:, None].float(), tuple(tiles.shape[-2:]))
     near = F.max_pool2d(inside, 2 * width + 1, stride=1, padding=width)
-    edge = (near > 0) & (inside == 0)
+    frame = torch.ones_like(inside[:1], dtype=torch.bool)
+    frame[..., width:-width, width:-width] = False
+    edge = ((near > 0) & (inside == 0)) | ((inside > 0) & frame)
     color = torch.tensor(REGION_COLOR, device=tiles.device) * white(tiles.dtype)
     return torch.where(edge, color.to(tiles.dtype).view(1, 3, 1, 1), to_rgb(tiles))
 

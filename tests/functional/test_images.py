@@ -131,8 +131,12 @@ def test_outline_draws_each_masks_border_outside_it(dtype):
     expected[0, 1:7, 1:7] = True
     expected[0, 2:6, 2:6] = False  # the region's own pixels stay as they were
     expected[1, :5, 3:] = True
-    expected[1, :4, 4:] = False  # no line beyond the image's edge
+    expected[1, 1:4, 4:7] = False  # inside, only along the image's edge
     assert torch.equal(colored, expected)
     scale = 255 if dtype == torch.uint8 else 1.0
     color = (torch.tensor(REGION_COLOR) * scale).to(dtype)
     assert torch.equal(drawn[0, :, 1, 1], color)
+    # shrunk, a region keeps every pixel it covers: a 2x2 one on a 64x64 mask is still drawn
+    small = torch.zeros(1, 64, 64, dtype=torch.bool)
+    small[0, 33:35, 33:35] = True
+    assert (outline(torch.zeros(1, 3, 16, 16), small, width=1) != 0).any()
