@@ -214,6 +214,21 @@ class DeadBias(DigitsClassifier):
         self.model.features[5].weight.requires_grad_(False)
 
 
+def with_nan_input(base: type[DigitsClassifier], epoch: int, batch: int) -> DigitsClassifier:
+    """A ``base`` module whose training input gets one NaN pixel at batch ``batch`` of epoch
+    ``epoch``."""
+
+    class NaNInput(base):
+        def training_step(self, batch_, batch_idx):
+            x, y = batch_
+            if self.current_epoch == epoch and batch_idx == batch:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return super().training_step((x, y), batch_idx)
+
+    return NaNInput()
+
+
 def test_dead_channels_alert_names_the_layer(tmp_path):
     monitor = ActivationMonitor(every_n_steps=2, strict=True)
     with pytest.warns(
@@ -231,18 +246,11 @@ def test_dead_channels_alert_names_the_layer(tmp_path):
 
 
 def test_nonfinite_activations_alert(tmp_path):
-    class NaNInput(DigitsClassifier):
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            if batch_idx == 2:
-                x = x.clone()
-                x[0, 0, 0, 0] = float("nan")
-            return super().training_step((x, y), batch_idx)
-
     monitor = ActivationMonitor(every_n_steps=1, on_alert="stop", strict=True)
     # the first sampled step is logged at once, the next ones 5 at a time (log_every_n_steps=5)
+    module = with_nan_input(DigitsClassifier, 0, 2)
     with pytest.warns(UserWarning, match="produced NaN or Inf at step 3"):
-        trainer = fit(NaNInput(), [monitor], tmp_path, epochs=1, limit_train_batches=12)
+        trainer = fit(module, [monitor], tmp_path, epochs=1, limit_train_batches=12)
     assert monitor.alerts.raised[0].kind == "nonfinite_activations"
     assert trainer.global_step == 6  # stopped when the step's statistics were read
     zero = read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")
@@ -254,17 +262,9 @@ def test_nan_maps_neither_raise_nor_clear_a_dead_channel_alert(tmp_path):
     """A dead layer whose maps turned NaN read as alive (a NaN maximum counted as a positive
     value), logged a dead fraction of 0 and cleared its alert while its channels stayed dead."""
 
-    class DeadThenNaN(DeadBias):
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            if self.current_epoch == 1 and batch_idx == 0:
-                x = x.clone()
-                x[0, 0, 0, 0] = float("nan")
-            return super().training_step((x, y), batch_idx)
-
     monitor = ActivationMonitor(layers=[RELUS[1]], every_n_steps=2)
     with pytest.warns(UserWarning, match="produced NaN or Inf"):
-        fit(DeadThenNaN(), [monitor], tmp_path, epochs=2, limit_train_batches=4)
+        fit(with_nan_input(DeadBias, 1, 0), [monitor], tmp_path, epochs=2, limit_train_batches=4)
     dead = read_events(tmp_path).Scalars(f"activations/{RELUS[1]}/dead_fraction")
     assert [(e.step, e.value) for e in dead] == [(4, 1.0)]  # none for the NaN epoch
     assert (RELUS[1], "dead_channels") in monitor.alerts.active  # not cleared
@@ -676,17 +676,10 @@ def test_a_saturated_layer_is_seen_by_the_health_check(tmp_path):
 
 @pytest.mark.parametrize("budget", [None, 1e-9])  # a whole sample, a health reading
 def test_nan_maps_are_an_alert_at_their_step_not_dead_channels(tmp_path, budget):
-    class NaNAtLastBatch(DigitsClassifier):
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            if self.current_epoch == 1 and batch_idx == 3:
-                x = x.clone()
-                x[0, 0, 0, 0] = float("nan")
-            return super().training_step((x, y), batch_idx)
-
     monitor = ActivationMonitor(layers=[RELUS[0]], every_n_steps=50, budget=budget)
+    module = with_nan_input(DigitsClassifier, 1, 3)  # the epoch's last batch
     with pytest.warns(UserWarning, match="produced NaN or Inf at step 8"):
-        fit(NaNAtLastBatch(), [monitor], tmp_path, epochs=2, limit_train_batches=4)
+        fit(module, [monitor], tmp_path, epochs=2, limit_train_batches=4)
     # NaN maps are not called dead as well (that alert would point at the learning rate)
     alerts = [(a.kind, a.layer) for a in monitor.alerts.raised if a.kind != "over_budget"]
     assert alerts == [("nonfinite_activations", RELUS[0])]
