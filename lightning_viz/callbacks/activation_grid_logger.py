@@ -240,12 +240,12 @@ class ActivationGridLogger(ProbeCallback):
             # as dark as a weak one's
             blank = host["blank"].tolist()
             captions = [
-                [self.probe_caption(probes, i)]
+                [self.probe_caption(probes, i, display.shape[-1])]
                 + [
                     f"ch {c} all 0" if zero else f"ch {c}"
                     for c, zero in zip(row, empty, strict=True)
                 ]
-                for i, (row, empty) in enumerate(zip(channels[:shown], blank, strict=False))
+                for i, (row, empty) in enumerate(zip(channels[:shown], blank[:shown], strict=True))
             ]
             tiles = torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1)
             panels = captioned_blocks(tiles, captions, math.ceil(math.sqrt(tiles.shape[1])))

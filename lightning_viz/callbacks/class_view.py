@@ -310,8 +310,8 @@ class ClassView(ProbeCallback):
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         names = self.class_names
-        image_captions = [self.probe_caption(probes, i) for i in range(n)]
         width = readable(probes.display[:1]).shape[-1]
+        image_captions = [self.probe_caption(probes, i, width) for i in range(n)]
         if self._pixel_shares is not None:  # a segmentation: the explained class's pixels
             shares = self._pixel_shares.cpu()
             captioned, predicted = explained.cpu(), shares.argmax(dim=1)

@@ -332,7 +332,8 @@ class DeconvLogger(ProbeCallback):
             rows = rows.unflatten(0, (drawn, k + 1))
             top = tops[layer].tolist()
             captions = [
-                [self.probe_caption(probes, i)] + [f"ch {c}" for c in channels_of_probe]
+                [self.probe_caption(probes, i, rows.shape[-1])]
+                + [f"ch {c}" for c in channels_of_probe]
                 for i, channels_of_probe in enumerate(top[:drawn])
             ]
             panels = captioned_blocks(rows, captions, math.ceil(math.sqrt(k + 1)))

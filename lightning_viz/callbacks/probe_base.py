@@ -30,7 +30,7 @@ from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
 )
-from lightning_viz.functional.captions import class_name
+from lightning_viz.functional.captions import class_name, fits
 from lightning_viz.probes import BatchToImages, Probes
 
 SLOW_RENDER_SECONDS = 1.0
@@ -313,11 +313,15 @@ class ProbeCallback(VizCallback):
     view = "probe views"
     """What the callback shows, for the line printed at fit start."""
 
-    def probe_caption(self, probes: Probes, index: int) -> str:
-        """What a probe's tile says: its class name when it has a label, else its index."""
+    def probe_caption(self, probes: Probes, index: int, width: int) -> str:
+        """What a probe's tile, ``width`` pixels wide, says: "true <class>" when it has a label,
+        the class name alone where "true " would cut it ("true green s…" could be a green
+        square or a green star), else its index."""
         if probes.labels is None:
             return f"probe {index}"
-        return f"true {class_name(int(probes.labels[index]), self.class_names)}"
+        name = class_name(int(probes.labels[index]), self.class_names)
+        labelled = f"true {name}"
+        return name if not fits(labelled, width) and fits(name, width) else labelled
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else

@@ -13,6 +13,7 @@ from lightning_viz.callbacks.activation_grid_logger import (
 )
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional.activation_grid import top_feature_maps
+from lightning_viz.functional.captions import fits
 from lightning_viz.functional.images import colormap_table, to_uint8
 from lightning_viz.testing import ImageClassifier, TinyFunctionalCNN
 from tests.callbacks.test_neutrality import assert_same_training, train
@@ -109,6 +110,19 @@ def test_a_map_zero_everywhere_says_so_in_its_caption(tmp_path):
         top, x = LEGEND + GAP, GAP + TILE + 2  # the first probe's first channel
         caption = f"ch {channels[0][0]}" + (" all 0" if dead else "")
         assert_caption(pixels, caption, x=x, y=top, width=TILE)
+
+
+def test_a_class_name_too_long_for_true_keeps_whole(tmp_path):
+    """A user's "green square" and "green star" both read "true green s…" on their tiles."""
+    names = ["green square", "red", *[f"digit {i}" for i in range(2, 10)]]
+    assert not fits("true green square", TILE)
+    assert fits("green square", TILE)
+    logger = ActivationGridLogger(class_names=names, strict=True)
+    fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=1)
+    pixels = image_pixels(read_events(tmp_path).Images(f"activation_grid/{DEFAULT_LAYERS[0]}")[-1])
+    top = LEGEND + GAP  # the blocks of probes 0 and 1 (the digits 0 and 1), one under the other
+    assert_caption(pixels, "green square", x=GAP, y=top, width=TILE)
+    assert_caption(pixels, "true red", x=GAP, y=top + BLOCK + GAP, width=TILE)
 
 
 def test_drawn_probes_none_draws_every_probe(tmp_path):
