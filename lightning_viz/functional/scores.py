@@ -334,12 +334,10 @@ def deletion_insertion(
         output = run(images)
         if segmentation:
             reference_maps = _segmentation_maps(output)
-            reference = class_scores(reference_maps)
-        else:
-            reference = check_logits(output_transform(output), n).float()
-        index = target_index(targets, reference)
-        if segmentation:
+            index = target_index(targets, class_scores(reference_maps))
             region = _class_region(reference_maps, index, probabilities)
+        else:
+            index = target_index(targets, check_logits(output_transform(output), n).float())
         curves = []
         for inserting in (False, True):
             rows = torch.arange(n * (steps + 1), device=images.device)
