@@ -69,13 +69,24 @@ from lightning_viz.probes import BatchToImages, Probes
 Target = Literal["label", "pred"] | int | None
 
 
-def prediction_caption(name: str, value: float, width: int, segmented: bool = False) -> str:
-    """``pred <class> <probability>`` for a map's tile ``width`` pixels wide (``<class> on
-    <share>`` of the pixels, for a ``segmented`` class); without the number (which the text
-    table gives) where the whole would not fit, so that the class is never cut ("pred temple ↖
-    93%" read "pred temple …" on the demo's 96-pixel tiles)."""
-    full = f"{name} on {value:.0%}" if segmented else f"pred {name} {value:.0%}"
-    return full if fits(full, width) else (name if segmented else f"pred {name}")
+def prediction_caption(
+    name: str, value: float, width: int, segmented: bool = False, predicted: str | None = None
+) -> str:
+    """A map's caption on a tile ``width`` pixels wide: ``pred <class> <probability>`` when the
+    map explains the predicted class ``name``; ``for <class> <probability>, pred <predicted>``
+    when it explains another (a true class the model gets wrong: under "pred <predicted>" alone,
+    the map read as evidence for the prediction); ``<class> on <share>`` of the pixels for a
+    ``segmented`` class. Where the whole would not fit, the probability goes first (the text
+    table gives the prediction's), then the prediction, so that the explained class is never
+    cut ("pred temple 93%" read "pred temple …" on the demo's 96-pixel tiles)."""
+    if segmented:
+        candidates = [f"{name} on {value:.0%}", name]
+    elif predicted is None:
+        candidates = [f"pred {name} {value:.0%}", f"pred {name}"]
+    else:
+        candidates = [f"for {name} {value:.0%}, pred {predicted}", f"for {name}, pred {predicted}"]
+        candidates.append(f"for {name}")
+    return next((text for text in candidates if fits(text, width)), candidates[-1])
 
 
 SCORES = ("stability", "sanity", "faithfulness")
@@ -304,18 +315,18 @@ class ClassView(ProbeCallback):
     def _predictions(
         self, probes: Probes, logits: torch.Tensor, targets: torch.Tensor | int | None
     ) -> tuple[list[str], list[str], str]:
-        """Each probe's caption, its map's caption (predicted class and probability; for a
-        segmentation, the explained class and the share of pixels predicted as it; for a model
-        with one output, its value), and the markdown table of what each probe explains."""
+        """Each probe's caption, its map's caption (:func:`prediction_caption`: the explained
+        class, its probability and the prediction where it differs; for a segmentation, the
+        share of pixels predicted as the explained class; for a model with one output, its
+        value), and the markdown table of what each probe explains."""
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         names = self.class_names
         width = readable(probes.display[:1]).shape[-1]
         image_captions = [self.probe_caption(probes, i, width) for i in range(n)]
-        if self._pixel_shares is not None:  # a segmentation: the explained class's pixels
-            shares = self._pixel_shares.cpu()
-            captioned, predicted = explained.cpu(), shares.argmax(dim=1)
-            confidence = shares.gather(1, captioned[:, None])[:, 0]
+        segmented = self._pixel_shares is not None
+        if segmented:  # the explained class's share of the pixels
+            probabilities = self._pixel_shares.cpu()
             headers = "predicted on most pixels | share of pixels predicted as the explained class"
         elif self._single_output:
             outputs = self.measured(logits)[:, 0].cpu().tolist()
@@ -328,15 +339,23 @@ class ClassView(ProbeCallback):
             table += [f"| {i} | {value:.4g} |" for i, value in enumerate(outputs)]
             return image_captions, captions, "\n".join(table)
         else:
-            confidence, predicted = self.measured(logits).max(dim=1)
-            captioned, headers = predicted, "predicted | probability"
-        confidence_list = confidence.tolist()
+            probabilities = self.measured(logits).cpu()
+            headers = "predicted | probability"
+        explained = explained.cpu()
+        predicted = probabilities.argmax(dim=1)
+        explained_values = probabilities.gather(1, explained[:, None])[:, 0]
+        # the table gives a segmentation's explained class's share, a classifier's top probability
+        confidence = explained_values if segmented else probabilities.amax(dim=1)
         map_captions = [
-            prediction_caption(class_name(c, names), p, width, self._pixel_shares is not None)
-            for c, p in zip(captioned.tolist(), confidence_list, strict=True)
+            prediction_caption(
+                class_name(e, names), v, width, segmented, None if e == p else class_name(p, names)
+            )
+            for e, p, v in zip(
+                explained.tolist(), predicted.tolist(), explained_values.tolist(), strict=True
+            )
         ]
         table = [f"| probe | explains class | {headers} |", "|---|---|---|---|"]
-        rows = zip(explained.tolist(), predicted.tolist(), confidence_list, strict=True)
+        rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
         table += [
             f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
             for i, (t, p, c) in enumerate(rows)
@@ -433,7 +452,12 @@ class ClassView(ProbeCallback):
                 found[f"{method}|maps"] = m
                 previous = self.previous_maps.get(method)
                 if previous is not None and previous.shape == m.shape:
-                    found[f"{method}|stability"] = map_similarity(m, previous.to(m.device))
+                    previous = previous.to(m.device)
+                    # after an empty map, nothing to compare: not a correlation of 0
+                    stability = map_similarity(m, previous).masked_fill(
+                        constant_maps(previous), math.nan
+                    )
+                    found[f"{method}|stability"] = stability
         size = tuple(probes.images.shape[-2:])
         ssim = "sanity" in self.scores and min(size) >= SSIM_SIDE
         wanted = ssim or probes.regions is not None or "faithfulness" in self.scores
@@ -515,7 +539,10 @@ class ClassView(ProbeCallback):
         lines = [""]
         if "stability" in mean and math.isnan(mean["stability"]):
             self.stable_since[method] = None
-            lines[0] = "not settled: every map is empty (all one value), nothing to compare."
+            lines[0] = (
+                "not settled: every map is empty (one value everywhere) now or at the previous "
+                "render, nothing to compare."
+            )
         elif "stability" in mean:
             settled = mean["stability"] >= STABLE
             since = self.stable_since.get(method)

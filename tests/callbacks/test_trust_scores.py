@@ -411,4 +411,7 @@ def test_an_empty_map_gets_no_score_rather_than_a_passing_one(tmp_path):
 
 def test_stability_of_maps_that_are_all_empty_says_so_instead_of_comparing_nan():
     lines = GradCAMLogger()._score_lines(None, "gradcam/x", {"stability": math.nan}, 0.0)
-    assert lines[0] == "not settled: every map is empty (all one value), nothing to compare."
+    assert lines[0] == (
+        "not settled: every map is empty (one value everywhere) now or at the previous render, "
+        "nothing to compare."
+    )
