@@ -85,15 +85,24 @@ def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
     return table[index].permute(0, 3, 1, 2)
 
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 weights of R, G and B in an image's brightness."""
+
+
 def overlay(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
-    """Blend RGB heatmaps (N, 3, H, W) over RGB display images (N, 3, H, W), both in [0, 1]."""
+    """Blend RGB heatmaps (N, 3, H, W) over the brightness of RGB display images (N, 3, H, W),
+    both in [0, 1]: over the images' own colours, the heatmap's no longer matched its colour
+    bar (red evidence on a green object read olive, as if weaker); the views show each image in
+    colour beside its map."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must lie in [0, 1], got {alpha}")
     if images.shape != heat.shape:
         raise ValueError(
             f"images {tuple(images.shape)} and heatmaps {tuple(heat.shape)} must have one shape"
         )
-    return (1 - alpha) * images.float() + alpha * heat.float()
+    luma = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
+    brightness = (images.float() * luma).sum(dim=1, keepdim=True)
+    return (1 - alpha) * brightness + alpha * heat.float()
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:

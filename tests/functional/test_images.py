@@ -81,6 +81,15 @@ def test_overlay_blends_with_alpha():
         overlay(images, heat[:, :, :1], 0.5)
 
 
+def test_overlay_keeps_the_heatmaps_hue_over_a_coloured_image():
+    """Red evidence over a green square read olive (0.5, 0.5, 0), as if weaker: the heatmap
+    goes over the image's brightness, and stays red."""
+    green = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    blended = overlay(green, red, 0.5).flatten()
+    assert torch.allclose(blended, torch.tensor([0.5 + 0.5 * 0.587, 0.5 * 0.587, 0.5 * 0.587]))
+
+
 def test_upsample_is_bilinear_to_the_input_size():
     maps = torch.tensor([[[0.0, 1.0]]])
     result = upsample(maps, (1, 4))
