@@ -32,6 +32,7 @@ from lightning_viz.functional.captions import (
     fits,
     footnote,
     stack_rows,
+    with_name,
 )
 from lightning_viz.functional.gradcam import (
     PROBABILITIES,
@@ -70,23 +71,32 @@ Target = Literal["label", "pred"] | int | None
 
 
 def prediction_caption(
-    name: str, value: float, width: int, segmented: bool = False, predicted: str | None = None
+    name: str,
+    value: float,
+    width: int,
+    segmented: bool = False,
+    predicted: str | None = None,
+    labelled: bool = False,
 ) -> str:
     """A map's caption on a tile ``width`` pixels wide: ``pred <class> <probability>`` when the
     map explains the predicted class ``name``; ``for <class> <probability>, pred <predicted>``
     when it explains another (a true class the model gets wrong: under "pred <predicted>" alone,
     the map read as evidence for the prediction); ``<class> on <share>`` of the pixels for a
     ``segmented`` class. Where the whole would not fit, the probability goes first (the text
-    table gives the prediction's), then the prediction, so that the explained class is never
-    cut ("pred temple 93%" read "pred temple …" on the demo's 96-pixel tiles)."""
+    table gives the prediction's), then, for a class that is the probe's label
+    (``labelled``: its own caption names it), the class, as ``✗ pred <predicted>`` (a wrong
+    prediction); a class name that still does not fit is shortened in its middle, never
+    dropped ("pred temple 93%" read "pred temple …" on the demo's 96-pixel tiles, and a wrong
+    prediction hid behind "for normal")."""
     if segmented:
-        candidates = [f"{name} on {value:.0%}", name]
+        candidates, (template, shortened) = [f"{name} on {value:.0%}"], ("{}", name)
     elif predicted is None:
-        candidates = [f"pred {name} {value:.0%}", f"pred {name}"]
+        candidates, (template, shortened) = [f"pred {name} {value:.0%}"], ("pred {}", name)
     else:
         candidates = [f"for {name} {value:.0%}, pred {predicted}", f"for {name}, pred {predicted}"]
-        candidates.append(f"for {name}")
-    return next((text for text in candidates if fits(text, width)), candidates[-1])
+        template, shortened = ("✗ pred {}", predicted) if labelled else ("for {}", name)
+    fitting = next((text for text in candidates if fits(text, width)), None)
+    return fitting or with_name(template, shortened, width)
 
 
 SCORES = ("stability", "sanity", "faithfulness")
@@ -346,12 +356,22 @@ class ClassView(ProbeCallback):
         explained_values = probabilities.gather(1, explained[:, None])[:, 0]
         # the table gives a segmentation's explained class's share, a classifier's top probability
         confidence = explained_values if segmented else probabilities.amax(dim=1)
+        labels = [None] * n if probes.labels is None else probes.labels.tolist()
         map_captions = [
             prediction_caption(
-                class_name(e, names), v, width, segmented, None if e == p else class_name(p, names)
+                class_name(e, names),
+                v,
+                width,
+                segmented,
+                predicted=None if e == p else class_name(p, names),
+                labelled=e == label,
             )
-            for e, p, v in zip(
-                explained.tolist(), predicted.tolist(), explained_values.tolist(), strict=True
+            for e, p, v, label in zip(
+                explained.tolist(),
+                predicted.tolist(),
+                explained_values.tolist(),
+                labels,
+                strict=True,
             )
         ]
         table = [f"| probe | explains class | {headers} |", "|---|---|---|---|"]

@@ -30,7 +30,7 @@ from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
 )
-from lightning_viz.functional.captions import class_name, fits
+from lightning_viz.functional.captions import class_name, fits, with_name
 from lightning_viz.probes import BatchToImages, Probes
 
 SLOW_RENDER_SECONDS = 1.0
@@ -316,12 +316,13 @@ class ProbeCallback(VizCallback):
     def probe_caption(self, probes: Probes, index: int, width: int) -> str:
         """What a probe's tile, ``width`` pixels wide, says: "true <class>" when it has a label,
         the class name alone where "true " would cut it ("true green s…" could be a green
-        square or a green star), else its index."""
+        square or a green star), shortened in its middle where even that does not fit
+        (:func:`~lightning_viz.functional.captions.with_name`), else its index."""
         if probes.labels is None:
             return f"probe {index}"
         name = class_name(int(probes.labels[index]), self.class_names)
         labelled = f"true {name}"
-        return name if not fits(labelled, width) and fits(name, width) else labelled
+        return labelled if fits(labelled, width) else with_name("{}", name, width)
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else

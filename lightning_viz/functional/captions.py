@@ -49,6 +49,21 @@ def fit_text(text: str, width: int) -> str:
     return text + "…" if text else ""
 
 
+def with_name(template: str, name: str, width: int) -> str:
+    """``template`` with ``name`` in its ``{}``, the name shortened in its middle where the whole
+    would not fit a caption band ``width`` pixels wide: class names that differ only at their
+    end ("n01530575 brambling", "n01531178 goldfinch") all read alike cut at the end."""
+    font = _font()
+    room = width - 4 - font.getlength(template.format(""))
+    if font.getlength(name) <= room:
+        return template.format(name)
+    for kept in range(len(name) - 1, 0, -1):
+        short = f"{name[: (kept + 1) // 2].rstrip()}…{name[len(name) - kept // 2 :].lstrip()}"
+        if font.getlength(short) <= room:
+            return template.format(short)
+    return template.format("…")
+
+
 @lru_cache(maxsize=4096)
 def _text_pixels(text: str, width: int, height: int, align: str) -> np.ndarray:
     """(height, width) uint8 ink coverage of ``text``, vertically centered."""

@@ -362,6 +362,16 @@ def test_a_long_class_name_is_captioned_whole_and_its_probability_left_to_the_te
     assert_caption(pixels, f"pred {predicted}", x=6 + 98, y=6, width=96)
 
 
+def test_probe_captions_of_names_alike_at_their_start_stay_apart():
+    """Cut at the end, every probe of a synset-named dataset read 'true n000…'."""
+    logger = GradCAMLogger(class_names=["n01530575 brambling", "n01531178 goldfinch"])
+    probes = Probes(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    first, second = (logger.probe_caption(probes, i, 96) for i in range(2))
+    assert first != second
+    assert first.startswith("n0153")
+    assert first.endswith("ling")
+
+
 def test_a_map_of_a_class_the_model_gets_wrong_names_that_class_before_the_prediction(tmp_path):
     """A map explains the true class; under 'pred 2 100%' alone it read as evidence for 2."""
     module = DigitsClassifier()
@@ -376,11 +386,20 @@ def test_a_map_of_a_class_the_model_gets_wrong_names_that_class_before_the_predi
     assert_caption(pixels, "pred 2 100%", x=6 + 98, y=6 + 118, width=96)
 
 
-def test_a_wrong_predictions_caption_keeps_the_explained_class_where_the_rest_does_not_fit():
-    assert prediction_caption("0", 0.08, 128, predicted="2") == "for 0 8%, pred 2"
-    assert prediction_caption("0", 0.08, 96, predicted="2") == "for 0, pred 2"
+def test_a_wrong_predictions_caption_keeps_both_classes_as_far_as_they_fit():
+    assert prediction_caption("0", 0.08, 128, predicted="2", labelled=True) == "for 0 8%, pred 2"
+    assert prediction_caption("0", 0.08, 96, predicted="2", labelled=True) == "for 0, pred 2"
+    # the probe's caption beside it names its true class: the prediction is what must show
+    wrong = prediction_caption("normal", 0.2, 128, predicted="lesion", labelled=True)
+    assert wrong == "✗ pred lesion"  # 'for normal' alone hid four probes predicted 'lesion'
+    # a fixed class is not the probe's: its map keeps it
     assert prediction_caption("number 0", 0.08, 96, predicted="number 2") == "for number 0"
     assert prediction_caption("2", 0.91, 96) == "pred 2 91%"
+    shrike = prediction_caption("n01530575 brambling", 0.9, 128)
+    kite = prediction_caption("n01531178 goldfinch", 0.9, 128)
+    assert shrike.startswith("pred n015")
+    assert "…" in shrike
+    assert shrike != kite
 
 
 def test_empty_gradcam_maps_are_said_and_left_out_of_the_scores(tmp_path):

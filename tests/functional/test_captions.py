@@ -9,10 +9,12 @@ from lightning_viz.functional.captions import (
     color_bar,
     fill_table_row,
     fit_text,
+    fits,
     footnote,
     labelled_table,
     stack_rows,
     text_band,
+    with_name,
     wrap,
 )
 from lightning_viz.functional.images import (
@@ -45,6 +47,18 @@ def test_long_text_is_cut_with_an_ellipsis_and_wrapped_at_spaces():
     assert len(lines) > 1
     assert " ".join(lines) == "one two three four five six seven"
     assert footnote(64, "one two three four five six seven").shape == (3, len(lines) * BAND, 64)
+
+
+def test_a_name_too_long_for_its_band_is_shortened_in_its_middle():
+    """Synset names cut at the end all read 'n015…' on a 96-pixel tile."""
+    names = ["n01530575 brambling", "n01531178 goldfinch", "n01532829 house finch"]
+    shown = [with_name("{}", name, 96) for name in names]
+    assert all(fits(text, 96) and "…" in text for text in shown)
+    assert len(set(shown)) == 3
+    assert shown[0].startswith("n0153")
+    assert shown[0].endswith("ling")
+    assert with_name("pred {}", "cat", 96) == "pred cat"
+    assert with_name("pred {}", "n01530575 brambling", 96).startswith("pred n0")
 
 
 def test_captioned_tiles_and_tables_have_their_bands():
