@@ -29,6 +29,9 @@ from lightning_viz.functional.lime import LimeExplanation, grid_segments, lime, 
 from lightning_viz.probes import BatchToImages, Probes
 
 Segmentation = Literal["auto", "slic", "grid"]
+MIN_SEGMENTS = 8
+"""A probe that SLIC cuts into fewer superpixels is segmented by the grid instead: with one or
+two, LIME credits the whole image, painted in one colour."""
 
 
 def scikit_image_installed() -> bool:
@@ -48,7 +51,8 @@ class LIMELogger(ClassView):
     SLIC superpixels (scikit-image) or a regular grid. LIME is stochastic: each probe's masks
     come from a generator seeded with ``seed`` plus its index (never the global generator), the
     same at every epoch, so two epochs differ only because the model changed. It approximates
-    the model only near each probe; the table's R^2 says how well.
+    the model only near each probe; the table's R^2 says how well. A probe that SLIC cuts into
+    fewer than 8 superpixels (noise merges into one) takes the grid, said at fit start.
 
     Args:
         segmentation: ``"slic"`` (superpixels that follow edges; needs ``pip install
@@ -177,14 +181,23 @@ class LIMELogger(ClassView):
                     "edges)"
                 )
         size = tuple(probes.images.shape[-2:])
-        if self._segmentation == "slic":
-            self._labels = slic_segments(probes.display, self.segments)
-        else:
-            try:
-                grid = grid_segments(size, self.cells, probes.images.device)
-            except ValueError as error:
-                raise ValueError(f"{type(self).__name__}: {error}") from None
-            self._labels = grid.expand(len(probes), *size)
+        try:
+            grid = grid_segments(size, self.cells, probes.images.device).expand(len(probes), *size)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
+        if self._segmentation == "grid":
+            self._labels = grid
+            return
+        self._labels = slic_segments(probes.display, self.segments)
+        few = self._labels.flatten(1).amax(dim=1) + 1 < MIN_SEGMENTS
+        if few.any():  # on noise, SLIC merges the whole image into one or two superpixels
+            self._labels = torch.where(few[:, None, None], grid, self._labels)
+            probes_named = ", ".join(map(str, few.nonzero().flatten().tolist()))
+            rank_zero_info(
+                f"lightning-viz: LIMELogger: SLIC found fewer than {MIN_SEGMENTS} superpixels "
+                f"on probe(s) {probes_named} (noisy or flat images), which one segment's weight "
+                f"cannot explain: they use the {self.cells[0]}x{self.cells[1]} grid"
+            )
 
     @override
     def watching(self) -> str:

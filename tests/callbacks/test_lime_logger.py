@@ -4,8 +4,10 @@ neutrality."""
 import pytest
 import torch
 
-from lightning_viz import LIMELogger
+from lightning_viz import LIMELogger, Probes
+from lightning_viz.callbacks.lime_logger import MIN_SEGMENTS
 from lightning_viz.functional.lime import grid_segments, lime, slic_segments
+from lightning_viz.testing import TinyCNN
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.callbacks.test_occlusion_logger import text_rows
 from tests.callbacks.test_probe_loggers import EPOCH_ENDS
@@ -54,6 +56,28 @@ def test_auto_falls_back_to_the_grid_and_says_so(tmp_path, monkeypatch, caplog):
     assert logger._segmentation == "grid"
     assert "LIMELogger segments the probes into a 8x8 grid" in caplog.text
     assert torch.equal(logger._labels[0], grid_segments((32, 32), 8))
+
+
+def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said(caplog):
+    """On colour noise SLIC cut a user's probes into one or two superpixels, whose LIME maps
+    were painted in one colour; those probes take the grid."""
+    noise = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3
+    noise[:, :, 8:20, 8:20] += 2
+    probes = Probes(noise, torch.tensor([0, 1, 2]))
+    few = [int(labels.max()) + 1 < MIN_SEGMENTS for labels in slic_segments(probes.display)]
+    assert any(few)
+    assert not all(few)
+    logger = LIMELogger(segmentation="slic", cells=6)
+    model = TinyCNN()
+    with caplog.at_level("INFO"):
+        logger.prepare(model, probes, model(probes.images[:1]))
+    grid = grid_segments((32, 32), 6)
+    slic = slic_segments(probes.display)
+    for index, merged in enumerate(few):
+        assert torch.equal(logger._labels[index], grid if merged else slic[index])
+    named = ", ".join(str(i) for i, merged in enumerate(few) if merged)
+    assert f"SLIC found fewer than 8 superpixels on probe(s) {named}" in caplog.text
+    assert "they use the 6x6 grid" in caplog.text
 
 
 def test_lime_leaves_training_bit_identical(tmp_path):
