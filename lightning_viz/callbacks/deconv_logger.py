@@ -18,6 +18,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
+from lightning_viz.functional._capture import output_shapes
 from lightning_viz.functional._validation import (
     all_finite,
     check_choice,
@@ -86,7 +87,8 @@ class DeconvLogger(ProbeCallback):
             evenly spread from the first to the last (in definition order) of those that run in
             the forward and feed the model's scores (not a teacher's, nor an auxiliary head's),
             less a segmentation net's head (the convs that output its class maps: their
-            channels are the classes).
+            channels are the classes) and convs whose maps are 1x1 (a squeeze-excitation
+            block's, which project to flat tiles).
         top_k: channels per probe and layer. The default 3 fills a 2x2 block with the probe, a
             block that keeps 128-pixel tiles (64-pixel probes, enlarged) within TensorBoard's
             card; 4 left a tile empty in a block 3 wide, shrunk on the card, at a third more cost.
@@ -247,9 +249,14 @@ class DeconvLogger(ProbeCallback):
         layers = self._layers
         if self.layer_names is None:
             # convs that never run in the forward (an EMA copy, a teacher) cannot be projected,
-            # and an auxiliary head's feed no score
+            # an auxiliary head's feed no score, and 1x1 maps (a squeeze-excitation's gates)
+            # project to one flat grey tile
             forward = self.probe_forward(pl_module)
-            names = on_the_scores_path(pl_module, probes.images[:1], list(layers), forward)
+            shapes = {
+                n: shape for n, _, shape in output_shapes(pl_module, probes.images[:1], forward)
+            }
+            spatial = [n for n in layers if n in shapes and max(shapes[n][-2:]) >= 2]
+            names = on_the_scores_path(pl_module, probes.images[:1], spatial, forward)
             maps = None if reconstructs(output, probes.images) else class_maps(output)
             if maps is not None and names:  # a segmentation head's channels are its classes
                 names = without_score_head(

@@ -826,6 +826,18 @@ def test_deconv_defaults_leave_out_a_segmenters_class_head(tmp_path):
     assert "deconv/net.head" in read_events(tmp_path / "named").Tags()["images"]
 
 
+def test_deconv_defaults_leave_out_the_1x1_maps_of_squeeze_excitation_blocks(tmp_path):
+    """A user's MobileNetV3: the defaults projected its squeeze-excitation convs, whose maps
+    are 1x1 (flat grey tiles)."""
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    deconv = DeconvLogger(strict=True)
+    trainer = make_trainer(tmp_path, [deconv], max_epochs=1)
+    with pytest.warns(UserWarning, match="no deconvnet rule"):  # its Hardswish
+        trainer.fit(Classifier(model), random_loader(n=4, size=64), random_loader(n=4, size=64))
+    assert len(deconv._layers) == 5
+    assert not [name for name in deconv._layers if ".fc" in name]  # SE's fc1, fc2
+
+
 def test_default_callbacks_on_a_vision_transformer(tmp_path):
     vit = tiny_vit(random_head=False)  # torchvision's zero head, as a fresh model has it
     callbacks = lightning_viz.default_callbacks()
