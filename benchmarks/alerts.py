@@ -4,6 +4,7 @@ at their defaults, and a confusion table of what fired when.
     python -m benchmarks.alerts                 # every scenario (2-core CPU: about 8 minutes)
     python -m benchmarks.alerts --only adamw    # the scenarios whose name contains "adamw"
     python -m benchmarks.alerts --signals out.json  # also save every layer's signals per epoch
+    python -m benchmarks.alerts --filter-every-n-steps 5  # FilterMonitor within the epochs too
 
 A healthy run passes with no alert; a frozen-on-purpose run with only ``frozen`` notices; a
 faulty run when the alert meant for its fault fires within ``grace`` epochs of the onset. Some
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import time
@@ -812,11 +814,14 @@ class SignalRecorder(pl.Callback):
         )
 
 
-def run(scenario: Scenario) -> dict[str, Any]:
+def run(scenario: Scenario, filter_every_n_steps: int | None = None) -> dict[str, Any]:
+    """One scenario with both monitors at their defaults (FilterMonitor's ``every_n_steps``
+    given, if it is)."""
     pl.seed_everything(scenario.seed, verbose=False)
     train, val = scenario.data(seed=scenario.seed, **scenario.data_args)
     module = scenario.module(scenario.recipe, scenario.epochs)
-    monitors = [FilterMonitor(), ActivationMonitor()]
+    cadence = {} if filter_every_n_steps is None else {"every_n_steps": filter_every_n_steps}
+    monitors = [FilterMonitor(**cadence), ActivationMonitor()]
     recorder = SignalRecorder()
     logger = MemoryLogger()
     trainer = pl.Trainer(
@@ -841,9 +846,11 @@ def run(scenario: Scenario) -> dict[str, Any]:
         for monitor in monitors
         for a in monitor.alerts.raised
     ]
+    steps = [epoch["step"] for epoch in recorder.epochs]
     return {
         "alerts": alerts,
         "signals": recorder.epochs,
+        "longest_epoch": max(b - a for a, b in itertools.pairwise(steps)),
         "seconds": time.perf_counter() - start,
         "val_acc": recorder.epochs[-1]["val_acc"],
     }
@@ -877,13 +884,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the scenarios whose name contains this")
     parser.add_argument("--signals", help="write every run's per-epoch signals to this JSON file")
+    parser.add_argument(
+        "--filter-every-n-steps",
+        type=int,
+        help="FilterMonitor's every_n_steps (default its own: these epochs are shorter, so it "
+        "measures at their ends only)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     chosen = [s for s in SCENARIOS if args.only in s.name]
     results, rows = {}, []
     for scenario in chosen:
         try:
-            result = run(scenario)
+            result = run(scenario, args.filter_every_n_steps)
         except Exception as error:  # a monitor that breaks fit() is a result too
             message = f"CRASHED ({type(error).__name__}: {str(error).splitlines()[0][:60]})"
             rows.append((scenario.name, scenario.label, "-", "-", message, "-"))
@@ -923,6 +936,8 @@ def main(argv: list[str] | None = None) -> None:
         print("| " + " | ".join(row) + " |")
     wrong = [r for r in rows if r[4] in ("FALSE ALARM", "MISSED") or r[4].startswith("CRASH")]
     print(f"\n{len(rows)} runs, {len(wrong)} wrong; * held out from the threshold fitting")
+    longest = max((r["longest_epoch"] for r in results.values()), default=0)
+    print(f"longest epoch: {longest} optimizer steps")
     if args.signals:
         with open(args.signals, "w") as file:
             json.dump(results, file)

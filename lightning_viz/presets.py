@@ -60,8 +60,9 @@ def default_callbacks(
         budget: the share of training time the callbacks may take together (2% by default):
             past it, the ActivationMonitor stretches its cadence and the probe views skip epochs
             until it holds, with one ``over_budget`` notice; None never skips. FilterMonitor
-            measures every epoch whatever the budget (its health alerts should not wait; its
-            time still counts in the share); only its filter images skip epochs.
+            measures every epoch (and every 500 optimizer steps within a longer one) whatever
+            the budget (its health alerts should not wait; its time still counts in the share);
+            only its filter images skip epochs.
         extra_views: add the opt-in probe views (each costs a few training steps per logged
             epoch on small nets, see the README's performance section; CAM shows only for
             networks that end in global average pooling + a linear layer, with one notice

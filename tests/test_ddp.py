@@ -37,6 +37,12 @@ def test_ddp_matches_a_single_process_over_the_same_batches(tmp_path):
             assert [s for s, _ in actual] == [s for s, _ in expected]
             for (_, a), (_, e) in zip(actual, expected, strict=True):
                 assert a == pytest.approx(e, rel=1e-4, abs=1e-6), tag
+    # FilterMonitor within the epochs too (every_n_steps=2): the same steps and weights
+    drift = "filters/model.0/drift"
+    assert [e.step for e in ddp.Scalars(drift)] == [e.step for e in single.Scalars(drift)]
+    assert [e.step for e in single.Scalars(drift)] == [0, 2, 4, 6, 8]
+    expected = [e.value for e in single.Scalars(drift)]
+    assert [e.value for e in ddp.Scalars(drift)] == pytest.approx(expected, rel=1e-5)
     # images and text from global rank 0 only: one entry per logged step, one events file
     assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 1
     cam = "gradcam/model.4"

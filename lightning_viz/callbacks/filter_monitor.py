@@ -76,8 +76,11 @@ class FilterMonitor(VizCallback):
     cannot produce), the *norm ratio* ``||W|| / ||W0||``, the cosine between consecutive
     measurements, and the *update noise*, Geary's C of ``W - W0``.
 
-    Measured at the untrained baseline (train start, step 0) and every ``every_n_epochs`` at the
-    end of a training epoch, with one host transfer per measurement.
+    Measured at the untrained baseline (train start, step 0), every ``every_n_epochs`` at the
+    end of a training epoch, and within an epoch once ``every_n_steps`` optimizer steps have
+    passed since the previous measurement (an epoch of hours tells a fault within minutes;
+    epochs shorter than that are measured at their end only), with one host transfer per
+    measurement.
 
     Alerts (each (layer, kind) once until it clears; see ``on_alert``; thresholds from the alert
     benchmark ``benchmarks/alerts.py``, whose table the README shows):
@@ -117,6 +120,9 @@ class FilterMonitor(VizCallback):
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
             watched layer that is no transposed conv), ``"all"``, or a list of names.
         every_n_epochs: measure every this many training epochs.
+        every_n_steps: within an epoch, measure once this many optimizer steps have passed
+            since the previous measurement (no filter image: those come at epoch ends); None:
+            at epoch ends only.
         noise_threshold: a filter with C at or above it counts as noisy in ``noisy_fraction``.
         warmup_steps: optimizer steps before ``not_learning`` and ``noisy_filters`` may fire.
         min_learned: ``not_learning`` below this; 0 turns the rule off.
@@ -157,6 +163,8 @@ class FilterMonitor(VizCallback):
       diverged layer's filters can look smooth).
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
+
+    The scalars, histogram and alerts come at every measurement, the image at epoch ends.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -169,7 +177,8 @@ class FilterMonitor(VizCallback):
     reaches C 0.22 in two epochs, as smooth as the healthy run's after 30, while its drift
     passes 7); a noise that falls while ``drift`` soars is divergence, not learning.
 
-    Cost: a few reductions over the conv weights per measured epoch, one host transfer, and in
+    Cost: a few reductions over the conv weights per measurement (about 3 ms on the digits CNN,
+    26 ms on resnet18's 17 convs on a 2-core CPU), one host transfer, and in
     host memory and checkpoints a reference copy of the weights at train start (float32: whole
     for layers of at most 16,384 weights, else a fixed fifth of each filter's kernel slices, from
     which drift, learned, norm ratio and update noise are estimated; see
@@ -186,6 +195,7 @@ class FilterMonitor(VizCallback):
         layers: Sequence[str] | None = None,
         image_layers: Literal["first", "all"] | Sequence[str] = "first",
         every_n_epochs: int = 1,
+        every_n_steps: int | None = 500,
         noise_threshold: float = 0.9,
         warmup_steps: int = 10,
         min_learned: float = 1e-3,
@@ -203,6 +213,9 @@ class FilterMonitor(VizCallback):
             image_layers = [image_layers]
         self.image_layers = image_layers if isinstance(image_layers, str) else list(image_layers)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
+        self.every_n_steps = (
+            None if every_n_steps is None else check_int("every_n_steps", every_n_steps)
+        )
         self.noise_threshold = check_non_negative("noise_threshold", noise_threshold)
         if isinstance(min_step_cosine, bool) or not isinstance(min_step_cosine, (int, float)):
             raise ValueError(f"`min_step_cosine` must be a number, got {min_step_cosine!r}")
@@ -321,6 +334,30 @@ class FilterMonitor(VizCallback):
                 self._measure(trainer, baseline=True)
 
     @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.showing and self._due_within_epoch(trainer):
+            with self.timed(trainer), self.guarded(trainer, "filter measurement"):
+                self._measure(trainer, baseline=False, image=False)
+
+    def _due_within_epoch(self, trainer: pl.Trainer) -> bool:
+        """Whether ``every_n_steps`` optimizer steps have passed since the previous measurement,
+        before the epoch's last batch (whose measurement the epoch's end makes)."""
+        return (
+            self.every_n_steps is not None
+            and self.previous_step is not None
+            and trainer.global_step - self.previous_step >= self.every_n_steps
+            and not trainer.is_last_batch
+        )
+
+    @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             with self.guarded(trainer, "filter measurement"):
@@ -351,7 +388,7 @@ class FilterMonitor(VizCallback):
         self.previous_step = state_dict.get("previous_step")
 
     # ------------------------------------------------------------------------ measurement
-    def _measure(self, trainer: pl.Trainer, baseline: bool) -> None:
+    def _measure(self, trainer: pl.Trainer, baseline: bool, image: bool = True) -> None:
         health = {
             name: filter_health(
                 filters(module),
@@ -380,7 +417,7 @@ class FilterMonitor(VizCallback):
             for name in self._layers:
                 histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
                 self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
-        if not self._image_layers or not self.takes_images(trainer):
+        if not image or not self._image_layers or not self.takes_images(trainer):
             return
         if not baseline and not self.within_budget(
             trainer, "the filter image of an epoch", per_epoch=True

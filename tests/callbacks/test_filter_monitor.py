@@ -309,6 +309,43 @@ def test_mid_run_reinitialization_is_overwritten(tmp_path):
     assert ("model.features.0", "overwritten") not in monitor.alerts.active
 
 
+def test_an_epoch_longer_than_every_n_steps_is_measured_within_it(tmp_path):
+    monitor = FilterMonitor(every_n_steps=10, strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor], tmp_path, epochs=2)
+    events = read_events(tmp_path)
+    # 10 and 20 steps since the previous measurement, then the epoch's end (not its last batch
+    # as well); the same from the end of the first epoch
+    measured = [0, 10, 20, 23, 33, 43, 46]
+    assert [e.step for e in events.Scalars(f"filters/{FIRST}/drift")] == measured
+    assert [e.step for e in events.Scalars("alerts/count")] == measured
+    assert [i.step for i in events.Images(f"filters/{FIRST}")] == [0, 23, 46]  # at epoch ends
+    assert not monitor.alerts.raised
+
+
+class ReinitializedAtStep(DigitsClassifier):
+    """The first conv re-initialized before optimizer step ``at``, in the middle of an epoch."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__("sgd", 0.05)
+        self.at = at
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.global_step == self.at:
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self.model.features[0].weight, a=5**0.5)
+
+
+def test_a_fault_in_the_middle_of_an_epoch_is_told_within_it(tmp_path):
+    """A re-initialization at step 30, in the second 23-step epoch, alerts at step 33 (10 steps
+    after the previous measurement), not at the epoch's end; with every_n_steps=None, at its end."""
+    for every_n_steps, step in ((10, 33), (None, 46)):
+        monitor = FilterMonitor(every_n_steps=every_n_steps, strict=True)
+        with pytest.warns(UserWarning, match=rf"'{FIRST}' was overwritten since the previous"):
+            fit(ReinitializedAtStep(30), [monitor], tmp_path / str(step), epochs=2)
+        (alert,) = monitor.alerts.raised
+        assert (alert.kind, alert.layer, alert.step) == ("overwritten", FIRST, step)
+
+
 def test_alerts_reach_tensorboard_and_the_callable(tmp_path):
     received: list[Alert] = []
     monitor = FilterMonitor(on_alert=received.append, strict=True)
@@ -373,6 +410,7 @@ def test_without_tensorboard_scalars_still_go_to_other_loggers(tmp_path):
     ("kwargs", "message"),
     [
         ({"every_n_epochs": 0}, "`every_n_epochs` must be a positive integer, got 0"),
+        ({"every_n_steps": 0}, "`every_n_steps` must be a positive integer, got 0"),
         ({"min_learned": -1}, "`min_learned` must be a non-negative number, got -1"),
         ({"min_step_cosine": "x"}, "`min_step_cosine` must be a number, got 'x'"),
         ({"min_norm_ratio": -0.5}, "`min_norm_ratio` must be a non-negative number"),

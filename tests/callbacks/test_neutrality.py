@@ -45,7 +45,7 @@ def assert_same_training(a, b):
 def test_monitors_leave_training_bit_identical(tmp_path):
     without = train(tmp_path / "without", [])
     monitors = [
-        FilterMonitor(image_layers="all", strict=True),
+        FilterMonitor(image_layers="all", every_n_steps=1, strict=True),
         ActivationMonitor(every_n_steps=1, strict=True),
     ]
     with_monitors = train(tmp_path / "with", monitors)
