@@ -520,4 +520,4 @@ class FilterMonitor(VizCallback):
             or (in_optimizer and id(module.weight) not in in_optimizer)
         ]
         if self._frozen:
-            self.raise_alert(trainer, frozen_finding(self._frozen))
+            self.raise_alert(trainer, frozen_finding(self._frozen, len(self._layers)))

@@ -206,16 +206,26 @@ def network_median(values: Iterable[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def frozen_finding(layers: Sequence[str]) -> Finding:
-    """A notice, once at fit start: these watched layers will not be trained."""
+def frozen_finding(layers: Sequence[str], watched: int) -> Finding:
+    """A notice, once at fit start: these watched layers (of ``watched``) will not be trained;
+    where that is all of them, nothing FilterMonitor reads trains (a user's frozen backbone
+    diverged in its Linear head, loss 4.5e8, without an alert)."""
     names = ", ".join(repr(name) for name in layers)
+    if len(layers) < watched:
+        consequence = "They get no learning alerts."
+    else:
+        consequence = (
+            "That is every layer FilterMonitor watches: it raises no learning alert in this run "
+            "(what trains, such as a Linear head, is not a conv it reads; watch the loss for a "
+            "divergence)."
+        )
     return Finding(
         "frozen",
         ", ".join(layers),
         True,
         float(len(layers)),
         message=f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
-        f"optimizer param group): {names}. They get no learning alerts. If this is not meant "
+        f"optimizer param group): {names}. {consequence} If this is not meant "
         "(an accidental freeze), check requires_grad and the optimizer's param groups.",
     )
 

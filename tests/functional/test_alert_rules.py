@@ -148,9 +148,17 @@ def test_nonfinite_weights():
 
 
 def test_frozen_notice_lists_the_layers():
-    finding = frozen_finding(["backbone.0", "backbone.3"])
+    finding = frozen_finding(["backbone.0", "backbone.3"], watched=5)
     assert (finding.kind, finding.firing, finding.value) == ("frozen", True, 2.0)
     assert "'backbone.0', 'backbone.3'" in finding.message
+    assert "They get no learning alerts." in finding.message
+
+
+def test_a_frozen_notice_of_every_watched_layer_says_nothing_it_reads_trains():
+    """A user's frozen backbone diverged in its Linear head without an alert."""
+    message = frozen_finding(["backbone.0", "backbone.3"], watched=2).message
+    assert "That is every layer FilterMonitor watches: it raises no learning alert" in message
+    assert "watch the loss for a divergence" in message
 
 
 def test_dead_channels_at_and_below_the_threshold():
