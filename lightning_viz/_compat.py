@@ -10,14 +10,17 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from google.protobuf import text_format
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import model_helpers
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from tensorboard.summary.writer import record_writer
 from torch.utils.tensorboard import SummaryWriter
 
@@ -222,3 +225,22 @@ def event_file_writer(writer: Any) -> Any | None:
     if not isinstance(writer, SummaryWriter):
         return None
     return writer._get_file_writer()
+
+
+def add_embedding(writer: Any, **arguments: Any) -> None:
+    """``writer.add_embedding(**arguments)``, keeping the projector entries already in the log
+    directory: a SummaryWriter keeps its entries in a private ``_projector_config`` that starts
+    empty and rewrites ``projector_config.pbtxt`` from it, so a resumed run's writer dropped
+    every earlier epoch from the Projector (their files still on disk). Of two entries of one
+    name (a resume that logs a step again), the later is kept."""
+    config_file = Path(writer.get_logdir()) / "projector_config.pbtxt"
+    if not hasattr(writer, "_projector_config") and config_file.is_file():
+        writer._projector_config = text_format.Merge(config_file.read_text(), ProjectorConfig())
+    writer.add_embedding(**arguments)
+    config = getattr(writer, "_projector_config", None)
+    latest = {} if config is None else {e.tensor_name: e for e in config.embeddings}
+    if config is not None and len(latest) < len(config.embeddings):
+        kept = list(latest.values())
+        del config.embeddings[:]
+        config.embeddings.extend(kept)
+        config_file.write_text(text_format.MessageToString(config))

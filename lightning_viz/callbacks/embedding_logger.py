@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_viz import tags
-from lightning_viz._compat import fit_dataloaders, sharded_strategy
+from lightning_viz._compat import add_embedding, fit_dataloaders, sharded_strategy
 from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
@@ -382,8 +382,9 @@ class EmbeddingLogger(ValidationView):
         sprite = images.float() / 255
 
         def write(writer: Any) -> None:
-            writer.add_embedding(
-                features,
+            add_embedding(
+                writer,
+                mat=features,
                 metadata=metadata,
                 label_img=sprite,
                 global_step=step,

@@ -5,11 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
+from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.plugins.projector import projector_plugin
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import EmbeddingLogger, TopPatchesLogger
+from lightning_viz._compat import add_embedding
 from lightning_viz.functional.embedding import knn_accuracy, subset_positions
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
@@ -134,6 +137,36 @@ class Unlabelled(ImageClassifier):
     def validation_step(self, batch, batch_idx):
         (images,) = batch
         self.log("val_mean", self(images).mean())
+
+
+def test_a_resumed_run_keeps_the_earlier_epochs_in_the_projector(tmp_path):
+    """The resumed run's writer rewrote projector_config.pbtxt with its own epochs only: the
+    earlier ones vanished from the Projector, their files still on disk (a user trial)."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = [EmbeddingLogger(num_images=50, strict=True), checkpoint]
+    fit(DigitsClassifier("sgd", 0.05), first, tmp_path, epochs=2, limit_train_batches=2,
+        enable_checkpointing=True)  # fmt: skip
+    assert [step for step, _, _ in projector_entries(tmp_path)] == [2, 4]
+    resumed = [EmbeddingLogger(num_images=50, strict=True)]
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    fit(DigitsClassifier("sgd", 0.05), resumed, tmp_path, epochs=3, limit_train_batches=2,
+        ckpt_path=last)  # fmt: skip
+    assert [step for step, _, _ in projector_entries(tmp_path)] == [2, 4, 6]
+
+
+def test_a_step_logged_again_by_a_new_writer_has_one_projector_entry(tmp_path):
+    features, metadata = np.eye(4, dtype=np.float32), [["0", "0"]] * 4
+    arguments = {"mat": features, "metadata": metadata, "tag": TAG, "metadata_header": ["c", "p"]}
+    first = SummaryWriter(tmp_path)
+    for step in (1, 2):
+        add_embedding(first, global_step=step, **arguments)
+    first.close()
+    second = SummaryWriter(tmp_path)  # a resume from a checkpoint taken before step 2
+    for step in (2, 3):
+        add_embedding(second, global_step=step, **arguments)
+    second.close()
+    config = text_format.Parse((tmp_path / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    assert [e.tensor_name for e in config.embeddings] == [f"{TAG}:0000{i}" for i in (1, 2, 3)]
 
 
 def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path):
