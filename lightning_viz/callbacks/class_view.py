@@ -377,7 +377,7 @@ class ClassView(ProbeCallback):
         table = [f"| probe | explains class | {headers} |", "|---|---|---|---|"]
         rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
         table += [
-            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.2f} |"
+            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.3g} |"
             for i, (t, p, c) in enumerate(rows)
         ]
         return image_captions, map_captions, "\n".join(table)

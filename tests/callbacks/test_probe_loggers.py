@@ -362,6 +362,18 @@ def test_a_long_class_name_is_captioned_whole_and_its_probability_left_to_the_te
     assert_caption(pixels, f"pred {predicted}", x=6 + 98, y=6, width=96)
 
 
+def test_the_table_shows_small_probabilities_of_a_thousand_classes(tmp_path):
+    """Every row of a 1000-class model's table read 0.00 (a user trial)."""
+    module = DigitsClassifier()
+    module.model.head = nn.Linear(module.model.head.in_features, 1000)
+    with torch.no_grad():  # every class 1/1000
+        module.model.head.weight.zero_()
+        module.model.head.bias.zero_()
+    fit(module, [GradCAMLogger(strict=True)], tmp_path, epochs=1, limit_train_batches=1)
+    rows = text_rows(read_events(tmp_path), "gradcam/model.features/targets")
+    assert [float(row[3]) for row in rows] == pytest.approx([0.001] * 10, rel=0.05)
+
+
 def test_probe_captions_of_names_alike_at_their_start_stay_apart():
     """Cut at the end, every probe of a synset-named dataset read 'true n000…'."""
     logger = GradCAMLogger(class_names=["n01530575 brambling", "n01531178 goldfinch"])
