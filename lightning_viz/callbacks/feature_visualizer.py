@@ -26,7 +26,7 @@ from lightning_viz.functional._validation import (
 )
 from lightning_viz.functional.captions import counted, footnote, labelled_table, stack_rows
 from lightning_viz.functional.feature_vis import PAD, visualize_features
-from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, to_rgb, to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, shrunk, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
 from lightning_viz.probes import BatchToImages, Probes
 
@@ -322,7 +322,7 @@ class FeatureVisualizer(ProbeCallback):
             )
             thumbnails = to_rgb(result.images)
             if max(thumbnails.shape[-2:]) > MAX_THUMBNAIL:
-                thumbnails = F.interpolate(thumbnails, size=(MAX_THUMBNAIL,) * 2, mode="area")
+                thumbnails = shrunk(thumbnails, MAX_THUMBNAIL)
             host = to_host(
                 {
                     "spectrum": result.spectrum,

@@ -224,10 +224,17 @@ def readable(tiles: Tensor, mode: str = "nearest") -> Tensor:
         )
         return as_display(resized, _display_dtype(tiles))
     if side > MAX_TILE:
-        size = tuple(max(1, round(s * MAX_TILE / side)) for s in tiles.shape[-2:])
-        resized = F.interpolate(as_display(tiles, torch.float32), size=size, mode="area")
-        return as_display(resized, _display_dtype(tiles))
+        return shrunk(tiles, MAX_TILE)
     return as_display(tiles, _display_dtype(tiles))
+
+
+def shrunk(tiles: Tensor, longest: int) -> Tensor:
+    """(N, C, h, w) tiles resized by area averaging so that their longer side is ``longest``,
+    their aspect ratio kept (a 48x160 strip squeezed into a square read as another image)."""
+    side = max(tiles.shape[-2:])
+    size = tuple(max(1, round(s * longest / side)) for s in tiles.shape[-2:])
+    resized = F.interpolate(as_display(tiles, torch.float32), size=size, mode="area")
+    return as_display(resized, _display_dtype(tiles))
 
 
 def _display_dtype(images: Tensor) -> torch.dtype:

@@ -6,11 +6,12 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz.callbacks.feature_visualizer as feature_visualizer
 from lightning_viz.callbacks.feature_visualizer import FIT_START, FeatureVisualizer
 from lightning_viz.functional.images import CARD_WIDTH
-from lightning_viz.testing import ImageClassifier, random_loader, tiny_vit
+from lightning_viz.testing import ImageClassifier, TinyCNN, random_loader, tiny_vit
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     Classifier,
@@ -186,6 +187,18 @@ def test_a_model_of_one_input_size_is_shown_images_of_that_size(tmp_path):
     events = read_events(tmp_path)
     assert len(events.Images("feature_vis/model.conv_proj")) == 2  # fit start, epoch end
     assert not visualizer.alerts.raised
+
+
+def test_a_strip_shaped_input_keeps_its_shape_in_the_grid(tmp_path):
+    """A user's 48x160 strips were squeezed into 64x64 thumbnails."""
+    images = torch.randn(8, 3, 48, 160, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=4)
+    visualizer = FeatureVisualizer(layers=["model.conv2"], num_units=2, strict=True, **FAST)
+    trainer = make_trainer(tmp_path, [visualizer], max_epochs=1, log_every_n_steps=1)
+    trainer.fit(Classifier(TinyCNN(num_classes=2)), data, data)
+    thumbnails = visualizer.columns["model.conv2"][0]
+    assert max(thumbnails.shape[-2:]) == 64
+    assert thumbnails.shape[-1] / thumbnails.shape[-2] == pytest.approx(160 / 48, rel=0.05)
 
 
 @pytest.mark.parametrize(
