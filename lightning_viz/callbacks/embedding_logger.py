@@ -30,8 +30,15 @@ from lightning_viz.functional._validation import (
     check_layer_names,
     not_finite_error,
 )
-from lightning_viz.functional.captions import captioned, class_name, footnote, stack_rows
+from lightning_viz.functional.captions import (
+    captioned,
+    class_name,
+    color_bar,
+    footnote,
+    stack_rows,
+)
 from lightning_viz.functional.embedding import (
+    MAX_DISTINCT_CLASSES,
     class_colours,
     knn_accuracy,
     pca_2d,
@@ -103,8 +110,9 @@ class EmbeddingLogger(ValidationView):
     input is embedded):
 
     - ``embedding/<layer>`` (image): the scatter plot of the subset's features on their two
-      principal axes, a dot per image coloured by its class, with the legend and the k-NN
-      accuracy in its caption.
+      principal axes, a dot per image coloured by its class (a colour each up to 20 classes,
+      with their legend; past 20, a colour bar by class index, where neighbouring classes look
+      alike), and the k-NN accuracy in its caption.
     - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset's
       images whose class has another image in it; not logged where no class has two.
     - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2F<layer>/``
@@ -321,8 +329,9 @@ class EmbeddingLogger(ValidationView):
             raise not_finite_error(f"the features of {self._layer[0]!r}", "the validation images")
         accuracy = knn_accuracy(features, labels, self.k) if labels is not None else None
         points = pca_2d(features)
+        count = 1 if labels is None else int(labels.max()) + 1
         colours = class_colours(
-            labels if labels is not None else torch.zeros(len(features)), features.device
+            labels if labels is not None else torch.zeros(len(features)), count, features.device
         )
         scatter = scatter_image(points, colours, SCATTER_SIDE)
         host = to_host(
@@ -351,9 +360,14 @@ class EmbeddingLogger(ValidationView):
         elif knn is not None:
             title += f"; {self.k}-NN accuracy {knn:.1%}"
         parts = [footnote(width, title, device, torch.uint8), scatter]
-        if classes:
+        if classes and classes[-1] >= MAX_DISTINCT_CLASSES:  # a bar: swatches ran down the card
+            first, last = (class_name(c, self.class_names) for c in (0, classes[-1]))
+            title = f"class, by index (past {MAX_DISTINCT_CLASSES}, neighbours look alike)"
+            parts.append(color_bar(width, "turbo", first, last, title, device, torch.uint8))
+        elif classes:
             names = [class_name(c, self.class_names) for c in classes]
-            swatches = class_colours(classes, device)[:, :, None, None].expand(-1, -1, 12, 60)
+            colours = class_colours(classes, classes[-1] + 1, device)
+            swatches = colours[:, :, None, None].expand(-1, -1, 12, 60)
             legend = captioned(swatches.contiguous(), names)
             parts.append(grid(legend, nrow=max(1, width // 64), padding=2))
             parts[-1] = F.pad(parts[-1], (0, max(0, width - parts[-1].shape[-1])), value=255)

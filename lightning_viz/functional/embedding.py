@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import matplotlib
 import torch
 from torch import Tensor
 
 from lightning_viz.functional._validation import check_int
-from lightning_viz.functional.images import white
+from lightning_viz.functional.images import colormap_table, white
 
 
 def subset_positions(total: int, size: int, seed: int = 0) -> Tensor:
@@ -69,17 +70,26 @@ def knn_accuracy(features: Tensor, labels: Tensor, k: int = 5) -> Tensor:
     return (counts.argmax(dim=1) == labels)[accompanied].float().mean()
 
 
-CLASS_COLOURS = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
-"""matplotlib's ``tab10``: the colours of classes 0-9 (then again from the start)."""
+MAX_DISTINCT_CLASSES = 20
+"""The most classes that get a colour each (matplotlib's ``tab20``); past it the colours run
+through a colormap by class index."""
 
 
-def class_colours(classes: Sequence[int] | Tensor, device: torch.device | str = "cpu") -> Tensor:
-    """(N, 3) uint8 colours of class indices (``tab10``, repeating past ten classes)."""
-    table = torch.tensor(CLASS_COLOURS, dtype=torch.uint8, device=device)
-    return table[torch.as_tensor(classes, device=device).long() % len(CLASS_COLOURS)]
+def class_colours(
+    classes: Sequence[int] | Tensor, count: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """(N, 3) uint8 colours of class indices out of ``count`` classes: matplotlib's ``tab10``
+    up to 10 classes, ``tab20`` up to 20, each class its own colour; past 20, ``turbo`` by class
+    index, where neighbouring classes look alike (``tab10`` repeated every 10 classes drew 75
+    classes in 10 colours: clouds that did not exist)."""
+    indices = torch.as_tensor(classes, device=device).long()
+    if count > MAX_DISTINCT_CLASSES:
+        table = colormap_table("turbo").to(device)
+        position = indices * (len(table) - 1) // max(1, count - 1)
+        return (table[position] * 255).round().to(torch.uint8)
+    palette = matplotlib.colormaps["tab10" if count <= 10 else "tab20"].colors
+    table = (torch.tensor(palette, device=device) * 255).round().to(torch.uint8)
+    return table[indices]
 
 
 def scatter_image(points: Tensor, colours: Tensor, size: int = 400, radius: int = 3) -> Tensor:

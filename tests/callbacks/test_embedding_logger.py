@@ -184,6 +184,28 @@ def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path
     assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
 
 
+def test_many_classes_get_a_colour_bar_by_index_not_ten_repeated_colours(tmp_path):
+    """A user's 75 classes were drawn in tab10's 10 colours under a legend that ran down the
+    card."""
+    module = DigitsClassifier()
+    module.model.head = nn.Linear(module.model.head.in_features, 30)
+    train_loader, val = digits_loaders()
+    images = val.dataset.tensors[0][:120]
+    thirty = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.arange(120) % 30), 60
+    )
+    logger = EmbeddingLogger(num_images=120, projector=False, strict=True)
+    make_trainer(tmp_path, [logger], max_epochs=1, limit_train_batches=1).fit(
+        module, train_loader, thirty
+    )
+    pixels = image_pixels(read_events(tmp_path).Images("embedding/model.head")[-1])[..., :3]
+    saturated = pixels.astype(int).max(-1) - pixels.astype(int).min(-1) > 30  # not text's grey
+    colours_per_row = [
+        len({tuple(p) for p in row[kept]}) for row, kept in zip(pixels, saturated, strict=False)
+    ]
+    assert max(colours_per_row) > 100  # the turbo ramp; 30 swatches had at most 30
+
+
 class WithRegressor(DigitsCNN):
     """A multi-task net: class scores, and a regression head on earlier features, defined
     after the classifier and returned second."""

@@ -7,7 +7,6 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 
 from lightning_viz.functional.embedding import (
-    CLASS_COLOURS,
     class_colours,
     knn_accuracy,
     pca_2d,
@@ -82,29 +81,45 @@ def test_knn_accuracy_is_blind_to_scale():
     assert knn_accuracy(features * 100, labels) == knn_accuracy(features, labels)
 
 
+TAB10 = [[31, 119, 180], [255, 127, 14], [44, 160, 44]]
+"""matplotlib's first three ``tab10`` colours."""
+
+
+def test_each_class_has_its_own_colour_up_to_twenty_then_a_colormap_by_index():
+    """tab10 repeated every 10 classes drew a user's 75 classes in 10 colours."""
+    assert class_colours([0, 1, 2], 10).tolist() == TAB10
+    twenty = class_colours(range(20), 20)
+    assert len({tuple(c) for c in twenty.tolist()}) == 20
+    many = class_colours(range(75), 75)
+    assert len({tuple(c) for c in many.tolist()}) > 60
+    ends = class_colours([0, 74], 75).float()
+    assert ends[0, 2] > ends[0, 0]  # turbo: dark blue for the first class
+    assert ends[1, 0] > ends[1, 2]  # dark red for the last
+
+
 def test_a_flat_cloud_is_centred_on_its_narrow_axis():
     """A cloud ten times wider than tall sat along the bottom edge of the card."""
     points = torch.tensor([[0.0, 0.0], [10.0, 1.0]])
-    image = scatter_image(points, class_colours([0, 0]), size=100, radius=1)
+    image = scatter_image(points, class_colours([0, 0], 1), size=100, radius=1)
     rows = (image != 255).any(dim=0).any(dim=1).nonzero().flatten()
     assert 40 <= rows.float().mean() <= 60  # around the middle row, not at the bottom
 
 
 def test_scatter_puts_each_point_where_its_coordinates_say_in_its_class_colour():
     points = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
-    image = scatter_image(points, class_colours([0, 1, 2]), size=100, radius=3)
+    image = scatter_image(points, class_colours([0, 1, 2], 3), size=100, radius=3)
     assert image.dtype == torch.uint8
     assert image.shape == (3, 100, 100)
     margin = 5  # radius + 2
     # (0, 0) bottom left, (1, 1) top right, (1, 0) bottom right
-    assert image[:, 99 - margin, margin].tolist() == list(CLASS_COLOURS[0])
-    assert image[:, margin, 99 - margin].tolist() == list(CLASS_COLOURS[1])
-    assert image[:, 99 - margin, 99 - margin].tolist() == list(CLASS_COLOURS[2])
+    assert image[:, 99 - margin, margin].tolist() == TAB10[0]
+    assert image[:, margin, 99 - margin].tolist() == TAB10[1]
+    assert image[:, 99 - margin, 99 - margin].tolist() == TAB10[2]
     assert image[:, 50, 50].tolist() == [255, 255, 255]
     assert (image != 255).any(dim=0).sum() == 3 * 37  # three discs of radius 3
 
 
 def test_scatter_draws_later_points_over_earlier_ones():
     points = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
-    image = scatter_image(points, class_colours([0, 1, 2]), size=50)
-    assert image[:, 44, 5].tolist() == list(CLASS_COLOURS[1])
+    image = scatter_image(points, class_colours([0, 1, 2], 3), size=50)
+    assert image[:, 44, 5].tolist() == TAB10[1]
