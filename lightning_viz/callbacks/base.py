@@ -92,6 +92,7 @@ class RunContext:
         self.call_order: list[str] | None = None
         # while the fit starts or a validation runs
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None
+        self.held_lines: list[str] = []  # log lines said meanwhile, after the notices
         self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
         self.held_count: tuple[int, Callable[[], None]] | None = None  # (step, write its count)
         self.stopped_at: int | None = None  # the step whose alerts stopped training
@@ -139,7 +140,18 @@ class RunContext:
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
+        lines, self.held_lines = self.held_lines, []
+        for line in lines:
+            rank_zero_info(line)
         self.write_held_table()
+
+    def say(self, line: str) -> None:
+        """Log ``line`` on rank 0, after the held notices while they are held: a first render's
+        timing came before the fit start's "watching" line that says what was rendered."""
+        if self.held_notices is None:
+            rank_zero_info(line)
+        else:
+            self.held_lines.append(line)
 
     def write_held_table(self) -> None:
         """Write the alert table and the alert count held (:meth:`write_alert_table`,

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
@@ -353,7 +352,7 @@ class ProbeCallback(VizCallback):
         seconds = time.perf_counter() - started
         if seconds >= SLOW_RENDER_SECONDS and not self._said_slow:
             self._said_slow = True
-            rank_zero_info(
+            RunContext.of(trainer).say(
                 f"lightning-viz: {name} took {seconds:.1f} s to render at step "
                 f"{trainer.global_step} (every_n_epochs= or fewer probes or layers for less; "
                 "lightning_viz/overhead charts what each callback costs)"

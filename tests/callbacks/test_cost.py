@@ -235,3 +235,5 @@ def test_a_slow_render_is_announced_once_per_fit(tmp_path, caplog, monkeypatch):
         fit(DigitsClassifier(), [gradcam], tmp_path, epochs=3, limit_train_batches=2)
     assert len(re.findall(r"GradCAMLogger took \d+\.\d s to render at step 0 ", caplog.text)) == 1
     assert "to render at step 2" not in caplog.text
+    # after the line that says what is watched (it came first, out of context)
+    assert caplog.text.index("lightning-viz: watching") < caplog.text.index("took")
