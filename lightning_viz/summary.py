@@ -137,7 +137,7 @@ TRUST = (
     (tags.STABILITY, "", "stability"),
     (tags.SANITY, "", "sanity"),
     (tags.FAITHFULNESS, "deletion", "deletion AUC"),
-    (tags.FAITHFULNESS, "deletion_random", "random order's"),
+    (tags.FAITHFULNESS, "deletion_random", "random-order deletion AUC"),
     (tags.LOCALIZATION, "pointing_game", "pointing game"),
 )
 """The trust scores the summary shows per explained image, and their names there."""

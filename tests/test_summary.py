@@ -86,8 +86,15 @@ def test_summary_gives_each_explanation_s_trust_scores_and_what_its_text_said(tm
     start = lines.index("trust scores of the explanations (latest):")
     line = lines[start + 1]
     assert line.startswith("  gradcam/model.features: stability ")
-    names = re.findall(r"(stability|sanity|deletion AUC|random order's) (-?\d\.\d\d)", line)
-    assert [name for name, _ in names] == ["stability", "sanity", "deletion AUC", "random order's"]
+    names = re.findall(
+        r"(stability|sanity|deletion AUC|random-order deletion AUC) (-?\d\.\d\d)", line
+    )
+    assert [name for name, _ in names] == [
+        "stability",
+        "sanity",
+        "deletion AUC",
+        "random-order deletion AUC",
+    ]
     stability = read_events(tmp_path / "run").Scalars("stability/gradcam/model.features")
     assert float(names[0][1]) == pytest.approx(stability[-1].value, abs=0.005)
     assert re.search(r"\((stable since epoch 1|not settled: rank correlation)", line)

@@ -121,7 +121,7 @@ COLUMNS = {
     "ssim": "sanity SSIM",
     "deletion": "deletion AUC",
     "insertion": "insertion AUC",
-    "random": "random order's",
+    "random": "random-order deletion AUC",
     "pointing": "peak in region",
     "energy": "energy in region",
 }
