@@ -188,6 +188,7 @@ class EmbeddingLogger(ValidationView):
         self._labels: list[Tensor] = []
         self._thumbnails: list[Tensor] = []
         self._positions: list[int] = []
+        self._rows_seen: tuple[int, int] | None = None  # (rows, images): not one per image
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -253,6 +254,7 @@ class EmbeddingLogger(ValidationView):
         self._subset = subset_positions(self._stream_length(trainer), self.num_images, self.seed)
         self._subset = self._subset.tolist()
         self._features, self._labels, self._thumbnails, self._positions = [], [], [], []
+        self._rows_seen = None
 
     def _stream_length(self, trainer: pl.Trainer) -> int:
         """How many images the epoch's first validation loader will show on this rank: its
@@ -300,7 +302,10 @@ class EmbeddingLogger(ValidationView):
             try:
                 features = features_of(found)
                 if features.shape[0] != images.shape[0]:
-                    return  # another forward than the batch's (another callback's probe)
+                    # another forward than the batch's (another callback's probe), or a layer
+                    # whose rows are no images (a detector's region proposals)
+                    self._rows_seen = (features.shape[0], images.shape[0])
+                    return
                 taken.append(True)
                 self._features.append(features.index_select(0, rows.to(features.device)))
             except Exception as error:  # a hook must never break the validation step
@@ -312,6 +317,14 @@ class EmbeddingLogger(ValidationView):
 
     @override
     def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._thumbnails and not self._features and self._rows_seen is not None:
+            rows, images = self._rows_seen
+            raise Unsuited(
+                f"{type(self).__name__}: {self._layer[0]!r} gave {rows} rows of features for a "
+                f"batch of {images} images, not one per image (a detector's region proposals?), "
+                "so there is nothing to embed per image. Pass layer= naming a module whose "
+                "output has the batch's images first."
+            )
         if self._thumbnails and not self._features:
             raise Unsuited(
                 f"{type(self).__name__}: the validation step never ran {self._layer[0]!r}, "

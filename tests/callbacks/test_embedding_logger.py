@@ -139,6 +139,24 @@ class Unlabelled(ImageClassifier):
         self.log("val_mean", self(images).mean())
 
 
+class PerRegion(DigitsCNN):
+    """Class scores of each of the 8x8 map's positions, averaged: its head's rows are regions,
+    as a detector's box predictor's are proposals."""
+
+    def forward(self, x):
+        regions = self.features(x).flatten(2).transpose(1, 2)  # (N, 64, C)
+        return self.head(regions.flatten(0, 1)).view(x.shape[0], -1, 10).mean(dim=1)
+
+
+def test_a_head_whose_rows_are_no_images_is_said_so_not_that_it_never_ran(tmp_path):
+    """A user's detector: 'the validation step never ran ...bbox_pred', which did run, on its
+    region proposals."""
+    logger = EmbeddingLogger(num_images=50)
+    with pytest.warns(UserWarning, match=r"'model.head' gave \d+ rows of features for a batch of"):
+        fit(ImageClassifier(PerRegion()), [logger], tmp_path, epochs=1, limit_train_batches=1)
+    assert "never ran" not in str(logger.alerts.raised)
+
+
 def test_a_resumed_run_keeps_the_earlier_epochs_in_the_projector(tmp_path):
     """The resumed run's writer rewrote projector_config.pbtxt with its own epochs only: the
     earlier ones vanished from the Projector, their files still on disk (a user trial)."""
