@@ -40,7 +40,7 @@ def default_callbacks(
     extra_views: bool = False,
     forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
     batch_to_images: BatchToImages | None = None,
-    probability: str = "softmax",
+    probability: str | None = None,
     class_names: Sequence[str] | None = None,
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
@@ -77,7 +77,8 @@ def default_callbacks(
             ``batch_to_images(batch)`` returns the images or ``(images, labels)``.
         probability: how the views that explain a class read its probability: ``"softmax"``
             (one class per image) or ``"sigmoid"`` (a multi-label model, or a single-logit
-            binary classifier, trained with ``BCEWithLogitsLoss``); see ``GradCAMLogger``.
+            binary classifier, trained with ``BCEWithLogitsLoss``); default sigmoid for probes
+            picked from multi-hot targets, else softmax; see ``GradCAMLogger``.
         class_names: the names every view draws for class indices (the views that name
             classes); default the datamodule's or dataset's ``classes``, else the indices.
 

@@ -43,6 +43,8 @@ class Probes:
             log how well their maps localize it (pointing game, energy in the box).
         masks: optional (N, H, W) masks (boolean, or nonzero inside) of the same, for objects a
             box fits badly (a segmentation's ground truth); give boxes or masks, not both.
+        multi_label: each probe's label is one of the classes of a multi-label target (picked
+            from multi-hot targets): the class views read each class's sigmoid by default.
 
     Raises:
         ValueError: images that are not a non-empty (N, C, H, W) float batch, labels of another
@@ -58,6 +60,7 @@ class Probes:
         display: Tensor | None = None,
         boxes: Tensor | None = None,
         masks: Tensor | None = None,
+        multi_label: bool = False,
     ):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -119,6 +122,7 @@ class Probes:
         self.display = display.detach().float()
         self.boxes = boxes
         self.masks = masks
+        self.multi_label = bool(multi_label)
 
     @property
     def regions(self) -> Tensor | None:
@@ -145,7 +149,8 @@ class Probes:
         labels = None if self.labels is None else self.labels.to(device)
         boxes = None if self.boxes is None else self.boxes.to(device)
         masks = None if self.masks is None else self.masks.to(device)
-        return Probes(self.images.to(device), labels, self.display.to(device), boxes, masks)
+        display = self.display.to(device)
+        return Probes(self.images.to(device), labels, display, boxes, masks, self.multi_label)
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"images": self.images.cpu(), "display": self.display.cpu()}
@@ -155,6 +160,8 @@ class Probes:
             state["boxes"] = self.boxes.cpu()
         if self.masks is not None:
             state["masks"] = self.masks.cpu()
+        if self.multi_label:
+            state["multi_label"] = torch.tensor(True)
         return state
 
     @classmethod
@@ -165,6 +172,7 @@ class Probes:
             state["display"],
             state.get("boxes"),
             state.get("masks"),
+            bool(state.get("multi_label", False)),
         )
 
     @classmethod
@@ -184,7 +192,10 @@ class Probes:
         255 are ignored) pick per class the image it covers most, besides the class covering
         most pixels of all (the background): each probe is labelled with its class and carries
         its mask, so the views explain it and score how well their maps fall on it (not with
-        ``batch_to_images``, which names the images and labels itself).
+        ``batch_to_images``, which names the images and labels itself). Multi-hot targets (an
+        (N, K) tensor of 0s and 1s, a multi-label classifier's) pick per class the first image
+        it is on with the fewest classes on, labelled with that class (``multi_label``: the class
+        views then read each class's sigmoid unless told otherwise).
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
@@ -202,7 +213,7 @@ class Probes:
             check_int("n", n)
         wanted = MAX_PICKED if n is None else n
         split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
-        images, labels, masks, classes_seen = [], [], [], [0]
+        images, labels, masks, multi_hot, classes_seen = [], [], [], [], [0]
         mask_classes: set[int] = set()
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
@@ -210,14 +221,20 @@ class Probes:
                 images.append(batch_images.detach().cpu())
                 if batch_labels is not None:
                     labels.append(batch_labels.detach().cpu())
-                elif batch_to_images is None and (found := _masks(batch, batch_images)) is not None:
-                    masks.append(found.detach().cpu())
-                    mask_classes.update(_class_ids(found.unique()).tolist())
-                seen = torch.cat(labels).unique().numel() if labels else len(mask_classes)
+                elif batch_to_images is None:
+                    if (found := _masks(batch, batch_images)) is not None:
+                        masks.append(found.detach().cpu())
+                        mask_classes.update(_class_ids(found.unique()).tolist())
+                    elif (hot := _multi_hot(batch, batch_images)) is not None:
+                        multi_hot.append(hot.detach().cpu())
+                if multi_hot:
+                    seen = int(torch.cat(multi_hot).any(dim=0).sum())
+                else:
+                    seen = torch.cat(labels).unique().numel() if labels else len(mask_classes)
                 classes_seen.append(seen)
                 count = sum(len(b) for b in images)
                 all_classes = (
-                    not (labels or masks)
+                    not (labels or masks or multi_hot)
                     or classes_seen[-1] >= wanted
                     or (n is None and len(set(classes_seen[-3:])) == 1)
                 )
@@ -234,6 +251,9 @@ class Probes:
             chosen, classes = chosen[:n], classes[:n]
             class_masks = all_masks[chosen] == classes[:, None, None]
             return cls(all_images[chosen], classes, masks=class_masks)
+        if multi_hot and len(multi_hot) == len(images):
+            chosen, classes = _multi_hot_order(torch.cat(multi_hot))
+            return cls(all_images[chosen[:n]], classes[:n], multi_label=True)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
             _class_first_order(all_labels)
@@ -360,6 +380,48 @@ def _masks(batch: Any, images: Tensor) -> Tensor | None:
         ):
             return value
     return None
+
+
+def _multi_hot(batch: Any, images: Tensor) -> Tensor | None:
+    """The batch's multi-hot targets: an (N, K) tensor of 0s and 1s (K >= 2) second in a
+    sequence or under a label key of a dict, as a multi-label classifier trains on; None
+    without one."""
+    if isinstance(batch, (list, tuple)):
+        candidates = list(batch[1:2])
+    elif isinstance(batch, dict):
+        candidates = [batch[key] for key in _LABEL_KEYS if key in batch]
+    else:
+        return None
+    for value in candidates:
+        if (
+            isinstance(value, Tensor)
+            and value.dim() == 2
+            and value.shape[0] == images.shape[0]
+            and value.shape[1] >= 2
+            and bool(((value == 0) | (value == 1)).all())
+        ):
+            return value != 0
+    return None
+
+
+def _multi_hot_order(targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of images and the class each is picked for, from (N, K) multi-hot targets: per
+    class (ascending), the first image it is on with the fewest classes on (the clearest
+    example), then the rest in order, each for its first class; images with no class on are
+    left out."""
+    chosen: list[int] = []
+    picked_for: list[int] = []
+    on_count = targets.sum(dim=1)
+    for c in range(targets.shape[1]):
+        candidates = [i for i in targets[:, c].nonzero().flatten().tolist() if i not in chosen]
+        if candidates:
+            chosen.append(min(candidates, key=lambda i: (int(on_count[i]), i)))
+            picked_for.append(c)
+    for i in range(len(targets)):
+        if i not in chosen and targets[i].any():
+            chosen.append(i)
+            picked_for.append(int(targets[i].nonzero()[0]))
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(picked_for, dtype=torch.long)
 
 
 def _class_ids(values: Tensor) -> Tensor:

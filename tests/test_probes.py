@@ -56,12 +56,29 @@ def test_default_display_is_normalized_rgb():
 
 
 def test_state_round_trip_loads_with_weights_only(tmp_path):
-    probes = Probes(torch.randn(2, 3, 4, 4), torch.tensor([1, 0]))
+    probes = Probes(torch.randn(2, 3, 4, 4), torch.tensor([1, 0]), multi_label=True)
     torch.save(probes.state_dict(), tmp_path / "probes.pt")
     restored = Probes.from_state_dict(torch.load(tmp_path / "probes.pt", weights_only=True))
     assert torch.equal(restored.images, probes.images)
     assert torch.equal(restored.labels, probes.labels)
     assert torch.equal(restored.display, probes.display)
+    assert restored.multi_label
+    assert not Probes.from_state_dict(Probes(torch.randn(1, 3, 4, 4)).state_dict()).multi_label
+
+
+def test_multi_hot_targets_pick_per_class_the_clearest_image_it_is_on():
+    targets = torch.tensor(
+        [[1, 1, 0], [1, 0, 0], [0, 0, 0], [0, 1, 1], [0, 0, 1], [0, 1, 0]], dtype=torch.float32
+    )
+    images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 2, 2)
+    probes = Probes.from_dataloader(DataLoader(TensorDataset(images, targets), batch_size=3))
+    # class 0: image 1 (alone) before image 0 (two on); class 1: image 5; class 2: image 4;
+    # then the rest in order for their first class; image 2 has none on: left out
+    assert probes.images[:, 0, 0, 0].tolist() == [1, 5, 4, 0, 3]
+    assert probes.labels.tolist() == [0, 1, 2, 0, 1]
+    assert probes.multi_label
+    labels = Probes.from_dataloader(DataLoader(TensorDataset(images, torch.arange(6)), 3))
+    assert not labels.multi_label
 
 
 def test_from_files(tmp_path):

@@ -102,7 +102,7 @@ class CAMLogger(ClassView):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
-        probability: str = "softmax",
+        probability: str | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,

@@ -162,7 +162,7 @@ class ClassView(ProbeCallback):
         cmap: str = "jet",
         alpha: float = 0.5,
         output_transform: OutputTransform | None = None,
-        probability: str = "softmax",
+        probability: str | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
@@ -193,7 +193,10 @@ class ClassView(ProbeCallback):
                 f"`output_transform` must be None or a callable, got {output_transform!r}"
             )
         self.output_transform = output_transform
-        self.probability = check_choice("probability", probability, PROBABILITIES)
+        self.probability = (
+            None if probability is None else check_choice("probability", probability, PROBABILITIES)
+        )
+        self._probability = self.probability or "softmax"  # for multi-hot probes, sigmoid
         self._transform: OutputTransform = output_transform or class_scores
         self._labels_are_classes = False
         self._outputs_class_maps = False
@@ -218,6 +221,7 @@ class ClassView(ProbeCallback):
     @override
     def prepare(self, pl_module: pl.LightningModule, probes: Probes, output: Any) -> None:
         source = type(self).__name__
+        self._probability = self.probability or ("sigmoid" if probes.multi_label else "softmax")
         explicit = self.output_transform is not None
         if not explicit and reconstructs(output, probes.images):
             raise Unsuited(
@@ -300,7 +304,7 @@ class ClassView(ProbeCallback):
         segmentation model, its score summed over the pixels predicted as it (their probability
         saturates: a sum over thousands of pixels is certain whatever the image shows), or a
         model's one output as it is (the softmax of one output is 1 whatever the image)."""
-        one_softmax = self._single_output and self.probability == "softmax"
+        one_softmax = self._single_output and self._probability == "softmax"
         return "score" if self._outputs_class_maps or one_softmax else "probability"
 
     def measured(self, scores: torch.Tensor) -> torch.Tensor:
@@ -312,7 +316,7 @@ class ClassView(ProbeCallback):
     def measure_as(self) -> bool | str:
         """The ``probabilities=`` of the functional views: ``probability``, or False where the
         explained quantity is a score."""
-        return self.probability if self.explained_quantity == "probability" else False
+        return self._probability if self.explained_quantity == "probability" else False
 
     def _explained_class(self, targets: torch.Tensor | int | None) -> str:
         if self._single_output:
@@ -527,7 +531,7 @@ class ClassView(ProbeCallback):
         over the pixels each perturbed image predicts as the class, which deleting pixels
         changes: an untrained net's curves jumped (from 11 to 0, from 26 to 71) and were
         judged."""
-        return self.probability if self._outputs_class_maps else self.measure_as
+        return self._probability if self._outputs_class_maps else self.measure_as
 
     def _drop(self, deletion: torch.Tensor) -> torch.Tensor:
         """(N,) how far the faithfulness curves' quantity falls from the first to the last

@@ -74,9 +74,11 @@ class GradCAMLogger(ClassView):
             that returns an image the size of its input (an autoencoder) shows nothing with a
             notice unless you pass one.
         probability: how the scores become the probabilities in the captions and the text
-            (and in occlusion, LIME and the faithfulness score): ``"softmax"`` (default, one
-            class per image) or ``"sigmoid"`` (each class on its own: a multi-label model, or a
-            single-logit binary classifier, trained with ``BCEWithLogitsLoss``).
+            (and in occlusion, LIME and the faithfulness score): ``"softmax"`` (one class per
+            image) or ``"sigmoid"`` (each class on its own: a multi-label model, or a
+            single-logit binary classifier, trained with ``BCEWithLogitsLoss``); default
+            sigmoid for probes picked from multi-hot targets (``Probes.multi_label``), else
+            softmax.
         scores: the trust scores logged beside the maps: True for all, False for none, or
             names from ``"stability"`` (no extra cost), ``"sanity"`` (the Grad-CAM pass once
             more, with the upper half of the network re-initialized: under half a training
@@ -155,7 +157,7 @@ class GradCAMLogger(ClassView):
         alpha: float = 0.5,
         guided: bool = False,
         output_transform: OutputTransform | None = None,
-        probability: str = "softmax",
+        probability: str | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,

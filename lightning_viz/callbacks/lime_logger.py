@@ -130,7 +130,7 @@ class LIMELogger(ClassView):
         cmap: str = "RdBu_r",
         alpha: float = 0.6,
         output_transform: OutputTransform | None = None,
-        probability: str = "softmax",
+        probability: str | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,

@@ -136,7 +136,7 @@ class SaliencyLogger(ClassView):
         cmap: str | None = None,
         alpha: float = 0.85,
         output_transform: OutputTransform | None = None,
-        probability: str = "softmax",
+        probability: str | None = None,
         scores: bool | Sequence[str] | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,

@@ -160,8 +160,8 @@ def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
     sigmoid said 50%), and occlusion measured that softmax."""
     images = torch.rand(32, 1, 16, 16)
     data = DataLoader(TensorDataset(images, (torch.rand(32, 4) > 0.5).float()), batch_size=8)
-    logger = OcclusionLogger(probability="sigmoid", strict=True)
-    gradcam = GradCAMLogger(probability="sigmoid", strict=True)
+    logger = OcclusionLogger(target="pred", probability="sigmoid", strict=True)
+    gradcam = GradCAMLogger(target="pred", probability="sigmoid", strict=True)
     module = Scorer(4, torch.nn.functional.binary_cross_entropy_with_logits)
     make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
     events = read_events(tmp_path)
@@ -180,6 +180,27 @@ def test_a_multi_label_model_is_read_through_each_class_s_sigmoid(tmp_path):
     assert drops == pytest.approx(expected.flatten(1).amax(dim=1).tolist(), abs=1e-3)
     with pytest.raises(ValueError, match="`probability` must be one of"):
         GradCAMLogger(probability="softmax2")
+
+
+def test_multi_hot_targets_give_a_probe_per_class_read_through_its_sigmoid(tmp_path):
+    """Multi-hot targets were no labels: the probes were the first 8 images, each explained
+    for its highest-scoring class, through a softmax unless probability="sigmoid" was given."""
+    targets = (torch.rand(32, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    images = torch.rand(32, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    data = DataLoader(TensorDataset(images, targets), batch_size=8)
+    gradcam = GradCAMLogger(strict=True)
+    module = Scorer(4, torch.nn.functional.binary_cross_entropy_with_logits)
+    make_trainer(tmp_path, [gradcam], max_epochs=1).fit(module, data)
+    probes = gradcam.probes
+    assert probes.multi_label
+    assert probes.labels[:4].tolist() == [0, 1, 2, 3]
+    on = targets[[int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in probes.images]]
+    assert all(on[i, label] == 1 for i, label in enumerate(probes.labels.tolist()))
+    rows = text_rows(read_events(tmp_path), "gradcam/model.1/targets")
+    assert [int(row[1]) for row in rows] == probes.labels.tolist()  # each explains its class
+    with torch.no_grad():
+        top = module.eval()(probes.images).sigmoid().amax(dim=1)
+    assert [float(row[3]) for row in rows] == pytest.approx(top.tolist(), abs=5e-3)
 
 
 def test_a_single_logit_binary_classifier_with_labelled_probes_shows_its_probability(tmp_path):
