@@ -77,10 +77,11 @@ class FilterMonitor(VizCallback):
     measurements, and the *update noise*, Geary's C of ``W - W0``.
 
     Measured at the untrained baseline (train start, step 0), every ``every_n_epochs`` at the
-    end of a training epoch, and within an epoch once ``every_n_steps`` optimizer steps have
+    end of a training epoch, and within those epochs once ``every_n_steps`` optimizer steps have
     passed since the previous measurement (an epoch of hours tells a fault within minutes;
     epochs shorter than that are measured at their end only), with one host transfer per
-    measurement.
+    measurement. The scalars, histogram and alerts come at every measurement, the image at
+    epoch ends.
 
     Alerts (each (layer, kind) once until it clears; see ``on_alert``; thresholds from the alert
     benchmark ``benchmarks/alerts.py``, whose table the README shows):
@@ -120,9 +121,9 @@ class FilterMonitor(VizCallback):
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
             watched layer that is no transposed conv), ``"all"``, or a list of names.
         every_n_epochs: measure every this many training epochs.
-        every_n_steps: within an epoch, measure once this many optimizer steps have passed
-            since the previous measurement (no filter image: those come at epoch ends); None:
-            at epoch ends only.
+        every_n_steps: within an epoch that ``every_n_epochs`` measures, measure once this many
+            optimizer steps have passed since the previous measurement (no filter image: those
+            come at epoch ends); None: at epoch ends only.
         noise_threshold: a filter with C at or above it counts as noisy in ``noisy_fraction``.
         warmup_steps: optimizer steps before ``not_learning`` and ``noisy_filters`` may fire.
         min_learned: ``not_learning`` below this; 0 turns the rule off.
@@ -163,8 +164,6 @@ class FilterMonitor(VizCallback):
       diverged layer's filters can look smooth).
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (at every
       measurement).
-
-    The scalars, histogram and alerts come at every measurement, the image at epoch ends.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -240,6 +239,7 @@ class FilterMonitor(VizCallback):
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
         self._unshown: dict[Any, Tensor] | None = None  # a measurement whose image was skipped
+        self._latest: dict[Any, Tensor] | None = None  # the latest measurement, for its image
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -251,7 +251,7 @@ class FilterMonitor(VizCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        self._unshown = None
+        self._unshown = self._latest = None
         source = type(self).__name__
         sharded = sharded_strategy(trainer)
         if sharded is not None:
@@ -348,19 +348,31 @@ class FilterMonitor(VizCallback):
                 self._measure(trainer, baseline=False, image=False)
 
     def _due_within_epoch(self, trainer: pl.Trainer) -> bool:
-        """Whether ``every_n_steps`` optimizer steps have passed since the previous measurement,
-        before the epoch's last batch (whose measurement the epoch's end makes)."""
+        """Whether, in an epoch ``every_n_epochs`` measures, ``every_n_steps`` optimizer steps
+        have passed since the previous measurement, before the epoch's last batch (whose
+        measurement the epoch's end makes)."""
         return (
             self.every_n_steps is not None
+            and self._epoch_due(trainer)
             and self.previous_step is not None
             and trainer.global_step - self.previous_step >= self.every_n_steps
             and not trainer.is_last_batch
         )
 
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
     @override
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            with self.guarded(trainer, "filter measurement"):
+        if not self._epoch_due(trainer):
+            return
+        with self.guarded(trainer, "filter measurement"):
+            if self.previous_step == trainer.global_step and self._latest is not None:
+                # measured at this step within the epoch, which stopped early (max_steps, a
+                # stopping alert): again, it compared the weights with themselves and cleared
+                # the alert that had stopped training
+                self._show(trainer, self._latest, baseline=False)
+            else:
                 self._measure(trainer, baseline=False)
 
     @override
@@ -417,7 +429,14 @@ class FilterMonitor(VizCallback):
             for name in self._layers:
                 histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
                 self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
-        if not image or not self._image_layers or not self.takes_images(trainer):
+        self._latest = host
+        if image:
+            self._show(trainer, host, baseline)
+
+    def _show(self, trainer: pl.Trainer, host: dict[Any, Tensor], baseline: bool) -> None:
+        """The filter images of a measurement, unless the budget skips them (kept for
+        :meth:`owed_work`)."""
+        if not self._image_layers or not self.takes_images(trainer):
             return
         if not baseline and not self.within_budget(
             trainer, "the filter image of an epoch", per_epoch=True

@@ -322,6 +322,24 @@ def test_an_epoch_longer_than_every_n_steps_is_measured_within_it(tmp_path):
     assert not monitor.alerts.raised
 
 
+def test_an_epoch_that_stops_early_is_measured_once_at_its_last_step(tmp_path):
+    """max_steps=20 ended the epoch at a step measured within it: its end measured again,
+    comparing the weights with themselves (a stopping alert 'cleared' at once; a review)."""
+    monitor = FilterMonitor(every_n_steps=10, strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor], tmp_path, epochs=1, max_steps=20)
+    events = read_events(tmp_path)
+    assert [e.step for e in events.Scalars(f"filters/{FIRST}/drift")] == [0, 10, 20]
+    assert [h.step for h in events.Histograms(f"filters/{FIRST}/noise_histogram")] == [0, 10, 20]
+    assert [i.step for i in events.Images(f"filters/{FIRST}")] == [0, 20]  # its image still
+
+
+def test_within_epoch_measurements_keep_to_the_epochs_every_n_epochs_measures(tmp_path):
+    monitor = FilterMonitor(every_n_epochs=2, every_n_steps=10, strict=True)
+    fit(DigitsClassifier("sgd", 0.05), [monitor], tmp_path, epochs=2)
+    steps = [e.step for e in read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")]
+    assert steps == [0, 24, 34, 44, 46]  # none in the first epoch, which is not measured
+
+
 class ReinitializedAtStep(DigitsClassifier):
     """The first conv re-initialized before optimizer step ``at``, in the middle of an epoch."""
 
