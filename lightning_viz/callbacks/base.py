@@ -224,7 +224,8 @@ class RunContext:
         rank_zero_warn(
             "lightning-viz: no TensorBoardLogger is attached to the Trainer, so the "
             f"{'images, ' if images else ''}histograms and alert texts of {names} will not be "
-            "logged (scalars still go to the attached loggers). Add "
+            "logged (scalars still go to the attached loggers; the views that explain a class "
+            "render only for the trust scores their scores= names). Add "
             "`logger=TensorBoardLogger(...)` to see them."
         )
 

@@ -84,7 +84,9 @@ class GradCAMLogger(ClassView):
             more, with the upper half of the network re-initialized: under half a training
             step) and ``"faithfulness"`` (4 x 17 forwards of the probes per map: about
             3 training steps); default stability and sanity. The same argument, with the same
-            keys under each view's tag, on every view that explains a class.
+            keys under each view's tag, on every view that explains a class. Without a logger
+            that takes images (a CSVLogger alone), a view renders only for scores given here:
+            its default ones, of maps nobody sees, are not worth the render.
         on_alert: what to do when the visualization fails (see ``FilterMonitor``).
         strict: re-raise failures instead of turning them into alerts.
         budget: the share of training time all lightning-viz callbacks may take together (see

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_viz import tags
@@ -52,12 +51,13 @@ class LIMELogger(ClassView):
     come from a generator seeded with ``seed`` plus its index (never the global generator), the
     same at every epoch, so two epochs differ only because the model changed. It approximates
     the model only near each probe; the table's R^2 says how well. A probe that SLIC cuts into
-    fewer than 8 superpixels (noise merges into one) takes the grid, said at fit start.
+    fewer than 8 superpixels (noise merges into one) takes the grid, said in the fit start's
+    "watching" line.
 
     Args:
         segmentation: ``"slic"`` (superpixels that follow edges; needs ``pip install
             scikit-image``), ``"grid"`` (``cells`` x ``cells`` squares), or ``"auto"`` (default:
-            SLIC when scikit-image is installed, else the grid, said once at fit start).
+            SLIC when scikit-image is installed, else the grid, said in the "watching" line).
         segments: about how many SLIC superpixels per probe.
         cells: the grid's rows and columns, one number for both.
         samples: variants per probe (lime's default is 1000; 256 suffice for about 50
@@ -163,6 +163,7 @@ class LIMELogger(ClassView):
         self.max_batch = check_int("max_batch", max_batch, allow_none=True)
         self._labels: torch.Tensor | None = None
         self._segmentation = "grid"
+        self._segments_said = "grid segments"
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -174,34 +175,37 @@ class LIMELogger(ClassView):
         self._segmentation = self.segmentation
         if self.segmentation == "auto":
             self._segmentation = "slic" if scikit_image_installed() else "grid"
-            if self._segmentation == "grid":
-                rank_zero_info(
-                    f"lightning-viz: LIMELogger segments the probes into a {self.cells[0]}x"
-                    f"{self.cells[1]} grid (pip install scikit-image for superpixels that follow "
-                    "edges)"
-                )
-        size = tuple(probes.images.shape[-2:])
-        try:
-            grid = grid_segments(size, self.cells, probes.images.device).expand(len(probes), *size)
-        except ValueError as error:
-            raise ValueError(f"{type(self).__name__}: {error}") from None
+        grid = f"{self.cells[0]}x{self.cells[1]} grid"
+        self._segments_said = (
+            f"a {grid}: pip install scikit-image for superpixels that follow edges"
+            if self.segmentation == "auto" and self._segmentation == "grid"
+            else f"{self._segmentation} segments"
+        )
         if self._segmentation == "grid":
-            self._labels = grid
+            self._labels = self._grid(probes)
             return
         self._labels = slic_segments(probes.display, self.segments)
-        few = self._labels.flatten(1).amax(dim=1) + 1 < MIN_SEGMENTS
+        few = self._labels.flatten(1).amax(dim=1) + 1 < min(MIN_SEGMENTS, self.segments)
         if few.any():  # on noise, SLIC merges the whole image into one or two superpixels
-            self._labels = torch.where(few[:, None, None], grid, self._labels)
-            probes_named = ", ".join(map(str, few.nonzero().flatten().tolist()))
-            rank_zero_info(
-                f"lightning-viz: LIMELogger: SLIC found fewer than {MIN_SEGMENTS} superpixels "
-                f"on probe(s) {probes_named} (noisy or flat images), which one segment's weight "
-                f"cannot explain: they use the {self.cells[0]}x{self.cells[1]} grid"
+            self._labels = torch.where(few[:, None, None], self._grid(probes), self._labels)
+            named = ", ".join(map(str, few.nonzero().flatten().tolist()))
+            self._segments_said += (
+                f"; the {grid} on probe(s) {named}, which SLIC cut into fewer than "
+                f"{MIN_SEGMENTS} superpixels (noisy or flat images)"
             )
+
+    def _grid(self, probes: Probes) -> torch.Tensor:
+        """The probes' (N, H, W) grid segments."""
+        size = tuple(probes.images.shape[-2:])
+        try:
+            grid = grid_segments(size, self.cells, probes.images.device)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
+        return grid.expand(len(probes), *size)
 
     @override
     def watching(self) -> str:
-        return f"LIME ({self._segmentation} segments) {self.on_probes}"
+        return f"LIME ({self._segments_said}) {self.on_probes}"
 
     def _explanation(
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor

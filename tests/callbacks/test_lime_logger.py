@@ -54,11 +54,12 @@ def test_auto_falls_back_to_the_grid_and_says_so(tmp_path, monkeypatch, caplog):
     with caplog.at_level("INFO"):
         fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
     assert logger._segmentation == "grid"
-    assert "LIMELogger segments the probes into a 8x8 grid" in caplog.text
+    watching = "LIME (a 8x8 grid: pip install scikit-image for superpixels that follow edges)"
+    assert watching in caplog.text  # in the fit start's 'watching' line
     assert torch.equal(logger._labels[0], grid_segments((32, 32), 8))
 
 
-def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said(caplog):
+def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said():
     """On colour noise SLIC cut a user's probes into one or two superpixels, whose LIME maps
     were painted in one colour; those probes take the grid."""
     noise = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3
@@ -69,15 +70,21 @@ def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said(
     assert not all(few)
     logger = LIMELogger(segmentation="slic", cells=6)
     model = TinyCNN()
-    with caplog.at_level("INFO"):
-        logger.prepare(model, probes, model(probes.images[:1]))
+    logger.prepare(model, probes, model(probes.images[:1]))
     grid = grid_segments((32, 32), 6)
     slic = slic_segments(probes.display)
     for index, merged in enumerate(few):
         assert torch.equal(logger._labels[index], grid if merged else slic[index])
     named = ", ".join(str(i) for i, merged in enumerate(few) if merged)
-    assert f"SLIC found fewer than 8 superpixels on probe(s) {named}" in caplog.text
-    assert "they use the 6x6 grid" in caplog.text
+    assert logger._segments_said.startswith(  # the 'watching' line's
+        f"slic segments; the 6x6 grid on probe(s) {named}, which SLIC cut into fewer than 8 "
+    )
+    # four quadrants cut into four superpixels, as segments=4 asked: no failure of SLIC's
+    quadrants = torch.zeros(1, 3, 32, 32)
+    quadrants[:, 0, :16, :16] = quadrants[:, 1, :16, 16:] = quadrants[:, 2, 16:, :16] = 1
+    few_asked = LIMELogger(segmentation="slic", segments=4, cells=6)
+    few_asked.prepare(model, Probes(quadrants), model(quadrants))
+    assert few_asked._labels.max() + 1 == 4
 
 
 def test_lime_leaves_training_bit_identical(tmp_path):
