@@ -8,9 +8,9 @@ callbacks derive from every ``Callback`` class that is installed.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,10 +19,12 @@ from google.protobuf import text_format
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import model_helpers
+from tensorboard.compat import tf as tensorboard_tf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from tensorboard.summary.writer import record_writer
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard._embedding import write_pbtxt
 
 try:
     import google_crc32c
@@ -232,10 +234,13 @@ def add_embedding(writer: Any, **arguments: Any) -> None:
     directory: a SummaryWriter keeps its entries in a private ``_projector_config`` that starts
     empty and rewrites ``projector_config.pbtxt`` from it, so a resumed run's writer dropped
     every earlier epoch from the Projector (their files still on disk). Of two entries of one
-    name (a resume that logs a step again), the later is kept."""
-    config_file = Path(writer.get_logdir()) / "projector_config.pbtxt"
-    if not hasattr(writer, "_projector_config") and config_file.is_file():
-        writer._projector_config = text_format.Merge(config_file.read_text(), ProjectorConfig())
+    name (a resume that logs a step again), the later is kept. Read and written through
+    TensorBoard's gfile, as the writer does (remote log directories included)."""
+    logdir = os.fspath(writer.get_logdir())
+    config_file = f"{logdir.rstrip('/')}/projector_config.pbtxt"
+    if not hasattr(writer, "_projector_config") and tensorboard_tf.io.gfile.exists(config_file):
+        with tensorboard_tf.io.gfile.GFile(config_file, "r") as file:
+            writer._projector_config = text_format.Merge(file.read(), ProjectorConfig())
     writer.add_embedding(**arguments)
     config = getattr(writer, "_projector_config", None)
     latest = {} if config is None else {e.tensor_name: e for e in config.embeddings}
@@ -243,4 +248,4 @@ def add_embedding(writer: Any, **arguments: Any) -> None:
         kept = list(latest.values())
         del config.embeddings[:]
         config.embeddings.extend(kept)
-        config_file.write_text(text_format.MessageToString(config))
+        write_pbtxt(logdir, text_format.MessageToString(config))

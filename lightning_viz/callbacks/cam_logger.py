@@ -58,9 +58,10 @@ class CAMLogger(ClassView):
 
     Logged keys:
 
-    - ``cam/<layer>`` (image): a panel per probe, the probe (captioned with its true class)
-      beside its overlay (captioned with the predicted class and its probability), enlarged to
-      at least 96 pixels, over a colour bar that names the class explained.
+    - ``cam/<layer>`` (image): a panel per probe, the probe (captioned with its true class) beside
+      its overlay (captioned with the predicted class and its probability, or the explained class
+      and the prediction where they differ), enlarged to at least 96 pixels, over a colour bar that
+      names the class explained.
     - ``cam/<layer>/targets`` (text): per probe, the class explained, the predicted class, its
       probability and the map's peak (its largest raw value; each image is scaled to its own).
     - ``stability/<tag>``, ``sanity/<tag>`` and ``sanity/<tag>/ssim`` (default: sanity costs

@@ -70,6 +70,12 @@ from lightning_viz.probes import BatchToImages, Probes
 Target = Literal["label", "pred"] | int | None
 
 
+def probability_text(value: float) -> str:
+    """A probability in a text table: two decimals, two significant digits below 0.01 (a
+    1000-class model's 0.001 read 0.00)."""
+    return f"{value:.2f}" if value >= 0.01 else f"{value:.2g}"
+
+
 def prediction_caption(
     name: str,
     value: float,
@@ -384,7 +390,7 @@ class ClassView(ProbeCallback):
         table = [f"| probe | explains class | {headers} |", "|---|---|---|---|"]
         rows = zip(explained.tolist(), predicted.tolist(), confidence.tolist(), strict=True)
         table += [
-            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {c:.3g} |"
+            f"| {i} | {class_name(t, names)} | {class_name(p, names)} | {probability_text(c)} |"
             for i, (t, p, c) in enumerate(rows)
         ]
         return image_captions, map_captions, "\n".join(table)

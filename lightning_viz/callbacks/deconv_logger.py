@@ -264,8 +264,9 @@ class DeconvLogger(ProbeCallback):
                 )
             if not names:
                 raise Unsuited(
-                    f"{type(self).__name__}: none of the model's nn.Conv2d layers ran in its "
-                    "forward on a probe. Pass layers=[...] to name layers to project."
+                    f"{type(self).__name__}: none of the model's nn.Conv2d layers with maps "
+                    "larger than 1x1 ran in its forward on a probe and fed its scores. Pass "
+                    "layers=[...] to name layers to project."
                 )
             names = [names[i] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)]
             layers = {name: layers[name] for name in names}

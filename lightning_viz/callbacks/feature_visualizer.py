@@ -353,6 +353,11 @@ class FeatureVisualizer(ProbeCallback):
         columns = [*self.columns.get(layer, []), thumbnails]
         epochs = [*self.column_epochs.get(layer, []), epoch]
         objectives = [*self.objectives.get(layer, []), objective.tolist()]
+        # a checkpoint's columns of another shape (an earlier version squeezed non-square
+        # inputs square) cannot stand beside this one
+        alike = [i for i, column in enumerate(columns) if column.shape == thumbnails.shape]
+        columns, epochs = [columns[i] for i in alike], [epochs[i] for i in alike]
+        objectives = [objectives[i] for i in alike]
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]
         self.column_epochs[layer] = [epochs[i] for i in keep]

@@ -100,8 +100,9 @@ class GradCAMLogger(ClassView):
     Logged keys:
 
     - ``gradcam/<layer>`` (image): a panel per probe, the probe (captioned with its true class)
-      beside its overlay (captioned with the predicted class and its probability), enlarged to
-      at least 96 pixels, over a colour bar that names the class explained.
+      beside its overlay (captioned with the predicted class and its probability, or the explained
+      class and the prediction where they differ), enlarged to at least 96 pixels, over a colour bar
+      that names the class explained.
     - ``gradcam/<layer>/targets`` (text): per probe, the class explained, the predicted class and
       its probability.
     - ``gradcam/<layer>/guided`` (image, with ``guided=True``): the same panels with guided

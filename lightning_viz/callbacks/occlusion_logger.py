@@ -58,9 +58,10 @@ class OcclusionLogger(ClassView):
     Logged keys:
 
     - ``occlusion/sensitivity`` (image): a panel per probe, the probe (captioned with its true
-      class) beside the map over it (captioned with the predicted class and its probability);
-      each map is scaled to its own largest change (the table gives it), white is no change;
-      a colour bar below names the class explained and the patch size.
+      class) beside the map over it (captioned with the predicted class and its probability, or the
+      explained class and the prediction where they differ); each map is scaled to its own largest
+      change (the table gives it), white is no change; a colour bar below names the class explained
+      and the patch size.
     - ``occlusion/sensitivity/targets`` (text): per probe, the class explained, the prediction,
       its probability and the largest drop of the explained class's probability.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,

@@ -85,10 +85,11 @@ class SaliencyLogger(ClassView):
 
     Logged keys:
 
-    - ``saliency/<method>`` (image): a panel per probe, the probe (captioned with its true
-      class) beside its map (captioned with the predicted class and its probability); each map
-      is scaled to the 99th percentile of its own magnitudes (the few pixels above are clipped);
-      a colour bar below names the method and the class explained.
+    - ``saliency/<method>`` (image): a panel per probe, the probe (captioned with its true class)
+      beside its map (captioned with the predicted class and its probability, or the explained class
+      and the prediction where they differ); each map is scaled to the 99th percentile of its own
+      magnitudes (the few pixels above are clipped); a colour bar below names the method and the
+      class explained.
     - ``saliency/<method>/targets`` (text): per probe, the class explained, the prediction and
       its probability.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,

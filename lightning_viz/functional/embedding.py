@@ -88,6 +88,8 @@ def class_colours(
         position = indices * (len(table) - 1) // max(1, count - 1)
         return (table[position] * 255).round().to(torch.uint8)
     palette = matplotlib.colormaps["tab10" if count <= 10 else "tab20"].colors
+    if count > 10:  # tab20 pairs a dark and a light shade of each hue: neighbours alike
+        palette = palette[0::2] + palette[1::2]
     table = (torch.tensor(palette, device=device) * 255).round().to(torch.uint8)
     return table[indices]
 

@@ -61,8 +61,9 @@ def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
 def map_similarity(rated: Tensor, reference: Tensor) -> Tensor:
     """(N,) :func:`rank_correlation` of the maps being rated with reference maps (the previous
     render's, the randomized network's), read as a score: NaN where the rated map is constant
-    (an empty map: nothing to score), 0 where only the reference is (the map changed: it was
-    or became empty there)."""
+    (an empty map: nothing to score), 0 where only the reference is (unlike: the sanity score
+    reads an empty randomized map so; the stability score masks an empty previous map
+    instead, nothing to compare)."""
     alike = rank_correlation(rated, reference)
     return torch.where(constant_maps(rated), math.nan, alike.nan_to_num(nan=0.0))
 

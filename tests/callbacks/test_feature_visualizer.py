@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
@@ -199,6 +200,21 @@ def test_a_strip_shaped_input_keeps_its_shape_in_the_grid(tmp_path):
     thumbnails = visualizer.columns["model.conv2"][0]
     assert max(thumbnails.shape[-2:]) == 64
     assert thumbnails.shape[-1] / thumbnails.shape[-2] == pytest.approx(160 / 48, rel=0.05)
+
+
+def test_columns_of_another_shape_from_a_checkpoint_are_left_out_not_a_failure():
+    """An earlier version kept a strip's columns squeezed square: stacked beside a new one,
+    every render failed (a review)."""
+    visualizer = FeatureVisualizer(layers=["a"], num_units=2)
+    visualizer.units = {"a": [0, 1]}
+    visualizer.columns = {"a": [torch.zeros(2, 3, 64, 64, dtype=torch.uint8)]}
+    visualizer.column_epochs, visualizer.objectives = {"a": [FIT_START]}, {"a": [[0.1, 0.2]]}
+    strip = torch.zeros(2, 3, 19, 64, dtype=torch.uint8)
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        visualizer._add_column(pl.Trainer(logger=False), "a", strip, torch.tensor([0.3, 0.4]), 0)
+    assert [column.shape for column in visualizer.columns["a"]] == [strip.shape]
+    assert visualizer.column_epochs["a"] == [0]
+    assert visualizer.objectives["a"] == [pytest.approx([0.3, 0.4])]
 
 
 @pytest.mark.parametrize(

@@ -850,6 +850,14 @@ def test_deconv_defaults_leave_out_the_1x1_maps_of_squeeze_excitation_blocks(tmp
     assert not [name for name in deconv._layers if ".fc" in name]  # SE's fc1, fc2
 
 
+def test_deconv_with_only_1x1_maps_says_so(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 10))
+    deconv = DeconvLogger()
+    trainer = make_trainer(tmp_path, [deconv], max_epochs=1)
+    with pytest.warns(UserWarning, match="nn.Conv2d layers with maps larger than 1x1 ran"):
+        trainer.fit(Classifier(model), random_loader(n=4, size=1), random_loader(n=4, size=1))
+
+
 def test_default_callbacks_on_a_vision_transformer(tmp_path):
     vit = tiny_vit(random_head=False)  # torchvision's zero head, as a fresh model has it
     callbacks = lightning_viz.default_callbacks()

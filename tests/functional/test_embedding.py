@@ -1,5 +1,6 @@
 """The embedding maths against references: scikit-learn's PCA and k-NN, known scatter pixels."""
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -90,6 +91,9 @@ def test_each_class_has_its_own_colour_up_to_twenty_then_a_colormap_by_index():
     assert class_colours([0, 1, 2], 10).tolist() == TAB10
     twenty = class_colours(range(20), 20)
     assert len({tuple(c) for c in twenty.tolist()}) == 20
+    # tab20's dark shades first: its own order put each class beside a lighter twin
+    dark = [[round(255 * v) for v in c] for c in matplotlib.colormaps["tab20"].colors[0::2]]
+    assert twenty[:10].tolist() == dark
     many = class_colours(range(75), 75)
     assert len({tuple(c) for c in many.tolist()}) > 60
     ends = class_colours([0, 74], 75).float()
