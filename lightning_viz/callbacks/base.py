@@ -123,8 +123,13 @@ class RunContext:
         self.started_callbacks.add(id(callback))
         if len(self.started_callbacks) != len(everyone):
             return
-        watched = [w for c in everyone if c.showing and (w := c.watching()) is not None]
-        rank_zero_info(f"lightning-viz: watching {', '.join(watched) or 'nothing'}")
+        shown = [c for c in everyone if c.showing]
+        watched = [w for c in shown if c.renders(trainer) and (w := c.watching()) is not None]
+        idle = [type(c).__name__ for c in shown if not c.renders(trainer)]
+        line = f"lightning-viz: watching {', '.join(watched) or 'nothing'}"
+        if idle:  # listed as watched, they showed nothing
+            line += f"; not rendered without a logger that takes images: {', '.join(idle)}"
+        rank_zero_info(line)
         self.release_notices()
 
     def hold_notices(self) -> None:
@@ -705,6 +710,11 @@ class VizCallback(*CALLBACK_BASES):
         """What the callback watches in this fit, in a few words for the line printed when
         training starts (None: nothing)."""
         return None
+
+    def renders(self, trainer: pl.Trainer) -> bool:
+        """Whether the callback logs anything in this fit with the loggers attached (default:
+        yes)."""
+        return True
 
     @cached_property
     def state_key(self) -> str:

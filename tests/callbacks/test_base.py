@@ -278,6 +278,20 @@ def test_views_of_images_alone_are_not_rendered_for_a_csv_logger(tmp_path):
     assert set(rendered) == {"deconv", "grid", "default scores", "scores asked"}
 
 
+def test_the_watching_line_names_the_views_a_csv_logger_leaves_unrendered(tmp_path, caplog):
+    """The line listed "Grad-CAM of ..., deconvnet of ..." for views that showed nothing."""
+    callbacks = [FilterMonitor(), DeconvLogger(), GradCAMLogger()]
+    with warnings.catch_warnings(), caplog.at_level("INFO"):
+        warnings.simplefilter("ignore")
+        fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=1,
+            logger=CSVLogger(str(tmp_path)))  # fmt: skip
+    line = next(line for line in caplog.text.splitlines() if "lightning-viz: watching" in line)
+    assert line.endswith(
+        "watching filters of 3 conv layers (images of model.features.0); not rendered without a "
+        "logger that takes images: DeconvLogger, GradCAMLogger"
+    )
+
+
 def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path, caplog):
     """Lightning swaps the loggers for a dummy under fast_dev_run: the start line said "no
     TensorBoardLogger attached: scalars only" though one was passed, and nothing is written."""
