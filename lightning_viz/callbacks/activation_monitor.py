@@ -210,8 +210,8 @@ class ActivationMonitor(VizCallback):
     Args:
         layers: names of modules whose (4-D) outputs to watch; default every activation module.
         every_n_steps: sample every this many training batches (batches, not optimizer steps,
-            so runs with several optimizers still sample); default the Trainer's
-            ``log_every_n_steps``.
+            so runs with several optimizers still sample; under gradient accumulation at most
+            one batch per optimizer step); default the Trainer's ``log_every_n_steps``.
         dead_threshold: the dead fraction at which ``dead_channels`` fires.
         saturated_threshold: the saturated fraction at which ``saturated`` fires.
         warmup_epochs: epochs before ``dead_channels`` and ``saturated`` may fire.
@@ -341,6 +341,7 @@ class ActivationMonitor(VizCallback):
         self._saturation: dict[str, list[float]] = {}
         self._batches_seen = 0
         self._epoch_sampled = False
+        self._sampled_step: int | None = None  # the optimizer step of the latest sample
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -352,7 +353,7 @@ class ActivationMonitor(VizCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        self._batches_seen = 0
+        self._batches_seen, self._sampled_step = 0, None
         self._pending, self._flush_every, self._problems = [], 1, []
         self._buffers.clear()
         self._other_output = None
@@ -429,7 +430,9 @@ class ActivationMonitor(VizCallback):
         self._batches_seen += 1
         if not self.showing:
             return
-        due = self._batches_seen % self._interval == 0
+        # one sample per optimizer step: under gradient accumulation its batches share it, and
+        # each logged its values at it (4 points a step, drawn as vertical jumps)
+        due = self._batches_seen % self._interval == 0 and self._sampled_step != trainer.global_step
         # an epoch's last batch is sampled when nothing else of the epoch was (epochs shorter
         # than the cadence, or the views' cost over the budget), so that every epoch's
         # dead-channel, saturation and NaN checks have data: the monitor's own share decides
@@ -444,6 +447,7 @@ class ActivationMonitor(VizCallback):
         # where no whole sample fits, the epoch's last batch is read for the health checks
         # alone (the channels' maxima): they never wait for the budget, as FilterMonitor's do not
         self._epoch_sampled = True
+        self._sampled_step = trainer.global_step
         with self.timed(trainer):
             self._add_hooks(trainer, health_only=not whole)
 

@@ -61,6 +61,16 @@ def test_default_cadence_is_the_trainers_log_every_n_steps(tmp_path):
     assert steps == [5, 10, 15, 20]  # fit() sets log_every_n_steps=5
 
 
+def test_gradient_accumulation_samples_one_batch_per_optimizer_step(tmp_path):
+    """With accumulate_grad_batches=4 every batch was sampled and logged at its shared step:
+    4 values a step, which TensorBoard drew as vertical jumps (a user trial)."""
+    monitor = ActivationMonitor(layers=[RELUS[0]], every_n_steps=1, strict=True)
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1, accumulate_grad_batches=4)
+    steps = [e.step for e in read_events(tmp_path).Scalars(f"activations/{RELUS[0]}/zero_fraction")]
+    assert steps == sorted(set(steps))  # one value a step
+    assert steps == list(range(6))  # 23 batches: 6 optimizer steps, each its first batch's
+
+
 def test_an_epoch_shorter_than_the_cadence_still_samples_its_last_batch(tmp_path):
     """A fine-tune of 3 epochs of 13 batches at the default cadence of 50 had no sample at all,
     so no epoch had a dead-channel check."""
