@@ -285,7 +285,7 @@ class ActivationGridLogger(ProbeCallback):
         if not signed:
             return (
                 "Each probe's maps are scaled from 0 to their largest value (in the text table): "
-                "a weak map stays dark beside a strong one."
+                "a weak map stays dark beside a strong one. Eval mode, as the probe views run."
             )
         module = self._layers.get(layer)
         why = (
@@ -295,7 +295,8 @@ class ActivationGridLogger(ProbeCallback):
         )
         return (
             f"The layer has negative values ({why}): blue below 0, white at 0, red above. Each "
-            "probe's maps are scaled to their largest absolute value (in the text table)."
+            "probe's maps are scaled to their largest absolute value (in the text table). Eval "
+            "mode, as the probe views run."
         )
 
     def _table(self, layer: str, probes: Probes, host: dict[str, Tensor]) -> str:

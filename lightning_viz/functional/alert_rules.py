@@ -257,8 +257,10 @@ def dead_channel_finding(layer: str, fraction: float, threshold: float, epoch: i
         fraction,
         threshold,
         f"{fraction:.0%} of the channels of layer {layer!r} had no positive value in any sampled "
-        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}). Dead ReLUs: check for "
-        "a learning rate too high, a bad initialization, or a large negative bias.",
+        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}), in training mode "
+        "(BatchNorm normalizing by each batch's statistics; the probe views run in eval mode, "
+        "with the running ones, and can show these channels alive). Dead ReLUs: check for a "
+        "learning rate too high, a bad initialization, or a large negative bias.",
     )
 
 

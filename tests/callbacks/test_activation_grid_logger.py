@@ -164,6 +164,10 @@ def test_the_note_says_why_a_layer_has_negative_values(tmp_path):
         "The layer has negative values (its activation, GELU, lets some through)"
     )
     assert scale_note(events, layers[2]).startswith("Each probe's maps are scaled from 0")
+    # ActivationMonitor's dead channels are read in training mode: the grid says its mode
+    assert all(
+        scale_note(events, layer).endswith("Eval mode, as the probe views run.") for layer in layers
+    )
 
 
 def test_default_layers_are_the_first_and_the_deepest_activated_maps():

@@ -166,6 +166,9 @@ def test_dead_channels_at_and_below_the_threshold():
     finding = dead_channel_finding("relu", 0.25, 0.5, 2)
     assert not finding.firing
     assert "25% of the channels of layer 'relu'" in finding.message
+    # a user's activation grid showed the 'dead' channels bright: it runs in eval mode
+    assert "in training mode" in finding.message
+    assert "the probe views run in eval mode" in finding.message
 
 
 def test_saturation():
