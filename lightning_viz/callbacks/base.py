@@ -138,17 +138,19 @@ class RunContext:
         if self.held_notices is None:
             self.held_notices = []
 
-    def release_notices(self) -> None:
+    def release_notices(self, table: bool = True) -> None:
         """Deliver the notices held (while the fit started or a validation ran), alike ones
         together, and hold no more (also when the start failed half-way); write the alert table
-        held meanwhile."""
+        held meanwhile (``table``: not at a validation's end, whose step's epoch end may add
+        rows and alerts, a second table and ``alerts/count`` point at one step, 0 then 7)."""
         if self.held_notices is not None:
             held, self.held_notices = self.held_notices, None
             deliver_notices(held)
         lines, self.held_lines = self.held_lines, []
         for line in lines:
             rank_zero_info(line)
-        self.write_held_table()
+        if table:
+            self.write_held_table()
 
     def say(self, line: str) -> None:
         """Log ``line`` on rank 0, after the held notices while they are held: a first render's
@@ -614,7 +616,7 @@ class VizCallback(*CALLBACK_BASES):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         context = RunContext.of(trainer)
         if context.callbacks(trainer)[-1] is self:
-            context.release_notices()
+            context.release_notices(table=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -143,6 +143,28 @@ def test_alerts_count_has_the_steps_total_once_though_several_callbacks_measure_
     assert [e.step for e in count] == sorted({e.step for e in count})
 
 
+class CountsThenAlerts(VizCallback):
+    """Counts the alerts at every batch's end, and raises one at the epoch's end."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.count_alerts(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.raise_alert(trainer, Finding("flapping", "layer", True, 1.0, 0.5, "look here"))
+        self.count_alerts(trainer)
+
+
+def test_a_validation_between_a_steps_count_and_its_epoch_end_alerts_leaves_one_point(tmp_path):
+    """The validation's end wrote the last batch's count, 0, and the epoch's end, at the same
+    step, 7 more: a vertical line, whose 7 fell off the chart (a user trial)."""
+    callback = CountsThenAlerts(on_alert=lambda alert: None)
+    fit(DigitsClassifier(), [callback], tmp_path, epochs=1, limit_train_batches=2)
+    events = read_events(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("alerts/count")] == [(1, 0.0), (2, 1.0)]
+    assert [e.step for e in events.Tensors("alerts/text_summary")] == [2]
+
+
 def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     callback = Flapping(on_alert="stop")
     with pytest.warns(UserWarning, match="Flapping: look here"), caplog.at_level("INFO"):
