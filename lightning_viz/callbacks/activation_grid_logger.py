@@ -34,10 +34,13 @@ from lightning_viz.functional.images import (
     colormap_table,
     panels_per_row,
     readable,
+    shrunk,
     to_uint8,
 )
 from lightning_viz.probes import BatchToImages, Probes
 
+PANEL_PADDING = 6
+"""White pixels around and between the probes' blocks."""
 SIGNED_CMAP = "RdBu_r"
 """The diverging colormap of layers whose maps have negative values (before their activation):
 blue below 0, white at 0, red above."""
@@ -217,8 +220,15 @@ class ActivationGridLogger(ProbeCallback):
         top = top_feature_maps(
             pl_module, probes.images, list(self._layers), self.k, self.probe_forward(pl_module)
         )
-        display = readable(to_uint8(probes.display))
+        readable_display = readable(to_uint8(probes.display))
         for layer, found in top.items():
+            columns = math.ceil(math.sqrt(found.maps.shape[1] + 1))
+            # tiles narrow enough that a block's columns fit the card (224-pixel probes' 192-pixel
+            # tiles made a 592-pixel image, its captions shrunk to 5 pixels)
+            side = (CARD_WIDTH - 2 * PANEL_PADDING - 2 * (columns - 1)) // columns
+            display = readable_display
+            if max(display.shape[-2:]) > side:
+                display = shrunk(display, side)
             drawn = feature_map_tiles(found.maps, tuple(display.shape[-2:]), self.cmap, SIGNED_CMAP)
             host = to_host(
                 {
@@ -248,9 +258,9 @@ class ActivationGridLogger(ProbeCallback):
                 for i, (row, empty) in enumerate(zip(channels[:shown], blank[:shown], strict=True))
             ]
             tiles = torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1)
-            panels = captioned_blocks(tiles, captions, math.ceil(math.sqrt(tiles.shape[1])))
+            panels = captioned_blocks(tiles, captions, columns)
             per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
-            image = grid(panels, nrow=per_row, padding=6)
+            image = grid(panels, nrow=per_row, padding=PANEL_PADDING)
             legend = self._legend(layer, image, len(channels[0]), bool(host["signed"]))
             if len(panels) < len(channels):
                 note = f"The first {len(panels)} of the {len(channels)} probes; the text lists all."

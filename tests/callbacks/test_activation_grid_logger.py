@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz.callbacks.activation_grid_logger import (
     ActivationGridLogger,
@@ -14,7 +15,7 @@ from lightning_viz.callbacks.activation_grid_logger import (
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional.activation_grid import top_feature_maps
 from lightning_viz.functional.captions import fits
-from lightning_viz.functional.images import colormap_table, to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, colormap_table, to_uint8
 from lightning_viz.testing import ImageClassifier, TinyFunctionalCNN
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
@@ -24,6 +25,7 @@ from tests.helpers import (
     fit,
     hook_count,
     image_pixels,
+    make_trainer,
     read_events,
     text_rows,
 )
@@ -88,6 +90,17 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         assert_colour(pixels[BAND + BAND // 2, width // 2], "viridis", 128)
     assert hook_count(module) == 0
     assert not logger.alerts.raised
+
+
+def test_large_probes_make_blocks_that_fit_the_card(tmp_path):
+    """224-pixel probes: 192-pixel tiles made a 592-pixel image, its captions shrunk to 5."""
+    images = torch.rand(4, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(images, torch.arange(4)), batch_size=4)
+    logger = ActivationGridLogger(layers=["model.conv1"], strict=True)
+    trainer = make_trainer(tmp_path, [logger], max_epochs=1)
+    trainer.fit(Classifier(TinyFunctionalCNN()), data, data)
+    image = read_events(tmp_path).Images("activation_grid/model.conv1")[-1]
+    assert CARD_WIDTH - 20 <= image.width <= CARD_WIDTH
 
 
 def test_a_map_zero_everywhere_says_so_in_its_caption(tmp_path):
