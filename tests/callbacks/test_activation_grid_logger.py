@@ -38,9 +38,9 @@ BLOCK = 3 * (BAND + TILE) + 2 * 2
 """A probe's block: its 9 tiles (the probe, 8 channels) in 3 rows of 3, 2 pixels apart."""
 GRID_HEIGHT = 4 * BLOCK + 5 * GAP
 """The first four probes' blocks, one under the other (ten ran 3,500 pixels down the card)."""
-LEGEND = 6 * BAND
-"""Above the blocks: the colour bar's title and ramp, a note of three lines, and one saying
-which probes are drawn."""
+LEGEND = 7 * BAND
+"""Above the blocks: the colour bar's title and ramp, a note of four lines (how the maps are
+scaled, in eval mode), and one saying which probes are drawn."""
 WIDTH = 3 * (TILE + 2) - 2 + 2 * GAP
 """Three tiles: as narrow as TensorBoard's card."""
 
@@ -142,8 +142,8 @@ def test_drawn_probes_none_draws_every_probe(tmp_path):
     logger = ActivationGridLogger(layers=["model.features.2"], drawn_probes=None, strict=True)
     fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
     image = read_events(tmp_path).Images("activation_grid/model.features.2")[-1]
-    # ten blocks under the colour bar and its three-line note, no line on the probes drawn
-    assert (image.width, image.height) == (WIDTH, 5 * BAND + 10 * BLOCK + 11 * GAP)
+    # ten blocks under the colour bar and its four-line note, no line on the probes drawn
+    assert (image.width, image.height) == (WIDTH, LEGEND - BAND + 10 * BLOCK + 11 * GAP)
 
 
 def test_a_layer_before_its_relu_is_drawn_in_the_diverging_map(tmp_path):
