@@ -124,8 +124,8 @@ class RunContext:
         if len(self.started_callbacks) != len(everyone):
             return
         shown = [c for c in everyone if c.showing]
-        watched = [w for c in shown if c.renders(trainer) and (w := c.watching()) is not None]
-        idle = [type(c).__name__ for c in shown if not c.renders(trainer)]
+        watched = [w for c in shown if c.logs_anything(trainer) and (w := c.watching()) is not None]
+        idle = [type(c).__name__ for c in shown if not c.logs_anything(trainer)]
         line = f"lightning-viz: watching {', '.join(watched) or 'nothing'}"
         if idle:  # listed as watched, they showed nothing
             line += f"; not rendered without a logger that takes images: {', '.join(idle)}"
@@ -713,7 +713,7 @@ class VizCallback(*CALLBACK_BASES):
         training starts (None: nothing)."""
         return None
 
-    def renders(self, trainer: pl.Trainer) -> bool:
+    def logs_anything(self, trainer: pl.Trainer) -> bool:
         """Whether the callback logs anything in this fit with the loggers attached (default:
         yes)."""
         return True

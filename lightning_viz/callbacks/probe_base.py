@@ -336,14 +336,14 @@ class ProbeCallback(VizCallback):
         return True
 
     @override
-    def renders(self, trainer: pl.Trainer) -> bool:
+    def logs_anything(self, trainer: pl.Trainer) -> bool:
         """Only where a logger takes its images, or its scalars (:meth:`logs_scalars`), or
         under ``fast_dev_run``, whose point is to run every piece once."""
         return self.logs_scalars() or bool(trainer.fast_dev_run) or self.takes_images(trainer)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
-        if not trainer.is_global_zero or not self.renders(trainer):
+        if not trainer.is_global_zero or not self.logs_anything(trainer):
             return
         name = type(self).__name__
         started = time.perf_counter()
