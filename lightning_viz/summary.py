@@ -83,8 +83,9 @@ def summarize(run: Path) -> str | None:
         lines.append(
             "values: latest (change since the first); layers in "
             f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
-            "logged (a conv's filters or an activation's maps; a dead fraction after "
-            f"{tags.DEAD_AFTER_VALUES:,} values per channel in an epoch)"
+            "measured for this layer (filter columns are a conv's, activation columns an "
+            "activation's; a dead fraction needs an epoch of "
+            f"{tags.DEAD_AFTER_VALUES:,} values per channel)"
         )
     else:  # no monitor attached, or one that showed nothing (a notice says why)
         lines.append("layers: no filter or activation measured")
@@ -107,7 +108,7 @@ def summarize(run: Path) -> str | None:
 def _overhead(events: Any, scalars: set[str]) -> str | None:
     """One line: the share of training time lightning-viz took over the run (each logged
     interval weighted by its wall-clock length, the first from the run's first entry) and in
-    the latest interval, per callback."""
+    the latest interval, per callback, the costliest first."""
     if tags.OVERHEAD not in scalars:
         return None
     total = events.Scalars(tags.OVERHEAD)
@@ -122,11 +123,13 @@ def _overhead(events: Any, scalars: set[str]) -> str | None:
         return sum(e.value * w for e, w in zip(entries, weights, strict=True)) / sum(weights)
 
     prefix = tags.tag(tags.OVERHEAD_OF, "", "")
-    parts = [
-        f"{tag[len(prefix) :]} {run_share(events.Scalars(tag)):.1%}"
-        for tag in sorted(scalars)
+    shares = {
+        tag[len(prefix) :]: run_share(events.Scalars(tag))
+        for tag in scalars
         if tag.startswith(prefix)
-    ]
+    }
+    costliest = sorted(shares, key=lambda name: (-shares[name], name))
+    parts = [f"{name} {shares[name]:.1%}" for name in costliest]
     return (
         f"overhead: lightning-viz took {run_share(total):.1%} of training time "
         f"(latest epoch {total[-1].value:.1%}): {', '.join(parts)}"
@@ -164,7 +167,7 @@ def _trust(events: Any, scalars: set[str]) -> list[str]:
             text = events.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
             above = itertools.takewhile(lambda t: not t.startswith("|"), text.splitlines())
             said = " ".join(t.strip() for t in above if t.strip())
-            line += f" ({said})" if said else ""
+            line += f"; {said}" if said else ""  # its own sentences: in brackets, "0.9.)"
         lines.append(line)
     return ["trust scores of the explanations (latest):", *lines] if lines else []
 

@@ -52,6 +52,7 @@ def test_activation_monitor_says_why_it_shows_nothing_on_a_compiled_model(tmp_pa
         trainer = fit(module, [monitor], tmp_path, epochs=1)
     assert trainer.current_epoch == 1
     assert [a.kind for a in monitor.alerts.raised] == ["not_shown"]
+    assert "default_callbacks(activations=False) leaves it out" in monitor.alerts.raised[0].message
     explicit = ActivationMonitor(layers=["model.features.2"])
     with pytest.raises(ValueError, match=message):
         fit(module, [explicit], tmp_path / "explicit", epochs=1)

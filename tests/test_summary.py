@@ -47,7 +47,7 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     assert frozen.rstrip().endswith("frozen")  # its active alert, flagged in its row
     relu = next(line for line in lines if line.startswith("model.features.2 "))
     assert relu.split()[1] == "-"  # no filter scalars on a ReLU
-    assert "- not logged (a conv's filters or an activation's maps; a dead fraction" in out
+    assert "- not measured for this layer (filter columns are a conv's, activation columns" in out
     # model order: each conv beside the ReLU that follows it, features.10 after features.8
     order = [line.split()[0] for line in lines if line.startswith("model.")]
     assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
@@ -97,7 +97,8 @@ def test_summary_gives_each_explanation_s_trust_scores_and_what_its_text_said(tm
     ]
     stability = read_events(tmp_path / "run").Scalars("stability/gradcam/model.features")
     assert float(names[0][1]) == pytest.approx(stability[-1].value, abs=0.005)
-    assert re.search(r"\((stable since epoch 1|not settled: rank correlation)", line)
+    assert re.search(r"; (stable since epoch 1|not settled: rank correlation)", line)
+    assert not line.endswith(".)")
 
 
 def test_a_text_that_starts_with_its_table_adds_no_note(tmp_path, capsys):

@@ -365,7 +365,8 @@ class ActivationMonitor(VizCallback):
                 f"it needs forward hooks in the training forward, but {where} is "
                 "torch.compile'd and compiled code skips hooks added after compilation. Use "
                 "ActivationMonitor on an uncompiled run (e.g. a short diagnostic run); the other "
-                "lightning-viz callbacks work with compiled models."
+                "lightning-viz callbacks work with compiled models "
+                "(default_callbacks(activations=False) leaves it out)."
             )
             if self.layer_names is not None:
                 raise ValueError(f"{source}: {why}")
