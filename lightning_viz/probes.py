@@ -358,18 +358,21 @@ MAX_MASK_CLASS = 1023
 _MASK_KEYS = ("mask", "masks", "label", "labels", "target", "targets", "segmentation", "y")
 
 
+def _targets(batch: Any, keys: Sequence[str]) -> list[Any]:
+    """What may be a batch's targets: a sequence's second element, or a dict's under ``keys``."""
+    if isinstance(batch, (list, tuple)):
+        return list(batch[1:2])
+    if isinstance(batch, dict):
+        return [batch[key] for key in keys if key in batch]
+    return []
+
+
 def _masks(batch: Any, images: Tensor) -> Tensor | None:
     """The batch's segmentation masks: an integer (N, H, W) tensor the images' size, second in
     a sequence or under a mask or label key of a dict, whose values are class ids
     (:data:`MAX_MASK_CLASS`); None without one."""
-    if isinstance(batch, (list, tuple)):
-        candidates = list(batch[1:2])
-    elif isinstance(batch, dict):
-        candidates = [batch[key] for key in _MASK_KEYS if key in batch]
-    else:
-        return None
     n, _, height, width = images.shape
-    for value in candidates:
+    for value in _targets(batch, _MASK_KEYS):
         if (
             isinstance(value, Tensor)
             and value is not images
@@ -386,13 +389,7 @@ def _multi_hot(batch: Any, images: Tensor) -> Tensor | None:
     """The batch's multi-hot targets: an (N, K) tensor of 0s and 1s (K >= 2) second in a
     sequence or under a label key of a dict, as a multi-label classifier trains on; None
     without one."""
-    if isinstance(batch, (list, tuple)):
-        candidates = list(batch[1:2])
-    elif isinstance(batch, dict):
-        candidates = [batch[key] for key in _LABEL_KEYS if key in batch]
-    else:
-        return None
-    for value in candidates:
+    for value in _targets(batch, _LABEL_KEYS):
         if (
             isinstance(value, Tensor)
             and value.dim() == 2
