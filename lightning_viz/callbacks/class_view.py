@@ -91,9 +91,10 @@ def prediction_caption(
     ``segmented`` class. Where the whole would not fit, the probability goes first (the text
     table gives the prediction's), then, for a class that is the probe's label
     (``labelled``: its own caption names it), the class, as ``✗ pred <predicted>`` (a wrong
-    prediction); a class name that still does not fit is shortened in its middle, never
-    dropped ("pred temple 93%" read "pred temple …" on the demo's 96-pixel tiles, and a wrong
-    prediction hid behind "for normal")."""
+    prediction); a class name that still does not fit is shortened
+    (:func:`~lightning_viz.functional.captions.with_name`), never dropped ("pred temple 93%"
+    read "pred temple …" on the demo's 96-pixel tiles, and a wrong prediction hid behind "for
+    normal")."""
     if segmented:
         candidates, (template, shortened) = [f"{name} on {value:.0%}"], ("{}", name)
     elif predicted is None:

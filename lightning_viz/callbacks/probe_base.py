@@ -315,7 +315,7 @@ class ProbeCallback(VizCallback):
     def probe_caption(self, probes: Probes, index: int, width: int) -> str:
         """What a probe's tile, ``width`` pixels wide, says: "true <class>" when it has a label,
         the class name alone where "true " would cut it ("true green s…" could be a green
-        square or a green star), shortened in its middle where even that does not fit
+        square or a green star), shortened where even that does not fit
         (:func:`~lightning_viz.functional.captions.with_name`), else its index."""
         if probes.labels is None:
             return f"probe {index}"

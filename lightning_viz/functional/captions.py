@@ -50,16 +50,17 @@ def fit_text(text: str, width: int) -> str:
 
 
 def with_name(template: str, name: str, width: int) -> str:
-    """``template`` with ``name`` in its ``{}``, the name shortened in its middle where the whole
-    would not fit a caption band ``width`` pixels wide: class names that differ only at their
-    end ("n01530575 brambling", "n01531178 goldfinch") all read alike cut at the end."""
-    font = _font()
-    room = width - 4 - font.getlength(template.format(""))
-    if font.getlength(name) <= room:
-        return template.format(name)
+    """``template`` with ``name`` in its ``{}``, the name shortened where the whole would not
+    fit a caption band ``width`` pixels wide: cut at its end while that keeps half of it or
+    more ("plus s…"), else in its middle, so that names that differ only at their end
+    ("n01530575 brambling", "n01531178 goldfinch") do not all read "n015…"."""
+    room = width - 4 - _font().getlength(template.format(""))
+    end_cut = fit_text(name, room)
+    if len(end_cut) - 1 >= len(name) / 2 or end_cut == name:
+        return template.format(end_cut)
     for kept in range(len(name) - 1, 0, -1):
         short = f"{name[: (kept + 1) // 2].rstrip()}…{name[len(name) - kept // 2 :].lstrip()}"
-        if font.getlength(short) <= room:
+        if _font().getlength(short) <= room:
             return template.format(short)
     return template.format("…")
 
