@@ -404,8 +404,8 @@ def _multi_hot(batch: Any, images: Tensor) -> Tensor | None:
 def _multi_hot_order(targets: Tensor) -> tuple[Tensor, Tensor]:
     """Indices of images and the class each is picked for, from (N, K) multi-hot targets: per
     class (ascending), the first image it is on with the fewest classes on (the clearest
-    example), then the rest in order, each for its first class; images with no class on are
-    left out."""
+    example), then the rest in order, each for its class picked least so far (each for its
+    first class, half the probes explained class 0); images with no class on are left out."""
     chosen: list[int] = []
     picked_for: list[int] = []
     on_count = targets.sum(dim=1)
@@ -417,7 +417,8 @@ def _multi_hot_order(targets: Tensor) -> tuple[Tensor, Tensor]:
     for i in range(len(targets)):
         if i not in chosen and targets[i].any():
             chosen.append(i)
-            picked_for.append(int(targets[i].nonzero()[0]))
+            on = targets[i].nonzero().flatten().tolist()
+            picked_for.append(min(on, key=lambda c: (picked_for.count(c), c)))
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(picked_for, dtype=torch.long)
 
 

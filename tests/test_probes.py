@@ -79,6 +79,10 @@ def test_multi_hot_targets_pick_per_class_the_clearest_image_it_is_on():
     assert probes.multi_label
     labels = Probes.from_dataloader(DataLoader(TensorDataset(images, torch.arange(6)), 3))
     assert not labels.multi_label
+    # images with every class on: the rest go round the classes (each for its first class,
+    # half a user's probes explained class 0)
+    every = Probes.from_dataloader(DataLoader(TensorDataset(images, torch.ones(6, 3)), 3))
+    assert every.labels.tolist() == [0, 1, 2, 0, 1, 2]
 
 
 def test_from_files(tmp_path):

@@ -83,6 +83,7 @@ def prediction_caption(
     segmented: bool = False,
     predicted: str | None = None,
     labelled: bool = False,
+    independent: bool = False,
 ) -> str:
     """A map's caption on a tile ``width`` pixels wide: ``pred <class> <probability>`` when the
     map explains the predicted class ``name``; ``for <class> <probability>, pred <predicted>``
@@ -94,8 +95,15 @@ def prediction_caption(
     prediction); a class name that still does not fit is shortened
     (:func:`~lightning_viz.functional.captions.with_name`), never dropped ("pred temple 93%"
     read "pred temple …" on the demo's 96-pixel tiles, and a wrong prediction hid behind "for
-    normal")."""
-    if segmented:
+    normal"). Classes read each through its own sigmoid (``independent``, a multi-label
+    model's) have no one prediction: ``<class> <its probability>``, with ``✗`` before a
+    probe's label the model gives under 50% (a correct "even" read "✗ pred even" beside a
+    probe labelled "has loop")."""
+    if independent:
+        missed = "✗ " if labelled and value < 0.5 else ""
+        candidates = [f"{missed}{name} {value:.0%}"]
+        template, shortened = f"{missed}{{}}", name
+    elif segmented:
         candidates, (template, shortened) = [f"{name} on {value:.0%}"], ("{}", name)
     elif predicted is None:
         candidates, (template, shortened) = [f"pred {name} {value:.0%}"], ("pred {}", name)
@@ -365,11 +373,15 @@ class ClassView(ProbeCallback):
         else:
             probabilities = self.measured(logits).cpu()
             headers = "predicted | probability"
+        independent = not segmented and self.measure_as == "sigmoid"
+        if independent:  # a multi-label model: each class on its own
+            headers = "highest-scoring class | the explained class's probability"
         explained = explained.cpu()
         predicted = probabilities.argmax(dim=1)
         explained_values = probabilities.gather(1, explained[:, None])[:, 0]
-        # the table gives a segmentation's explained class's share, a classifier's top probability
-        confidence = explained_values if segmented else probabilities.amax(dim=1)
+        # the table gives a classifier's top probability, else the explained class's
+        own = segmented or independent
+        confidence = explained_values if own else probabilities.amax(dim=1)
         labels = [None] * n if probes.labels is None else probes.labels.tolist()
         map_captions = [
             prediction_caption(
@@ -379,6 +391,7 @@ class ClassView(ProbeCallback):
                 segmented,
                 predicted=None if e == p else class_name(p, names),
                 labelled=e == label,
+                independent=independent,
             )
             for e, p, v, label in zip(
                 explained.tolist(),

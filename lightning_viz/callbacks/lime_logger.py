@@ -186,12 +186,18 @@ class LIMELogger(ClassView):
             return
         self._labels = slic_segments(probes.display, self.segments)
         few = self._labels.flatten(1).amax(dim=1) + 1 < min(MIN_SEGMENTS, self.segments)
-        if few.any():  # on noise, SLIC merges the whole image into one or two superpixels
+        if few.all():  # on noise, SLIC merges the whole image into one or two superpixels
+            self._labels = self._grid(probes)
+            self._segments_said = (
+                f"a {grid}: SLIC cut every probe into fewer than {MIN_SEGMENTS} superpixels, "
+                "as it does noisy or flat images"
+            )
+        elif few.any():
             self._labels = torch.where(few[:, None, None], self._grid(probes), self._labels)
             named = ", ".join(map(str, few.nonzero().flatten().tolist()))
             self._segments_said += (
-                f"; the {grid} on probe(s) {named}, which SLIC cut into fewer than "
-                f"{MIN_SEGMENTS} superpixels (noisy or flat images)"
+                f"; a {grid} on probe(s) {named}, which SLIC cut into fewer than "
+                f"{MIN_SEGMENTS} superpixels"
             )
 
     def _grid(self, probes: Probes) -> torch.Tensor:
@@ -252,7 +258,7 @@ class LIMELogger(ClassView):
         note = rating[tags.LIME].note
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {
-            "largest weight": [f"{w:.3f}" for w in explanation.weights.abs().amax(dim=1).tolist()],
+            "largest weight": [f"{w:.3g}" for w in explanation.weights.abs().amax(dim=1).tolist()],
             "R^2": [
                 "-" if math.isnan(score) else f"{score:.2f}" for score in explanation.score.tolist()
             ],

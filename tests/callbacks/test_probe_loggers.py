@@ -407,6 +407,10 @@ def test_a_wrong_predictions_caption_keeps_both_classes_as_far_as_they_fit():
     # a fixed class is not the probe's: its map keeps it
     assert prediction_caption("number 0", 0.08, 96, predicted="number 2") == "for number 0"
     assert prediction_caption("2", 0.91, 96) == "pred 2 91%"
+    # a multi-label model's classes, each on its own: no one prediction
+    assert prediction_caption("even", 0.99, 96, labelled=True, independent=True) == "even 99%"
+    assert prediction_caption("even", 0.12, 96, labelled=True, independent=True) == "✗ even 12%"
+    assert prediction_caption("even", 0.12, 96, independent=True) == "even 12%"
     shrike = prediction_caption("n00000107 great grey shrike", 0.9, 96)
     kite = prediction_caption("n00000954 red kite", 0.9, 96)
     assert shrike.startswith("pred n0")
