@@ -133,9 +133,9 @@ def test_images_are_served_as_decodable_pngs(server):
         ("saliency/smoothgrad", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
         ("lime/weights", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
         ("cam/model.features", (2 * 200 + 6, 5 * 118 + 6 + 32), 0),
-        # its blocks run down the page: the legend (title, ramp, 3 lines of note, the line on
+        # its blocks run down the page: the legend (title, ramp, 4 lines of note, the line on
         # the probes drawn) is on top
-        ("activation_grid/model.features.2", (3 * 98 - 2 + 12, 6 * 16 + 4 * 340 + 5 * 6), 6 * 16),
+        ("activation_grid/model.features.2", (3 * 98 - 2 + 12, 7 * 16 + 4 * 340 + 5 * 6), 7 * 16),
     ],
 )
 def test_every_probe_view_is_served_with_captions(server, tag, size, top):
