@@ -80,7 +80,8 @@ class RunContext:
     _of_trainer: ClassVar[weakref.WeakKeyDictionary[Any, RunContext]] = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
-        self.picked_probes: dict[tuple[int | None, Any], Probes] = {}  # by count, batch_to_images
+        # by count and batch_to_images: the probes and the loader they came from
+        self.picked_probes: dict[tuple[int | None, Any], tuple[Probes, str]] = {}
         self.layout_written = False
         self.alert_rows: list[tuple[str, Alert]] = []
         self.started_callbacks: set[int] = set()

@@ -67,7 +67,7 @@ def class_names_of(trainer: pl.Trainer) -> list[str] | None:
     loader's dataset (torchvision datasets' ``classes``, through ``Subset``); None if neither."""
     sources = [getattr(trainer, "datamodule", None)]
     try:
-        dataset = getattr(default_probe_loader(trainer), "dataset", None)
+        dataset = getattr(default_probe_loader(trainer)[0], "dataset", None)
     except ValueError:
         dataset = None
     while dataset is not None:
@@ -94,15 +94,16 @@ def in_training_precision(
     return lambda images: run(images.to(dtype))
 
 
-def default_probe_loader(trainer: pl.Trainer) -> Any:
-    """The validation dataloader of the fit, else the training one (the first of several)."""
-    for loader in fit_dataloaders(trainer):
+def default_probe_loader(trainer: pl.Trainer) -> tuple[Any, str]:
+    """The validation dataloader of the fit, else the training one (the first of several), and
+    which it is: ``"validation"`` or ``"training"``."""
+    for loader, source in zip(fit_dataloaders(trainer), ("validation", "training"), strict=True):
         if isinstance(loader, (list, tuple)):
             loader = loader[0] if loader else None
         elif isinstance(loader, dict):
             loader = next(iter(loader.values()), None)
         if loader is not None:
-            return loader
+            return loader, source
     raise ValueError("no dataloader to pick probes from: pass probes=Probes(images, labels)")
 
 
@@ -154,6 +155,7 @@ class ProbeCallback(VizCallback):
         self.num_probes = None if num_probes is None else check_int("num_probes", num_probes)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.probes: Probes | None = None
+        self._from_training = False  # picked from the training data: no validation data
         self._said_slow = False
 
     # ----------------------------------------------------------------------------- hooks
@@ -233,13 +235,16 @@ class ProbeCallback(VizCallback):
         key = (self.num_probes, self.batch_to_images)
         if key not in picked:
             try:
-                loader = default_probe_loader(trainer)
-                picked[key] = Probes.from_dataloader(
+                loader, source = default_probe_loader(trainer)
+                probes = Probes.from_dataloader(
                     loader, n=self.num_probes, batch_to_images=self.batch_to_images
                 )
             except ValueError as error:
                 raise Unsuited(f"{error}") from None
-        return picked[key]
+            picked[key] = (probes, source)
+        probes, source = picked[key]
+        self._from_training = source == "training"
+        return probes
 
     def _check_probes(self, pl_module: pl.LightningModule) -> Any:
         """The model's output on the first probe, after checking that the probes fit the model:
@@ -305,9 +310,10 @@ class ProbeCallback(VizCallback):
     def on_probes(self) -> str:
         """ "on N probes" for the "watching" line, which says when they have no labels (the
         views then explain the predicted class; a batch whose labels are not its second
-        element needs ``batch_to_images=``)."""
+        element needs ``batch_to_images=``) and when they came from the training data."""
         labelled = "" if self.probes.labels is not None else "unlabelled "
-        return f"on {len(self.probes)} {labelled}probes"
+        where = " from the training data (no validation data)" if self._from_training else ""
+        return f"on {len(self.probes)} {labelled}probes{where}"
 
     view = "probe views"
     """What the callback shows, for the line printed at fit start."""

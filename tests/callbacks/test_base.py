@@ -314,6 +314,18 @@ def test_the_watching_line_names_the_views_a_csv_logger_leaves_unrendered(tmp_pa
     )
 
 
+def test_the_watching_line_says_probes_came_from_the_training_data(tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        fit(DigitsClassifier(), [GradCAMLogger()], tmp_path, epochs=1, limit_train_batches=1,
+            validate=False)  # fmt: skip
+    assert "on 10 probes from the training data (no validation data)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        fit(DigitsClassifier(), [GradCAMLogger()], tmp_path / "v", epochs=1, limit_train_batches=1)
+    line = next(line for line in caplog.text.splitlines() if "lightning-viz: watching" in line)
+    assert line.endswith("on 10 probes")  # from the validation data, as usual: nothing said
+
+
 def test_fast_dev_run_is_not_told_to_add_a_tensorboard_logger(tmp_path, caplog):
     """Lightning swaps the loggers for a dummy under fast_dev_run: the start line said "no
     TensorBoardLogger attached: scalars only" though one was passed, and nothing is written."""
@@ -635,7 +647,8 @@ def test_the_watching_line_says_when_the_probes_have_no_labels(tmp_path, caplog)
     watching = next(r.getMessage() for r in caplog.records if "viz: watching" in r.getMessage())
     assert watching == (
         "lightning-viz: watching filters of 1 conv layer (images of model.0), activations of 1 "
-        "layer, Grad-CAM of model.1 on 8 unlabelled probes"
+        "layer, Grad-CAM of model.1 on 8 unlabelled probes from the training data (no "
+        "validation data)"
     )
 
 
