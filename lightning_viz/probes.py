@@ -195,7 +195,8 @@ class Probes:
         ``batch_to_images``, which names the images and labels itself). Multi-hot targets (an
         (N, K) tensor of 0s and 1s, a multi-label classifier's) pick per class the first image
         it is on with the fewest classes on, labelled with that class (``multi_label``: the class
-        views then read each class's sigmoid unless told otherwise).
+        views then read each class's sigmoid unless told otherwise); one-hot targets (a single 1
+        per image) are labels.
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
@@ -252,8 +253,11 @@ class Probes:
             class_masks = all_masks[chosen] == classes[:, None, None]
             return cls(all_images[chosen], classes, masks=class_masks)
         if multi_hot and len(multi_hot) == len(images):
-            chosen, classes = _multi_hot_order(torch.cat(multi_hot))
-            return cls(all_images[chosen[:n]], classes[:n], multi_label=True)
+            if all(bool((hot.sum(dim=1) == 1).all()) for hot in multi_hot):  # one-hot: 1 class
+                labels = [hot.float().argmax(dim=1) for hot in multi_hot]
+            else:
+                chosen, classes = _multi_hot_order(torch.cat(multi_hot))
+                return cls(all_images[chosen[:n]], classes[:n], multi_label=True)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
             _class_first_order(all_labels)

@@ -83,6 +83,11 @@ def test_multi_hot_targets_pick_per_class_the_clearest_image_it_is_on():
     # half a user's probes explained class 0)
     every = Probes.from_dataloader(DataLoader(TensorDataset(images, torch.ones(6, 3)), 3))
     assert every.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    # one-hot targets are a single-label classifier's: labels, read through a softmax
+    one_hot = torch.nn.functional.one_hot(torch.tensor([2, 0, 1, 0, 2, 1]), 3).float()
+    single = Probes.from_dataloader(DataLoader(TensorDataset(images, one_hot), 3))
+    assert single.labels.tolist() == [0, 1, 2, 0, 2, 1]  # one image per class first
+    assert not single.multi_label
 
 
 def test_from_files(tmp_path):
