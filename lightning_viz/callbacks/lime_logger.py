@@ -177,7 +177,7 @@ class LIMELogger(ClassView):
             self._segmentation = "slic" if scikit_image_installed() else "grid"
         grid = f"{self.cells[0]}x{self.cells[1]} grid"
         self._segments_said = (
-            f"a {grid}: pip install scikit-image for superpixels that follow edges"
+            f"{grid} segments: pip install scikit-image for superpixels that follow edges"
             if self.segmentation == "auto" and self._segmentation == "grid"
             else f"{self._segmentation} segments"
         )
@@ -189,14 +189,14 @@ class LIMELogger(ClassView):
         if few.all():  # on noise, SLIC merges the whole image into one or two superpixels
             self._labels = self._grid(probes)
             self._segments_said = (
-                f"a {grid}: SLIC cut every probe into fewer than {MIN_SEGMENTS} superpixels, "
-                "as it does noisy or flat images"
+                f"{grid} segments: SLIC cut every probe into fewer than {MIN_SEGMENTS} "
+                "superpixels, as it does noisy or flat images"
             )
         elif few.any():
             self._labels = torch.where(few[:, None, None], self._grid(probes), self._labels)
             named = ", ".join(map(str, few.nonzero().flatten().tolist()))
             self._segments_said += (
-                f"; a {grid} on probe(s) {named}, which SLIC cut into fewer than "
+                f"; {grid} segments on probe(s) {named}, which SLIC cut into fewer than "
                 f"{MIN_SEGMENTS} superpixels"
             )
 

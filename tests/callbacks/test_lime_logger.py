@@ -55,7 +55,9 @@ def test_auto_falls_back_to_the_grid_and_says_so(tmp_path, monkeypatch, caplog):
     with caplog.at_level("INFO"):
         fit(DigitsClassifier(), [logger], tmp_path, epochs=1, limit_train_batches=2)
     assert logger._segmentation == "grid"
-    watching = "LIME (a 8x8 grid: pip install scikit-image for superpixels that follow edges)"
+    watching = (
+        "LIME (8x8 grid segments: pip install scikit-image for superpixels that follow edges)"
+    )
     assert watching in caplog.text  # in the fit start's 'watching' line
     assert torch.equal(logger._labels[0], grid_segments((32, 32), 8))
 
@@ -78,12 +80,12 @@ def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said(
         assert torch.equal(logger._labels[index], grid if merged else slic[index])
     named = ", ".join(str(i) for i, merged in enumerate(few) if merged)
     assert logger._segments_said == (  # the 'watching' line's
-        f"slic segments; a 6x6 grid on probe(s) {named}, which SLIC cut into fewer than 8 "
+        f"slic segments; 6x6 grid segments on probe(s) {named}, which SLIC cut into fewer than 8 "
         "superpixels"
     )
     every = LIMELogger(segmentation="slic", cells=6)
     every.prepare(model, Probes(noise[few.index(True) : few.index(True) + 1]), model(noise[:1]))
-    assert every._segments_said.startswith("a 6x6 grid: SLIC cut every probe into fewer than 8")
+    assert every._segments_said.startswith("6x6 grid segments: SLIC cut every probe into fewer")
     # four quadrants cut into four superpixels, as segments=4 asked: no failure of SLIC's
     quadrants = torch.zeros(1, 3, 32, 32)
     quadrants[:, 0, :16, :16] = quadrants[:, 1, :16, 16:] = quadrants[:, 2, 16:, :16] = 1
