@@ -357,6 +357,7 @@ class ClassView(ProbeCallback):
         width = readable(probes.display[:1]).shape[-1]
         image_captions = [self.probe_caption(probes, i, width) for i in range(n)]
         segmented = self._pixel_shares is not None
+        independent = False  # a multi-label model's classes, each read on its own
         if segmented:  # the explained class's share of the pixels
             probabilities = self._pixel_shares.cpu()
             headers = "predicted on most pixels | share of pixels predicted as the explained class"
@@ -372,10 +373,12 @@ class ClassView(ProbeCallback):
             return image_captions, captions, "\n".join(table)
         else:
             probabilities = self.measured(logits).cpu()
-            headers = "predicted | probability"
-        independent = not segmented and self.measure_as == "sigmoid"
-        if independent:  # a multi-label model: each class on its own
-            headers = "highest-scoring class | the explained class's probability"
+            independent = self.measure_as == "sigmoid"
+            headers = (
+                "highest-scoring class | the explained class's probability"
+                if independent
+                else "predicted | probability"
+            )
         explained = explained.cpu()
         predicted = probabilities.argmax(dim=1)
         explained_values = probabilities.gather(1, explained[:, None])[:, 0]
