@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -19,6 +21,7 @@ from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
+from lightning_viz.functional._relu_rules import RulelessActivationWarning
 from lightning_viz.functional._validation import (
     all_finite,
     check_choice,
@@ -42,6 +45,7 @@ from lightning_viz.functional.gradcam import (
     without_score_head,
 )
 from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
+from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.functional.scores import (
     INDEPENDENT,
     map_similarity,
@@ -116,7 +120,9 @@ class DeconvLogger(ProbeCallback):
     - ``deconv/<layer>`` (image): a panel per drawn probe, the probe (captioned with its class) then
       its top-k reconstructions (captioned with their channel), each mapped to [0, 1] with 0 at
       mid-grey and the 99th percentile of |value| clipped; above them (the panels run far down
-      the page), the layer's name, a grey bar from - to + and the sanity note if any.
+      the page), the layer's name, the rule (and the activations without one that the
+      projections pass plain gradients through: GELU, SiLU, ...), a grey bar from - to + and
+      the sanity note if any.
     - ``deconv/<layer>/channels`` (text): each probe's top-k channels, the drawn ones marked.
     - ``evolution/<layer>`` (image): one column per followed feature (headed with its
       channel), one row per logged epoch (labelled with it), so that the features fit
@@ -205,6 +211,7 @@ class DeconvLogger(ProbeCallback):
             self.given_features.setdefault(pair[0], []).append(pair[1])
         self._layers: dict[str, nn.Module] = {}
         self._followed: dict[str, nn.Module] = {}
+        self._ruleless: list[str] = []  # activations the projections pass plain gradients through
         self.features: dict[str, list[int]] = {}
         self.columns: dict[str, list[Tensor]] = {}
         self.column_epochs: dict[str, list[int]] = {}
@@ -271,6 +278,34 @@ class DeconvLogger(ProbeCallback):
             names = [names[i] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)]
             layers = {name: layers[name] for name in names}
         self._layers = {**layers, **{n: m for n, m in self._followed.items() if n not in layers}}
+        forward = self.probe_forward(pl_module)
+        self._ruleless = ruleless_activations(
+            pl_module, probes.images[:1], list(self._layers), self.rule, forward
+        )
+        if self._ruleless:
+            them = "it" if len(self._ruleless) == 1 else "them"
+            rank_zero_warn(
+                f"lightning-viz: DeconvLogger: {', '.join(self._ruleless)} "
+                f"{'has' if len(self._ruleless) == 1 else 'have'} no {self.rule} rule: the "
+                f"projections pass plain gradients through {them}, a mix of {self.rule} "
+                "reconstruction and gradient map (each image's legend says so)"
+            )
+
+    @property
+    def _rule_said(self) -> str:
+        """The rule, for the legends: and where plain gradients pass instead."""
+        if not self._ruleless:
+            return self.rule
+        return f"{self.rule}; plain gradients through {', '.join(self._ruleless)}"
+
+    def _project(
+        self, pl_module: pl.LightningModule, probes: Probes, channels: dict, forward: Any
+    ) -> dict:
+        """:func:`project_layers` with the rule; the activations it has none for were said at
+        fit start (:meth:`prepare`), not at every pass."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RulelessActivationWarning)
+            return project_layers(pl_module, probes.images, channels, self.rule, forward=forward)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -324,9 +359,7 @@ class DeconvLogger(ProbeCallback):
             return pick
 
         layers = {layer: channels_of(layer) for layer in self._layers}
-        projections = project_layers(
-            pl_module, probes.images, layers, rule=self.rule, forward=self.probe_forward(pl_module)
-        )
+        projections = self._project(pl_module, probes, layers, self.probe_forward(pl_module))
         self.features.update(chosen_now)
         notes = self._sanity(trainer, pl_module, probes, projections)
         for layer, (_, images) in projections.items():
@@ -353,7 +386,7 @@ class DeconvLogger(ProbeCallback):
                 "-",
                 "+",
                 f"{layer}: {self._whose(drawn, len(probes))} top-{k} channels projected to "
-                f"pixels ({self.rule}); mid-grey = 0",
+                f"pixels ({self._rule_said}); mid-grey = 0",
                 image.device,
                 image.dtype,
             )
@@ -390,9 +423,7 @@ class DeconvLogger(ProbeCallback):
         top = upper_half(pl_module, probes.images[:1], forward)
         forward = randomized_forward(pl_module, modules=top, forward=forward)
         channels = {layer: found.channels for layer, found in projections.items()}
-        randomized = project_layers(
-            pl_module, probes.images, channels, rule=self.rule, forward=forward
-        )
+        randomized = self._project(pl_module, probes, channels, forward)
         similarity = {}
         for layer, found in projections.items():
             # an empty evolution slot (channel -1) is a zero image: NaN, left out of the mean

@@ -40,6 +40,10 @@ _RULELESS_ACTIVATIONS = {
 }
 
 
+class RulelessActivationWarning(UserWarning):
+    """Activations without a visualization rule ran in a projection: plain gradients there."""
+
+
 class _RuleReLU(torch.autograd.Function):
     """ReLU whose backward follows a visualization rule instead of the true derivative."""
 
@@ -106,5 +110,6 @@ def warn_ruleless(ruleless: set[str], rule: str) -> None:
         warnings.warn(
             f"{', '.join(sorted(ruleless))} {verb} no {rule} rule: gradients pass through "
             "unchanged there",
+            RulelessActivationWarning,
             stacklevel=4,
         )

@@ -8,7 +8,7 @@ receives both contributions, where Zeiler & Fergus's unpooling would keep one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -98,6 +98,23 @@ class LayerProjection(NamedTuple):
 
 
 ChannelChoice = Tensor | Callable[[Tensor], Tensor]
+
+
+def ruleless_activations(
+    model: nn.Module,
+    inputs: Tensor,
+    layers: Sequence[str],
+    rule: Rule = "deconvnet",
+    forward: Forward | None = None,
+) -> list[str]:
+    """The activations without a ``rule`` (GELU, SiLU, Hardswish, ...) that run before the
+    deepest of ``layers`` on ``inputs``: projections of those layers pass plain gradients
+    through them, a gradient map there rather than the rule's reconstruction."""
+    check_choice("rule", rule, RULES)
+    modules = resolve_layers(model, list(layers))
+    with torch.no_grad(), relu_rule(rule) as ruleless:
+        run_until_captured(model, inputs, modules, full_forward=False, forward=forward)
+    return sorted(ruleless)
 
 
 def project_layers(

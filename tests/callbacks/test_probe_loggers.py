@@ -2,6 +2,7 @@ import ast
 import copy
 import math
 import re
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -852,6 +853,44 @@ def test_deconv_defaults_leave_out_the_1x1_maps_of_squeeze_excitation_blocks(tmp
         trainer.fit(Classifier(model), random_loader(n=4, size=64), random_loader(n=4, size=64))
     assert len(deconv._layers) == 5
     assert not [name for name in deconv._layers if ".fc" in name]  # SE's fc1, fc2
+
+
+class GELUNet(nn.Sequential):
+    def __init__(self):
+        super().__init__(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 10),
+        )
+
+
+@pytest.mark.parametrize(("layers", "ruleless"), [(None, ["GELU"]), (["model.0"], [])])
+def test_deconv_says_once_and_in_its_legend_where_plain_gradients_pass(tmp_path, layers, ruleless):
+    """A GELU net's projections are part gradient map: said once per fit by DeconvLogger, by
+    name, and in the legend; it was an unnamed warning from inside the library. A GELU after
+    the deepest projected layer changes nothing and is not said."""
+    deconv = DeconvLogger(layers=layers, strict=True)
+    trainer = make_trainer(tmp_path, [deconv], max_epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier(GELUNet()), random_loader(n=8, size=16), random_loader(n=8, size=16))
+    said = [str(w.message) for w in caught if "rule" in str(w.message)]
+    assert deconv._ruleless == ruleless
+    if ruleless:
+        assert said == [
+            "lightning-viz: DeconvLogger: GELU has no deconvnet rule: the projections pass plain "
+            "gradients through it, a mix of deconvnet reconstruction and gradient map (each "
+            "image's legend says so)"
+        ]
+        assert deconv._rule_said == "deconvnet; plain gradients through GELU"
+    else:
+        assert said == []
+        assert deconv._rule_said == "deconvnet"
+    assert len(read_events(tmp_path).Images("deconv/model.0")) == 3
 
 
 def test_deconv_with_only_1x1_maps_says_so(tmp_path):

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_viz.functional import project_layers, project_to_input, relu_rule, top_channels
+from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.testing import ChannelEnergy, TinyCNN, TinyFunctionalCNN
 from tests.helpers import assert_untouched, relative_error, train_flags
 
@@ -117,6 +118,16 @@ def test_ruleless_activations_are_named_in_one_warning(images):
     with pytest.warns(UserWarning, match=r"GELU, SiLU have no deconvnet rule") as record:
         project_to_input(model, images, "5", torch.zeros(3, 1, dtype=torch.long))
     assert len(record) == 1
+
+
+def test_ruleless_activations_are_those_before_the_deepest_layer(images):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.ReLU(), nn.Conv2d(4, 4, 3)
+    )
+    assert ruleless_activations(model, images, ["5"]) == ["GELU", "SiLU"]
+    assert ruleless_activations(model, images, ["2", "0"]) == ["SiLU"]
+    assert ruleless_activations(model, images, ["0"]) == []
+    assert ruleless_activations(model, images, ["5"], rule="gradient") == []
 
 
 def test_relu_models_do_not_warn(resnet18, images):
