@@ -16,6 +16,7 @@ from lightning_viz import tags
 
 COLUMNS = (
     (tags.FILTER_SCALAR, "noise", "noise"),
+    (tags.FILTER_SCALAR, "update_noise", "update noise"),
     (tags.FILTER_SCALAR, "drift", "drift"),
     (tags.FILTER_SCALAR, "learned", "learned"),
     (tags.ACTIVATION_SCALAR, "zero_fraction", "zero frac"),
@@ -25,11 +26,11 @@ COLUMNS = (
 
 
 FLAGGED_BY = {
-    "noisy_filters": ("noise",),
+    "noisy_filters": ("update noise",),  # the noise of what training added, W - W0
     "exploding": ("drift",),
     "not_learning": ("learned",),
     "dead_channels": ("dead frac",),
-    "nonfinite_weights": ("noise", "drift", "learned"),
+    "nonfinite_weights": ("noise", "update noise", "drift", "learned"),
     "nonfinite_activations": ("zero frac", "dead frac", "localization"),
 }
 """Which cells of a layer's row an active alert of each kind marks with ``!`` (the value that

@@ -32,6 +32,8 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     assert header.split() == [
         "layer",
         "noise",
+        "update",
+        "noise",
         "drift",
         "learned",
         "zero",
@@ -188,20 +190,24 @@ def test_summary_reads_event_files_without_importing_torch(tmp_path):
 
 
 def test_values_past_an_active_alerts_threshold_are_flagged(tmp_path, capsys):
-    monitor = FilterMonitor()
+    """``noisy_filters`` reads the noise of what training added (W - W0), not the filters':
+    the faulty demo's first layer read "noise 0.245 !", smooth filters flagged as noisy."""
+    monitor = FilterMonitor(max_update_noise=0.0)  # any first layer that learned is "noisy"
     with pytest.warns(UserWarning, match="learning rate is likely far too high"):
         fit(DigitsClassifier("sgd", 3.0), [monitor], tmp_path / "run", epochs=1)
     exploding = {a.layer for a in monitor.alerts.raised if a.kind == "exploding"}
     assert exploding
+    assert ("model.features.0", "noisy_filters") in monitor.alerts.active
     assert main(["summary", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     active = {layer for layer, kind in monitor.alerts.active if kind == "exploding"}
     assert active
     for layer in ("model.features.0", "model.features.4", "model.features.8"):
         row = next(line for line in lines if line.startswith(f"{layer} "))
-        noise, drift = re.split(r"\s{2,}", row)[1:3]
+        noise, update_noise, drift = re.split(r"\s{2,}", row)[1:4]
         assert drift.endswith("!") == (layer in active), row  # drift past max_drift
         assert not noise.endswith("!")
+        assert update_noise.endswith("!") == (layer == "model.features.0"), row
 
 
 def test_an_alert_said_once_per_step_is_named_in_the_summary(tmp_path, capsys):
