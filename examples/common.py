@@ -10,8 +10,10 @@ import lightning_viz
 
 
 def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
-    """Where the logs are, how to see them, and the alerts that were raised (one line each)."""
-    alerts = [alert for callback in callbacks for alert in callback.alerts.raised]
+    """Where the logs are, how to see them, and the alerts and notices raised (one line each)."""
+    raised = [alert for callback in callbacks for alert in callback.alerts.raised]
+    alerts = [alert for alert in raised if not alert.is_notice]
+    notices = [alert for alert in raised if alert.is_notice]
     if "val_acc" in trainer.callback_metrics:
         print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
     print(f"logs: {Path(trainer.logger.log_dir).resolve()}")
@@ -23,7 +25,11 @@ def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
             f"  - epoch {alert.epoch}: {alert.kind} in {alert.layer} "
             f"({alert.value:.3g}, threshold {alert.threshold:.3g})"
         )
-    if alerts:
+    if notices:  # on lightning-viz or the setup: no value crossed a threshold
+        print(f"notices (on lightning-viz or the setup, not on training): {len(notices)}")
+        for notice in notices:
+            print(f"  - epoch {notice.epoch}: {notice.kind} ({notice.source})")
+    if raised:
         print(
             f"  what each means and what to check: lightning-viz summary {trainer.logger.log_dir}"
         )

@@ -3,7 +3,7 @@
     python examples/demo.py [--epochs 30] [--logdir lightning_logs]
 
 Trains a small CNN with a 7x7 first layer on 32x32 crops of scikit-learn's two bundled photos
-(which quarter of which photo is this crop from?) with every lightning-viz callback attached,
+(which quarter of which photo is this crop from?) with lightning-viz's default callbacks attached,
 then, next to it, the same net with a learning rate 30 times too high, which the alerts catch.
 About a minute on 2 CPU cores (on the GPU when there is one). Ends by printing the numbers and
 what to look at in TensorBoard.

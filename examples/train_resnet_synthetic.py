@@ -1,4 +1,4 @@
-"""torchvision's resnet18 (random weights) on a synthetic shapes task, with every callback.
+"""torchvision's resnet18 (random weights) on a synthetic shapes task, with the default callbacks.
 
     python examples/train_resnet_synthetic.py [--epochs 3] [--logdir lightning_logs]
 

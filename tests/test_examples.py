@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_viz import DeconvLogger
+from lightning_viz import DeconvLogger, FilterMonitor
 from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
 from lightning_viz.functional import filter_noise, to_uint8
 from lightning_viz.functional.captions import BAND, text_band
-from tests.helpers import assert_caption, image_pixels, read_events
+from tests.helpers import DigitsClassifier, assert_caption, fit, image_pixels, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,24 @@ def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
             )
         captions[tag] = pixels, caption
     return captions
+
+
+def test_the_report_lists_notices_apart_from_the_alerts(tmp_path, capsys):
+    """A budget's or a frozen layer's notice read "alerts: 1" at the end of train_digits.py,
+    where the summary and the README say notices are no alerts."""
+    from examples.common import report
+
+    monitor = FilterMonitor()
+    with pytest.warns(UserWarning, match="will not be trained"):
+        trainer = fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=1)
+    report(trainer, [monitor], str(tmp_path))
+    out = capsys.readouterr().out
+    assert "alerts: 0\n" in out
+    assert (
+        "notices (on lightning-viz or the setup, not on training): 1\n"
+        "  - epoch 0: frozen (FilterMonitor)\n"
+        "  what each means and what to check: lightning-viz summary"
+    ) in out
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ class EmbeddingLogger(ValidationView):
       alike), and the k-NN accuracy in its caption.
     - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset's
       images whose class has another image in it; not logged where no class has two.
-    - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2F<layer>/``
+    - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2f<layer>/``
       in the log directory, with ``projector_config.pbtxt``), named ``embedding/<layer>:<step>``.
       The Projector opens on the earliest step (it sorts the names); pick the latest in its
       tensor menu on the left.
