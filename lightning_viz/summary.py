@@ -85,8 +85,9 @@ def summarize(run: Path) -> str | None:
             "values: latest (change since the first); layers in "
             f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
             "measured for this layer (filter columns are a conv's, activation columns an "
-            "activation's; a dead fraction needs an epoch of "
-            f"{tags.DEAD_AFTER_VALUES:,} values per channel)"
+            "activation's; a dead fraction needs "
+            f"{tags.DEAD_AFTER_VALUES:,} values per channel, from several epochs where one has "
+            "fewer)"
         )
     else:  # no monitor attached, or one that showed nothing (a notice says why)
         lines.append("layers: no filter or activation measured")

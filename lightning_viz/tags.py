@@ -27,9 +27,9 @@ ACTIVATION_SCALAR = "activations/{layer}/{key}"
 """Scalar, ActivationMonitor: ``key`` one of :data:`ACTIVATION_KEYS`."""
 ACTIVATION_KEYS = ("zero_fraction", "dead_fraction", "localization", "saturated_fraction")
 DEAD_AFTER_VALUES = 1024
-"""``dead_fraction`` is logged once each channel had this many values in an epoch's sampled
-batches (a channel that is positive 1% of the time is then all-negative by chance with
-p < 5e-5)."""
+"""``dead_fraction`` is logged once each channel had this many values in the sampled batches
+of an epoch, or of several where one epoch's hold fewer (a channel that is positive 1% of the
+time is then all-negative by chance with p < 5e-5)."""
 ACTIVATION_HISTOGRAM = "activations/{layer}"
 """Histogram, ActivationMonitor: the values of a sampled batch."""
 

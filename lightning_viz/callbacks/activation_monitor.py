@@ -248,8 +248,9 @@ class ActivationMonitor(VizCallback):
       positive value in any sampled batch of the epoch (the whole batch, by its per-channel
       maxima); only once each channel had at least 1,024 values in them
       (:data:`~lightning_viz.tags.DEAD_AFTER_VALUES`: a 1x1 map of a squeeze-excitation block
-      in small batches has too few to tell a dead channel from a rarely active one), and not
-      for an epoch in which its maps held NaN or Inf.
+      in small batches has too few to tell a dead channel from a rarely active one), gathered
+      over several epochs where one has fewer (small maps or batches, an epoch sampled once
+      under the budget), and not for an epoch in which its maps held NaN or Inf.
     - ``activations/<layer>/saturated_fraction`` (sigmoid/tanh layers, instead of the three
       above): fraction of values within 2% of the output range from either bound.
     - ``alerts`` (text: the step's alerts as one table) and ``alerts/count`` (when the sampled
@@ -417,8 +418,17 @@ class ActivationMonitor(VizCallback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active, self._seen, self._saturation = {}, {}, {}
-        self._nonfinite, self._health = set(), None
+        # a layer whose samples held too few values to judge its channels (small maps, small
+        # batches, an epoch sampled once under the budget) keeps them into the next epoch: it
+        # is judged over several, where each epoch's own record never reached the count
+        unjudged = {
+            key
+            for key, count in self._seen.items()
+            if count < tags.DEAD_AFTER_VALUES and key not in self._nonfinite
+        }
+        self._active = {key: a for key, a in self._active.items() if key in unjudged}
+        self._seen = {key: count for key, count in self._seen.items() if key in unjudged}
+        self._saturation, self._nonfinite, self._health = {}, set(), None
         self._epoch_sampled = False
 
     @override

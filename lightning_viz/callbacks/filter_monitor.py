@@ -101,10 +101,10 @@ class FilterMonitor(VizCallback):
       that layer alone brings its false alarm back); clears below half of it.
     - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
     - ``noisy_filters``: on the first watched layer that is no transposed conv (the one that
-      reads the images: a GAN's generator, listed first, starts from a latent vector), once it
-      learned something (``learned`` >=
-      0.1), an update noise of at least ``max_update_noise``: the structure training added is
-      itself noise.
+      reads the images: a GAN's generator, listed first, starts from a latent vector), with
+      kernels of at least 5x5 (healthy 3x3 and 4x4 stems reach the threshold: too few pixels
+      for smooth structure), once it learned something (``learned`` >= 0.1), an update noise
+      of at least ``max_update_noise``: the structure training added is itself noise.
     - ``nonfinite_weights``: NaN or Inf in the weights.
     - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
       no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
@@ -478,6 +478,7 @@ class FilterMonitor(VizCallback):
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
                 first_layer=name == self._first,
+                kernel_size=min(self._layers[name].kernel_size),
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],

@@ -39,7 +39,8 @@ class FilterThresholds:
     first interval of a learning rate far too high, from scratch or fine-tuning: <= 0.36); the
     median drift of a healthy network's layers <= 2.3, of one whose learning rate is far too high
     >= 10.6 in the first epoch (a single healthy layer, the small-init stem of torchvision's
-    ResNets under SGD at lr 0.1, reaches 9); first-layer update noise of healthy runs <= 0.84.
+    ResNets under SGD at lr 0.1, reaches 9); first-layer update noise of healthy runs <= 0.84
+    (5x5 and 7x7 kernels: :data:`NOISE_MIN_KERNEL`).
     """
 
     min_learned: float = 1e-3
@@ -51,6 +52,14 @@ class FilterThresholds:
     warmup_steps: int = 10
 
 
+NOISE_MIN_KERNEL = 5
+"""The smallest kernel side ``noisy_filters`` reads. The rule was measured on 5x5 and 7x7 first
+layers (healthy update noise at most 0.84); healthy 3x3 and 4x4 stems, whose kernels have too
+few pixels for smooth structure (an edge or a Laplacian is as "noisy" as white noise), reached
+0.95 to 1.07 (a spectrogram CNN at validation accuracy 1.0, timm's regnetx_002 and convnext_atto
+stems), where 5x5 and 7x7 stems on the same spectrograms stayed at 0.82 and below."""
+
+
 def filter_findings(
     layer: str,
     values: Mapping[str, float],
@@ -58,6 +67,7 @@ def filter_findings(
     thresholds: FilterThresholds,
     learning: bool = True,
     first_layer: bool = False,
+    kernel_size: int | None = None,
     exploding: bool = False,
     network_drift: float | None = None,
     network_cosine: float | None = None,
@@ -75,6 +85,8 @@ def filter_findings(
             in no optimizer) gets only the rules that do not need it to learn.
         first_layer: whether the layer sees the input images (``noisy_filters`` reads only
             first layers: deeper layers' updates need not look like image structure).
+        kernel_size: the layer's smaller kernel side; ``noisy_filters`` reads kernels of at
+            least :data:`NOISE_MIN_KERNEL` (None: any).
         exploding: whether ``exploding`` is active: it clears only once the drift falls below
             half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
             flap).
@@ -180,7 +192,8 @@ def filter_findings(
         )
     )
     noise = values["update_noise"]
-    if first_layer and math.isfinite(noise) and learned >= 0.1:
+    large_kernels = kernel_size is None or kernel_size >= NOISE_MIN_KERNEL
+    if first_layer and large_kernels and math.isfinite(noise) and learned >= 0.1:
         findings.append(
             Finding(
                 "noisy_filters",

@@ -15,7 +15,7 @@ from lightning_viz.callbacks.activation_monitor import (
 )
 from lightning_viz.functional import activation_stats
 from lightning_viz.functional.activations import ActivationSample
-from lightning_viz.testing import random_loader
+from lightning_viz.testing import digits_loaders, random_loader
 from tests.helpers import Classifier, DigitsClassifier, fit, hook_count, make_trainer, read_events
 
 RELUS = ["model.features.2", "model.features.6", "model.features.10"]
@@ -103,6 +103,25 @@ def test_a_short_run_reads_dead_channels_from_the_whole_batch(tmp_path, dead, ac
     fractions = read_events(tmp_path).Scalars(f"activations/{RELUS[2]}/dead_fraction")
     assert [(e.step, e.value) for e in fractions] == [(3, float(dead)), (6, float(dead))]
     assert [a.kind for a in monitor.alerts.raised] == (["dead_channels"] if dead else [])
+
+
+def test_too_few_values_in_an_epoch_are_judged_over_several(tmp_path):
+    """A user's spectrogram CNN in batches of 3 had one sample per epoch under the budget and
+    too few values in it to judge its deepest layer: 75% of its channels were dead, and no
+    dead fraction nor alert ever came. Here one sample of 8 images of 8x8 maps an epoch (512
+    values per channel) is judged every second epoch."""
+    monitor = ActivationMonitor(layers=[RELUS[2]], every_n_steps=50, strict=True)
+    module = DigitsClassifier()
+    norm = module.model.features[9]
+    with torch.no_grad():
+        norm.weight[:12].zero_()
+        norm.bias[:12].fill_(-100.0)  # 12 of 64 channels never positive, whatever the input
+    norm.requires_grad_(False)
+    train, val = digits_loaders(batch_size=8)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=4, limit_train_batches=3)
+    trainer.fit(module, train, val)
+    fractions = read_events(tmp_path).Scalars(f"activations/{RELUS[2]}/dead_fraction")
+    assert [(e.step, e.value) for e in fractions] == [(6, 12 / 64), (12, 12 / 64)]
 
 
 class Recorder(pl.Callback):

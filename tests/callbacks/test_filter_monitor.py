@@ -14,7 +14,7 @@ from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.images import to_uint8
-from lightning_viz.testing import ImageClassifier, digits_loaders, shapes_task
+from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders, shapes_task
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -125,6 +125,19 @@ def test_healthy_runs_raise_no_alert(tmp_path, optimizer, lr):
         warnings.filterwarnings("ignore", message=".*(num_workers|isinstance\\(treespec).*")
         fit(DigitsClassifier(optimizer, lr), [monitor], tmp_path, epochs=6)
     assert monitor.alerts.raised == []
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_noisy_filters_reads_first_layers_of_5x5_kernels_or_more(tmp_path, kernel):
+    """A healthy 3x3 stem's update noise reached the threshold (a user's spectrogram CNN at
+    validation accuracy 1.0 was stopped by it)."""
+    monitor = FilterMonitor(max_update_noise=0.0)  # any first layer that learned is "noisy"
+    module = ImageClassifier(DigitsCNN(first_kernel=kernel), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fit(module, [monitor], tmp_path, epochs=2)
+    assert read_events(tmp_path).Scalars(f"filters/{FIRST}/learned")[-1].value >= 0.1
+    assert (("noisy_filters", FIRST) in alerts_of(monitor)) == (kernel == 5)
 
 
 def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_path):

@@ -142,6 +142,15 @@ def test_noisy_filters_on_the_first_layer_once_it_learned():
     assert firing(filter_findings("c", healthy_rgb_adamw, 50, DEFAULTS, first_layer=True)) == set()
 
 
+def test_noisy_filters_reads_kernels_of_at_least_5x5():
+    """Healthy 3x3 and 4x4 stems reached the threshold (a spectrogram CNN at validation
+    accuracy 1.0, timm's regnetx_002 and convnext_atto): too few pixels for smooth structure."""
+    noise = {**HEALTHY_SGD, "learned": 0.3, "update_noise": 0.97}
+    for kernel, fires in ((3, False), (4, False), (5, True), (7, True), (None, True)):
+        findings = filter_findings("c", noise, 50, DEFAULTS, first_layer=True, kernel_size=kernel)
+        assert ("noisy_filters" in firing(findings)) == fires, kernel
+
+
 def test_nonfinite_weights():
     nan = {key: math.nan for key in HEALTHY_SGD} | {"finite": 0.0}
     assert "nonfinite_weights" in firing(filter_findings("c", nan, 80, DEFAULTS))
