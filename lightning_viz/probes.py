@@ -196,7 +196,9 @@ class Probes:
         (N, K) tensor of 0s and 1s, a multi-label classifier's) pick per class the first image
         it is on with the fewest classes on, labelled with that class (``multi_label``: the class
         views then read each class's sigmoid unless told otherwise); one-hot targets (a single 1
-        per image) are labels.
+        per image) are labels. The probes are displayed as they were before a torchvision
+        ``Normalize`` in the dataset's transform (or a ``Subset``'s dataset's), where there is
+        one.
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
@@ -251,13 +253,16 @@ class Probes:
             chosen, classes = _segmented_order(all_masks, max(mask_classes) + 1)
             chosen, classes = chosen[:n], classes[:n]
             class_masks = all_masks[chosen] == classes[:, None, None]
-            return cls(all_images[chosen], classes, masks=class_masks)
+            shown = all_images[chosen]
+            return cls(shown, classes, _unnormalized(loader, shown), masks=class_masks)
         if multi_hot and len(multi_hot) == len(images):
             if all(bool((hot.sum(dim=1) == 1).all()) for hot in multi_hot):  # one-hot: 1 class
                 labels = [hot.float().argmax(dim=1) for hot in multi_hot]
             else:
                 chosen, classes = _multi_hot_order(torch.cat(multi_hot))
-                return cls(all_images[chosen[:n]], classes[:n], multi_label=True)
+                shown = all_images[chosen[:n]]
+                display = _unnormalized(loader, shown)
+                return cls(shown, classes[:n], display, multi_label=True)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
             _class_first_order(all_labels)
@@ -265,7 +270,8 @@ class Probes:
             else torch.arange(len(all_images))
         )
         chosen = order[:n]
-        return cls(all_images[chosen], None if all_labels is None else all_labels[chosen])
+        labels = None if all_labels is None else all_labels[chosen]
+        return cls(all_images[chosen], labels, _unnormalized(loader, all_images[chosen]))
 
     @classmethod
     def from_files(
@@ -284,6 +290,43 @@ class Probes:
             with Image.open(path) as image:
                 tensors.append(transform(image.convert("RGB")))
         return cls(torch.stack(tensors), None if labels is None else torch.as_tensor(labels))
+
+
+def dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
+    """The per-channel (mean, std) of the torchvision ``Normalize`` in the transform of the
+    loader's dataset (or of a ``Subset``'s), the last where several; None without one."""
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None:
+        found = _normalize_in(getattr(dataset, "transform", None))
+        if found is not None:
+            return found
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def _normalize_in(transform: Any) -> tuple[Tensor, Tensor] | None:
+    steps = getattr(transform, "transforms", None)
+    if steps is None:
+        is_normalize = type(transform).__name__ == "Normalize"
+        if is_normalize and hasattr(transform, "mean") and hasattr(transform, "std"):
+            return torch.as_tensor(transform.mean).float(), torch.as_tensor(transform.std).float()
+        return None
+    return next((found for step in reversed(steps) if (found := _normalize_in(step))), None)
+
+
+def _unnormalized(loader: Iterable, images: Tensor) -> Tensor | None:
+    """The probes as they looked before the dataset's ``Normalize``, in [0, 1] RGB, for their
+    display; None (min-max normalized) where there is none or it does not fit the images.
+    Min-max normalized, an ImageNet-normalized sky read saturated blue."""
+    normalization = dataset_normalization(loader)
+    if normalization is None or not images.is_floating_point():
+        return None
+    mean, std = (v.flatten().to(images.device) for v in normalization)
+    channels = images.shape[1]
+    if channels not in (1, 3) or len(mean) not in (1, channels) or len(std) != len(mean):
+        return None
+    pixels = images.detach().float() * std[:, None, None] + mean[:, None, None]
+    return to_rgb(pixels.clamp(0, 1)).contiguous()
 
 
 def _in_dataset_order(loader: Iterable) -> Iterable:

@@ -179,3 +179,39 @@ def test_integer_images_and_targets_that_are_no_class_ids_are_no_masks():
     assert Probes.from_dataloader([(torch.rand(8, 3, 16, 16), depth)]).labels is None
     ignored = torch.full((8, 16, 16), 255)
     assert Probes.from_dataloader([(torch.rand(8, 3, 16, 16), ignored)]).labels is None
+
+
+class TransformedImages(torch.utils.data.Dataset):
+    """Images in [0, 1] through a torchvision transform, as a torchvision dataset has them."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_probes_of_normalized_images_are_shown_as_they_were_before(subset):
+    """A user's ImageNet-normalized probes, min-max normalized for display: a near-white sky
+    read saturated blue, a dark teal flower bright cyan."""
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    raw = torch.rand(12, 3, 8, 8) * torch.tensor([0.1, 0.5, 0.9])[:, None, None] + 0.05
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    transform = transforms.Compose([transforms.Normalize(mean, std)])
+    dataset = TransformedImages(raw, torch.arange(12) % 4, transform)
+    if subset:
+        dataset = torch.utils.data.Subset(dataset, range(12))
+    probes = Probes.from_dataloader(DataLoader(dataset, batch_size=4))
+    normalized = torch.stack([dataset[i][0] for i in range(12)])
+    for image, display in zip(probes.images, probes.display, strict=True):
+        (index,) = [i for i in range(12) if torch.equal(normalized[i], image)]
+        assert torch.allclose(display, raw[index], atol=1e-6)
+    without = TransformedImages(raw, torch.arange(12) % 4, transforms.Compose([]))
+    plain = Probes.from_dataloader(DataLoader(without, batch_size=4))
+    assert plain.display.amax(dim=(1, 2, 3)).eq(1).all()  # min-max normalized, as before
