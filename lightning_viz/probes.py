@@ -292,7 +292,7 @@ class Probes:
         return cls(torch.stack(tensors), None if labels is None else torch.as_tensor(labels))
 
 
-def dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
+def _dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
     """The per-channel (mean, std) of the torchvision ``Normalize`` in the transform of the
     loader's dataset (or of a ``Subset``'s), the last where several; None without one."""
     dataset = getattr(loader, "dataset", None)
@@ -318,7 +318,7 @@ def _unnormalized(loader: Iterable, images: Tensor) -> Tensor | None:
     """The probes as they looked before the dataset's ``Normalize``, in [0, 1] RGB, for their
     display; None (min-max normalized) where there is none or it does not fit the images.
     Min-max normalized, an ImageNet-normalized sky read saturated blue."""
-    normalization = dataset_normalization(loader)
+    normalization = _dataset_normalization(loader)
     if normalization is None or not images.is_floating_point():
         return None
     mean, std = (v.flatten().to(images.device) for v in normalization)

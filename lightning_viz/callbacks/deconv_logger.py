@@ -293,7 +293,7 @@ class DeconvLogger(ProbeCallback):
 
     @property
     def _rule_said(self) -> str:
-        """The rule, for the legends: and where plain gradients pass instead."""
+        """The rule as the legend says it, with the activations plain gradients pass through."""
         if not self._ruleless:
             return self.rule
         return f"{self.rule}; plain gradients through {', '.join(self._ruleless)}"

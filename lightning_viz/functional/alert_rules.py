@@ -67,11 +67,11 @@ def filter_findings(
     thresholds: FilterThresholds,
     learning: bool = True,
     first_layer: bool = False,
-    kernel_size: int | None = None,
     exploding: bool = False,
     network_drift: float | None = None,
     network_cosine: float | None = None,
     network_learned: float | None = None,
+    kernel_size: int | None = None,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -85,8 +85,6 @@ def filter_findings(
             in no optimizer) gets only the rules that do not need it to learn.
         first_layer: whether the layer sees the input images (``noisy_filters`` reads only
             first layers: deeper layers' updates need not look like image structure).
-        kernel_size: the layer's smaller kernel side; ``noisy_filters`` reads kernels of at
-            least :data:`NOISE_MIN_KERNEL` (None: any).
         exploding: whether ``exploding`` is active: it clears only once the drift falls below
             half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
             flap).
@@ -110,6 +108,8 @@ def filter_findings(
             that vanish before they reach it). A pretrained stem fine-tuned gently learns
             little but keeps pace (at most 5.5 times behind in the benchmark and a user's
             fine-tune of resnet18: 4.9e-4 against a median of 2.5e-3).
+        kernel_size: the layer's smaller kernel side; ``noisy_filters`` reads kernels of at
+            least :data:`NOISE_MIN_KERNEL` (None: any).
 
     Returns:
         One finding per rule that applies at this measurement.
