@@ -23,7 +23,9 @@ def filter_noise(weight: Tensor) -> Tensor:
 
     with ``n = kh * kw`` taps and ``W`` adjacent pairs per slice. About 1 for white noise (a fresh
     init), towards 0 for smooth filters, above 1 for checkerboards. A filter with no variation at
-    all (a constant kernel) scores 0.
+    all (a constant kernel) scores 0. C does not depend on scale: each filter is divided by its
+    largest tap first, so a diverged layer (weights of 1e18 and more, whose squares overflow
+    float32) still reads its C.
 
     Args:
         weight: (out_channels, in_channels, kh, kw) with kh, kw >= 2 (any float dtype or device).
@@ -52,10 +54,18 @@ def filter_noise(weight: Tensor) -> Tensor:
     # on slices whose mean dwarfs their variation.
     x = weight.detach().float().flatten(2)
     x = x - x[..., :1]
+    x = x / _largest(x, dims=(1, 2))
     gram = torch.bmm(x.transpose(1, 2), x)
     adjacent, variation = torch.einsum("fij,kij->kf", gram, _quadratic_forms(kh, kw, x.device))
     score = (taps - 1) * adjacent / (2 * pairs * variation)
     return score.nan_to_num(nan=0.0)
+
+
+def _largest(x: Tensor, dims: tuple[int, ...] | None = None) -> Tensor:
+    """The largest magnitude of ``x`` (over ``dims``, kept for broadcasting), at least the
+    smallest normal float32: dividing by it keeps every value within [-1, 1]."""
+    largest = x.abs().amax() if dims is None else x.abs().amax(dim=dims, keepdim=True)
+    return largest.clamp(min=torch.finfo(torch.float32).tiny)
 
 
 @functools.cache
@@ -145,6 +155,10 @@ def filter_health(
             that compare with ``initial`` (drift, learned, norm ratio, update noise) then read
             those slices of the weight only: estimates from a fifth of a large layer's weights.
 
+    The norms are taken of tensors divided by their largest magnitude, and the scales multiplied
+    back into the ratios: a diverged layer (weights of 1e18 and more, whose squares overflow
+    float32) reads its drift, say 1e20, not inf or NaN.
+
     Returns:
         All float32 tensors on the weight's device (no host sync):
 
@@ -169,22 +183,29 @@ def filter_health(
     tiny = torch.finfo(torch.float32).tiny
     noise = filter_noise(weight)
     update = compared - initial
-    initial_norm = initial.norm().clamp(min=tiny)
-    along = torch.dot(update.flatten(), initial.flatten()) / initial_norm.square()
-    orthogonal = update - along * initial
+    initial_scale, update_scale, compared_scale = map(_largest, (initial, update, compared))
+    initial_unit, update_unit = initial / initial_scale, update / update_scale
+    initial_norm = initial_unit.norm().clamp(min=tiny)
+    along = torch.dot(update_unit.flatten(), initial_unit.flatten()) / initial_norm.square()
+    orthogonal_unit = update_unit - along * initial_unit
+    update_ratio = update_scale / initial_scale
     sampled = flat if sample is None else flat[sample.to(weight.device)]
     step_cosine = torch.full((), float("nan"), device=weight.device)
     if previous is not None:
+        now = sampled / _largest(sampled)
         previous = previous.to(weight.device).float()
-        norms = (sampled.norm() * previous.norm()).clamp(min=tiny)
-        step_cosine = torch.dot(sampled, previous) / norms
+        previous = previous / _largest(previous)
+        norms = (now.norm() * previous.norm()).clamp(min=tiny)
+        step_cosine = torch.dot(now, previous) / norms
     return {
         "filter_noise": noise,
         "noise": noise.median(),
         "noisy_fraction": (noise >= noise_threshold).float().mean(),
-        "drift": update.norm() / initial_norm,
-        "learned": orthogonal.norm() / initial_norm,
-        "norm_ratio": compared.norm() / initial_norm,
+        "drift": update_ratio * (update_unit.norm() / initial_norm),
+        "learned": update_ratio * (orthogonal_unit.norm() / initial_norm),
+        "norm_ratio": compared_scale
+        / initial_scale
+        * ((compared / compared_scale).norm() / initial_norm),
         "step_cosine": step_cosine,
         "update_noise": filter_noise(update).median(),
         "finite": all_finite(flat).float(),

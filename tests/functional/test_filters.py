@@ -151,3 +151,31 @@ def test_all_finite_sees_every_nan_and_inf_and_no_overflow_of_half_precision_sum
     # 36,864 fp16 weights of 60,000 each: finite, though their sum overflows fp16 (max 65,504)
     assert all_finite(torch.full((64, 64, 3, 3), 60_000.0, dtype=torch.float16))
     assert all_finite(torch.arange(10))  # integers are always finite
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e35])
+def test_a_diverged_layer_reads_its_measures_where_float32_squares_overflow(scale):
+    """Weights of 1e20 and more: their squares overflow float32, and the norms read inf (drift)
+    or inf - inf (learned) where the values are finite: the measures equal float64's."""
+    torch.manual_seed(0)
+    initial = 0.1 * torch.randn(8, 3, 5, 5)
+    weight = initial + scale * torch.randn(8, 3, 5, 5)
+    weight[:, :, 0] += scale  # structure, so that C differs from 1
+    previous = torch.randn(weight.numel())
+    health = filter_health(weight, initial, previous=previous)
+    w, w0, update = weight.double(), initial.double(), (weight - initial).double()
+    orthogonal = update - (update * w0).sum() / w0.square().sum() * w0
+    expected = {
+        "drift": update.norm() / w0.norm(),
+        "learned": orthogonal.norm() / w0.norm(),
+        "norm_ratio": w.norm() / w0.norm(),
+        "step_cosine": (w.flatten() @ previous.double()) / (w.norm() * previous.double().norm()),
+    }
+    for name, value in expected.items():
+        assert health[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    np.testing.assert_allclose(
+        health["filter_noise"].numpy(), geary_reference(weight.double().numpy()), rtol=1e-5
+    )
+    assert health["update_noise"].item() == pytest.approx(
+        torch.from_numpy(geary_reference(update.numpy())).median().item(), rel=1e-5
+    )
