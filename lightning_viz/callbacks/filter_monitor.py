@@ -26,6 +26,7 @@ from lightning_viz.functional.alert_rules import (
     FilterThresholds,
     filter_findings,
     frozen_finding,
+    gated_finding,
     network_median,
     reference_at_resume_finding,
 )
@@ -36,6 +37,7 @@ from lightning_viz.functional.filters import (
     reference_slices,
     weight_sample,
 )
+from lightning_viz.functional.gates import scale_gates
 from lightning_viz.functional.selection import evenly_spaced
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
@@ -89,7 +91,9 @@ class FilterMonitor(VizCallback):
     - ``not_learning``: after ``warmup_steps`` optimizer steps, ``learned`` below
       ``min_learned``, while the median of the watched learning layers is below it too (dead
       ReLUs, a learning rate far too low) or 20 times the layer's (vanishing gradients); a
-      pretrained layer fine-tuned gently learns little, but no less than the others.
+      pretrained layer fine-tuned gently learns little, but no less than the others. Layers
+      that learn through a scale initialized near zero are neither read nor in the median
+      (``gated``).
     - ``overwritten``: the cosine between the weights now and at the previous measurement below
       ``min_step_cosine`` (a re-initialization, a learning-rate spike, divergence). In the first
       interval, from the weights at train start, the median of the watched learning layers must
@@ -109,6 +113,10 @@ class FilterMonitor(VizCallback):
     - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
       no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
       distillation teacher is not a fault; an accidental freeze shows here at step 0).
+    - ``gated`` (a notice, a log line, at train start): watched layers inside a residual block
+      whose last norm scale, layer scale or skip-init gain starts within 1e-3 of zero (timm's
+      ResNets, RegNets, ConvNeXts, NFNets; torchvision's ``zero_init_residual=True``): their
+      gradients are that scale times what they would be, so they learn slowly by design.
     - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
       checkpoint without the monitor's reference weights of some watched layers (saved without
       FilterMonitor, or with other ``layers=``); they are measured from their weights at the
@@ -231,6 +239,7 @@ class FilterMonitor(VizCallback):
         self._image_layers: list[str] = []
         self._first: str | None = None  # the layer that reads the images (no transposed conv)
         self._frozen: list[str] = []
+        self._gates: dict[str, str] = {}  # layer: the scale initialized near zero it learns through
         self._samples: dict[str, Tensor] = {}
         self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
@@ -295,6 +304,7 @@ class FilterMonitor(VizCallback):
                     f"{list(self._layers)}"
                 )
             self._image_layers = list(self.image_layers)
+        self._gates = scale_gates(pl_module, self._layers)
         self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
         self._slices = {n: reference_slices(filters(m).shape) for n, m in self._layers.items()}
 
@@ -318,6 +328,9 @@ class FilterMonitor(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
+        gates = {n: g for n, g in self._gates.items() if n not in self._frozen}
+        if gates:
+            self.raise_alert(trainer, gated_finding(gates, len(self._layers) - len(self._frozen)))
         fresh = not self.initial
         # a resumed run's reference may lack layers watched now (a checkpoint saved without the
         # monitor, other layers=, a newer version watching more): they are compared with their
@@ -419,8 +432,11 @@ class FilterMonitor(VizCallback):
         learning = [name for name in self._layers if name not in self._frozen]
         network = {
             key: network_median(host[name, key].item() for name in learning)
-            for key in ("drift", "step_cosine", "learned")
+            for key in ("drift", "step_cosine")
         }
+        network["learned"] = network_median(
+            host[name, "learned"].item() for name in learning if name not in self._gates
+        )
         with self.alerts_together(trainer):
             metrics = self._judge(trainer, host, baseline, network)
         self.previous_step = trainer.global_step
@@ -479,6 +495,7 @@ class FilterMonitor(VizCallback):
                 learning=name not in self._frozen,
                 first_layer=name == self._first,
                 kernel_size=min(self._layers[name].kernel_size),
+                gated=name in self._gates,
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],

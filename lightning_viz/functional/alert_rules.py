@@ -72,6 +72,7 @@ def filter_findings(
     network_cosine: float | None = None,
     network_learned: float | None = None,
     kernel_size: int | None = None,
+    gated: bool = False,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -110,6 +111,11 @@ def filter_findings(
             fine-tune of resnet18: 4.9e-4 against a median of 2.5e-3).
         kernel_size: the layer's smaller kernel side; ``noisy_filters`` reads kernels of at
             least :data:`NOISE_MIN_KERNEL` (None: any).
+        gated: whether the layer learns through a scale initialized near zero
+            (:func:`~lightning_viz.functional.gates.scale_gates`): ``not_learning`` does not read
+            it, and ``network_learned`` should leave it out. Under SGD such layers learned
+            1e-4 to 1e-3 in their first 100 steps where the ungated stem learned 1.8 to 7 (timm's
+            regnetx_002 and convnext_atto, validation accuracy climbing).
 
     Returns:
         One finding per rule that applies at this measurement.
@@ -177,20 +183,22 @@ def filter_findings(
         return findings
     typical = learned if network_learned is None else network_learned
     lagging = learned * thresholds.max_learning_lag < typical
-    findings.append(
-        Finding(
-            "not_learning",
-            layer,
-            learned < thresholds.min_learned and (typical < thresholds.min_learned or lagging),
-            learned,
-            thresholds.min_learned,
-            f"layer {layer!r} learned almost nothing in {steps} optimizer steps: the part of "
-            f"its change that is not plain shrinking or growing is {learned:.2g} of its initial "
-            f"norm (threshold min_learned={thresholds.min_learned:g}). Check that gradients "
-            "reach it (dead ReLUs, vanishing gradients through sigmoid/tanh), that the learning "
-            "rate is not far too low, and that its parameters are in the optimizer.",
+    if not gated:
+        findings.append(
+            Finding(
+                "not_learning",
+                layer,
+                learned < thresholds.min_learned and (typical < thresholds.min_learned or lagging),
+                learned,
+                thresholds.min_learned,
+                f"layer {layer!r} learned almost nothing in {steps} optimizer steps: the part of "
+                f"its change that is not plain shrinking or growing is {learned:.2g} of its "
+                f"initial norm (threshold min_learned={thresholds.min_learned:g}). Check that "
+                "gradients reach it (dead ReLUs, vanishing gradients through sigmoid/tanh), that "
+                "the learning rate is not far too low, and that its parameters are in the "
+                "optimizer.",
+            )
         )
-    )
     noise = values["update_noise"]
     large_kernels = kernel_size is None or kernel_size >= NOISE_MIN_KERNEL
     if first_layer and large_kernels and math.isfinite(noise) and learned >= 0.1:
@@ -240,6 +248,29 @@ def frozen_finding(layers: Sequence[str], watched: int) -> Finding:
         message=f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
         f"optimizer param group): {names}. {consequence} If this is not meant "
         "(an accidental freeze), check requires_grad and the optimizer's param groups.",
+    )
+
+
+def gated_finding(gates: Mapping[str, str], watched: int) -> Finding:
+    """A notice, once at fit start: these watched layers (of ``watched``) learn through the
+    scales ``gates`` names, initialized near zero, and ``not_learning`` does not read them."""
+    scales = sorted(set(gates.values()))
+    shown = ", ".join(repr(name) for name in scales[:3]) + (" ..." if len(scales) > 3 else "")
+    others = watched - len(gates)
+    reads = (
+        f"reads only the {others} other watched layer(s)"
+        if others
+        else "reads none of the watched layers (watch the loss for a learning rate far too low)"
+    )
+    return Finding(
+        "gated",
+        ", ".join(gates),
+        True,
+        float(len(gates)),
+        message=f"{len(gates)} watched layer(s) learn through scales initialized near zero "
+        f"({shown}: a residual block's last norm at 0, a layer scale): under SGD they learn "
+        "hundreds to thousands of times less than the others until those scales grow, by "
+        f"design, so not_learning {reads}. Nothing to do.",
     )
 
 

@@ -14,7 +14,13 @@ from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.images import to_uint8
-from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders, shapes_task
+from lightning_viz.testing import (
+    DigitsCNN,
+    ImageClassifier,
+    digits_loaders,
+    digits_tensors,
+    shapes_task,
+)
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -708,3 +714,46 @@ def test_a_resume_before_the_first_measurement_still_judges_it_by_the_network(
     assert resumed.previous_step == 8
     assert set(judged[: len(CONVS)]) == {(4, True)}  # the first measurement, at step 4
     assert set(judged[len(CONVS) :]) == {(8, False)}
+
+
+def zero_init_resnet_on_digits(tmp_path, lr: float) -> FilterMonitor:
+    """torchvision's resnet18 with each block's last BatchNorm scale at 0, 2 epochs of SGD on
+    the digits in batches of 128 (12 optimizer steps an epoch)."""
+    images, labels = digits_tensors()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10, zero_init_residual=True)
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    monitor = FilterMonitor(strict=True)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(val_dataloader|num_workers|log_every)")
+        trainer.fit(
+            ImageClassifier(model, lr=lr, momentum=0.9),
+            DataLoader(TensorDataset(images[:1536], labels[:1536]), batch_size=128),
+        )
+    return monitor
+
+
+def test_blocks_behind_a_zero_init_scale_learn_slowly_by_design_and_are_not_flagged(
+    tmp_path, caplog
+):
+    """Each block's convs get their last BatchNorm scale times the gradient: under SGD the last
+    stage's four learned 1e-4 to 3e-4 in the first epoch, 60 to 200 times behind the network's
+    median, and were not_learning; the notice, a line, says why they are not read."""
+    with caplog.at_level("INFO"):
+        monitor = zero_init_resnet_on_digits(tmp_path, lr=0.05)
+    (notice,) = monitor.alerts.raised
+    assert (notice.kind, notice.value) == ("gated", 16)
+    assert notice.is_notice
+    assert "'model.layer1.0.bn2.weight'" in notice.message
+    assert "not_learning reads only the 1 other watched layer(s)" in caplog.text
+    learned = read_events(tmp_path).Scalars("filters/model.layer4.1.conv2/learned")
+    assert learned[1].value < monitor.thresholds.min_learned  # what the rule would have read
+
+
+def test_a_learning_rate_far_too_low_still_shows_in_a_zero_init_resnets_stem(tmp_path):
+    monitor = zero_init_resnet_on_digits(tmp_path, lr=1e-7)
+    assert alerts_of(monitor) == {
+        ("gated", ", ".join(n for n in monitor._gates)),
+        ("not_learning", "model.conv1"),
+    }
