@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_viz import tags
@@ -23,6 +25,7 @@ from lightning_viz.functional._validation import (
     check_non_negative,
 )
 from lightning_viz.functional.alert_rules import (
+    NOISE_MIN_KERNEL,
     FilterThresholds,
     filter_findings,
     frozen_finding,
@@ -34,6 +37,7 @@ from lightning_viz.functional.captions import captioned, counted, footnote, stac
 from lightning_viz.functional.filters import (
     filter_health,
     kernel_slices,
+    patch_noise,
     reference_slices,
     weight_sample,
 )
@@ -108,7 +112,11 @@ class FilterMonitor(VizCallback):
       reads the images: a GAN's generator, listed first, starts from a latent vector), with
       kernels of at least 5x5 (healthy 3x3 and 4x4 stems reach the threshold: too few pixels
       for smooth structure), once it learned something (``learned`` >= 0.1), an update noise
-      of at least ``max_update_noise``: the structure training added is itself noise.
+      of at least ``max_update_noise``: the structure training added is itself noise. Only
+      where the images the layer reads are not noise themselves: read at its first training
+      forward, their patches' median Geary's C (``patch_noise``) at most ``max_input_noise``
+      (photos 0.33 to 0.45, the digits 0.10 to 0.15; on shapes over white noise, 0.98, a
+      healthy zero-init resnet18's stem update read 0.96 to 1.0); a log line says when not.
     - ``nonfinite_weights``: NaN or Inf in the weights.
     - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
       no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
@@ -149,6 +157,8 @@ class FilterMonitor(VizCallback):
             epochs (on a small net, composing and encoding one costs more than the
             measurement). The measurement and its alerts never wait. None (default): an image
             every measured epoch.
+        max_input_noise: ``noisy_filters`` reads the first layer only where the images it reads
+            are at most this noisy at its scale (``patch_noise``; 1 is white noise).
 
     Raises:
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
@@ -214,6 +224,7 @@ class FilterMonitor(VizCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        max_input_noise: float = 0.8,
     ) -> None:
         super().__init__(on_alert=on_alert, strict=strict, budget=budget)
         self.layer_names = check_layer_names(layers)
@@ -233,6 +244,7 @@ class FilterMonitor(VizCallback):
             min_step_cosine=float(min_step_cosine),
             min_norm_ratio=check_non_negative("min_norm_ratio", min_norm_ratio),
             max_update_noise=check_non_negative("max_update_noise", max_update_noise),
+            max_input_noise=check_non_negative("max_input_noise", max_input_noise),
             warmup_steps=check_int("warmup_steps", warmup_steps, minimum=0),
         )
         self._layers: dict[str, nn.Module] = {}
@@ -240,6 +252,8 @@ class FilterMonitor(VizCallback):
         self._first: str | None = None  # the layer that reads the images (no transposed conv)
         self._frozen: list[str] = []
         self._gates: dict[str, str] = {}  # layer: the scale initialized near zero it learns through
+        self._input_noise: Tensor | float | None = None  # patch_noise of the first layer's images
+        self._input_hook: RemovableHandle | None = None
         self._samples: dict[str, Tensor] = {}
         self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
@@ -346,6 +360,39 @@ class FilterMonitor(VizCallback):
         if fresh:
             with self.guarded(trainer, "filter baseline"):
                 self._measure(trainer, baseline=True)
+        self._input_noise = None
+        first = self._layers.get(self._first) if self._first is not None else None
+        if first is not None and min(first.kernel_size) >= NOISE_MIN_KERNEL:
+            self._read_input_once(trainer, first)
+
+    def _read_input_once(self, trainer: pl.Trainer, layer: nn.Module) -> None:
+        """At the first layer's next forward, read how noisy its images are at its scale
+        (``noisy_filters`` reads the layer only where they are not noise themselves)."""
+
+        def read(module: nn.Module, args: tuple[Any, ...]) -> None:
+            self._stop_reading_input()
+            what = "reading the first layer's images"
+            with self.timed(trainer), self.guarded(trainer, what), torch.no_grad():
+                self._input_noise = patch_noise(args[0], module.kernel_size)
+
+        self._input_hook = layer.register_forward_pre_hook(read)
+
+    def _stop_reading_input(self) -> None:
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_reading_input()
+        super().teardown(trainer, pl_module, stage)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_reading_input()
+        super().on_exception(trainer, pl_module, exception)
 
     @override
     def on_train_batch_end(
@@ -429,6 +476,7 @@ class FilterMonitor(VizCallback):
         host = to_host(
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
+        self._said_input_noise()
         learning = [name for name in self._layers if name not in self._frozen]
         network = {
             key: network_median(host[name, key].item() for name in learning)
@@ -449,6 +497,22 @@ class FilterMonitor(VizCallback):
         self._latest = host
         if image:
             self._show(trainer, host, baseline)
+
+    def _said_input_noise(self) -> None:
+        """The first layer's input noise on the host, once read; a line where noisy_filters
+        will not read the layer for it."""
+        if not isinstance(self._input_noise, Tensor):
+            return
+        self._input_noise = self._input_noise.item()
+        limit = self.thresholds.max_input_noise
+        if self._input_noise > limit:
+            size = "x".join(str(k) for k in self._layers[self._first].kernel_size)
+            rank_zero_info(
+                f"{type(self).__name__}: noisy_filters does not read {self._first!r}: the images "
+                f"it reads are noise at its {size} scale (the median Geary's C of their patches "
+                f"is {self._input_noise:.2f}, above max_input_noise={limit:g}), and there a "
+                "healthy first layer's update can be noise too."
+            )
 
     def _show(self, trainer: pl.Trainer, host: dict[Any, Tensor], baseline: bool) -> None:
         """The filter images of a measurement, unless the budget skips them (kept for
@@ -496,6 +560,7 @@ class FilterMonitor(VizCallback):
                 first_layer=name == self._first,
                 kernel_size=min(self._layers[name].kernel_size),
                 gated=name in self._gates,
+                input_noise=self._input_noise if isinstance(self._input_noise, float) else None,
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],

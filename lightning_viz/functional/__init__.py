@@ -6,7 +6,7 @@ from lightning_viz.functional.activations import activation_stats
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
 from lightning_viz.functional.embedding import knn_accuracy, pca_2d
 from lightning_viz.functional.feature_vis import visualize_features
-from lightning_viz.functional.filters import filter_health, filter_noise
+from lightning_viz.functional.filters import filter_health, filter_noise, patch_noise
 from lightning_viz.functional.gradcam import (
     class_scores,
     grad_cam,
@@ -77,6 +77,7 @@ __all__ = [
     "normalize_signed",
     "occlusion",
     "overlay",
+    "patch_noise",
     "pca_2d",
     "pointing_game",
     "project_layers",

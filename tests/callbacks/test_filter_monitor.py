@@ -26,6 +26,7 @@ from tests.helpers import (
     DigitsClassifier,
     assert_caption,
     fit,
+    hook_count,
     image_pixels,
     make_trainer,
     read_events,
@@ -757,3 +758,26 @@ def test_a_learning_rate_far_too_low_still_shows_in_a_zero_init_resnets_stem(tmp
         ("gated", ", ".join(n for n in monitor._gates)),
         ("not_learning", "model.conv1"),
     }
+
+
+def test_noisy_filters_does_not_read_a_first_layer_whose_images_are_noise(tmp_path, caplog):
+    """Shapes on white noise: a zero-init resnet18 learns the task, and its stem's update, a sum
+    of noise patches, is noise (Geary's C 1.0): noisy_filters fired. A line says why it is not
+    read; the hook that read the images is gone."""
+    images, labels, _ = shapes_task(512, size=32, stamp=10, channels=3)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3, zero_init_residual=True)
+    module = ImageClassifier(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    monitor = FilterMonitor(strict=True)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3, log_every_n_steps=1)
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(val_dataloader|num_workers|log_every)")
+        trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=64))
+    update_noise = read_events(tmp_path).Scalars("filters/model.conv1/update_noise")
+    assert min(e.value for e in update_noise) >= monitor.thresholds.max_update_noise
+    assert {alert.kind for alert in monitor.alerts.raised} == {"gated"}
+    assert re.search(
+        r"noisy_filters does not read 'model.conv1': .* noise at its 7x7 scale .* is [01]\.\d\d",
+        caplog.text,
+    )
+    assert hook_count(model) == 0

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from lightning_viz.functional import filter_health, filter_noise
-from lightning_viz.functional.filters import kernel_slices, reference_slices
+from lightning_viz.functional.filters import kernel_slices, patch_noise, reference_slices
+from lightning_viz.testing import digits_tensors, shapes_task
 
 
 def geary_reference(weight: np.ndarray) -> np.ndarray:
@@ -179,3 +180,31 @@ def test_a_diverged_layer_reads_its_measures_where_float32_squares_overflow(scal
     assert health["update_noise"].item() == pytest.approx(
         torch.from_numpy(geary_reference(update.numpy())).median().item(), rel=1e-5
     )
+
+
+def test_patch_noise_is_the_median_geary_c_of_the_images_kernel_sized_patches():
+    images = torch.randn(2, 3, 10, 15)
+    images[0] += torch.linspace(0, 4, 15)  # a ramp: the first image's patches are smoother
+    patches = [
+        images[i, :, r : r + 5, c : c + 5] for i in range(2) for r in (0, 5) for c in (0, 5, 10)
+    ]
+    expected = torch.from_numpy(geary_reference(torch.stack(patches).double().numpy()))
+    assert patch_noise(images, (5, 5)).item() == pytest.approx(expected.median().item(), rel=1e-5)
+
+
+def test_patch_noise_tells_photos_and_digits_from_white_noise():
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.stack(
+        [torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in load_sample_images().images]
+    )
+    digits, _ = digits_tensors()
+    shapes_on_noise, _, _ = shapes_task(16, size=32, stamp=10, channels=3, noise=0.5)
+    for kernel in (5, 7):
+        assert patch_noise(photos, (kernel, kernel)) < 0.5
+        assert patch_noise(digits, (kernel, kernel)) < 0.2
+        assert patch_noise(shapes_on_noise, (kernel, kernel)) > 0.95
+
+
+def test_patch_noise_of_images_smaller_than_the_kernel_is_unknown():
+    assert patch_noise(torch.randn(3, 4, 4), (5, 5)).isnan()
