@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int
-from lightning_viz.functional.images import normalize, to_rgb
+from lightning_viz.functional.images import normalize, to_rgb, unnormalized
 
 MIN_PICKED, MAX_PICKED = 8, 16
 """How many probes ``from_dataloader`` picks by default: one per class, at least 8, at most 16."""
@@ -246,6 +246,7 @@ class Probes:
         if not images:
             raise ValueError("the dataloader yielded no batch to pick probes from")
         all_images = torch.cat(images)
+        normalization = dataset_normalization(loader)
         if n is None:
             n = min(MAX_PICKED, max(MIN_PICKED, classes_seen[-1]))
         if masks and len(masks) == len(images) and mask_classes:
@@ -254,14 +255,15 @@ class Probes:
             chosen, classes = chosen[:n], classes[:n]
             class_masks = all_masks[chosen] == classes[:, None, None]
             shown = all_images[chosen]
-            return cls(shown, classes, _unnormalized(loader, shown), masks=class_masks)
+            display = unnormalized(shown, normalization)
+            return cls(shown, classes, display, masks=class_masks)
         if multi_hot and len(multi_hot) == len(images):
             if all(bool((hot.sum(dim=1) == 1).all()) for hot in multi_hot):  # one-hot: 1 class
                 labels = [hot.float().argmax(dim=1) for hot in multi_hot]
             else:
                 chosen, classes = _multi_hot_order(torch.cat(multi_hot))
                 shown = all_images[chosen[:n]]
-                display = _unnormalized(loader, shown)
+                display = unnormalized(shown, normalization)
                 return cls(shown, classes[:n], display, multi_label=True)
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
@@ -271,7 +273,8 @@ class Probes:
         )
         chosen = order[:n]
         labels = None if all_labels is None else all_labels[chosen]
-        return cls(all_images[chosen], labels, _unnormalized(loader, all_images[chosen]))
+        shown = all_images[chosen]
+        return cls(shown, labels, unnormalized(shown, normalization))
 
     @classmethod
     def from_files(
@@ -292,7 +295,7 @@ class Probes:
         return cls(torch.stack(tensors), None if labels is None else torch.as_tensor(labels))
 
 
-def _dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
+def dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
     """The per-channel (mean, std) of the torchvision ``Normalize`` in the transform of the
     loader's dataset (or of a ``Subset``'s), the last where several; None without one."""
     dataset = getattr(loader, "dataset", None)
@@ -312,21 +315,6 @@ def _normalize_in(transform: Any) -> tuple[Tensor, Tensor] | None:
             return torch.as_tensor(transform.mean).float(), torch.as_tensor(transform.std).float()
         return None
     return next((found for step in reversed(steps) if (found := _normalize_in(step))), None)
-
-
-def _unnormalized(loader: Iterable, images: Tensor) -> Tensor | None:
-    """The probes as they looked before the dataset's ``Normalize``, in [0, 1] RGB, for their
-    display; None (min-max normalized) where there is none or it does not fit the images.
-    Min-max normalized, an ImageNet-normalized sky read saturated blue."""
-    normalization = _dataset_normalization(loader)
-    if normalization is None or not images.is_floating_point():
-        return None
-    mean, std = (v.flatten().to(images.device) for v in normalization)
-    channels = images.shape[1]
-    if channels not in (1, 3) or len(mean) not in (1, channels) or len(std) != len(mean):
-        return None
-    pixels = images.detach().float() * std[:, None, None] + mean[:, None, None]
-    return to_rgb(pixels.clamp(0, 1)).contiguous()
 
 
 def _in_dataset_order(loader: Iterable) -> Iterable:

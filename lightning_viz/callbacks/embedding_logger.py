@@ -74,7 +74,8 @@ class EmbeddingLogger(ValidationView):
     the parameters): what the network has made of the image just before it decides. Then, on
     global rank 0:
 
-    - the projector gets them with each image's class and a thumbnail (``add_embedding``:
+    - the projector gets them with each image's class and a thumbnail (as the dataset had the
+      image before its torchvision ``Normalize``, else min-max normalized; ``add_embedding``:
       TensorBoard's Projector tab shows t-SNE, UMAP or PCA of them, one entry per epoch);
     - a scatter plot of their two principal components (PCA on the device), coloured by class,
       goes to the Images tab, so the evolution shows epoch after epoch;
@@ -284,7 +285,8 @@ class EmbeddingLogger(ValidationView):
         positions = self._subset[low:high]
         rows = torch.tensor([p - first for p in positions]).to(images.device, non_blocking=True)
         self._positions += positions
-        self._thumbnails.append(thumbnails(images.index_select(0, rows)))
+        chosen = images.index_select(0, rows)
+        self._thumbnails.append(thumbnails(chosen, self.displayed(chosen)))
         if labels is not None:
             self._labels.append(labels.index_select(0, rows.to(labels.device)))
         if self._layer is None:
@@ -437,13 +439,17 @@ def features_of(found: Any) -> Tensor:
     return found.float().flatten(1)
 
 
-def thumbnails(images: Tensor) -> Tensor:
-    """(N, 1 or 3, s, s) uint8 thumbnails of (N, C, H, W) images for the projector's sprite: each
-    min-max normalized, grey for other than 3 channels, shrunk to fit :data:`THUMBNAIL`."""
-    pixels = images.detach().float()
-    if pixels.shape[1] != 3:
-        pixels = pixels.mean(dim=1, keepdim=True)
-    pixels = normalize(pixels)
+def thumbnails(images: Tensor, shown: Tensor | None = None) -> Tensor:
+    """(N, 1 or 3, s, s) uint8 thumbnails of (N, C, H, W) images for the projector's sprite,
+    shrunk to fit :data:`THUMBNAIL`: ``shown``, the images in [0, 1] RGB as the dataset had them
+    before its ``Normalize`` (:meth:`ValidationView.displayed`), else each image min-max
+    normalized, grey for other than 3 channels."""
+    pixels = shown
+    if pixels is None:
+        pixels = images.detach().float()
+        if pixels.shape[1] != 3:
+            pixels = pixels.mean(dim=1, keepdim=True)
+        pixels = normalize(pixels)
     side = max(pixels.shape[-2:])
     if side > THUMBNAIL:
         size = tuple(max(1, round(s * THUMBNAIL / side)) for s in pixels.shape[-2:])

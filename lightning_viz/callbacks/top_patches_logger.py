@@ -108,6 +108,8 @@ class TopPatchesLogger(ValidationView):
 
     - ``top_patches/<layer>`` (image): one row per unit (``ch N``), its k patches strongest
       first, each captioned with the unit's maximum on that image; as wide as TensorBoard's card.
+      The patches are drawn as the dataset had them before its torchvision ``Normalize``, else
+      on one min-max scale for all of them.
     - ``top_patches/<layer>/changed``: from the second logged epoch, the mean over units of the
       share of a unit's top-k images that were not in its previous top-k: 0 when every unit
       responds most to the same images as before, 1 when none does (not logged where the
@@ -350,11 +352,14 @@ class TopPatchesLogger(ValidationView):
         k = min(top.values.shape[1], self._position)  # a validation set smaller than k
         tile = self._tile
         patches = top.patches[:, :k].flatten(0, 1).float()
-        if patches.shape[1] != 3:
-            patches = to_rgb(patches.mean(dim=1, keepdim=True))
-        # one scale for every patch of the layer, so that contrast compares across patches
-        low, high = patches.amin(), patches.amax()
-        patches = (patches - low) / (high - low).clamp_min(1e-12)
+        shown = self.displayed(patches)
+        if shown is None:
+            if patches.shape[1] != 3:
+                patches = to_rgb(patches.mean(dim=1, keepdim=True))
+            # one scale for every patch of the layer, so that contrast compares across patches
+            low, high = patches.amin(), patches.amax()
+            shown = (patches - low) / (high - low).clamp_min(1e-12)
+        patches = shown
         tiles = to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest"))
         frame = torch.ones_like(tiles[0, 0], dtype=torch.bool)
         frame[1:-1, 1:-1] = False

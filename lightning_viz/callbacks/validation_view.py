@@ -16,7 +16,13 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional._validation import check_int
-from lightning_viz.probes import BatchToImages, split_batch, split_batch_with
+from lightning_viz.functional.images import unnormalized
+from lightning_viz.probes import (
+    BatchToImages,
+    dataset_normalization,
+    split_batch,
+    split_batch_with,
+)
 
 """Where the images (and labels) are in a batch that is not a tensor, an ``(images, labels, ...)``
 sequence or a dict: returns the (N, C, H, W) images, or ``(images, labels)``."""
@@ -63,6 +69,7 @@ class ValidationView(VizCallback):
         self._handles: list[RemovableHandle] = []
         self._problems: list[str] = []
         self._rode_epoch: int | None = None  # the training epoch whose validation it read
+        self._normalization: tuple[Tensor, Tensor] | None = None  # the loader's Normalize
 
     # ----------------------------------------------------------------------- subclass API
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,6 +93,11 @@ class ValidationView(VizCallback):
     def timing(self) -> AbstractContextManager[None]:
         """Count a hook's time as this callback's cost (``lightning_viz/overhead``)."""
         return self.timed(self._trainer) if self._trainer is not None else nullcontext()
+
+    def displayed(self, images: Tensor) -> Tensor | None:
+        """``images`` as the validation dataset had them before its torchvision ``Normalize``,
+        in [0, 1] RGB, for display; None (min-max normalize them) without one."""
+        return unnormalized(images, self._normalization)
 
     def problem(self, what: str) -> None:
         """Note a failure inside a hook (a hook must never break the validation step): the
@@ -116,6 +128,8 @@ class ValidationView(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         validation = next(fit_dataloaders(trainer))
+        first = validation[0] if isinstance(validation, (list, tuple)) and validation else None
+        self._normalization = dataset_normalization(first or validation)
         if trainer.limit_val_batches == 0:
             why = "limit_val_batches=0 turns the Trainer's validation off"
         elif validation is None or not is_overridden("validation_step", pl_module):

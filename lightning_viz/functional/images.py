@@ -119,6 +119,22 @@ def to_rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+def unnormalized(images: Tensor, normalization: tuple[Tensor, Tensor] | None) -> Tensor | None:
+    """(N, 3, H, W) images as they were before a torchvision ``Normalize(mean, std)``
+    (``normalization``), clamped to [0, 1], grey repeated to RGB: for display, where min-max
+    normalizing each image shifted its colours (an ImageNet-normalized near-white sky read
+    saturated blue). None where there is no normalization or it does not fit the images (not
+    float, not 1 or 3 channels, another number of means)."""
+    if normalization is None or not images.is_floating_point():
+        return None
+    mean, std = (v.flatten().to(images.device, torch.float32) for v in normalization)
+    channels = images.shape[1]
+    if channels not in (1, 3) or len(mean) not in (1, channels) or len(std) != len(mean):
+        return None
+    pixels = images.detach().float() * std[:, None, None] + mean[:, None, None]
+    return to_rgb(pixels.clamp(0, 1)).contiguous()
+
+
 REGION_COLOR = (1.0, 0.85, 0.0)
 """The colour of a probe's outlined region (:func:`outline`): a yellow that stands out on grey
 digits and on photos alike."""

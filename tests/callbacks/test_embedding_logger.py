@@ -24,6 +24,7 @@ from tests.helpers import (
     make_trainer,
     read_events,
 )
+from tests.test_probes import TransformedImages
 
 TAG = "embedding/model.head"
 VALIDATION_SIZE = 360
@@ -359,3 +360,48 @@ def test_validate_alone_is_not_watched(tmp_path):
     make_trainer(tmp_path, [logger]).validate(DigitsClassifier(), val, verbose=False)
     assert not logger.alerts.raised
     assert not (tmp_path / "projector_config.pbtxt").exists()
+
+
+def test_the_validation_views_draw_normalized_images_as_the_dataset_had_them(tmp_path):
+    """Grey images under ImageNet's Normalize, min-max normalized for display, turned blue: the
+    means and deviations differ by channel. Drawn as they were, they stay grey: the projector's
+    thumbnails are the images, and the only tint in the top-patches grid is the conv's zero
+    padding, which is the mean colour in the images' terms."""
+    from PIL import Image
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    grey = 0.6 + 0.35 * torch.rand(96, 1, 16, 16)
+    grey[:, :, 4:12, 4:12] -= 0.5 * torch.rand(96, 1, 1, 1)  # a darker square of any depth
+    raw, labels = grey.expand(-1, 3, -1, -1), torch.arange(96) % 4
+    normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    train = torch.utils.data.DataLoader(TransformedImages(raw[:64], labels[:64], normalize), 32)
+    val = torch.utils.data.DataLoader(TransformedImages(raw[64:], labels[64:], normalize), 32)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    callbacks = [EmbeddingLogger(strict=True), TopPatchesLogger(units=2, strict=True)]
+    make_trainer(tmp_path, callbacks, max_epochs=1).fit(ImageClassifier(model), train, val)
+
+    config = text_format.Parse((tmp_path / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    (embedding,) = config.embeddings
+    sprite = np.asarray(Image.open(tmp_path / embedding.sprite.image_path).convert("RGB"))
+    rows = (tmp_path / embedding.metadata_path).read_text().splitlines()[1:]
+    side, per_row = 16, sprite.shape[1] // 16
+    for index, row in enumerate(rows):
+        position = int(row.split("\t")[1])
+        top, left = divmod(index, per_row)
+        tile = sprite[top * side : (top + 1) * side, left * side : (left + 1) * side]
+        expected = (raw[64 + position].permute(1, 2, 0) * 255).round().numpy()
+        assert np.abs(tile - expected).max() <= 1
+    for layer in ("model.1", "model.4"):
+        grid = image_pixels(read_events(tmp_path).Images(f"top_patches/{layer}")[-1])
+        tinted = np.abs(grid[..., 0].astype(int) - grid[..., 2].astype(int)) > 1
+        assert (grid[tinted][:, :3] == (124, 116, 104)).all(), layer
