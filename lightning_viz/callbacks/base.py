@@ -701,7 +701,11 @@ class VizCallback(*CALLBACK_BASES):
                 "the costliest callbacks skip work until the share is back within it (each view "
                 "still shows at the fit's end; budget=None never skips)."
             )
-            notes = {c.budget_note for c in context.callbacks(trainer) if c.budget is not None}
+            notes = {
+                c.budget_note
+                for c in context.callbacks(trainer)
+                if c.budget is not None and c.showing
+            }
             message += "".join(f" {note}" for note in sorted(notes) if note)
             finding = Finding(
                 "over_budget", "budget", True, message=message, value=share, threshold=self.budget

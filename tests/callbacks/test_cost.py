@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import pytorch_lightning as pl
+from torch import nn
 
 import lightning_viz
 from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, Probes, tags
@@ -15,7 +16,7 @@ from lightning_viz.callbacks.base import RunContext
 from lightning_viz.callbacks.cost import CostMeter
 from lightning_viz.summary import summarize
 from lightning_viz.testing import digits_tensors
-from tests.helpers import DigitsClassifier, fit, read_events
+from tests.helpers import Classifier, DigitsClassifier, fit, read_events
 
 STEPS_PER_EPOCH = 23
 
@@ -229,6 +230,21 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path, monkeypatch
     else:
         assert {shares[1], shares[3]} == {"ActivationMonitor", "GradCAMLogger"}
         assert float(shares[2]) >= float(shares[4])
+
+
+def test_the_budget_notice_says_nothing_of_a_callback_that_watches_nothing(tmp_path):
+    """A net without activation modules: ActivationMonitor shows nothing, and the notice said
+    that its scalars thin out."""
+    images, labels = digits_tensors()
+    model = nn.Sequential(nn.Conv2d(1, 4, 5), nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
+    callbacks = [
+        ActivationMonitor(budget=0.001),
+        GradCAMLogger(probes=Probes(images[:4], labels[:4]), budget=0.001),
+    ]
+    fit(Classifier(model), callbacks, tmp_path, epochs=3, limit_train_batches=4)
+    assert [a.kind for a in callbacks[0].alerts.raised] == ["not_shown"]
+    (notice,) = [a for a in callbacks[1].alerts.raised if a.kind == "over_budget"]
+    assert "ActivationMonitor" not in notice.message
 
 
 def test_a_slow_render_is_announced_once_per_fit(tmp_path, caplog, monkeypatch):
