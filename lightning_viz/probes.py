@@ -347,15 +347,9 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         if labels is None and images is not None:
             labels = next((v for v in tensors.values() if _looks_like_labels(v, images)), None)
     if images is None or images.dim() != 4:
-        found = (
-            ""
-            if images is None
-            else f" (its inputs have shape {tuple(images.shape)}, not (N, C, H, W): 1-D signals "
-            "and 3-D volumes are not supported, images need a channel dimension)"
-        )
         raise ValueError(
-            f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}{found}; "
-            "pass batch_to_images= to say where they are, or probes=Probes(images, labels)"
+            f"cannot find (N, C, H, W) images in a batch of type {type(batch).__name__}"
+            + _why_no_images(images)
         )
     if labels is not None and (labels.shape != images.shape[:1] or labels.dtype.is_floating_point):
         labels = None
@@ -374,6 +368,27 @@ def split_batch_with(
         return images, labels
 
     return split
+
+
+OR_PROBES = ", or probes=Probes(images, labels)"
+"""The probe views' other way round a batch without images (not the validation views')."""
+
+
+def _why_no_images(found: Tensor | None) -> str:
+    """What :func:`split_batch` found instead of images, and what the user can do."""
+    advice = f"pass batch_to_images= to say where they are{OR_PROBES}"
+    if found is None:
+        return f"; {advice}"
+    shape = f"its inputs have shape {tuple(found.shape)}, not (N, C, H, W)"
+    if found.dim() == 3:
+        return (
+            f" ({shape}): 1-D signals (N, C, L) are not supported; grey images without a "
+            "channel dimension (N, H, W) are: pass batch_to_images=lambda batch: "
+            "(batch[0][:, None], batch[1])"
+        )
+    if found.dim() == 5:
+        return f" ({shape}): 3-D volumes (N, C, D, H, W) are not supported"
+    return f" ({shape}); {advice}"
 
 
 def _looks_like_images(values: Tensor) -> bool:

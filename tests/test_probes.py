@@ -131,6 +131,27 @@ def test_batches_without_images_are_rejected():
         Probes.from_dataloader(labelled_loader(False), n=0)
 
 
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [
+        (
+            (8, 2, 64),
+            r"1-D signals \(N, C, L\) are not supported; grey images .*batch\[0\]\[:, None\]",
+        ),
+        ((8, 1, 4, 16, 16), r"3-D volumes \(N, C, D, H, W\) are not supported$"),
+    ],
+)
+def test_signals_and_volumes_are_told_apart_from_grey_images_without_channels(shape, said):
+    """The advice "pass batch_to_images=" followed "1-D signals and 3-D volumes are not
+    supported", which no batch_to_images makes images."""
+    batch = [torch.randn(shape), torch.zeros(8, dtype=torch.long)]
+    with pytest.raises(ValueError, match=said):
+        Probes.from_dataloader([batch])
+    grey = [torch.randn(8, 16, 16), torch.zeros(8, dtype=torch.long)]
+    probes = Probes.from_dataloader([grey], batch_to_images=lambda b: (b[0][:, None], b[1]))
+    assert probes.images.shape == (8, 1, 16, 16)
+
+
 def test_images_and_labels_are_found_in_dict_batches_by_shape():
     images = torch.rand(6, 3, 8, 8)
     labels = torch.tensor([2, 0, 1, 0, 1, 2])

@@ -18,6 +18,7 @@ from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional._validation import check_int
 from lightning_viz.functional.images import unnormalized
 from lightning_viz.probes import (
+    OR_PROBES,
     BatchToImages,
     dataset_normalization,
     split_batch,
@@ -234,10 +235,8 @@ class ValidationView(VizCallback):
         except ValueError as error:
             if self._given_split:
                 raise
-            raise Unsuited(
-                f"{type(self).__name__}: in the validation loader, {error.args[0].split(';')[0]}; "
-                "pass batch_to_images= to say where they are."
-            ) from error
+            why = error.args[0].replace(OR_PROBES, "")
+            raise Unsuited(f"{type(self).__name__}: in the validation loader, {why}.") from error
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
