@@ -107,7 +107,7 @@ def test_a_text_that_starts_with_its_table_adds_no_note(tmp_path, capsys):
     with SummaryWriter(str(tmp_path)) as writer:
         writer.add_scalar("filters/conv1/noise", 0.5, 0)
         writer.add_scalar("stability/saliency/smoothgrad", 0.14, 5)
-        table = "| probe | explains class | predicted | probability |\n|---|---|---|---|\n| 0 |"
+        table = "| probe | explains class | predicted | its probability |\n|---|---|---|---|\n| 0 |"
         writer.add_text("saliency/smoothgrad/targets", table, 5)
     assert main(["summary", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -377,7 +377,7 @@ class ClassView(ProbeCallback):
             headers = (
                 "highest-scoring class | the explained class's probability"
                 if independent
-                else "predicted | probability"
+                else "predicted | its probability"
             )
         explained = explained.cpu()
         predicted = probabilities.argmax(dim=1)

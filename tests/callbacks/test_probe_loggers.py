@@ -344,7 +344,8 @@ def test_guided_gradcam_image_and_targets(tmp_path):
     text = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
     lines = text.tensor_proto.string_val[0].decode().splitlines()
     table = lines[lines.index(next(line for line in lines if line.startswith("| probe"))) :]
-    assert table[0].startswith("| probe | explains class | predicted | probability |")
+    # "probability" beside "explains class" read as the explained class's where it differs
+    assert table[0].startswith("| probe | explains class | predicted | its probability |")
     explained, predicted = zip(
         *[(row.split("|")[2], row.split("|")[3]) for row in table[2:]], strict=True
     )
