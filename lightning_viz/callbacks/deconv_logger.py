@@ -21,7 +21,7 @@ from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._relu_rules import RulelessActivationWarning
+from lightning_viz.functional._relu_rules import RulelessActivationWarning, no_rule_for
 from lightning_viz.functional._validation import (
     all_finite,
     check_choice,
@@ -283,12 +283,11 @@ class DeconvLogger(ProbeCallback):
             pl_module, probes.images[:1], list(self._layers), self.rule, forward
         )
         if self._ruleless:
-            them = "it" if len(self._ruleless) == 1 else "them"
+            no_rule, them = no_rule_for(self._ruleless, self.rule)
             rank_zero_warn(
-                f"lightning-viz: DeconvLogger: {', '.join(self._ruleless)} "
-                f"{'has' if len(self._ruleless) == 1 else 'have'} no {self.rule} rule: the "
-                f"projections pass plain gradients through {them}, a mix of {self.rule} "
-                "reconstruction and gradient map (each image's legend says so)"
+                f"lightning-viz: DeconvLogger: {no_rule}: the projections pass plain gradients "
+                f"through {them}, a mix of {self.rule} reconstruction and gradient map (each "
+                "image's legend says so)"
             )
 
     @property

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -25,9 +27,11 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
+from lightning_viz.functional._relu_rules import RulelessActivationWarning, no_rule_for
 from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
+from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.probes import BatchToImages, Probes
 
 
@@ -185,6 +189,7 @@ class GradCAMLogger(ClassView):
             budget=budget,
         )
         self.guided = bool(guided)
+        self._ruleless: list[str] = []  # activations guided backprop passes plain gradients
         self._layers: dict[str, nn.Module] = {}
 
     view = "Grad-CAM"
@@ -209,6 +214,23 @@ class GradCAMLogger(ClassView):
             except ValueError as error:
                 raise Unsuited(f"{source}: {error}") from None
             self._layers = {name: pl_module.get_submodule(name)}
+        if self.guided:
+            forward = self.probe_forward(pl_module)
+            self._ruleless = ruleless_activations(
+                pl_module, probes.images[:1], None, "guided", forward
+            )
+            if self._ruleless:
+                no_rule, them = no_rule_for(self._ruleless, "guided")
+                rank_zero_warn(
+                    f"lightning-viz: GradCAMLogger: {no_rule}: guided Grad-CAM passes plain "
+                    f"gradients through {them}, a mix of guided backprop and gradient (each "
+                    "guided image's legend says so)"
+                )
+
+    @property
+    def _plain_gradients(self) -> str:
+        """The guided legend's note of the activations plain gradients pass through."""
+        return f" (plain gradients through {', '.join(self._ruleless)})" if self._ruleless else ""
 
     def _explain(
         self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None
@@ -221,7 +243,9 @@ class GradCAMLogger(ClassView):
         )
         if not self.guided:
             return cams, logits, {}
-        gradients = guided_backprop(pl_module, probes.images, targets, self._transform, forward)
+        with warnings.catch_warnings():  # said once, at fit start (prepare)
+            warnings.simplefilter("ignore", RulelessActivationWarning)
+            gradients = guided_backprop(pl_module, probes.images, targets, self._transform, forward)
         size = tuple(probes.images.shape[-2:])
         guided = {
             layer: gradients * normalize(upsample(cam, size))[:, None]
@@ -282,5 +306,5 @@ class GradCAMLogger(ClassView):
                 tag = tags.tag(tags.GRADCAM_GUIDED, layer)
                 self._log_panels(
                     trainer, tag, display, readable(to_rgb(product)), captions, ("-", "+"),
-                    f"guided {evidence}", "gray", note=ratings[tag].note,
+                    f"guided {evidence}{self._plain_gradients}", "gray", note=ratings[tag].note,
                 )  # fmt: skip

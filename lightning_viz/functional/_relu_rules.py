@@ -8,7 +8,7 @@ and reused ones) and ``F.relu`` / ``torch.relu`` / ``Tensor.relu(_)`` calls alik
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -103,13 +103,18 @@ def relu_rule(rule: Rule) -> Iterator[set[str]]:
         yield mode.ruleless
 
 
+def no_rule_for(ruleless: Iterable[str], rule: str) -> tuple[str, str]:
+    """("GELU has no guided rule" or "GELU, SiLU have no guided rule", "it" or "them")."""
+    names = sorted(ruleless)
+    one = len(names) == 1
+    return f"{', '.join(names)} {'has' if one else 'have'} no {rule} rule", "it" if one else "them"
+
+
 def warn_ruleless(ruleless: set[str], rule: str) -> None:
     """One warning naming the activations that ran without a ``rule`` (plain gradients there)."""
     if ruleless:
-        verb = "has" if len(ruleless) == 1 else "have"
         warnings.warn(
-            f"{', '.join(sorted(ruleless))} {verb} no {rule} rule: gradients pass through "
-            "unchanged there",
+            f"{no_rule_for(ruleless, rule)[0]}: gradients pass through unchanged there",
             RulelessActivationWarning,
             stacklevel=4,
         )

@@ -103,17 +103,18 @@ ChannelChoice = Tensor | Callable[[Tensor], Tensor]
 def ruleless_activations(
     model: nn.Module,
     inputs: Tensor,
-    layers: Sequence[str],
+    layers: Sequence[str] | None = None,
     rule: Rule = "deconvnet",
     forward: Forward | None = None,
 ) -> list[str]:
     """The activations without a ``rule`` (GELU, SiLU, Hardswish, ...) that run before the
-    deepest of ``layers`` on ``inputs``: projections of those layers pass plain gradients
-    through them, a gradient map there rather than the rule's reconstruction."""
+    deepest of ``layers`` on ``inputs`` (None: in the whole forward, which guided backprop of
+    the output goes back through): projections of those layers pass plain gradients through
+    them, a gradient map there rather than the rule's reconstruction."""
     check_choice("rule", rule, RULES)
-    modules = resolve_layers(model, list(layers))
+    modules = {} if layers is None else resolve_layers(model, list(layers))
     with torch.no_grad(), relu_rule(rule) as ruleless:
-        run_until_captured(model, inputs, modules, full_forward=False, forward=forward)
+        run_until_captured(model, inputs, modules, full_forward=layers is None, forward=forward)
     return sorted(ruleless)
 
 

@@ -894,6 +894,24 @@ def test_deconv_says_once_and_in_its_legend_where_plain_gradients_pass(tmp_path,
     assert len(read_events(tmp_path).Images("deconv/model.0")) == 3
 
 
+def test_guided_gradcam_says_once_and_in_its_legend_where_plain_gradients_pass(tmp_path):
+    """GradCAMLogger(guided=True) on a GELU net warned at every epoch, unnamed, from inside the
+    library; the guided image did not say it."""
+    gradcam = GradCAMLogger(guided=True, strict=True)
+    trainer = make_trainer(tmp_path, [gradcam], max_epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier(GELUNet()), random_loader(n=8, size=16), random_loader(n=8, size=16))
+    said = [str(w.message) for w in caught if "rule" in str(w.message)]
+    assert said == [
+        "lightning-viz: GradCAMLogger: GELU has no guided rule: guided Grad-CAM passes plain "
+        "gradients through it, a mix of guided backprop and gradient (each guided image's "
+        "legend says so)"
+    ]
+    assert gradcam._plain_gradients == " (plain gradients through GELU)"
+    assert len(read_events(tmp_path).Images("gradcam/model.3/guided")) == 4  # fit start, 3 epochs
+
+
 def test_deconv_with_only_1x1_maps_says_so(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 10))
     deconv = DeconvLogger()
