@@ -2,7 +2,7 @@
 
     python examples/train_digits.py [--epochs 15] [--logdir lightning_logs]
 
-Runs on the GPU when there is one, in about 15 seconds on 2 CPU cores, then prints where the
+Runs on the GPU when there is one, in about 20 seconds on 2 CPU cores, then prints where the
 logs are, the TensorBoard command, and the alerts that were raised.
 """
 
