@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 GATE_INIT = 1e-3
 """A trainable scale (a parameter of at most one dimension, not a bias) whose values all lie
@@ -36,7 +37,8 @@ def scale_gates(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, 
     candidates = [
         (name, parameter)
         for name, parameter in model.named_parameters()
-        if parameter.requires_grad
+        if not is_lazy(parameter)  # a lazy module's, shapeless until its first forward
+        and parameter.requires_grad
         and parameter.is_floating_point()
         and parameter.dim() <= 1
         and parameter.numel() > 0

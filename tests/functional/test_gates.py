@@ -99,3 +99,10 @@ def test_a_gated_layer_is_not_read_by_not_learning():
         for gated in (False, True)
     }
     assert kinds == {False: {"not_learning"}, True: set()}
+
+
+def test_a_lazy_modules_shapeless_parameters_are_passed_over():
+    """A GAN built of lazy modules aborted fit(): their parameters have no shape until the first
+    forward."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LazyConv2d(8, 3), nn.LazyBatchNorm2d())
+    assert scale_gates(model, watched(model)) == {}
