@@ -128,11 +128,11 @@ for each (:func:`alert_table`); when several callbacks alert at one step, the la
 step holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 NOTICE_KINDS = frozenset(
-    {"failed", "frozen", "gated", "not_shown", "over_budget", "reference_at_resume"}
+    {"failed", "frozen", "gated", "noisy_inputs", "not_shown", "over_budget", "reference_at_resume"}
 )
 """Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
 not counted in :data:`ALERT_COUNT`, listed apart by ``lightning-viz summary``."""
-INFO_KINDS = frozenset({"gated", "over_budget", "reference_at_resume"})
+INFO_KINDS = frozenset({"gated", "noisy_inputs", "over_budget", "reference_at_resume"})
 """Notices printed as a line, not a warning: lightning-viz doing what it was asked, which a
 healthy run should not be warned about."""
 OVERHEAD = "lightning_viz/overhead"

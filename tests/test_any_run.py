@@ -370,8 +370,9 @@ def test_default_callbacks_never_break_a_working_run(tmp_path, name):
         assert not any(tag.startswith(prefix) for tag in logged), (prefix, logged)
     alerts = [alert for callback in callbacks for alert in callback.alerts.raised]
     # over_budget: these runs take seconds, so the first renders alone pass the 2% budget
-    # gated: a line saying which layers not_learning does not read (timm's zero-init blocks)
-    expected = ("not_shown", "frozen", "over_budget", "gated")
+    # gated, noisy_inputs: lines saying which layers not_learning or noisy_filters do not read
+    # (timm's zero-init blocks; random images)
+    expected = ("not_shown", "frozen", "over_budget", "gated", "noisy_inputs")
     assert all(alert.kind in expected for alert in alerts), alerts
     notices = [alert for alert in alerts if alert.kind == "not_shown"]
     assert len(notices) == setup.notices, [alert.message for alert in notices]

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -31,6 +30,7 @@ from lightning_viz.functional.alert_rules import (
     frozen_finding,
     gated_finding,
     network_median,
+    noisy_inputs_finding,
     reference_at_resume_finding,
 )
 from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
@@ -116,7 +116,8 @@ class FilterMonitor(VizCallback):
       where the images the layer reads are not noise themselves: read at its first training
       forward, their patches' median Geary's C (``patch_noise``) at most ``max_input_noise``
       (photos 0.33 to 0.45, the digits 0.10 to 0.15; on shapes over white noise, 0.98, a
-      healthy zero-init resnet18's stem update read 0.96 to 1.0); a log line says when not.
+      healthy zero-init resnet18's stem update read 0.96 to 1.0); ``noisy_inputs`` says when
+      not.
     - ``nonfinite_weights``: NaN or Inf in the weights.
     - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
       no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
@@ -125,6 +126,9 @@ class FilterMonitor(VizCallback):
       whose last norm scale, layer scale or skip-init gain starts within 1e-3 of zero (timm's
       ResNets, RegNets, ConvNeXts, NFNets; torchvision's ``zero_init_residual=True``): their
       gradients are that scale times what they would be, so they learn slowly by design.
+    - ``noisy_inputs`` (a notice, a log line, at the first measurement after the first training
+      batch): the images the first layer reads are noise at its scale, and ``noisy_filters``
+      does not read it.
     - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
       checkpoint without the monitor's reference weights of some watched layers (saved without
       FilterMonitor, or with other ``layers=``); they are measured from their weights at the
@@ -476,7 +480,7 @@ class FilterMonitor(VizCallback):
         host = to_host(
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
-        self._said_input_noise()
+        self._said_input_noise(trainer)
         learning = [name for name in self._layers if name not in self._frozen]
         network = {
             key: network_median(host[name, key].item() for name in learning)
@@ -498,21 +502,16 @@ class FilterMonitor(VizCallback):
         if image:
             self._show(trainer, host, baseline)
 
-    def _said_input_noise(self) -> None:
-        """The first layer's input noise on the host, once read; a line where noisy_filters
-        will not read the layer for it."""
+    def _said_input_noise(self, trainer: pl.Trainer) -> None:
+        """The first layer's input noise on the host, once read; a ``noisy_inputs`` notice where
+        noisy_filters will not read the layer for it."""
         if not isinstance(self._input_noise, Tensor):
             return
         self._input_noise = self._input_noise.item()
-        limit = self.thresholds.max_input_noise
-        if self._input_noise > limit:
-            size = "x".join(str(k) for k in self._layers[self._first].kernel_size)
-            rank_zero_info(
-                f"{type(self).__name__}: noisy_filters does not read {self._first!r}: the images "
-                f"it reads are noise at its {size} scale (the median Geary's C of their patches "
-                f"is {self._input_noise:.2f}, above max_input_noise={limit:g}), and there a "
-                "healthy first layer's update can be noise too."
-            )
+        if self._input_noise > self.thresholds.max_input_noise:
+            kernel = tuple(self._layers[self._first].kernel_size)
+            finding = noisy_inputs_finding(self._first, self._input_noise, self.thresholds, kernel)
+            self.raise_alert(trainer, finding)
 
     def _show(self, trainer: pl.Trainer, host: dict[Any, Tensor], baseline: bool) -> None:
         """The filter images of a measurement, unless the budget skips them (kept for

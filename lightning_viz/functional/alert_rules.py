@@ -300,6 +300,26 @@ def gated_finding(gates: Mapping[str, str], watched: int) -> Finding:
     )
 
 
+def noisy_inputs_finding(
+    layer: str, input_noise: float, thresholds: FilterThresholds, kernel_size: Sequence[int]
+) -> Finding:
+    """A notice, once per fit: the images first ``layer`` reads are noise at its
+    ``kernel_size`` (``input_noise`` above ``max_input_noise``), and ``noisy_filters`` does not
+    read it."""
+    size = "x".join(str(k) for k in kernel_size)
+    return Finding(
+        "noisy_inputs",
+        layer,
+        True,
+        input_noise,
+        thresholds.max_input_noise,
+        message=f"noisy_filters does not read {layer!r}: the images it reads are noise at its "
+        f"{size} scale (the median Geary's C of their patches is {input_noise:.2f}, above "
+        f"max_input_noise={thresholds.max_input_noise:g}), and there a healthy first layer's "
+        "update can be noise too. Nothing to do.",
+    )
+
+
 def reference_at_resume_finding(layers: Sequence[str], step: int) -> Finding:
     """A notice, once at fit start: the reference weights of these watched layers are their
     weights at ``step``, where training resumed from a checkpoint without them, not at

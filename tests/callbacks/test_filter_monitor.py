@@ -266,7 +266,8 @@ def test_the_usual_resnet_recipe_raises_no_alert(tmp_path):
         trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=64))
     drift = read_events(tmp_path).Scalars("filters/model.conv1/drift")
     assert drift[-1].value > monitor.thresholds.max_drift  # the case the rules must not flag
-    assert not monitor.alerts.raised
+    # a notice, a line: the shapes lie on white noise, which noisy_filters does not read
+    assert [alert.kind for alert in monitor.alerts.raised] == ["noisy_inputs"]
 
 
 @pytest.mark.parametrize(
@@ -762,8 +763,8 @@ def test_a_learning_rate_far_too_low_still_shows_in_a_zero_init_resnets_stem(tmp
 
 def test_noisy_filters_does_not_read_a_first_layer_whose_images_are_noise(tmp_path, caplog):
     """Shapes on white noise: a zero-init resnet18 learns the task, and its stem's update, a sum
-    of noise patches, is noise (Geary's C 1.0): noisy_filters fired. A line says why it is not
-    read; the hook that read the images is gone."""
+    of noise patches, is noise (Geary's C 1.0): noisy_filters fired. A notice, a line, says why
+    it is not read; the hook that read the images is gone."""
     images, labels, _ = shapes_task(512, size=32, stamp=10, channels=3)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3, zero_init_residual=True)
@@ -775,7 +776,10 @@ def test_noisy_filters_does_not_read_a_first_layer_whose_images_are_noise(tmp_pa
         trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=64))
     update_noise = read_events(tmp_path).Scalars("filters/model.conv1/update_noise")
     assert min(e.value for e in update_noise) >= monitor.thresholds.max_update_noise
-    assert {alert.kind for alert in monitor.alerts.raised} == {"gated"}
+    assert {alert.kind for alert in monitor.alerts.raised} == {"gated", "noisy_inputs"}
+    (notice,) = [alert for alert in monitor.alerts.raised if alert.kind == "noisy_inputs"]
+    assert notice.is_notice
+    assert notice.threshold == monitor.thresholds.max_input_noise < notice.value
     assert re.search(
         r"noisy_filters does not read 'model.conv1': .* noise at its 7x7 scale .* is [01]\.\d\d",
         caplog.text,
