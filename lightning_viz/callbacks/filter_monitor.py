@@ -322,7 +322,9 @@ class FilterMonitor(VizCallback):
                     f"{list(self._layers)}"
                 )
             self._image_layers = list(self.image_layers)
-        self._gates = scale_gates(pl_module, self._layers)
+        self._gates = {}
+        with self.guarded(trainer, "finding the layers behind a scale initialized near zero"):
+            self._gates = scale_gates(pl_module, self._layers)
         self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
         self._slices = {n: reference_slices(filters(m).shape) for n, m in self._layers.items()}
 

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_viz import Alert, FilterMonitor, tags
+from lightning_viz.callbacks import filter_monitor
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.images import to_uint8
@@ -785,3 +786,19 @@ def test_noisy_filters_does_not_read_a_first_layer_whose_images_are_noise(tmp_pa
         caplog.text,
     )
     assert hook_count(model) == 0
+
+
+def test_a_failure_to_find_the_gated_layers_is_a_notice_and_training_goes_on(tmp_path, monkeypatch):
+    """The search reads every parameter at fit start: a kind it cannot read (a lazy module's
+    did) must not abort fit()."""
+
+    def unreadable(model, layers):
+        raise RuntimeError("an unreadable parameter")
+
+    monkeypatch.setattr(filter_monitor, "scale_gates", unreadable)
+    monitor = FilterMonitor()
+    fit(DigitsClassifier(), [monitor], tmp_path, epochs=1)
+    (failed,) = monitor.alerts.raised
+    assert failed.kind == "failed"
+    assert "RuntimeError: an unreadable parameter" in failed.message
+    assert len(read_events(tmp_path).Scalars(f"filters/{FIRST}/learned")) == 2
