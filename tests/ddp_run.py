@@ -83,6 +83,8 @@ def main(out: Path, devices: int, mode: str | None) -> None:
     summary = {
         "rank": trainer.global_rank,
         "alerts": [a.kind for c in callbacks for a in c.alerts.raised],
+        # how noisy the first layer's images are: each rank reads its own first batch
+        "input_noise": next((c._input_noise for c in callbacks if isinstance(c, FilterMonitor)), 0),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(summary))
 

@@ -52,6 +52,9 @@ def test_ddp_matches_a_single_process_over_the_same_batches(tmp_path):
         assert [i.step for i in ddp.Images(tag)] == [i.step for i in single.Images(tag)], tag
     ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["alerts"] == ranks[1]["alerts"]
+    # every rank decides whether noisy_filters reads the first layer on the same number: the
+    # mean of what each read in its own first batch
+    assert 0 < ranks[0]["input_noise"] == ranks[1]["input_noise"] < 0.8
 
 
 @pytest.mark.slow

@@ -377,6 +377,7 @@ class FilterMonitor(VizCallback):
 
         def read(module: nn.Module, args: tuple[Any, ...]) -> None:
             self._stop_reading_input()
+            self._input_noise = torch.full((), math.nan, device=filters(module).device)
             what = "reading the first layer's images"
             with self.timed(trainer), self.guarded(trainer, what), torch.no_grad():
                 self._input_noise = patch_noise(args[0], module.kernel_size)
@@ -505,10 +506,13 @@ class FilterMonitor(VizCallback):
             self._show(trainer, host, baseline)
 
     def _said_input_noise(self, trainer: pl.Trainer) -> None:
-        """The first layer's input noise on the host, once read; a ``noisy_inputs`` notice where
-        noisy_filters will not read the layer for it."""
+        """The first layer's input noise on the host, once read (NaN where reading failed: not
+        known, the layer is read); a ``noisy_inputs`` notice where noisy_filters will not read
+        the layer for it."""
         if not isinstance(self._input_noise, Tensor):
             return
+        if trainer.world_size > 1:  # each rank read its own batch: all decide on their mean
+            self._input_noise = trainer.strategy.reduce(self._input_noise, reduce_op="mean")
         self._input_noise = self._input_noise.item()
         if self._input_noise > self.thresholds.max_input_noise:
             kernel = tuple(self._layers[self._first].kernel_size)
