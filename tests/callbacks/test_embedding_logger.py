@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from lightning_viz import EmbeddingLogger, TopPatchesLogger
 from lightning_viz._compat import add_embedding
 from lightning_viz.functional.embedding import knn_accuracy, subset_positions
-from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders
+from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders, sequential_cnn
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     DigitsClassifier,
@@ -377,16 +377,7 @@ def test_the_validation_views_draw_normalized_images_as_the_dataset_had_them(tmp
     normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     train = torch.utils.data.DataLoader(TransformedImages(raw[:64], labels[:64], normalize), 32)
     val = torch.utils.data.DataLoader(TransformedImages(raw[64:], labels[64:], normalize), 32)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
+    model = sequential_cnn(in_channels=3, kernel=5)
     callbacks = [EmbeddingLogger(strict=True), TopPatchesLogger(units=2, strict=True)]
     make_trainer(tmp_path, callbacks, max_epochs=1).fit(ImageClassifier(model), train, val)
 
