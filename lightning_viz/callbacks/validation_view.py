@@ -129,8 +129,9 @@ class ValidationView(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         validation = next(fit_dataloaders(trainer))
-        first = validation[0] if isinstance(validation, (list, tuple)) and validation else None
-        self._normalization = dataset_normalization(first or validation)
+        several = isinstance(validation, (list, tuple))
+        first = (validation[0] if validation else None) if several else validation
+        self._normalization = dataset_normalization(first)
         if trainer.limit_val_batches == 0:
             why = "limit_val_batches=0 turns the Trainer's validation off"
         elif validation is None or not is_overridden("validation_step", pl_module):

@@ -396,3 +396,27 @@ def test_the_validation_views_draw_normalized_images_as_the_dataset_had_them(tmp
         grid = image_pixels(read_events(tmp_path).Images(f"top_patches/{layer}")[-1])
         tinted = np.abs(grid[..., 0].astype(int) - grid[..., 2].astype(int)) > 1
         assert (grid[tinted][:, :3] == (124, 116, 104)).all(), layer
+
+
+class StreamedDigits(torch.utils.data.IterableDataset):
+    """The validation digits as a stream: a loader without a length."""
+
+    def __iter__(self):
+        _, val = digits_loaders()
+        yield from zip(*val.dataset.tensors, strict=True)
+
+
+class ValidatesSeveral(DigitsClassifier):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return super().validation_step(batch, batch_idx)
+
+
+def test_validation_streams_without_length_are_read(tmp_path):
+    """Looking for the first validation loader's Normalize asked it for its truth value, which a
+    loader of an IterableDataset answers with a TypeError: fit() aborted."""
+    logger = EmbeddingLogger(num_images=64, projector=False, strict=True)
+    train, _ = digits_loaders()
+    stream = torch.utils.data.DataLoader(StreamedDigits(), batch_size=32)
+    trainer = make_trainer(tmp_path, [logger], max_epochs=1, limit_train_batches=2)
+    trainer.fit(ValidatesSeveral(), train, [stream, stream])
+    assert len(read_events(tmp_path).Images(TAG)) == 1
