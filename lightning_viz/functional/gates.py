@@ -19,6 +19,9 @@ GATE_INIT = 1e-3
 """A trainable scale (a parameter of at most one dimension, not a bias) whose values all lie
 within this of zero at initialization gates the convs of its block."""
 
+GATE_REACH = 2
+"""How many modules above a scale's own :func:`scale_gates` looks for its block."""
+
 
 def scale_gates(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
     """The ``layers`` (names in ``model``) that learn through a scale initialized near zero,
@@ -61,10 +64,6 @@ def scale_gates(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, 
         for layer in block if len(block) < len(layers) else ():
             gated.setdefault(layer, name)
     return gated
-
-
-GATE_REACH = 2
-"""How many modules above a scale's own :func:`scale_gates` looks for its block."""
 
 
 def _block_layers(owner: str, layers: Mapping[str, nn.Module]) -> list[str]:
