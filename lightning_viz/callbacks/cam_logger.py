@@ -12,14 +12,13 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.callbacks.class_view import ClassView, Target, panel_tiles
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional import colorize, normalize, overlay, upsample
 from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.cam import class_activation_map, gap_linear_head
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.images import readable
 from lightning_viz.probes import BatchToImages, Probes
 
 
@@ -203,7 +202,7 @@ class CAMLogger(ClassView):
         explained = target_index(targets, logits)
         rating = self._rate(trainer, pl_module, probes, {tag: maps}, explained)[tag]
         *captions, table = self._predictions(probes, logits, targets)
-        display = readable(probes.display)
+        display = panel_tiles(probes.display)
         heat = normalize(upsample(maps, tuple(display.shape[-2:])))
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         evidence = f"{layer}: CAM evidence for the {self._explained_class(targets)}"

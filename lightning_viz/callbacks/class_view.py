@@ -45,6 +45,7 @@ from lightning_viz.functional.gradcam import (
 )
 from lightning_viz.functional.images import (
     LEGIBLE_WIDTH,
+    PANEL_TILE,
     colormap_table,
     outline,
     panels_per_row,
@@ -68,6 +69,13 @@ from lightning_viz.functional.scores import (
 from lightning_viz.probes import BatchToImages, Probes
 
 Target = Literal["label", "pred"] | int | None
+
+
+def panel_tiles(display: torch.Tensor) -> torch.Tensor:
+    """The probes' display images enlarged for their panels: as :func:`readable` does, but no
+    larger than two panels side by side allow (:data:`PANEL_TILE`; 28-pixel probes at 84
+    pixels, not 112, which left one probe per row)."""
+    return readable(display, largest=PANEL_TILE)
 
 
 def probability_text(value: float) -> str:
@@ -354,7 +362,7 @@ class ClassView(ProbeCallback):
         n = len(probes)
         explained = logits.argmax(dim=1) if targets is None else torch.as_tensor(targets).expand(n)
         names = self.class_names
-        width = readable(probes.display[:1]).shape[-1]
+        width = panel_tiles(probes.display[:1]).shape[-1]
         image_captions = [self.probe_caption(probes, i, width) for i in range(n)]
         segmented = self._pixel_shares is not None
         independent = False  # a multi-label model's classes, each read on its own

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.callbacks.class_view import ClassView, Target, panel_tiles
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import Unsuited
 from lightning_viz.functional import (
@@ -286,7 +286,7 @@ class GradCAMLogger(ClassView):
             self._rated_maps(cams, guided),
             target_index(targets, logits),
         )
-        display = readable(probes.display)
+        display = panel_tiles(probes.display)
         for layer, cam in cams.items():
             heat = normalize(upsample(cam, tuple(display.shape[-2:])))
             overlays = overlay(display, colorize(heat, self.cmap), self.alpha)

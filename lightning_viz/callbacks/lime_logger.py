@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.callbacks.class_view import ClassView, Target, panel_tiles
 from lightning_viz.functional import colorize, normalize_signed, overlay
 from lightning_viz.functional._validation import (
     check_choice,
@@ -243,7 +243,7 @@ class LIMELogger(ClassView):
         explanation = self._explanation(pl_module, probes, explained)
         self._check_finite(explanation.maps, "the LIME weights")
         rating = self._rate(trainer, pl_module, probes, {tags.LIME: explanation.maps}, explained)
-        display = readable(probes.display)
+        display = panel_tiles(probes.display)
         labels = readable(self._labels[:, None].float())[:, 0]
         heat = normalize_signed(readable(explanation.maps[:, None])[:, 0], percentile=100)
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.callbacks.class_view import ClassView, Target, panel_tiles
 from lightning_viz.functional import colorize, normalize_signed, overlay, upsample
 from lightning_viz.functional._validation import (
     check_finite_number,
@@ -20,7 +20,6 @@ from lightning_viz.functional._validation import (
     check_pair,
 )
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.images import readable
 from lightning_viz.functional.occlusion import occlusion
 from lightning_viz.probes import BatchToImages, Probes
 
@@ -184,7 +183,7 @@ class OcclusionLogger(ClassView):
         self._check_finite(sensitivity, "the occlusion map")
         rating = self._rate(trainer, pl_module, probes, {tags.OCCLUSION: sensitivity}, explained)
         *captions, table = self._predictions(probes, logits, targets)
-        display = readable(probes.display)
+        display = panel_tiles(probes.display)
         heat = normalize_signed(upsample(sensitivity, tuple(display.shape[-2:])), percentile=100)
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         height, width = self._window

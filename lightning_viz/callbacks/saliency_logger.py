@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lightning_viz import tags
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.class_view import ClassView, Target
+from lightning_viz.callbacks.class_view import ClassView, Target, panel_tiles
 from lightning_viz.functional import (
     colorize,
     expected_gradients,
@@ -223,7 +223,7 @@ class SaliencyLogger(ClassView):
         reduced = self._reduced(attributions)
         tag = tags.tag(tags.SALIENCY, "", self.key)
         rating = self._rate(trainer, pl_module, probes, {tag: reduced}, explained)[tag]
-        display = readable(probes.display)
+        display = panel_tiles(probes.display)
         scaled = readable(reduced[:, None])[:, 0]
         heat = normalize_signed(scaled) if self.signed else normalize_magnitude(scaled)
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)

@@ -219,18 +219,26 @@ MIN_TILE = 96
 MAX_TILE = 192
 """Largest side of a logged tile: larger images are shrunk to it."""
 
+PANEL_TILE = (LEGIBLE_WIDTH - 22) // 4
+"""The largest tile of which two probe panels (image and map, 2 pixels apart, grid padding 6)
+fit :data:`LEGIBLE_WIDTH`: 28-pixel probes enlarged x4 to 112 pixels left one probe per row, a
+1,458-pixel column of ten; x3, 84 pixels, puts two side by side."""
 
-def readable(tiles: Tensor, mode: str = "nearest") -> Tensor:
+
+def readable(tiles: Tensor, mode: str = "nearest", largest: int = MAX_TILE) -> Tensor:
     """Resize (N, C, h, w) tiles so that their longer side lies in [MIN_TILE, MAX_TILE].
 
     Small tiles are enlarged by a whole factor (``"nearest"`` keeps pixels and kernel weights
-    square and honest, ``"bilinear"`` suits smooth maps); large ones are shrunk by area
-    averaging. uint8 tiles stay uint8 (resized in floats where nearest does not suffice); others
-    come back as float32.
+    square and honest, ``"bilinear"`` suits smooth maps), the smallest that reaches MIN_TILE,
+    or, where that one passes ``largest``, the largest that stays within it if it still reaches
+    three quarters of MIN_TILE; large ones are shrunk by area averaging. uint8 tiles stay uint8
+    (resized in floats where nearest does not suffice); others come back as float32.
     """
     side = max(tiles.shape[-2:])
     if side < MIN_TILE:
         scale = -(-MIN_TILE // side)
+        if side * scale > largest and largest // side * side >= MIN_TILE * 3 // 4:
+            scale = largest // side
         if mode == "nearest":  # a copy of each pixel: 3x faster than nearest interpolation (CPU)
             tiles = as_display(tiles, _display_dtype(tiles))
             return tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)

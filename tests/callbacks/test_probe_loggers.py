@@ -912,6 +912,21 @@ def test_guided_gradcam_says_once_and_in_its_legend_where_plain_gradients_pass(t
     assert len(read_events(tmp_path).Images("gradcam/model.3/guided")) == 4  # fit start, 3 epochs
 
 
+def test_28_pixel_probes_sit_two_panels_to_a_row_under_captions_of_their_width(tmp_path):
+    """Enlarged x4 to 112 pixels, MNIST-sized probes left one probe per row: ten probes made a
+    238 x 1458 column. x3 puts two side by side, and the captions are chosen for 84 pixels."""
+    images, labels = digits_tensors(size=28)
+    loader = DataLoader(TensorDataset(images[:256], labels[:256]), 64)
+    gradcam = GradCAMLogger(strict=True)
+    make_trainer(tmp_path, [gradcam], max_epochs=1).fit(
+        Classifier(sequential_cnn(1)), loader, loader
+    )
+    (image,) = read_events(tmp_path).Images("gradcam/model.4")[-1:]
+    assert image.width == 4 * 84 + 22  # two panels of two 84-pixel tiles, 6 pixels apart
+    assert image.height < 700  # five rows of panels, then the colour bar
+    assert_caption(image_pixels(image), "true 0", x=6, y=6, width=84)
+
+
 def test_deconv_with_only_1x1_maps_says_so(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 10))
     deconv = DeconvLogger()

@@ -99,6 +99,11 @@ def test_readable_tiles_and_panel_grids():
     assert readable(torch.rand(2, 3, 5, 5)).shape[-1] == 100  # a whole factor
     assert readable(torch.rand(1, 3, 224, 224)).shape[-1] == MAX_TILE
     assert readable(torch.rand(1, 3, 120, 120)).shape[-1] == 120
+    # within a limit: the largest whole factor under it, unless that falls below 72 pixels
+    assert readable(torch.rand(1, 1, 28, 28), largest=99).shape[-1] == 84
+    assert readable(torch.rand(1, 1, 40, 40), largest=99).shape[-1] == 80
+    assert readable(torch.rand(1, 1, 50, 50), largest=99).shape[-1] == 100
+    assert readable(torch.rand(1, 1, 32, 32), largest=99).shape[-1] == 96
     small = torch.tensor([[[[0.0, 1.0]]]])
     assert readable(small).unique().tolist() == [0.0, 1.0]  # nearest keeps values
     assert panels_per_row(10, 112, 194) == 2
