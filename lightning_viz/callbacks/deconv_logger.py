@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ from lightning_viz.callbacks.layers import named_layers, watched_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid, normalize_signed, project_layers, to_rgb, top_channels
 from lightning_viz.functional._capture import output_shapes
-from lightning_viz.functional._relu_rules import RulelessActivationWarning, no_rule_for
+from lightning_viz.functional._relu_rules import no_rule_for, ruleless_said
 from lightning_viz.functional._validation import (
     all_finite,
     check_choice,
@@ -302,8 +301,7 @@ class DeconvLogger(ProbeCallback):
     ) -> dict:
         """:func:`project_layers` with the rule; the activations it has none for were said at
         fit start (:meth:`prepare`), not at every pass."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RulelessActivationWarning)
+        with ruleless_said():
             return project_layers(pl_module, probes.images, channels, self.rule, forward=forward)
 
     @override

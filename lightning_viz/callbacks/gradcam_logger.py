@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from lightning_viz.functional import (
     to_rgb,
     upsample,
 )
-from lightning_viz.functional._relu_rules import RulelessActivationWarning, no_rule_for
+from lightning_viz.functional._relu_rules import no_rule_for, ruleless_said
 from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
 from lightning_viz.functional.images import readable
@@ -243,8 +242,7 @@ class GradCAMLogger(ClassView):
         )
         if not self.guided:
             return cams, logits, {}
-        with warnings.catch_warnings():  # said once, at fit start (prepare)
-            warnings.simplefilter("ignore", RulelessActivationWarning)
+        with ruleless_said():  # said once, at fit start (prepare)
             gradients = guided_backprop(pl_module, probes.images, targets, self._transform, forward)
         size = tuple(probes.images.shape[-2:])
         guided = {

@@ -110,6 +110,15 @@ def no_rule_for(ruleless: Iterable[str], rule: str) -> tuple[str, str]:
     return f"{', '.join(names)} {'has' if one else 'have'} no {rule} rule", "it" if one else "them"
 
 
+@contextmanager
+def ruleless_said() -> Iterator[None]:
+    """Silence :class:`RulelessActivationWarning` in the block: the calling view named those
+    activations once per fit already (and in its legends), not at every pass."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RulelessActivationWarning)
+        yield
+
+
 def warn_ruleless(ruleless: set[str], rule: str) -> None:
     """One warning naming the activations that ran without a ``rule`` (plain gradients there)."""
     if ruleless:
