@@ -43,7 +43,13 @@ from lightning_viz.functional.gradcam import (
     reconstructs,
     without_score_head,
 )
-from lightning_viz.functional.images import CARD_WIDTH, panels_per_row, readable, to_uint8
+from lightning_viz.functional.images import (
+    CARD_WIDTH,
+    panels_per_row,
+    readable,
+    shrunk,
+    to_uint8,
+)
 from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -444,13 +450,17 @@ class DeconvLogger(ProbeCallback):
             if float(value) >= INDEPENDENT
         }
 
-    def _evolution_cells(self, thumbnails: Tensor) -> Tensor:
-        """The thumbnails enlarged by the largest whole factor that keeps ``num_features``
-        columns and the row labels within TensorBoard's card (none past 64 pixels: they hold
-        no more detail), so that the legend under them is not shrunk."""
-        side = max(thumbnails.shape[-2:])
-        fitting = (CARD_WIDTH - table_label_width([EVOLUTION_LABEL])) // self.num_features - 2
-        scale = max(1, min(fitting, EVOLUTION_CELL) // side)
+    def _evolution_cells(self, layer: str, thumbnails: Tensor) -> Tensor:
+        """The thumbnails resized to the evolution grid's cells: the largest that keep the
+        layer's followed features and the row labels within TensorBoard's card (none past 64
+        pixels: they hold no more detail), so that the legend under them is not shrunk;
+        enlarged by a whole factor, shrunk by area, their aspect kept."""
+        columns = len(self.features[layer])
+        fitting = (CARD_WIDTH - table_label_width([EVOLUTION_LABEL])) // columns - 2
+        cell, side = max(1, min(fitting, EVOLUTION_CELL)), max(thumbnails.shape[-2:])
+        if side > cell:
+            return shrunk(thumbnails, cell)
+        scale = cell // side
         return thumbnails.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
     def _evolution_slots(self, trainer: pl.Trainer) -> int:
@@ -461,17 +471,16 @@ class DeconvLogger(ProbeCallback):
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
         thumbnails = to_rgb(normalize_signed(followed))
-        if max(thumbnails.shape[-2:]) > EVOLUTION_CELL:
-            size = (EVOLUTION_CELL, EVOLUTION_CELL)
-            thumbnails = F.interpolate(thumbnails, size=size, mode="area")
+        if max(thumbnails.shape[-2:]) > EVOLUTION_CELL:  # kept (and checkpointed) at most so
+            thumbnails = shrunk(thumbnails, EVOLUTION_CELL)
         thumbnails = to_uint8(thumbnails)
         columns = self.columns.setdefault(layer, [])
         epochs = self.column_epochs.setdefault(layer, [])
         enlarged = self._enlarged.get(layer)
         if enlarged is None or len(enlarged) != len(columns):  # e.g. columns from a checkpoint
-            enlarged = [self._evolution_cells(column.to(followed.device)) for column in columns]
+            enlarged = [self._evolution_cells(layer, c.to(followed.device)) for c in columns]
         columns.append(thumbnails.cpu())
-        enlarged.append(self._evolution_cells(thumbnails))
+        enlarged.append(self._evolution_cells(layer, thumbnails))
         epochs.append(trainer.current_epoch)
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]

@@ -20,6 +20,7 @@ from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
+from lightning_viz.functional.captions import BAND, table_label_width
 from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.testing import (
     DigitsCNN,
@@ -283,6 +284,25 @@ def test_evolution_columns_are_capped_and_thinned(tmp_path):
     fit(DigitsClassifier(), [deconv], tmp_path, epochs=5, limit_train_batches=2)
     assert deconv.column_epochs["model.features.0"] == [0, 3, 4]
     assert len(deconv.columns["model.features.0"]) == 3
+
+
+def test_evolution_of_many_features_of_large_images_fits_the_card(tmp_path):
+    """Six followed features (more than ``num_features``) of 96 x 160 images: their cells
+    shrink (aspect kept) so that the grid and its legend stay within TensorBoard's card; six
+    64-pixel cells made it 441 pixels wide, squeezed to 64 x 64."""
+    images = torch.randn(8, 3, 96, 160, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images, torch.arange(8) % 10), batch_size=4)
+    features = [("model.0", channel) for channel in range(6)]
+    deconv = DeconvLogger(layers=["model.0"], features=features, strict=True)
+    make_trainer(tmp_path, [deconv], max_epochs=1).fit(Classifier(sequential_cnn()), loader)
+    assert len(deconv.features["model.0"]) == 6
+    assert deconv.columns["model.0"][0].shape[-2:] == (38, 64)  # stored at most 64, aspect kept
+    (evolution,) = read_events(tmp_path).Images("evolution/model.0")
+    label_width = table_label_width(["epoch 0"])
+    assert evolution.width == label_width + 6 * (44 + 2) <= CARD_WIDTH  # cells 44 pixels wide
+    pixels = image_pixels(evolution)
+    first_cell = pixels[BAND + 1 : BAND + 27, label_width : label_width + 44]  # 26 high
+    assert not (first_cell == 255).all(axis=-1).all(axis=0).any()  # no blank column in it
 
 
 @pytest.mark.slow
