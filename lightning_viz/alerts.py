@@ -69,6 +69,11 @@ class AlertBook:
         self.active.discard(key)
         return "cleared"
 
+    def active_alerts(self) -> list[Alert]:
+        """The raised alerts still active (each key's latest raise), in the order first raised."""
+        latest = {(alert.layer, alert.kind): alert for alert in self.raised}
+        return [alert for key, alert in latest.items() if key in self.active]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "active": [list(key) for key in sorted(self.active)],

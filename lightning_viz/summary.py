@@ -98,12 +98,10 @@ def summarize(run: Path) -> str | None:
     health = [a for a in alerts if a["kind"] not in tags.NOTICE_KINDS]
     notices = [a for a in alerts if a["kind"] in tags.NOTICE_KINDS]
     lines.append(f"alerts: {len(health)}")
-    lines += [
-        f"  - step {a['step']} (epoch {a['epoch']}) [{a['state']}] {a['message']}" for a in health
-    ]
+    lines += _alert_lines(health, state=True)
     if notices:
         lines.append(f"notices (on lightning-viz or the setup, not on training): {len(notices)}")
-        lines += [f"  - step {a['step']} (epoch {a['epoch']}) {a['message']}" for a in notices]
+        lines += _alert_lines(notices, state=False)
     return "\n".join(lines)
 
 
@@ -176,7 +174,9 @@ def _trust(events: Any, scalars: set[str]) -> list[str]:
 
 def _alerts(events: Any) -> list[dict[str, Any]]:
     """Every alert raised in the run, in order, with its state now: active, or cleared (and
-    when). The last text entry of a step holds every alert of that step."""
+    when), and ``like``: the alert of the same step whose paragraph it shares (the table says
+    it once, "as for 1"). The last text entry of a step holds every alert of that step, and
+    the alerts of earlier steps still active."""
     text_tag = tags.text_summary(tags.ALERTS)
     if text_tag not in events.Tags()["tensors"]:
         return []
@@ -184,26 +184,62 @@ def _alerts(events: Any) -> list[dict[str, Any]]:
     raised: list[dict[str, Any]] = []
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for step, text in sorted(by_step.items()):
-        for row in tags.parse_alert_table(text):
+        rows = tags.parse_alert_table(text)
+        for row in rows:
             key = (row["kind"], row["layer"])
             if row["status"] == "cleared" and key in latest:
                 latest[key]["state"] = f"cleared at step {step}"
                 continue
+            if row["status"] == "active" and key in latest:  # raised at an earlier step
+                continue
+            reference = _REFERENCE.match(row["what to check"])
+            like = rows[int(reference[1]) - 1] if reference else None
             alert = {
                 "step": step,
                 "epoch": row.get("epoch", "-"),
                 "kind": row["kind"],
                 "layer": row["layer"],
                 "message": (
-                    f"{row['kind']} in {row['layer']!r}, {row['what to check']}"
-                    if row["what to check"].startswith("as for ")  # a paragraph said once
+                    f"{row['kind']} in {row['layer']!r} (as for {like['layer']!r})"
+                    if like is not None
                     else row["what to check"]
                 ),
+                "like": latest.get((like["kind"], like["layer"])) if like is not None else None,
                 "state": "active",
             }
             raised.append(alert)
             latest[key] = alert
     return raised
+
+
+_REFERENCE = re.compile(r"^as for (\d+)")
+
+
+def _alert_lines(alerts: list[dict[str, Any]], state: bool) -> list[str]:
+    """A line per alert, the alerts of one step that share a paragraph (and a state) on its
+    first's line, as the warnings name them ("also in 11 more: ...")."""
+    others: dict[int, list[str]] = {}  # by id() of the alert on whose line they are named
+    alone = []
+    for alert in alerts:
+        like = alert["like"]
+        if (
+            like is not None
+            and id(like) in others
+            and (like["step"], like["state"]) == (alert["step"], alert["state"])
+        ):
+            others[id(like)].append(repr(alert["layer"]))
+        else:
+            alone.append(alert)
+            others[id(alert)] = []
+    lines = []
+    for alert in alone:
+        also = others[id(alert)]
+        more = f" (also in {len(also)} more: {', '.join(also)})" if also else ""
+        status = f" [{alert['state']}]" if state else ""
+        lines.append(
+            f"  - step {alert['step']} (epoch {alert['epoch']}){status} {alert['message']}{more}"
+        )
+    return lines
 
 
 def _position(order: dict[str, int], name: str) -> int:

@@ -123,9 +123,9 @@ the mean share of their positive mass inside it (``layer`` is the tag of the vie
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"
-"""Text, every callback that alerts: the alerts of a step as a markdown table and what to check
-for each (:func:`alert_table`); when several callbacks alert at one step, the last entry of that
-step holds them all."""
+"""Text, every callback that alerts: the alerts of a step (and the health alerts of earlier steps
+still active) with what to check for each, over a markdown table of them (:func:`alert_table`);
+when several callbacks alert at one step, the last entry of that step holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 NOTICE_KINDS = frozenset(
     {"failed", "frozen", "gated", "noisy_inputs", "not_shown", "over_budget", "reference_at_resume"}
@@ -203,46 +203,59 @@ def section_layers(title: str) -> list[str]:
 
 
 def alert_table(rows: Sequence[Sequence[object]]) -> str:
-    """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: a numbered table of
-    the short columns, then what to check for each, numbered alike. (In one table, the long
-    column left the others a few characters each in TensorBoard's text card: "0.632" wrapped
-    into three lines.) A paragraph that repeats an earlier row's but for the layer and the
-    numbers refers to it (a divergence raises the same two alerts on every conv: six paragraphs
-    alike)."""
+    """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: what to check for
+    each row first (under a table of 24 rows it lay below the fold of TensorBoard's text card),
+    numbered as the rows of the table of the short columns under it. (In one table, the long
+    column left the others a few characters each: "0.632" wrapped into three lines.) A
+    paragraph that repeats an earlier row's but for the layer and the numbers refers to that
+    row, and rows in a row that refer alike share a line (a divergence raises the same two
+    alerts on every conv: "2 to 12: as for 1")."""
 
     def cell(value: object) -> str:
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
         return "-" if text == "nan" else text.replace("|", "/").replace("\n", " ")
 
-    short = ("#", *ALERT_COLUMNS[:-1])
-    lines = ["| " + " | ".join(short) + " |", "|---" * len(short) + "|"]
-    lines += [
-        "| " + " | ".join(cell(value) for value in (i, *row[:-1])) + " |"
-        for i, row in enumerate(rows, 1)
-    ]
-    lines += ["", f"**{ALERT_COLUMNS[-1]}**", ""]
-    first_of: dict[tuple[object, str], tuple[object, str]] = {}  # a paragraph said once per step
+    checks: list[tuple[int, int, str]] = []  # first row, last row, paragraph
+    first_of: dict[tuple[object, str], tuple[int, str]] = {}  # a paragraph said once per step
     for i, row in enumerate(rows, 1):
         status, layer, message = row[0], row[2], str(row[-1])
         general = message.replace(str(layer), "{layer}")
         template = (status, _NUMBER.sub("#", general))
         if template in first_of:
             earlier, earlier_general = first_of[template]
-            values = "" if general == earlier_general else "; its values in the table"
-            message = f"as for {earlier!r} above{values}"
+            values = "" if general == earlier_general else " (values in the table)"
+            message = f"as for {earlier}{values}"
+            if checks and checks[-1][1] == i - 1 and checks[-1][2] == message:
+                checks[-1] = (checks[-1][0], i, message)
+                continue
         else:
-            first_of[template] = (layer, general)
-        lines.append(f"{i}. {cell(message)}")
+            first_of[template] = (i, general)
+        checks.append((i, i, message))
+    lines = [f"**{ALERT_COLUMNS[-1]}** (the rows of the table below)", ""]
+    for first, last, message in checks:
+        rows_named = str(first) if first == last else f"{first} to {last}"
+        lines += [f"**{rows_named}**: {cell(message)}", ""]
+    short = ("#", *ALERT_COLUMNS[:-1])
+    lines += ["| " + " | ".join(short) + " |", "|---" * len(short) + "|"]
+    lines += [
+        "| " + " | ".join(cell(value) for value in (i, *row[:-1])) + " |"
+        for i, row in enumerate(rows, 1)
+    ]
     return "\n".join(lines)
 
 
 _NUMBER = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?")
+_CHECK = re.compile(r"^\*\*(\d+)(?: to (\d+))?\*\*: (.*)$", flags=re.MULTILINE)
 
 
 def parse_alert_table(text: str) -> list[dict[str, str]]:
     """The rows of an :func:`alert_table`, as ``{column: cell}``."""
-    table = [line for line in text.splitlines()[2:] if line.startswith("|")]
-    checks = dict(re.findall(r"^(\d+)\. (.*)$", text, flags=re.MULTILINE))
+    table = [line for line in text.splitlines() if line.startswith("|")][2:]
+    checks = {
+        str(row): check
+        for first, last, check in _CHECK.findall(text)
+        for row in range(int(first), int(last or first) + 1)
+    }
     rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in table]
     return [
         dict(zip(ALERT_COLUMNS, [*row[1:], checks.get(row[0], "")], strict=False)) for row in rows

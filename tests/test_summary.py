@@ -210,16 +210,21 @@ def test_values_past_an_active_alerts_threshold_are_flagged(tmp_path, capsys):
         assert update_noise.endswith("!") == (layer == "model.features.0"), row
 
 
-def test_an_alert_said_once_per_step_is_named_in_the_summary(tmp_path, capsys):
-    """The alert table refers to an earlier row's paragraph; the summary names the alert."""
+def test_alerts_said_once_per_step_share_a_line_in_the_summary(tmp_path, capsys):
+    """The alert table refers to an earlier row's paragraph; the summary names those alerts on
+    that row's line, as the warning does, where it listed one line per layer."""
+    monitor = FilterMonitor()
     with pytest.warns(UserWarning, match="far too high"):
-        fit(DigitsClassifier("sgd", 5.0), [FilterMonitor()], tmp_path, epochs=1)
+        fit(DigitsClassifier("sgd", 5.0), [monitor], tmp_path, epochs=1)
+    exploding = [a.layer for a in monitor.alerts.raised if a.kind == "exploding"]
+    assert len(exploding) == 3
     assert main(["summary", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert (
-        "[active] exploding in 'model.features.4', as for 'model.features.0' above; its values "
-        "in the table" in out
-    )
+    moved = "[active] FilterMonitor: layer 'model.features.0' weights moved"
+    (line,) = [line for line in out.splitlines() if moved in line]
+    others = ", ".join(repr(layer) for layer in exploding[1:])
+    assert line.endswith(f" (also in 2 more: {others})")
+    assert "as for" not in out
 
 
 def test_a_run_whose_monitors_measured_nothing_has_no_empty_table(tmp_path, capsys):

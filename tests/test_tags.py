@@ -76,7 +76,8 @@ def test_alert_table_reads_back_row_by_row():
 
 def test_alert_table_says_a_paragraph_once_per_step():
     """A divergence raised exploding and overwritten on three convs: six long paragraphs, alike
-    but for the layer and the numbers."""
+    but for the layer and the numbers; each refers to the row that said it (by number: naming
+    the layer was ambiguous where that layer had two), rows in a row on one line."""
 
     def moved(layer, times):
         return f"layer '{layer}' moved {times}x its initial norm (max_drift=5): lower the lr"
@@ -85,17 +86,22 @@ def test_alert_table_says_a_paragraph_once_per_step():
         ("raised", "exploding", "conv1", 2, 9.06, 5.0, moved("conv1", 9.06)),
         ("raised", "overwritten", "conv1", 2, 0.06, 0.5, "layer 'conv1' was overwritten"),
         ("raised", "exploding", "conv2", 2, 12.7, 5.0, moved("conv2", 12.7)),
-        ("cleared", "exploding", "conv3", 2, 1.0, 5.0, "exploding in 'conv3' cleared"),
+        ("raised", "exploding", "conv3", 2, 10.1, 5.0, moved("conv3", 10.1)),
+        ("cleared", "exploding", "conv4", 2, 1.0, 5.0, "exploding in 'conv4' cleared"),
         ("raised", "overwritten", "conv2", 2, 0.06, 0.5, "layer 'conv2' was overwritten"),
     ]
-    checks = [row["what to check"] for row in tags.parse_alert_table(tags.alert_table(rows))]
+    text = tags.alert_table(rows)
+    checks = [row["what to check"] for row in tags.parse_alert_table(text)]
     assert checks == [
         moved("conv1", 9.06),
         "layer 'conv1' was overwritten",
-        "as for 'conv1' above; its values in the table",
-        "exploding in 'conv3' cleared",
-        "as for 'conv1' above",  # the same words: no values that differ (notices have none)
+        "as for 1 (values in the table)",
+        "as for 1 (values in the table)",
+        "exploding in 'conv4' cleared",
+        "as for 2",  # the same words: no values that differ (notices have none)
     ]
+    assert "**3 to 4**: as for 1 (values in the table)" in text.splitlines()
+    assert text.index("what to check") < text.index("| # |")  # above a table of many rows
 
 
 def test_alert_table_keeps_the_long_message_out_of_the_table():

@@ -188,14 +188,34 @@ class RunContext:
 
         self.held_count = (step, write)
 
-    def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer, table: str) -> None:
+    def write_alert_table(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Hold the step's alert table so far, to be written whole when the next batch starts,
         the fit ends (:meth:`release_notices`) or a row of a later step comes: each callback
         that alerts at a step adds its rows, and writing each one's table showed growing copies
         in the Text tab (eight at the first step, three at the first validation of the default
         views)."""
-        step = trainer.global_step
-        self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, table, step=step)
+        step, text = trainer.global_step, self.alert_text(trainer)
+        self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, text, step=step)
+
+    def alert_text(self, trainer: pl.Trainer) -> str:
+        """The step's alert table: the alerts it raised, the health alerts of earlier steps
+        still active, then those it cleared (TensorBoard opens the Text tab on a tag's latest
+        entry: a step that only cleared some alerts hid the ones still firing), each kind's
+        together (their paragraphs then share a line: "3 to 12: as for 2")."""
+        now = {(alert.layer, alert.kind) for _, alert in self.alert_rows}
+        active = [
+            ("active", alert)
+            for callback in self.callbacks(trainer)
+            for alert in callback.alerts.active_alerts()
+            if not alert.is_notice and (alert.layer, alert.kind) not in now
+        ]
+        rows = [row for row in self.alert_rows if row[0] == "raised"] + active
+        rows += [row for row in self.alert_rows if row[0] == "cleared"]
+        kinds = {(status, alert.kind): i for i, (status, alert) in reversed(list(enumerate(rows)))}
+        rows.sort(key=lambda row: kinds[row[0], row[1].kind])  # a kind's rows together
+        return tags.alert_table(
+            [(s, a.kind, a.layer, a.epoch, a.value, a.threshold, a.message) for s, a in rows]
+        )
 
     def deliver(self, alerts: Sequence[Alert], on_alert: OnAlert, trainer: pl.Trainer) -> None:
         """Deliver raised ``alerts`` of one kind (:func:`~lightning_viz.alerts.deliver`); notices
@@ -207,19 +227,13 @@ class RunContext:
         if on_alert == "stop" and not alerts[0].is_notice:
             self.stopped_at = trainer.global_step
 
-    def add_alert_row(self, status: str, alert: Alert) -> str:
-        """Add a raised or cleared alert to its step's rows; the markdown table of that step
-        (TensorBoard's Text tab shows one entry per step and tag: every row of the step)."""
+    def add_alert_row(self, status: str, alert: Alert) -> None:
+        """Add a raised or cleared alert to its step's rows (TensorBoard's Text tab shows one
+        entry per step and tag: every row of the step)."""
         if self.alert_rows and self.alert_rows[0][1].step != alert.step:
             self.write_held_table()  # an earlier step's rows, not released yet
             self.alert_rows = []
         self.alert_rows.append((status, alert))
-        return tags.alert_table(
-            [
-                (status, a.kind, a.layer, a.epoch, a.value, a.threshold, a.message)
-                for status, a in self.alert_rows
-            ]
-        )
 
     def say_no_tensorboard(self, trainer: pl.Trainer, images: bool) -> None:
         """One warning per Trainer, naming every lightning-viz callback, that their images
@@ -448,7 +462,7 @@ class VizCallback(*CALLBACK_BASES):
         self._timing = 0
         self.alerts = AlertBook()
         # (status, alert, the step's table) to deliver together (alerts_together)
-        self._held: list[tuple[str, Alert, str]] | None = None
+        self._held: list[tuple[str, Alert]] | None = None
         self._not_shown: str | None = None
         self._restored = False
         self._last_fit: tuple[weakref.ref[pl.LightningModule], int] | None = None
@@ -874,11 +888,11 @@ class VizCallback(*CALLBACK_BASES):
         )
         if status == "raised":
             self.alerts.raised.append(alert)
-        table = RunContext.of(trainer).add_alert_row(status, alert)
+        RunContext.of(trainer).add_alert_row(status, alert)
         if self._held is not None:
-            self._held.append((status, alert, table))
+            self._held.append((status, alert))
             return
-        RunContext.of(trainer).write_alert_table(self, trainer, table)
+        RunContext.of(trainer).write_alert_table(self, trainer)
         if status == "raised":
             RunContext.of(trainer).deliver([alert], self.on_alert, trainer)
         else:
@@ -895,7 +909,7 @@ class VizCallback(*CALLBACK_BASES):
         finally:
             held, self._held = self._held, None
             if held:
-                RunContext.of(trainer).write_alert_table(self, trainer, held[-1][2])
+                RunContext.of(trainer).write_alert_table(self, trainer)
             say = {
                 "raised": lambda alerts: RunContext.of(trainer).deliver(
                     alerts, self.on_alert, trainer
@@ -903,7 +917,7 @@ class VizCallback(*CALLBACK_BASES):
                 "cleared": announce_cleared,
             }
             for status, announce in say.items():
-                alerts = [alert for s, alert, _ in held if s == status]
+                alerts = [alert for s, alert in held if s == status]
                 for kind in dict.fromkeys(alert.kind for alert in alerts):
                     announce([alert for alert in alerts if alert.kind == kind])
 

@@ -26,6 +26,7 @@ from lightning_viz import (
 from lightning_viz.callbacks import base
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
+from lightning_viz.summary import main as summary_main
 from lightning_viz.testing import ImageClassifier, digits_loaders, random_loader
 from tests.helpers import (
     Classifier,
@@ -679,8 +680,36 @@ def test_a_held_alert_table_is_written_before_a_later_step_s_rows_replace_it(tmp
     rows = {t.step: tags.parse_alert_table(t.tensor_proto.string_val[0].decode()) for t in tables}
     assert {step: [row["layer"] for row in table] for step, table in rows.items()} == {
         2: ["early"],
-        3: ["late"],
+        3: ["late", "early"],  # the step's alert, then those still active
     }
+
+
+class ClearsOneOfTwo(VizCallback):
+    """Two health alerts and a notice at the first epoch's end; one alert clears at the next."""
+
+    def epoch_end(self, trainer, pl_module):
+        first = trainer.current_epoch == 0
+        self.raise_alert(trainer, Finding("exploding", "a", True, 9.0, 5.0, "moved 9x"))
+        self.raise_alert(trainer, Finding("overwritten", "b", first, 0.1, 0.5, "turned"))
+        self.raise_alert(trainer, Finding("frozen", "c", True, message="frozen"))
+
+
+def test_a_step_s_alert_table_lists_the_alerts_still_active(tmp_path, capsys):
+    """TensorBoard opens the Text tab on a tag's latest entry: a step that only cleared an alert
+    showed that row alone, and the exploding alert still firing was out of sight."""
+    fit(DigitsClassifier(), [ClearsOneOfTwo(on_alert=lambda alert: None)], tmp_path, epochs=2)
+    tables = read_events(tmp_path).Tensors("alerts/text_summary")
+    rows = {t.step: tags.parse_alert_table(t.tensor_proto.string_val[0].decode()) for t in tables}
+    assert [(r["status"], r["kind"], r["layer"], r["epoch"], r["value"]) for r in rows[46]] == [
+        ("active", "exploding", "a", "0", "9"),  # as raised; the notice is not repeated
+        ("cleared", "overwritten", "b", "1", "0.1"),
+    ]
+    assert rows[46][0]["what to check"] == "ClearsOneOfTwo: moved 9x"
+    assert summary_main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "alerts: 2" in out  # the active row is no second raise
+    assert "step 23 (epoch 0) [active] ClearsOneOfTwo: moved 9x" in out
+    assert "step 23 (epoch 0) [cleared at step 46] ClearsOneOfTwo: turned" in out
 
 
 class AlwaysExploding(VizCallback):
