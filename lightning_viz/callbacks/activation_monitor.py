@@ -202,6 +202,9 @@ class ActivationMonitor(VizCallback):
       a NaN map is neither dead nor alive): the alert neither fires nor clears then.
     - ``saturated``: after ``warmup_epochs``, a sigmoid/tanh layer's mean saturated fraction over
       the epoch's sampled batches is at least ``saturated_threshold`` (vanishing gradients).
+      Not a layer whose maps are 1x1 or of one channel: a gate that selects by saturating
+      (squeeze-excitation's, spatial attention's) or a mask's confidence (a healthy
+      EfficientNet's SE gates read 54% to 93% saturated in its first epoch).
     - ``nonfinite_activations``: NaN or Inf in a sampled feature map, raised when its step is
       read (with ``on_alert="stop"``, training stops then: at most ``log_every_n_steps``
       batches later). NaN and +Inf are seen in every image of the batch (through the channels'
@@ -340,6 +343,7 @@ class ActivationMonitor(VizCallback):
         self._nonfinite: set[str] = set()  # the epoch's layers whose maps held NaN or Inf
         self._bounds: dict[str, tuple[float, float] | None] = {}
         self._saturation: dict[str, list[float]] = {}
+        self._selectors: set[str] = set()  # saturating layers whose maps are 1x1 or 1 channel
         self._batches_seen = 0
         self._epoch_sampled = False
         self._sampled_step: int | None = None  # the optimizer step of the latest sample
@@ -386,6 +390,7 @@ class ActivationMonitor(VizCallback):
                 "activation_types=[...] naming your activation classes."
             )
         self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
+        self._selectors = set()
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
@@ -671,6 +676,10 @@ class ActivationMonitor(VizCallback):
                     )
                     self._problems.append(f"layer {key!r} returned {shape}, not a 4-D feature map")
                 return
+            if self._bounds_of(key) is not None and (
+                output.shape[1] == 1 or output.shape[-2:].numel() == 1
+            ):
+                self._selectors.add(key)
             if self._health_only:
                 self._step_health[key] = channel_health(output, self._bounds_of(key))
                 return
@@ -816,6 +825,8 @@ class ActivationMonitor(VizCallback):
         if trainer.current_epoch + 1 < self.warmup_epochs:
             return
         for key, (total, count) in self._saturation.items():
+            if key in self._selectors:
+                continue
             finding = saturation_finding(
                 key, total / count, self.saturated_threshold, trainer.current_epoch
             )
