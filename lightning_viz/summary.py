@@ -63,7 +63,8 @@ def summarize(run: Path) -> str | None:
     active: dict[str, list[str]] = {}
     for alert in alerts:
         if alert["state"] == "active":
-            active.setdefault(alert["layer"], []).append(alert["kind"])
+            for layer in alert["layer"].split(", "):  # a notice on several: "a, b"
+                active.setdefault(layer, []).append(alert["kind"])
     header = ["layer", *(column for _, _, column in COLUMNS), "active alerts"]
 
     def cell(layer: str, column: str) -> str:

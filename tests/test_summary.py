@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger
+from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, tags
 from lightning_viz.summary import main
 from tests.helpers import Classifier, DigitsClassifier, fit, read_events
 
@@ -112,6 +112,19 @@ def test_a_text_that_starts_with_its_table_adds_no_note(tmp_path, capsys):
     assert main(["summary", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "  saliency/smoothgrad: stability 0.14\n" in out
+
+
+def test_a_notice_on_several_layers_marks_each_row(tmp_path, capsys):
+    """A frozen stem's notice names its layers in one field: no row carried it."""
+    rows = [("raised", "frozen", "conv1, conv2", 0, 2.0, float("nan"), "2 frozen")]
+    with SummaryWriter(str(tmp_path)) as writer:
+        for layer in ("conv1", "conv2", "conv3"):
+            writer.add_scalar(f"filters/{layer}/drift", 0.0, 0)
+        writer.add_text("alerts", tags.alert_table(rows), 0)
+    assert main(["summary", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = {line.split()[0]: line.rstrip().endswith("frozen") for line in lines[2:5]}
+    assert marked == {"conv1": True, "conv2": True, "conv3": False}
 
 
 def test_a_directory_without_our_logs_says_so(tmp_path, capsys):

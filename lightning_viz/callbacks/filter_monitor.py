@@ -42,13 +42,18 @@ from lightning_viz.functional.filters import (
     weight_sample,
 )
 from lightning_viz.functional.gates import scale_gates
+from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.functional.selection import evenly_spaced
 
 _RULE_INPUTS = ("drift", "learned", "norm_ratio", "step_cosine", "update_noise", "finite")
 FILTERS_PER_ROW = 4
-"""The most filter tiles (about 100 pixels each) side by side: TensorBoard fits an image to its
-350-pixel card, so 4 across keep their captions at 85% (8 across, for a 64-filter first layer,
-shrank them to 5 pixels); more filters run down the card."""
+"""The most filter tiles side by side: 8 across, for a 64-filter first layer, made an
+818-pixel image that TensorBoard's 350-pixel card shrank to 5-pixel captions; more filters run
+down the card."""
+FILTER_TILE = (CARD_WIDTH - 2) // FILTERS_PER_ROW - 2
+"""The largest filter tile of which :data:`FILTERS_PER_ROW` (2 pixels apart) fit the card: 96
+to 100-pixel tiles made 402 to 410-pixel images, shrunk to the card (captions too, "C| 1.08")."""
+
 MAX_FILTERS_SHOWN = 64
 """A layer's image shows at most this many filters (16 rows), evenly spread over its indices:
 a ViT's 192 patch-embedding filters made a 394x5506-pixel image."""
@@ -139,7 +144,8 @@ class FilterMonitor(VizCallback):
             ``nn.ConvTranspose2d`` (a decoder's) with kernels of at least 2x2 (Geary's C needs
             neighbours).
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
-            watched layer that is no transposed conv), ``"all"``, or a list of names.
+            watched layer that is no transposed conv, and that trains: a frozen stem's filters
+            never change), ``"all"``, or a list of names (a frozen one's legend says so).
         every_n_epochs: measure every this many training epochs.
         every_n_steps: within an epoch that ``every_n_epochs`` measures, measure once this many
             optimizer steps have passed since the previous measurement (no filter image: those
@@ -348,6 +354,11 @@ class FilterMonitor(VizCallback):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._frozen_notice(trainer)
+        if self.image_layers == "first" and set(self._image_layers) <= set(self._frozen):
+            # a frozen stem's filters never change: show the first layer that trains
+            trained = [n for n in self._layers if n not in self._frozen]
+            convs = [n for n in trained if not isinstance(self._layers[n], nn.ConvTranspose2d)]
+            self._image_layers = (convs or trained or self._image_layers)[:1]
         gates = {n: g for n, g in self._gates.items() if n not in self._frozen}
         if gates:
             self.raise_alert(trainer, gated_finding(gates, len(self._layers) - len(self._frozen)))
@@ -361,6 +372,7 @@ class FilterMonitor(VizCallback):
                 filters(self._layers[name]).detach(), self._slices[name]
             ).to("cpu", torch.float32, copy=True)
             self.reference_steps[name] = trainer.global_step
+        late = [name for name in late if name not in self._frozen]  # their drift stays 0
         if late and trainer.global_step > 0:
             self.raise_alert(trainer, reference_at_resume_finding(late, trainer.global_step))
         if fresh:
@@ -368,7 +380,11 @@ class FilterMonitor(VizCallback):
                 self._measure(trainer, baseline=True)
         self._input_noise = None
         first = self._layers.get(self._first) if self._first is not None else None
-        if first is not None and min(first.kernel_size) >= NOISE_MIN_KERNEL:
+        if (  # noisy_filters reads a first layer that trains, of large enough kernels
+            first is not None
+            and self._first not in self._frozen
+            and min(first.kernel_size) >= NOISE_MIN_KERNEL
+        ):
             self._read_input_once(trainer, first)
 
     def _read_input_once(self, trainer: pl.Trainer, layer: nn.Module) -> None:
@@ -585,7 +601,7 @@ class FilterMonitor(VizCallback):
             noise = host[name, "filter_noise"].tolist()
             shown = evenly_spaced(len(noise), MAX_FILTERS_SHOWN)
             tiles = captioned(
-                filter_tiles(filters(self._layers[name])[shown]),
+                filter_tiles(filters(self._layers[name])[shown], largest=FILTER_TILE),
                 [f"{i}  C {noise[i]:.2f}" for i in shown],
             )
             image = grid(tiles, nrow=min(FILTERS_PER_ROW, math.ceil(math.sqrt(len(tiles)))))
@@ -594,9 +610,10 @@ class FilterMonitor(VizCallback):
                 if len(shown) < len(noise)
                 else ""
             )
+            frozen = " (frozen: not trained in this fit)" if name in self._frozen else ""
             text = (
-                f"{name}: filter index{some} and Geary's C (1 = white noise, 0 = smooth); each "
-                "filter scaled to its own range"
+                f"{name}{frozen}: filter index{some} and Geary's C (1 = white noise, 0 = "
+                "smooth); each filter scaled to its own range"
             )
             active = sorted(
                 kind

@@ -272,13 +272,13 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def filter_tiles(weight: Tensor) -> Tensor:
+def filter_tiles(weight: Tensor, largest: int = MAX_TILE) -> Tensor:
     """One display tile per conv filter, (out, 3, t, t) in [0, 1], on the weight's device.
 
     Filters over 3 input channels are shown as RGB; others as grey, each filter by its in-channel
     slice with the largest energy (the input it listens to most), since an average over inputs
     would cancel opposite slices. Each tile is min-max normalized and enlarged by nearest-neighbour
-    to at least ``MIN_TILE`` pixels, so a 3x3 kernel stays visible.
+    (:func:`readable`, at most to ``largest``), so a 3x3 kernel stays visible.
     """
     if weight.dim() != 4:
         raise ValueError(
@@ -288,4 +288,4 @@ def filter_tiles(weight: Tensor) -> Tensor:
     if w.shape[1] != 3:
         strongest = w.square().sum(dim=(2, 3)).argmax(dim=1)
         w = w[torch.arange(w.shape[0], device=w.device), strongest][:, None]
-    return readable(to_rgb(normalize(w)))
+    return readable(to_rgb(normalize(w)), largest=largest)

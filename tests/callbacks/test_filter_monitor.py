@@ -14,7 +14,7 @@ from lightning_viz import Alert, FilterMonitor, tags
 from lightning_viz.callbacks import filter_monitor
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
-from lightning_viz.functional.images import to_uint8
+from lightning_viz.functional.images import CARD_WIDTH, to_uint8
 from lightning_viz.testing import (
     DigitsCNN,
     ImageClassifier,
@@ -66,22 +66,24 @@ def test_logs_every_key_at_the_expected_steps(tmp_path):
     assert tags["images"] == [f"filters/{FIRST}"]
     images = events.Images(f"filters/{FIRST}")
     assert [i.step for i in images] == [0, *epoch_ends]
-    # 16 grey 5x5 filters enlarged x20 under 16-pixel captions, in a 4x4 grid with 2-pixel
-    # padding, then two lines of legend
-    assert (images[0].width, images[0].height) == (4 * 102 + 2, 4 * 118 + 2 + 2 * 16)
+    # 16 grey 5x5 filters enlarged x17 under 16-pixel captions, in a 4x4 grid with 2-pixel
+    # padding (as wide as TensorBoard's card), then two lines of legend
+    assert (images[0].width, images[0].height) == (4 * 87 + 2, 4 * 103 + 2 + 2 * 16)
+    assert images[0].width == CARD_WIDTH
     assert not monitor.alerts.raised
 
 
 def test_a_wide_first_layer_runs_down_the_card_four_filters_across(tmp_path):
     """64 filters 8 across made an 818-pixel image that TensorBoard's 350-pixel card shrank to
-    5-pixel captions; 4 across it shrinks them by 15% and the grid runs down the card."""
+    5-pixel captions; 4 across of 100 pixels still shrank them by 15% ("C| 1.08"): 4 across of
+    85 pixels fill the card, and the grid runs down it."""
     model = nn.Sequential(
         nn.Conv2d(1, 64, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)
     )
     fit(Classifier(model), [FilterMonitor(strict=True)], tmp_path, epochs=1, limit_train_batches=2)
     (first, *_) = read_events(tmp_path).Images("filters/model.0")
-    assert first.width == 4 * 102 + 2  # 5x5 kernels enlarged x20, 2 pixels apart
-    assert first.height >= 16 * 118 + 2  # 16 rows of captioned tiles, then the legend
+    assert first.width == 4 * 87 + 2 == CARD_WIDTH  # 5x5 kernels enlarged x17, 2 pixels apart
+    assert first.height >= 16 * 103 + 2  # 16 rows of captioned tiles, then the legend
 
 
 def test_a_layer_of_many_filters_shows_64_evenly_spread(tmp_path):
@@ -93,10 +95,10 @@ def test_a_layer_of_many_filters_shows_64_evenly_spread(tmp_path):
     noise = filter_noise(model[0].weight.detach())
     fit(Classifier(model), [FilterMonitor(strict=True)], tmp_path, epochs=1, limit_train_batches=2)
     (first, *_) = read_events(tmp_path).Images("filters/model.0")
-    assert first.width == 4 * 98 + 2  # 4x4 kernels enlarged x24, 2 pixels apart
-    assert 16 * 114 + 2 < first.height < 16 * 114 + 2 + 4 * 16  # 16 rows and the legend
+    assert first.width == 4 * 86 + 2  # 4x4 kernels enlarged x21, 2 pixels apart
+    assert 16 * 102 + 2 < first.height < 16 * 102 + 2 + 4 * 16  # 16 rows and the legend
     # the second tile is filter 3 (0, 3, 6, ..., 191)
-    assert_caption(image_pixels(first), f"3  C {noise[3]:.2f}", x=2 + 98, y=2, width=96)
+    assert_caption(image_pixels(first), f"3  C {noise[3]:.2f}", x=2 + 86, y=2, width=84)
 
 
 def test_noise_and_drift_values_match_the_weights(tmp_path):
@@ -114,8 +116,8 @@ def test_noise_and_drift_values_match_the_weights(tmp_path):
     first, last = (image_pixels(i) for i in events.Images(f"filters/{FIRST}"))
     for pixels, weight in ((first, initial), (last, final)):
         noise_of = filter_noise(weight).tolist()
-        assert_caption(pixels, f"0  C {noise_of[0]:.2f}", x=2, y=2, width=100)
-        assert_caption(pixels, f"5  C {noise_of[5]:.2f}", x=2 + 102, y=2 + 118, width=100)
+        assert_caption(pixels, f"0  C {noise_of[0]:.2f}", x=2, y=2, width=85)
+        assert_caption(pixels, f"5  C {noise_of[5]:.2f}", x=2 + 87, y=2 + 103, width=85)
     drift = (final - initial).norm() / initial.norm()
     assert events.Scalars(f"filters/{FIRST}/drift")[1].value == pytest.approx(
         drift.item(), rel=1e-4
@@ -158,10 +160,27 @@ def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_pat
     assert trainer.current_epoch == 3  # a notice, not a health alert: no stop
     events = read_events(tmp_path)
     assert events.Scalars(f"filters/{FIRST}/drift")[-1].value == 0  # still measured
-    pixels = image_pixels(events.Images(f"filters/{FIRST}")[-1])
+    assert monitor._input_noise is None  # noisy_filters does not read it: nor its images
+    # a frozen stem's filters never change: the image is of the first layer that trains
+    second = "model.features.4"
+    assert events.Tags()["images"] == [f"filters/{second}"]
+    pixels = image_pixels(events.Images(f"filters/{second}")[-1])
     text = (  # no ALERT on its filters: frozen is a notice about the setup
-        f"{FIRST}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter scaled "
-        "to its own range"
+        f"{second}: filter index and Geary's C (1 = white noise, 0 = smooth); each filter "
+        "scaled to its own range"
+    )
+    legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels[-legend.shape[0] :], legend)
+
+
+def test_a_frozen_layer_s_filter_image_says_it_is_frozen(tmp_path):
+    monitor = FilterMonitor(image_layers=[FIRST], strict=True)
+    with pytest.warns(UserWarning, match="will not be trained"):
+        fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=1)
+    pixels = image_pixels(read_events(tmp_path).Images(f"filters/{FIRST}")[-1])
+    text = (
+        f"{FIRST} (frozen: not trained in this fit): filter index and Geary's C (1 = white "
+        "noise, 0 = smooth); each filter scaled to its own range"
     )
     legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
     assert np.array_equal(pixels[-legend.shape[0] :], legend)
@@ -680,6 +699,22 @@ def test_a_resume_without_the_monitors_state_counts_steps_from_its_reference(tmp
         (STEPS_PER_EPOCH, False),
         (2 * STEPS_PER_EPOCH, True),
     ]
+
+
+def test_a_resume_without_the_monitors_state_does_not_name_frozen_layers(tmp_path):
+    """Their drift stays 0 whatever the reference: a user's resume notice listed the frozen
+    stem beside the layers that train."""
+    train, _ = digits_loaders()
+    first = make_trainer(tmp_path / "a", [], max_epochs=1)
+    first.fit(DigitsClassifier(freeze_first_conv=True), train)
+    first.save_checkpoint(tmp_path / "plain.ckpt")
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append, strict=True)
+    make_trainer(tmp_path / "b", [monitor], max_epochs=2).fit(
+        DigitsClassifier(freeze_first_conv=True), train, ckpt_path=tmp_path / "plain.ckpt"
+    )
+    (said,) = [alert for alert in received if alert.kind == "reference_at_resume"]
+    assert said.layer == ", ".join(CONVS[1:])
 
 
 def test_a_resume_before_the_first_measurement_still_judges_it_by_the_network(
