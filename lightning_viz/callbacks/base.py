@@ -506,6 +506,14 @@ class VizCallback(*CALLBACK_BASES):
         module, step = self._last_fit
         return module() is pl_module and step == trainer.global_step > 0
 
+    def trained_before(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        """The optimizer steps this callback's last fit trained ``pl_module`` for, where this
+        fit starts the same model over at step 0 (a new Trainer); else 0."""
+        if self._last_fit is None or trainer.global_step != 0:
+            return 0
+        module, step = self._last_fit
+        return step if module() is pl_module else 0
+
     def reset_state(self) -> None:
         """Forget what an earlier fit left behind, so a callback reused for a new model (cross-
         validation folds, sweeps) starts fresh. Not called when the state was restored (a

@@ -31,6 +31,7 @@ from lightning_viz.functional.alert_rules import (
     gated_finding,
     network_median,
     noisy_inputs_finding,
+    reference_at_refit_finding,
     reference_at_resume_finding,
 )
 from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
@@ -137,7 +138,9 @@ class FilterMonitor(VizCallback):
     - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
       checkpoint without the monitor's reference weights of some watched layers (saved without
       FilterMonitor, or with other ``layers=``); they are measured from their weights at the
-      resume, not from the initialization.
+      resume, not from the initialization. Also when the monitor's previous fit trained the
+      same model and this one starts it over at step 0 (a new Trainer): the reference is the
+      weights now, as for a fine-tuning stage.
 
     Args:
         layers: names of the conv layers to watch; default every ``nn.Conv2d`` and
@@ -375,6 +378,9 @@ class FilterMonitor(VizCallback):
         late = [name for name in late if name not in self._frozen]  # their drift stays 0
         if late and trainer.global_step > 0:
             self.raise_alert(trainer, reference_at_resume_finding(late, trainer.global_step))
+        trained = self.trained_before(trainer, pl_module)
+        if late and trained:
+            self.raise_alert(trainer, reference_at_refit_finding(late, trained))
         if fresh:
             with self.guarded(trainer, "filter baseline"):
                 self._measure(trainer, baseline=True)

@@ -339,6 +339,23 @@ def reference_at_resume_finding(layers: Sequence[str], step: int) -> Finding:
     )
 
 
+def reference_at_refit_finding(layers: Sequence[str], steps: int) -> Finding:
+    """A notice, once at fit start: this fit starts over at step 0 (a new Trainer) on the model
+    the monitor's previous fit trained for ``steps`` steps; the reference weights of these
+    watched ``layers`` are their weights now."""
+    return Finding(
+        "reference_at_resume",
+        ", ".join(layers),
+        True,
+        float(steps),
+        message=f"this fit starts at step 0 (a new Trainer) on the model this FilterMonitor saw "
+        f"trained for {steps} steps in its previous fit: drift, learned and norm ratio are "
+        "measured from its weights now, not from that fit's start (as for a fine-tuning stage). "
+        "Nothing to do if that is meant; to go on measuring from that start, fit again with the "
+        "same Trainer and a larger max_epochs, or resume with ckpt_path=.",
+    )
+
+
 def dead_channel_finding(layer: str, fraction: float, threshold: float, epoch: int) -> Finding:
     """ActivationMonitor's ``dead_channels``: too many channels had no positive value all epoch."""
     return _at_or_above(

@@ -717,6 +717,23 @@ def test_a_resume_without_the_monitors_state_does_not_name_frozen_layers(tmp_pat
     assert said.layer == ", ".join(CONVS[1:])
 
 
+def test_a_new_trainer_s_fit_of_the_same_model_says_the_reference_starts_over(tmp_path):
+    """A user's second fit, on a new Trainer, reset the drift of layers the first had moved to
+    0.04 without a word; a new model (a fold, a sweep's trial) starts over silently."""
+    train, _ = digits_loaders()
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append, strict=True)
+    module = DigitsClassifier("sgd", 0.05)
+    make_trainer(tmp_path / "a", [monitor], max_epochs=1).fit(module, train)
+    make_trainer(tmp_path / "b", [monitor], max_epochs=1).fit(module, train)
+    (said,) = [alert for alert in received if alert.kind == "reference_at_resume"]
+    assert (said.is_notice, said.value, said.step) == (True, STEPS_PER_EPOCH, 0)
+    assert said.layer == ", ".join(CONVS)
+    assert f"trained for {STEPS_PER_EPOCH} steps in its previous fit" in said.message
+    make_trainer(tmp_path / "c", [monitor], max_epochs=1).fit(DigitsClassifier(), train)
+    assert monitor.alerts.raised == []  # reset for the new model, and nothing said
+
+
 def test_a_resume_before_the_first_measurement_still_judges_it_by_the_network(
     tmp_path, monkeypatch
 ):
