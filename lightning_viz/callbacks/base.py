@@ -535,6 +535,8 @@ class VizCallback(*CALLBACK_BASES):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if RunContext.of(trainer).callbacks(trainer)[0] is self:  # before the step's table
+            self._said_over_budget_at_end(trainer)
         if self._owed and self.showing:
             self._owed, self._finishing = False, True
             try:
@@ -542,9 +544,9 @@ class VizCallback(*CALLBACK_BASES):
                     self.owed_work(trainer, pl_module)
             finally:
                 self._finishing = False
-        RunContext.of(trainer).release_notices()
-        self.finish_writes(trainer, close=False)
         context = RunContext.of(trainer)
+        context.release_notices()
+        self.finish_writes(trainer, close=False)
         if context.callbacks(trainer)[-1] is self:
             context.cost.stop()
 
@@ -708,32 +710,56 @@ class VizCallback(*CALLBACK_BASES):
         if per_epoch:
             self._owed = not fits
         if not fits and not context.over_budget_said:
-            context.over_budget_said = True
-            share = context.cost.share()
-            shares = sorted(
-                ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
+            consequence = (
+                f"{what} is skipped ({type(self).__name__}), and the costliest callbacks skip "
+                "work until the share is back within it (each view still shows at the fit's end; "
+                "budget=None never skips)."
             )
-            named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
-            each = ", ".join(f"{name} {part:.1%}" for part, name in named)
-            if rest:
-                each += f", {counted(len(rest), 'other')} {sum(part for part, _ in rest):.1%}"
-            message = (
-                f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
-                f"budget of {self.budget:.1%}: {what} is skipped ({type(self).__name__}), and "
-                "the costliest callbacks skip work until the share is back within it (each view "
-                "still shows at the fit's end; budget=None never skips)."
-            )
-            notes = {
-                c.budget_note
-                for c in context.callbacks(trainer)
-                if c.budget is not None and c.showing
-            }
-            message += "".join(f" {note}" for note in sorted(notes) if note)
-            finding = Finding(
-                "over_budget", "budget", True, message=message, value=share, threshold=self.budget
-            )
-            self.raise_alert(trainer, finding, source="lightning-viz")
+            self._say_over_budget(trainer, self.budget, consequence)
         return fits
+
+    def _say_over_budget(self, trainer: pl.Trainer, budget: float, consequence: str) -> None:
+        """The fit's one ``over_budget`` notice: the share the callbacks took, the costliest
+        named, over ``budget``, and the ``consequence``."""
+        context = RunContext.of(trainer)
+        context.over_budget_said = True
+        share = context.cost.share()
+        shares = sorted(
+            ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
+        )
+        named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
+        each = ", ".join(f"{name} {part:.1%}" for part, name in named)
+        if rest:
+            each += f", {counted(len(rest), 'other')} {sum(part for part, _ in rest):.1%}"
+        message = (
+            f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
+            f"budget of {budget:.1%}: {consequence}"
+        )
+        notes = {
+            c.budget_note for c in context.callbacks(trainer) if c.budget is not None and c.showing
+        }
+        message += "".join(f" {note}" for note in sorted(notes) if note)
+        finding = Finding(
+            "over_budget", "budget", True, message=message, value=share, threshold=budget
+        )
+        self.raise_alert(trainer, finding, source="lightning-viz")
+
+    def _said_over_budget_at_end(self, trainer: pl.Trainer) -> None:
+        """At the end of a fit over its budget where nothing was skipped: every piece of work
+        was one the budget never skips (a user's 2-epoch fit with every view took 94% of its
+        training time without a word but the render times). Nothing is owed at train end then
+        (:meth:`owed_work` is work the budget skipped), so the share is the fit's."""
+        context = RunContext.of(trainer)
+        budgets = [c.budget for c in context.callbacks(trainer) if c.budget is not None]
+        if context.over_budget_said or not budgets or context.cost.share() <= max(budgets):
+            return
+        self._say_over_budget(
+            trainer,
+            max(budgets),
+            "nothing was skipped, since what they did the budget never skips: the baselines at "
+            "train start, each view's first render and the fit's last, which in a fit this short "
+            "are most of the work. For less: fewer views, probes or layers, or a longer fit.",
+        )
 
     def watching(self) -> str | None:
         """What the callback watches in this fit, in a few words for the line printed when
