@@ -17,7 +17,7 @@ def report(trainer: pl.Trainer, callbacks: list, logdir: str) -> None:
     if "val_acc" in trainer.callback_metrics:
         print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.3f}")
     print(f"logs: {Path(trainer.logger.log_dir).resolve()}")
-    print(f"see them: tensorboard --logdir {Path(logdir).resolve()}")
+    print(f"see them: tensorboard --logdir {Path(logdir).resolve()} (its IMAGES tab)")
     print(f"lightning-viz took {lightning_viz.overhead(trainer)['total']:.1%} of the training time")
     print(f"alerts: {len(alerts)}")
     for alert in alerts:

@@ -111,7 +111,11 @@ class RunContext:
         if trainer.fast_dev_run:  # Lightning swaps every logger for a dummy that writes nothing
             where = "fast_dev_run: the callbacks run as a check, and nothing is logged"
         elif board is not None:
-            where = f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir}"
+            where = (
+                f"logging to {board.log_dir}; watch live: tensorboard --logdir {board.save_dir} "
+                "(the pictures in its IMAGES tab: TIME SERIES shows them as thumbnails; alerts "
+                "in TEXT, charts in CUSTOM SCALARS)"
+            )
         else:
             where = "no TensorBoardLogger attached: scalars only"
         rank_zero_info(f"lightning-viz: {where}")

@@ -349,7 +349,8 @@ def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog)
     # where to look comes first, before the baselines and first renders, which may take long
     assert lines[:2] == [
         f"lightning-viz: logging to {trainer.logger.log_dir}; watch live: tensorboard --logdir "
-        f"{trainer.logger.save_dir}",
+        f"{trainer.logger.save_dir} (the pictures in its IMAGES tab: TIME SERIES shows them as "
+        "thumbnails; alerts in TEXT, charts in CUSTOM SCALARS)",
         "lightning-viz: watching filters of 3 conv layers (images of model.features.0), "
         "Grad-CAM of model.features on 10 probes",
     ]
