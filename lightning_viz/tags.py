@@ -220,7 +220,7 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
     for i, row in enumerate(rows, 1):
         status, layer, message = row[0], row[2], str(row[-1])
         general = message.replace(str(layer), "{layer}")
-        template = (status, _NUMBER.sub("#", general))
+        template = (status == "cleared", _NUMBER.sub("#", general))  # raised or active alike
         if template in first_of:
             earlier, earlier_general = first_of[template]
             values = "" if general == earlier_general else " (values in the table)"

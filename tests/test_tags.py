@@ -89,6 +89,7 @@ def test_alert_table_says_a_paragraph_once_per_step():
         ("raised", "exploding", "conv3", 2, 10.1, 5.0, moved("conv3", 10.1)),
         ("cleared", "exploding", "conv4", 2, 1.0, 5.0, "exploding in 'conv4' cleared"),
         ("raised", "overwritten", "conv2", 2, 0.06, 0.5, "layer 'conv2' was overwritten"),
+        ("active", "overwritten", "conv3", 1, 0.1, 0.5, "layer 'conv3' was overwritten"),
     ]
     text = tags.alert_table(rows)
     checks = [row["what to check"] for row in tags.parse_alert_table(text)]
@@ -99,6 +100,7 @@ def test_alert_table_says_a_paragraph_once_per_step():
         "as for 1 (values in the table)",
         "exploding in 'conv4' cleared",
         "as for 2",  # the same words: no values that differ (notices have none)
+        "as for 2",  # still active from an earlier step: the same paragraph
     ]
     assert "**3 to 4**: as for 1 (values in the table)" in text.splitlines()
     assert text.index("what to check") < text.index("| # |")  # above a table of many rows
