@@ -646,7 +646,7 @@ def test_uint8_images_are_probed_as_the_model_takes_them(tmp_path):
     images_logged = read_events(tmp_path).Tags()["images"]
     assert "gradcam/model.features" in images_logged
     assert "deconv/model.features.0" in images_logged
-    assert all(not c.alerts.raised for c in callbacks)
+    assert not [a for c in callbacks for a in c.alerts.raised if a.kind != "over_budget"]
 
 
 class DigitsSegmenter(DigitsClassifier):
@@ -967,7 +967,7 @@ def test_default_callbacks_on_a_vision_transformer(tmp_path):
     assert "gradcam/model.encoder.layers.encoder_layer_1.ln_1" in images
     assert "deconv/model.conv_proj" in images
     assert "filters/model.conv_proj" in images
-    kinds = sorted(a.kind for c in callbacks for a in c.alerts.raised)
+    kinds = sorted(a.kind for c in callbacks for a in c.alerts.raised if a.kind != "over_budget")
     # ActivationMonitor's not_shown, on token outputs; noisy_inputs: the images are random
     assert kinds == ["noisy_inputs", "not_shown"]
 
