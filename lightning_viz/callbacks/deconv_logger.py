@@ -97,7 +97,8 @@ class DeconvLogger(ProbeCallback):
             the forward and feed the model's scores (not a teacher's, nor an auxiliary head's),
             less a segmentation net's head (the convs that output its class maps: their
             channels are the classes) and convs whose maps are 1x1 (a squeeze-excitation
-            block's, which project to flat tiles).
+            block's, which project to flat tiles), and less frozen convs (``requires_grad``
+            False: a frozen stem projects the same every epoch) while some train.
         top_k: channels per probe and layer. The default 3 fills a 2x2 block with the probe, a
             block that keeps 128-pixel tiles (64-pixel probes, enlarged) within TensorBoard's
             card; 4 left a tile empty in a block 3 wide, shrunk on the card, at a third more cost.
@@ -280,6 +281,8 @@ class DeconvLogger(ProbeCallback):
                     "larger than 1x1 ran in its forward on a probe and fed its scores. Pass "
                     "layers=[...] to name layers to project."
                 )
+            # a frozen stem projects the same every epoch: the layers that train, if any
+            names = [n for n in names if layers[n].weight.requires_grad] or names
             names = [names[i] for i in evenly_spaced(len(names), MAX_DEFAULT_LAYERS)]
             layers = {name: layers[name] for name in names}
         self._layers = {**layers, **{n: m for n, m in self._followed.items() if n not in layers}}

@@ -848,6 +848,20 @@ def test_deconv_defaults_skip_layers_that_never_run_in_forward(tmp_path):
     assert "deconv/model.features.8" in read_events(tmp_path).Tags()["images"]
 
 
+def test_deconv_defaults_leave_out_a_frozen_stem(tmp_path):
+    """A user's fine-tune with a frozen stem: its projections and evolution rows never
+    changed, a layer of the five spent on it; a net frozen whole keeps its convs."""
+    deconv = DeconvLogger(strict=True)
+    module = DigitsClassifier(freeze_first_conv=True)
+    fit(module, [deconv], tmp_path, epochs=1, limit_train_batches=2)
+    assert list(deconv._layers) == ["model.features.4", "model.features.8"]
+    frozen = DigitsClassifier().requires_grad_(False)
+    frozen.model.head.requires_grad_(True)
+    whole = DeconvLogger(strict=True)
+    fit(frozen, [whole], tmp_path / "whole", epochs=1, limit_train_batches=2)
+    assert list(whole._layers) == CONVS
+
+
 def test_deconv_defaults_leave_out_a_segmenters_class_head(tmp_path):
     """A user's U-Net: the 1x1 conv that outputs the class maps was projected by default, its
     channels (the classes) captioned "ch 0..3"; a classifier's Linear head is not a conv."""
