@@ -31,8 +31,8 @@ def demo_captions(trainer) -> dict[str, tuple[np.ndarray, dict]]:
     for tag in events.Tags()["images"]:
         pixels = image_pixels(events.Images(tag)[-1])
         kind, _, layer = tag.partition("/")
-        if kind == "filters":  # 7x7 enlarged x14
-            caption = dict(text=f"0  C {first_filter:.2f}", x=2, y=2, width=98)
+        if kind == "filters":  # 7x7 enlarged x12, 4 across the card
+            caption = dict(text=f"0  C {first_filter:.2f}", x=2, y=2, width=84)
         elif kind == "gradcam":
             caption = dict(text="true temple ↖", x=6, y=6, width=96)
         elif kind in ("deconv", "activation_grid"):  # under the legend: the blocks run down
