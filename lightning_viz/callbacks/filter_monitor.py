@@ -9,6 +9,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -26,6 +27,7 @@ from lightning_viz.functional._validation import (
 from lightning_viz.functional.alert_rules import (
     NOISE_MIN_KERNEL,
     FilterThresholds,
+    Finding,
     filter_findings,
     frozen_finding,
     gated_finding,
@@ -267,6 +269,7 @@ class FilterMonitor(VizCallback):
         self._gates: dict[str, str] = {}  # layer: the scale initialized near zero it learns through
         self._input_noise: Tensor | float | None = None  # patch_noise of the first layer's images
         self._input_hook: RemovableHandle | None = None
+        self._lazy: str | None = None  # the notice on lazy convs left out, said at fit start
         self._samples: dict[str, Tensor] = {}
         self._slices: dict[str, Tensor | None] = {}
         self.initial: dict[str, Tensor] = {}
@@ -299,6 +302,21 @@ class FilterMonitor(VizCallback):
             )
             return
         self._layers = watched_layers(pl_module, self.layer_names, _is_spatial_conv, source)
+        lazy = [n for n, m in self._layers.items() if is_lazy(getattr(m, "weight", None))]
+        dry_run = (
+            "lazy modules have no weights before their first forward: run one forward on a "
+            "batch before fit() to create them, and FilterMonitor watches them"
+        )
+        if lazy and self.layer_names is not None:
+            raise ValueError(f"{source}: layers {lazy} have no weights yet ({dry_run})")
+        self._layers = {n: m for n, m in self._layers.items() if n not in lazy}
+        self._lazy = f"the conv layers {lazy} are not watched ({dry_run})." if lazy else None
+        if lazy and not self._layers:
+            self.show_nothing(
+                f"{type(pl_module).__name__}'s conv layers are lazy, so there are no filters to "
+                f"show yet ({dry_run})."
+            )
+            return
         if not self._layers:
             self.show_nothing(
                 f"{type(pl_module).__name__} has no nn.Conv2d or nn.ConvTranspose2d layer with "
@@ -356,6 +374,8 @@ class FilterMonitor(VizCallback):
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._lazy is not None:
+            self.raise_alert(trainer, Finding("not_shown", "lazy convs", True, message=self._lazy))
         self._frozen_notice(trainer)
         if self.image_layers == "first" and set(self._image_layers) <= set(self._frozen):
             # a frozen stem's filters never change: show the first layer that trains

@@ -186,6 +186,35 @@ def test_a_frozen_layer_s_filter_image_says_it_is_frozen(tmp_path):
     assert np.array_equal(pixels[-legend.shape[0] :], legend)
 
 
+def lazy_net(all_lazy: bool) -> nn.Sequential:
+    first = nn.LazyConv2d(8, 5) if all_lazy else nn.Conv2d(1, 8, 5)
+    return nn.Sequential(
+        first, nn.ReLU(), nn.LazyConv2d(8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("all_lazy", [False, True])
+def test_lazy_convs_are_left_out_with_a_notice(tmp_path, all_lazy):
+    """A user's net with a LazyConv2d: FilterMonitor read its weight's shape in setup, before
+    the first forward creates it, and aborted fit()."""
+    received: list[Alert] = []
+    monitor = FilterMonitor(on_alert=received.append)
+    fit(Classifier(lazy_net(all_lazy)), [monitor], tmp_path, epochs=1, limit_train_batches=2)
+    (notice,) = received
+    assert notice.kind == "not_shown"
+    assert "run one forward on a batch before fit() to create them" in notice.message
+    images = read_events(tmp_path).Tags()["images"]
+    assert images == ([] if all_lazy else ["filters/model.0"])
+    assert list(monitor._layers) == ([] if all_lazy else ["model.0"])
+
+
+def test_a_named_lazy_conv_fails_at_fit_start(tmp_path):
+    monitor = FilterMonitor(layers=["model.2"])
+    with pytest.raises(ValueError, match=r"layers \['model.2'\] have no weights yet"):
+        fit(Classifier(lazy_net(False)), [monitor], tmp_path, epochs=1, limit_train_batches=2)
+
+
 def test_layer_in_no_optimizer_group_is_frozen(tmp_path):
     class FirstConvNotOptimized(DigitsClassifier):
         def configure_optimizers(self):
