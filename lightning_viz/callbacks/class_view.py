@@ -71,11 +71,12 @@ from lightning_viz.probes import BatchToImages, Probes
 Target = Literal["label", "pred"] | int | None
 
 
-def panel_tiles(display: torch.Tensor) -> torch.Tensor:
-    """The probes' display images enlarged for their panels: as :func:`readable` does, but no
-    larger than two panels side by side allow (:data:`PANEL_TILE`; 28-pixel probes at 84
-    pixels, not 112, which left one probe per row)."""
-    return readable(display, largest=PANEL_TILE)
+def panel_tiles(images: torch.Tensor) -> torch.Tensor:
+    """The probes' display images, or maps of their size, enlarged for their panels: as
+    :func:`readable` does, but no larger than two panels side by side allow (:data:`PANEL_TILE`;
+    28-pixel probes at 84 pixels, not 112, which left one probe per row). The maps drawn over
+    the images go through it too: at 112 pixels over 84-pixel images, saliency and LIME failed."""
+    return readable(images, largest=PANEL_TILE)
 
 
 def probability_text(value: float) -> str:

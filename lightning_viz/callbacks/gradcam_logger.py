@@ -29,7 +29,6 @@ from lightning_viz.functional import (
 from lightning_viz.functional._relu_rules import no_rule_for, ruleless_said
 from lightning_viz.functional._validation import target_index
 from lightning_viz.functional.gradcam import OutputTransform, default_gradcam_layer
-from lightning_viz.functional.images import readable
 from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.probes import BatchToImages, Probes
 
@@ -303,6 +302,6 @@ class GradCAMLogger(ClassView):
                 product = normalize_signed(guided[layer]).mean(dim=1, keepdim=True)
                 tag = tags.tag(tags.GRADCAM_GUIDED, layer)
                 self._log_panels(
-                    trainer, tag, display, readable(to_rgb(product)), captions, ("-", "+"),
+                    trainer, tag, display, panel_tiles(to_rgb(product)), captions, ("-", "+"),
                     f"guided {evidence}{self._plain_gradients}", "gray", note=ratings[tag].note,
                 )  # fmt: skip

@@ -23,7 +23,6 @@ from lightning_viz.functional._validation import (
     check_pair,
 )
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.images import readable
 from lightning_viz.functional.lime import LimeExplanation, grid_segments, lime, slic_segments
 from lightning_viz.probes import BatchToImages, Probes
 
@@ -244,8 +243,8 @@ class LIMELogger(ClassView):
         self._check_finite(explanation.maps, "the LIME weights")
         rating = self._rate(trainer, pl_module, probes, {tags.LIME: explanation.maps}, explained)
         display = panel_tiles(probes.display)
-        labels = readable(self._labels[:, None].float())[:, 0]
-        heat = normalize_signed(readable(explanation.maps[:, None])[:, 0], percentile=100)
+        labels = panel_tiles(self._labels[:, None].float())[:, 0]
+        heat = normalize_signed(panel_tiles(explanation.maps[:, None])[:, 0], percentile=100)
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)
         borders = torch.zeros_like(labels, dtype=torch.bool)
         borders[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]

@@ -29,7 +29,6 @@ from lightning_viz.functional._validation import (
     check_non_negative,
 )
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.images import readable
 from lightning_viz.probes import BatchToImages, Probes
 
 Method = Literal["vanilla", "smoothgrad", "integrated_gradients", "expected_gradients"]
@@ -224,7 +223,7 @@ class SaliencyLogger(ClassView):
         tag = tags.tag(tags.SALIENCY, "", self.key)
         rating = self._rate(trainer, pl_module, probes, {tag: reduced}, explained)[tag]
         display = panel_tiles(probes.display)
-        scaled = readable(reduced[:, None])[:, 0]
+        scaled = panel_tiles(reduced[:, None])[:, 0]
         heat = normalize_signed(scaled) if self.signed else normalize_magnitude(scaled)
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)
         *captions, table = self._predictions(probes, logits, targets)

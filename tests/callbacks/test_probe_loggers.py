@@ -961,6 +961,27 @@ def test_28_pixel_probes_sit_two_panels_to_a_row_under_captions_of_their_width(t
     assert_caption(image_pixels(image), "true 0", x=6, y=6, width=84)
 
 
+@pytest.mark.parametrize("size", [28, 13, 40])
+def test_every_class_view_draws_probes_of_sizes_enlarged_by_another_factor(tmp_path, size):
+    """Probes of 28 pixels go to 84 (two panels a row) where readable() makes 112: saliency and
+    LIME drew their maps at 112 over 84-pixel images and failed; so did 13, 17 to 23, 36 to 47
+    pixels and more."""
+    images, labels = digits_tensors(size=size)
+    loader = DataLoader(TensorDataset(images[:64], labels[:64]), 32)
+    probes = dict(num_probes=2, strict=True)
+    views = [
+        GradCAMLogger(guided=True, **probes),
+        lightning_viz.OcclusionLogger(**probes),
+        lightning_viz.SaliencyLogger(**probes),
+        lightning_viz.LIMELogger(samples=16, **probes),
+        lightning_viz.CAMLogger(**probes),
+    ]
+    make_trainer(tmp_path, views, max_epochs=1).fit(Classifier(sequential_cnn(1)), loader)
+    drawn = read_events(tmp_path).Tags()["images"]
+    assert len(drawn) == 6  # Grad-CAM and its guided image, then one image per other view
+    assert not [a for view in views for a in view.alerts.raised if a.kind != "over_budget"]
+
+
 def test_deconv_with_only_1x1_maps_says_so(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 10))
     deconv = DeconvLogger()
