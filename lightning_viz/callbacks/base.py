@@ -719,6 +719,12 @@ class VizCallback(*CALLBACK_BASES):
                 "work until the share is back within it (each view still shows at the fit's end; "
                 "budget=None never skips)."
             )
+            notes = {
+                c.budget_note
+                for c in context.callbacks(trainer)
+                if c.budget is not None and c.showing
+            }
+            consequence += "".join(f" {note}" for note in sorted(notes) if note)
             self._say_over_budget(trainer, self.budget, consequence)
         return fits
 
@@ -739,10 +745,6 @@ class VizCallback(*CALLBACK_BASES):
             f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
             f"budget of {budget:.1%}: {consequence}"
         )
-        notes = {
-            c.budget_note for c in context.callbacks(trainer) if c.budget is not None and c.showing
-        }
-        message += "".join(f" {note}" for note in sorted(notes) if note)
         finding = Finding(
             "over_budget", "budget", True, message=message, value=share, threshold=budget
         )
