@@ -153,9 +153,9 @@ def test_noisy_filters_reads_kernels_of_at_least_5x5():
 
 def test_noisy_filters_reads_a_layer_whose_images_are_not_noise_themselves():
     """A zero-init resnet18's stem update read 0.96 to 1.0 at validation accuracy 1.0 on shapes
-    over white noise (patch noise 0.98): a sum of noise patches is noise."""
+    over white noise (patch noise 0.87): a sum of noise patches is noise."""
     noise = {**HEALTHY_SGD, "learned": 0.3, "update_noise": 0.97}
-    for input_noise, fires in ((0.15, True), (0.8, True), (0.98, False), (math.nan, True)):
+    for input_noise, fires in ((0.15, True), (0.7, True), (0.87, False), (math.nan, True)):
         findings = filter_findings(
             "c", noise, 50, DEFAULTS, first_layer=True, input_noise=input_noise
         )
