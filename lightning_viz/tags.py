@@ -246,6 +246,8 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
 
 _NUMBER = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?")
 _CHECK = re.compile(r"^\*\*(\d+)(?: to (\d+))?\*\*: (.*)$", flags=re.MULTILINE)
+_OLDER_CHECK = re.compile(r"^(\d+)\. (.*)$", flags=re.MULTILINE)
+"""A paragraph of the tables logged before December 2026 (``1. ...`` under the table)."""
 
 
 def parse_alert_table(text: str) -> list[dict[str, str]]:
@@ -255,7 +257,7 @@ def parse_alert_table(text: str) -> list[dict[str, str]]:
         str(row): check
         for first, last, check in _CHECK.findall(text)
         for row in range(int(first), int(last or first) + 1)
-    }
+    } or dict(_OLDER_CHECK.findall(text))
     rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in table]
     return [
         dict(zip(ALERT_COLUMNS, [*row[1:], checks.get(row[0], "")], strict=False)) for row in rows

@@ -106,6 +106,16 @@ def test_alert_table_says_a_paragraph_once_per_step():
     assert text.index("what to check") < text.index("| # |")  # above a table of many rows
 
 
+def test_alert_tables_logged_before_read_back():
+    """Event files of earlier versions: the table first, then ``1. paragraph`` lines."""
+    text = (
+        "| # | status | kind | layer | epoch | value | threshold |\n|---|---|---|---|---|---|---|\n"
+        "| 1 | raised | exploding | conv1 | 0 | 9 | 5 |\n\n**what to check**\n\n1. lower the lr"
+    )
+    (row,) = tags.parse_alert_table(text)
+    assert (row["layer"], row["what to check"]) == ("conv1", "lower the lr")
+
+
 def test_alert_table_keeps_the_long_message_out_of_the_table():
     """TensorBoard's text card gives a table's columns the width their longest words need: a
     message column left the others a few characters, and numbers wrapped over lines."""

@@ -465,7 +465,7 @@ class VizCallback(*CALLBACK_BASES):
         self.budget = None if budget is None else check_fraction("budget", budget)
         self._timing = 0
         self.alerts = AlertBook()
-        # (status, alert, the step's table) to deliver together (alerts_together)
+        # (status, alert) to deliver together (alerts_together)
         self._held: list[tuple[str, Alert]] | None = None
         self._not_shown: str | None = None
         self._restored = False

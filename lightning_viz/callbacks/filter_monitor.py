@@ -399,9 +399,9 @@ class FilterMonitor(VizCallback):
         late = [name for name in late if name not in self._frozen]  # their drift stays 0
         if late and trainer.global_step > 0:
             self.raise_alert(trainer, reference_at_resume_finding(late, trainer.global_step))
-        trained = self.trained_before(trainer, pl_module)
-        if late and trained:
-            self.raise_alert(trainer, reference_at_refit_finding(late, trained))
+        steps_before = self.trained_before(trainer, pl_module)
+        if late and steps_before:
+            self.raise_alert(trainer, reference_at_refit_finding(late, steps_before))
         if fresh:
             with self.guarded(trainer, "filter baseline"):
                 self._measure(trainer, baseline=True)
