@@ -475,7 +475,9 @@ class ClassView(ProbeCallback):
             metrics |= self._score_metrics(method, mean)
             drop = host.get(f"{method}|drop")
             drop = 0.0 if drop is None or drop.isnan().all() else drop.nanmean().item()
-            lines = self._score_lines(trainer, method, mean, drop)
+            stability = per_probe.get("stability")
+            rated = None if stability is None else (int((~stability.isnan()).sum()), len(stability))
+            lines = self._score_lines(trainer, method, mean, drop, rated)
             empty = host.pop(f"{method}|empty").nonzero().flatten().tolist()
             if empty:
                 lines.append(
@@ -590,11 +592,22 @@ class ClassView(ProbeCallback):
         return {tags.tag(names[key][0], method, names[key][1]): v for key, v in mean.items()}
 
     def _score_lines(
-        self, trainer: pl.Trainer, method: str, mean: dict[str, float], drop: float
+        self,
+        trainer: pl.Trainer,
+        method: str,
+        mean: dict[str, float],
+        drop: float,
+        rated: tuple[int, int] | None = None,
     ) -> list[str]:
         """Whether the maps have settled (first, maybe empty), then the warnings; ``drop`` is
         how far what the faithfulness curves read falls with every pixel deleted (:meth:`_drop`,
-        mean over probes)."""
+        mean over probes); ``rated``: how many probes of how many have a stability (a
+        segmenter's "stable" rested on 1 of 8, the others' maps empty)."""
+        over = (
+            ""
+            if rated is None or rated[0] == rated[1]
+            else f", over {rated[0]} of {rated[1]} probes"
+        )
         lines = [""]
         if "stability" in mean and math.isnan(mean["stability"]):
             self.stable_since[method] = None
@@ -610,10 +623,10 @@ class ClassView(ProbeCallback):
             )
             lines[0] = (
                 f"stable since epoch {self.stable_since[method]} (rank correlation with the "
-                f"previous render {mean['stability']:.2f} >= {STABLE})."
+                f"previous render {mean['stability']:.2f} >= {STABLE}{over})."
                 if settled
                 else f"not settled: rank correlation with the previous render "
-                f"{mean['stability']:.2f} < {STABLE}."
+                f"{mean['stability']:.2f} < {STABLE}{over}."
             )
         if mean.get("sanity", 0.0) >= INDEPENDENT:
             lines.append(

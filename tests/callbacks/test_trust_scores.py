@@ -2,6 +2,7 @@
 warnings, neutrality, and the published direction of the randomization test."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -410,6 +411,19 @@ def test_an_empty_map_gets_no_score_rather_than_a_passing_one(tmp_path):
     rows = [r for r in text.tensor_proto.string_val[0].decode().splitlines() if r.startswith("| ")]
     column = rows[0].split(" | ").index("stability")
     assert {row.split(" | ")[column] for row in rows[2:]} == {"-"}
+
+
+def test_stability_resting_on_some_probes_says_on_how_many():
+    """A user's segmenter read "stable since epoch 1" from 1 probe of 8, the others' maps
+    empty."""
+    trainer = SimpleNamespace(current_epoch=3)
+    lines = GradCAMLogger()._score_lines(trainer, "gradcam/x", {"stability": 0.95}, 0.0, (1, 8))
+    assert lines[0] == (
+        "stable since epoch 3 (rank correlation with the previous render 0.95 >= 0.9, over 1 "
+        "of 8 probes)."
+    )
+    lines = GradCAMLogger()._score_lines(trainer, "gradcam/x", {"stability": 0.5}, 0.0, (8, 8))
+    assert lines[0] == "not settled: rank correlation with the previous render 0.50 < 0.9."
 
 
 def test_stability_of_maps_that_are_all_empty_says_so_instead_of_comparing_nan():
