@@ -68,9 +68,10 @@ def default_callbacks(
             networks that end in global average pooling + a linear layer, with one notice
             otherwise) and the validation views (they ride on the validation forward; without
             a validation loop each says so once).
-        forward_fn: how the probe views run the model on a batch of images,
-            ``forward_fn(pl_module, images)`` (a GAN's discriminator, a model with other inputs
-            fixed inside it); default ``pl_module(images)``.
+        forward_fn: how the probe views (and TopPatchesLogger, for its receptive fields) run
+            the model on a batch of images, ``forward_fn(pl_module, images)`` (a GAN's
+            discriminator, a model with other inputs fixed inside it); default
+            ``pl_module(images)``.
         batch_to_images: where every view finds the images and labels in a batch that is not
             a tensor, an ``(images, labels, ...)`` sequence or a dict (the probe views, to pick
             their probes from the data; the validation views, in every validation batch):
@@ -112,6 +113,7 @@ def default_callbacks(
                 batch_to_images=batch_to_images,
                 on_alert=on_alert,
                 budget=budget,
+                **({"forward_fn": forward_fn} if view is TopPatchesLogger else {}),
                 **_names(view, class_names),
             )
             for view in (EmbeddingLogger, TopPatchesLogger)

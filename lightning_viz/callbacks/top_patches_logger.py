@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -97,6 +98,10 @@ class TopPatchesLogger(ValidationView):
             every C/units-th), or the channel indices to show in every layer.
         k: patches per unit.
         every_n_epochs: gather every this many validation epochs.
+        forward_fn: how to run the model on images alone, ``forward_fn(pl_module, images)``,
+            for the one forward that finds the layers' receptive fields (a model with other
+            inputs); default ``pl_module(images)``. The patches themselves ride on the
+            validation forward.
         batch_to_images: where the images are in a batch that is not a tensor, an
             ``(images, labels, ...)`` sequence or a dict.
         on_alert, strict, budget: as in :class:`~lightning_viz.ActivationMonitor`.
@@ -147,11 +152,13 @@ class TopPatchesLogger(ValidationView):
         units: int | Sequence[int] = 8,
         k: int = 9,
         every_n_epochs: int = 1,
+        forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
         batch_to_images: BatchToImages | None = None,
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
     ) -> None:
+        self.forward_fn = forward_fn
         super().__init__(
             every_n_epochs=every_n_epochs,
             batch_to_images=batch_to_images,
@@ -237,12 +244,13 @@ class TopPatchesLogger(ValidationView):
             raise Unsuited(
                 f"{type(self).__name__}: it finds its layers and their receptive fields by "
                 f"running {type(pl_module).__name__} on an image of the validation batch, which "
-                f"failed ({type(error).__name__}: {error}). Pass layers=[...] and a model whose "
-                "forward takes the images."
+                f"failed ({type(error).__name__}: {error}). Pass forward_fn=lambda model, "
+                "images: ... that runs the model on images alone (as for the probe views)."
             ) from error
 
     def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:
-        forward = in_training_precision(pl_module)
+        given = None if self.forward_fn is None else functools.partial(self.forward_fn, pl_module)
+        forward = in_training_precision(pl_module, given)
         if not self._layers:
             names = default_grid_layers(pl_module, images[:1], forward)
             if not names:

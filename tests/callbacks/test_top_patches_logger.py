@@ -6,6 +6,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+import lightning_viz
 from lightning_viz import TopPatchesLogger
 from lightning_viz.callbacks.top_patches_logger import FRAME_GREY
 from lightning_viz.functional.captions import table_label_width
@@ -158,6 +159,42 @@ def test_a_model_without_spatial_maps_is_not_shown_and_fit_goes_on(tmp_path):
     assert [a.kind for a in logger.alerts.raised] == ["not_shown"]
     assert "layers=" in logger.alerts.raised[0].message
     assert trainer.current_epoch == 1
+
+
+class WithSideInput(DigitsClassifier):
+    """A model of two inputs: images and a side vector (tabular features), which its steps
+    pass; ``self(images)`` alone fails."""
+
+    def forward(self, x, side):
+        return self.model(x) + side.sum(dim=1, keepdim=True)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x, torch.zeros(len(x), 4)), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x, torch.zeros(len(x), 4)).argmax(dim=1) == y).float().mean())
+
+
+def test_a_model_of_two_inputs_is_shown_with_forward_fn(tmp_path):
+    """A user's image + tabular model: TopPatchesLogger had no forward_fn, and its notice's
+    advice (layers=[...]) still failed: the receptive fields need a forward on images alone."""
+    plain = TopPatchesLogger()
+    fit(WithSideInput(), [plain], tmp_path / "plain", epochs=1, limit_train_batches=2)
+    (notice,) = plain.alerts.raised
+    assert notice.kind == "not_shown"
+    assert "Pass forward_fn=lambda model, images: ..." in notice.message
+
+    logger = TopPatchesLogger(forward_fn=lambda model, x: model(x, torch.zeros(len(x), 4)))
+    fit(WithSideInput(), [logger], tmp_path / "given", epochs=1, limit_train_batches=2)
+    assert not logger.alerts.raised
+    images = read_events(tmp_path / "given").Tags()["images"]
+    assert images == [f"top_patches/{layer}" for layer in LAYERS]
+    # default_callbacks passes its forward_fn on to TopPatchesLogger too
+    callbacks = lightning_viz.default_callbacks(extra_views=True, forward_fn=logger.forward_fn)
+    (top_patches,) = [c for c in callbacks if isinstance(c, TopPatchesLogger)]
+    assert top_patches.forward_fn is logger.forward_fn
 
 
 def test_bad_arguments_fail_at_construction_and_unknown_layers_at_fit_start(tmp_path):
