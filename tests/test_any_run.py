@@ -436,9 +436,9 @@ def test_default_callbacks_take_forward_fn_for_every_probe_view(tmp_path):
     callbacks = lightning_viz.default_callbacks(
         forward_fn=through_discriminator, extra_views=True, budget=None
     )
-    probe_views = [c for c in callbacks if hasattr(c, "forward_fn")]
-    assert len(probe_views) == 8
-    assert all(c.forward_fn is through_discriminator for c in probe_views)
+    takers = [c for c in callbacks if hasattr(c, "forward_fn")]
+    assert len(takers) == 9  # the eight probe views and TopPatchesLogger
+    assert all(c.forward_fn is through_discriminator for c in takers)
     train(GAN, lambda: loader(images(), labels()), callbacks[:4], tmp_path)
     logged = read_events(tmp_path).Tags()["images"]
     assert "gradcam/discriminator.0" in logged
