@@ -94,6 +94,16 @@ def in_training_precision(
     return lambda images: run(images.to(dtype))
 
 
+def forward_with(
+    pl_module: pl.LightningModule,
+    forward_fn: Callable[[pl.LightningModule, torch.Tensor], Any] | None,
+) -> Forward | None:
+    """How to run the model on images alone: ``forward_fn(pl_module, images)`` when given, else
+    None (``pl_module(images)``); on images cast as the Trainer casts a batch."""
+    given = None if forward_fn is None else functools.partial(forward_fn, pl_module)
+    return in_training_precision(pl_module, given)
+
+
 def default_probe_loader(trainer: pl.Trainer) -> tuple[Any, str]:
     """The validation dataloader of the fit, else the training one (the first of several), and
     which it is: ``"validation"`` or ``"training"``."""
@@ -330,10 +340,8 @@ class ProbeCallback(VizCallback):
         return labelled if fits(labelled, width) else with_name("{}", name, width)
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
-        """How probe passes run the model: ``forward_fn(pl_module, images)`` when given, else
-        None (``pl_module(images)``); on the probes cast as the Trainer casts a batch."""
-        given = None if self.forward_fn is None else functools.partial(self.forward_fn, pl_module)
-        return in_training_precision(pl_module, given)
+        """How probe passes run the model (:func:`forward_with` the callback's ``forward_fn``)."""
+        return forward_with(pl_module, self.forward_fn)
 
     def logs_scalars(self) -> bool:
         """Whether a render logs scalars too (trust scores), which go to any logger; a view of

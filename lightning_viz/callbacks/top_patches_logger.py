@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import Unsuited, in_training_precision
+from lightning_viz.callbacks.probe_base import Unsuited, forward_with
 from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
@@ -249,8 +248,7 @@ class TopPatchesLogger(ValidationView):
             ) from error
 
     def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:
-        given = None if self.forward_fn is None else functools.partial(self.forward_fn, pl_module)
-        forward = in_training_precision(pl_module, given)
+        forward = forward_with(pl_module, self.forward_fn)
         if not self._layers:
             names = default_grid_layers(pl_module, images[:1], forward)
             if not names:
