@@ -91,6 +91,9 @@ class RunContext:
         self.no_tensorboard_said = False
         self.alert_count_logged: tuple[int, int] | None = None  # (step, total)
         self.call_order: list[str] | None = None
+        # the epoch of the latest training batch: at train end Lightning counts the last epoch
+        # as done and current_epoch reads max_epochs, an epoch that never ran
+        self.epoch = 0
         # while the fit starts or a validation runs
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None
         self.held_lines: list[str] = []  # log lines said meanwhile, after the notices
@@ -593,6 +596,7 @@ class VizCallback(*CALLBACK_BASES):
             context.over_budget_said = False
             context.stopped_at = None
             context.started_callbacks = set()  # a second fit on the Trainer says it again
+            context.epoch = trainer.current_epoch
         context.starting(trainer)
         try:
             if self._not_shown is not None:  # found in setup
@@ -613,6 +617,7 @@ class VizCallback(*CALLBACK_BASES):
         context = RunContext.of(trainer)
         context.release_notices()  # held still when a subclass's on_train_start skipped super's
         context.record_call_order(pl_module)
+        context.epoch = trainer.current_epoch
 
     @override
     def on_train_batch_end(
@@ -904,6 +909,11 @@ class VizCallback(*CALLBACK_BASES):
         step = trainer.global_step if step is None else step
         self.write(trainer, tag, lambda writer: writer.add_text(tag, text, global_step=step))
 
+    @staticmethod
+    def epoch(trainer: pl.Trainer) -> int:
+        """The epoch training is in; at train end, the last one it ran."""
+        return RunContext.of(trainer).epoch
+
     # ------------------------------------------------------------------------------ alerts
     def raise_alert(self, trainer: pl.Trainer, finding: Finding, source: str = "") -> None:
         """Deliver an alert when ``finding`` starts firing for its (layer, kind); say so when it
@@ -922,7 +932,7 @@ class VizCallback(*CALLBACK_BASES):
             layer=finding.layer,
             value=float(finding.value),
             threshold=float(finding.threshold),
-            epoch=trainer.current_epoch,
+            epoch=self.epoch(trainer),
             step=trainer.global_step,
             message=message if message.startswith(f"{source}: ") else f"{source}: {message}",
         )

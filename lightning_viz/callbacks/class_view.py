@@ -619,7 +619,7 @@ class ClassView(ProbeCallback):
             settled = mean["stability"] >= STABLE
             since = self.stable_since.get(method)
             self.stable_since[method] = (
-                (trainer.current_epoch if since is None else since) if settled else None
+                (self.epoch(trainer) if since is None else since) if settled else None
             )
             lines[0] = (
                 f"stable since epoch {self.stable_since[method]} (rank correlation with the "

@@ -484,7 +484,7 @@ class DeconvLogger(ProbeCallback):
             enlarged = [self._evolution_cells(layer, c.to(followed.device)) for c in columns]
         columns.append(thumbnails.cpu())
         enlarged.append(self._evolution_cells(layer, thumbnails))
-        epochs.append(trainer.current_epoch)
+        epochs.append(self.epoch(trainer))
         keep = evenly_spaced(len(columns), self.max_columns)
         self.columns[layer] = [columns[i] for i in keep]
         self.column_epochs[layer] = [epochs[i] for i in keep]

@@ -302,7 +302,7 @@ class FeatureVisualizer(ProbeCallback):
     # ------------------------------------------------------------------------ the renders
     @override
     def visualize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes) -> None:
-        epoch = FIT_START if self.renders == 0 else trainer.current_epoch
+        epoch = FIT_START if self.renders == 0 else self.epoch(trainer)
         for layer in self._layers:
             previous = self.spectra.get(layer)
             adam = self.adam.get(layer) if previous is not None else None

@@ -10,7 +10,14 @@ import pytorch_lightning as pl
 from torch import nn
 
 import lightning_viz
-from lightning_viz import ActivationMonitor, FilterMonitor, GradCAMLogger, Probes, tags
+from lightning_viz import (
+    ActivationMonitor,
+    DeconvLogger,
+    FilterMonitor,
+    GradCAMLogger,
+    Probes,
+    tags,
+)
 from lightning_viz.callbacks import base, probe_base
 from lightning_viz.callbacks.base import RunContext
 from lightning_viz.callbacks.cost import CostMeter
@@ -156,7 +163,8 @@ def test_a_fit_stopped_early_still_shows_the_views_at_its_end(tmp_path, stop):
     """The budget lets the last epoch's views through, but knew the last epoch only by
     max_epochs: a fit stopped by EarlyStopping, a Timer or max_steps never showed its end."""
     probes = Probes(digits_tensors()[0][:4])
-    views = [FilterMonitor(budget=0.001), GradCAMLogger(probes=probes, budget=0.001)]
+    deconv = DeconvLogger(probes=probes, layers=["model.features.0"], budget=0.001)
+    views = [FilterMonitor(budget=0.001), GradCAMLogger(probes=probes, budget=0.001), deconv]
     stopper = StopAfter(epoch=2)
     callbacks = {
         "after the views": [*views, stopper],
@@ -173,6 +181,8 @@ def test_a_fit_stopped_early_still_shows_the_views_at_its_end(tmp_path, stop):
         assert shown[-1] == end, (tag, shown)
         assert STEPS_PER_EPOCH * 2 not in shown  # the middle epochs still skip
         assert len(shown) == len(set(shown))
+    # labelled with the last epoch that ran, also when drawn at train end (current_epoch 3)
+    assert deconv.column_epochs["model.features.0"] == [0, 2]
 
 
 def test_default_callbacks_keep_a_two_percent_budget_unless_told():
@@ -259,6 +269,7 @@ def test_a_short_fit_over_its_budget_says_so_at_its_end(tmp_path, caplog, monkey
     (notice,) = [a for a in gradcam.alerts.raised if a.kind == "over_budget"]
     assert notice.value == pytest.approx(lightning_viz.overhead(trainer)["total"], rel=0.2)
     assert notice.value > 0.001
+    assert (notice.epoch, notice.step) == (1, 4)  # Lightning's current_epoch reads 2 by then
     assert "nothing was skipped, since what they did the budget never skips" in notice.message
     assert "thin out" not in notice.message
     assert "nothing was skipped" in caplog.text  # said as a line
