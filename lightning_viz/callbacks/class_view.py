@@ -31,6 +31,7 @@ from lightning_viz.functional.captions import (
     color_bar,
     fits,
     footnote,
+    percent,
     stack_rows,
     with_name,
 )
@@ -110,14 +111,17 @@ def prediction_caption(
     probe labelled "has loop")."""
     if independent:
         missed = "✗ " if labelled and value < 0.5 else ""
-        candidates = [f"{missed}{name} {value:.0%}"]
+        candidates = [f"{missed}{name} {percent(value)}"]
         template, shortened = f"{missed}{{}}", name
     elif segmented:
-        candidates, (template, shortened) = [f"{name} on {value:.0%}"], ("{}", name)
+        candidates, (template, shortened) = [f"{name} on {percent(value)}"], ("{}", name)
     elif predicted is None:
-        candidates, (template, shortened) = [f"pred {name} {value:.0%}"], ("pred {}", name)
+        candidates, (template, shortened) = [f"pred {name} {percent(value)}"], ("pred {}", name)
     else:
-        candidates = [f"for {name} {value:.0%}, pred {predicted}", f"for {name}, pred {predicted}"]
+        candidates = [
+            f"for {name} {percent(value)}, pred {predicted}",
+            f"for {name}, pred {predicted}",
+        ]
         template, shortened = ("✗ pred {}", predicted) if labelled else ("for {}", name)
     fitting = next((text for text in candidates if fits(text, width)), None)
     return fitting or with_name(template, shortened, width)
@@ -374,7 +378,7 @@ class ClassView(ProbeCallback):
             outputs = self.measured(logits)[:, 0].cpu().tolist()
             if self.explained_quantity == "probability":  # a single-logit binary classifier
                 table = ["| probe | probability |", "|---|---|"]
-                captions = [f"p {value:.0%}" for value in outputs]
+                captions = [f"p {percent(value)}" for value in outputs]
             else:
                 table = ["| probe | output |", "|---|---|"]
                 captions = [f"out {value:.3g}" for value in outputs]

@@ -415,7 +415,7 @@ def test_a_map_of_a_class_the_model_gets_wrong_names_that_class_before_the_predi
     events = read_events(tmp_path)
     pixels = image_pixels(events.Images("gradcam/model.features")[0])
     assert_caption(pixels, "true 0", x=6, y=6, width=96)
-    assert_caption(pixels, "for 0, pred 2", x=6 + 98, y=6, width=96)  # 'for 0 0%, ...' is wider
+    assert_caption(pixels, "for 0, pred 2", x=6 + 98, y=6, width=96)  # 'for 0 <1%, ...' is wider
     assert_caption(pixels, "true 2", x=6, y=6 + 118, width=96)
     assert_caption(pixels, "pred 2 100%", x=6 + 98, y=6 + 118, width=96)
 
@@ -438,6 +438,15 @@ def test_a_wrong_predictions_caption_keeps_both_classes_as_far_as_they_fit():
     assert shrike.startswith("pred n0")
     assert "…" in shrike
     assert shrike != kite
+
+
+def test_a_caption_rounds_no_share_to_none_or_all():
+    """A segmenter's Grad-CAM of a class on 0.46% of the probe's pixels read 'square on 0%'."""
+    assert prediction_caption("square", 0.0046, 112, segmented=True) == "square on <1%"
+    assert prediction_caption("square", 0.0, 96, segmented=True) == "square on 0%"
+    assert prediction_caption("2", 0.9996, 96) == "pred 2 >99%"
+    assert prediction_caption("2", 1.0, 96) == "pred 2 100%"
+    assert prediction_caption("2", 0.006, 96) == "pred 2 1%"
 
 
 def test_empty_gradcam_maps_are_said_and_left_out_of_the_scores(tmp_path):
