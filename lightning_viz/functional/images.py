@@ -138,22 +138,32 @@ def unnormalized(images: Tensor, normalization: tuple[Tensor, Tensor] | None) ->
 REGION_COLOR = (1.0, 0.85, 0.0)
 """The colour of a probe's outlined region (:func:`outline`): a yellow that stands out on grey
 digits and on photos alike."""
+REGION_EDGE = (0.0, 0.0, 0.0)
+"""The colour of the 1-pixel line between a region and its yellow outline, which marks the
+region's border where the yellow does not stand out (a yellow object's, on a segmenter's probe)."""
 
 
 def outline(tiles: Tensor, masks: Tensor, width: int = 2) -> Tensor:
     """(N, 3, H, W) display ``tiles`` with the border of each (N, h, w) boolean mask drawn
-    ``width`` pixels wide in :data:`REGION_COLOR`: just outside it, so that the object's own
-    pixels stay as they are (a line inside hid a thin ring's band), and inside it along the
-    image's edge, where there is no outside (a box of the whole image is its frame). The mask
-    is resized to the tiles keeping every pixel it covers (shrunk by nearest, a small region
-    could vanish). Grey tiles come back as RGB, in the tiles' dtype."""
-    inside = F.adaptive_max_pool2d(masks[:, None].float(), tuple(tiles.shape[-2:]))
-    near = F.max_pool2d(inside, 2 * width + 1, stride=1, padding=width)
-    frame = torch.ones_like(inside[:1], dtype=torch.bool)
+    just outside it (a line inside hid a thin ring's band): a dark line of 1 pixel along the
+    mask (:data:`REGION_EDGE`), then ``width`` pixels of :data:`REGION_COLOR`, so the border
+    shows on yellow objects and on dark ones. Along the image's edge, where there is no outside,
+    both go inside (a box of the whole image is its frame). The mask is resized to the tiles
+    keeping every pixel it covers (shrunk by nearest, a small region could vanish). Grey tiles
+    come back as RGB, in the tiles' dtype; the object's own pixels stay as they are."""
+    inside = F.adaptive_max_pool2d(masks[:, None].float(), tuple(tiles.shape[-2:])) > 0
+    touching = F.max_pool2d(inside.float(), 3, stride=1, padding=1) > 0
+    near = F.max_pool2d(inside.float(), 2 * width + 3, stride=1, padding=width + 1) > 0
+    frame, deeper = (torch.ones_like(inside[:1]) for _ in range(2))
     frame[..., width:-width, width:-width] = False
-    edge = ((near > 0) & (inside == 0)) | ((inside > 0) & frame)
-    color = torch.tensor(REGION_COLOR, device=tiles.device) * white(tiles.dtype)
-    return torch.where(edge, color.to(tiles.dtype).view(1, 3, 1, 1), to_rgb(tiles))
+    deeper[..., width + 1 : -(width + 1), width + 1 : -(width + 1)] = False
+    edge = (touching & ~inside) | (inside & deeper & ~frame)
+    band = (near & ~inside & ~edge) | (inside & frame)
+    drawn = to_rgb(tiles)
+    for where, rgb in ((edge, REGION_EDGE), (band, REGION_COLOR)):
+        color = torch.tensor(rgb, device=tiles.device) * white(tiles.dtype)
+        drawn = torch.where(where, color.to(tiles.dtype).view(1, 3, 1, 1), drawn)
+    return drawn
 
 
 def white(dtype: torch.dtype) -> float:

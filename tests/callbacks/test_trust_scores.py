@@ -300,10 +300,14 @@ def test_probe_boxes_are_outlined_on_the_probes_not_on_their_maps(tmp_path):
         assert bottom < 96
         assert left > 0
         assert right < 96
-        assert tile[top - 1, left - 1 : right + 1].all()  # just outside the box
-        assert tile[bottom, left - 1 : right + 1].all()
-        assert tile[top - 1 : bottom + 1, left - 1].all()
-        assert tile[top - 1 : bottom + 1, right].all()
+        # just outside the box, beyond the dark line along it
+        assert tile[top - 2, left - 2 : right + 2].all()
+        assert tile[bottom + 1, left - 2 : right + 2].all()
+        assert tile[top - 2 : bottom + 2, left - 2].all()
+        assert tile[top - 2 : bottom + 2, right + 1].all()
+        line = (pixels[6 + 16 : 6 + 16 + 96, 6 : 6 + 96, :3] == 0).all(axis=-1)
+        assert line[top - 1, left - 1 : right + 1].all()
+        assert line[top - 1 : bottom + 1, right].all()
         assert not tile[top:bottom, left:right].any()  # the object's pixels stay as they are
         # and none on the map beside it
         assert tile.sum() == is_yellow[6 + 16 : 6 + 16 + 96, 6 : 6 + 96 + 2 + 96].sum()

@@ -126,25 +126,40 @@ def test_normalize_signed_scale_is_torchs_quantile(percentile, size):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_outline_draws_each_masks_border_outside_it(dtype):
-    from lightning_viz.functional.images import REGION_COLOR, outline
+    from lightning_viz.functional.images import REGION_COLOR, REGION_EDGE, outline
 
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[0, 1:3, 1:3] = True  # a 2x2 square inside
     masks[1, :2, 2:] = True  # a square in the top-right corner
-    tiles = torch.zeros(2, 1, 8, 8, dtype=dtype)  # grey, enlarged 2x by the outline
-    drawn = outline(tiles, masks, width=1)
+    scale = 255 if dtype == torch.uint8 else 1.0
+    grey = torch.full((2, 1, 8, 8), 0.5 * scale).to(dtype)  # enlarged 2x by the outline
+    drawn = outline(grey, masks, width=1)
     assert drawn.shape == (2, 3, 8, 8)
     assert drawn.dtype == dtype
-    colored = (drawn != 0).any(dim=1)
-    expected = torch.zeros(2, 8, 8, dtype=torch.bool)
-    expected[0, 1:7, 1:7] = True
-    expected[0, 2:6, 2:6] = False  # the region's own pixels stay as they were
-    expected[1, :5, 3:] = True
-    expected[1, 1:4, 4:7] = False  # inside, only along the image's edge
-    assert torch.equal(colored, expected)
-    scale = 255 if dtype == torch.uint8 else 1.0
-    color = (torch.tensor(REGION_COLOR) * scale).to(dtype)
-    assert torch.equal(drawn[0, :, 1, 1], color)
+    yellow = (drawn == (torch.tensor(REGION_COLOR) * scale).to(dtype).view(3, 1, 1)).all(dim=1)
+    dark = (drawn == (torch.tensor(REGION_EDGE) * scale).to(dtype).view(3, 1, 1)).all(dim=1)
+    expected_dark = torch.zeros(2, 8, 8, dtype=torch.bool)
+    expected_dark[0, 1:7, 1:7] = True  # the line along the region, just outside it
+    expected_dark[0, 2:6, 2:6] = False  # the region's own pixels stay as they were
+    expected_yellow = torch.ones(2, 8, 8, dtype=torch.bool)
+    expected_yellow[0, 1:7, 1:7] = False  # then the yellow beyond it
+    expected_dark[1, :5, 3:] = True
+    expected_dark[1, :4, 4:] = False
+    expected_dark[1, 1, 4:7] = expected_dark[1, 1:4, 6] = True  # inside along the image's edge
+    expected_yellow[1] = False
+    expected_yellow[1, :6, 2:] = True
+    expected_yellow[1, :5, 3:] = False
+    expected_yellow[1, 0, 4:] = expected_yellow[1, :4, 7] = True
+    assert torch.equal(dark, expected_dark)
+    assert torch.equal(yellow, expected_yellow)
+    assert torch.equal(drawn[0, :, 3, 3], grey[0, :, 3, 3].expand(3))
+    # on a yellow object, the dark line still marks where it ends
+    on_yellow = outline(
+        (torch.tensor(REGION_COLOR) * scale).to(dtype).view(1, 3, 1, 1).expand(1, 3, 8, 8),
+        masks[:1],
+        width=1,
+    )
+    assert (on_yellow != on_yellow[..., :1, :1]).any(dim=1)[0].equal(expected_dark[0])
     # shrunk, a region keeps every pixel it covers: a 2x2 one on a 64x64 mask is still drawn
     small = torch.zeros(1, 64, 64, dtype=torch.bool)
     small[0, 33:35, 33:35] = True
