@@ -136,8 +136,8 @@ is on by default only where that explanation is cheap (Grad-CAM, CAM: measured a
 training step or less, ``benchmarks/trust_scores.py``); faithfulness costs 4 x 17 forwards of
 the probes per map (about 3 training steps): opt-in."""
 REGION_NOTE = (
-    "Yellow outline: the probe's box or mask, which the localization scores (peak and energy "
-    "in region) read."
+    "Yellow outline: the probe's box or mask (the dark line inside it runs along its border), "
+    "which the localization scores (peak and energy in region) read."
 )
 RESPONDS = 0.1
 """The deletion test judges a map only where what it explains falls by at least this when every
