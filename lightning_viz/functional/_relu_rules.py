@@ -57,8 +57,10 @@ class _RuleReLU(torch.autograd.Function):
         ctx.rule = rule
         if inplace:
             ctx.mark_dirty(x)
-        if rule != "deconvnet":
-            ctx.save_for_backward(output)
+        # deconvnet's backward needs nothing, but a plain ReLU saves its output: activation
+        # checkpointing recomputes a block with plain ReLUs and checks that what they save
+        # matches what was saved here (the rule's backward, recorded here, is what runs)
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -6,8 +6,15 @@ import torch
 from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.checkpoint import checkpoint
 
-from lightning_viz.functional import project_layers, project_to_input, relu_rule, top_channels
+from lightning_viz.functional import (
+    guided_backprop,
+    project_layers,
+    project_to_input,
+    relu_rule,
+    top_channels,
+)
 from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.testing import ChannelEnergy, TinyCNN, TinyFunctionalCNN
 from tests.helpers import assert_untouched, relative_error, train_flags
@@ -60,6 +67,36 @@ def test_functional_relu_model_projects_like_its_module_twin(rule, images):
     expected = project_to_input(modules, images, "conv2", channels, rule=rule)
     actual = project_to_input(functional, images, "conv2", channels, rule=rule)
     assert torch.equal(actual, expected)
+
+
+class CheckpointedCNN(TinyCNN):
+    """TinyCNN with its blocks under non-reentrant activation checkpointing, always on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = lambda x: self.pool(self.relu1(self.bn1(self.conv1(x))))  # noqa: E731
+        x = checkpoint(first, x, use_reentrant=False)
+        x = checkpoint(lambda x: self.relu2(self.conv2(x)), x, use_reentrant=False)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_a_checkpointed_model_projects_like_its_plain_twin(rule, images):
+    """Checkpointing recomputes a block's forward in the backward, with plain ReLUs, and checks
+    that they save what the forward saved: deconvnet's ReLU saved nothing, and its projection
+    failed (CheckpointError: recomputed values have different metadata)."""
+    plain = TinyCNN().eval()
+    checkpointed = CheckpointedCNN().eval()
+    checkpointed.load_state_dict(plain.state_dict())
+    channels = torch.tensor([[1, 4], [0, 15], [7, 7]])
+    expected = project_to_input(plain, images, "conv2", channels, rule=rule)
+    assert torch.allclose(
+        project_to_input(checkpointed, images, "conv2", channels, rule=rule), expected
+    )
+    if rule == "guided":
+        expected = guided_backprop(plain, images, torch.tensor([1, 2, 3]))
+        assert torch.allclose(
+            guided_backprop(checkpointed, images, torch.tensor([1, 2, 3])), expected
+        )
 
 
 def test_in_place_tensor_relu_keeps_its_forward_semantics(images):
