@@ -1,9 +1,14 @@
-"""Mixed precision, channels_last and resuming from a checkpoint, with every callback."""
+"""Mixed precision, channels_last, activation checkpointing and resuming from a checkpoint,
+with every callback."""
+
+import warnings
 
 import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.checkpoint import checkpoint
 
+import lightning_viz
 from lightning_viz import ActivationMonitor, DeconvLogger, FilterMonitor, GradCAMLogger
 from lightning_viz.functional import grad_cam, project_to_input
 from tests.helpers import DigitsClassifier, fit, read_events
@@ -79,6 +84,55 @@ def test_channels_last_model(tmp_path):
     dense = grad_cam(module, probes, "model.features")["model.features"]
     last = grad_cam(module, probes.to(memory_format=torch.channels_last), "model.features")
     assert torch.allclose(last["model.features"], dense, rtol=1e-4, atol=1e-6)
+
+
+class CheckpointedDigits(DigitsClassifier):
+    """The digits CNN with its last two blocks under activation checkpointing, switched on
+    always (not by ``self.training``: the probe passes run it too)."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.features
+        x = checkpoint(features[4:8], features[:4](x), use_reentrant=self.reentrant)
+        x = checkpoint(features[8:], x, use_reentrant=self.reentrant)
+        return self.model.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_switched_on_always(tmp_path, reentrant):
+    """Non-reentrant: DeconvLogger failed (CheckpointError: recomputed values have different
+    metadata). Reentrant refuses the views' gradients: they said so in torch's words ("One of
+    the differentiated Tensors does not require grad"), which do not say why, and torch warned
+    at every checkpoint a probe pass ran."""
+    callbacks = lightning_viz.default_callbacks(budget=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(
+            CheckpointedDigits(reentrant),
+            callbacks,
+            tmp_path,
+            epochs=1,
+            limit_train_batches=2,
+            validate=False,
+        )
+    said = {(a.source, a.kind): a.message for c in callbacks for a in c.alerts.raised}
+    said.pop(("FilterMonitor", "not_learning"), None)  # two steps
+    if not reentrant:
+        assert not said
+        assert "deconv/model.features.4" in read_events(tmp_path).Tags()["images"]
+        return
+    assert set(said) == {
+        ("GradCAMLogger", "failed"),
+        ("DeconvLogger", "not_shown"),
+        ("ActivationGridLogger", "not_shown"),
+    }
+    for message in said.values():
+        assert "use_reentrant=True" in message
+    assert "Checkpoint only while self.training" in said["DeconvLogger", "not_shown"]
+    assert not [w for w in caught if "None of the inputs have requires_grad" in str(w.message)]
 
 
 def test_every_state_round_trips_through_a_weights_only_checkpoint(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -54,11 +55,56 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             submodule.training = training
 
 
+class ReentrantCheckpoint(RuntimeError):
+    """The model ran reentrant activation checkpointing in a probe pass, which refuses the
+    gradients the views take."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the model runs torch.utils.checkpoint with use_reentrant=True in the probe pass (eval "
+            "mode, autograd on), which refuses the gradients this view needs. Checkpoint only "
+            "while self.training, or pass use_reentrant=False: training computes the same either "
+            "way"
+        )
+
+
+_CHECKPOINT_WARNING = "None of the inputs have requires_grad=True"
+
+
+@contextmanager
+def reentrant_checkpoint_explained() -> Iterator[None]:
+    """A model that runs reentrant activation checkpointing in a probe pass (switched on
+    always, not by ``self.training``) fails the views' gradients with torch's words, which do
+    not say why ("One of the differentiated Tensors does not require grad"), and torch warns at
+    each checkpoint the probes' pass runs (330 warnings in a user's fit): those warnings are
+    kept from the user, and such a failure says what to change."""
+    seen = False
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def show_others(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            nonlocal seen
+            if _CHECKPOINT_WARNING in str(message):
+                seen = True
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = show_others
+        warnings.filterwarnings("always", message=_CHECKPOINT_WARNING)
+        try:
+            yield
+        except Exception as error:
+            if seen or "When use_reentrant=True, torch.utils.checkpoint" in str(error):
+                raise ReentrantCheckpoint from error
+            raise
+
+
 @contextmanager
 def probe_pass(module: nn.Module) -> Iterator[None]:
-    """Eval mode with flags restored, torch.compile'd code run eagerly so hooks fire, and the
-    global random generators as they were (a forward may draw noise in eval mode too)."""
-    with eval_mode(module), eager(), untouched_rng():
+    """Eval mode with flags restored, torch.compile'd code run eagerly so hooks fire, the
+    global random generators as they were (a forward may draw noise in eval mode too), and a
+    reentrant checkpoint's failure explained."""
+    with eval_mode(module), eager(), untouched_rng(), reentrant_checkpoint_explained():
         yield
 
 

@@ -19,7 +19,12 @@ from lightning_viz.alerts import OnAlert
 from lightning_viz.callbacks.activation_grid_logger import default_grid_layers
 from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
-from lightning_viz.callbacks.probe_base import Unsuited, forward_with
+from lightning_viz.callbacks.probe_base import (
+    ReentrantCheckpoint,
+    Unsuited,
+    forward_with,
+    reentrant_checkpoint_explained,
+)
 from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
@@ -233,18 +238,23 @@ class TopPatchesLogger(ValidationView):
         """Choose the default layers and their receptive fields from one forward of an image
         (``pl_module(image)``); a model that cannot run so is :class:`Unsuited` to the defaults."""
         try:
-            with untouched_rng():
+            with untouched_rng(), reentrant_checkpoint_explained():
                 self._layers_and_fields(pl_module, images)
         except Unsuited:
             raise
         except Exception as error:
             if self.layer_names is not None:
                 raise
+            advice = (
+                ""
+                if isinstance(error, ReentrantCheckpoint)
+                else " Pass forward_fn=lambda model, images: ... that runs the model on images "
+                "alone (as for the probe views)."
+            )
             raise Unsuited(
                 f"{type(self).__name__}: it finds its layers and their receptive fields by "
                 f"running {type(pl_module).__name__} on an image of the validation batch, which "
-                f"failed ({type(error).__name__}: {error}). Pass forward_fn=lambda model, "
-                "images: ... that runs the model on images alone (as for the probe views)."
+                f"failed ({type(error).__name__}: {error}).{advice}"
             ) from error
 
     def _layers_and_fields(self, pl_module: pl.LightningModule, images: Tensor) -> None:

@@ -127,6 +127,8 @@ def run_until_captured(
     Raises:
         ValueError: a module did not run, or its output is not a 4-D tensor (nor, with
             ``tokens``, a token map on a square grid).
+        RuntimeError: with autograd on and ``inputs`` requiring grad, a module's output does
+            not (no gradient can reach it; torch's own error does not say why).
     """
     output = None
     with (
@@ -143,6 +145,12 @@ def run_until_captured(
                 f"layer {name!r} ({type(module).__name__}) returned shape {shape}; expected a "
                 "4-D (N, C, H, W) feature map"
                 + (" or (N, tokens, dim) tokens on a square grid" if tokens else "")
+            )
+        if torch.is_grad_enabled() and inputs.requires_grad and not captured[name].requires_grad:
+            raise RuntimeError(
+                f"layer {name!r} ({type(module).__name__}) ran without autograd in a pass that "
+                "needs gradients through it: the forward runs it under torch.no_grad(), or "
+                "inside torch.utils.checkpoint with use_reentrant=True"
             )
     return output, captured
 

@@ -103,6 +103,23 @@ def test_hooks_removed_when_the_model_raises(images):
     assert_untouched(model, train_flags(model))
 
 
+class FrozenStem(TinyCNN):
+    """A fine-tune's stem, run under torch.no_grad() inside the forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        return self.head(self.relu2(self.conv2(x)).mean(dim=(2, 3)))
+
+
+def test_a_layer_run_without_autograd_is_named(images):
+    """torch said only "One of the differentiated Tensors does not require grad"."""
+    model = FrozenStem().eval()
+    with pytest.raises(RuntimeError, match=r"layer 'conv1' \(Conv2d\) ran without autograd"):
+        grad_cam(model, images, ["conv1", "conv2"])
+    assert grad_cam(model, images, ["conv2"])["conv2"].shape == (3, 32, 32)
+
+
 def test_unknown_layer_lists_the_closest_names(vgg11, images):
     with pytest.raises(ValueError, match=r"unknown layer 'feature.8'.*'features.8'"):
         grad_cam(vgg11, images, "feature.8")
