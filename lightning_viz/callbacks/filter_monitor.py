@@ -136,7 +136,7 @@ class FilterMonitor(VizCallback):
       ResNets, RegNets, ConvNeXts, NFNets; torchvision's ``zero_init_residual=True``): their
       gradients are that scale times what they would be, so they learn slowly by design.
     - ``noisy_inputs`` (a notice, a log line, at the first measurement after the first training
-      batch): the images the first layer reads are noise at its scale, and ``noisy_filters``
+      batch): the images the first layer reads are mostly noise at its scale, and ``noisy_filters``
       does not read it.
     - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
       checkpoint without the monitor's reference weights of some watched layers (saved without

@@ -313,11 +313,11 @@ def noisy_inputs_finding(
         True,
         input_noise,
         thresholds.max_input_noise,
-        message=f"noisy_filters does not read {layer!r}: the images it reads are noise at its "
-        f"{size} scale (the Geary's C of their patches, weighted by variance, is "
-        f"{input_noise:.2f}, above "
-        f"max_input_noise={thresholds.max_input_noise:g}), and there a healthy first layer's "
-        "update can be noise too. Nothing to do.",
+        message=f"noisy_filters does not read {layer!r}: the images it reads are mostly noise at "
+        f"its {size} scale (the Geary's C of their patches, weighted by variance, is "
+        f"{input_noise:.2f}, above max_input_noise={thresholds.max_input_noise:g}; 1 is white "
+        "noise, photos read 0.1 to 0.6), and there a healthy first layer's update can be noise "
+        "too. Nothing to do: the other alerts still read it.",
     )
 
 
