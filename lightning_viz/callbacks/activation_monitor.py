@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -391,6 +392,7 @@ class ActivationMonitor(VizCallback):
             )
         self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
         self._selectors = set()
+        self._batch_norm = any(isinstance(m, _BatchNorm) for m in pl_module.modules())
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
@@ -813,7 +815,7 @@ class ActivationMonitor(VizCallback):
             metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
             if trainer.current_epoch + 1 >= self.warmup_epochs:
                 finding = dead_channel_finding(
-                    key, fraction, self.dead_threshold, trainer.current_epoch
+                    key, fraction, self.dead_threshold, trainer.current_epoch, self._batch_norm
                 )
                 self.raise_alert(trainer, finding)
         self.log_scalars(trainer, metrics)

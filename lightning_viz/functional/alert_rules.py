@@ -357,18 +357,27 @@ def reference_at_refit_finding(layers: Sequence[str], steps: int) -> Finding:
     )
 
 
-def dead_channel_finding(layer: str, fraction: float, threshold: float, epoch: int) -> Finding:
-    """ActivationMonitor's ``dead_channels``: too many channels had no positive value all epoch."""
+def dead_channel_finding(
+    layer: str, fraction: float, threshold: float, epoch: int, batch_norm: bool = True
+) -> Finding:
+    """ActivationMonitor's ``dead_channels``: too many channels had no positive value all epoch.
+    ``batch_norm``: whether the model has BatchNorm, which normalizes differently in the probe
+    views' eval mode (its note was read on a model without any)."""
+    mode = (
+        " (BatchNorm normalizing by each batch's statistics; the probe views run in eval mode, "
+        "with the running ones, and can show these channels alive)"
+        if batch_norm
+        else ""
+    )
     return _at_or_above(
         "dead_channels",
         layer,
         fraction,
         threshold,
         f"{fraction:.0%} of the channels of layer {layer!r} had no positive value in any sampled "
-        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}), in training mode "
-        "(BatchNorm normalizing by each batch's statistics; the probe views run in eval mode, "
-        "with the running ones, and can show these channels alive). Dead ReLUs: check for a "
-        "learning rate too high, a bad initialization, or a large negative bias.",
+        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}), in training "
+        f"mode{mode}. Dead ReLUs: check for a learning rate too high, inputs far from mean 0 and "
+        "unit scale (not normalized), a bad initialization, or a large negative bias.",
     )
 
 

@@ -272,6 +272,24 @@ def test_dead_channels_alert_names_the_layer(tmp_path):
     dead = read_events(tmp_path).Scalars("activations/model.features.6/dead_fraction")
     assert [e.value for e in dead] == [1.0, 1.0]
     assert math.isclose(monitor.alerts.raised[0].value, 1.0)
+    assert "BatchNorm normalizing by each batch" in monitor.alerts.raised[0].message
+    assert "not normalized" in monitor.alerts.raised[0].message
+
+
+def test_dead_channels_of_a_model_without_batchnorm_say_nothing_of_it(tmp_path):
+    """A user's spectrogram CNN without BatchNorm read that BatchNorm normalizes by each batch."""
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(-100.0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)
+    )
+    model(torch.zeros(1, 1, 32, 32))
+    monitor = ActivationMonitor(every_n_steps=2)
+    fit(Classifier(model), [monitor], tmp_path, epochs=1, limit_train_batches=4)
+    (dead,) = [a for a in monitor.alerts.raised if a.kind == "dead_channels"]
+    assert dead.layer == "model.3"
+    assert "BatchNorm" not in dead.message
 
 
 def test_nonfinite_activations_alert(tmp_path):

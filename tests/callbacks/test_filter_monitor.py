@@ -861,7 +861,8 @@ def test_noisy_filters_does_not_read_a_first_layer_whose_images_are_noise(tmp_pa
     assert notice.is_notice
     assert notice.threshold == monitor.thresholds.max_input_noise < notice.value
     assert re.search(
-        r"noisy_filters does not read 'model.conv1': .* mostly noise at its 7x7 scale .* is [01]\.\d\d",
+        r"noisy_filters does not read 'model.conv1': .* mostly noise at its 7x7 scale "
+        r".* is [01]\.\d\d",
         caplog.text,
     )
     assert hook_count(model) == 0
