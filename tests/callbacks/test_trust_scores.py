@@ -2,7 +2,6 @@
 warnings, neutrality, and the published direction of the randomization test."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from lightning_viz import (
     Probes,
     SaliencyLogger,
 )
+from lightning_viz.callbacks.base import RunContext
 from lightning_viz.functional import (
     class_activation_map,
     grad_cam,
@@ -420,7 +420,8 @@ def test_an_empty_map_gets_no_score_rather_than_a_passing_one(tmp_path):
 def test_stability_resting_on_some_probes_says_on_how_many():
     """A user's segmenter read "stable since epoch 1" from 1 probe of 8, the others' maps
     empty."""
-    trainer = SimpleNamespace(current_epoch=3)
+    trainer = type("Trainer", (), {})()  # in its fourth epoch
+    RunContext.of(trainer).epoch = 3
     lines = GradCAMLogger()._score_lines(trainer, "gradcam/x", {"stability": 0.95}, 0.0, (1, 8))
     assert lines[0] == (
         "stable since epoch 3 (rank correlation with the previous render 0.95 >= 0.9, over 1 "
