@@ -42,6 +42,7 @@ def default_callbacks(
     batch_to_images: BatchToImages | None = None,
     probability: str | None = None,
     class_names: Sequence[str] | None = None,
+    image_origin: str = "upper",
 ) -> list[VizCallback]:
     """FilterMonitor, ActivationMonitor, GradCAMLogger, DeconvLogger and ActivationGridLogger
     with their defaults; with ``extra_views`` also the probe views that cost more per epoch or
@@ -82,6 +83,9 @@ def default_callbacks(
             picked from multi-hot targets, else softmax; see ``GradCAMLogger``.
         class_names: the names every view draws for class indices (the views that name
             classes); default the datamodule's or dataset's ``classes``, else the indices.
+        image_origin: ``"lower"`` draws every image (and the maps over it) with its first row
+            at the bottom: for spectrograms stored with the lowest frequency in row 0; default
+            ``"upper"``, as photos are stored.
 
     Example::
 
@@ -89,7 +93,9 @@ def default_callbacks(
         trainer = Trainer(callbacks=callbacks, logger=TensorBoardLogger("logs"))
     """
     # the filter measurement carries the health alerts and never waits; its images keep the budget
-    callbacks: list[VizCallback] = [FilterMonitor(on_alert=on_alert, budget=budget)]
+    callbacks: list[VizCallback] = [
+        FilterMonitor(on_alert=on_alert, budget=budget, image_origin=image_origin)
+    ]
     if activations:
         callbacks.append(ActivationMonitor(on_alert=on_alert, budget=budget))
     probe_views = [GradCAMLogger, DeconvLogger, ActivationGridLogger]
@@ -102,6 +108,7 @@ def default_callbacks(
             batch_to_images=batch_to_images,
             on_alert=on_alert,
             budget=budget,
+            image_origin=image_origin,
             **({"probability": probability} if issubclass(view, ClassView) else {}),
             **_names(view, class_names),
         )
@@ -113,7 +120,11 @@ def default_callbacks(
                 batch_to_images=batch_to_images,
                 on_alert=on_alert,
                 budget=budget,
-                **({"forward_fn": forward_fn} if view is TopPatchesLogger else {}),
+                **(
+                    {"forward_fn": forward_fn, "image_origin": image_origin}
+                    if view is TopPatchesLogger
+                    else {}
+                ),
                 **_names(view, class_names),
             )
             for view in (EmbeddingLogger, TopPatchesLogger)

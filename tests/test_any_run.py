@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -18,9 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
+from lightning_viz import Probes
 from lightning_viz.callbacks.validation_view import ValidationView
-from lightning_viz.testing import digits_loaders, tiny_vit
-from tests.helpers import DigitsClassifier, make_trainer, read_events
+from lightning_viz.testing import digits_loaders, digits_tensors, tiny_vit
+from tests.helpers import DigitsClassifier, fit, image_pixels, make_trainer, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -470,6 +472,39 @@ def test_default_callbacks_take_class_names_for_every_view_that_draws_them():
     assert all(c.given_class_names == names for c in callbacks if type(c).__name__ in named)
     with pytest.raises(ValueError, match="class_names"):
         lightning_viz.default_callbacks(class_names="digits")
+
+
+NO_IMAGES_OF_INPUTS = ("ActivationMonitor", "EmbeddingLogger")  # histograms, a scatter plot
+
+
+@pytest.mark.slow
+def test_default_callbacks_turn_every_image_view_with_image_origin(tmp_path):
+    """Spectrograms stored with the lowest frequency in row 0 were drawn upside down in every
+    view; ``image_origin="lower"`` turns each picture of images, maps, filters or patches, and
+    leaves the embedding's scatter plot as it is."""
+    images, labels = digits_tensors()
+    probes = Probes(images[:4], labels[:4])
+    pixels = {}
+    for origin in ("upper", "lower"):
+        callbacks = lightning_viz.default_callbacks(
+            probes=probes, extra_views=True, budget=None, image_origin=origin
+        )
+        drawing = [c for c in callbacks if type(c).__name__ not in NO_IMAGES_OF_INPUTS]
+        assert {c.image_origin for c in drawing} == {origin}
+        torch.manual_seed(0)  # the same model twice
+        fit(DigitsClassifier(), callbacks, tmp_path / origin, epochs=1, limit_train_batches=2)
+        events = read_events(tmp_path / origin)
+        pixels[origin] = {t: image_pixels(events.Images(t)[-1]) for t in events.Tags()["images"]}
+    assert pixels["upper"].keys() == pixels["lower"].keys()
+    turned = {tag.split("/")[0] for tag in pixels["upper"]} - {"embedding"}
+    assert turned == {
+        "filters", "gradcam", "deconv", "evolution", "activation_grid", "occlusion",
+        "saliency", "lime", "cam", "feature_vis", "top_patches",
+    }  # fmt: skip
+    for tag, upper in pixels["upper"].items():
+        lower = pixels["lower"][tag]
+        assert upper.shape == lower.shape, tag
+        assert np.array_equal(upper, lower) == tag.startswith("embedding/"), tag
 
 
 def nested_batches():

@@ -102,7 +102,7 @@ class ActivationGridLogger(ProbeCallback):
             every probe): a probe's block runs about 350 pixels down TensorBoard's card, and ten
             of them ran 3,500; None draws all.
         probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, on_alert,
-            strict, budget: as in :class:`~lightning_viz.GradCAMLogger`.
+            strict, budget, image_origin: as in :class:`~lightning_viz.GradCAMLogger`.
         cmap: the matplotlib colormap of non-negative maps (after a ReLU); a layer with
             negative values (before its activation) is shown in the diverging ``"RdBu_r"``,
             white at 0, so its negative responses are not clipped away.
@@ -167,6 +167,7 @@ class ActivationGridLogger(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             layers=layers,
@@ -179,6 +180,7 @@ class ActivationGridLogger(ProbeCallback):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.k = check_int("k", k)
         self.drawn_probes = check_int("drawn_probes", drawn_probes, allow_none=True)
@@ -257,7 +259,7 @@ class ActivationGridLogger(ProbeCallback):
                 ]
                 for i, (row, empty) in enumerate(zip(channels[:shown], blank[:shown], strict=True))
             ]
-            tiles = torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1)
+            tiles = self.oriented(torch.cat([display[:shown, None], drawn.tiles[:shown]], dim=1))
             panels = captioned_blocks(tiles, captions, columns)
             per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
             image = grid(panels, nrow=per_row, padding=PANEL_PADDING)

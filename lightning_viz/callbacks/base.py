@@ -44,7 +44,7 @@ from lightning_viz.alerts import (
 )
 from lightning_viz.callbacks.background import BackgroundWriter
 from lightning_viz.callbacks.cost import CostMeter
-from lightning_viz.functional._validation import check_fraction
+from lightning_viz.functional._validation import check_choice, check_fraction
 from lightning_viz.functional.activations import histogram_edges
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.functional.captions import counted
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 Key = TypeVar("Key", bound=Hashable)
 SHARES_NAMED = 4
 """The ``over_budget`` notice names the costliest callbacks, this many, and sums the others."""
+IMAGE_ORIGINS = ("upper", "lower")
+"""Where the callbacks draw an image's first row (``image_origin=``): at the top, or the bottom."""
 
 
 class RunContext:
@@ -460,12 +462,17 @@ class VizCallback(*CALLBACK_BASES):
     budget costs it (ActivationMonitor: fewer scalars, its health checks still every epoch)."""
 
     def __init__(
-        self, on_alert: OnAlert = "warn", strict: bool = False, budget: float | None = None
+        self,
+        on_alert: OnAlert = "warn",
+        strict: bool = False,
+        budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__()
         self.on_alert = check_on_alert(on_alert)
         self.strict = bool(strict)
         self.budget = None if budget is None else check_fraction("budget", budget)
+        self.image_origin = check_choice("image_origin", image_origin, IMAGE_ORIGINS)
         self._timing = 0
         self.alerts = AlertBook()
         # (status, alert) to deliver together (alerts_together)
@@ -908,6 +915,11 @@ class VizCallback(*CALLBACK_BASES):
         under ``<tag>/text_summary``."""
         step = trainer.global_step if step is None else step
         self.write(trainer, tag, lambda writer: writer.add_text(tag, text, global_step=step))
+
+    def oriented(self, images: Tensor) -> Tensor:
+        """(..., H, W) images (or tiles of them and the maps over them) as drawn: turned upside
+        down with ``image_origin="lower"``, so that their first row is at the bottom."""
+        return images.flip(-2) if self.image_origin == "lower" else images
 
     @staticmethod
     def epoch(trainer: pl.Trainer) -> int:

@@ -47,8 +47,8 @@ class CAMLogger(ClassView):
             ``DigitsCNN``. Give it when the search does not find it; its head must still be a
             global average and one linear layer.
         target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, cmap,
-            alpha, output_transform, probability, scores, on_alert, strict, budget: as in
-            :class:`~lightning_viz.GradCAMLogger`.
+            alpha, output_transform, probability, scores, on_alert, strict, budget,
+            image_origin: as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); an unknown ``layer``, or one whose average
@@ -107,6 +107,7 @@ class CAMLogger(ClassView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         if layer is not None and not isinstance(layer, str):
             raise ValueError(
@@ -129,6 +130,7 @@ class CAMLogger(ClassView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.layer = layer
         self._layers: dict[str, nn.Module] = {}

@@ -195,6 +195,7 @@ class ClassView(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             layers=layers,
@@ -207,6 +208,7 @@ class ClassView(ProbeCallback):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         if not (target in (None, "label", "pred") or (isinstance(target, int) and target >= 0)):
             raise ValueError(
@@ -714,8 +716,8 @@ class ClassView(ProbeCallback):
         ]
         return "\n".join(lines)
 
-    @staticmethod
     def _panels(
+        self,
         display: torch.Tensor,
         maps: torch.Tensor,
         image_captions: list[str],
@@ -723,6 +725,6 @@ class ClassView(ProbeCallback):
     ) -> torch.Tensor:
         """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
         captions = [list(pair) for pair in zip(image_captions, map_captions, strict=True)]
-        panels = captioned_rows(torch.stack([display, maps], dim=1), captions)
+        panels = captioned_rows(self.oriented(torch.stack([display, maps], dim=1)), captions)
         per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=LEGIBLE_WIDTH)
         return grid(panels, nrow=per_row, padding=6)

@@ -115,7 +115,7 @@ class DeconvLogger(ProbeCallback):
             with the upper half of its parametrized layers re-initialized (one more projection
             pass per logged epoch); default none.
         probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names, on_alert,
-            strict, budget: as in ``GradCAMLogger``.
+            strict, budget, image_origin: as in ``GradCAMLogger``.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers or channels, probes that do
@@ -184,6 +184,7 @@ class DeconvLogger(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             layers=layers,
@@ -196,6 +197,7 @@ class DeconvLogger(ProbeCallback):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.top_k = check_int("top_k", top_k)
         self.drawn_probes = check_int("drawn_probes", drawn_probes, allow_none=True)
@@ -375,7 +377,7 @@ class DeconvLogger(ProbeCallback):
             recon = to_uint8(to_rgb(normalize_signed(images[:drawn, :k].flatten(0, 1))))
             recon = recon.unflatten(0, (drawn, k))
             display = to_uint8(probes.display[:drawn])[:, None]
-            rows = readable(torch.cat([display, recon], dim=1).flatten(0, 1))
+            rows = self.oriented(readable(torch.cat([display, recon], dim=1).flatten(0, 1)))
             rows = rows.unflatten(0, (drawn, k + 1))
             top = tops[layer].tolist()
             captions = [
@@ -462,9 +464,10 @@ class DeconvLogger(ProbeCallback):
         fitting = (CARD_WIDTH - table_label_width([EVOLUTION_LABEL])) // columns - 2
         cell, side = max(1, min(fitting, EVOLUTION_CELL)), max(thumbnails.shape[-2:])
         if side > cell:
-            return shrunk(thumbnails, cell)
+            return self.oriented(shrunk(thumbnails, cell))
         scale = cell // side
-        return thumbnails.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        enlarged = thumbnails.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        return self.oriented(enlarged)
 
     def _evolution_slots(self, trainer: pl.Trainer) -> int:
         """Columns of the evolution grid: the epochs the run will log, at most ``max_columns``."""

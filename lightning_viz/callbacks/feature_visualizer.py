@@ -77,8 +77,8 @@ class FeatureVisualizer(ProbeCallback):
         max_columns: the most renders the grid shows; when there are more, old ones are
             thinned evenly (the first and the last kept).
         seed: seeds the noise and the random transforms (render k uses ``seed + k``).
-        probes, num_probes, every_n_epochs, forward_fn, batch_to_images, on_alert, strict, budget:
-            as in :class:`~lightning_viz.GradCAMLogger`.
+        probes, num_probes, every_n_epochs, forward_fn, batch_to_images, on_alert, strict, budget,
+            image_origin: as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers, layers that do not run or
@@ -141,6 +141,7 @@ class FeatureVisualizer(ProbeCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         given_units = self._check_units(units)
         layer_names = check_layer_names(layers)
@@ -162,6 +163,7 @@ class FeatureVisualizer(ProbeCallback):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.given_units = given_units
         self.num_units = check_int("num_units", num_units)
@@ -372,6 +374,7 @@ class FeatureVisualizer(ProbeCallback):
         device = trainer.lightning_module.device
         slots = self._slots(trainer)
         cells = torch.stack([_enlarged(c.to(device), slots) for c in self.columns[layer]], 1)
+        cells = self.oriented(cells)
         cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, max(0, slots - cells.shape[1])), value=255)
         headers = [_header(e) for e in self.column_epochs[layer]]
         headers += [""] * (cells.shape[1] - len(headers))

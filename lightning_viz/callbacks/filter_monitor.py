@@ -173,6 +173,10 @@ class FilterMonitor(VizCallback):
             epochs (on a small net, composing and encoding one costs more than the
             measurement). The measurement and its alerts never wait. None (default): an image
             every measured epoch.
+        image_origin: where each image's first row is drawn: ``"upper"`` (default) at the top,
+            as photos are stored; ``"lower"`` at the bottom, for images stored bottom-up, such as
+            spectrograms with the lowest frequency in row 0 (matplotlib's ``origin``). Maps
+            drawn over an image turn with it.
         max_input_noise: ``noisy_filters`` reads the first layer only where the images it reads
             are at most this noisy at its scale (``patch_noise``; 1 is white noise).
 
@@ -241,8 +245,9 @@ class FilterMonitor(VizCallback):
         strict: bool = False,
         budget: float | None = None,
         max_input_noise: float = 0.7,
+        image_origin: str = "upper",
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget, image_origin=image_origin)
         self.layer_names = check_layer_names(layers)
         if isinstance(image_layers, str) and image_layers not in ("first", "all"):
             image_layers = [image_layers]
@@ -628,7 +633,9 @@ class FilterMonitor(VizCallback):
             noise = host[name, "filter_noise"].tolist()
             shown = evenly_spaced(len(noise), MAX_FILTERS_SHOWN)
             tiles = captioned(
-                filter_tiles(filters(self._layers[name])[shown], largest=FILTER_TILE),
+                self.oriented(
+                    filter_tiles(filters(self._layers[name])[shown], largest=FILTER_TILE)
+                ),
                 [f"{i}  C {noise[i]:.2f}" for i in shown],
             )
             image = grid(tiles, nrow=min(FILTERS_PER_ROW, math.ceil(math.sqrt(len(tiles)))))

@@ -94,6 +94,10 @@ class GradCAMLogger(ClassView):
         budget: the share of training time all lightning-viz callbacks may take together (see
             :class:`~lightning_viz.callbacks.base.VizCallback`); past it, epochs are skipped.
             None (default): never skip.
+        image_origin: where each image's first row is drawn: ``"upper"`` (default) at the top,
+            as photos are stored; ``"lower"`` at the bottom, for images stored bottom-up, such as
+            spectrograms with the lowest frequency in row 0 (matplotlib's ``origin``). Maps
+            drawn over an image turn with it.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers, probes that do not fit the
@@ -167,6 +171,7 @@ class GradCAMLogger(ClassView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             layers=layers,
@@ -185,6 +190,7 @@ class GradCAMLogger(ClassView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.guided = bool(guided)
         self._ruleless: list[str] = []  # activations guided backprop passes plain gradients

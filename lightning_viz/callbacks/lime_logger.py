@@ -69,7 +69,7 @@ class LIMELogger(ClassView):
             class's probability, blue ones lower it).
         alpha: map opacity over the probe.
         target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
-            output_transform, probability, scores, on_alert, strict, budget: as in
+            output_transform, probability, scores, on_alert, strict, budget, image_origin: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -134,6 +134,7 @@ class LIMELogger(ClassView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             target=target,
@@ -151,6 +152,7 @@ class LIMELogger(ClassView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.segmentation = check_choice("segmentation", segmentation, ("auto", "slic", "grid"))
         self.segments = check_int("segments", segments)

@@ -44,7 +44,7 @@ class OcclusionLogger(ClassView):
         max_batch: the most occluded images per forward (memory: that many images'
             activations); default 64 on a CPU, 256 on an accelerator.
         target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
-            output_transform, probability, scores, on_alert, strict, budget: as in
+            output_transform, probability, scores, on_alert, strict, budget, image_origin: as in
             :class:`~lightning_viz.GradCAMLogger`.
         cmap: a diverging matplotlib colormap (default ``"RdBu_r"``: red where hiding the spot
             lowers the probability, blue where it raises it).
@@ -108,6 +108,7 @@ class OcclusionLogger(ClassView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             target=target,
@@ -125,6 +126,7 @@ class OcclusionLogger(ClassView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.window = None if window is None else check_pair("window", window)
         self.stride = None if stride is None else check_pair("stride", stride)

@@ -190,8 +190,9 @@ class ProbeCallback(VizCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget, image_origin=image_origin)
         self.given_class_names = check_class_names(class_names)
         self.class_names: list[str] | None = self.given_class_names
         self.layer_names = check_layer_names(layers)

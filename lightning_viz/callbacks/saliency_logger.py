@@ -75,7 +75,7 @@ class SaliencyLogger(ClassView):
             SmoothGrad, ``"RdBu_r"`` (red for, blue against the class) for the signed methods.
         alpha: map opacity over the probe (1: the map alone).
         target, probes, num_probes, every_n_epochs, forward_fn, batch_to_images, class_names,
-            output_transform, probability, scores, on_alert, strict, budget: as in
+            output_transform, probability, scores, on_alert, strict, budget, image_origin: as in
             :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
@@ -141,6 +141,7 @@ class SaliencyLogger(ClassView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         self.method = check_choice("method", method, METHODS)
         self.absolute = bool(absolute)
@@ -162,6 +163,7 @@ class SaliencyLogger(ClassView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.samples = check_int("samples", samples)
         self.steps = check_int("steps", steps)

@@ -109,6 +109,7 @@ class TopPatchesLogger(ValidationView):
         batch_to_images: where the images are in a batch that is not a tensor, an
             ``(images, labels, ...)`` sequence or a dict.
         on_alert, strict, budget: as in :class:`~lightning_viz.ActivationMonitor`.
+        image_origin: as in :class:`~lightning_viz.GradCAMLogger`.
 
     Raises:
         ValueError: bad arguments (at construction); unknown layers (at fit start).
@@ -161,6 +162,7 @@ class TopPatchesLogger(ValidationView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         self.forward_fn = forward_fn
         super().__init__(
@@ -169,6 +171,7 @@ class TopPatchesLogger(ValidationView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         self.layer_names = check_layer_names(layers)
         if isinstance(units, int):
@@ -376,7 +379,7 @@ class TopPatchesLogger(ValidationView):
             low, high = patches.amin(), patches.amax()
             shown = (patches - low) / (high - low).clamp_min(1e-12)
         patches = shown
-        tiles = to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest"))
+        tiles = self.oriented(to_uint8(F.interpolate(patches, size=(tile, tile), mode="nearest")))
         frame = torch.ones_like(tiles[0, 0], dtype=torch.bool)
         frame[1:-1, 1:-1] = False
         tiles[:, :, frame] = FRAME_GREY  # a white patch stays visible on the white page

@@ -55,8 +55,9 @@ class ValidationView(VizCallback):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
-        super().__init__(on_alert=on_alert, strict=strict, budget=budget)
+        super().__init__(on_alert=on_alert, strict=strict, budget=budget, image_origin=image_origin)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         if batch_to_images is not None and not callable(batch_to_images):
             raise ValueError(

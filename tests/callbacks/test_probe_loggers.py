@@ -4,6 +4,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -1042,3 +1043,27 @@ def test_a_rich_progress_bar_is_left_alone(tmp_path):
         enable_progress_bar=True,
     )
     assert [e.step for e in read_events(tmp_path).Images("gradcam/model.features")] == [0, 23]
+
+
+def test_image_origin_lower_draws_every_tile_upside_down_under_the_same_captions(tmp_path):
+    """A spectrogram stored with its lowest frequency in row 0 was drawn with it at the top: a
+    rising chirp read as a falling one, and no argument turned the pictures."""
+    images, labels = digits_tensors()
+    probes = Probes(images[:4], labels[:4])
+    pixels = {}
+    for origin in ("upper", "lower"):
+        views = [GradCAMLogger(probes=probes, image_origin=origin, strict=True)]
+        torch.manual_seed(0)  # the same model twice
+        fit(DigitsClassifier(), views, tmp_path / origin, epochs=1, limit_train_batches=1)
+        event = read_events(tmp_path / origin).Images("gradcam/model.features")[-1]
+        pixels[origin] = image_pixels(event)
+    upper, lower = pixels["upper"], pixels["lower"]
+    assert upper.shape == lower.shape
+    top = 6 + BAND  # the first panel: its probe's 96-pixel tile, then the map's, 2 apart
+    for left in (6, 6 + 98):
+        tile = (slice(top, top + 96), slice(left, left + 96))
+        assert not np.array_equal(upper[tile], upper[tile][::-1])
+        assert np.array_equal(lower[tile], upper[tile][::-1])
+    assert np.array_equal(lower[:top], upper[:top])  # the captions stay as they were
+    with pytest.raises(ValueError, match=r"`image_origin` must be one of \('upper', 'lower'\)"):
+        GradCAMLogger(image_origin="bottom")
