@@ -98,8 +98,10 @@ def summarize(run: Path) -> str | None:
     lines += trust
     health = [a for a in alerts if a["kind"] not in tags.NOTICE_KINDS]
     notices = [a for a in alerts if a["kind"] in tags.NOTICE_KINDS]
-    lines.append(f"alerts: {len(health)}")
-    lines += _alert_lines(health, state=True)
+    health_lines = _alert_lines(health, state=True)
+    together = ", alike ones on one line" if len(health_lines) < len(health) else ""
+    lines.append(f"alerts: {len(health)}{together}")  # 9 over 3 lines read as a miscount
+    lines += health_lines
     if notices:
         lines.append(f"notices (on lightning-viz or the setup, not on training): {len(notices)}")
         lines += _alert_lines(notices, state=False)

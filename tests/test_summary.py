@@ -238,6 +238,8 @@ def test_alerts_said_once_per_step_share_a_line_in_the_summary(tmp_path, capsys)
     others = ", ".join(repr(layer) for layer in exploding[1:])
     assert line.endswith(f" (also in 2 more: {others})")
     assert "as for" not in out
+    alerts = len([a for a in monitor.alerts.raised if a.kind not in tags.NOTICE_KINDS])
+    assert f"alerts: {alerts}, alike ones on one line" in out.splitlines()
 
 
 def test_a_run_whose_monitors_measured_nothing_has_no_empty_table(tmp_path, capsys):
