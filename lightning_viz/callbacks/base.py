@@ -316,6 +316,17 @@ class RunContext:
         """The lightning-viz callbacks attached to ``trainer``, in order."""
         return [callback for callback in trainer.callbacks if isinstance(callback, VizCallback)]
 
+    def active_health_alerts(self, trainer: pl.Trainer) -> list[str]:
+        """The kinds of health alerts (not notices) active in any of the Trainer's callbacks."""
+        return sorted(
+            {
+                kind
+                for callback in self.callbacks(trainer)
+                for _, kind in callback.alerts.active
+                if kind not in tags.NOTICE_KINDS
+            }
+        )
+
     def overhead(self) -> dict[str, float]:
         """``lightning_viz/overhead`` (total) and ``lightning_viz/overhead/<callback>``: the shares
         of the time since the previous call that the callbacks took."""

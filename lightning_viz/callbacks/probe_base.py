@@ -30,7 +30,7 @@ from lightning_viz.functional._validation import (
     check_int,
     check_layer_names,
 )
-from lightning_viz.functional.captions import class_name, fits, with_name
+from lightning_viz.functional.captions import class_name, fits, footnote, stack_rows, with_name
 from lightning_viz.probes import BatchToImages, Probes
 
 SLOW_RENDER_SECONDS = 1.0
@@ -401,6 +401,21 @@ class ProbeCallback(VizCallback):
         """Only where a logger takes its images, or its scalars (:meth:`logs_scalars`), or
         under ``fast_dev_run``, whose point is to run every piece once."""
         return self.logs_scalars() or bool(trainer.fast_dev_run) or self.takes_images(trainer)
+
+    @override
+    def log_image(self, trainer: pl.Trainer, tag: str, image: torch.Tensor) -> None:
+        """Log ``image`` under a line naming the health alerts active in training, where there
+        are any: a user's diverged model drew Grad-CAM maps as convincing as a healthy one's,
+        and nothing on them said that training had failed."""
+        active = RunContext.of(trainer).active_health_alerts(trainer)
+        if active:
+            line = (
+                f"ALERT {', '.join(active)} in training (the alerts in the TEXT tab): a model "
+                "that trains badly can still draw convincing pictures."
+            )
+            banner = footnote(image.shape[-1], line, image.device, image.dtype)
+            image = stack_rows(banner, image)
+        super().log_image(trainer, tag, image)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""

@@ -15,14 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz
-from lightning_viz import DeconvLogger, GradCAMLogger, Probes
+from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, Probes
 from lightning_viz.callbacks.class_view import prediction_caption
 from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.functional.captions import BAND, table_label_width
-from lightning_viz.functional.images import CARD_WIDTH
+from lightning_viz.functional.captions import BAND, _wrapped, table_label_width, text_band
+from lightning_viz.functional.images import CARD_WIDTH, to_uint8
 from lightning_viz.testing import (
     DigitsCNN,
     ShapesCNN,
@@ -1067,3 +1067,37 @@ def test_image_origin_lower_draws_every_tile_upside_down_under_the_same_captions
     assert np.array_equal(lower[:top], upper[:top])  # the captions stay as they were
     with pytest.raises(ValueError, match=r"`image_origin` must be one of \('upper', 'lower'\)"):
         GradCAMLogger(image_origin="bottom")
+
+
+def test_pictures_of_a_model_with_active_health_alerts_say_so_on_top(tmp_path):
+    """A user's diverged model drew Grad-CAM maps as convincing as a healthy one's, and nothing
+    on them said that training had failed."""
+    images, labels = digits_tensors()
+    probes = Probes(images[:4], labels[:4])
+    tops, active = {}, {}
+    for name, lr in (("healthy", 1e-3), ("diverged", 5.0)):
+        monitor = FilterMonitor()
+        views = [GradCAMLogger(probes=probes), DeconvLogger(probes=probes, evolution=False)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit(DigitsClassifier("sgd", lr), [monitor, *views], tmp_path / name, epochs=1)
+        events = read_events(tmp_path / name)
+        tops[name] = {
+            tag: image_pixels(events.Images(tag)[-1])
+            for tag in ("gradcam/model.features", "deconv/model.features.0")
+        }
+        active[name] = sorted({kind for _, kind in monitor.alerts.active})
+    assert not active["healthy"]
+    assert "exploding" in active["diverged"]
+    for tag, diverged in tops["diverged"].items():
+        width = diverged.shape[1]
+        line = _wrapped(
+            f"ALERT {', '.join(active['diverged'])} in training (the alerts in the TEXT tab): a "
+            "model that trains badly can still draw convincing pictures.",
+            width - 4,
+        )[0]
+        banner = to_uint8(text_band([line], width, align="left"))[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(diverged[:BAND], banner), tag
+        healthy = tops["healthy"][tag]
+        assert healthy.shape[1] == width
+        assert not np.array_equal(healthy[:BAND], banner), tag
