@@ -32,10 +32,12 @@ from lightning_viz.functional.gradcam import MIN_MAP_SIDE, on_the_scores_path
 from lightning_viz.functional.images import (
     CARD_WIDTH,
     colormap_table,
+    is_wide,
     panels_per_row,
     readable,
     shrunk,
     to_uint8,
+    wide_readable,
 )
 from lightning_viz.probes import BatchToImages, Probes
 
@@ -223,13 +225,17 @@ class ActivationGridLogger(ProbeCallback):
             pl_module, probes.images, list(self._layers), self.k, self.probe_forward(pl_module)
         )
         readable_display = readable(to_uint8(probes.display))
+        wide = is_wide(probes.display)
         for layer, found in top.items():
-            columns = math.ceil(math.sqrt(found.maps.shape[1] + 1))
+            # two columns of wide probes' tiles: in three, a 64x404 clip's were 17 pixels high
+            columns = 2 if wide else math.ceil(math.sqrt(found.maps.shape[1] + 1))
             # tiles narrow enough that a block's columns fit the card (224-pixel probes' 192-pixel
             # tiles made a 592-pixel image, its captions shrunk to 5 pixels)
             side = (CARD_WIDTH - 2 * PANEL_PADDING - 2 * (columns - 1)) // columns
             display = readable_display
-            if max(display.shape[-2:]) > side:
+            if wide:
+                display = wide_readable(to_uint8(probes.display), side)
+            elif max(display.shape[-2:]) > side:
                 display = shrunk(display, side)
             drawn = feature_map_tiles(found.maps, tuple(display.shape[-2:]), self.cmap, SIGNED_CMAP)
             host = to_host(

@@ -26,6 +26,7 @@ from lightning_viz.functional._validation import (
     target_index,
 )
 from lightning_viz.functional.captions import (
+    captioned_blocks,
     captioned_rows,
     class_name,
     color_bar,
@@ -48,9 +49,11 @@ from lightning_viz.functional.images import (
     LEGIBLE_WIDTH,
     PANEL_TILE,
     colormap_table,
+    is_wide,
     outline,
     panels_per_row,
     readable,
+    wide_readable,
 )
 from lightning_viz.functional.scores import (
     INDEPENDENT,
@@ -75,9 +78,11 @@ Target = Literal["label", "pred"] | int | None
 def panel_tiles(images: torch.Tensor) -> torch.Tensor:
     """The probes' display images, or maps of their size, enlarged for their panels: as
     :func:`readable` does, but no larger than two panels side by side allow (:data:`PANEL_TILE`;
-    28-pixel probes at 84 pixels, not 112, which left one probe per row). The maps drawn over
-    the images go through it too: at 112 pixels over 84-pixel images, saliency and LIME failed."""
-    return readable(images, largest=PANEL_TILE)
+    28-pixel probes at 84 pixels, not 112, which left one probe per row); wide ones as wide as
+    the card allows (:func:`wide_readable`: their panels stack the map under the image). The
+    maps drawn over the images go through it too: at 112 pixels over 84-pixel images, saliency
+    and LIME failed."""
+    return wide_readable(images) if is_wide(images) else readable(images, largest=PANEL_TILE)
 
 
 def probability_text(value: float) -> str:
@@ -723,8 +728,13 @@ class ClassView(ProbeCallback):
         image_captions: list[str],
         map_captions: list[str],
     ) -> torch.Tensor:
-        """One captioned panel per probe (its image, then its map), tiled to a readable grid."""
+        """One captioned panel per probe (its image, then its map: beside it, or under a wide
+        image), tiled to a readable grid."""
         captions = [list(pair) for pair in zip(image_captions, map_captions, strict=True)]
-        panels = captioned_rows(self.oriented(torch.stack([display, maps], dim=1)), captions)
+        tiles = self.oriented(torch.stack([display, maps], dim=1))
+        if is_wide(display):
+            panels = captioned_blocks(tiles, captions, columns=1)
+        else:
+            panels = captioned_rows(tiles, captions)
         per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=LEGIBLE_WIDTH)
         return grid(panels, nrow=per_row, padding=6)

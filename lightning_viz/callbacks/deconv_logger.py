@@ -45,10 +45,12 @@ from lightning_viz.functional.gradcam import (
 )
 from lightning_viz.functional.images import (
     CARD_WIDTH,
+    is_wide,
     panels_per_row,
     readable,
     shrunk,
     to_uint8,
+    wide_readable,
 )
 from lightning_viz.functional.projection import ruleless_activations
 from lightning_viz.functional.scores import (
@@ -377,15 +379,17 @@ class DeconvLogger(ProbeCallback):
             recon = to_uint8(to_rgb(normalize_signed(images[:drawn, :k].flatten(0, 1))))
             recon = recon.unflatten(0, (drawn, k))
             display = to_uint8(probes.display[:drawn])[:, None]
-            rows = self.oriented(readable(torch.cat([display, recon], dim=1).flatten(0, 1)))
-            rows = rows.unflatten(0, (drawn, k + 1))
+            tiles = torch.cat([display, recon], dim=1).flatten(0, 1)
+            wide = is_wide(tiles)  # one a row, as wide as the card: in two, 30 pixels high
+            tiles = wide_readable(tiles, CARD_WIDTH - 12) if wide else readable(tiles)
+            rows = self.oriented(tiles).unflatten(0, (drawn, k + 1))
             top = tops[layer].tolist()
             captions = [
                 [self.probe_caption(probes, i, rows.shape[-1])]
                 + [f"ch {c}" for c in channels_of_probe]
                 for i, channels_of_probe in enumerate(top[:drawn])
             ]
-            panels = captioned_blocks(rows, captions, math.ceil(math.sqrt(k + 1)))
+            panels = captioned_blocks(rows, captions, 1 if wide else math.ceil(math.sqrt(k + 1)))
             per_row = panels_per_row(len(panels), *panels.shape[-2:], max_width=CARD_WIDTH)
             image = grid(panels, nrow=per_row, padding=6)
             legend = color_bar(

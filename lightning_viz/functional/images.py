@@ -249,17 +249,44 @@ def readable(tiles: Tensor, mode: str = "nearest", largest: int = MAX_TILE) -> T
         scale = -(-MIN_TILE // side)
         if side * scale > largest and largest // side * side >= MIN_TILE * 3 // 4:
             scale = largest // side
-        if mode == "nearest":  # a copy of each pixel: 3x faster than nearest interpolation (CPU)
-            tiles = as_display(tiles, _display_dtype(tiles))
-            return tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-        size = (tiles.shape[-2] * scale, tiles.shape[-1] * scale)
-        resized = F.interpolate(
-            as_display(tiles, torch.float32), size=size, mode=mode, align_corners=False
-        )
-        return as_display(resized, _display_dtype(tiles))
+        return _enlarged(tiles, scale, mode)
     if side > MAX_TILE:
         return shrunk(tiles, MAX_TILE)
     return as_display(tiles, _display_dtype(tiles))
+
+
+WIDE = 2
+"""Images at least this many times wider than tall (a long audio clip's spectrogram, a line of
+text) are drawn as wide tiles (:func:`wide_readable`): sized by their longer side as others, a
+64x404 clip was drawn 30 pixels high."""
+
+WIDE_TILE = LEGIBLE_WIDTH - 12
+"""The widest tile a wide image gets: one a row, within the legible width (grid padding 6)."""
+
+
+def is_wide(tiles: Tensor) -> bool:
+    """Whether (..., h, w) tiles are :data:`WIDE`."""
+    return tiles.shape[-1] >= WIDE * tiles.shape[-2]
+
+
+def wide_readable(tiles: Tensor, width: int = WIDE_TILE, mode: str = "nearest") -> Tensor:
+    """Wide (N, C, h, w) tiles as wide as ``width`` allows (default one a row): enlarged by the
+    largest whole factor within it (a 32x128 line of text x3), or shrunk to it."""
+    if tiles.shape[-1] > width:
+        return shrunk(tiles, width)
+    return _enlarged(tiles, width // tiles.shape[-1], mode)
+
+
+def _enlarged(tiles: Tensor, scale: int, mode: str) -> Tensor:
+    """(N, C, h, w) tiles enlarged by a whole ``scale`` (:func:`readable`'s modes and dtypes)."""
+    if mode == "nearest":  # a copy of each pixel: 3x faster than nearest interpolation (CPU)
+        tiles = as_display(tiles, _display_dtype(tiles))
+        return tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    size = (tiles.shape[-2] * scale, tiles.shape[-1] * scale)
+    resized = F.interpolate(
+        as_display(tiles, torch.float32), size=size, mode=mode, align_corners=False
+    )
+    return as_display(resized, _display_dtype(tiles))
 
 
 def shrunk(tiles: Tensor, longest: int) -> Tensor:

@@ -22,7 +22,13 @@ from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
 from lightning_viz.functional.captions import BAND, _wrapped, table_label_width, text_band
-from lightning_viz.functional.images import CARD_WIDTH, to_uint8
+from lightning_viz.functional.images import (
+    CARD_WIDTH,
+    LEGIBLE_WIDTH,
+    to_rgb,
+    to_uint8,
+    wide_readable,
+)
 from lightning_viz.testing import (
     DigitsCNN,
     ShapesCNN,
@@ -1101,3 +1107,42 @@ def test_pictures_of_a_model_with_active_health_alerts_say_so_on_top(tmp_path):
         healthy = tops["healthy"][tag]
         assert healthy.shape[1] == width
         assert not np.array_equal(healthy[:BAND], banner), tag
+
+
+def _holds(image: np.ndarray, tile: np.ndarray) -> bool:
+    """Whether ``image`` holds ``tile`` somewhere within 20 pixels of its left edge."""
+    height, width = tile.shape[:2]
+    return any(
+        np.array_equal(image[y : y + height, x : x + width], tile)
+        for y in range(image.shape[0] - height + 1)
+        for x in range(min(20, image.shape[1] - width + 1))
+    )
+
+
+def test_wide_probes_are_drawn_as_wide_as_the_card_allows(tmp_path):
+    """A 64x404 spectrogram clip, sized by its longer side as a photo is, was drawn 30 pixels
+    high in Grad-CAM, 25 in the activation grids."""
+    images, labels = digits_tensors()
+    wide = torch.nn.functional.interpolate(images[:4], size=(16, 64), mode="bilinear")
+    probes = Probes(wide, labels[:4])
+    views = [
+        GradCAMLogger(probes=probes, strict=True),
+        DeconvLogger(probes=probes, evolution=False, strict=True),
+        lightning_viz.ActivationGridLogger(probes=probes, strict=True),
+    ]
+    fit(DigitsClassifier(), views, tmp_path, epochs=1, limit_train_batches=1)
+    events = read_events(tmp_path)
+    display = to_uint8(probes.display[:1])
+    for tag, width in (
+        ("gradcam/model.features.6", LEGIBLE_WIDTH - 12),  # 64 x6: 384 pixels wide, 96 high
+        ("deconv/model.features.0", CARD_WIDTH - 12),  # x5: 80 high (in two columns, 30)
+        ("activation_grid/model.features.2", (CARD_WIDTH - 14) // 2),  # x2, two columns
+    ):
+        pixels = image_pixels(events.Images(tag)[-1])
+        assert pixels.shape[1] <= (LEGIBLE_WIDTH if tag.startswith("gradcam") else CARD_WIDTH)
+        tile = to_rgb(wide_readable(display, width))[0].permute(1, 2, 0).numpy()
+        assert tile.shape[1] > width - 64
+        assert _holds(pixels, tile), tag
+    gradcam = image_pixels(events.Images("gradcam/model.features.6")[-1])
+    assert_caption(gradcam, "true 0", x=6, y=6, width=384)
+    assert gradcam.shape[1] == 6 + 384 + 6  # the map under the image, not beside it

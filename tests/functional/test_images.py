@@ -164,3 +164,18 @@ def test_outline_draws_each_masks_border_outside_it(dtype):
     small = torch.zeros(1, 64, 64, dtype=torch.bool)
     small[0, 33:35, 33:35] = True
     assert (outline(torch.zeros(1, 3, 16, 16), small, width=1) != 0).any()
+
+
+def test_wide_tiles_fill_the_width_they_are_given():
+    from lightning_viz.functional.images import WIDE_TILE, is_wide, wide_readable
+
+    line = torch.rand(2, 1, 32, 128)  # a line of text
+    assert is_wide(line)
+    assert not is_wide(torch.rand(2, 1, 32, 63))
+    enlarged = wide_readable(line)
+    assert enlarged.shape == (2, 1, 32 * 3, 128 * 3)  # WIDE_TILE // 128: x3, pixels copied
+    assert torch.equal(enlarged[..., ::3, ::3], line)
+    clip = wide_readable(torch.rand(1, 3, 64, 1000))  # a long clip: shrunk, its aspect kept
+    assert clip.shape[-1] == WIDE_TILE
+    assert clip.shape[-2] == round(64 * WIDE_TILE / 1000)
+    assert wide_readable(line, width=200).shape[-1] == 128  # no whole factor fits: as it is
