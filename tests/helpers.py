@@ -189,3 +189,20 @@ def segmentation_data(n: int = 24):
         masks[i, 2 : 2 + side, 2 : 2 + side] = 1 + i % 3
     masks[:, 0] = 255
     return images, masks
+
+
+class RegionClassifier(nn.Module):
+    """A detector's shape of forward: a backbone's maps per image, then maps per region
+    proposal (three 7x7 crops of each image, batched: (3N, C, 7, 7)) through a region head."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.region_head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone(x)
+        regions = torch.cat([maps[:, :, i : i + 7, i : i + 7] for i in (0, 8, 16)])
+        pooled = self.region_head(regions).mean(dim=(2, 3)).unflatten(0, (3, len(x)))
+        return self.classifier(pooled.mean(dim=0))

@@ -67,7 +67,10 @@ def default_grid_layers(
     spatial = [
         (name, module, shape)
         for name, module, shape in output_shapes(model, images, forward)
-        if len(shape) == 4 and 2 <= shape[2] <= height and 2 <= shape[3] <= width
+        if len(shape) == 4
+        and shape[0] == len(images)  # not a detector's maps per region proposal
+        and 2 <= shape[2] <= height
+        and 2 <= shape[3] <= width
     ]
     candidates = [c for c in spatial if is_activation(c[1])] or [
         c for c in spatial if isinstance(c[1], nn.Conv2d)

@@ -74,6 +74,12 @@ def _is_conv(name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d)
 
 
+def to_own_range(projections: Tensor) -> Tensor:
+    """Each projection scaled to its own range, however small (normalize_signed's floor of
+    1e-8 drew a detector's RPN box-regression channels, about 1e-10, as flat grey tiles)."""
+    return normalize_signed(projections, eps=torch.finfo(torch.float32).tiny)
+
+
 class DeconvLogger(ProbeCallback):
     r"""Deconvnet reconstructions of the strongest feature maps, and how chosen features evolve.
 
@@ -272,7 +278,9 @@ class DeconvLogger(ProbeCallback):
             shapes = {
                 n: shape for n, _, shape in output_shapes(pl_module, probes.images[:1], forward)
             }
-            spatial = [n for n in layers if n in shapes and max(shapes[n][-2:]) >= 2]
+            spatial = [
+                n for n in layers if n in shapes and shapes[n][0] == 1 and max(shapes[n][-2:]) >= 2
+            ]  # one map per image: not a detector's per region proposal
             names = on_the_scores_path(pl_module, probes.images[:1], spatial, forward)
             maps = None if reconstructs(output, probes.images) else class_maps(output)
             if maps is not None and names:  # a segmentation head's channels are its classes
@@ -376,7 +384,7 @@ class DeconvLogger(ProbeCallback):
             if not all_finite(images):
                 raise not_finite_error(f"the reconstructions of {layer!r}")
             k = tops[layer].shape[1]  # a layer with fewer channels than top_k shows them all
-            recon = to_uint8(to_rgb(normalize_signed(images[:drawn, :k].flatten(0, 1))))
+            recon = to_uint8(to_rgb(to_own_range(images[:drawn, :k].flatten(0, 1))))
             recon = recon.unflatten(0, (drawn, k))
             display = to_uint8(probes.display[:drawn])[:, None]
             tiles = torch.cat([display, recon], dim=1).flatten(0, 1)
@@ -480,7 +488,7 @@ class DeconvLogger(ProbeCallback):
         return max(1, min(self.max_columns, trainer.max_epochs // self.every_n_epochs))
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
-        thumbnails = to_rgb(normalize_signed(followed))
+        thumbnails = to_rgb(to_own_range(followed))
         if max(thumbnails.shape[-2:]) > EVOLUTION_CELL:  # kept (and checkpointed) at most so
             thumbnails = shrunk(thumbnails, EVOLUTION_CELL)
         thumbnails = to_uint8(thumbnails)

@@ -282,7 +282,8 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
     read before the layers that output them (its head, and the blocks ending in it), whose
     Grad-CAM would only redraw the prediction.
     "Spatial" means h and w shrink from the input by about the same factor, which leaves out
-    attention internals such as (N, heads, tokens, head_dim). For a vision transformer, whose
+    attention internals such as (N, heads, tokens, head_dim), and a map per image: a detector's
+    maps per region proposal, (proposals, C, 7, 7), are left out. For a vision transformer, whose
     token maps (N, tokens, dim) come after its last spatial map (the patch embedding), it is the
     deepest token map whose Grad-CAM is not zero on ``images``: the last tokens often reach the
     head only through the class token (pytorch-grad-cam recommends the last block's first norm).
@@ -293,12 +294,17 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
     """
     height, width = images.shape[-2:]
     finished = output_shapes(model, images, forward)
+    per_image = [shape[:1] == images.shape[:1] for _, _, shape in finished]
     spatial = [
         i
         for i, (_, module, shape) in enumerate(finished)
-        if _is_spatial(shape, height, width) and not isinstance(module, _POOLING)
+        if per_image[i] and _is_spatial(shape, height, width) and not isinstance(module, _POOLING)
     ]
-    tokens = [i for i, (_, _, shape) in enumerate(finished) if grid_side(shape) is not None]
+    tokens = [
+        i
+        for i, (_, _, shape) in enumerate(finished)
+        if per_image[i] and grid_side(shape) is not None
+    ]
     if tokens and (not spatial or tokens[-1] > spatial[-1]):
         return _deepest_token_map_reaching_the_class_token(
             model, images, [finished[i][0] for i in tokens], forward

@@ -21,6 +21,7 @@ from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
+    RegionClassifier,
     assert_caption,
     fit,
     hook_count,
@@ -269,3 +270,8 @@ def test_training_with_the_logger_is_bit_identical(tmp_path):
     logger = ActivationGridLogger(strict=True)
     assert_same_training(without, train(tmp_path / "with", [logger]))
     assert len(read_events(tmp_path / "with").Images(f"activation_grid/{DEFAULT_LAYERS[0]}")) == 3
+
+
+def test_default_layers_leave_out_maps_per_region_proposal():
+    model = RegionClassifier().eval()
+    assert default_grid_layers(model, torch.randn(2, 3, 32, 32)) == ["backbone.1"]

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_viz
 from lightning_viz import DeconvLogger, FilterMonitor, GradCAMLogger, Probes
 from lightning_viz.callbacks.class_view import prediction_caption
-from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL
+from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL, to_own_range
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
@@ -41,6 +41,7 @@ from lightning_viz.testing import (
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
+    RegionClassifier,
     TinyUNet,
     assert_caption,
     fit,
@@ -904,6 +905,24 @@ def test_deconv_defaults_leave_out_the_1x1_maps_of_squeeze_excitation_blocks(tmp
         trainer.fit(Classifier(model), random_loader(n=4, size=64), random_loader(n=4, size=64))
     assert len(deconv._layers) == 5
     assert not [name for name in deconv._layers if ".fc" in name]  # SE's fc1, fc2
+
+
+def test_deconv_defaults_leave_out_maps_per_region_proposal(tmp_path):
+    """A detector's defaults: a conv of its region head runs on (proposals, C, 7, 7) maps."""
+    deconv = DeconvLogger(strict=True)
+    trainer = make_trainer(tmp_path, [deconv], max_epochs=1)
+    loader = random_loader(n=4, size=32, classes=4)
+    trainer.fit(Classifier(RegionClassifier()), loader, loader)
+    assert list(deconv._layers) == ["model.backbone.0"]
+
+
+def test_deconv_draws_each_projection_on_its_own_range_however_small():
+    """A detector's RPN box-regression channels project to about 1e-10: under normalize_signed's
+    floor of 1e-8 their tiles were flat grey."""
+    projections = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(to_own_range(projections * 1e-10), to_own_range(projections))
+    assert to_own_range(projections * 1e-10).std() > 0.1
+    assert torch.equal(to_own_range(torch.zeros(1, 3, 4, 4)), torch.full((1, 3, 4, 4), 0.5))
 
 
 class GELUNet(nn.Sequential):

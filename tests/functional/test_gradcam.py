@@ -12,7 +12,13 @@ from lightning_viz.functional.gradcam import (
     segmented_classes,
 )
 from lightning_viz.testing import TinyCNN, tiny_vit
-from tests.helpers import TinyUNet, assert_untouched, relative_error, train_flags
+from tests.helpers import (
+    RegionClassifier,
+    TinyUNet,
+    assert_untouched,
+    relative_error,
+    train_flags,
+)
 
 
 def captum_grad_cam(model, inputs, layer_name, targets):
@@ -273,3 +279,11 @@ def test_pixel_shares_and_the_class_a_segmentation_is_about():
     assert class_maps((maps, 1)) is maps
     assert class_maps(torch.zeros(3, 10)) is None
     assert class_maps("not scores") is None
+
+
+def test_default_layer_is_a_map_per_image_not_per_region_proposal(images):
+    """A detector's default read its ROI pooling's (1161, C, 7, 7) maps, one per proposal, and
+    failed at every epoch ("maps of shapes (1161, 7, 7) and (1152, 7, 7) differ")."""
+    model = RegionClassifier().eval()
+    assert default_gradcam_layer(model, images) == "backbone"
+    assert default_gradcam_layer(model, images[:1]) == "backbone"
