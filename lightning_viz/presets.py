@@ -26,6 +26,7 @@ from lightning_viz.callbacks import (
 )
 from lightning_viz.callbacks.base import VizCallback
 from lightning_viz.callbacks.class_view import ClassView
+from lightning_viz.functional.gradcam import OutputTransform
 from lightning_viz.probes import BatchToImages, Probes
 
 DEFAULT_BUDGET = 0.02
@@ -41,6 +42,7 @@ def default_callbacks(
     forward_fn: Callable[[pl.LightningModule, Tensor], Any] | None = None,
     batch_to_images: BatchToImages | None = None,
     probability: str | None = None,
+    output_transform: OutputTransform | None = None,
     class_names: Sequence[str] | None = None,
     image_origin: str = "upper",
 ) -> list[VizCallback]:
@@ -81,6 +83,8 @@ def default_callbacks(
             (one class per image) or ``"sigmoid"`` (a multi-label model, or a single-logit
             binary classifier, trained with ``BCEWithLogitsLoss``); default sigmoid for probes
             picked from multi-hot targets, else softmax; see ``GradCAMLogger``.
+        output_transform: how the views that explain a class find the class scores in the
+            model's output (a detector's, a dict with other keys); see ``GradCAMLogger``.
         class_names: the names every view draws for class indices (the views that name
             classes); default the datamodule's or dataset's ``classes``, else the indices.
         image_origin: ``"lower"`` draws every image (and the maps over it) with its first row
@@ -109,7 +113,11 @@ def default_callbacks(
             on_alert=on_alert,
             budget=budget,
             image_origin=image_origin,
-            **({"probability": probability} if issubclass(view, ClassView) else {}),
+            **(
+                {"probability": probability, "output_transform": output_transform}
+                if issubclass(view, ClassView)
+                else {}
+            ),
             **_names(view, class_names),
         )
         for view in probe_views

@@ -474,6 +474,21 @@ def test_default_callbacks_take_class_names_for_every_view_that_draws_them():
         lightning_viz.default_callbacks(class_names="digits")
 
 
+def test_default_callbacks_take_output_transform_for_every_class_view():
+    """A user's detector needed output_transform=, which default_callbacks refused with a
+    TypeError: the class views had to be built by hand."""
+
+    def scores(output):
+        return output["scores"]
+
+    callbacks = lightning_viz.default_callbacks(extra_views=True, output_transform=scores)
+    takers = {type(c).__name__ for c in callbacks if getattr(c, "output_transform", None)}
+    assert takers == {
+        "GradCAMLogger", "OcclusionLogger", "SaliencyLogger", "LIMELogger", "CAMLogger",
+    }  # fmt: skip
+    assert all(c.output_transform is scores for c in callbacks if type(c).__name__ in takers)
+
+
 NO_IMAGES_OF_INPUTS = ("ActivationMonitor", "EmbeddingLogger")  # histograms, a scatter plot
 
 

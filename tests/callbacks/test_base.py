@@ -646,11 +646,12 @@ class LabelsLast(ImageClassifier):
 
 def test_the_watching_line_says_when_the_probes_have_no_labels(tmp_path, caplog):
     """Probes picked from batches whose second element is no label tensor are unlabelled, and
-    the views then explain the predicted class: the line printed at fit start says so."""
+    the views then explain the predicted class (asked for: without labels, the outputs may be
+    no classes): the line printed at fit start says so."""
     images, labels = torch.randn(16, 1, 12, 12), torch.randint(0, 4, (16,))
     samples = [(images[i], {"id": i}, labels[i]) for i in range(16)]
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, 4))
-    callbacks = [FilterMonitor(), ActivationMonitor(), GradCAMLogger()]
+    callbacks = [FilterMonitor(), ActivationMonitor(), GradCAMLogger(target="pred")]
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, callbacks, max_epochs=1).fit(LabelsLast(net), DataLoader(samples, 8))
     watching = next(r.getMessage() for r in caplog.records if "viz: watching" in r.getMessage())

@@ -83,13 +83,13 @@ def test_probes_slic_merges_into_a_few_superpixels_take_the_grid_and_it_is_said(
         f"slic segments; 6x6 grid segments on probe(s) {named}, which SLIC cut into fewer than 8 "
         "superpixels"
     )
-    every = LIMELogger(segmentation="slic", cells=6)
+    every = LIMELogger(segmentation="slic", cells=6, target="pred")  # the probe has no label
     every.prepare(model, Probes(noise[few.index(True) : few.index(True) + 1]), model(noise[:1]))
     assert every._segments_said.startswith("6x6 grid segments: SLIC cut every probe into fewer")
     # four quadrants cut into four superpixels, as segments=4 asked: no failure of SLIC's
     quadrants = torch.zeros(1, 3, 32, 32)
     quadrants[:, 0, :16, :16] = quadrants[:, 1, :16, 16:] = quadrants[:, 2, 16:, :16] = 1
-    few_asked = LIMELogger(segmentation="slic", segments=4, cells=6)
+    few_asked = LIMELogger(segmentation="slic", segments=4, cells=6, target="pred")
     few_asked.prepare(model, Probes(quadrants), model(quadrants))
     assert few_asked._labels.max() + 1 == 4
 

@@ -1165,3 +1165,46 @@ def test_wide_probes_are_drawn_as_wide_as_the_card_allows(tmp_path):
     gradcam = image_pixels(events.Images("gradcam/model.features.6")[-1])
     assert_caption(gradcam, "true 0", x=6, y=6, width=384)
     assert gradcam.shape[1] == 6 + 384 + 6  # the map under the image, not beside it
+
+
+class Contrastive(pl.LightningModule):
+    """A self-supervised encoder and projection head: its output is a 16-d embedding, trained
+    without labels (two noisy views of each image pulled together)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.projection = nn.Linear(8, 16)
+
+    def forward(self, x):
+        return self.projection(self.encoder(x))
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        one, two = self(x + 0.1 * torch.randn_like(x)), self(x + 0.1 * torch.randn_like(x))
+        return -nn.functional.cosine_similarity(one, two).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_class_views_on_a_model_trained_without_labels_say_why_they_show_nothing(tmp_path):
+    """A user's SimCLR model: Grad-CAM explained the highest of its 32 projection outputs as a
+    predicted class ("pred 23 24%"), and nothing said that it meant nothing."""
+    images = digits_tensors()[0][:32]
+    loader = DataLoader(TensorDataset(images), batch_size=8)
+    for target in (None, "pred"):
+        gradcam = GradCAMLogger(target=target)
+        trainer = make_trainer(tmp_path / str(target), [gradcam], max_epochs=1)
+        trainer.fit(Contrastive(), loader, loader)
+        shown = read_events(tmp_path / str(target)).Tags()["images"]
+        if target is None:
+            assert shown == []
+            ((kind, message),) = [(a.kind, a.message) for a in gradcam.alerts.raised]
+            assert kind == "not_shown"
+            assert "hold no labels" in message
+            assert "target='pred'" in message
+        else:  # a classifier's validation batches without labels: the user says so
+            assert shown == ["gradcam/encoder.1"]
