@@ -132,6 +132,11 @@ NOTICE_KINDS = frozenset(
 )
 """Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
 not counted in :data:`ALERT_COUNT`, listed apart by ``lightning-viz summary``."""
+DIVERGED_KINDS = frozenset(
+    {"collapse", "exploding", "nonfinite_activations", "nonfinite_weights", "overwritten"}
+)
+"""Alert kinds that say the model itself diverged, not one layer: while one is active, the probe
+views' pictures say so on top (a diverged model still draws convincing maps)."""
 INFO_KINDS = frozenset({"gated", "noisy_inputs", "over_budget", "reference_at_resume"})
 """Notices printed as a line, not a warning: lightning-viz doing what it was asked, which a
 healthy run should not be warned about."""

@@ -316,14 +316,15 @@ class RunContext:
         """The lightning-viz callbacks attached to ``trainer``, in order."""
         return [callback for callback in trainer.callbacks if isinstance(callback, VizCallback)]
 
-    def active_health_alerts(self, trainer: pl.Trainer) -> list[str]:
-        """The kinds of health alerts (not notices) active in any of the Trainer's callbacks."""
+    def active_divergence(self, trainer: pl.Trainer) -> list[str]:
+        """The kinds of alerts that say the model diverged (:data:`~lightning_viz.tags.
+        DIVERGED_KINDS`) active in any of the Trainer's callbacks."""
         return sorted(
             {
                 kind
                 for callback in self.callbacks(trainer)
                 for _, kind in callback.alerts.active
-                if kind not in tags.NOTICE_KINDS
+                if kind in tags.DIVERGED_KINDS
             }
         )
 

@@ -404,14 +404,16 @@ class ProbeCallback(VizCallback):
 
     @override
     def log_image(self, trainer: pl.Trainer, tag: str, image: torch.Tensor) -> None:
-        """Log ``image`` under a line naming the health alerts active in training, where there
-        are any: a user's diverged model drew Grad-CAM maps as convincing as a healthy one's,
-        and nothing on them said that training had failed."""
-        active = RunContext.of(trainer).active_health_alerts(trainer)
+        """Log ``image`` under a line naming the alerts active in training that say the model
+        diverged, where there are any: a user's diverged model drew Grad-CAM maps as convincing
+        as a healthy one's, and nothing on them said that training had failed. (An alert on one
+        layer, as ``not_learning``, says little of the pictures: a detector's top FPN level,
+        slow to start, put one on every picture of a short fit.)"""
+        active = RunContext.of(trainer).active_divergence(trainer)
         if active:
             line = (
                 f"ALERT {', '.join(active)} in training (the alerts in the TEXT tab): a model "
-                "that trains badly can still draw convincing pictures."
+                "that diverged can still draw convincing pictures."
             )
             banner = footnote(image.shape[-1], line, image.device, image.dtype)
             image = stack_rows(banner, image)
