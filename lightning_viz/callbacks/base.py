@@ -43,10 +43,10 @@ from lightning_viz.alerts import (
     deliver_notices,
 )
 from lightning_viz.callbacks.background import BackgroundWriter
-from lightning_viz.callbacks.cost import CostMeter
+from lightning_viz.callbacks.cost import AIM, CostMeter
 from lightning_viz.functional._validation import check_choice, check_fraction
 from lightning_viz.functional.activations import histogram_edges
-from lightning_viz.functional.alert_rules import Finding
+from lightning_viz.functional.alert_rules import Finding, over_budget_finding
 from lightning_viz.functional.captions import counted
 from lightning_viz.functional.images import to_uint8
 
@@ -762,16 +762,10 @@ class VizCallback(*CALLBACK_BASES):
             ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
         )
         named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
-        each = ", ".join(f"{name} {part:.1%}" for part, name in named)
+        parts = [(name, part) for part, name in named]
         if rest:
-            each += f", {counted(len(rest), 'other')} {sum(part for part, _ in rest):.1%}"
-        message = (
-            f"the callbacks took {share:.1%} of the training time so far ({each}), over the "
-            f"budget of {budget:.1%}: {consequence}"
-        )
-        finding = Finding(
-            "over_budget", "budget", True, message=message, value=share, threshold=budget
-        )
+            parts.append((counted(len(rest), "other"), sum(part for part, _ in rest)))
+        finding = over_budget_finding(share, parts, budget, AIM, consequence)
         self.raise_alert(trainer, finding, source="lightning-viz")
 
     def _said_over_budget_at_end(self, trainer: pl.Trainer) -> None:

@@ -357,6 +357,31 @@ def reference_at_refit_finding(layers: Sequence[str], steps: int) -> Finding:
     )
 
 
+def over_budget_finding(
+    share: float, parts: Sequence[tuple[str, float]], budget: float, aim: float, consequence: str
+) -> Finding:
+    """The fit's one ``over_budget`` notice: the callbacks took ``share`` of the training time
+    (``parts``: the costliest named, in order) and their next piece of work would pass ``aim``
+    of the ``budget``, or the budget itself was passed; then what follows (``consequence``).
+    "took 1.9%, over the budget of 2.0%" read as a contradiction: the share may still be within
+    the budget when its next piece would not be."""
+    each = ", ".join(f"{name} {part:.1%}" for name, part in parts)
+    where = (
+        f"over the budget of {budget:.1%}"
+        if share > budget
+        else f"and their next piece of work would pass {aim:.0%} of the budget of {budget:.1%}"
+    )
+    return Finding(
+        "over_budget",
+        "budget",
+        True,
+        share,
+        budget,
+        f"the callbacks took {share:.1%} of the training time so far ({each}), {where}: "
+        f"{consequence}",
+    )
+
+
 def dead_channel_finding(
     layer: str, fraction: float, threshold: float, epoch: int, batch_norm: bool = True
 ) -> Finding:

@@ -13,6 +13,7 @@ from lightning_viz.functional.alert_rules import (
     frozen_finding,
     network_median,
     nonfinite_activation_finding,
+    over_budget_finding,
     saturation_finding,
 )
 
@@ -200,3 +201,18 @@ def test_nonfinite_activations_name_the_step():
     finding = nonfinite_activation_finding("relu#2", True, 17)
     assert finding.firing
     assert "'relu#2' produced NaN or Inf at step 17" in finding.message
+
+
+def test_the_budget_notice_says_over_only_past_the_budget():
+    """A trial read "took 1.9% ..., over the budget of 2.0%": the callbacks stop at 90% of it,
+    counting their next piece of work."""
+    parts = [("DeconvLogger", 0.012), ("GradCAMLogger", 0.007)]
+    near = over_budget_finding(0.0186, parts, 0.02, 0.9, "epochs are skipped.")
+    assert near.message == (
+        "the callbacks took 1.9% of the training time so far (DeconvLogger 1.2%, GradCAMLogger "
+        "0.7%), and their next piece of work would pass 90% of the budget of 2.0%: epochs are "
+        "skipped."
+    )
+    over = over_budget_finding(0.031, parts, 0.02, 0.9, "nothing was skipped.")
+    assert ", over the budget of 2.0%: nothing was skipped." in over.message
+    assert (over.kind, over.value, over.threshold) == ("over_budget", 0.031, 0.02)
