@@ -387,10 +387,14 @@ class EmbeddingLogger(ValidationView):
             parts.append(grid(legend, nrow=max(1, width // 64), padding=2))
             parts[-1] = F.pad(parts[-1], (0, max(0, width - parts[-1].shape[-1])), value=255)
             parts[-1] = parts[-1][..., :width]
+        read = (
+            "Classes that form separate clouds are separated by the features"
+            if classes
+            else "Without labels every dot has one colour: clouds are groups the features make"
+        )
         note = (
-            "Each dot is one image, at its features' two principal components. Classes that "
-            "form separate clouds are separated by the features; the Projector tab shows the "
-            "same images with t-SNE or UMAP."
+            f"Each dot is one image, at its features' two principal components. {read}; the "
+            "Projector tab shows the same images with t-SNE or UMAP."
         )
         parts.append(footnote(width, note, device, torch.uint8))
         return stack_rows(*parts)

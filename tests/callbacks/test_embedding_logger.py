@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lightning_viz import EmbeddingLogger, TopPatchesLogger
 from lightning_viz._compat import add_embedding
+from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.embedding import knn_accuracy, subset_positions
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders, sequential_cnn
 from tests.callbacks.test_neutrality import assert_same_training, train
@@ -201,6 +202,15 @@ def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path
     pixels = image_pixels(events.Images("embedding/model.features.6")[-1])
     tab10_blue = np.array([31, 119, 180])  # every dot in the colour of class 0
     assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
+    # a user's SimCLR embedding read "Classes that form separate clouds": there were none
+    note = footnote(
+        pixels.shape[1],
+        "Each dot is one image, at its features' two principal components. Without labels every "
+        "dot has one colour: clouds are groups the features make; the Projector tab shows the "
+        "same images with t-SNE or UMAP.",
+        dtype=torch.uint8,
+    )
+    assert np.array_equal(pixels[-note.shape[1] :], note.permute(1, 2, 0).numpy())
 
 
 def test_many_classes_get_a_colour_bar_by_index_not_ten_repeated_colours(tmp_path):
