@@ -124,6 +124,12 @@ class RunContext:
         else:
             where = "no TensorBoardLogger attached: scalars only"
         rank_zero_info(f"lightning-viz: {where}")
+        first = [type(c).__name__ for c in self.callbacks(trainer) if c.renders_at_start()]
+        if first:  # on a big model with every view, minutes passed without a word
+            rank_zero_info(
+                f"lightning-viz: rendering the untrained model's views first ({', '.join(first)}); "
+                "training starts after them"
+            )
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Count ``callback`` as started; once all of the Trainer's have, print on rank 0 what
@@ -784,6 +790,11 @@ class VizCallback(*CALLBACK_BASES):
             "train start, each view's first render and the fit's last, which in a fit this short "
             "are most of the work. For less: fewer views, probes or layers, or a longer fit.",
         )
+
+    def renders_at_start(self) -> bool:
+        """Whether the callback renders a view at train start, before the first step (which
+        the fit-start lines say); default no."""
+        return False
 
     def watching(self) -> str | None:
         """What the callback watches in this fit, in a few words for the line printed when

@@ -419,6 +419,11 @@ class ProbeCallback(VizCallback):
             image = stack_rows(banner, image)
         super().log_image(trainer, tag, image)
 
+    @override
+    def renders_at_start(self) -> bool:
+        """At fit start, unless restored from a checkpoint (the probes come back with it)."""
+        return self.at_fit_start and self.showing and self.probes is None
+
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One probe pass on global rank 0 (no collective inside), as an alert if it fails."""
         if not trainer.is_global_zero or not self.logs_anything(trainer):

@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from torch import nn
@@ -347,14 +348,39 @@ def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog)
         trainer = fit(DigitsClassifier(), callbacks, tmp_path, epochs=1, limit_train_batches=2)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lightning-viz:")]
     # where to look comes first, before the baselines and first renders, which may take long
-    assert lines[:2] == [
+    assert lines[:3] == [
         f"lightning-viz: logging to {trainer.logger.log_dir}; watch live: tensorboard --logdir "
         f"{trainer.logger.save_dir} (the pictures in its IMAGES tab: TIME SERIES shows them as "
         "thumbnails; alerts in TEXT, charts in CUSTOM SCALARS)",
+        # a user's big model with every view: minutes passed without a word before training
+        "lightning-viz: rendering the untrained model's views first (GradCAMLogger); training "
+        "starts after them",
         "lightning-viz: watching filters of 3 conv layers (images of model.features.0), "
         "Grad-CAM of model.features on 10 probes",
     ]
     assert sum("watch live" in line for line in lines) == 1
+
+
+def test_a_resumed_fit_does_not_say_it_renders_the_untrained_model(tmp_path, caplog):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(
+        DigitsClassifier(),
+        [GradCAMLogger(), checkpoint],
+        tmp_path / "a",
+        epochs=1,
+        enable_checkpointing=True,
+    )
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        fit(
+            DigitsClassifier(),
+            [GradCAMLogger()],
+            tmp_path / "b",
+            epochs=2,
+            ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        )
+    assert "lightning-viz: logging to" in caplog.text
+    assert "untrained model's views" not in caplog.text
 
 
 def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
