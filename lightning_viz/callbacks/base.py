@@ -473,6 +473,10 @@ class VizCallback(*CALLBACK_BASES):
     piece and the views at the fit's end are never skipped (the last epoch's: by ``max_epochs``,
     ``max_steps`` or a stop asked for; a view skipped at an epoch end that no callback had
     stopped yet renders at train end, :meth:`owed_work`).
+
+    Orientation: ``image_origin="lower"`` draws every image, and the maps over it, with its first
+    row at the bottom (:meth:`oriented`, before the captions go on): spectrograms are stored
+    with the lowest frequency in row 0.
     """
 
     budget_note: ClassVar[str] = ""
