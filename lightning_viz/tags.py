@@ -128,7 +128,16 @@ still active) with what to check for each, over a markdown table of them (:func:
 when several callbacks alert at one step, the last entry of that step holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 NOTICE_KINDS = frozenset(
-    {"failed", "frozen", "gated", "noisy_inputs", "not_shown", "over_budget", "reference_at_resume"}
+    {
+        "failed",
+        "frozen",
+        "gated",
+        "noisy_inputs",
+        "not_shown",
+        "outside_forward",
+        "over_budget",
+        "reference_at_resume",
+    }
 )
 """Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
 not counted in :data:`ALERT_COUNT`, listed apart by ``lightning-viz summary``."""
@@ -137,7 +146,9 @@ DIVERGED_KINDS = frozenset(
 )
 """Alert kinds that say the model itself diverged, not one layer: while one is active, the probe
 views' pictures say so on top (a diverged model still draws convincing maps)."""
-INFO_KINDS = frozenset({"gated", "noisy_inputs", "over_budget", "reference_at_resume"})
+INFO_KINDS = frozenset(
+    {"gated", "noisy_inputs", "outside_forward", "over_budget", "reference_at_resume"}
+)
 """Notices printed as a line, not a warning: lightning-viz doing what it was asked, which a
 healthy run should not be warned about."""
 OVERHEAD = "lightning_viz/overhead"

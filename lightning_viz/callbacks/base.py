@@ -294,6 +294,13 @@ class RunContext:
         except Exception:  # a module that refuses hooks: the order stays unknown
             self.stop_recording(final=True)
 
+    def ran_in_training(self) -> set[str] | None:
+        """The modules the first training batch's forward ran (:meth:`record_call_order`);
+        None while that is unknown (before it, or compiled code)."""
+        if not self.call_order:
+            return None
+        return {tags.called_layer(key) for key in self.call_order}
+
     @property
     def recording(self) -> bool:
         """Whether :meth:`record_call_order`'s hooks are in place."""

@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_viz import tags
 from lightning_viz._compat import sharded_strategy
 from lightning_viz.alerts import OnAlert
-from lightning_viz.callbacks.base import VizCallback, to_host
+from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.callbacks.layers import watched_layers
 from lightning_viz.functional import filter_tiles, grid
 from lightning_viz.functional._validation import (
@@ -33,6 +33,7 @@ from lightning_viz.functional.alert_rules import (
     gated_finding,
     network_median,
     noisy_inputs_finding,
+    outside_forward_finding,
     reference_at_refit_finding,
     reference_at_resume_finding,
 )
@@ -272,6 +273,7 @@ class FilterMonitor(VizCallback):
         self._image_layers: list[str] = []
         self._first: str | None = None  # the layer that reads the images (no transposed conv)
         self._frozen: list[str] = []
+        self._outside: list[str] | None = None  # not run by the training forward; None: unknown
         self._gates: dict[str, str] = {}  # layer: the scale initialized near zero it learns through
         self._input_noise: Tensor | float | None = None  # patch_noise of the first layer's images
         self._input_hook: RemovableHandle | None = None
@@ -383,6 +385,7 @@ class FilterMonitor(VizCallback):
         if self._lazy is not None:
             self.raise_alert(trainer, Finding("not_shown", "lazy convs", True, message=self._lazy))
         self._frozen_notice(trainer)
+        self._outside = None
         if self.image_layers == "first" and set(self._image_layers) <= set(self._frozen):
             # a frozen stem's filters never change: show the first layer that trains
             trained = [n for n in self._layers if n not in self._frozen]
@@ -532,7 +535,10 @@ class FilterMonitor(VizCallback):
             {(name, key): value for name, values in health.items() for key, value in values.items()}
         )
         self._said_input_noise(trainer)
-        learning = [name for name in self._layers if name not in self._frozen]
+        if not baseline and self._outside is None:
+            self._outside_forward_notice(trainer)
+        outside = self._outside or []
+        learning = [n for n in self._layers if n not in self._frozen and n not in outside]
         network = {
             key: network_median(host[name, key].item() for name in learning)
             for key in ("drift", "step_cosine")
@@ -614,6 +620,7 @@ class FilterMonitor(VizCallback):
                 kernel_size=min(self._layers[name].kernel_size),
                 gated=name in self._gates,
                 input_noise=self._input_noise if isinstance(self._input_noise, float) else None,
+                in_forward=name not in (self._outside or []),
                 exploding=(name, "exploding") in self.alerts.active,
                 network_drift=network["drift"],
                 network_learned=network["learned"],
@@ -666,6 +673,18 @@ class FilterMonitor(VizCallback):
         """The slices the stored reference holds (None: all; a reference saved whole, by an
         earlier version, is read whole)."""
         return None if self.initial[name].shape == weight.shape else self._slices[name]
+
+    def _outside_forward_notice(self, trainer: pl.Trainer) -> None:
+        """Find the learning layers the first training batch's forward did not run (an EMA
+        copy); say so once, as an ``outside_forward`` notice. Unknown (compiled code, whose
+        hooks do not fire) is none."""
+        ran = RunContext.of(trainer).ran_in_training()
+        if ran is None:
+            self._outside = []
+            return
+        self._outside = [n for n in self._layers if n not in self._frozen and n not in ran]
+        if self._outside:
+            self.raise_alert(trainer, outside_forward_finding(self._outside, len(self._layers)))
 
     def _frozen_notice(self, trainer: pl.Trainer) -> None:
         """Find the watched layers that will not train; say so once, as a ``frozen`` notice."""

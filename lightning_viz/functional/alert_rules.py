@@ -78,6 +78,7 @@ def filter_findings(
     kernel_size: int | None = None,
     gated: bool = False,
     input_noise: float | None = None,
+    in_forward: bool = True,
 ) -> list[Finding]:
     """The FilterMonitor rules for one layer's measurement.
 
@@ -124,6 +125,9 @@ def filter_findings(
         input_noise: how noisy the images the layer reads are at its scale
             (:func:`~lightning_viz.functional.filters.patch_noise`); ``noisy_filters`` reads
             the layer only where it is at most ``max_input_noise`` (None or NaN: unknown, read).
+        in_forward: whether the layer runs in the training forward; one that does not (an
+            averaged copy such as an EMA, updated after the step) learns only if its update
+            runs, which ``not_learning`` then says to check.
 
     Returns:
         One finding per rule that applies at this measurement.
@@ -191,6 +195,14 @@ def filter_findings(
         return findings
     typical = learned if network_learned is None else network_learned
     lagging = learned * thresholds.max_learning_lag < typical
+    check = (
+        "Check that gradients reach it (dead ReLUs, vanishing gradients through sigmoid/tanh), "
+        "that the learning rate is not far too low, and that its parameters are in the "
+        "optimizer."
+        if in_forward
+        else "It does not run in the training forward: an averaged copy (an EMA) learns only "
+        "through its update, so check that the update runs and that its decay lets it move."
+    )
     if not gated:
         findings.append(
             Finding(
@@ -201,10 +213,7 @@ def filter_findings(
                 thresholds.min_learned,
                 f"layer {layer!r} learned almost nothing in {steps} optimizer steps: the part of "
                 f"its change that is not plain shrinking or growing is {learned:.2g} of its "
-                f"initial norm (threshold min_learned={thresholds.min_learned:g}). Check that "
-                "gradients reach it (dead ReLUs, vanishing gradients through sigmoid/tanh), that "
-                "the learning rate is not far too low, and that its parameters are in the "
-                "optimizer.",
+                f"initial norm (threshold min_learned={thresholds.min_learned:g}). {check}",
             )
         )
     noise = values["update_noise"]
@@ -318,6 +327,26 @@ def noisy_inputs_finding(
         f"{input_noise:.2f}, above max_input_noise={thresholds.max_input_noise:g}; 1 is white "
         "noise, photos read 0.1 to 0.6), and there a healthy first layer's update can be noise "
         "too. Nothing to do: the other alerts still read it.",
+    )
+
+
+def outside_forward_finding(layers: Sequence[str], watched: int) -> Finding:
+    """A notice, once, after the first training batch: these watched layers (of ``watched``)
+    did not run in its forward, and the network's medians leave them out. A user's EMA copy,
+    its parameters in the optimizer but moved only by its slow average, held the median drift
+    at 3.5 while the model's own layers reached 6 to 21 under a learning rate 100x too high:
+    no ``exploding``."""
+    names = ", ".join(repr(name) for name in layers)
+    return Finding(
+        "outside_forward",
+        ", ".join(layers),
+        True,
+        float(len(layers)),
+        message=f"{len(layers)} of the {watched} watched layers did not run in the training "
+        f"forward: {names}. Whatever moves them is no gradient step (an averaged copy such as "
+        "an EMA, updated after the step; a module used only in validation), so the network's "
+        "medians that exploding, overwritten and not_learning compare with leave them out. "
+        "Nothing to do.",
     )
 
 

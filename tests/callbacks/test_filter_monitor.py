@@ -882,3 +882,44 @@ def test_a_failure_to_find_the_gated_layers_is_a_notice_and_training_goes_on(tmp
     assert failed.kind == "failed"
     assert "RuntimeError: an unreadable parameter" in failed.message
     assert len(read_events(tmp_path).Scalars(f"filters/{FIRST}/learned")) == 2
+
+
+class WithEMA(DigitsClassifier):
+    """The digits CNN with an EMA copy, updated after each step and kept in the optimizer (what
+    ``optimizer(self.parameters())`` does with torch's AveragedModel or timm's ModelEma)."""
+
+    def __init__(self, optimizer: str = "adamw", lr: float = 1e-3, update: bool = True) -> None:
+        super().__init__(optimizer, lr)
+        self.update = update
+        multi_avg_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(0.9999)
+        self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=multi_avg_fn)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.update:
+            self.ema.update_parameters(self.model)
+
+
+def test_an_ema_copy_is_left_out_of_the_networks_medians(tmp_path, caplog):
+    """A user's EMA copy, in the optimizer but moved only by its slow average, held the median
+    drift at 3.5 while the model's layers reached 6 to 21 at a learning rate 100x too high: no
+    exploding alert."""
+    monitor = FilterMonitor()
+    with warnings.catch_warnings(), caplog.at_level("INFO"):
+        warnings.simplefilter("ignore")
+        fit(WithEMA("sgd", 5.0), [monitor], tmp_path / "diverging", epochs=1)
+    ema = [name for name in monitor._layers if name.startswith("ema.")]
+    assert len(ema) == 3
+    exploding = {a.layer for a in monitor.alerts.raised if a.kind == "exploding"}
+    assert exploding and exploding.isdisjoint(ema)
+    (notice,) = [a for a in monitor.alerts.raised if a.kind == "outside_forward"]
+    assert notice.layer == ", ".join(ema)
+    assert "did not run in the training forward" in caplog.text  # a line, not a warning
+    # an EMA whose update never runs: not_learning says to check the update, not gradients
+    stuck = FilterMonitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(WithEMA(update=False), [stuck], tmp_path / "stuck", epochs=1)
+    not_learning = [a for a in stuck.alerts.raised if a.kind == "not_learning"]
+    assert {a.layer for a in not_learning} == set(ema)
+    assert all("check that the update runs" in a.message for a in not_learning)
+    assert not [w for w in caught if "did not run in the training forward" in str(w.message)]
