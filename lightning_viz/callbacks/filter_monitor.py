@@ -139,6 +139,10 @@ class FilterMonitor(VizCallback):
     - ``noisy_inputs`` (a notice, a log line, at the first measurement after the first training
       batch): the images the first layer reads are mostly noise at its scale, and ``noisy_filters``
       does not read it.
+    - ``outside_forward`` (a notice, a log line, at the first measurement after the first
+      training batch): watched layers that batch's forward did not run (an EMA copy in the
+      optimizer, updated after the step): the network's medians leave them out, and their
+      ``not_learning`` says to check their update.
     - ``reference_at_resume`` (a notice, a log line, at train start): training resumed from a
       checkpoint without the monitor's reference weights of some watched layers (saved without
       FilterMonitor, or with other ``layers=``); they are measured from their weights at the
