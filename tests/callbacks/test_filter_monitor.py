@@ -910,7 +910,8 @@ def test_an_ema_copy_is_left_out_of_the_networks_medians(tmp_path, caplog):
     ema = [name for name in monitor._layers if name.startswith("ema.")]
     assert len(ema) == 3
     exploding = {a.layer for a in monitor.alerts.raised if a.kind == "exploding"}
-    assert exploding and exploding.isdisjoint(ema)
+    assert exploding
+    assert exploding.isdisjoint(ema)
     (notice,) = [a for a in monitor.alerts.raised if a.kind == "outside_forward"]
     assert notice.layer == ", ".join(ema)
     assert "did not run in the training forward" in caplog.text  # a line, not a warning
