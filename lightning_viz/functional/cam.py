@@ -136,10 +136,11 @@ def _read_head(
 ) -> tuple[GapLinearHead, Tensor, Tensor]:
     """One forward of ``x`` that captures ``layer``, or every map that may feed the head; the
     head found, its map as the head averages it (N, C, h, w) and the scores, in float32."""
-    linears = _linears(model, classifier)
     finished = None
-    if layer is None:
+    if layer is None or classifier is None:
         finished = output_shapes(model, x[:1], forward)
+    linears = _linears(model, classifier, finished)
+    if layer is None:
         widths = {linear.in_features for linear in linears.values()}
         names = [
             name
@@ -161,15 +162,22 @@ def _read_head(
             linear, rectified = found
             head = GapLinearHead(name, linear, rectified)
             return head, activation.relu() if rectified else activation, logits
-    if finished is not None:
+    if layer is None:
         raise ValueError(_no_head_message(model, finished, widths))
     raise ValueError(_not_fed_message(names[0], captured[names[0]], logits, linears))
 
 
-def _linears(model: nn.Module, classifier: str | nn.Module | None) -> dict[str, nn.Linear]:
-    """The given classifier as ``{name: module}``, or every ``nn.Linear`` of the model."""
+def _linears(
+    model: nn.Module,
+    classifier: str | nn.Module | None,
+    finished: list[tuple[str, nn.Module, tuple[int, ...]]] | None,
+) -> dict[str, nn.Linear]:
+    """The given classifier as ``{name: module}``, or every ``nn.Linear`` the forward ran
+    (``finished``: an EMA copy's head, defined after the model's and equal to it at fit start,
+    was read as the head, and CAM failed when the sanity score re-initialized the model's)."""
     if classifier is None:
-        return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        ran = {name for name, _, _ in finished or []}
+        return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in ran}
     [(name, module)] = resolve_layers(model, classifier).items()
     if not isinstance(module, nn.Linear):
         raise ValueError(

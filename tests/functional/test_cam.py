@@ -317,3 +317,24 @@ def test_hooks_are_removed_when_the_forward_fails(resnet18, images):
     with pytest.raises(RuntimeError, match="boom"):
         class_activation_map(resnet18, images, layer="layer4", forward=broken)
     assert_untouched(resnet18, train_flags(resnet18))
+
+
+class WithEMACopy(nn.Module):
+    """A model and, defined after it, an EMA copy (equal to it at fit start) that the forward
+    does not run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = TinyCNN()
+        self.ema = torch.optim.swa_utils.AveragedModel(self.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def test_the_head_is_one_the_forward_runs():
+    """A user's EMA copy's head, defined last and equal to the model's at fit start, was read
+    as the head; the sanity score re-initialized the model's, and CAM failed."""
+    model = WithEMACopy().eval()
+    head = gap_linear_head(model, torch.randn(1, 3, 32, 32))
+    assert head == GapLinearHead("model.relu2", "model.head", False)
