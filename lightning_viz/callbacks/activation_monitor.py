@@ -814,8 +814,14 @@ class ActivationMonitor(VizCallback):
                 continue  # NaN maps are neither dead nor alive: nonfinite_activations says it
             metrics[tags.tag(tags.ACTIVATION_SCALAR, key, "dead_fraction")] = fraction
             if trainer.current_epoch + 1 >= self.warmup_epochs:
+                module = self._layers.get(tags.called_layer(key))
                 finding = dead_channel_finding(
-                    key, fraction, self.dead_threshold, trainer.current_epoch, self._batch_norm
+                    key,
+                    fraction,
+                    self.dead_threshold,
+                    trainer.current_epoch,
+                    self._batch_norm,
+                    training=module is None or module.training,
                 )
                 self.raise_alert(trainer, finding)
         self.log_scalars(trainer, metrics)

@@ -412,26 +412,42 @@ def over_budget_finding(
 
 
 def dead_channel_finding(
-    layer: str, fraction: float, threshold: float, epoch: int, batch_norm: bool = True
+    layer: str,
+    fraction: float,
+    threshold: float,
+    epoch: int,
+    batch_norm: bool = True,
+    training: bool = True,
 ) -> Finding:
     """ActivationMonitor's ``dead_channels``: too many channels had no positive value all epoch.
     ``batch_norm``: whether the model has BatchNorm, which normalizes differently in the probe
-    views' eval mode (its note was read on a model without any)."""
-    mode = (
-        " (BatchNorm normalizing by each batch's statistics; the probe views run in eval mode, "
-        "with the running ones, and can show these channels alive)"
-        if batch_norm
-        else ""
+    views' eval mode (its note was read on a model without any); ``training``: whether the
+    layer ran in training mode (a distillation teacher runs in eval mode)."""
+    check = (
+        "check for a learning rate too high, inputs far from mean 0 and unit scale (not "
+        "normalized), a bad initialization, or a large negative bias"
     )
+    if not training:
+        mode = "eval mode (as a distillation teacher runs)"
+        check = (
+            "in a module that does not train, its weights (a teacher's checkpoint) or its "
+            "inputs (their normalization) made them so: check both"
+        )
+    elif batch_norm:
+        mode = (
+            "training mode (BatchNorm normalizing by each batch's statistics; the probe views "
+            "run in eval mode, with the running ones, and can show these channels alive)"
+        )
+    else:
+        mode = "training mode"
     return _at_or_above(
         "dead_channels",
         layer,
         fraction,
         threshold,
         f"{fraction:.0%} of the channels of layer {layer!r} had no positive value in any sampled "
-        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}), in training "
-        f"mode{mode}. Dead ReLUs: check for a learning rate too high, inputs far from mean 0 and "
-        "unit scale (not normalized), a bad initialization, or a large negative bias.",
+        f"batch of epoch {epoch} (threshold dead_threshold={threshold:g}), in {mode}. Dead "
+        f"ReLUs: {check}.",
     )
 
 

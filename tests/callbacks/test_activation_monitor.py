@@ -760,3 +760,34 @@ def test_nan_maps_are_an_alert_at_their_step_not_dead_channels(tmp_path, budget)
     # NaN maps are not called dead as well (that alert would point at the learning rate)
     alerts = [(a.kind, a.layer) for a in monitor.alerts.raised if a.kind != "over_budget"]
     assert alerts == [("nonfinite_activations", RELUS[0])]
+
+
+class DeadTeacher(DigitsClassifier):
+    """Distillation from a frozen teacher, kept in eval mode, whose ReLUs are all dead."""
+
+    def __init__(self):
+        super().__init__()
+        self.teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        with torch.no_grad():
+            self.teacher[0].bias.fill_(-100.0)
+        self.teacher.requires_grad_(False)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.teacher.eval()  # Lightning puts every submodule in training mode
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            hint = self.teacher(batch[0]).mean()
+        return super().training_step(batch, batch_idx) + 0.0 * hint
+
+
+def test_dead_channels_of_a_module_in_eval_mode_say_so(tmp_path):
+    """A user's frozen teacher, in eval mode, read "in training mode (BatchNorm normalizing by
+    each batch's statistics...)" and "check for a learning rate too high"."""
+    monitor = ActivationMonitor(every_n_steps=2)
+    fit(DeadTeacher(), [monitor], tmp_path, epochs=1, limit_train_batches=4)
+    (dead,) = [a for a in monitor.alerts.raised if a.kind == "dead_channels"]
+    assert dead.layer == "teacher.1"
+    assert "in eval mode" in dead.message
+    assert "learning rate" not in dead.message
+    assert "BatchNorm" not in dead.message
