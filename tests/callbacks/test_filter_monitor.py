@@ -10,7 +10,8 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_viz import Alert, FilterMonitor, tags
+import lightning_viz
+from lightning_viz import Alert, FilterMonitor, Probes, tags
 from lightning_viz.callbacks import filter_monitor
 from lightning_viz.functional import filter_noise
 from lightning_viz.functional.captions import footnote
@@ -924,3 +925,23 @@ def test_an_ema_copy_is_left_out_of_the_networks_medians(tmp_path, caplog):
     assert {a.layer for a in not_learning} == set(ema)
     assert all("check that the update runs" in a.message for a in not_learning)
     assert not [w for w in caught if "did not run in the training forward" in str(w.message)]
+
+
+def test_noisy_inputs_reads_training_batches_not_the_probes(tmp_path, monkeypatch):
+    """The first forward after train start was a probe view's, on one probe image: the demo's
+    healthy photos read 0.71 there, noise, and noisy_filters stopped reading its first layer."""
+    read = []
+    original = filter_monitor.patch_noise
+
+    def reading(images, kernel):
+        read.append(len(images))
+        return original(images, kernel)
+
+    monkeypatch.setattr(filter_monitor, "patch_noise", reading)
+    noise = Probes(torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    monitor = FilterMonitor()
+    gradcam = lightning_viz.GradCAMLogger(probes=noise, target="pred")  # renders at train start
+    fit(DigitsClassifier(), [monitor, gradcam], tmp_path, epochs=1, limit_train_batches=10)
+    assert read == [64] * filter_monitor.INPUT_BATCHES  # the digits' training batches
+    assert monitor._input_noise < 0.3  # digits: smooth strokes on a flat ground
+    assert "noisy_inputs" not in {a.kind for a in monitor.alerts.raised}
