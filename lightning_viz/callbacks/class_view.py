@@ -308,9 +308,10 @@ class ClassView(ProbeCallback):
                 f"{source}: the batches its probes came from hold no labels, and the model's "
                 f"{classes} outputs no class names: they may be no class scores (an embedding, a "
                 "contrastive projection), whose highest it would explain as a predicted class. "
-                "For a classifier, pass target='pred' (or batch_to_images= returning (images, "
-                "labels)); for another model, forward_fn= returning the one score to explain "
-                "(e.g. lambda model, x: model.encoder(x).norm(dim=1, keepdim=True))."
+                "For a classifier, pass class_names= (to default_callbacks or each class view), "
+                "target='pred', or batch_to_images= returning (images, labels); for another "
+                "model, forward_fn= returning the one score to explain (e.g. lambda model, x: "
+                "model.encoder(x).norm(dim=1, keepdim=True))."
             )
         self._labels_are_classes = labels is not None and bool(
             labels.min() >= 0 and labels.max() < classes
