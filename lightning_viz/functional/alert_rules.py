@@ -262,6 +262,11 @@ def network_median(values: Iterable[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
+def _layers_notice(kind: str, layers: Sequence[str], message: str) -> Finding:
+    """A notice on several layers at once: named together, its value how many they are."""
+    return Finding(kind, ", ".join(layers), True, float(len(layers)), message=message)
+
+
 def frozen_finding(layers: Sequence[str], watched: int) -> Finding:
     """A notice, once at fit start: these watched layers (of ``watched``) will not be trained;
     where that is all of them, nothing FilterMonitor reads trains (a user's frozen backbone
@@ -275,12 +280,10 @@ def frozen_finding(layers: Sequence[str], watched: int) -> Finding:
             "(what trains, such as a Linear head, is not a conv it reads; watch the loss for a "
             "divergence)."
         )
-    return Finding(
+    return _layers_notice(
         "frozen",
-        ", ".join(layers),
-        True,
-        float(len(layers)),
-        message=f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
+        layers,
+        f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
         f"optimizer param group): {names}. {consequence} If this is not meant "
         "(an accidental freeze), check requires_grad and the optimizer's param groups.",
     )
@@ -297,12 +300,10 @@ def gated_finding(gates: Mapping[str, str], watched: int) -> Finding:
         if others
         else "reads none of the watched layers (watch the loss for a learning rate far too low)"
     )
-    return Finding(
+    return _layers_notice(
         "gated",
-        ", ".join(gates),
-        True,
-        float(len(gates)),
-        message=f"{len(gates)} watched layer(s) learn through scales initialized near zero "
+        list(gates),
+        f"{len(gates)} watched layer(s) learn through scales initialized near zero "
         f"({shown}: a residual block's last norm at 0, a layer scale): under SGD they learn "
         "hundreds to thousands of times less than the others until those scales grow, by "
         f"design, so not_learning {reads}. Nothing to do.",
@@ -337,12 +338,10 @@ def outside_forward_finding(layers: Sequence[str], watched: int) -> Finding:
     at 3.5 while the model's own layers reached 6 to 21 under a learning rate 100x too high:
     no ``exploding``."""
     names = ", ".join(repr(name) for name in layers)
-    return Finding(
+    return _layers_notice(
         "outside_forward",
-        ", ".join(layers),
-        True,
-        float(len(layers)),
-        message=f"{len(layers)} of the {watched} watched layers did not run in the training "
+        layers,
+        f"{len(layers)} of the {watched} watched layers did not run in the training "
         f"forward: {names}. Whatever moves them is no gradient step (an averaged copy such as "
         "an EMA, updated after the step; a module used only in validation), so the network's "
         "medians that exploding, overwritten and not_learning compare with leave them out. "
