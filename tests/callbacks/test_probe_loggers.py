@@ -1094,7 +1094,7 @@ def test_image_origin_lower_draws_every_tile_upside_down_under_the_same_captions
         GradCAMLogger(image_origin="bottom")
 
 
-def test_pictures_of_a_model_with_active_health_alerts_say_so_on_top(tmp_path):
+def test_pictures_of_a_diverged_model_say_so_on_top(tmp_path):
     """A user's diverged model drew Grad-CAM maps as convincing as a healthy one's, and nothing
     on them said that training had failed."""
     images, labels = digits_tensors()
