@@ -128,11 +128,8 @@ def default_callbacks(
                 batch_to_images=batch_to_images,
                 on_alert=on_alert,
                 budget=budget,
-                **(
-                    {"forward_fn": forward_fn, "image_origin": image_origin}
-                    if view is TopPatchesLogger
-                    else {}
-                ),
+                image_origin=image_origin,
+                **({"forward_fn": forward_fn} if view is TopPatchesLogger else {}),
                 **_names(view, class_names),
             )
             for view in (EmbeddingLogger, TopPatchesLogger)

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -489,7 +490,7 @@ def test_default_callbacks_take_output_transform_for_every_class_view():
     assert all(c.output_transform is scores for c in callbacks if type(c).__name__ in takers)
 
 
-NO_IMAGES_OF_INPUTS = ("ActivationMonitor", "EmbeddingLogger")  # histograms, a scatter plot
+NO_IMAGES_OF_INPUTS = ("ActivationMonitor",)  # histograms
 
 
 @pytest.mark.slow
@@ -520,6 +521,15 @@ def test_default_callbacks_turn_every_image_view_with_image_origin(tmp_path):
         lower = pixels["lower"][tag]
         assert upper.shape == lower.shape, tag
         assert np.array_equal(upper, lower) == tag.startswith("embedding/"), tag
+    # the projector's sprite: each thumbnail turned, in its place
+    upper, lower = (
+        np.asarray(Image.open(sorted((tmp_path / o).rglob("sprite.png"))[-1]).convert("RGB"))
+        for o in ("upper", "lower")
+    )
+    side = 32  # the digits' thumbnails, at their size
+    tiles = (upper.shape[0] // side, side, upper.shape[1] // side, side, 3)
+    assert np.array_equal(lower.reshape(tiles), upper.reshape(tiles)[:, ::-1])
+    assert not np.array_equal(lower, upper)
 
 
 def nested_batches():

@@ -103,6 +103,8 @@ class EmbeddingLogger(ValidationView):
         batch_to_images: where the images and labels are in a batch that is not a tensor, an
             ``(images, labels, ...)`` sequence or a dict.
         on_alert, strict, budget: as in :class:`~lightning_viz.ActivationMonitor`.
+        image_origin: as in :class:`~lightning_viz.GradCAMLogger`, for the projector's sprite
+            (the scatter plot is no picture of images).
 
     Raises:
         ValueError: bad arguments (at construction); an unknown ``layer`` (at fit start).
@@ -159,6 +161,7 @@ class EmbeddingLogger(ValidationView):
         on_alert: OnAlert = "warn",
         strict: bool = False,
         budget: float | None = None,
+        image_origin: str = "upper",
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -166,6 +169,7 @@ class EmbeddingLogger(ValidationView):
             on_alert=on_alert,
             strict=strict,
             budget=budget,
+            image_origin=image_origin,
         )
         if layer is not None:
             layer = check_layer_names([layer], "layer")[0]
@@ -412,7 +416,7 @@ class EmbeddingLogger(ValidationView):
         else:
             metadata, header = [str(p) for p in positions], None
         features = host["features"].numpy()
-        sprite = images.float() / 255
+        sprite = self.oriented(images.float() / 255)
 
         def write(writer: Any) -> None:
             add_embedding(
