@@ -49,6 +49,7 @@ from lightning_viz.functional.images import (
     panels_per_row,
     readable,
     shrunk,
+    strongest_crop,
     to_uint8,
     wide_readable,
 )
@@ -142,7 +143,9 @@ class DeconvLogger(ProbeCallback):
       channel), one row per logged epoch (labelled with it), so that the features fit
       TensorBoard's card side by side; as many rows as the run will log (at most
       ``max_columns``) from the first epoch on, so the image keeps its size; the last epoch's
-      leaves out the blank rows of epochs the budget skipped.
+      leaves out the blank rows of epochs the budget skipped. Of images at least twice as wide
+      as high (a spectrogram), each cell shows the square of the image's height where the
+      projection is strongest: whole, it shrank to a strip a few pixels high.
     - ``evolution/<layer>/features`` (text): the followed channels and the epochs of the columns.
     - ``sanity/deconv/<layer>`` (``scores=["sanity"]``): the mean rank correlation of each
       reconstruction with the same channel's through the randomized network; at 0.5 or above a
@@ -488,12 +491,23 @@ class DeconvLogger(ProbeCallback):
         return max(1, min(self.max_columns, trainer.max_epochs // self.every_n_epochs))
 
     def _add_column(self, trainer: pl.Trainer, layer: str, followed: Tensor) -> None:
+        where = ""
+        if is_wide(followed):  # shrunk whole into a cell, a 64x404 clip was 10 pixels high
+            followed = strongest_crop(followed, followed.shape[-2])
+            where = f", the {followed.shape[-1]} columns where it is strongest"
         thumbnails = to_rgb(to_own_range(followed))
         if max(thumbnails.shape[-2:]) > EVOLUTION_CELL:  # kept (and checkpointed) at most so
             thumbnails = shrunk(thumbnails, EVOLUTION_CELL)
         thumbnails = to_uint8(thumbnails)
-        columns = self.columns.setdefault(layer, [])
-        epochs = self.column_epochs.setdefault(layer, [])
+        # columns of another shape: drawn whole by a version before the crop (a checkpoint's)
+        kept = [
+            (column, epoch)
+            for column, epoch in zip(
+                self.columns.get(layer, []), self.column_epochs.get(layer, []), strict=True
+            )
+            if column.shape == thumbnails.shape
+        ]
+        columns, epochs = [c for c, _ in kept], [e for _, e in kept]
         enlarged = self._enlarged.get(layer)
         if enlarged is None or len(enlarged) != len(columns):  # e.g. columns from a checkpoint
             enlarged = [self._evolution_cells(layer, c.to(followed.device)) for c in columns]
@@ -529,8 +543,8 @@ class DeconvLogger(ProbeCallback):
         legend = footnote(
             table.shape[-1],
             f"{layer}: each column one channel, projected to pixels on the probe it fires most "
-            "on, at the end of each logged epoch (a row each, filled in as training goes on); "
-            "mid-grey = 0",
+            f"on{where}, at the end of each logged epoch (a row each, filled in as training "
+            "goes on); mid-grey = 0",
             table.device,
             table.dtype,
         )

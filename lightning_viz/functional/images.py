@@ -298,6 +298,17 @@ def shrunk(tiles: Tensor, longest: int) -> Tensor:
     return as_display(resized, _display_dtype(tiles))
 
 
+def strongest_crop(images: Tensor, width: int) -> Tensor:
+    """(N, C, h, w) signed images cropped to ``width`` columns each, where the magnitude of
+    each sums highest: a wide image's feature at a size one can see, not a strip shrunk to a
+    few pixels high."""
+    width = min(width, images.shape[-1])
+    energy = images.detach().abs().sum(dim=(1, 2))  # (N, w)
+    start = energy.unfold(1, width, 1).sum(-1).argmax(dim=1)
+    columns = start[:, None] + torch.arange(width, device=images.device)
+    return images.gather(-1, columns[:, None, None, :].expand(*images.shape[:-1], width))
+
+
 def _display_dtype(images: Tensor) -> torch.dtype:
     return torch.uint8 if images.dtype == torch.uint8 else torch.float32
 

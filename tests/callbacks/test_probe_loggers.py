@@ -1167,6 +1167,42 @@ def test_wide_probes_are_drawn_as_wide_as_the_card_allows(tmp_path):
     assert gradcam.shape[1] == 6 + 384 + 6  # the map under the image, not beside it
 
 
+def test_the_evolution_of_wide_probes_shows_the_square_where_each_feature_is_strongest(
+    tmp_path,
+):
+    """16x64 probes: each followed feature's cell is the 16x16 square where its projection is
+    strongest, enlarged to a 64-pixel cell; whole, a 64x404 clip's cell was 10 pixels high.
+    Columns drawn whole by an earlier version (a checkpoint's) are left out, not stacked."""
+    images, labels = digits_tensors()
+    wide = torch.nn.functional.interpolate(images[:4], size=(16, 64), mode="bilinear")
+    layer = "model.features.0"
+    deconv = DeconvLogger(layers=[layer], probes=Probes(wide, labels[:4]), strict=True)
+    deconv.load_state_dict(
+        {
+            "columns": {layer: [torch.zeros(4, 3, 16, 64, dtype=torch.uint8)]},
+            "column_epochs": {layer: [0]},
+        }
+    )
+    fit(DigitsClassifier(), [deconv], tmp_path, epochs=1, limit_train_batches=1)
+    assert deconv.column_epochs[layer] == [0]
+    (column,) = deconv.columns[layer]
+    assert column.shape == (4, 3, 16, 16)
+    (evolution,) = read_events(tmp_path).Images(f"evolution/{layer}")
+    pixels = image_pixels(evolution)
+    label_width = table_label_width(["epoch 0"])
+    cells = pixels[BAND : BAND + EVOLUTION_CELL, label_width:]
+    assert cells.shape[0] == EVOLUTION_CELL
+    assert not (cells == 255).all(axis=-1).all(axis=1).any()  # cells 64 high: no blank row
+    assert np.array_equal(
+        cells[:, :EVOLUTION_CELL],
+        to_rgb(column[:1])
+        .repeat_interleave(4, dim=-2)
+        .repeat_interleave(4, dim=-1)[0]
+        .permute(1, 2, 0)
+        .numpy(),
+    )
+
+
 class Contrastive(pl.LightningModule):
     """A self-supervised encoder and projection head: its output is a 16-d embedding, trained
     without labels (two noisy views of each image pulled together)."""

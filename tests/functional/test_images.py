@@ -179,3 +179,21 @@ def test_wide_tiles_fill_the_width_they_are_given():
     assert clip.shape[-1] == WIDE_TILE
     assert clip.shape[-2] == round(64 * WIDE_TILE / 1000)
     assert wide_readable(line, width=200).shape[-1] == 128  # no whole factor fits: as it is
+
+
+def test_strongest_crop_keeps_the_window_where_each_image_is_strongest():
+    from lightning_viz.functional.images import strongest_crop
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 2, 8, 40, generator=generator) * 0.01
+    for i, column in enumerate((0, 17, 35)):  # a signed feature at the start, middle and end
+        images[i, :, 2:6, column : column + 5] = torch.tensor([-3.0, 3.0])[:, None, None]
+    crops = strongest_crop(images, 8)
+    assert crops.shape == (3, 2, 8, 8)
+    energy = images.abs().sum(dim=(1, 2))
+    for i in range(3):
+        best = max(range(40 - 8 + 1), key=lambda s: float(energy[i, s : s + 8].sum()))
+        assert torch.equal(crops[i], images[i, ..., best : best + 8])
+        assert crops[i].abs().amax() == 3  # the feature is in it, whole
+        assert (crops[i].abs() == 3).sum() == 2 * 4 * 5
+    assert torch.equal(strongest_crop(images, 64), images)  # narrower than the crop: whole
