@@ -137,6 +137,7 @@ NOTICE_KINDS = frozenset(
         "outside_forward",
         "over_budget",
         "reference_at_resume",
+        "unfrozen",
     }
 )
 """Alert kinds that report on lightning-viz or the setup, not on training's health: never a stop,
@@ -147,7 +148,14 @@ DIVERGED_KINDS = frozenset(
 """Alert kinds that say the model itself diverged, not one layer: while one is active, the probe
 views' pictures say so on top (a diverged model still draws convincing maps)."""
 INFO_KINDS = frozenset(
-    {"gated", "noisy_inputs", "outside_forward", "over_budget", "reference_at_resume"}
+    {
+        "gated",
+        "noisy_inputs",
+        "outside_forward",
+        "over_budget",
+        "reference_at_resume",
+        "unfrozen",
+    }
 )
 """Notices printed as a line, not a warning: lightning-viz doing what it was asked, which a
 healthy run should not be warned about."""

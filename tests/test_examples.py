@@ -62,7 +62,7 @@ def test_the_report_lists_notices_apart_from_the_alerts(tmp_path, capsys):
     from examples.common import report
 
     monitor = FilterMonitor()
-    with pytest.warns(UserWarning, match="will not be trained"):
+    with pytest.warns(UserWarning, match="are not trained"):
         trainer = fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=1)
     report(trainer, [monitor], str(tmp_path))
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ from tests.helpers import Classifier, DigitsClassifier, fit, read_events
 
 
 def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
-    with pytest.warns(UserWarning, match="will not be trained"):
+    with pytest.warns(UserWarning, match="are not trained"):
         fit(
             DigitsClassifier(freeze_first_conv=True),
             [FilterMonitor(), ActivationMonitor()],
@@ -55,7 +55,7 @@ def test_summary_prints_the_health_table_and_the_alerts(tmp_path, capsys):
     assert order == [f"model.features.{i}" for i in (0, 2, 4, 6, 8, 10)]
     assert "alerts: 0" in out  # a notice is not a health alert: listed apart, without a state
     notices = out[out.index("notices (on lightning-viz or the setup, not on training): 1") :]
-    assert "step 0 (epoch 0) FilterMonitor: 1 watched layer(s) will not be trained" in notices
+    assert "step 0 (epoch 0) FilterMonitor: 1 watched layer(s) are not trained" in notices
 
 
 def test_summary_lists_layers_in_model_order_whatever_their_names(tmp_path, capsys):

@@ -36,6 +36,7 @@ from lightning_viz.functional.alert_rules import (
     outside_forward_finding,
     reference_at_refit_finding,
     reference_at_resume_finding,
+    unfrozen_finding,
 )
 from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
 from lightning_viz.functional.filters import (
@@ -133,9 +134,15 @@ class FilterMonitor(VizCallback):
       healthy zero-init resnet18's stem update read 0.96 to 1.0); ``noisy_inputs`` says when
       not.
     - ``nonfinite_weights``: NaN or Inf in the weights.
-    - ``frozen`` (a notice, at train start): watched layers with ``requires_grad=False`` or in
-      no optimizer param group; they get no learning alerts (a frozen backbone, an EMA copy or a
-      distillation teacher is not a fault; an accidental freeze shows here at step 0).
+    - ``frozen`` (a notice, at train start and whenever the set changes, followed batch by
+      batch): watched layers with ``requires_grad=False`` or in no optimizer param group; they
+      get no learning alerts while so (a frozen backbone, an EMA copy or a distillation teacher
+      is not a fault; an accidental freeze shows here at step 0).
+    - ``unfrozen`` (a notice, a log line): frozen watched layers began training (Lightning's
+      ``BackboneFinetuning``, a schedule setting ``requires_grad``): from then on the rules
+      read them from their weights at that step, beside the other layers that began with them
+      (the medians ``exploding``, ``overwritten`` and ``not_learning`` compare with are those
+      of the layers measured from the same step).
     - ``gated`` (a notice, a log line, at train start): watched layers inside a residual block
       whose last norm scale, layer scale or skip-init gain starts within 1e-3 of zero (timm's
       ResNets, RegNets, ConvNeXts, NFNets; torchvision's ``zero_init_residual=True``): their
@@ -280,7 +287,9 @@ class FilterMonitor(VizCallback):
         self._layers: dict[str, nn.Module] = {}
         self._image_layers: list[str] = []
         self._first: str | None = None  # the layer that reads the images (no transposed conv)
-        self._frozen: list[str] = []
+        self._frozen: list[str] = []  # not trained now: followed from batch to batch
+        self._optimized: tuple[tuple[int, int], ...] = ()  # the param groups' lists and sizes
+        self._optimized_ids: set[int] = set()  # the ids of their parameters
         self._outside: list[str] | None = None  # not run by the training forward; None: unknown
         self._gates: dict[str, str] = {}  # layer: the scale initialized near zero it learns through
         self._input_noise: float | None = None  # patch_noise of the first layer's images
@@ -410,10 +419,7 @@ class FilterMonitor(VizCallback):
         # weights at the resume
         late = [name for name in self._layers if name not in self.initial]
         for name in late:
-            self.initial[name] = kernel_slices(
-                filters(self._layers[name]).detach(), self._slices[name]
-            ).to("cpu", torch.float32, copy=True)
-            self.reference_steps[name] = trainer.global_step
+            self._take_reference(name, trainer.global_step)
         late = [name for name in late if name not in self._frozen]  # their drift stays 0
         if late and trainer.global_step > 0:
             self.raise_alert(trainer, reference_at_resume_finding(late, trainer.global_step))
@@ -425,12 +431,23 @@ class FilterMonitor(VizCallback):
                 self._measure(trainer, baseline=True)
         self._input_noise, self._input_readings = None, None
         first = self._layers.get(self._first) if self._first is not None else None
-        if (  # noisy_filters reads a first layer that trains, of large enough kernels
-            first is not None
-            and self._first not in self._frozen
-            and min(first.kernel_size) >= NOISE_MIN_KERNEL
-        ):
+        # noisy_filters reads a first layer of large enough kernels (frozen, it may be
+        # unfrozen later)
+        if first is not None and min(first.kernel_size) >= NOISE_MIN_KERNEL:
             self._read_inputs(trainer, first)
+
+    def _reference_step(self, name: str) -> int:
+        """The optimizer step the layer's reference was taken at (a checkpoint of an earlier
+        version holds none: 0)."""
+        return self.reference_steps.get(name, 0)
+
+    def _take_reference(self, name: str, step: int) -> None:
+        """The layer's weights now become its reference, taken at optimizer step ``step``."""
+        weight = filters(self._layers[name]).detach()
+        self.initial[name] = kernel_slices(weight, self._slices[name]).to(
+            "cpu", torch.float32, copy=True
+        )
+        self.reference_steps[name] = step
 
     def _read_inputs(self, trainer: pl.Trainer, layer: nn.Module) -> None:
         """In the first :data:`INPUT_BATCHES` training batches, read how noisy the images the
@@ -473,6 +490,8 @@ class FilterMonitor(VizCallback):
     ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self._in_training_batch = True
+        if self.showing and self.previous_step is not None:
+            self._follow_training(trainer)
 
     @override
     def on_train_batch_end(
@@ -563,12 +582,9 @@ class FilterMonitor(VizCallback):
         outside = self._outside or []
         learning = [n for n in self._layers if n not in self._frozen and n not in outside]
         network = {
-            key: network_median(host[name, key].item() for name in learning)
-            for key in ("drift", "step_cosine")
+            step: self._medians(host, [n for n in learning if self._reference_step(n) == step])
+            for step in {self._reference_step(n) for n in self._layers}
         }
-        network["learned"] = network_median(
-            host[name, "learned"].item() for name in learning if name not in self._gates
-        )
         with self.alerts_together(trainer):
             metrics = self._judge(trainer, host, baseline, network)
         self.previous_step = trainer.global_step
@@ -581,6 +597,20 @@ class FilterMonitor(VizCallback):
         self._latest = host
         if image:
             self._show(trainer, host, baseline)
+
+    def _medians(self, host: dict[Any, Tensor], layers: Sequence[str]) -> dict[str, float]:
+        """The medians of ``layers``' drift, step cosine and learned (of those not gated) that
+        the rules compare each layer with: those of the learning layers measured from the same
+        step (a backbone unfrozen mid-run with a learning rate far too high drifted 13.7 to
+        19.6 from its weights then, beside layers trained from the start)."""
+        medians = {
+            key: network_median(host[name, key].item() for name in layers)
+            for key in ("drift", "step_cosine")
+        }
+        medians["learned"] = network_median(
+            host[name, "learned"].item() for name in layers if name not in self._gates
+        )
+        return medians
 
     def _said_input_noise(self, trainer: pl.Trainer) -> None:
         """At the first measurement after training batches, the first layer's input noise on
@@ -629,10 +659,11 @@ class FilterMonitor(VizCallback):
         baseline: bool,
         network: dict[str, float],
     ) -> dict[str, float]:
-        """Each layer's scalars to log; its alerts raised (``network``: the learning layers'
-        median drift, step cosine and learned)."""
+        """Each layer's scalars to log; its alerts raised (``network``: per reference step, the
+        median drift, step cosine and learned of the learning layers measured from it)."""
         metrics = {}
         for name in self._layers:
+            medians = network[self._reference_step(name)]
             self.previous[name] = host[name, "sample"].clone()
             keys = ["noise", "noisy_fraction", "drift", "learned"]
             if not baseline and host[name, "drift"].item() > 0:
@@ -642,7 +673,7 @@ class FilterMonitor(VizCallback):
             findings = filter_findings(
                 name,
                 {key: host[name, key].item() for key in _RULE_INPUTS},
-                steps=trainer.global_step - self.reference_steps.get(name, 0),
+                steps=trainer.global_step - self._reference_step(name),
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
                 first_layer=name == self._first,
@@ -651,11 +682,11 @@ class FilterMonitor(VizCallback):
                 input_noise=self._input_noise,
                 in_forward=name not in (self._outside or []),
                 exploding=(name, "exploding") in self.alerts.active,
-                network_drift=network["drift"],
-                network_learned=network["learned"],
+                network_drift=medians["drift"],
+                network_learned=medians["learned"],
                 network_cosine=(  # the first measurement after the layer's reference
-                    network["step_cosine"]
-                    if self.previous_step == self.reference_steps.get(name, 0)
+                    medians["step_cosine"]
+                    if self.previous_step == self._reference_step(name)
                     else None
                 ),
             )
@@ -680,7 +711,7 @@ class FilterMonitor(VizCallback):
                 if len(shown) < len(noise)
                 else ""
             )
-            frozen = " (frozen: not trained in this fit)" if name in self._frozen else ""
+            frozen = " (frozen: not trained now)" if name in self._frozen else ""
             text = (
                 f"{name}{frozen}: filter index{some} and Geary's C (1 = white noise, 0 = "
                 "smooth); each filter scaled to its own range"
@@ -716,15 +747,43 @@ class FilterMonitor(VizCallback):
             self.raise_alert(trainer, outside_forward_finding(self._outside, len(self._layers)))
 
     def _frozen_notice(self, trainer: pl.Trainer) -> None:
-        """Find the watched layers that will not train; say so once, as a ``frozen`` notice."""
-        in_optimizer = {
-            id(p) for o in trainer.optimizers for group in o.param_groups for p in group["params"]
-        }
-        self._frozen = [
+        """Find the watched layers that do not train; say so, as a ``frozen`` notice."""
+        self._frozen = self._not_trained(trainer)
+        if self._frozen:
+            self.raise_alert(trainer, frozen_finding(self._frozen, len(self._layers)))
+
+    def _not_trained(self, trainer: pl.Trainer) -> list[str]:
+        """The watched layers that do not train now: ``requires_grad=False``, or in no
+        optimizer param group (where the optimizers have any)."""
+        groups = [group["params"] for o in trainer.optimizers for group in o.param_groups]
+        optimized = tuple((id(params), len(params)) for params in groups)
+        if optimized != self._optimized:  # param groups added (an unfreeze) or replaced
+            self._optimized = optimized
+            self._optimized_ids = {id(p) for params in groups for p in params}
+        return [
             name
             for name, module in self._layers.items()
             if not module.weight.requires_grad
-            or (in_optimizer and id(module.weight) not in in_optimizer)
+            or (self._optimized_ids and id(module.weight) not in self._optimized_ids)
         ]
-        if self._frozen:
-            self.raise_alert(trainer, frozen_finding(self._frozen, len(self._layers)))
+
+    def _follow_training(self, trainer: pl.Trainer) -> None:
+        """Before each training batch: layers that began training (an unfreeze, such as
+        Lightning's ``BackboneFinetuning``) are measured from their weights now, among
+        themselves, with an ``unfrozen`` notice; layers that stopped get no learning alerts
+        while frozen. Frozen once and for all at train start, an unfrozen backbone whose
+        learning rate was 100x too high drifted 19.6 from its weights without an alert."""
+        frozen = self._not_trained(trainer)
+        if frozen == self._frozen:
+            return
+        began = [name for name in self._frozen if name not in frozen]
+        for name in began:
+            self._take_reference(name, trainer.global_step)
+        with self.alerts_together(trainer):
+            if self._frozen:
+                self.raise_alert(trainer, Finding("frozen", ", ".join(self._frozen), False))
+            self._frozen = frozen
+            if frozen:
+                self.raise_alert(trainer, frozen_finding(frozen, len(self._layers)))
+            if began:
+                self.raise_alert(trainer, unfrozen_finding(began, trainer.global_step))

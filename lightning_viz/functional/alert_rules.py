@@ -268,24 +268,37 @@ def _layers_notice(kind: str, layers: Sequence[str], message: str) -> Finding:
 
 
 def frozen_finding(layers: Sequence[str], watched: int) -> Finding:
-    """A notice, once at fit start: these watched layers (of ``watched``) will not be trained;
-    where that is all of them, nothing FilterMonitor reads trains (a user's frozen backbone
-    diverged in its Linear head, loss 4.5e8, without an alert)."""
+    """A notice, at fit start and when the set changes: these watched layers (of ``watched``)
+    are not trained; where that is all of them, nothing FilterMonitor reads trains (a user's
+    frozen backbone diverged in its Linear head, loss 4.5e8, without an alert)."""
     names = ", ".join(repr(name) for name in layers)
     if len(layers) < watched:
-        consequence = "They get no learning alerts."
+        consequence = "They get no learning alerts while frozen."
     else:
         consequence = (
-            "That is every layer FilterMonitor watches: it raises no learning alert in this run "
-            "(what trains, such as a Linear head, is not a conv it reads; watch the loss for a "
-            "divergence)."
+            "That is every layer FilterMonitor watches: it raises no learning alert while they "
+            "are frozen (what trains, such as a Linear head, is not a conv it reads; watch the "
+            "loss for a divergence)."
         )
     return _layers_notice(
         "frozen",
         layers,
-        f"{len(layers)} watched layer(s) will not be trained (requires_grad=False or in no "
+        f"{len(layers)} watched layer(s) are not trained (requires_grad=False or in no "
         f"optimizer param group): {names}. {consequence} If this is not meant "
         "(an accidental freeze), check requires_grad and the optimizer's param groups.",
+    )
+
+
+def unfrozen_finding(layers: Sequence[str], step: int) -> Finding:
+    """A notice, when frozen watched layers begin training at optimizer ``step`` (an unfreeze):
+    the rules read them from then on, from their weights then and beside each other."""
+    return _layers_notice(
+        "unfrozen",
+        layers,
+        f"{len(layers)} watched layer(s) began training at step {step} (an unfreeze): "
+        f"{', '.join(repr(name) for name in layers)}. Their drift, learned and norm ratio are "
+        f"measured from their weights at step {step}, and compared with each other's, so the "
+        "learning alerts read them from now on.",
     )
 
 

@@ -99,7 +99,7 @@ def test_alerts_of_several_callbacks_at_one_step_share_one_text_entry(tmp_path):
     ]
     module = DigitsClassifier(freeze_first_conv=True)
     module.model.features[4].weight.requires_grad_(False)
-    with pytest.warns(UserWarning, match="will not be trained"):
+    with pytest.warns(UserWarning, match="are not trained"):
         trainer = fit(module, monitors, tmp_path, epochs=1)
     assert RunContext.of(trainer).alert_total(trainer) == 0  # notices: no health alert
     events = read_events(tmp_path)

@@ -153,7 +153,7 @@ def test_noisy_filters_reads_first_layers_of_5x5_kernels_or_more(tmp_path, kerne
 
 def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_path):
     monitor = FilterMonitor(on_alert="stop", strict=True)
-    with pytest.warns(UserWarning, match=rf"1 watched layer\(s\) will not be trained .*'{FIRST}'"):
+    with pytest.warns(UserWarning, match=rf"1 watched layer\(s\) are not trained .*'{FIRST}'"):
         trainer = fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=3)
     assert alerts_of(monitor) == {("frozen", FIRST)}
     alert = monitor.alerts.raised[0]
@@ -161,7 +161,7 @@ def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_pat
     assert trainer.current_epoch == 3  # a notice, not a health alert: no stop
     events = read_events(tmp_path)
     assert events.Scalars(f"filters/{FIRST}/drift")[-1].value == 0  # still measured
-    assert monitor._input_noise is None  # noisy_filters does not read it: nor its images
+    assert 0.05 < monitor._input_noise < 0.2  # read all the same: it may be unfrozen later
     # a frozen stem's filters never change: the image is of the first layer that trains
     second = "model.features.4"
     assert events.Tags()["images"] == [f"filters/{second}"]
@@ -176,11 +176,11 @@ def test_frozen_first_layer_gets_one_frozen_notice_and_no_learning_alert(tmp_pat
 
 def test_a_frozen_layer_s_filter_image_says_it_is_frozen(tmp_path):
     monitor = FilterMonitor(image_layers=[FIRST], strict=True)
-    with pytest.warns(UserWarning, match="will not be trained"):
+    with pytest.warns(UserWarning, match="are not trained"):
         fit(DigitsClassifier(freeze_first_conv=True), [monitor], tmp_path, epochs=1)
     pixels = image_pixels(read_events(tmp_path).Images(f"filters/{FIRST}")[-1])
     text = (
-        f"{FIRST} (frozen: not trained in this fit): filter index and Geary's C (1 = white "
+        f"{FIRST} (frozen: not trained now): filter index and Geary's C (1 = white "
         "noise, 0 = smooth); each filter scaled to its own range"
     )
     legend = to_uint8(footnote(pixels.shape[1], text)).permute(1, 2, 0).numpy()
@@ -224,9 +224,67 @@ def test_layer_in_no_optimizer_group_is_frozen(tmp_path):
             return torch.optim.SGD(rest, lr=0.05)
 
     monitor = FilterMonitor(strict=True)
-    with pytest.warns(UserWarning, match="will not be trained"):
+    with pytest.warns(UserWarning, match="are not trained"):
         fit(FirstConvNotOptimized(), [monitor], tmp_path, epochs=2)
     assert alerts_of(monitor) == {("frozen", FIRST)}
+
+
+class BackboneClassifier(DigitsClassifier):
+    """DigitsClassifier whose convs are the ``backbone`` Lightning's BackboneFinetuning
+    freezes at fit start and unfreezes later (its optimizer takes the trainable parameters)."""
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.features
+
+
+@pytest.mark.parametrize("backbone_lr", [None, 5.0])
+def test_a_backbone_unfrozen_mid_run_is_read_from_its_weights_then(tmp_path, backbone_lr):
+    """BackboneFinetuning unfreezes the convs at epoch 1. Taken as frozen for the whole fit, a
+    user's backbone unfrozen at a learning rate 100x too high drifted 19.6 without an alert,
+    and the ``frozen`` notice stayed active to the end."""
+    from pytorch_lightning.callbacks import BackboneFinetuning
+
+    faulty = {} if backbone_lr is None else {"backbone_initial_lr": backbone_lr}
+    finetuning = BackboneFinetuning(
+        unfreeze_backbone_at_epoch=1, initial_denom_lr=1.0, should_align=False, **faulty
+    )
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=r"3 watched layer\(s\) are not trained"):
+        fit(BackboneClassifier("sgd", 0.05), [finetuning, monitor], tmp_path, epochs=3)
+    raised = {(a.kind, a.step) for a in monitor.alerts.raised}
+    assert ("frozen", 0) in raised
+    assert ("unfrozen", STEPS_PER_EPOCH) in raised
+    assert not any(kind == "frozen" for _, kind in monitor.alerts.active)
+    assert all(monitor.reference_steps[layer] == STEPS_PER_EPOCH for layer in CONVS)
+    health = {(a.kind, a.layer) for a in monitor.alerts.raised if a.kind not in tags.NOTICE_KINDS}
+    if backbone_lr is None:  # Lightning's defaults: a tenth of the rate, warmed up
+        assert health == set()
+    else:
+        assert {("exploding", layer) for layer in CONVS} <= health
+        exploding = [a for a in monitor.alerts.raised if a.kind == "exploding"]
+        assert {a.step for a in exploding} == {2 * STEPS_PER_EPOCH}  # the first measurement
+
+
+def test_a_freeze_set_after_train_start_gets_no_learning_alert(tmp_path):
+    """The convs frozen in on_train_epoch_start for the first epoch (one optimizer holding
+    every parameter): a ``frozen`` notice from the first batch on, not ``not_learning`` on
+    each conv at its end."""
+
+    class FrozenFirstEpoch(DigitsClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+        def on_train_epoch_start(self) -> None:
+            self.model.features.requires_grad_(self.current_epoch >= 1)
+
+    monitor = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match=r"3 watched layer\(s\) are not trained"):
+        fit(FrozenFirstEpoch(), [monitor], tmp_path, epochs=2)
+    assert [(a.kind, a.step) for a in monitor.alerts.raised] == [
+        ("frozen", 0),
+        ("unfrozen", STEPS_PER_EPOCH),
+    ]
 
 
 def test_far_too_low_learning_rate_is_not_learning(tmp_path):
@@ -652,7 +710,7 @@ def test_an_ema_copy_is_frozen_on_purpose_not_a_fault(tmp_path):
             self.ema.update_parameters(self.model)
 
     monitor = FilterMonitor(on_alert="stop", strict=True)
-    with pytest.warns(UserWarning, match=r"3 watched layer\(s\) will not be trained"):
+    with pytest.warns(UserWarning, match=r"3 watched layer\(s\) are not trained"):
         trainer = fit(WithEMA(), [monitor], tmp_path, epochs=3)
     assert [(a.kind, a.layer) for a in monitor.alerts.raised] == [
         (

@@ -15,6 +15,7 @@ from lightning_viz.functional.alert_rules import (
     nonfinite_activation_finding,
     over_budget_finding,
     saturation_finding,
+    unfrozen_finding,
 )
 
 DEFAULTS = FilterThresholds()
@@ -172,7 +173,16 @@ def test_frozen_notice_lists_the_layers():
     finding = frozen_finding(["backbone.0", "backbone.3"], watched=5)
     assert (finding.kind, finding.firing, finding.value) == ("frozen", True, 2.0)
     assert "'backbone.0', 'backbone.3'" in finding.message
-    assert "They get no learning alerts." in finding.message
+    assert "They get no learning alerts while frozen." in finding.message
+
+
+def test_unfrozen_notice_says_from_which_weights_the_layers_are_read():
+    finding = unfrozen_finding(["backbone.0", "backbone.3"], step=69)
+    assert (finding.kind, finding.layer, finding.value) == ("unfrozen", "backbone.0, backbone.3", 2)
+    assert "2 watched layer(s) began training at step 69 (an unfreeze)" in finding.message
+    assert "measured from their weights at step 69, and compared with each other's" in (
+        finding.message
+    )
 
 
 def test_a_frozen_notice_of_every_watched_layer_says_nothing_it_reads_trains():
