@@ -127,8 +127,8 @@ class RunContext:
         first = [type(c).__name__ for c in self.callbacks(trainer) if c.renders_at_start()]
         if first:  # on a big model with every view, minutes passed without a word
             rank_zero_info(
-                f"lightning-viz: rendering the untrained model's views first ({', '.join(first)}); "
-                "training starts after them"
+                "lightning-viz: rendering the views of the model before its first step "
+                f"({', '.join(first)}); training starts after them"
             )
 
     def started(self, callback: VizCallback, trainer: pl.Trainer) -> None:

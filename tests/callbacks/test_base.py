@@ -353,8 +353,8 @@ def test_fit_start_says_where_to_look_and_what_is_watched_once(tmp_path, caplog)
         f"{trainer.logger.save_dir} (the pictures in its IMAGES tab: TIME SERIES shows them as "
         "thumbnails; alerts in TEXT, charts in CUSTOM SCALARS)",
         # a user's big model with every view: minutes passed without a word before training
-        "lightning-viz: rendering the untrained model's views first (GradCAMLogger); training "
-        "starts after them",
+        "lightning-viz: rendering the views of the model before its first step (GradCAMLogger); "
+        "training starts after them",
         "lightning-viz: watching filters of 3 conv layers (images of model.features.0), "
         "Grad-CAM of model.features on 10 probes",
     ]
@@ -380,7 +380,7 @@ def test_a_resumed_fit_does_not_say_it_renders_the_untrained_model(tmp_path, cap
             ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
         )
     assert "lightning-viz: logging to" in caplog.text
-    assert "untrained model's views" not in caplog.text
+    assert "views of the model before its first step" not in caplog.text
 
 
 def test_the_progress_bar_says_while_a_probe_view_renders(tmp_path):
