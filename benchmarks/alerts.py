@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from pytorch_lightning.callbacks import BackboneFinetuning
 from pytorch_lightning.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -134,6 +135,8 @@ class Recipe:
     teacher: bool = False
     reconstruct: bool = False  # an autoencoder: the loss is the images' mean squared error
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's
+    unfreeze_at: int | None = None  # Lightning's BackboneFinetuning unfreezes all but the head
+    backbone_lr: float | None = None  # its backbone_initial_lr (None: a tenth of the rate)
 
 
 class ScenarioModule(pl.LightningModule):
@@ -157,6 +160,22 @@ class ScenarioModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """All but the head, which BackboneFinetuning freezes until ``unfreeze_at``."""
+        return nn.ModuleList(list(self.model.children())[:-1])
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        recipe = self.recipe
+        if recipe.unfreeze_at is None:
+            return []
+        faulty = {} if recipe.backbone_lr is None else {"backbone_initial_lr": recipe.backbone_lr}
+        return [
+            BackboneFinetuning(
+                recipe.unfreeze_at, should_align=recipe.backbone_lr is None, **faulty
+            )
+        ]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -816,6 +835,52 @@ SCENARIOS = [
     Scenario("frozen-backbone", "frozen", Recipe(digits_net(), freeze=freeze_features), epochs=6),
     Scenario("ema-copy", "frozen", Recipe(digits_net(), ema=True), epochs=8),
     Scenario("distillation-teacher", "frozen", Recipe(digits_net(), teacher=True), epochs=8),
+    Scenario(
+        "backbone-finetuning",
+        "frozen",
+        Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3),
+        epochs=10,
+        data_args={"channels": 3, "train_size": 400},
+    ),
+    Scenario(
+        "backbone-finetuning-resnet18",
+        "frozen",
+        Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4, unfreeze_at=2),
+        epochs=5,
+        data_args={"channels": 3, "train_size": 400},
+        held_out=True,
+    ),
+    Scenario(
+        "backbone-finetuning-lr-far-too-high",
+        "fault",
+        Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3, backbone_lr=5.0),
+        epochs=6,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+        onset=3,
+    ),
+    Scenario(
+        "backbone-finetuning-resnet18-lr-far-too-high",
+        "fault",
+        Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4, unfreeze_at=2, backbone_lr=2.0),
+        epochs=4,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("exploding", "collapse", "overwritten"),
+        onset=2,
+        held_out=True,
+    ),
+    Scenario(
+        "backbone-finetuning-lr-far-too-low",
+        "fault",
+        Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3, backbone_lr=1e-7),
+        epochs=6,
+        data_args={"channels": 3, "train_size": 400},
+        expected=("not_learning",),
+        onset=3,
+        grace=2,
+        held_out=True,
+        note="7 steps an epoch: not_learning waits warmup_steps=10 from the unfreeze",
+    ),
     # measured and reported: faults the weights may not show
     Scenario(
         "label-noise-50",
