@@ -129,6 +129,7 @@ when several callbacks alert at one step, the last entry of that step holds them
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 NOTICE_KINDS = frozenset(
     {
+        "endless_epoch",
         "failed",
         "frozen",
         "gated",

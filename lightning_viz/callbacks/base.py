@@ -3,6 +3,7 @@ per-Trainer :class:`RunContext`."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import weakref
@@ -46,7 +47,11 @@ from lightning_viz.callbacks.background import BackgroundWriter
 from lightning_viz.callbacks.cost import AIM, CostMeter
 from lightning_viz.functional._validation import check_choice, check_fraction
 from lightning_viz.functional.activations import histogram_edges
-from lightning_viz.functional.alert_rules import Finding, over_budget_finding
+from lightning_viz.functional.alert_rules import (
+    Finding,
+    endless_epoch_finding,
+    over_budget_finding,
+)
 from lightning_viz.functional.captions import counted
 from lightning_viz.functional.images import to_uint8
 
@@ -634,6 +639,8 @@ class VizCallback(*CALLBACK_BASES):
             context.started_callbacks = set()  # a second fit on the Trainer says it again
             context.epoch = trainer.current_epoch
         context.starting(trainer)
+        if context.callbacks(trainer)[0] is self:
+            self._say_endless_epoch(trainer)
         try:
             if self._not_shown is not None:  # found in setup
                 self._notice_not_shown(trainer)
@@ -645,6 +652,19 @@ class VizCallback(*CALLBACK_BASES):
 
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """What the callback does when training starts (baselines, probes); default nothing."""
+
+    def _say_endless_epoch(self, trainer: pl.Trainer) -> None:
+        """Where the training loader has no length, the ``endless_epoch`` notice naming the
+        callbacks whose epoch-end work waits for the fit's end."""
+        if not math.isinf(trainer.num_training_batches):
+            return
+        waiting = [
+            type(callback).__name__
+            for callback in RunContext.of(trainer).callbacks(trainer)
+            if type(callback).epoch_end is not VizCallback.epoch_end
+        ]
+        if waiting:
+            self.raise_alert(trainer, endless_epoch_finding(waiting), source="lightning-viz")
 
     @override
     def on_train_batch_start(

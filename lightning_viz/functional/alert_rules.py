@@ -423,6 +423,29 @@ def over_budget_finding(
     )
 
 
+def endless_epoch_finding(callbacks: Sequence[str]) -> Finding:
+    """A notice, once at fit start: the training loader has no length, so its one epoch ends
+    when the fit does, and the work these ``callbacks`` do at epoch ends waits for it (a
+    streaming run of 200 steps validated every 50 showed its views at steps 0 and 200 only)."""
+    filters = (
+        "; FilterMonitor's alerts still come every every_n_steps optimizer steps"
+        if "FilterMonitor" in callbacks
+        else ""
+    )
+    return Finding(
+        "endless_epoch",
+        "training epoch",
+        True,
+        float(len(callbacks)),
+        message="the training loader has no length (an IterableDataset without __len__), so "
+        f"its one epoch ends when the fit does: what {', '.join(callbacks)} "
+        f"{'does' if len(callbacks) == 1 else 'do'} at epoch ends "
+        "(the probe views' pictures, the filter images, the dead-channel and saturation checks) "
+        f"waits until then{filters}. For it to come as training goes, give the epochs a "
+        "length: Trainer(limit_train_batches=N) makes each epoch N batches of the stream.",
+    )
+
+
 def dead_channel_finding(
     layer: str,
     fraction: float,

@@ -18,6 +18,7 @@ import lightning_viz
 from lightning_viz import (
     ActivationGridLogger,
     ActivationMonitor,
+    Alert,
     DeconvLogger,
     FilterMonitor,
     GradCAMLogger,
@@ -28,7 +29,13 @@ from lightning_viz.callbacks import base
 from lightning_viz.callbacks.base import RunContext, VizCallback, to_host
 from lightning_viz.functional.alert_rules import Finding
 from lightning_viz.summary import main as summary_main
-from lightning_viz.testing import ImageClassifier, digits_loaders, random_loader
+from lightning_viz.testing import (
+    DigitsCNN,
+    ImageClassifier,
+    digits_loaders,
+    digits_tensors,
+    random_loader,
+)
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
@@ -759,3 +766,35 @@ def test_fit_again_after_the_alerts_stopped_training_raises_them_again(tmp_path)
     with pytest.warns(UserWarning, match="still exploding"):
         trainer.fit(module, train)
     assert trainer.current_epoch == 2
+
+
+class EndlessDigits(torch.utils.data.IterableDataset):
+    """A stream of the digits with no length: one training epoch, ended by ``max_steps``."""
+
+    def __iter__(self):
+        images, labels = digits_tensors()
+        while True:
+            yield from zip(images[:256], labels[:256], strict=True)
+
+
+@pytest.mark.parametrize("epoch_length", [None, 10])
+def test_an_endless_training_epoch_is_said_with_how_to_give_it_a_length(tmp_path, epoch_length):
+    """A streaming run of 200 steps validated every 50 showed its views at steps 0 and 200 only,
+    without a word; with ``limit_train_batches`` its epochs end, and the views come with them."""
+    received: list[Alert] = []
+    callbacks = [FilterMonitor(on_alert=received.append), GradCAMLogger(budget=None)]
+    trainer = make_trainer(
+        tmp_path, callbacks, max_steps=20, limit_train_batches=epoch_length, log_every_n_steps=5
+    )
+    trainer.fit(ImageClassifier(DigitsCNN()), DataLoader(EndlessDigits(), 32))
+    endless = [alert for alert in received if alert.kind == "endless_epoch"]
+    steps = [image.step for image in read_events(tmp_path).Images("gradcam/model.features")]
+    if epoch_length is None:
+        (notice,) = endless
+        assert (notice.step, notice.source) == (0, "lightning-viz")
+        assert "what FilterMonitor, GradCAMLogger do at epoch ends" in notice.message
+        assert "Trainer(limit_train_batches=N) makes each epoch N batches" in notice.message
+        assert steps == [0, 20]
+    else:
+        assert endless == []
+        assert steps == [0, 10, 20]

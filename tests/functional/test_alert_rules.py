@@ -9,6 +9,7 @@ import math
 from lightning_viz.functional.alert_rules import (
     FilterThresholds,
     dead_channel_finding,
+    endless_epoch_finding,
     filter_findings,
     frozen_finding,
     network_median,
@@ -226,3 +227,12 @@ def test_the_budget_notice_says_over_only_past_the_budget():
     over = over_budget_finding(0.031, parts, 0.02, 0.9, "nothing was skipped.")
     assert ", over the budget of 2.0%: nothing was skipped." in over.message
     assert (over.kind, over.value, over.threshold) == ("over_budget", 0.031, 0.02)
+
+
+def test_endless_epoch_notice_speaks_of_filter_alerts_only_with_filter_monitor():
+    with_filters = endless_epoch_finding(["FilterMonitor", "GradCAMLogger"]).message
+    assert "FilterMonitor's alerts still come every every_n_steps" in with_filters
+    views_only = endless_epoch_finding(["GradCAMLogger"])
+    assert (views_only.kind, views_only.value) == ("endless_epoch", 1)
+    assert "FilterMonitor" not in views_only.message
+    assert "what GradCAMLogger does at epoch ends" in views_only.message
