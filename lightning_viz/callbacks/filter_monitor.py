@@ -657,7 +657,7 @@ class FilterMonitor(VizCallback):
         trainer: pl.Trainer,
         host: dict[Any, Tensor],
         baseline: bool,
-        network: dict[str, float],
+        network: dict[int, dict[str, float]],
     ) -> dict[str, float]:
         """Each layer's scalars to log; its alerts raised (``network``: per reference step, the
         median drift, step cosine and learned of the learning layers measured from it)."""
