@@ -491,7 +491,8 @@ class FilterMonitor(VizCallback):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self._in_training_batch = True
         if self.showing and self.previous_step is not None:
-            self._follow_training(trainer)
+            with self.timed(trainer):
+                self._follow_training(trainer)
 
     @override
     def on_train_batch_end(
