@@ -296,8 +296,9 @@ class Probes:
 
 
 def dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
-    """The per-channel (mean, std) of the torchvision ``Normalize`` in the transform of the
-    loader's dataset (or of a ``Subset``'s), the last where several; None without one."""
+    """The per-channel (mean, std) of the torchvision ``Normalize`` (or pretrained weights'
+    preset, which ends by normalizing) in the transform of the loader's dataset (or of a
+    ``Subset``'s), the last where several; None without one."""
     dataset = getattr(loader, "dataset", None)
     while dataset is not None:
         found = _normalize_in(getattr(dataset, "transform", None))
@@ -310,7 +311,10 @@ def dataset_normalization(loader: Iterable) -> tuple[Tensor, Tensor] | None:
 def _normalize_in(transform: Any) -> tuple[Tensor, Tensor] | None:
     steps = getattr(transform, "transforms", None)
     if steps is None:
-        is_normalize = type(transform).__name__ == "Normalize"
+        # torchvision's pretrained weights' presets (ResNet18_Weights.DEFAULT.transforms())
+        # normalize by their mean and std last, without a Normalize in them
+        preset = type(transform).__module__ == "torchvision.transforms._presets"
+        is_normalize = type(transform).__name__ == "Normalize" or preset
         if is_normalize and hasattr(transform, "mean") and hasattr(transform, "std"):
             return torch.as_tensor(transform.mean).float(), torch.as_tensor(transform.std).float()
         return None

@@ -215,16 +215,23 @@ class TransformedImages(torch.utils.data.Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-@pytest.mark.parametrize("subset", [False, True])
-def test_probes_of_normalized_images_are_shown_as_they_were_before(subset):
+@pytest.mark.parametrize(("subset", "preset"), [(False, False), (True, False), (False, True)])
+def test_probes_of_normalized_images_are_shown_as_they_were_before(subset, preset):
     """A user's ImageNet-normalized probes, min-max normalized for display: a near-white sky
-    read saturated blue, a dark teal flower bright cyan."""
+    read saturated blue, a dark teal flower bright cyan. ``preset``: the transform torchvision's
+    pretrained weights give (``ResNet18_Weights.DEFAULT.transforms()``), which normalizes
+    without a ``Normalize`` in it."""
     from torchvision import transforms
+    from torchvision.transforms._presets import ImageClassification
 
     torch.manual_seed(0)
     raw = torch.rand(12, 3, 8, 8) * torch.tensor([0.1, 0.5, 0.9])[:, None, None] + 0.05
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    transform = transforms.Compose([transforms.Normalize(mean, std)])
+    transform = (
+        ImageClassification(crop_size=8, resize_size=8)
+        if preset
+        else transforms.Compose([transforms.Normalize(mean, std)])
+    )
     dataset = TransformedImages(raw, torch.arange(12) % 4, transform)
     if subset:
         dataset = torch.utils.data.Subset(dataset, range(12))
