@@ -144,6 +144,11 @@ REGION_NOTE = (
     "Yellow outline: the probe's box or mask (the dark line inside it runs along its border), "
     "which the localization scores (peak and energy in region) read."
 )
+FAINT_BELOW = 0.01
+"""The least scale of the maps in probability units (occlusion's drops, LIME's weights): a map
+whose probability moves by less anywhere is drawn faint. Each scaled to its own largest, a
+probe predicted at 1.00 whose largest drop was under 0.0005 was drawn as deep red as one whose
+class hung on the patch."""
 RESPONDS = 0.1
 """The deletion test judges a map only where what it explains falls by at least this when every
 pixel is deleted (the class's probability; a single output's value by this share of its
@@ -464,6 +469,25 @@ class ClassView(ProbeCallback):
         """The model's output on the probes, from a forward without gradients."""
         with torch.no_grad():
             return (self.probe_forward(pl_module) or pl_module)(probes.images)
+
+    @property
+    def least_scale(self) -> float:
+        """The least colour scale of maps in the units of :attr:`explained_quantity`:
+        :data:`FAINT_BELOW` for a probability, none for a score, whose units are the model's."""
+        return FAINT_BELOW if self.explained_quantity == "probability" else 0.0
+
+    def faint_note(self, largest: torch.Tensor, what: str) -> str | None:
+        """The note on the probes whose ``largest`` (N,) absolute map value is under
+        :attr:`least_scale`: ``what`` (of the probability) hardly moves there, and their maps
+        are drawn faint."""
+        faint = (largest < self.least_scale).nonzero().flatten().tolist()
+        if not faint:
+            return None
+        probes = f"probe{'s' if len(faint) > 1 else ''} {', '.join(map(str, faint))}"
+        return (
+            f"The {what} of {probes} stays under {self.least_scale:g} of the probability: drawn "
+            f"on a scale of {self.least_scale:g}, faint, not stretched to full colour."
+        )
 
     @staticmethod
     def _check_finite(maps: torch.Tensor, what: str) -> None:

@@ -81,8 +81,9 @@ class LIMELogger(ClassView):
 
     - ``lime/weights`` (image): a panel per probe, the probe (captioned with its true class)
       beside its segment weights over it, segment borders in grey (captioned with the predicted
-      class and its probability); each map is scaled to its own largest weight; a colour bar
-      below names the class explained.
+      class and its probability); each map is scaled to its own largest weight, but at least
+      0.01 of a probability (a map whose weights hardly move it is drawn faint, and a note
+      under the image names its probes); a colour bar below names the class explained.
     - ``lime/weights/targets`` (text): per probe, the class explained, the prediction, its
       probability, the largest segment weight and the surrogate's weighted R^2.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
@@ -246,7 +247,9 @@ class LIMELogger(ClassView):
         rating = self._rate(trainer, pl_module, probes, {tags.LIME: explanation.maps}, explained)
         display = panel_tiles(probes.display)
         labels = panel_tiles(self._labels[:, None].float())[:, 0]
-        heat = normalize_signed(panel_tiles(explanation.maps[:, None])[:, 0], percentile=100)
+        heat = normalize_signed(
+            panel_tiles(explanation.maps[:, None])[:, 0], percentile=100, least=self.least_scale
+        )
         maps = overlay(display, colorize(heat, self.cmap), self.alpha)
         borders = torch.zeros_like(labels, dtype=torch.bool)
         borders[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
@@ -256,7 +259,8 @@ class LIMELogger(ClassView):
         explained_class = self._explained_class(targets)
         title = f"LIME: segment weight for the {explained_class}'s {self.explained_quantity}"
         ends = ("lowers", "raises")
-        note = rating[tags.LIME].note
+        faint = self.faint_note(explanation.weights.abs().amax(dim=1), "largest segment weight")
+        note = " ".join(filter(None, (rating[tags.LIME].note, faint))) or None
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {
             "largest weight": [f"{w:.3g}" for w in explanation.weights.abs().amax(dim=1).tolist()],

@@ -59,8 +59,9 @@ class OcclusionLogger(ClassView):
     - ``occlusion/sensitivity`` (image): a panel per probe, the probe (captioned with its true
       class) beside the map over it (captioned with the predicted class and its probability, or the
       explained class and the prediction where they differ); each map is scaled to its own largest
-      change (the table gives it), white is no change; a colour bar below names the class explained
-      and the patch size.
+      change (the table gives it), but at least 0.01 of a probability (a map whose probability
+      hardly moves is drawn faint, and a note under the image names its probes), white is no
+      change; a colour bar below names the class explained and the patch size.
     - ``occlusion/sensitivity/targets`` (text): per probe, the class explained, the prediction,
       its probability and the largest drop of the explained class's probability.
     - ``stability/<tag>`` (default), ``sanity/<tag>`` and ``sanity/<tag>/ssim``,
@@ -186,7 +187,9 @@ class OcclusionLogger(ClassView):
         rating = self._rate(trainer, pl_module, probes, {tags.OCCLUSION: sensitivity}, explained)
         *captions, table = self._predictions(probes, logits, targets)
         display = panel_tiles(probes.display)
-        heat = normalize_signed(upsample(sensitivity, tuple(display.shape[-2:])), percentile=100)
+        heat = normalize_signed(
+            upsample(sensitivity, tuple(display.shape[-2:])), percentile=100, least=self.least_scale
+        )
         overlays = overlay(display, colorize(heat, self.cmap), self.alpha)
         height, width = self._window
         explained_class = self._explained_class(targets)
@@ -195,10 +198,11 @@ class OcclusionLogger(ClassView):
             f"{self.explained_quantity}"
         )
         ends = ("rises", "drops")
+        faint = self.faint_note(sensitivity.abs().flatten(1).amax(dim=1), "largest change")
+        note = " ".join(filter(None, (rating[tags.OCCLUSION].note, faint))) or None
         self._log_panels(
-            trainer, tags.OCCLUSION, display, overlays, captions, ends, title,
-            note=rating[tags.OCCLUSION].note,
-        )  # fmt: skip
+            trainer, tags.OCCLUSION, display, overlays, captions, ends, title, note=note
+        )
         drops = [f"{drop:.3f}" for drop in sensitivity.flatten(1).amax(dim=1).tolist()]
         table = self._with_columns(table, {"largest drop": drops})
         self.log_text(

@@ -22,14 +22,18 @@ def normalize(maps: Tensor, eps: float = EPS) -> Tensor:
     return ((flat - low) / (high - low + eps)).view_as(maps)
 
 
-def normalize_signed(maps: Tensor, percentile: float = 99.0, eps: float = EPS) -> Tensor:
+def normalize_signed(
+    maps: Tensor, percentile: float = 99.0, eps: float = EPS, least: float = 0.0
+) -> Tensor:
     """Map each signed image (first dimension) to [0, 1] with 0 at 0.5, clipping outliers.
 
     The scale is the ``percentile`` of the absolute values of that image, so a few extreme
-    pixels do not wash out the rest (the usual display of deconvnet reconstructions).
+    pixels do not wash out the rest (the usual display of deconvnet reconstructions), and at
+    least ``least``: values in known units (a probability) that hardly move are drawn faint,
+    not stretched to full colour.
     """
     flat = maps.detach().float().flatten(1)
-    scale = _percentile_scale(flat.abs(), percentile)
+    scale = _percentile_scale(flat.abs(), percentile).clamp(min=least)
     return ((flat / (scale + eps)).clamp(-1, 1) * 0.5 + 0.5).view_as(maps)
 
 

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_viz import GradCAMLogger, OcclusionLogger, Probes
+from lightning_viz import GradCAMLogger, OcclusionLogger, Probes, tags
 from lightning_viz.functional import deletion_insertion, occlusion, upsample
 from lightning_viz.testing import ShapesCNN, shapes_task
 from tests.callbacks.test_probe_loggers import EPOCH_ENDS, Autoencoder
@@ -236,3 +236,28 @@ def test_a_single_logit_binary_classifier_with_labelled_probes_shows_its_probabi
         make_trainer(tmp_path, [GradCAMLogger(target="label", probes=logger.probes)]).fit(
             Scorer(1, bce), data
         )
+
+
+@pytest.mark.parametrize("view", ["occlusion", "lime"])
+def test_maps_whose_probability_hardly_moves_are_drawn_faint(tmp_path, view):
+    """A probe predicted at 1.00 whose largest drop was under 0.0005 was drawn as deep red as
+    one whose class hung on a patch: each map stretched to its own largest change."""
+    from lightning_viz import LIMELogger
+
+    module = DigitsClassifier("sgd", 0.0)
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[0] = 4.0  # class 0 at 0.86 whatever the image: a patch moves it by 3e-4
+    logger = (OcclusionLogger if view == "occlusion" else LIMELogger)(
+        target="pred", num_probes=4, strict=True
+    )
+    fit(module, [logger], tmp_path, epochs=1, limit_train_batches=1)
+    tag = tags.OCCLUSION if view == "occlusion" else tags.LIME
+    pixels = image_pixels(read_events(tmp_path).Images(tag)[-1]).astype(int)
+    maps = pixels[6:118, 6 + 98 : 6 + 98 + 96]  # the first probe's map and its caption
+    saturation = maps.max(axis=-1) - maps.min(axis=-1)
+    assert saturation.max() <= 16  # grey digits under a near-white heat: no red, no blue
+    assert logger.faint_note(torch.tensor([0.2, 0.005, 0.0]), "largest change") == (
+        "The largest change of probes 1, 2 stays under 0.01 of the probability: drawn on a "
+        "scale of 0.01, faint, not stretched to full colour."
+    )

@@ -39,6 +39,10 @@ def test_normalize_signed_keeps_zero_at_half_and_clips_outliers():
     assert result.min() >= 0
     with pytest.raises(ValueError, match="percentile"):
         normalize_signed(values[None], percentile=0)
+    # at least a scale of 0.05: a map of changes under 0.001 stays near 0.5, faint
+    tiny = torch.tensor([[-0.001, 0.0, 0.0005]])
+    assert normalize_signed(tiny, 100, least=0.05)[0].tolist() == pytest.approx([0.49, 0.5, 0.505])
+    assert normalize_signed(values[None], 100, least=0.05)[0, -1] == 1.0  # above it: its own
 
 
 def test_normalize_magnitude_puts_the_percentile_at_one_and_clips_above():
