@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,8 +29,8 @@ from lightning_viz.callbacks.probe_base import (
 from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
-from lightning_viz.functional.captions import captioned, footnote, labelled_table, stack_rows
-from lightning_viz.functional.images import CARD_WIDTH, to_rgb, to_uint8
+from lightning_viz.functional.captions import captioned_blocks, footnote, stack_rows, text_band
+from lightning_viz.functional.images import CARD_WIDTH, grid, to_rgb, to_uint8
 from lightning_viz.functional.receptive_field import ReceptiveField, receptive_fields
 from lightning_viz.functional.top_patches import (
     TopK,
@@ -41,10 +42,13 @@ from lightning_viz.probes import BatchToImages
 
 MAX_TILE = 96
 """The largest side of a patch in the grid (a few units with k = 3)."""
-LABEL_WIDTH = 48
-"""About the width of the row labels (``ch 123``) left of the grid."""
 MIN_PATCH_TILE = 30
-"""The smallest side of a patch in the grid: nine of them and the labels fit the card."""
+"""The smallest side of a patch in the grid."""
+BLOCKS_PER_ROW = 2
+"""Units side by side in the grid, each a block of its k patches (3x3 for k = 9, as in Zeiler &
+Fergus's figure 2): 53-pixel patches within TensorBoard's card, where a row of nine per unit
+left 31 (a 224-pixel photo's deep-layer field shrunk to a thumbnail nobody could read)."""
+BLOCK_PADDING = 6
 FRAME_GREY = 160
 """The 1-pixel frame drawn over each patch's edge, so that a white patch (a digit's empty
 background) shows on the white page instead of leaving a caption over nothing."""
@@ -116,8 +120,10 @@ class TopPatchesLogger(ValidationView):
 
     Logged keys:
 
-    - ``top_patches/<layer>`` (image): one row per unit (``ch N``), its k patches strongest
-      first, each captioned with the unit's maximum on that image; as wide as TensorBoard's card.
+    - ``top_patches/<layer>`` (image): one block per unit (headed ``ch N``), its k patches
+      strongest first, row by row (3x3 for k = 9, as in Zeiler & Fergus's figure 2), each
+      captioned with the unit's maximum on that image; two blocks a row, as wide as
+      TensorBoard's card (53-pixel patches for k = 9).
       The patches are drawn as the dataset had them before its torchvision ``Normalize``, else
       on one min-max scale for all of them.
     - ``top_patches/<layer>/changed``: from the second logged epoch, the mean over units of the
@@ -140,7 +146,7 @@ class TopPatchesLogger(ValidationView):
     Cost: per validation batch, each unit's maximum over its map, a sort of k + N values per
     unit and the crops of the batch's own k best per unit (``roi_align``), all on the device; at
     the logged epoch's end one host transfer per layer and the grid. The patches are kept at the
-    size they are shown (31 pixels a side for k = 9): units x k x C x 31 x 31 floats per layer
+    size they are shown (53 pixels a side for k = 9): units x k x C x 53 x 53 floats per layer
     on the device. Measured on the digits CNN: 2-4% of
     the validation epoch (benchmarks/probe_cost.py).
 
@@ -188,7 +194,11 @@ class TopPatchesLogger(ValidationView):
                 f"{units!r}"
             )
         self.k = check_int("k", k)
-        self._tile = max(MIN_PATCH_TILE, min(MAX_TILE, (CARD_WIDTH - LABEL_WIDTH) // self.k - 2))
+        self._columns = math.ceil(math.sqrt(self.k))
+        blocks = CARD_WIDTH - BLOCK_PADDING * (BLOCKS_PER_ROW + 1)
+        self._tile = max(
+            MIN_PATCH_TILE, min(MAX_TILE, blocks // (BLOCKS_PER_ROW * self._columns) - 2)
+        )
         self._layers: dict[str, nn.Module] = {}
         self._fields: dict[str, ReceptiveField] = {}
         self._channels: dict[str, Tensor] = {}
@@ -366,7 +376,8 @@ class TopPatchesLogger(ValidationView):
             )
 
     def _grid(self, name: str, top: TopK, host: dict[str, Tensor], channels: list[int]) -> Tensor:
-        """Units (rows) by their top k patches, each captioned with its value."""
+        """A block per unit, headed ``ch N``, of its top k patches row by row, each captioned
+        with its value; :data:`BLOCKS_PER_ROW` blocks a row."""
         units = top.values.shape[0]
         k = min(top.values.shape[1], self._position)  # a validation set smaller than k
         tile = self._tile
@@ -383,23 +394,23 @@ class TopPatchesLogger(ValidationView):
         frame = torch.ones_like(tiles[0, 0], dtype=torch.bool)
         frame[1:-1, 1:-1] = False
         tiles[:, :, frame] = FRAME_GREY  # a white patch stays visible on the white page
-        values = host["values"][:, :k].flatten().tolist()
-        texts = ["" if v == float("-inf") else compact(v) for v in values]
-        cells = captioned(tiles, texts).unflatten(0, (units, k))
-        empty = (host["positions"][:, :k] < 0).flatten()
-        if empty.any():
-            cells = cells.flatten(0, 1)
-            cells[empty.to(cells.device)] = 255
-            cells = cells.unflatten(0, (units, k))
-        table = labelled_table(cells, [f"ch {c}" for c in channels], [str(i + 1) for i in range(k)])
+        tiles[(host["positions"][:, :k] < 0).flatten().to(tiles.device)] = 255  # k > images
+        values = host["values"][:, :k].tolist()
+        texts = [["" if v == float("-inf") else compact(v) for v in row] for row in values]
+        blocks = captioned_blocks(tiles.unflatten(0, (units, k)), texts, self._columns)
+        labels = [f"ch {c}" for c in channels]
+        headers = text_band(labels, blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
+        image = grid(
+            torch.cat([headers, blocks], dim=2), nrow=BLOCKS_PER_ROW, padding=BLOCK_PADDING
+        )
         field = self._fields[name]
         note = (
-            f"{name}: each row a unit's {k} validation images with the largest maximum (the "
-            f"caption), cropped to the {field.size[0]}x{field.size[1]}-pixel receptive field of "
-            "that maximum (cut to the image's size; outside the image is padding)"
-            + ("" if field.exact else "; the field is approximate (see the text)")
+            f"{name}: each block a unit's {k} validation images with the largest maximum (the "
+            f"caption), strongest first, cropped to the {field.size[0]}x{field.size[1]}-pixel "
+            "receptive field of that maximum (cut to the image's size; outside the image is "
+            "padding)" + ("" if field.exact else "; the field is approximate (see the text)")
         )
-        return stack_rows(table, footnote(table.shape[-1], note, table.device, table.dtype))
+        return stack_rows(image, footnote(image.shape[-1], note, image.device, image.dtype))
 
     def _table(self, name: str, host: dict[str, Tensor], channels: list[int]) -> str:
         field = self._fields[name]

@@ -9,7 +9,6 @@ from torch import nn
 import lightning_viz
 from lightning_viz import TopPatchesLogger
 from lightning_viz.callbacks.top_patches_logger import FRAME_GREY
-from lightning_viz.functional.captions import table_label_width
 from lightning_viz.testing import ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
@@ -97,8 +96,8 @@ def test_top_k_equals_a_brute_force_search_and_changed_compares_epochs(tmp_path)
 
 
 def test_a_validation_set_smaller_than_k_shows_its_images_and_no_changed_score(tmp_path):
-    """Six validation images under k = 9: three blank columns headed 7 to 9, and a changed
-    score of 0 at every epoch, which read as settled units."""
+    """Six validation images under k = 9: three blank places in each unit's block, and a
+    changed score of 0 at every epoch, which read as settled units."""
     train_loader, val = digits_loaders()
     images, labels = val.dataset.tensors
     six = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images[:6], labels[:6]), 6)
@@ -109,9 +108,11 @@ def test_a_validation_set_smaller_than_k_shows_its_images_and_no_changed_score(t
     assert "top_patches/model.features.2/changed" not in events.Tags()["scalars"]
     units = tables(events, "model.features.2")[46]
     assert all(sorted(positions) == list(range(6)) for _, positions in units.values())
-    grid = events.Images("top_patches/model.features.2")[-1]
-    label_width = table_label_width([f"ch {unit}" for unit in units])
-    assert grid.width == label_width + 6 * (logger._tile + 2)  # six columns, none blank
+    grid = image_pixels(events.Images("top_patches/model.features.2")[-1])
+    tile = logger._tile
+    assert grid.shape[1] == 2 * (3 * (tile + 2) - 2) + 3 * 6  # two 3x3 blocks a row
+    framed = (grid[..., :3] == FRAME_GREY).all(axis=-1).sum()  # six patches a block, 3 blank
+    assert 2 * 6 * (4 * tile - 4) <= framed < 2 * 9 * (4 * tile - 4)
 
 
 def test_first_layer_patches_are_the_5x5_fields_of_the_maxima(tmp_path):
