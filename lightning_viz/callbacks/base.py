@@ -776,9 +776,9 @@ class VizCallback(*CALLBACK_BASES):
             self._owed = not fits
         if not fits and not context.over_budget_said:
             consequence = (
-                f"{what} is skipped ({type(self).__name__}), and the costliest callbacks skip "
-                "work until the share is back within it (each view still shows at the fit's end; "
-                "budget=None never skips)."
+                f"the first work skipped is {what} ({type(self).__name__}), and the costliest "
+                "callbacks skip work until the share is back within it (each view still shows at "
+                "the fit's end; budget=None never skips)."
             )
             notes = {
                 c.budget_note
