@@ -24,7 +24,14 @@ from lightning_viz.functional._validation import (
     check_layer_names,
     not_finite_error,
 )
-from lightning_viz.functional.captions import counted, footnote, labelled_table, stack_rows
+from lightning_viz.functional.captions import (
+    captioned,
+    compact,
+    counted,
+    footnote,
+    labelled_table,
+    stack_rows,
+)
 from lightning_viz.functional.feature_vis import PAD, visualize_features
 from lightning_viz.functional.images import CARD_WIDTH, MAX_TILE, shrunk, to_rgb, to_uint8
 from lightning_viz.functional.selection import evenly_spaced
@@ -89,9 +96,10 @@ class FeatureVisualizer(ProbeCallback):
 
     - ``feature_vis/<layer>`` (image): one row per unit (captioned ``ch N``), one column per
       render (headed ``start`` for fit start, else ``epoch N``), each image enlarged by the
-      largest whole factor at which the columns fit TensorBoard's 350-pixel card; as many
-      columns as the run will log (at most ``max_columns``) from the start on, so the image
-      keeps its size; a note below.
+      largest whole factor at which the columns fit TensorBoard's 350-pixel card and captioned
+      with its objective (near 0: colourful noise the unit ignores, where it looks like a
+      pattern); as many columns as the run will log (at most ``max_columns``) from the start
+      on, so the image keeps its size; a note below.
     - ``feature_vis/<layer>/objective`` (scalar): the mean over the units of the objective
       reached (each unit's mean activation on its image, without transforms).
     - ``feature_vis/<layer>/units`` (text): per unit, the objective reached at each column's
@@ -375,6 +383,12 @@ class FeatureVisualizer(ProbeCallback):
         slots = self._slots(trainer)
         cells = torch.stack([_enlarged(c.to(device), slots) for c in self.columns[layer]], 1)
         cells = self.oriented(cells)
+        # each cell under its objective: colourful noise over 0 is an input the unit ignores
+        values = [
+            [compact(v) for v in by_unit] for by_unit in zip(*self.objectives[layer], strict=True)
+        ]
+        cells = captioned(cells.flatten(0, 1), [v for row in values for v in row])
+        cells = cells.unflatten(0, (len(values), -1))
         cells = F.pad(cells, (0, 0, 0, 0, 0, 0, 0, max(0, slots - cells.shape[1])), value=255)
         headers = [_header(e) for e in self.column_epochs[layer]]
         headers += [""] * (cells.shape[1] - len(headers))
@@ -382,7 +396,8 @@ class FeatureVisualizer(ProbeCallback):
         note = footnote(
             table.shape[-1],
             f"{layer}: each row the input its channel responds to most (activation "
-            f"maximization); objective {mean_objective:.3g} (mean over the rows)",
+            "maximization), under its objective (the channel's mean activation on it; near 0: "
+            f"an input the unit ignores); mean {mean_objective:.3g}",
             table.device,
             table.dtype,
         )

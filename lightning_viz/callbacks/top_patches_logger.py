@@ -29,7 +29,13 @@ from lightning_viz.callbacks.probe_base import (
 from lightning_viz.callbacks.validation_view import ValidationView
 from lightning_viz.functional._pass import untouched_rng
 from lightning_viz.functional._validation import check_int, check_layer_names
-from lightning_viz.functional.captions import captioned_blocks, footnote, stack_rows, text_band
+from lightning_viz.functional.captions import (
+    captioned_blocks,
+    compact,
+    footnote,
+    stack_rows,
+    text_band,
+)
 from lightning_viz.functional.images import CARD_WIDTH, grid, to_rgb, to_uint8
 from lightning_viz.functional.receptive_field import ReceptiveField, receptive_fields
 from lightning_viz.functional.top_patches import (
@@ -52,15 +58,6 @@ BLOCK_PADDING = 6
 FRAME_GREY = 160
 """The 1-pixel frame drawn over each patch's edge, so that a white patch (a digit's empty
 background) shows on the white page instead of leaving a caption over nothing."""
-
-
-def compact(value: float) -> str:
-    """A patch's caption: the value in at most four characters where it can (``2.93``, ``0.98``,
-    ``17.3``, ``123``), to fit a 30-pixel tile."""
-    for text in (f"{value:.3g}", f"{value:.2g}", f"{value:.0f}"):
-        if len(text) <= 4:
-            return text
-    return f"{value:.1e}"
 
 
 def patch_side(field: int, tile: int) -> int:

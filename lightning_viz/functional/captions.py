@@ -245,6 +245,15 @@ def captioned_blocks(
     return stacked[:, :, : stacked.shape[2] - padding]
 
 
+def compact(value: float) -> str:
+    """A number as a small tile's caption: in at most four characters where it can (``2.93``,
+    ``0.98``, ``17.3``, ``123``), to fit a 30-pixel tile."""
+    for text in (f"{value:.3g}", f"{value:.2g}", f"{value:.0f}"):
+        if len(text) <= 4:
+            return text
+    return f"{value:.1e}"
+
+
 def counted(number: int, noun: str) -> str:
     """``number`` and ``noun``, plural but for one: "1 layer", "3 layers"."""
     return f"{number} {noun}{'' if number == 1 else 's'}"

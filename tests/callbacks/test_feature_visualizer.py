@@ -11,14 +11,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_viz.callbacks.feature_visualizer as feature_visualizer
 from lightning_viz.callbacks.feature_visualizer import FIT_START, FeatureVisualizer
+from lightning_viz.functional.captions import BAND, compact, table_label_width
 from lightning_viz.functional.images import CARD_WIDTH
 from lightning_viz.testing import ImageClassifier, TinyCNN, random_loader, tiny_vit
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     Classifier,
     DigitsClassifier,
+    assert_caption,
     fit,
     hook_count,
+    image_pixels,
     make_trainer,
     read_events,
     text_rows,
@@ -49,6 +52,12 @@ def test_grids_objective_and_units_at_fit_start_and_every_epoch(tmp_path):
         width, height = sizes.pop()
         assert 3 * 98 < width <= CARD_WIDTH
         assert height > 16 + 6 * 98
+        # each cell under its objective: colourful noise over 0 is an input the unit ignores
+        pixels = image_pixels(images[-1])
+        label_width = table_label_width([f"ch {u}" for u in units])
+        for column, objectives in enumerate(visualizer.objectives[layer]):
+            x = label_width + column * 98
+            assert_caption(pixels, compact(objectives[0]), x=x, y=BAND, width=96)
         scalars = events.Scalars(f"feature_vis/{layer}/objective")
         assert [s.step for s in scalars] == LOGGED_STEPS
         expected = torch.tensor(visualizer.objectives[layer]).mean(dim=1)
