@@ -55,6 +55,7 @@ BLOCKS_PER_ROW = 2
 Fergus's figure 2): 53-pixel patches within TensorBoard's card, where a row of nine per unit
 left 31 (a 224-pixel photo's deep-layer field shrunk to a thumbnail nobody could read)."""
 BLOCK_PADDING = 6
+"""Pixels between the units' blocks, wider than between a block's patches (2)."""
 FRAME_GREY = 160
 """The 1-pixel frame drawn over each patch's edge, so that a white patch (a digit's empty
 background) shows on the white page instead of leaving a caption over nothing."""
