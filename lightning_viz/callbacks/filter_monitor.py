@@ -91,10 +91,14 @@ class FilterMonitor(VizCallback):
     noise (a fresh init), towards 0 for smooth filters. On its own it does not tell a healthy run
     from a broken one (AdamW leaves first-layer filters near their init, C about 0.95, while
     reaching 99% accuracy), so the monitor reads how the weights moved
-    (:func:`~lightning_viz.functional.filter_health`): the *drift* ``||W - W0|| / ||W0||``, what
+    (:func:`~lightning_viz.functional.filter_health`): the *drift* ``||W - W0|| / R``, what
     the layer *learned* (the part of ``W - W0`` orthogonal to ``W0``, which weight decay alone
-    cannot produce), the *norm ratio* ``||W|| / ||W0||``, the cosine between consecutive
-    measurements, and the *update noise*, Geary's C of ``W - W0``.
+    cannot produce, over ``R``), the *norm ratio* ``||W|| / ||W0||``, the cosine between
+    consecutive measurements, and the *update noise*, Geary's C of ``W - W0``. ``R`` is
+    ``||W0||``, or the norm PyTorch's default init gives the layer where ``W0`` is smaller
+    (torchvision inits every conv by its fan-out: a MobileNetV2's depthwise convs start at a
+    quarter to a twentieth of the default scale, and a healthy first epoch moved them 7 times
+    their own norm).
 
     Measured at the untrained baseline (train start, step 0), every ``every_n_epochs`` at the
     end of a training epoch, and within those epochs once ``every_n_steps`` optimizer steps have
@@ -204,8 +208,9 @@ class FilterMonitor(VizCallback):
 
     - ``filters/<layer>/noise``: median Geary's C of the layer's filters.
     - ``filters/<layer>/noisy_fraction``: fraction of filters with C >= ``noise_threshold``.
-    - ``filters/<layer>/drift``: ``||W - W0|| / ||W0||``, W0 the weights at train start.
-    - ``filters/<layer>/learned``: the part of ``W - W0`` orthogonal to W0, over ``||W0||``.
+    - ``filters/<layer>/drift``: ``||W - W0|| / R``, W0 the weights at train start, ``R`` the
+      larger of ``||W0||`` and the norm of PyTorch's default init for the layer.
+    - ``filters/<layer>/learned``: the part of ``W - W0`` orthogonal to W0, over ``R``.
     - ``filters/<layer>/update_noise``: median Geary's C of ``W - W0`` (not at step 0).
     - ``filters/<layer>/noise_histogram`` (histogram): per-filter C. (Not ``filters/<layer>``:
       TensorBoard shows one kind of data per tag, and that tag is the image.)
@@ -571,6 +576,7 @@ class FilterMonitor(VizCallback):
                 sample=self._samples[name],
                 previous=self.previous.get(name),
                 slices=self._reference_slices(name, filters(module)),
+                fan_in=module.weight.shape[1] * module.weight[0, 0].numel(),  # as torch's init
             )
             for name, module in self._layers.items()
         }

@@ -38,8 +38,10 @@ class FilterThresholds:
     median, see :func:`filter_findings`), of overwritten ones <= 0.08 (a network's median in the
     first interval of a learning rate far too high, from scratch or fine-tuning: <= 0.36); the
     median drift of a healthy network's layers <= 2.3, of one whose learning rate is far too high
-    >= 10.6 in the first epoch (a single healthy layer, the small-init stem of torchvision's
-    ResNets under SGD at lr 0.1, reaches 9); first-layer update noise of healthy runs <= 0.84
+    >= 9.4 in the first epoch (a single healthy layer, the small-init stem of torchvision's
+    ResNets under SGD at lr 0.1, moved 9 times its own norm: 4.7 read against the default
+    init's, as drift is, :func:`~lightning_viz.functional.filter_health`); first-layer update
+    noise of healthy runs <= 0.84
     (5x5 and 7x7 kernels: :data:`NOISE_MIN_KERNEL`), where the images the layer reads are not
     themselves noise at its scale (:func:`~lightning_viz.functional.filters.patch_noise`:
     photos 0.13 to 0.63, the digits 0.09 to 0.15; shapes on white noise 0.78 to 0.92, where a
@@ -149,7 +151,8 @@ def filter_findings(
             drift > limit and network > limit,
             drift,
             thresholds.max_drift,
-            f"layer {layer!r} weights moved {drift:.3g}x their initial norm, and the network's "
+            f"layer {layer!r} weights moved {drift:.3g}x their initial norm (at least the "
+            f"default init's), and the network's "
             f"layers {network:.3g}x in the median (threshold max_drift="
             f"{thresholds.max_drift:g}). The learning rate is likely far too high: lower it, add "
             "weight decay or a warm-up.",
@@ -213,7 +216,8 @@ def filter_findings(
                 thresholds.min_learned,
                 f"layer {layer!r} learned almost nothing in {steps} optimizer steps: the part of "
                 f"its change that is not plain shrinking or growing is {learned:.2g} of its "
-                f"initial norm (threshold min_learned={thresholds.min_learned:g}). {check}",
+                "initial norm (at least the default init's; threshold "
+                f"min_learned={thresholds.min_learned:g}). {check}",
             )
         )
     noise = values["update_noise"]

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,31 @@ def test_patch_noise_tells_photos_and_digits_from_white_noise():
 
 def test_patch_noise_of_images_smaller_than_the_kernel_is_unknown():
     assert patch_noise(torch.randn(3, 4, 4), (5, 5)).isnan()
+
+
+def test_moves_are_read_against_at_least_the_default_inits_norm():
+    """A depthwise conv initialized by its fan-out (torchvision's MobileNetV2: about a quarter
+    of PyTorch's default scale here) moves far from its own small start in a healthy first
+    epoch: read against its own norm, a healthy MobileNetV2 under SGD drifted 7.3 and turned to
+    a cosine of 0.14 (exploding, overwritten); against the default init's norm, 0.95 and 0.72."""
+    torch.manual_seed(0)
+    channels = 96
+    default_std = 1 / math.sqrt(3 * 9)  # kaiming_uniform_(a=sqrt(5)) of a fan-in of 9
+    initial = torch.randn(channels, 1, 3, 3) * math.sqrt(2 / (9 * channels))  # fan_out init
+    update = torch.randn(channels, 1, 3, 3) * default_std
+    health = filter_health(initial + update, initial, previous=initial.flatten())
+    default_norm = math.sqrt(initial.numel()) * default_std
+    assert initial.norm() < default_norm / 3.5
+    assert health["drift"].item() == pytest.approx(update.norm().item() / default_norm, rel=1e-5)
+    grown = initial.flatten() * (default_norm / initial.norm())
+    now = grown + update.flatten()
+    expected = torch.dot(now, grown) / (now.norm() * grown.norm())
+    assert health["step_cosine"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert health["norm_ratio"].item() == pytest.approx(
+        ((initial + update).norm() / initial.norm()).item(), rel=1e-5
+    )  # a collapse is still read against the layer's own start
+    # a layer at the default scale or above reads against its own norm, as before
+    large = torch.randn(channels, 1, 3, 3)
+    assert filter_health(large + update, large)["drift"].item() == pytest.approx(
+        (update.norm() / large.norm()).item(), rel=1e-5
+    )
