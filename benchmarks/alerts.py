@@ -348,6 +348,12 @@ def rgb_net(**kwargs) -> Callable[[], nn.Module]:
     return lambda: conv_net(in_channels=3, classes=3, **kwargs)
 
 
+def mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2: every conv initialized by its fan-out, its depthwise convs
+    at a quarter to a twentieth of PyTorch's default scale."""
+    return torchvision.models.mobilenet_v2(num_classes=3)
+
+
 def resnet() -> nn.Module:
     return torchvision.models.resnet18(num_classes=3)
 
@@ -547,6 +553,14 @@ SCENARIOS = [
     ),
     Scenario("sgd-0.2-wd", "healthy", Recipe(digits_net(), lr=0.2, weight_decay=5e-4)),
     Scenario(
+        "tv-mobilenetv2-sgd",
+        "healthy",
+        Recipe(mobilenet_v2, lr=0.05, weight_decay=1e-4, cosine=True),
+        epochs=4,
+        data=rgb_data,
+        note="torchvision's fan-out init: read against the default init's norm, not its own",
+    ),
+    Scenario(
         "rgb-sgd-0.1-wd",
         "healthy",
         Recipe(rgb_net(), lr=0.1, weight_decay=5e-4),
@@ -651,6 +665,14 @@ SCENARIOS = [
         data=rgb_data,
         expected=("exploding", "collapse", "overwritten"),
         held_out=True,
+    ),
+    Scenario(
+        "tv-mobilenetv2-lr-100x",
+        "fault",
+        Recipe(mobilenet_v2, lr=5.0, weight_decay=1e-4),
+        epochs=3,
+        data=rgb_data,
+        expected=("exploding", "collapse", "overwritten"),
     ),
     Scenario(
         "frozen-by-mistake",
