@@ -430,3 +430,24 @@ def test_validation_streams_without_length_are_read(tmp_path):
     trainer = make_trainer(tmp_path, [logger], max_epochs=1, limit_train_batches=2)
     trainer.fit(ValidatesSeveral(), train, [stream, stream])
     assert len(read_events(tmp_path).Images(TAG)) == 1
+
+
+def test_the_projector_is_written_on_the_background_writer(tmp_path, monkeypatch):
+    """Its sprite's PNG is an image's write: on the training thread (where small writes moved),
+    it took EmbeddingLogger's own time from 7 to 82 ms an epoch on the digits, from 88 to 654 ms
+    on resnet18."""
+    import threading
+
+    from lightning_viz._compat import add_embedding as writes
+
+    threads = []
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return writes(*args, **kwargs)
+
+    monkeypatch.setattr("lightning_viz.callbacks.embedding_logger.add_embedding", recording)
+    fit(DigitsClassifier(), [EmbeddingLogger(strict=True)], tmp_path, epochs=2)
+    assert len(threads) == 2
+    assert threading.main_thread() not in threads
+    assert len(projector_entries(tmp_path)) == 2
