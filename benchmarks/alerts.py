@@ -8,7 +8,7 @@ at their defaults, and a confusion table of what fired when.
 
 A healthy run passes with no alert (notices printed as a line, such as ``gated``, may come); a
 frozen-on-purpose run with only ``frozen`` notices; a faulty run when the alert meant for its
-fault fires within ``grace`` epochs of the onset. Some scenarios are marked ``held_out``: the
+fault fires within ``grace`` epochs from the onset (not before it). Some scenarios are marked ``held_out``: the
 rules' thresholds were not fitted on them.
 """
 
@@ -1061,10 +1061,15 @@ def verdict(scenario: Scenario, alerts: list[dict[str, Any]]) -> str:
         return "ok" if not kinds else "FALSE ALARM"
     if scenario.label == "frozen":
         return "ok" if kinds <= {"frozen"} else "FALSE ALARM"
+    # within grace epochs of the onset, not before it: a re-initialization's overwritten at
+    # epoch 0 (a trial's MobileNetV2, read against its own small init) had passed for the fault
     caught = [
         a
         for a in alerts
-        if (a["kind"] in scenario.expected and a["epoch"] <= scenario.onset + scenario.grace - 1)
+        if (
+            a["kind"] in scenario.expected
+            and scenario.onset <= a["epoch"] <= scenario.onset + scenario.grace - 1
+        )
         or (a["kind"] in scenario.expected and a["kind"] == "frozen")
     ]
     if scenario.label == "report":

@@ -19,3 +19,13 @@ def test_paired_cost_sums_a_sampled_step_and_the_steps_after_it_over_its_baselin
 def test_paired_cost_needs_a_whole_window():
     durations = {i: 0.010 for i in range(45, 52)}  # too few steps before the sampled one
     assert math.isnan(paired_cost(durations, every=50))
+
+
+def test_a_fault_is_caught_only_by_its_alert_from_its_onset_on():
+    from benchmarks.alerts import SCENARIOS, verdict
+
+    reinit = next(s for s in SCENARIOS if s.name == "reinit-mid-run")  # onset at epoch 5
+    early = [{"kind": "overwritten", "layer": "model.0", "epoch": 0, "value": 0.1}]
+    assert verdict(reinit, early) == "MISSED"
+    assert verdict(reinit, [{**early[0], "epoch": 5}]) == "ok"
+    assert verdict(reinit, [{**early[0], "epoch": 6}]) == "MISSED"  # past its grace
