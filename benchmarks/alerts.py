@@ -8,8 +8,8 @@ at their defaults, and a confusion table of what fired when.
 
 A healthy run passes with no alert (notices printed as a line, such as ``gated``, may come); a
 frozen-on-purpose run with only ``frozen`` notices; a faulty run when the alert meant for its
-fault fires within ``grace`` epochs from the onset (not before it). Some scenarios are marked ``held_out``: the
-rules' thresholds were not fitted on them.
+fault fires within ``grace`` epochs from the onset (not before it). Some scenarios are marked
+``held_out``: the rules' thresholds were not fitted on them.
 """
 
 from __future__ import annotations

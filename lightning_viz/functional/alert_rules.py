@@ -152,10 +152,9 @@ def filter_findings(
             drift,
             thresholds.max_drift,
             f"layer {layer!r} weights moved {drift:.3g}x their initial norm (at least the "
-            f"default init's), and the network's "
-            f"layers {network:.3g}x in the median (threshold max_drift="
-            f"{thresholds.max_drift:g}). The learning rate is likely far too high: lower it, add "
-            "weight decay or a warm-up.",
+            f"default init's), and the network's layers {network:.3g}x in the median (threshold "
+            f"max_drift={thresholds.max_drift:g}). The learning rate is likely far too high: "
+            "lower it, add weight decay or a warm-up.",
         ),
         Finding(
             "collapse",
