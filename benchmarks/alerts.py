@@ -413,6 +413,12 @@ PRETRAINED_RESNET = pretrained(lambda classes: torchvision.models.resnet18(num_c
 PRETRAINED_RGB_NET = pretrained(lambda classes: conv_net(in_channels=3, classes=classes))
 
 
+FINETUNE_DATA = {"channels": 3, "train_size": 400}
+"""The fine-tuning scenarios' data: the digits in RGB, 400 of them to train on."""
+DIVERGED = ("exploding", "collapse", "overwritten")
+"""The alerts meant for a learning rate far too high."""
+
+
 def freeze_features(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
@@ -581,21 +587,21 @@ SCENARIOS = [
         "healthy",
         Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4),
         epochs=5,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
     ),
     Scenario(
         "finetune-rgb-sgd",
         "healthy",
         Recipe(PRETRAINED_RGB_NET, lr=0.02),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
     ),
     Scenario(
         "finetune-resnet18-adamw",
         "healthy",
         Recipe(PRETRAINED_RESNET, "adamw", 1e-4),
         epochs=5,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
         seed=1,
         held_out=True,
     ),
@@ -604,7 +610,7 @@ SCENARIOS = [
         "healthy",
         Recipe(PRETRAINED_RGB_NET, "adamw", 3e-4),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
         seed=1,
         held_out=True,
     ),
@@ -614,14 +620,14 @@ SCENARIOS = [
         "fault",
         Recipe(digits_net(), "adam", 1.0),
         epochs=6,
-        expected=("exploding", "collapse", "overwritten"),
+        expected=DIVERGED,
     ),
     Scenario(
         "lr-100x",
         "fault",
         Recipe(digits_net(), lr=5.0),
         epochs=6,
-        expected=("exploding", "collapse", "overwritten"),
+        expected=DIVERGED,
         held_out=True,
     ),
     Scenario(
@@ -629,7 +635,7 @@ SCENARIOS = [
         "fault",
         Recipe(digits_net(), "adamw", 0.3, 0.1),
         epochs=6,
-        expected=("exploding", "collapse", "overwritten"),
+        expected=DIVERGED,
         held_out=True,
     ),
     Scenario(
@@ -663,7 +669,7 @@ SCENARIOS = [
         Recipe(timm_net("mobilenetv3_small_050"), "adamw", 1.0),
         epochs=3,
         data=rgb_data,
-        expected=("exploding", "collapse", "overwritten"),
+        expected=DIVERGED,
         held_out=True,
     ),
     Scenario(
@@ -672,7 +678,7 @@ SCENARIOS = [
         Recipe(mobilenet_v2, lr=5.0, weight_decay=1e-4),
         epochs=3,
         data=rgb_data,
-        expected=("exploding", "collapse", "overwritten"),
+        expected=DIVERGED,
     ),
     Scenario(
         "frozen-by-mistake",
@@ -760,24 +766,24 @@ SCENARIOS = [
         "fault",
         Recipe(PRETRAINED_RESNET, "adam", 0.05),
         epochs=5,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
     ),
     Scenario(
         "finetune-rgb-lr-far-too-high",
         "fault",
         Recipe(PRETRAINED_RGB_NET, "adam", 0.05),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
     ),
     Scenario(
         "finetune-resnet18-sgd-lr-2",
         "fault",
         Recipe(PRETRAINED_RESNET, lr=2.0),
         epochs=5,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
         seed=1,
         held_out=True,
     ),
@@ -786,8 +792,8 @@ SCENARIOS = [
         "fault",
         Recipe(PRETRAINED_RGB_NET, "adamw", 0.1),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
         seed=2,
         held_out=True,
     ),
@@ -862,14 +868,14 @@ SCENARIOS = [
         "frozen",
         Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
     ),
     Scenario(
         "backbone-finetuning-resnet18",
         "frozen",
         Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4, unfreeze_at=2),
         epochs=5,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
         held_out=True,
     ),
     Scenario(
@@ -877,8 +883,8 @@ SCENARIOS = [
         "fault",
         Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3, backbone_lr=5.0),
         epochs=6,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
         onset=3,
     ),
     Scenario(
@@ -886,8 +892,8 @@ SCENARIOS = [
         "fault",
         Recipe(PRETRAINED_RESNET, lr=0.01, weight_decay=1e-4, unfreeze_at=2, backbone_lr=2.0),
         epochs=4,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
         onset=2,
         held_out=True,
     ),
@@ -896,7 +902,7 @@ SCENARIOS = [
         "fault",
         Recipe(PRETRAINED_RGB_NET, lr=0.02, unfreeze_at=3, backbone_lr=1e-7),
         epochs=6,
-        data_args={"channels": 3, "train_size": 400},
+        data_args=FINETUNE_DATA,
         expected=("not_learning",),
         onset=3,
         grace=2,
@@ -934,8 +940,8 @@ SCENARIOS = [
         "report",
         Recipe(PRETRAINED_RGB_NET, lr=1.0),
         epochs=10,
-        data_args={"channels": 3, "train_size": 400},
-        expected=("exploding", "collapse", "overwritten"),
+        data_args=FINETUNE_DATA,
+        expected=DIVERGED,
     ),
     Scenario(
         "deep-sigmoid-adamw",
