@@ -222,12 +222,13 @@ def filter_health(
         - ``drift``: ``||W - W0|| / R``;
         - ``learned``: ``||(W - W0) - proj_W0(W - W0)|| / R``, the part of the change
           orthogonal to W0: what the layer learned other than growing or shrinking (weight decay
-          alone cannot move it);
+          alone cannot move it; all of the change where W0 is zero);
         - ``norm_ratio``: ``||W|| / ||W0||`` (a collapse towards 0 shows here);
         - ``step_cosine``: the cosine between the sampled weights now and ``previous`` (NaN
-          without it), ``previous`` taken at least at the default init's norm for as many
-          weights (the change added as it is): near 1 when training refined the layer, near 0
-          or below when something overwrote it;
+          without it, or where it is all zeros: a zero-initialized conv's first), ``previous``
+          taken at least at the default init's norm for as many weights (the change added as it
+          is): near 1 when training refined the layer, near 0 or below when something overwrote
+          it;
         - ``update_noise``: the median C of ``W - W0``, the structure training added;
         - ``finite``: 1.0 when every weight is finite, else 0.0;
         - ``sample``: ``W.flatten()[sample]``, the next measurement's ``previous``.
@@ -245,7 +246,10 @@ def filter_health(
     initial_norm = initial_unit.norm().clamp(min=tiny)
     default_norm = _default_norm(initial.numel(), fan_in) / initial_scale
     reference_norm = torch.maximum(initial_norm, default_norm)
-    along = torch.dot(update_unit.flatten(), initial_unit.flatten()) / initial_norm.square()
+    # divided once per factor: a zero init (norm clamped to the smallest float) reads 0, not
+    # 0/0 (its square underflows)
+    along = torch.dot(update_unit.flatten(), (initial_unit / initial_norm).flatten())
+    along = along / initial_norm
     orthogonal_unit = update_unit - along * initial_unit
     update_ratio = update_scale / initial_scale
     sampled = flat if sample is None else flat[sample.to(weight.device)]
@@ -263,6 +267,7 @@ def filter_health(
         now = now + before * (grow * previous_scale / now_scale)
         norms = (now.norm() * before.norm()).clamp(min=tiny)
         step_cosine = torch.dot(now, before) / norms
+        step_cosine = torch.where(before.norm() > 0, step_cosine, torch.nan)  # zeros: no direction
     return {
         "filter_noise": noise,
         "noise": noise.median(),

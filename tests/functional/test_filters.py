@@ -247,3 +247,20 @@ def test_moves_are_read_against_at_least_the_default_inits_norm():
     assert filter_health(large + update, large)["drift"].item() == pytest.approx(
         (update.norm() / large.norm()).item(), rel=1e-5
     )
+
+
+def test_a_zero_initialized_layer_reads_all_its_change_as_learned_and_no_cosine_from_zeros():
+    """A conv initialized to zero (ControlNet's zero convs, a residual branch's last conv): all
+    of its change is orthogonal to its (zero) init, so it learned what it drifted; the cosine
+    with zero weights has no direction to compare and is unknown (it read 0/0 = NaN learned,
+    and a cosine of 0 from the zeros: the overwritten rule's worst reading)."""
+    torch.manual_seed(0)
+    initial = torch.zeros(8, 4, 3, 3)
+    weight = 0.01 * torch.randn(8, 4, 3, 3)
+    health = filter_health(weight, initial, previous=initial.flatten())
+    assert math.isfinite(health["drift"].item())
+    assert health["drift"].item() > 0
+    assert health["learned"].item() == pytest.approx(health["drift"].item(), rel=1e-6)
+    assert math.isnan(health["step_cosine"].item())
+    later = filter_health(weight * 1.1, initial, previous=weight.flatten())
+    assert later["step_cosine"].item() == pytest.approx(1.0, abs=1e-6)
