@@ -283,7 +283,7 @@ SETUPS = {
         ),
         set(),
         {"filters/", "gradcam/", "deconv/", "activation_grid/"},
-        notices=5,
+        notices=4,  # FilterMonitor reads its conv weights (no image)
     ),
     "timm ConvNeXt": Setup(
         lambda: Task(timm_model("convnext_atto"), classify),
@@ -328,7 +328,7 @@ SETUPS = {
         ),
         set(),
         {"filters/", "gradcam/", "deconv/", "activation_grid/"},
-        notices=5,
+        notices=3,  # the monitors read its conv weights and (N, C, T, H, W) maps (no image)
     ),
     "vision transformer": Setup(
         lambda: Task(

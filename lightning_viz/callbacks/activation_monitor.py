@@ -181,7 +181,8 @@ class ActivationMonitor(VizCallback):
     do sampled steps that wait. Validation batches are not sampled. Under DDP the scalars are
     averaged over ranks (every rank reaches the same collective at the same step).
 
-    Default layers are the activation modules with 4-D outputs: what a user thinks of as "the
+    Default layers are the activation modules with 4-D outputs (or 5-D, a video or volume CNN's
+    (N, C, T, H, W), read as its T x H x W positions): what a user thinks of as "the
     activations": torch's (:data:`ACTIVATION_TYPES`: ReLU and its kin, GELU, SiLU, Mish,
     Hardswish, Sigmoid, Tanh, ...) and other libraries' by class name (:data:`ACTIVATION_NAMES`,
     e.g. timm's ``GELU``); ``activation_types=`` chooses the classes instead. ReLU-like layers
@@ -212,7 +213,8 @@ class ActivationMonitor(VizCallback):
       maxima); -Inf only in the images read (``max_values``).
 
     Args:
-        layers: names of modules whose (4-D) outputs to watch; default every activation module.
+        layers: names of modules whose (4-D or 5-D) outputs to watch; default every activation
+            module.
         every_n_steps: sample every this many training batches (batches, not optimizer steps,
             so runs with several optimizers still sample; under gradient accumulation at most
             one batch per optimizer step); default the Trainer's ``log_every_n_steps``.
@@ -518,15 +520,16 @@ class ActivationMonitor(VizCallback):
                 raise ValueError("; ".join(problems))
             if agreed and not records and hooked:
                 returned = (
-                    f" ({self._other_output[0]!r} returned {self._other_output[1]}: token maps, "
-                    "1-D signals and 3-D volumes are not watched)"
+                    f" ({self._other_output[0]!r} returned {self._other_output[1]}: token maps "
+                    "and 1-D signals are not watched; FilterMonitor reads a Conv1d net's "
+                    "weights)"
                     if self._other_output is not None
                     else ""
                 )
                 self.show_nothing(
                     f"none of the {len(self._layers)} watched activation modules returned a "
-                    f"4-D (N, C, H, W) feature map{returned}. Pass layers=[...] naming modules "
-                    "with 4-D outputs, if the model has any.",
+                    f"4-D (N, C, H, W) or 5-D (N, C, T, H, W) feature map{returned}. Pass "
+                    "layers=[...] naming modules with such outputs, if the model has any.",
                     trainer,
                 )
             elif agreed and records:
@@ -669,6 +672,8 @@ class ActivationMonitor(VizCallback):
         try:
             count = self._calls[name] = self._calls.get(name, 0) + 1
             key = tags.call_key(name, count)
+            if isinstance(output, Tensor) and output.dim() == 5:  # (N, C, T, H, W): a video's
+                output = output.flatten(2, 3)  # every statistic reads the positions as a set
             if not isinstance(output, Tensor) or output.dim() != 4:
                 if isinstance(output, Tensor) and self._other_output is None:
                     self._other_output = (key, tuple(output.shape))

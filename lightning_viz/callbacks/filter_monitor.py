@@ -68,15 +68,28 @@ MAX_FILTERS_SHOWN = 64
 a ViT's 192 patch-embedding filters made a 394x5506-pixel image."""
 
 
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+PLANAR = (nn.Conv2d, nn.ConvTranspose2d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED)
+"""The conv classes watched by default: 2-D ones for every reading, 1-D (signals, audio) and 3-D
+(video, volumes) ones for the alerts on how training moves them (no Geary's C, no image)."""
+
+
 def _is_spatial_conv(name: str, module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and min(module.kernel_size) >= 2
+    return isinstance(module, CONVS) and min(module.kernel_size) >= 2
+
+
+def _is_image_conv(module: nn.Module) -> bool:
+    """Whether a watched conv has 2-D filters: Geary's C, the filter images and the first
+    layer's input noise read those only."""
+    return module.weight.dim() == 4
 
 
 def filters(module: nn.Module) -> Tensor:
     """The layer's filters as (out, in / groups, kh, kw): a transposed conv stores its weight as
     (in, out / groups, kh, kw)."""
     weight = module.weight
-    if not isinstance(module, nn.ConvTranspose2d):
+    if not isinstance(module, TRANSPOSED):
         return weight
     groups = module.groups
     grouped = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
@@ -168,7 +181,9 @@ class FilterMonitor(VizCallback):
     Args:
         layers: names of the conv layers to watch; default every ``nn.Conv2d`` and
             ``nn.ConvTranspose2d`` (a decoder's) with kernels of at least 2x2 (Geary's C needs
-            neighbours).
+            neighbours); in a model without those, every 1-D and 3-D conv with kernels of at
+            least 2 (``nn.Conv1d``, ``nn.Conv3d`` and their transposes: the alerts on how
+            training moves them, without Geary's C or an image, which read 2-D filters).
         image_layers: which layers' filters to log as an image: ``"first"`` (default, the first
             watched layer that is no transposed conv, and that trains: a frozen stem's filters
             never change), ``"all"``, or a list of names (a frozen one's legend says so).
@@ -334,6 +349,10 @@ class FilterMonitor(VizCallback):
             )
             return
         self._layers = watched_layers(pl_module, self.layer_names, _is_spatial_conv, source)
+        planar = {n: m for n, m in self._layers.items() if isinstance(m, PLANAR)}
+        if self.layer_names is None and planar:
+            # an image CNN's 1-D convs are gadgets (ECA's channel attention), not its features
+            self._layers = planar
         lazy = [n for n, m in self._layers.items() if is_lazy(getattr(m, "weight", None))]
         dry_run = (
             "lazy modules have no weights before their first forward: run one forward on a "
@@ -351,34 +370,39 @@ class FilterMonitor(VizCallback):
             return
         if not self._layers:
             self.show_nothing(
-                f"{type(pl_module).__name__} has no nn.Conv2d or nn.ConvTranspose2d layer with "
-                "kernels of at least "
-                "2x2, so there are no filters to show (Conv1d, Conv3d and 1x1 convs are not "
-                "read; layers=[...] can name a conv module of another class whose weight is "
-                "(out, in, height, width))."
+                f"{type(pl_module).__name__} has no conv layer (nn.Conv1d, 2d, 3d or their "
+                "transposes) with kernels of at least 2, so there are no filters to watch (1x1 "
+                "convs are not read; layers=[...] can name a conv module of another class whose "
+                "weight is (out, in, *kernel))."
             )
         for name, module in self._layers.items():
             weight = getattr(module, "weight", None)
-            if not isinstance(weight, Tensor) or weight.dim() != 4 or min(weight.shape[-2:]) < 2:
+            if (
+                not isinstance(weight, Tensor)
+                or weight.dim() not in (3, 4, 5)
+                or min(weight.shape[2:]) < 2
+            ):
                 shape = tuple(weight.shape) if isinstance(weight, Tensor) else None
                 raise ValueError(
-                    f"{source}: layer {name!r} ({type(module).__name__}) has no 2-D conv weight "
-                    f"(out, in, height, width) with kernels of at least 2x2 (weight shape {shape}; "
-                    "Conv1d and Conv3d filters are not read)"
+                    f"{source}: layer {name!r} ({type(module).__name__}) has no conv weight "
+                    f"(out, in, *kernel) of 1 to 3 kernel dimensions, each at least 2 (weight "
+                    f"shape {shape})"
                 )
         self._first = next(
-            (n for n, m in self._layers.items() if not isinstance(m, nn.ConvTranspose2d)), None
+            (n for n, m in self._layers.items() if not isinstance(m, TRANSPOSED)), None
         )
+        images = [n for n, m in self._layers.items() if _is_image_conv(m)]
         if self.image_layers == "first":
-            self._image_layers = [self._first or next(iter(self._layers))] if self._layers else []
+            first = self._first if self._first in images else None
+            self._image_layers = [first or images[0]] if images else []
         elif self.image_layers == "all":
-            self._image_layers = list(self._layers)
+            self._image_layers = images
         else:
-            missing = [name for name in self.image_layers if name not in self._layers]
+            missing = [name for name in self.image_layers if name not in images]
             if missing:
                 raise ValueError(
-                    f"{source}: `image_layers` {missing} are not among the watched layers "
-                    f"{list(self._layers)}"
+                    f"{source}: `image_layers` {missing} are not among the watched layers with "
+                    f"2-D filters {images}"
                 )
             self._image_layers = list(self.image_layers)
         self._gates = {}
@@ -387,13 +411,22 @@ class FilterMonitor(VizCallback):
         self._samples = {n: weight_sample(m.weight.numel()) for n, m in self._layers.items()}
         self._slices = {n: reference_slices(filters(m).shape) for n, m in self._layers.items()}
 
+    def _noise_layers(self) -> list[str]:
+        """The watched layers whose Geary's C is read: those of 2-D filters."""
+        return [name for name, module in self._layers.items() if _is_image_conv(module)]
+
     @override
     def layout(self, call_order: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
         noise = ("noise", "update_noise", "noisy_fraction")
         moved = ("drift", "learned")
+        noise_layers = self._noise_layers()
         return {
             name: {
-                "filter noise": [tags.scalar_regex(tags.FILTER_SCALAR, name, noise)],
+                **(
+                    {"filter noise": [tags.scalar_regex(tags.FILTER_SCALAR, name, noise)]}
+                    if name in noise_layers
+                    else {}
+                ),
                 "filter drift": [tags.scalar_regex(tags.FILTER_SCALAR, name, moved)],
             }
             for name in self._layers
@@ -412,8 +445,10 @@ class FilterMonitor(VizCallback):
         self._outside = None
         if self.image_layers == "first" and set(self._image_layers) <= set(self._frozen):
             # a frozen stem's filters never change: show the first layer that trains
-            trained = [n for n in self._layers if n not in self._frozen]
-            convs = [n for n in trained if not isinstance(self._layers[n], nn.ConvTranspose2d)]
+            trained = [
+                n for n in self._layers if n not in self._frozen and _is_image_conv(self._layers[n])
+            ]
+            convs = [n for n in trained if not isinstance(self._layers[n], TRANSPOSED)]
             self._image_layers = (convs or trained or self._image_layers)[:1]
         gates = {n: g for n, g in self._gates.items() if n not in self._frozen}
         if gates:
@@ -438,7 +473,11 @@ class FilterMonitor(VizCallback):
         first = self._layers.get(self._first) if self._first is not None else None
         # noisy_filters reads a first layer of large enough kernels (frozen, it may be
         # unfrozen later)
-        if first is not None and min(first.kernel_size) >= NOISE_MIN_KERNEL:
+        if (
+            first is not None
+            and _is_image_conv(first)
+            and min(first.kernel_size) >= NOISE_MIN_KERNEL
+        ):
             self._read_inputs(trainer, first)
 
     def _reference_step(self, name: str) -> int:
@@ -598,7 +637,7 @@ class FilterMonitor(VizCallback):
         self.log_scalars(trainer, metrics)
         self.count_alerts(trainer)
         if self.writer(trainer) is not None:
-            for name in self._layers:
+            for name in self._noise_layers():
                 histogram = tags.tag(tags.FILTER_NOISE_HISTOGRAM, name)
                 self.log_values_histogram(trainer, histogram, host[name, "filter_noise"].numpy())
         self._latest = host
@@ -672,8 +711,9 @@ class FilterMonitor(VizCallback):
         for name in self._layers:
             medians = network[self._reference_step(name)]
             self.previous[name] = host[name, "sample"].clone()
-            keys = ["noise", "noisy_fraction", "drift", "learned"]
-            if not baseline and host[name, "drift"].item() > 0:
+            planar = _is_image_conv(self._layers[name])  # Geary's C reads 2-D filters only
+            keys = ["noise", "noisy_fraction"] * planar + ["drift", "learned"]
+            if planar and not baseline and host[name, "drift"].item() > 0:
                 keys.append("update_noise")
             for key in keys:
                 metrics[tags.tag(tags.FILTER_SCALAR, name, key)] = host[name, key].item()

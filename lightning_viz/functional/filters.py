@@ -165,7 +165,8 @@ def kernel_slices(weight: Tensor, slices: Tensor | None) -> Tensor:
     when ``slices`` is None."""
     if slices is None:
         return weight
-    index = slices.to(weight.device)[:, :, None, None].expand(-1, -1, *weight.shape[2:])
+    kernel = (None,) * (weight.dim() - 2)
+    index = slices.to(weight.device)[(..., *kernel)].expand(-1, -1, *weight.shape[2:])
     return weight.gather(1, index)
 
 
@@ -187,7 +188,9 @@ def filter_health(
     """How smooth a conv layer's filters are and how far, and how, training moved them.
 
     Args:
-        weight: the conv weight now, (out, in, kh, kw).
+        weight: the conv weight now, (out, in, kh, kw); or a 1-D or 3-D conv's (out, in,
+            *kernel), whose Geary's C (``filter_noise``, ``noise``, ``update_noise``) is
+            NaN: it reads 2-D filters.
         initial: the same weight at the start of training (any device; moved to the weight's),
             whole or, with ``slices``, the kernel slices :func:`kernel_slices` picks.
         noise_threshold: a filter with Geary's C at or above it counts as noisy.
@@ -238,7 +241,12 @@ def filter_health(
     initial = initial.to(weight.device, non_blocking=True).float()
     compared = kernel_slices(weight, slices).float()
     tiny = torch.finfo(torch.float32).tiny
-    noise = filter_noise(weight)
+    # Geary's C reads 2-D filters: a 1-D or 3-D conv's is unknown
+    noise = (
+        filter_noise(weight)
+        if weight.dim() == 4
+        else torch.full(weight.shape[:1], math.nan, device=weight.device)
+    )
     update = compared - initial
     fan_in = weight.shape[1] * weight[0, 0].numel() if fan_in is None else fan_in
     initial_scale, update_scale, compared_scale = map(_largest, (initial, update, compared))
@@ -278,7 +286,7 @@ def filter_health(
         / initial_scale
         * ((compared / compared_scale).norm() / initial_norm),
         "step_cosine": step_cosine,
-        "update_noise": filter_noise(update).median(),
+        "update_noise": filter_noise(update).median() if weight.dim() == 4 else noise[0],
         "finite": all_finite(flat).float(),
         "sample": sampled,
     }

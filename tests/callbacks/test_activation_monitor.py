@@ -791,3 +791,27 @@ def test_dead_channels_of_a_module_in_eval_mode_say_so(tmp_path):
     assert "in eval mode" in dead.message
     assert "learning rate" not in dead.message
     assert "BatchNorm" not in dead.message
+
+
+def test_a_video_nets_5d_maps_are_read_as_their_positions(tmp_path):
+    """A Conv3d net's ReLUs return (N, C, T, H, W): they were left out, so its dead channels at
+    SGD lr 5 went unsaid. They are read as T x H x W positions: the statistics of a map do not
+    depend on how its positions are arranged."""
+    from tests.callbacks.test_filter_monitor import SignalClassifier, signals
+
+    runs = {}
+    for lr in (0.05, 5.0):
+        torch.manual_seed(0)
+        monitor = ActivationMonitor(every_n_steps=1)
+        make_trainer(tmp_path / str(lr), [monitor], max_epochs=3, log_every_n_steps=1).fit(
+            SignalClassifier(3, lr), signals(3)
+        )
+        runs[lr] = monitor
+    assert not runs[0.05].alerts.raised
+    zero = read_events(tmp_path / "0.05").Scalars("activations/net.2/zero_fraction")
+    assert 0 < zero[-1].value < 1
+    assert "dead_channels" in {a.kind for a in runs[5.0].alerts.raised}
+    maps = torch.relu(torch.randn(2, 3, 4, 5, 6))
+    read, rearranged = (activation_stats(m) for m in (maps.flatten(2, 3), maps.view(2, 3, 6, 20)))
+    for key in ("zero_fraction", "localization", "active_maps"):
+        assert read[key].item() == pytest.approx(rearranged[key].item(), rel=1e-5)

@@ -559,12 +559,21 @@ def test_a_fit_bounded_by_max_steps_keeps_the_evolution_image_size(tmp_path):
 
 
 class SequenceClassifier(pl.LightningModule):
-    """A Conv1d net on (N, 8, 16) sequences: no image for any view."""
+    """A Conv1d net on (N, 8, 16) sequences: no image for any view; ``conv=False``: an MLP, no
+    conv for FilterMonitor either."""
 
-    def __init__(self) -> None:
+    def __init__(self, conv: bool = True) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv1d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4)
+        self.net = (
+            nn.Sequential(
+                nn.Conv1d(8, 16, 3),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool1d(1),
+                nn.Flatten(),
+                nn.Linear(16, 4),
+            )
+            if conv
+            else nn.Sequential(nn.Flatten(), nn.Linear(128, 16), nn.ReLU(), nn.Linear(16, 4))
         )
 
     def forward(self, x):
@@ -615,8 +624,8 @@ def test_alike_notices_at_fit_start_are_said_once_after_where_to_look(tmp_path, 
     assert "EmbeddingLogger, TopPatchesLogger: in the validation loader" in validation[0]
     assert any(
         "ActivationMonitor: none of the 1 watched activation modules returned a 4-D (N, C, H, W) "
-        "feature map ('net.1' returned (8, 16, 14): token maps, 1-D signals and 3-D volumes are "
-        "not watched)" in line
+        "or 5-D (N, C, T, H, W) feature map ('net.1' returned (8, 16, 14): token maps and 1-D "
+        "signals are not watched; FilterMonitor reads a Conv1d net's weights)" in line
         for line in said
     )
     # each callback's own alert still reaches on_alert
@@ -642,8 +651,8 @@ def test_a_setup_notice_is_said_when_the_fit_loop_never_starts(tmp_path, skipped
     data = DataLoader(TensorDataset(torch.randn(16, 8, 16), torch.randint(0, 4, (16,))), 8)
     name, value = skipped.split("=")
     trainer = make_trainer(tmp_path, [FilterMonitor()], max_epochs=1, **{name: int(value)})
-    with pytest.warns(UserWarning, match=r"^FilterMonitor: SequenceClassifier has no nn.Conv2d"):
-        trainer.fit(SequenceClassifier(), data)
+    with pytest.warns(UserWarning, match=r"^FilterMonitor: SequenceClassifier has no conv layer"):
+        trainer.fit(SequenceClassifier(conv=False), data)
 
 
 class SkipsTrainStart(GradCAMLogger):
@@ -656,7 +665,7 @@ def test_notices_held_by_a_start_that_never_ends_are_said_at_the_first_batch(tmp
     said_by_first_batch = []
 
     def noticed():
-        return [w for w in caught if "has no nn.Conv2d" in str(w.message)]
+        return [w for w in caught if "has no conv layer" in str(w.message)]
 
     class FirstBatch(pl.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -665,7 +674,7 @@ def test_notices_held_by_a_start_that_never_ends_are_said_at_the_first_batch(tmp
     callbacks = [FilterMonitor(), SkipsTrainStart(), FirstBatch()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_trainer(tmp_path, callbacks, max_epochs=1).fit(SequenceClassifier(), data)
+        make_trainer(tmp_path, callbacks, max_epochs=1).fit(SequenceClassifier(conv=False), data)
     assert said_by_first_batch[0] == 1
     assert len(noticed()) == 1
 

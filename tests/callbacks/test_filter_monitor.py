@@ -607,7 +607,7 @@ def test_model_without_conv_layers_gets_one_notice(tmp_path):
     monitor = FilterMonitor(strict=True)
     with pytest.warns(
         UserWarning,
-        match=r"has no nn.Conv2d or nn.ConvTranspose2d layer with kernels of at least 2x2",
+        match=r"has no conv layer \(nn.Conv1d, 2d, 3d or their transposes\) with kernels",
     ):
         trainer = fit(module, [monitor], tmp_path, epochs=2)
     assert trainer.current_epoch == 2
@@ -1028,3 +1028,73 @@ def test_noisy_inputs_reads_training_batches_not_the_probes(tmp_path, monkeypatc
     assert read == [64] * filter_monitor.INPUT_BATCHES  # the digits' training batches
     assert monitor._input_noise < 0.3  # digits: smooth strokes on a flat ground
     assert "noisy_inputs" not in {a.kind for a in monitor.alerts.raised}
+
+
+class SignalClassifier(pl.LightningModule):
+    """Two Conv-BN-ReLU blocks of ``dims``-D convs (a 1-D signal's or a video's) and a head."""
+
+    def __init__(self, dims: int, lr: float) -> None:
+        super().__init__()
+        conv, norm, pool = {
+            1: (nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d),
+            3: (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d),
+        }[dims]
+        self.net = nn.Sequential(
+            conv(1, 16, 5, padding=2), norm(16), nn.ReLU(),
+            conv(16, 32, 5, padding=2), norm(32), nn.ReLU(),
+            pool(1), nn.Flatten(), nn.Linear(32, 3),
+        )  # fmt: skip
+        self.lr = lr
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def signals(dims: int) -> DataLoader:
+    """Three classes: sines of 3, 6 and 9 periods in noise (1-D), or volumes of noise around
+    0, 1 and 2 (3-D)."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (128,), generator=generator)
+    if dims == 1:
+        periods = 3.0 * (labels[:, None, None] + 1)
+        clean = torch.sin(2 * torch.pi * periods * torch.linspace(0, 1, 128))
+        inputs = clean + 0.3 * torch.randn(128, 1, 128, generator=generator)
+    else:
+        inputs = 0.5 * torch.randn(128, 1, 4, 8, 8, generator=generator)
+        inputs += labels[:, None, None, None, None].float()
+    return DataLoader(TensorDataset(inputs, labels), 32, shuffle=True, generator=generator)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_conv1d_and_conv3d_nets_get_the_alerts_on_how_training_moves_them(tmp_path, dims):
+    """A Conv1d signal classifier at SGD lr 5 (a user's validation loss 40,837 after one epoch)
+    had no alert: only 2-D convs were watched. Their drift and learned are read now (Geary's C
+    and the filter image read 2-D filters only); a healthy run stays silent."""
+    runs = {}
+    for lr in (0.05, 5.0):
+        torch.manual_seed(0)
+        monitor = FilterMonitor()
+        log_dir = tmp_path / str(lr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_trainer(log_dir, [monitor], max_epochs=3).fit(
+                SignalClassifier(dims, lr), signals(dims)
+            )
+        runs[lr] = monitor, read_events(log_dir)
+    healthy, events = runs[0.05]
+    assert not healthy.alerts.raised
+    scalars = set(events.Tags()["scalars"])
+    assert {"filters/net.0/drift", "filters/net.3/learned"} <= scalars
+    assert not [tag for tag in scalars if tag.endswith("noise") or "noisy" in tag]
+    assert not events.Tags()["images"]
+    far_too_high, _ = runs[5.0]
+    raised = {(a.kind, a.layer) for a in far_too_high.alerts.raised}
+    assert {kind for kind, _ in raised} == {"exploding", "overwritten"}
+    assert {layer for kind, layer in raised if kind == "exploding"} == {"net.0", "net.3"}
+    assert min(a.epoch for a in far_too_high.alerts.raised) == 0

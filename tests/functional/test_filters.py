@@ -264,3 +264,24 @@ def test_a_zero_initialized_layer_reads_all_its_change_as_learned_and_no_cosine_
     assert math.isnan(health["step_cosine"].item())
     later = filter_health(weight * 1.1, initial, previous=weight.flatten())
     assert later["step_cosine"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(16, 4, 5), (8, 2, 3, 3, 3)])
+def test_filter_health_of_1d_and_3d_convs_reads_the_moves_without_gearys_c(shape):
+    """A Conv1d's or Conv3d's weight: drift and learned as for a 2-D conv, Geary's C unknown
+    (it reads 2-D filters); reference slices of a large one keep whole kernels."""
+    torch.manual_seed(0)
+    initial = torch.randn(shape)
+    weight = initial + 0.3 * torch.randn(shape)
+    health = filter_health(weight, initial, previous=initial.flatten())
+    drift = (weight - initial).norm() / initial.norm()
+    assert health["drift"].item() == pytest.approx(drift.item(), rel=1e-5)
+    assert 0 < health["learned"].item() <= health["drift"].item()
+    assert 0.8 < health["step_cosine"].item() < 1
+    assert math.isnan(health["noise"].item())
+    assert math.isnan(health["update_noise"].item())
+    large = torch.randn(shape[0] * 64, shape[1] * 16, *shape[2:])
+    slices = reference_slices(large.shape)
+    kept = kernel_slices(large, slices)
+    assert kept.shape == (large.shape[0], slices.shape[1], *shape[2:])
+    assert torch.equal(kept[3, 1], large[3, slices[3, 1]])
