@@ -385,13 +385,22 @@ def _why_no_images(found: Tensor | None) -> str:
         return f"; {advice}"
     shape = f"its inputs have shape {tuple(found.shape)}, not (N, C, H, W)"
     if found.dim() == 3:
+        rows, columns = found.shape[1:]
+        if rows < 4 or columns > 16 * rows:  # (N, 1, 256): a signal, not a grey image
+            return (
+                f" ({shape}): 1-D signals (N, C, L) are not supported; FilterMonitor still "
+                "reads the model's conv weights"
+            )
         return (
             f" ({shape}): 1-D signals (N, C, L) are not supported; grey images without a "
             "channel dimension (N, H, W) are: pass batch_to_images=lambda batch: "
             "(batch[0][:, None], batch[1])"
         )
     if found.dim() == 5:
-        return f" ({shape}): 3-D volumes (N, C, D, H, W) are not supported"
+        return (
+            f" ({shape}): 3-D volumes (N, C, D, H, W) are not supported; FilterMonitor and "
+            "ActivationMonitor still read the model"
+        )
     return f" ({shape}); {advice}"
 
 

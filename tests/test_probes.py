@@ -135,15 +135,23 @@ def test_batches_without_images_are_rejected():
     ("shape", "said"),
     [
         (
-            (8, 2, 64),
+            (8, 16, 20),
             r"1-D signals \(N, C, L\) are not supported; grey images .*batch\[0\]\[:, None\]",
         ),
-        ((8, 1, 4, 16, 16), r"3-D volumes \(N, C, D, H, W\) are not supported$"),
+        (
+            (8, 2, 64),
+            r"1-D signals \(N, C, L\) are not supported; FilterMonitor still reads the model's "
+            "conv weights$",
+        ),
+        ((8, 1, 256), r"are not supported; FilterMonitor still reads the model's conv weights"),
+        ((8, 1, 4, 16, 16), r"3-D volumes \(N, C, D, H, W\) are not supported; FilterMonitor"),
     ],
 )
 def test_signals_and_volumes_are_told_apart_from_grey_images_without_channels(shape, said):
     """The advice "pass batch_to_images=" followed "1-D signals and 3-D volumes are not
-    supported", which no batch_to_images makes images."""
+    supported", which no batch_to_images makes images; a signal of 1 or 2 rows, or many times
+    longer than it is high, got the advice for grey images, which led a user's Conv1d net to
+    "the model cannot run on the first probe, of shape (1, 1, 1, 256)"."""
     batch = [torch.randn(shape), torch.zeros(8, dtype=torch.long)]
     with pytest.raises(ValueError, match=said):
         Probes.from_dataloader([batch])
