@@ -228,7 +228,7 @@ class Probes:
                     if (found := _masks(batch, batch_images)) is not None:
                         masks.append(found.detach().cpu())
                         mask_classes.update(_class_ids(found.unique()).tolist())
-                    elif (hot := _multi_hot(batch, batch_images)) is not None:
+                    elif (hot := multi_hot_targets(batch, batch_images)) is not None:
                         multi_hot.append(hot.detach().cpu())
                 if multi_hot:
                     seen = int(torch.cat(multi_hot).any(dim=0).sum())
@@ -448,7 +448,7 @@ def _masks(batch: Any, images: Tensor) -> Tensor | None:
     return None
 
 
-def _multi_hot(batch: Any, images: Tensor) -> Tensor | None:
+def multi_hot_targets(batch: Any, images: Tensor) -> Tensor | None:
     """The batch's multi-hot targets: an (N, K) tensor of 0s and 1s (K >= 2) second in a
     sequence or under a label key of a dict, as a multi-label classifier trains on; None
     without one."""

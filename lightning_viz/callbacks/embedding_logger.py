@@ -391,10 +391,15 @@ class EmbeddingLogger(ValidationView):
             parts.append(grid(legend, nrow=max(1, width // 64), padding=2))
             parts[-1] = F.pad(parts[-1], (0, max(0, width - parts[-1].shape[-1])), value=255)
             parts[-1] = parts[-1][..., :width]
+        unlabelled = (
+            "The targets are multi-hot (several classes an image), so every dot has one colour"
+            if self.multi_hot
+            else "Without labels every dot has one colour"
+        )
         read = (
             "Classes that form separate clouds are separated by the features"
             if classes
-            else "Without labels every dot has one colour: clouds are groups the features make"
+            else f"{unlabelled}: clouds are groups the features make"
         )
         note = (
             f"Each dot is one image, at its features' two principal components. {read}; the "

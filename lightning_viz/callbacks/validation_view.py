@@ -21,6 +21,7 @@ from lightning_viz.probes import (
     OR_PROBES,
     BatchToImages,
     dataset_normalization,
+    multi_hot_targets,
     split_batch,
     split_batch_with,
 )
@@ -67,6 +68,8 @@ class ValidationView(VizCallback):
         self._split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
         self._riding = False
         self._position = 0
+        # whether the epoch's first batch has multi-hot targets (N, K) where it has no labels
+        self.multi_hot = False
         self._trainer: pl.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._problems: list[str] = []
@@ -181,6 +184,8 @@ class ValidationView(VizCallback):
             self._remove_hooks()
             try:
                 images, labels = self._images_of(batch)
+                if self._position == 0:
+                    self.multi_hot = labels is None and multi_hot_targets(batch, images) is not None
                 self._handles = self.hooks(pl_module, images, labels, self._position)
             except Unsuited as why:
                 self._riding = False

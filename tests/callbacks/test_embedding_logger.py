@@ -141,6 +141,14 @@ class Unlabelled(ImageClassifier):
         self.log("val_mean", self(images).mean())
 
 
+class MultiLabel(ImageClassifier):
+    """Validation batches of images and multi-hot targets (N, K), as a multi-label classifier's."""
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("val_bce", F.binary_cross_entropy_with_logits(self(images), targets))
+
+
 class PerRegion(DigitsCNN):
     """Class scores of each of the 8x8 map's positions, averaged: its head's rows are regions,
     as a detector's box predictor's are proposals."""
@@ -451,3 +459,26 @@ def test_the_projector_is_written_on_the_background_writer(tmp_path, monkeypatch
     assert len(threads) == 2
     assert threading.main_thread() not in threads
     assert len(projector_entries(tmp_path)) == 2
+
+
+def test_multi_hot_targets_are_named_not_called_no_labels(tmp_path):
+    """A multi-label classifier's validation batches hold (N, K) multi-hot targets: the note said
+    "Without labels", and a user looked for the labels they had passed."""
+    logger = EmbeddingLogger(num_images=50, projector=False, strict=True)
+    train_loader, val = digits_loaders()
+    images, labels = val.dataset.tensors
+    targets = F.one_hot(labels, 10).float()
+    targets[:, 0] = 1.0  # every image holds a 0 as well
+    multi_hot = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), 100)
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(
+        MultiLabel(DigitsClassifier().model), train_loader, multi_hot
+    )
+    pixels = image_pixels(read_events(tmp_path).Images("embedding/model.head")[-1])
+    note = footnote(
+        pixels.shape[1],
+        "Each dot is one image, at its features' two principal components. The targets are "
+        "multi-hot (several classes an image), so every dot has one colour: clouds are groups "
+        "the features make; the Projector tab shows the same images with t-SNE or UMAP.",
+        dtype=torch.uint8,
+    )
+    assert np.array_equal(pixels[-note.shape[1] :], note.permute(1, 2, 0).numpy())
