@@ -241,12 +241,9 @@ def filter_health(
     initial = initial.to(weight.device, non_blocking=True).float()
     compared = kernel_slices(weight, slices).float()
     tiny = torch.finfo(torch.float32).tiny
-    # Geary's C reads 2-D filters: a 1-D or 3-D conv's is unknown
-    noise = (
-        filter_noise(weight)
-        if weight.dim() == 4
-        else torch.full(weight.shape[:1], math.nan, device=weight.device)
-    )
+    planar = weight.dim() == 4  # Geary's C reads 2-D filters: a 1-D or 3-D conv's is unknown
+    unknown = torch.full(weight.shape[:1], math.nan, device=weight.device)
+    noise = filter_noise(weight) if planar else unknown
     update = compared - initial
     fan_in = weight.shape[1] * weight[0, 0].numel() if fan_in is None else fan_in
     initial_scale, update_scale, compared_scale = map(_largest, (initial, update, compared))
@@ -286,7 +283,7 @@ def filter_health(
         / initial_scale
         * ((compared / compared_scale).norm() / initial_norm),
         "step_cosine": step_cosine,
-        "update_noise": filter_noise(update).median() if weight.dim() == 4 else noise[0],
+        "update_noise": filter_noise(update).median() if planar else noise.median(),
         "finite": all_finite(flat).float(),
         "sample": sampled,
     }
