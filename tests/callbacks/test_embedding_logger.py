@@ -211,11 +211,17 @@ def test_a_chosen_layers_output_of_unlabelled_batches_without_projector(tmp_path
     tab10_blue = np.array([31, 119, 180])  # every dot in the colour of class 0
     assert (np.abs(pixels[..., :3].astype(int) - tab10_blue).sum(-1) == 0).sum() > 100
     # a user's SimCLR embedding read "Classes that form separate clouds": there were none
+    assert_noted(pixels, "Without labels every dot has one colour")
+
+
+def assert_noted(pixels: np.ndarray, why_one_colour: str) -> None:
+    """The embedding image ends with the note on reading it, saying why its dots have one
+    colour."""
     note = footnote(
         pixels.shape[1],
-        "Each dot is one image, at its features' two principal components. Without labels every "
-        "dot has one colour: clouds are groups the features make; the Projector tab shows the "
-        "same images with t-SNE or UMAP.",
+        f"Each dot is one image, at its features' two principal components. {why_one_colour}: "
+        "clouds are groups the features make; the Projector tab shows the same images with t-SNE "
+        "or UMAP.",
         dtype=torch.uint8,
     )
     assert np.array_equal(pixels[-note.shape[1] :], note.permute(1, 2, 0).numpy())
@@ -474,11 +480,6 @@ def test_multi_hot_targets_are_named_not_called_no_labels(tmp_path):
         MultiLabel(DigitsClassifier().model), train_loader, multi_hot
     )
     pixels = image_pixels(read_events(tmp_path).Images("embedding/model.head")[-1])
-    note = footnote(
-        pixels.shape[1],
-        "Each dot is one image, at its features' two principal components. The targets are "
-        "multi-hot (several classes an image), so every dot has one colour: clouds are groups "
-        "the features make; the Projector tab shows the same images with t-SNE or UMAP.",
-        dtype=torch.uint8,
+    assert_noted(
+        pixels, "The targets are multi-hot (several classes an image), so every dot has one colour"
     )
-    assert np.array_equal(pixels[-note.shape[1] :], note.permute(1, 2, 0).numpy())
