@@ -219,7 +219,8 @@ class FilterMonitor(VizCallback):
         ValueError: bad arguments (at construction); unknown layer names (the closest valid names
             are listed) or a model without conv layers (at fit start).
 
-    Logged keys (``<layer>`` is the name in ``model.named_modules()``):
+    Logged keys (``<layer>`` is the name in ``model.named_modules()``; a 1-D or 3-D conv logs
+    ``drift`` and ``learned`` only):
 
     - ``filters/<layer>/noise``: median Geary's C of the layer's filters.
     - ``filters/<layer>/noisy_fraction``: fraction of filters with C >= ``noise_threshold``.
