@@ -1098,3 +1098,33 @@ def test_conv1d_and_conv3d_nets_get_the_alerts_on_how_training_moves_them(tmp_pa
     assert {kind for kind, _ in raised} == {"exploding", "overwritten"}
     assert {layer for kind, layer in raised if kind == "exploding"} == {"net.0", "net.3"}
     assert min(a.epoch for a in far_too_high.alerts.raised) == 0
+
+
+class ChannelAttention(nn.Module):
+    """ECA (Wang et al., 2020): a Conv1d of 3 taps across the pooled channels gates them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.conv(x.mean(dim=(2, 3))[:, None]))[:, 0]
+        return x * gate[:, :, None, None]
+
+
+def test_an_image_cnns_1d_convs_are_not_its_features(tmp_path):
+    """Where a model has 2-D convs, its 1-D ones are gadgets such as ECA's channel attention
+    (one filter of 3 taps): the network's medians and images read the 2-D convs alone, as
+    before 1-D convs were watched; named with layers=, a 1-D conv is read."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 5), ChannelAttention(), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    default, named = FilterMonitor(), FilterMonitor(layers=["model.0", "model.1.conv"])
+    fit(ImageClassifier(net, lr=0.05), [default, named], tmp_path, epochs=1)
+    assert list(default._layers) == ["model.0"]
+    assert list(named._layers) == ["model.0", "model.1.conv"]
+    events = read_events(tmp_path).Tags()
+    assert "filters/model.1.conv/drift" in events["scalars"]
+    assert "filters/model.1.conv/noise" not in events["scalars"]
+    assert events["images"] == ["filters/model.0"]
