@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,6 +88,8 @@ def main(out: Path, devices: int, mode: str | None) -> None:
         "input_noise": next((c._input_noise for c in callbacks if isinstance(c, FilterMonitor)), 0),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(summary))
+    if torch.distributed.is_initialized():  # as PyTorch asks: left to exit, gloo aborted once
+        torch.distributed.destroy_process_group()  # ("terminate called", exit code -6 in CI)
 
 
 if __name__ == "__main__":
