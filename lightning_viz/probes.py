@@ -17,6 +17,8 @@ from lightning_viz.functional.images import normalize, to_rgb, unnormalized
 
 MIN_PICKED, MAX_PICKED = 8, 16
 """How many probes ``from_dataloader`` picks by default: one per class, at least 8, at most 16."""
+VALUE_POOL = 4
+"""Float targets: ``from_dataloader`` picks its probes from this many times as many images."""
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -45,12 +47,14 @@ class Probes:
             box fits badly (a segmentation's ground truth); give boxes or masks, not both.
         multi_label: each probe's label is one of the classes of a multi-label target (picked
             from multi-hot targets): the class views read each class's sigmoid by default.
+        values: optional (N,) float targets, a regressor's (or a single-logit classifier's 0s
+            and 1s): each probe's caption says its true value beside the model's output.
 
     Raises:
         ValueError: images that are not a non-empty (N, C, H, W) float batch, labels of another
             length or not integers, display images of another shape or outside [0, 1], boxes
             that are not (N, 4) integers inside the images, masks that are not (N, H, W) with a
-            pixel inside each, or both boxes and masks.
+            pixel inside each, both boxes and masks, or values that are not N finite floats.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Probes:
         boxes: Tensor | None = None,
         masks: Tensor | None = None,
         multi_label: bool = False,
+        values: Tensor | None = None,
     ):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -78,6 +83,18 @@ class Probes:
                     f"{tuple(labels.shape)} {labels.dtype}"
                 )
             labels = labels.long()
+        if values is not None:
+            values = torch.as_tensor(values)
+            if (
+                values.shape != (n,)
+                or not values.dtype.is_floating_point
+                or not values.isfinite().all()
+            ):
+                raise ValueError(
+                    f"probe values must be {n} finite floats (a regressor's targets), got shape "
+                    f"{tuple(values.shape)} {values.dtype}"
+                )
+            values = values.detach().float()
         if display is None:
             pixels = images.float()
             grey = pixels if pixels.shape[1] in (1, 3) else pixels.mean(dim=1, keepdim=True)
@@ -123,6 +140,7 @@ class Probes:
         self.boxes = boxes
         self.masks = masks
         self.multi_label = bool(multi_label)
+        self.values = values
 
     @property
     def regions(self) -> Tensor | None:
@@ -134,7 +152,13 @@ class Probes:
         return self.images.shape[0]
 
     def __repr__(self) -> str:
-        labels = "with labels" if self.labels is not None else "no labels"
+        labels = (
+            "with labels"
+            if self.labels is not None
+            else "with values"
+            if self.values is not None
+            else "no labels"
+        )
         return f"Probes({len(self)} x {tuple(self.images.shape[1:])}, {labels})"
 
     @property
@@ -149,8 +173,11 @@ class Probes:
         labels = None if self.labels is None else self.labels.to(device)
         boxes = None if self.boxes is None else self.boxes.to(device)
         masks = None if self.masks is None else self.masks.to(device)
+        values = None if self.values is None else self.values.to(device)
         display = self.display.to(device)
-        return Probes(self.images.to(device), labels, display, boxes, masks, self.multi_label)
+        return Probes(
+            self.images.to(device), labels, display, boxes, masks, self.multi_label, values
+        )
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"images": self.images.cpu(), "display": self.display.cpu()}
@@ -162,6 +189,8 @@ class Probes:
             state["masks"] = self.masks.cpu()
         if self.multi_label:
             state["multi_label"] = torch.tensor(True)
+        if self.values is not None:
+            state["values"] = self.values.cpu()
         return state
 
     @classmethod
@@ -173,6 +202,7 @@ class Probes:
             state.get("boxes"),
             state.get("masks"),
             bool(state.get("multi_label", False)),
+            state.get("values"),
         )
 
     @classmethod
@@ -196,9 +226,11 @@ class Probes:
         (N, K) tensor of 0s and 1s, a multi-label classifier's) pick per class the first image
         it is on with the fewest classes on, labelled with that class (``multi_label``: the class
         views then read each class's sigmoid unless told otherwise); one-hot targets (a single 1
-        per image) are labels. The probes are displayed as they were before a torchvision
-        ``Normalize`` in the dataset's transform (or a ``Subset``'s dataset's), where there is
-        one.
+        per image) are labels. Float targets (an (N,) or (N, 1) tensor, a regressor's) pick
+        images spread evenly over their range, lowest first, from :data:`VALUE_POOL` times as
+        many as wanted, each carrying its value. The probes are displayed as they were before a
+        torchvision ``Normalize`` in the dataset's transform (or a ``Subset``'s dataset's), where
+        there is one.
         A map-style DataLoader is read through a fresh, unshuffled loader
         over its dataset (its own sampler and generator are not touched); any other iterable is
         read as it is. Either way under a fixed seed, with the global torch, numpy and Python
@@ -216,7 +248,7 @@ class Probes:
             check_int("n", n)
         wanted = MAX_PICKED if n is None else n
         split = split_batch if batch_to_images is None else split_batch_with(batch_to_images)
-        images, labels, masks, multi_hot, classes_seen = [], [], [], [], [0]
+        images, labels, masks, multi_hot, values, classes_seen = [], [], [], [], [], [0]
         mask_classes: set[int] = set()
         with preserved_rng(seed=0):
             for index, batch in enumerate(_in_dataset_order(loader)):
@@ -230,6 +262,8 @@ class Probes:
                         mask_classes.update(_class_ids(found.unique()).tolist())
                     elif (hot := multi_hot_targets(batch, batch_images)) is not None:
                         multi_hot.append(hot.detach().cpu())
+                    elif (found := regression_targets(batch, batch_images)) is not None:
+                        values.append(found.detach().cpu())
                 if multi_hot:
                     seen = int(torch.cat(multi_hot).any(dim=0).sum())
                 else:
@@ -241,7 +275,8 @@ class Probes:
                     or classes_seen[-1] >= wanted
                     or (n is None and len(set(classes_seen[-3:])) == 1)
                 )
-                if index + 1 >= max_batches or (count >= wanted and all_classes):
+                pool = VALUE_POOL * wanted if values else wanted
+                if index + 1 >= max_batches or (count >= pool and all_classes):
                     break
         if not images:
             raise ValueError("the dataloader yielded no batch to pick probes from")
@@ -265,6 +300,13 @@ class Probes:
                 shown = all_images[chosen[:n]]
                 display = unnormalized(shown, normalization)
                 return cls(shown, classes[:n], display, multi_label=True)
+        if values and len(values) == len(images):
+            all_values = torch.cat(values)
+            ranked = all_values.argsort(stable=True)
+            chosen = ranked[torch.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().long()]
+            shown = all_images[chosen]
+            display = unnormalized(shown, normalization)
+            return cls(shown, display=display, values=all_values[chosen])
         all_labels = torch.cat(labels) if len(labels) == len(images) else None
         order = (
             _class_first_order(all_labels)
@@ -461,6 +503,21 @@ def multi_hot_targets(batch: Any, images: Tensor) -> Tensor | None:
             and bool(((value == 0) | (value == 1)).all())
         ):
             return value != 0
+    return None
+
+
+def regression_targets(batch: Any, images: Tensor) -> Tensor | None:
+    """The batch's float targets as (N,): an (N,) or (N, 1) tensor of finite floats second in a
+    sequence or under a label key of a dict, as a regressor (or a single-logit classifier
+    under ``BCEWithLogitsLoss``) trains on; None without one."""
+    for value in _targets(batch, _LABEL_KEYS):
+        if (
+            isinstance(value, Tensor)
+            and value.dtype.is_floating_point
+            and value.shape in ((images.shape[0],), (images.shape[0], 1))
+            and bool(value.isfinite().all())
+        ):
+            return value.reshape(-1)
     return None
 
 

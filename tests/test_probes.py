@@ -63,7 +63,38 @@ def test_state_round_trip_loads_with_weights_only(tmp_path):
     assert torch.equal(restored.labels, probes.labels)
     assert torch.equal(restored.display, probes.display)
     assert restored.multi_label
+    assert restored.values is None
     assert not Probes.from_state_dict(Probes(torch.randn(1, 3, 4, 4)).state_dict()).multi_label
+    regression = Probes(torch.randn(2, 3, 4, 4), values=torch.tensor([0.5, -2.0]))
+    torch.save(regression.state_dict(), tmp_path / "regression.pt")
+    state = torch.load(tmp_path / "regression.pt", weights_only=True)
+    assert Probes.from_state_dict(state).values.tolist() == [0.5, -2.0]
+
+
+@pytest.mark.parametrize("as_column", [False, True])
+def test_float_targets_pick_probes_spread_over_their_range_with_their_values(as_column):
+    """A regressor's probes were the first 8 images, unlabelled: captions could not say
+    what each one's output should be."""
+    targets = torch.linspace(0, 1, 40)[
+        torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    ]
+    images = targets.view(40, 1, 1, 1).expand(40, 1, 2, 2)
+    column = targets[:, None] if as_column else targets
+    loader = DataLoader(TensorDataset(images, column), batch_size=5)
+    probes = Probes.from_dataloader(loader, n=4)  # from 4 x 4 images: 4 batches of 5
+    ranked = targets[:20].sort().values
+    assert probes.values.tolist() == ranked[[0, 6, 13, 19]].tolist()
+    assert torch.equal(probes.images[:, 0, 0, 0], probes.values)
+    assert probes.labels is None
+    assert "with values" in repr(probes)
+    # under a dict's label key too; a target with a NaN is none
+    dicts = [{"image": images[:5], "target": targets[:5]}]
+    assert (
+        Probes.from_dataloader(dicts, n=2).values.tolist()
+        == targets[:5].sort().values[[0, 4]].tolist()
+    )
+    broken = [(images[:5], torch.full((5,), float("nan")))]
+    assert Probes.from_dataloader(broken, n=2).values is None
 
 
 def test_multi_hot_targets_pick_per_class_the_clearest_image_it_is_on():
@@ -116,6 +147,9 @@ def test_from_files(tmp_path):
         ({"labels": torch.tensor([0.5, 1.0])}, "integer class indices"),
         ({"display": torch.rand(2, 3, 5, 5)}, r"RGB of shape \(2, 3, 4, 4\).*got \(2, 3, 5, 5\)"),
         ({"display": torch.rand(2, 3, 4, 4) * 2}, r"lie in \[0, 1\]"),
+        ({"values": torch.tensor([1, 2])}, r"2 finite floats .* got shape \(2,\) torch.int64"),
+        ({"values": torch.tensor([0.5, float("inf")])}, "finite floats"),
+        ({"values": torch.rand(2, 1)}, r"got shape \(2, 1\)"),
     ],
 )
 def test_bad_probes(kwargs, message):

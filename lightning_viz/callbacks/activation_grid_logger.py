@@ -23,7 +23,6 @@ from lightning_viz.functional._validation import all_finite, check_int, not_fini
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.captions import (
     captioned_blocks,
-    class_name,
     color_bar,
     footnote,
     stack_rows,
@@ -326,11 +325,10 @@ class ActivationGridLogger(ProbeCallback):
         lines = [
             self._scale_note(layer, bool(host["signed"])),
             "",
-            "| probe | class | scale (largest absolute value) | values <= 0 | dead channels | "
+            "| probe | target | scale (largest absolute value) | values <= 0 | dead channels | "
             "channels (mean activation) |",
             "|---|---|---|---|---|---|",
         ]
-        labels = None if probes.labels is None else probes.labels.tolist()
         rows = zip(
             host["channels"].long().tolist(),
             host["means"].tolist(),
@@ -340,7 +338,7 @@ class ActivationGridLogger(ProbeCallback):
             strict=True,
         )
         for i, (channels, means, scale, zero, dead) in enumerate(rows):
-            label = "-" if labels is None else class_name(labels[i], self.class_names)
+            label = self.probe_target(probes, i) or "-"
             shown = ", ".join(f"{c} ({m:.3g})" for c, m in zip(channels, means, strict=True))
             lines.append(f"| {i} | {label} | {scale:.3g} | {zero:.0%} | {dead:.0%} | {shown} |")
         return "\n".join(lines)

@@ -406,12 +406,18 @@ class ClassView(ProbeCallback):
         elif self._single_output:
             outputs = self.measured(logits)[:, 0].cpu().tolist()
             if self.explained_quantity == "probability":  # a single-logit binary classifier
-                table = ["| probe | probability |", "|---|---|"]
-                captions = [f"p {percent(value)}" for value in outputs]
+                quantity, captions = "probability", [f"p {percent(value)}" for value in outputs]
             else:
-                table = ["| probe | output |", "|---|---|"]
-                captions = [f"out {value:.3g}" for value in outputs]
-            table += [f"| {i} | {value:.4g} |" for i, value in enumerate(outputs)]
+                quantity, captions = "output", [f"out {value:.3g}" for value in outputs]
+            if probes.values is None:
+                table = [f"| probe | {quantity} |", "|---|---|"]
+                table += [f"| {i} | {value:.4g} |" for i, value in enumerate(outputs)]
+            else:  # a regressor's targets beside its outputs
+                table = [f"| probe | target | {quantity} |", "|---|---|---|"]
+                table += [
+                    f"| {i} | {self.probe_target(probes, i)} | {value:.4g} |"
+                    for i, value in enumerate(outputs)
+                ]
             return image_captions, captions, "\n".join(table)
         else:
             probabilities = self.measured(logits).cpu()

@@ -368,7 +368,7 @@ class ProbeCallback(VizCallback):
         """ "on N probes" for the "watching" line, which says when they have no labels (the
         views then explain the predicted class; a batch whose labels are not its second
         element needs ``batch_to_images=``) and when they came from the training data."""
-        labelled = "" if self.probes.labels is not None else "unlabelled "
+        labelled = "" if self.probe_target(self.probes, 0) is not None else "unlabelled "
         where = " from the training data (no validation data)" if self._from_training else ""
         return f"on {len(self.probes)} {labelled}probes{where}"
 
@@ -379,12 +379,22 @@ class ProbeCallback(VizCallback):
         """What a probe's tile, ``width`` pixels wide, says: "true <class>" when it has a label,
         the class name alone where "true " would cut it ("true green s…" could be a green
         square or a green star), shortened where even that does not fit
-        (:func:`~lightning_viz.functional.captions.with_name`), else its index."""
-        if probes.labels is None:
+        (:func:`~lightning_viz.functional.captions.with_name`), "true <value>" when it has a
+        float target, else its index."""
+        name = self.probe_target(probes, index)
+        if name is None:
             return f"probe {index}"
-        name = class_name(int(probes.labels[index]), self.class_names)
         labelled = f"true {name}"
         return labelled if fits(labelled, width) else with_name("{}", name, width)
+
+    def probe_target(self, probes: Probes, index: int) -> str | None:
+        """A probe's true class name or float target, as captions and tables give it; None
+        without either."""
+        if probes.labels is not None:
+            return class_name(int(probes.labels[index]), self.class_names)
+        if probes.values is not None:
+            return f"{float(probes.values[index]):.3g}"
+        return None
 
     def probe_forward(self, pl_module: pl.LightningModule) -> Forward | None:
         """How probe passes run the model (:func:`forward_with` the callback's ``forward_fn``)."""

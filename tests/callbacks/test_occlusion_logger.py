@@ -114,25 +114,34 @@ class Scorer(pl.LightningModule):
 
 def test_a_model_with_one_output_is_explained_by_its_value_not_a_softmax(tmp_path):
     """A regression head's captions said "pred 0 100%" (the softmax of one output), and the
-    occlusion of that probability was 0 everywhere."""
-    images = torch.rand(32, 1, 16, 16)
-    data = DataLoader(TensorDataset(images, images.mean(dim=(1, 2, 3))[:, None]), batch_size=8)
+    occlusion of that probability was 0 everywhere. Its float targets are the probes' values:
+    the captions read "probe 0" and no table gave the true value beside the output."""
+    images = torch.rand(64, 1, 16, 16)
+    targets = images.mean(dim=(1, 2, 3))[:, None]
+    data = DataLoader(TensorDataset(images, targets), batch_size=8)
     logger, gradcam = OcclusionLogger(strict=True), GradCAMLogger(strict=True)
     module = Scorer(1, torch.nn.functional.mse_loss)
     make_trainer(tmp_path, [logger, gradcam], max_epochs=1).fit(module, data)
     events = read_events(tmp_path)
+    # 8 probes spread over the range of the targets (4 x 16 images read), lowest first
+    ranked = targets[:, 0].sort().values
+    assert logger.probes.values.tolist() == ranked[::9].tolist()
     with torch.no_grad():
         outputs = module.eval()(logger.probes.images)[:, 0]
     for tag in ("occlusion/sensitivity/targets", "gradcam/model.1/targets"):
         rows = text_rows(events, tag)
         assert [int(row[0]) for row in rows] == list(range(8))
-        assert [float(row[1]) for row in rows] == pytest.approx(outputs.tolist(), rel=1e-3)
+        assert [float(row[1]) for row in rows] == pytest.approx(
+            logger.probes.values.tolist(), abs=1e-3
+        )
+        assert [float(row[2]) for row in rows] == pytest.approx(outputs.tolist(), rel=1e-3)
     # the occlusion of the output itself: its drops are the functional view's on raw scores
     expected = occlusion(module, logger.probes.images, 0, window=4, stride=2, probabilities=False)
-    drops = [float(row[2]) for row in text_rows(events, "occlusion/sensitivity/targets")]
+    drops = [float(row[3]) for row in text_rows(events, "occlusion/sensitivity/targets")]
     assert drops == pytest.approx(expected.flatten(1).amax(dim=1).tolist(), abs=1e-3)
     assert max(drops) > 0
     pixels = image_pixels(events.Images("gradcam/model.1")[-1])
+    assert_caption(pixels, f"true {logger.probes.values[0].item():.3g}", x=6, y=6, width=96)
     assert_caption(pixels, f"out {outputs[0].item():.3g}", x=6 + 98, y=6, width=96)
 
 
