@@ -107,6 +107,7 @@ class RunContext:
         self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
         self.held_count: tuple[int, Callable[[], None]] | None = None  # (step, write its count)
         self.stopped_at: int | None = None  # the step whose alerts stopped training
+        self.first_renders: list[VizCallback] | None = None  # said before the first of them
         self._recording: list[str] = []
         self._order_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -129,8 +130,21 @@ class RunContext:
         else:
             where = "no TensorBoardLogger attached: scalars only"
         rank_zero_info(f"lightning-viz: {where}")
-        first = [type(c).__name__ for c in self.callbacks(trainer) if c.renders_at_start()]
-        if first:  # on a big model with every view, minutes passed without a word
+        self.first_renders = [c for c in self.callbacks(trainer) if c.renders_at_start()]
+
+    def rendering(self, trainer: pl.Trainer) -> None:
+        """Before the first view rendered at fit start, print on rank 0 which views render
+        before the first step (on a big model with every view, minutes passed without a word):
+        those still showing, not those that found at their start that the model does not suit
+        them (a Conv1d net's probe views were listed, then showed nothing), nor those that
+        render nothing without a logger that takes images."""
+        first = [
+            type(c).__name__
+            for c in self.first_renders or []
+            if c.showing and c.logs_anything(trainer)
+        ]
+        self.first_renders = None
+        if first:
             rank_zero_info(
                 "lightning-viz: rendering the views of the model before its first step "
                 f"({', '.join(first)}); training starts after them"

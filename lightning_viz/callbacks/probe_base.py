@@ -251,6 +251,7 @@ class ProbeCallback(VizCallback):
             )
             return
         if self.at_fit_start and not resumed:
+            RunContext.of(trainer).rendering(trainer)
             self._run(trainer, pl_module)
 
     @override
