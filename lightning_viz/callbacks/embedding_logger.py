@@ -39,11 +39,13 @@ from lightning_viz.functional.captions import (
 )
 from lightning_viz.functional.embedding import (
     MAX_DISTINCT_CLASSES,
+    VALUE_COLORMAP,
     class_colours,
     knn_accuracy,
     pca_2d,
     scatter_image,
     subset_positions,
+    value_colours,
 )
 from lightning_viz.functional.gradcam import on_the_scores_path
 from lightning_viz.functional.images import CARD_WIDTH, normalize, to_uint8
@@ -74,9 +76,10 @@ class EmbeddingLogger(ValidationView):
     the parameters): what the network has made of the image just before it decides. Then, on
     global rank 0:
 
-    - the projector gets them with each image's class and a thumbnail (as the dataset had the
-      image before its torchvision ``Normalize``, else min-max normalized; ``add_embedding``:
-      TensorBoard's Projector tab shows t-SNE, UMAP or PCA of them, one entry per epoch);
+    - the projector gets them with each image's class (or float target) and a thumbnail (as
+      the dataset had the image before its torchvision ``Normalize``, else min-max normalized;
+      ``add_embedding``: TensorBoard's Projector tab shows t-SNE, UMAP or PCA of them, one
+      entry per epoch);
     - a scatter plot of their two principal components (PCA on the device), coloured by class,
       goes to the Images tab, so the evolution shows epoch after epoch;
     - the leave-one-out k-nearest-neighbour accuracy of their classes (cosine similarity) is
@@ -115,7 +118,8 @@ class EmbeddingLogger(ValidationView):
     - ``embedding/<layer>`` (image): the scatter plot of the subset's features on their two
       principal axes, a dot per image coloured by its class (a colour each up to 20 classes,
       with their legend; past 20, a colour bar by class index, where neighbouring classes look
-      alike), and the k-NN accuracy in its caption.
+      alike; a regressor's float targets, (N,) or (N, 1), colour it by value, with a colour
+      bar), and the k-NN accuracy in its caption.
     - ``embedding/<layer>/knn_accuracy``: the k-NN accuracy (leave one out) on the subset's
       images whose class has another image in it; not logged where no class has two.
     - the projector's ``embedding/<layer>`` at each logged step (``<step>/embedding%2f<layer>/``
@@ -342,34 +346,50 @@ class EmbeddingLogger(ValidationView):
         if not self._features:
             return
         features = torch.cat(self._features)
-        labelled = len(self._labels) == len(self._features)
-        labels = torch.cat(self._labels).long() if labelled else None
+        targets = torch.cat(self._labels) if len(self._labels) == len(self._features) else None
+        values = targets if targets is not None and targets.is_floating_point() else None
+        labels = None if targets is None or values is not None else targets.long()
         if not all_finite(features):
             raise not_finite_error(f"the features of {self._layer[0]!r}", "the validation images")
         accuracy = knn_accuracy(features, labels, self.k) if labels is not None else None
         points = pca_2d(features)
-        count = 1 if labels is None else int(labels.max()) + 1
-        colours = class_colours(
-            labels if labels is not None else torch.zeros(len(features)), count, features.device
-        )
+        if values is not None:
+            colours = value_colours(values)
+        else:
+            count = 1 if labels is None else int(labels.max()) + 1
+            colours = class_colours(
+                labels if labels is not None else torch.zeros(len(features)),
+                count,
+                features.device,
+            )
         scatter = scatter_image(points, colours, SCATTER_SIDE)
         host = to_host(
             {"features": features}
             | ({} if labels is None else {"labels": labels, "accuracy": accuracy})
+            | ({} if values is None else {"values": values})
         )
         name = self._layer[0]
         classes = None if labels is None else sorted(set(host["labels"].long().tolist()))
         knn = None if labels is None else float(host["accuracy"])
         if knn is not None and not math.isnan(knn):
             self.log_scalars(trainer, {tags.tag(tags.EMBEDDING_SCALAR, name, "knn_accuracy"): knn})
-        self.log_image(
-            trainer, tags.tag(tags.EMBEDDING, name), self._picture(scatter, classes, knn)
+        value_range = (
+            None if values is None else (float(host["values"].min()), float(host["values"].max()))
         )
+        picture = self._picture(scatter, classes, knn, value_range)
+        self.log_image(trainer, tags.tag(tags.EMBEDDING, name), picture)
         if self.projector:
             self._write_projector(trainer, host, torch.cat(self._thumbnails).cpu())
 
-    def _picture(self, scatter: Tensor, classes: list[int] | None, knn: float | None) -> Tensor:
-        """The scatter plot under its title, with the class legend and a note on how to read it."""
+    def _picture(
+        self,
+        scatter: Tensor,
+        classes: list[int] | None,
+        knn: float | None,
+        value_range: tuple[float, float] | None = None,
+    ) -> Tensor:
+        """The scatter plot under its title, with the class legend (or the colour bar of the
+        float targets' ``value_range``) and a note on how to read it."""
         name, _, head_input = self._layer
         device, width = scatter.device, scatter.shape[-1]
         what = f"input of {name}" if head_input else name
@@ -383,6 +403,10 @@ class EmbeddingLogger(ValidationView):
             first, last = (class_name(c, self.class_names) for c in (0, classes[-1]))
             title = f"class, by index (past {MAX_DISTINCT_CLASSES}, neighbours look alike)"
             parts.append(color_bar(width, "turbo", first, last, title, device, torch.uint8))
+        elif value_range is not None:
+            low, high = (f"{v:.3g}" for v in value_range)
+            bar = color_bar(width, VALUE_COLORMAP, low, high, "target", device, torch.uint8)
+            parts.append(bar)
         elif classes:
             names = [class_name(c, self.class_names) for c in classes]
             colours = class_colours(classes, classes[-1] + 1, device)
@@ -396,11 +420,15 @@ class EmbeddingLogger(ValidationView):
             if self.multi_hot
             else "Without labels every dot has one colour"
         )
-        read = (
-            "Classes that form separate clouds are separated by the features"
-            if classes
-            else f"{unlabelled}: clouds are groups the features make"
-        )
+        if classes:
+            read = "Classes that form separate clouds are separated by the features"
+        elif value_range is not None:
+            read = (
+                "Each dot's colour is its image's target: colours that run in order across the "
+                "cloud mean the features order the images by it"
+            )
+        else:
+            read = f"{unlabelled}: clouds are groups the features make"
         note = (
             f"Each dot is one image, at its features' two principal components. {read}; the "
             "Projector tab shows the same images with t-SNE or UMAP."
@@ -418,6 +446,10 @@ class EmbeddingLogger(ValidationView):
             names = [class_name(c, self.class_names) for c in host["labels"].long().tolist()]
             metadata = [[n, str(p)] for n, p in zip(names, positions, strict=True)]
             header = ["class", "position"]
+        elif "values" in host:
+            values = [f"{v:.4g}" for v in host["values"].tolist()]
+            metadata = [[v, str(p)] for v, p in zip(values, positions, strict=True)]
+            header = ["target", "position"]
         else:
             metadata, header = [str(p) for p in positions], None
         features = host["features"].numpy()

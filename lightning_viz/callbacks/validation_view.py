@@ -22,6 +22,7 @@ from lightning_viz.probes import (
     BatchToImages,
     dataset_normalization,
     multi_hot_targets,
+    regression_targets,
     split_batch,
     split_batch_with,
 )
@@ -88,7 +89,8 @@ class ValidationView(VizCallback):
         self, pl_module: pl.LightningModule, images: Tensor, labels: Tensor | None, first: int
     ) -> list[RemovableHandle]:
         """The forward hooks for one batch whose images are at stream positions ``first``,
-        ``first + 1``, ...; none when the batch holds nothing the view needs."""
+        ``first + 1``, ...; none when the batch holds nothing the view needs. ``labels``: the
+        batch's class labels, its float targets (a regressor's), or None."""
         return []
 
     def end_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -186,6 +188,8 @@ class ValidationView(VizCallback):
                 images, labels = self._images_of(batch)
                 if self._position == 0:
                     self.multi_hot = labels is None and multi_hot_targets(batch, images) is not None
+                if labels is None and not self._given_split:
+                    labels = regression_targets(batch, images)
                 self._handles = self.hooks(pl_module, images, labels, self._position)
             except Unsuited as why:
                 self._riding = False

@@ -94,6 +94,19 @@ def class_colours(
     return table[indices]
 
 
+VALUE_COLORMAP = "viridis"
+"""The colormap of dots coloured by a float target (a regressor's), lowest dark."""
+
+
+def value_colours(values: Tensor) -> Tensor:
+    """(N, 3) uint8 colours of float ``values`` on :data:`VALUE_COLORMAP`, their range spread
+    over it (one value: its middle)."""
+    low, high = values.min(), values.max()
+    position = ((values - low) / (high - low).clamp_min(1e-12)).where(high > low, 0.5)
+    table = colormap_table(VALUE_COLORMAP).to(values.device)
+    return (table[(position * (len(table) - 1)).round().long()] * 255).round().to(torch.uint8)
+
+
 def scatter_image(points: Tensor, colours: Tensor, size: int = 400, radius: int = 3) -> Tensor:
     """A (3, size, size) uint8 scatter plot of (N, 2) points drawn as discs in (N, 3) uint8
     colours on white, scaled to fill the square with a margin (equal scale on both axes, so

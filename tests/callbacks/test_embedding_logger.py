@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from lightning_viz import EmbeddingLogger, TopPatchesLogger
 from lightning_viz._compat import add_embedding
 from lightning_viz.functional.captions import footnote
-from lightning_viz.functional.embedding import knn_accuracy, subset_positions
+from lightning_viz.functional.embedding import knn_accuracy, subset_positions, value_colours
 from lightning_viz.testing import DigitsCNN, ImageClassifier, digits_loaders, sequential_cnn
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
@@ -31,7 +31,7 @@ TAG = "embedding/model.head"
 VALIDATION_SIZE = 360
 
 
-def projector_entries(log_dir):
+def projector_entries(log_dir, header="class\tposition"):
     """The projector's embeddings as TensorBoard reads them: (step, features, metadata rows)."""
     config = text_format.Parse((log_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
     entries = []
@@ -39,7 +39,7 @@ def projector_entries(log_dir):
         assert embedding.tensor_name.startswith(TAG + ":")
         features = projector_plugin._read_tensor_tsv_file(str(log_dir / embedding.tensor_path))
         lines = (log_dir / embedding.metadata_path).read_text().splitlines()
-        assert lines[0] == "class\tposition"
+        assert lines[0] == header
         sprite = log_dir / embedding.sprite.image_path
         assert sprite.exists()
         assert list(embedding.sprite.single_image_dim) == [32, 32]
@@ -483,3 +483,49 @@ def test_multi_hot_targets_are_named_not_called_no_labels(tmp_path):
     assert_noted(
         pixels, "The targets are multi-hot (several classes an image), so every dot has one colour"
     )
+
+
+class Regressor(ImageClassifier):
+    """One float per image, the digit's value, trained with the MSE on (N, 1) float targets."""
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        return F.mse_loss(self(images), targets)
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("val_mse", F.mse_loss(self(images), targets))
+
+
+def test_a_regressors_dots_are_coloured_by_their_float_targets(tmp_path):
+    """A regressor's validation batches hold float targets: every dot had one colour under
+    "Without labels", and the projector named no target."""
+    train_images, train_labels = digits_loaders()[0].dataset.tensors
+    images, labels = digits_loaders()[1].dataset.tensors
+    model = DigitsClassifier().model
+    model.head = nn.Linear(model.head.in_features, 1)
+
+    def floats(images, labels):
+        dataset = torch.utils.data.TensorDataset(images, labels.float()[:, None])
+        return torch.utils.data.DataLoader(dataset, 100)
+
+    logger = EmbeddingLogger(num_images=120, strict=True)
+    make_trainer(tmp_path, [logger], max_epochs=1).fit(
+        Regressor(model), floats(train_images, train_labels), floats(images, labels)
+    )
+    rows = projector_entries(tmp_path, header="target\tposition")[-1][2]
+    assert [float(value) for value, _ in rows] == [
+        float(labels[int(position)]) for _, position in rows
+    ]
+    pixels = image_pixels(read_events(tmp_path).Images("embedding/model.head")[-1])[..., :3]
+    for digit in (0, 9):  # dots in the colours of the lowest and the highest target
+        colour = value_colours(torch.tensor([0.0, 9.0]))[digit // 9].numpy()
+        assert (np.abs(pixels.astype(int) - colour).sum(-1) == 0).sum() > 20
+    note = footnote(
+        pixels.shape[1],
+        "Each dot is one image, at its features' two principal components. Each dot's colour is "
+        "its image's target: colours that run in order across the cloud mean the features order "
+        "the images by it; the Projector tab shows the same images with t-SNE or UMAP.",
+        dtype=torch.uint8,
+    )
+    assert np.array_equal(pixels[-note.shape[1] :], note.permute(1, 2, 0).numpy())

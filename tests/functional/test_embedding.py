@@ -13,6 +13,7 @@ from lightning_viz.functional.embedding import (
     pca_2d,
     scatter_image,
     subset_positions,
+    value_colours,
 )
 from lightning_viz.testing import digits_tensors
 
@@ -127,3 +128,11 @@ def test_scatter_draws_later_points_over_earlier_ones():
     points = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     image = scatter_image(points, class_colours([0, 1, 2], 3), size=50)
     assert image[:, 44, 5].tolist() == TAB10[1]
+
+
+def test_value_colours_spread_the_range_over_viridis():
+    viridis = matplotlib.colormaps["viridis"]
+    colours = value_colours(torch.tensor([2.0, -1.0, 0.5]))
+    expected = [viridis(1.0), viridis(0.0), viridis(128)]  # the middle of its 256 entries
+    assert colours.tolist() == [[round(c * 255) for c in rgba[:3]] for rgba in expected]
+    assert value_colours(torch.tensor([3.0, 3.0])).tolist() == [colours[2].tolist()] * 2
