@@ -84,7 +84,9 @@ def summarize(run: Path) -> str | None:
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
         lines.append(
             "values: latest (change since the first); layers in "
-            f"{'model' if order else 'name'} order; ! a value past its alert's threshold; - not "
+            f"{'model' if order else 'name'} order; ! the value an active alert reads (past its "
+            "threshold when raised; exploding clears only once the drift falls below half of "
+            "max_drift, so a drift can read below it); - not "
             "measured for this layer (filter columns are a conv's, activation columns an "
             "activation's; a dead fraction needs "
             f"{tags.DEAD_AFTER_VALUES:,} values per channel, from several epochs where one has "
