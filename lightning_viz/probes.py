@@ -239,7 +239,8 @@ class Probes:
 
         Images and labels are found in a batch that is a tensor, an ``(images, labels, ...)``
         sequence or a dict (by the usual keys, else by shape); ``batch_to_images`` says where
-        they are in any other batch: it returns the (N, C, H, W) images, or ``(images, labels)``.
+        they are in any other batch: it returns the (N, C, H, W) images, or ``(images, labels)``
+        (integer class labels, or a regressor's float targets).
 
         Raises:
             ValueError: ``n`` < 1, an empty loader, or batches without recognizable images.
@@ -254,7 +255,16 @@ class Probes:
             for index, batch in enumerate(_in_dataset_order(loader)):
                 batch_images, batch_labels = split(batch)
                 images.append(batch_images.detach().cpu())
-                if batch_labels is not None:
+                if batch_labels is not None and batch_labels.dtype.is_floating_point:
+                    found = float_targets(batch_labels, len(batch_images))  # batch_to_images's
+                    if found is None:
+                        raise ValueError(
+                            "batch_to_images returned float targets of shape "
+                            f"{tuple(batch_labels.shape)} for {len(batch_images)} images: return "
+                            "(N,) integer class labels, or (N,) or (N, 1) finite float targets"
+                        )
+                    values.append(found.detach().cpu())
+                elif batch_labels is not None:
                     labels.append(batch_labels.detach().cpu())
                 elif batch_to_images is None:
                     if (found := _masks(batch, batch_images)) is not None:
@@ -507,17 +517,23 @@ def multi_hot_targets(batch: Any, images: Tensor) -> Tensor | None:
 
 
 def regression_targets(batch: Any, images: Tensor) -> Tensor | None:
-    """The batch's float targets as (N,): an (N,) or (N, 1) tensor of finite floats second in a
-    sequence or under a label key of a dict, as a regressor (or a single-logit classifier
-    under ``BCEWithLogitsLoss``) trains on; None without one."""
-    for value in _targets(batch, _LABEL_KEYS):
-        if (
-            isinstance(value, Tensor)
-            and value.dtype.is_floating_point
-            and value.shape in ((images.shape[0],), (images.shape[0], 1))
-            and bool(value.isfinite().all())
-        ):
-            return value.reshape(-1)
+    """The batch's float targets (:func:`float_targets`) second in a sequence or under a label
+    key of a dict; None without them."""
+    found = (float_targets(value, images.shape[0]) for value in _targets(batch, _LABEL_KEYS))
+    return next((values for values in found if values is not None), None)
+
+
+def float_targets(value: Any, n: int) -> Tensor | None:
+    """``value`` as (n,) float targets, if it is an (n,) or (n, 1) tensor of finite floats, as
+    a regressor (or a single-logit classifier under ``BCEWithLogitsLoss``) trains on; else
+    None."""
+    if (
+        isinstance(value, Tensor)
+        and value.dtype.is_floating_point
+        and value.shape in ((n,), (n, 1))
+        and bool(value.isfinite().all())
+    ):
+        return value.reshape(-1)
     return None
 
 

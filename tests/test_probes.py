@@ -95,6 +95,12 @@ def test_float_targets_pick_probes_spread_over_their_range_with_their_values(as_
     )
     broken = [(images[:5], torch.full((5,), float("nan")))]
     assert Probes.from_dataloader(broken, n=2).values is None
+    # from batch_to_images too: float targets there failed the fit ("integer class indices")
+    ages = [{"img": images[:5], "age": targets[:5]}]
+    given = Probes.from_dataloader(ages, n=2, batch_to_images=lambda b: (b["img"], b["age"]))
+    assert given.values.tolist() == targets[:5].sort().values[[0, 4]].tolist()
+    with pytest.raises(ValueError, match=r"float targets of shape \(5, 2\) for 5 images"):
+        Probes.from_dataloader(ages, batch_to_images=lambda b: (b["img"], b["img"][:, 0, 0]))
 
 
 def test_multi_hot_targets_pick_per_class_the_clearest_image_it_is_on():

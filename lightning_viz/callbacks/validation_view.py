@@ -21,6 +21,7 @@ from lightning_viz.probes import (
     OR_PROBES,
     BatchToImages,
     dataset_normalization,
+    float_targets,
     multi_hot_targets,
     regression_targets,
     split_batch,
@@ -190,6 +191,8 @@ class ValidationView(VizCallback):
                     self.multi_hot = labels is None and multi_hot_targets(batch, images) is not None
                 if labels is None and not self._given_split:
                     labels = regression_targets(batch, images)
+                elif labels is not None and labels.dtype.is_floating_point:  # batch_to_images's
+                    labels = float_targets(labels, images.shape[0])
                 self._handles = self.hooks(pl_module, images, labels, self._position)
             except Unsuited as why:
                 self._riding = False

@@ -497,9 +497,11 @@ class Regressor(ImageClassifier):
         self.log("val_mse", F.mse_loss(self(images), targets))
 
 
-def test_a_regressors_dots_are_coloured_by_their_float_targets(tmp_path):
+@pytest.mark.parametrize("given", [False, True])
+def test_a_regressors_dots_are_coloured_by_their_float_targets(tmp_path, given):
     """A regressor's validation batches hold float targets: every dot had one colour under
-    "Without labels", and the projector named no target."""
+    "Without labels", and the projector named no target. ``given``: batch_to_images returns
+    them, as (N, 1)."""
     train_images, train_labels = digits_loaders()[0].dataset.tensors
     images, labels = digits_loaders()[1].dataset.tensors
     model = DigitsClassifier().model
@@ -509,7 +511,8 @@ def test_a_regressors_dots_are_coloured_by_their_float_targets(tmp_path):
         dataset = torch.utils.data.TensorDataset(images, labels.float()[:, None])
         return torch.utils.data.DataLoader(dataset, 100)
 
-    logger = EmbeddingLogger(num_images=120, strict=True)
+    split = {"batch_to_images": lambda batch: tuple(batch)} if given else {}
+    logger = EmbeddingLogger(num_images=120, strict=True, **split)
     make_trainer(tmp_path, [logger], max_epochs=1).fit(
         Regressor(model), floats(train_images, train_labels), floats(images, labels)
     )
