@@ -310,8 +310,8 @@ class Probes:
                 shown = all_images[chosen[:n]]
                 display = unnormalized(shown, normalization)
                 return cls(shown, classes[:n], display, multi_label=True)
-        if values and len(values) == len(images):
-            all_values = torch.cat(values)
+        all_values = torch.cat(values) if values and len(values) == len(images) else None
+        if all_values is not None and bool(all_values.isfinite().all()):
             ranked = all_values.argsort(stable=True)
             chosen = ranked[torch.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().long()]
             shown = all_images[chosen]
@@ -524,14 +524,14 @@ def regression_targets(batch: Any, images: Tensor) -> Tensor | None:
 
 
 def float_targets(value: Any, n: int) -> Tensor | None:
-    """``value`` as (n,) float targets, if it is an (n,) or (n, 1) tensor of finite floats, as
-    a regressor (or a single-logit classifier under ``BCEWithLogitsLoss``) trains on; else
-    None."""
+    """``value`` as (n,) float targets, if it is an (n,) or (n, 1) float tensor, as a regressor
+    (or a single-logit classifier under ``BCEWithLogitsLoss``) trains on; else None. Read by
+    shape and dtype alone, with no host sync (a validation view reads every batch's): whoever
+    uses the values checks they are finite."""
     if (
         isinstance(value, Tensor)
         and value.dtype.is_floating_point
         and value.shape in ((n,), (n, 1))
-        and bool(value.isfinite().all())
     ):
         return value.reshape(-1)
     return None

@@ -347,8 +347,9 @@ class EmbeddingLogger(ValidationView):
             return
         features = torch.cat(self._features)
         targets = torch.cat(self._labels) if len(self._labels) == len(self._features) else None
-        values = targets if targets is not None and targets.is_floating_point() else None
-        labels = None if targets is None or values is not None else targets.long()
+        floats = targets is not None and targets.is_floating_point()
+        values = targets if floats and all_finite(targets) else None  # else one colour
+        labels = None if targets is None or floats else targets.long()
         if not all_finite(features):
             raise not_finite_error(f"the features of {self._layer[0]!r}", "the validation images")
         accuracy = knn_accuracy(features, labels, self.k) if labels is not None else None
