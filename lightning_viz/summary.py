@@ -85,8 +85,9 @@ def summarize(run: Path) -> str | None:
         lines.append(
             "values: latest (change since the first); layers in "
             f"{'model' if order else 'name'} order; ! the value an active alert reads (past its "
-            "threshold when raised; exploding clears only once the drift falls below half of "
-            "max_drift, so a drift can read below it); - not "
+            "threshold when raised; exploding clears once the drift falls below half of max_drift, "
+            "so a drift can read below it, or once the learning rate fell to half its peak, and "
+            "then reads the drift beyond where it was); - not "
             "measured for this layer (filter columns are a conv's, activation columns an "
             "activation's; a dead fraction needs "
             f"{tags.DEAD_AFTER_VALUES:,} values per channel, from several epochs where one has "

@@ -26,6 +26,16 @@ def test_a_fault_is_caught_only_by_its_alert_from_its_onset_on():
 
     reinit = next(s for s in SCENARIOS if s.name == "reinit-mid-run")  # onset at epoch 5
     early = [{"kind": "overwritten", "layer": "model.0", "epoch": 0, "value": 0.1}]
-    assert verdict(reinit, early) == "MISSED"
-    assert verdict(reinit, [{**early[0], "epoch": 5}]) == "ok"
-    assert verdict(reinit, [{**early[0], "epoch": 6}]) == "MISSED"  # past its grace
+    assert verdict(reinit, early, []) == "MISSED"
+    assert verdict(reinit, [{**early[0], "epoch": 5}], []) == "ok"
+    assert verdict(reinit, [{**early[0], "epoch": 6}], []) == "MISSED"  # past its grace
+
+
+def test_a_run_that_recovers_passes_once_its_alerts_cleared():
+    from benchmarks.alerts import SCENARIOS, verdict
+
+    recovers = next(s for s in SCENARIOS if s.name == "one-cycle-sgd-2")
+    peak = [{"kind": "exploding", "layer": "model.0", "epoch": 1, "value": 6.3}]
+    assert verdict(recovers, peak, []) == "ok"
+    assert verdict(recovers, peak, ["dead_channels"]) == "ok"  # not an alert meant for it
+    assert verdict(recovers, peak, ["exploding"]) == "STILL ACTIVE"

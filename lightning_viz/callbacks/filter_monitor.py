@@ -28,6 +28,7 @@ from lightning_viz.functional.alert_rules import (
     NOISE_MIN_KERNEL,
     FilterThresholds,
     Finding,
+    exploding_base,
     filter_findings,
     frozen_finding,
     gated_finding,
@@ -137,7 +138,10 @@ class FilterMonitor(VizCallback):
     - ``exploding``: drift above ``max_drift``, in the layer and in the median of the watched
       learning layers (a learning rate far too high moves them all; a single layer initialized
       small, like the stem of torchvision's ResNets, grows past it in healthy runs, so watching
-      that layer alone brings its false alarm back); clears below half of it.
+      that layer alone brings its false alarm back); clears below half of it, or once the
+      layer's learning rate fell to half its highest since the alert was raised (a one-cycle
+      schedule's peak or a spike passed: runs that recover keep the weights the peak moved far,
+      without weight decay for good), and then reads the drift beyond where it was.
     - ``collapse``: norm ratio below ``min_norm_ratio`` (weights shrinking to zero).
     - ``noisy_filters``: on the first watched layer that is no transposed conv (the one that
       reads the images: a GAN's generator, listed first, starts from a latent vector), with
@@ -326,6 +330,13 @@ class FilterMonitor(VizCallback):
         self.reference_steps: dict[str, int] = {}
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
+        self.drift_bases: dict[str, float] = {}  # where exploding settled on a fallen rate
+        # each layer's learning rate at the previous measurement; while its exploding is
+        # active, the highest since it was raised
+        self.peak_learning_rates: dict[str, float] = {}
+        # the highest learning rate of each (optimizer, param group) the training batches since
+        # the previous measurement ran at: an epoch's scheduler steps before its end is measured
+        self._interval_rates: dict[tuple[int, int], float] = {}
         self._unshown: dict[Any, Tensor] | None = None  # a measurement whose image was skipped
         self._latest: dict[Any, Tensor] | None = None  # the latest measurement, for its image
 
@@ -493,6 +504,7 @@ class FilterMonitor(VizCallback):
             "cpu", torch.float32, copy=True
         )
         self.reference_steps[name] = step
+        self.drift_bases.pop(name, None)
 
     def _read_inputs(self, trainer: pl.Trainer, layer: nn.Module) -> None:
         """In the first :data:`INPUT_BATCHES` training batches, read how noisy the images the
@@ -538,6 +550,7 @@ class FilterMonitor(VizCallback):
         if self.showing and self.previous_step is not None:
             with self.timed(trainer):
                 self._follow_training(trainer)
+                self._note_learning_rates(trainer)
 
     @override
     def on_train_batch_end(
@@ -590,13 +603,15 @@ class FilterMonitor(VizCallback):
             "reference_steps": dict(self.reference_steps),
             "previous": dict(self.previous),
             "previous_step": self.previous_step,
+            "drift_bases": dict(self.drift_bases),
+            "peak_learning_rates": dict(self.peak_learning_rates),
         }
 
     @override
     def reset_state(self) -> None:
         super().reset_state()
         self.initial, self.previous, self.previous_step = {}, {}, None
-        self.reference_steps = {}
+        self.reference_steps, self.drift_bases, self.peak_learning_rates = {}, {}, {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -605,6 +620,8 @@ class FilterMonitor(VizCallback):
         self.reference_steps = dict(state_dict.get("reference_steps", {}))  # older: step 0
         self.previous = dict(state_dict.get("previous", {}))
         self.previous_step = state_dict.get("previous_step")
+        self.drift_bases = dict(state_dict.get("drift_bases", {}))
+        self.peak_learning_rates = dict(state_dict.get("peak_learning_rates", {}))
 
     # ------------------------------------------------------------------------ measurement
     def _measure(self, trainer: pl.Trainer, baseline: bool, image: bool = True) -> None:
@@ -628,6 +645,7 @@ class FilterMonitor(VizCallback):
             self._outside_forward_notice(trainer)
         outside = self._outside or []
         learning = [n for n in self._layers if n not in self._frozen and n not in outside]
+        self._settle_exploding(trainer, host)
         network = {
             step: self._medians(host, [n for n in learning if self._reference_step(n) == step])
             for step in {self._reference_step(n) for n in self._layers}
@@ -651,8 +669,8 @@ class FilterMonitor(VizCallback):
         step (a backbone unfrozen mid-run with a learning rate far too high drifted 13.7 to
         19.6 from its weights then, beside layers trained from the start)."""
         medians = {
-            key: network_median(host[name, key].item() for name in layers)
-            for key in ("drift", "step_cosine")
+            "drift": network_median(self._drift_beyond_base(host, name) for name in layers),
+            "step_cosine": network_median(host[name, "step_cosine"].item() for name in layers),
         }
         medians["learned"] = network_median(
             host[name, "learned"].item() for name in layers if name not in self._gates
@@ -678,6 +696,55 @@ class FilterMonitor(VizCallback):
             kernel = tuple(self._layers[self._first].kernel_size)
             finding = noisy_inputs_finding(self._first, self._input_noise, self.thresholds, kernel)
             self.raise_alert(trainer, finding)
+
+    def _drift_beyond_base(self, host: dict[Any, Tensor], name: str) -> float:
+        """The drift ``exploding`` reads: beyond where it settled on a fallen learning rate."""
+        return host[name, "drift"].item() - self.drift_bases.get(name, 0.0)
+
+    def _settle_exploding(self, trainer: pl.Trainer, host: dict[Any, Tensor]) -> None:
+        """Follow each layer's learning rate (while its ``exploding`` is active, the highest
+        since it was raised) and settle the alert once the rate fell
+        (:func:`~lightning_viz.functional.alert_rules.exploding_base`)."""
+        rates = self._learning_rates(trainer)
+        for name in self._layers:
+            rate = rates.get(name)
+            if rate is None:
+                self.peak_learning_rates.pop(name, None)
+                continue
+            active = (name, "exploding") in self.alerts.active
+            peak = max(self.peak_learning_rates.get(name, rate), rate) if active else rate
+            self.peak_learning_rates[name] = peak
+            drift, base = host[name, "drift"].item(), self.drift_bases.get(name, 0.0)
+            if active and exploding_base(drift, base, rate, peak) != base:
+                self.drift_bases[name] = drift
+
+    def _note_learning_rates(self, trainer: pl.Trainer) -> None:
+        """Before a training batch: the highest rate each param group ran at since the previous
+        measurement (a rate held in a tensor is read at the measurement, not synced here)."""
+        for i, optimizer in enumerate(trainer.optimizers):
+            for j, group in enumerate(optimizer.param_groups):
+                rate = group.get("lr")
+                if isinstance(rate, (int, float)):
+                    self._interval_rates[i, j] = max(self._interval_rates.get((i, j), rate), rate)
+
+    def _learning_rates(self, trainer: pl.Trainer) -> dict[str, float]:
+        """Each watched layer's learning rate over the interval this measurement closes: the
+        highest of the optimizer param groups that hold its weight (none where none does), each
+        the highest its batches ran at (where none ran, its rate now)."""
+        interval, self._interval_rates = self._interval_rates, {}
+        rates: dict[int, float] = {}
+        for i, optimizer in enumerate(trainer.optimizers):
+            for j, group in enumerate(optimizer.param_groups):
+                if "lr" not in group:
+                    continue
+                rate = interval.get((i, j), float(group["lr"]))
+                for param in group["params"]:
+                    rates[id(param)] = max(rates.get(id(param), rate), rate)
+        return {
+            name: rates[id(module.weight)]
+            for name, module in self._layers.items()
+            if id(module.weight) in rates
+        }
 
     def _show(self, trainer: pl.Trainer, host: dict[Any, Tensor], baseline: bool) -> None:
         """The filter images of a measurement, unless the budget skips them (kept for
@@ -730,6 +797,7 @@ class FilterMonitor(VizCallback):
                 input_noise=self._input_noise,
                 in_forward=name not in (self._outside or []),
                 exploding=(name, "exploding") in self.alerts.active,
+                drift_base=self.drift_bases.get(name, 0.0),
                 network_drift=medians["drift"],
                 network_learned=medians["learned"],
                 network_cosine=(  # the first measurement after the layer's reference

@@ -66,6 +66,34 @@ few pixels for smooth structure (an edge or a Laplacian is as "noisy" as white n
 stems), where 5x5 and 7x7 stems on the same spectrograms stayed at 0.82 and below."""
 
 
+EXPLODING_SETTLED_LR = 0.5
+"""``exploding`` settles once the layer's learning rate has fallen to this fraction of its
+highest since the alert was raised (:func:`exploding_base`). Runs whose one-cycle schedule
+peaked at a rate far too high (SGD at 2 and 4 on the digits net, the alert benchmark's
+``one-cycle-`` runs) raised it at the peak and recovered to validation accuracy 0.99 with the
+median drift still 3.7 to 4.7 (above the hysteresis level) under weight decay, 8.0 to 13.5
+without it: the weights the peak moved far stay there. Each settled in its epoch 6 of 12."""
+
+
+def exploding_base(
+    drift: float, base: float, learning_rate: float | None, peak_learning_rate: float | None
+) -> float:
+    """The drift ``exploding`` reads beyond (:func:`filter_findings`' ``drift_base``): ``drift``
+    now once the learning rate fell to :data:`EXPLODING_SETTLED_LR` of its highest since the
+    alert was raised (a warm-up's peak passed, a spike over), else ``base`` (0 until then).
+
+    Args:
+        drift: the layer's drift now.
+        base: the drift it read beyond so far.
+        learning_rate: the layer's learning rate now (None: unknown, never settles).
+        peak_learning_rate: its highest since ``exploding`` was raised on the layer (None: the
+            alert is not active).
+    """
+    if learning_rate is None or peak_learning_rate is None:
+        return base
+    return drift if learning_rate <= EXPLODING_SETTLED_LR * peak_learning_rate else base
+
+
 def filter_findings(
     layer: str,
     values: Mapping[str, float],
@@ -74,6 +102,7 @@ def filter_findings(
     learning: bool = True,
     first_layer: bool = False,
     exploding: bool = False,
+    drift_base: float = 0.0,
     network_drift: float | None = None,
     network_cosine: float | None = None,
     network_learned: float | None = None,
@@ -94,11 +123,16 @@ def filter_findings(
             in no optimizer) gets only the rules that do not need it to learn.
         first_layer: whether the layer sees the input images (``noisy_filters`` reads only
             first layers: deeper layers' updates need not look like image structure).
-        exploding: whether ``exploding`` is active: it clears only once the drift falls below
-            half of ``max_drift`` (hysteresis, so a drift hovering at the threshold does not
-            flap).
-        network_drift: the median drift of the watched learning layers at this measurement
-            (:func:`network_median`); None: the layer's own. ``exploding`` needs both past
+        exploding: whether ``exploding`` is active: it clears once the drift (beyond
+            ``drift_base``) falls below half of ``max_drift`` (hysteresis, so a drift hovering
+            at the threshold does not flap), or once the learning rate fell (``drift_base``).
+        drift_base: the drift where ``exploding`` settled on a fallen learning rate
+            (:func:`exploding_base`): the rule reads the drift beyond it, so that weights a
+            rate's peak moved far, and which stay there, are not flagged for the rest of the
+            run, while weights that go on moving far are flagged again.
+        network_drift: the median drift of the watched learning layers at this measurement,
+            each beyond its ``drift_base`` (:func:`network_median`); None: the layer's own.
+            ``exploding`` needs both past
             ``max_drift``: a learning rate far too high moves every layer, while a layer
             initialized small for its fan-in (the stem of torchvision's ResNets, a quarter of
             its fan-in scale) grows several times its initial norm in a healthy run.
@@ -135,7 +169,8 @@ def filter_findings(
         One finding per rule that applies at this measurement.
     """
     drift, learned, ratio = values["drift"], values["learned"], values["norm_ratio"]
-    network = drift if network_drift is None else network_drift
+    moved = drift - drift_base
+    network = moved if network_drift is None else network_drift
     limit = thresholds.max_drift / 2 if exploding else thresholds.max_drift
     findings = [
         Finding(
@@ -148,11 +183,12 @@ def filter_findings(
         Finding(
             "exploding",
             layer,
-            drift > limit and network > limit,
-            drift,
+            moved > limit and network > limit,
+            moved,
             thresholds.max_drift,
-            f"layer {layer!r} weights moved {drift:.3g}x their initial norm (at least the "
-            f"default init's), and the network's layers {network:.3g}x in the median (threshold "
+            f"layer {layer!r} weights moved {moved:.3g}x their initial norm (at least the "
+            f"default init's){_since_settled(drift_base)}, and the network's layers "
+            f"{network:.3g}x in the median (threshold "
             f"max_drift={thresholds.max_drift:g}). The learning rate is likely far too high: "
             "lower it, add weight decay or a warm-up.",
         ),
@@ -238,6 +274,13 @@ def filter_findings(
             )
         )
     return findings
+
+
+def _since_settled(drift_base: float) -> str:
+    """Where ``exploding`` reads beyond a base: since when."""
+    if not drift_base:
+        return ""
+    return f" since the learning rate last fell, at a drift of {drift_base:.3g}"
 
 
 def _reads_update_noise(

@@ -347,6 +347,46 @@ def test_far_too_high_learning_rate_is_exploding(tmp_path):
     assert np.array_equal(pixels[-legend.shape[0] :], legend)
 
 
+class SteppedDown(DigitsClassifier):
+    """SGD at a rate far too high for the first epoch, then a hundredth of it."""
+
+    def __init__(self) -> None:
+        super().__init__("sgd", 5.0)
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        return [optimizer], [torch.optim.lr_scheduler.MultiStepLR(optimizer, [1], gamma=0.01)]
+
+
+def test_exploding_settles_once_the_learning_rate_fell_across_a_resume(tmp_path, caplog):
+    """A run through a one-cycle schedule's peak far too high recovered (validation accuracy
+    0.99) with exploding active to its end: the weights the peak moved far stay there. The
+    alert now clears once the rate fell to half its peak, even where a checkpoint lies between
+    (the peak is in the monitor's state), and then reads the drift beyond where it was."""
+    module = SteppedDown()
+    first = FilterMonitor(strict=True)
+    with pytest.warns(UserWarning, match="far too high"):
+        trainer = fit(module, [first], tmp_path, epochs=1)
+    assert {(layer, kind) for layer, kind in first.alerts.active if kind == "exploding"} == {
+        (layer, "exploding") for layer in CONVS
+    }
+    assert first.peak_learning_rates == dict.fromkeys(CONVS, 5.0)
+    trainer.save_checkpoint(tmp_path / "peak.ckpt")
+    resumed = FilterMonitor(strict=True)
+    with caplog.at_level("INFO"):
+        fit(module, [resumed], tmp_path, epochs=3, ckpt_path=tmp_path / "peak.ckpt")
+    assert not [key for key in resumed.alerts.active if key[1] == "exploding"]
+    assert [a.kind for a in resumed.alerts.raised].count("exploding") == 3  # not raised again
+    cleared = f"exploding in '{FIRST}' cleared (also in 2 more: '{CONVS[1]}', '{CONVS[2]}') at "
+    assert f"{cleared}epoch 1 (step {2 * STEPS_PER_EPOCH})" in caplog.text
+    drift = {
+        entry.step: entry.value for entry in read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")
+    }
+    assert resumed.drift_bases[FIRST] == pytest.approx(drift[2 * STEPS_PER_EPOCH], rel=1e-6)
+    assert drift[3 * STEPS_PER_EPOCH] > 5  # the weights stay far from their init
+    assert resumed.peak_learning_rates == dict.fromkeys(CONVS, pytest.approx(0.05))
+
+
 def test_alerts_of_several_kinds_that_stop_training_say_so_once(tmp_path, caplog):
     monitor = FilterMonitor(on_alert="stop")
     with warnings.catch_warnings(), caplog.at_level("INFO"):

@@ -10,6 +10,7 @@ from lightning_viz.functional.alert_rules import (
     FilterThresholds,
     dead_channel_finding,
     endless_epoch_finding,
+    exploding_base,
     filter_findings,
     frozen_finding,
     network_median,
@@ -81,6 +82,32 @@ def test_exploding_with_hysteresis():
     assert "exploding" in firing(filter_findings("c", cooling, 46, DEFAULTS, exploding=True))
     calm = {**HEALTHY_SGD, "drift": 2.0}
     assert "exploding" not in firing(filter_findings("c", calm, 46, DEFAULTS, exploding=True))
+
+
+def test_exploding_settles_once_the_learning_rate_fell_and_reads_the_drift_beyond():
+    """A one-cycle schedule peaking at SGD lr 4 on the digits net (no weight decay) raised
+    exploding at the peak and recovered to validation accuracy 0.99 with the drift at 13.5 for
+    good: the alert stayed active to the end. It settles once the rate fell to half its peak."""
+    assert exploding_base(13.5, 0.0, learning_rate=2.1, peak_learning_rate=4.0) == 0.0
+    assert exploding_base(13.5, 0.0, learning_rate=2.0, peak_learning_rate=4.0) == 13.5
+    assert exploding_base(13.5, 0.0, learning_rate=None, peak_learning_rate=4.0) == 0.0
+    assert exploding_base(13.5, 0.0, learning_rate=0.1, peak_learning_rate=None) == 0.0
+    recovered = {**HEALTHY_SGD, "drift": 13.5}
+    assert "exploding" in firing(filter_findings("c", recovered, 161, DEFAULTS, exploding=True))
+    settled = filter_findings("c", recovered, 161, DEFAULTS, exploding=True, drift_base=13.5)
+    assert "exploding" not in firing(settled)
+    # still moving far after the rate fell (the lowered rate is still far too high): again
+    moving = {**HEALTHY_SGD, "drift": 19.0}
+    (finding,) = [
+        f
+        for f in filter_findings("c", moving, 300, DEFAULTS, drift_base=13.5, network_drift=5.4)
+        if f.firing
+    ]
+    assert (finding.kind, finding.value) == ("exploding", 5.5)
+    assert "moved 5.5x their initial norm (at least the default init's) since the learning " in (
+        finding.message
+    )
+    assert "rate last fell, at a drift of 13.5, and the network's layers 5.4x" in finding.message
 
 
 def test_exploding_needs_the_network_to_move_not_one_layer():
