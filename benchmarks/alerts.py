@@ -34,7 +34,7 @@ import torchvision
 from pytorch_lightning.callbacks import BackboneFinetuning
 from pytorch_lightning.loggers import Logger
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from lightning_viz import ActivationMonitor, FilterMonitor
 from lightning_viz.functional.filters import filter_health, weight_sample
@@ -288,6 +288,7 @@ def digits_data(
     seed: int = 0,
     train_size: int = 1437,
     channels: int = 1,
+    repeat: int = 1,
 ):
     images, targets = digits_tensors()
     images = images.expand(-1, channels, -1, -1).contiguous()
@@ -305,27 +306,27 @@ def digits_data(
     train, val = order[:train_size], order[1437:]
     _, clean = digits_tensors()
     return (
-        DataLoader(
-            TensorDataset(images[train], targets[train]),
-            64,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        ),
+        train_loader(TensorDataset(images[train], targets[train]), seed, repeat),
         DataLoader(TensorDataset(images[val], clean[val]), 256),
     )
 
 
-def rgb_data(seed: int = 0, **_: Any):
+def rgb_data(seed: int = 0, repeat: int = 1, **_: Any):
     images, labels, _ = shapes_task(2048, size=32, stamp=10, channels=3, noise=0.5, seed=seed)
     val_images, val_labels, _ = shapes_task(512, size=32, stamp=10, channels=3, noise=0.5, seed=99)
     return (
-        DataLoader(
-            TensorDataset(images, labels),
-            64,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        ),
+        train_loader(TensorDataset(images, labels), seed, repeat),
         DataLoader(TensorDataset(val_images, val_labels), 256),
+    )
+
+
+def train_loader(data: Dataset, seed: int, repeat: int) -> DataLoader:
+    """Shuffled batches of 64; an epoch passes ``repeat`` times over ``data`` (long epochs)."""
+    return DataLoader(
+        ConcatDataset([data] * repeat),
+        64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -916,6 +917,73 @@ SCENARIOS = [
         grace=2,
         held_out=True,
         note="7 steps an epoch: not_learning waits warmup_steps=10 from the unfreeze",
+    ),
+    # long epochs (450 and 256 steps): the first interval is read FIRST_INTERVAL_STEPS in, as
+    # in the short epochs the thresholds come from
+    Scenario(
+        "sgd-0.2-wd-long-epochs",
+        "healthy",
+        Recipe(digits_net(), lr=0.2, weight_decay=5e-4),
+        epochs=3,
+        data_args={"repeat": 20},
+    ),
+    Scenario(
+        "adamw-3e-3-long-epochs",
+        "healthy",
+        Recipe(digits_net(), "adamw", 3e-3),
+        epochs=3,
+        data_args={"repeat": 20},
+    ),
+    Scenario(
+        "resnet18-sgd-0.2-long-epochs",
+        "healthy",
+        Recipe(resnet, lr=0.2, weight_decay=5e-4),
+        epochs=2,
+        data=rgb_data,
+        data_args={"repeat": 8},
+    ),
+    Scenario(
+        "sgd-long-epochs-seed1",
+        "healthy",
+        Recipe(digits_net()),
+        epochs=3,
+        data_args={"repeat": 20},
+        seed=1,
+        held_out=True,
+    ),
+    Scenario(
+        "adam-no-wd-long-epochs",
+        "healthy",
+        Recipe(digits_net(), "adam", 1e-3),
+        epochs=3,
+        data_args={"repeat": 20},
+        held_out=True,
+    ),
+    Scenario(
+        "rgb-sgd-0.1-wd-long-epochs",
+        "healthy",
+        Recipe(rgb_net(), lr=0.1, weight_decay=5e-4),
+        epochs=2,
+        data=rgb_data,
+        data_args={"repeat": 8},
+        held_out=True,
+    ),
+    Scenario(
+        "adamw-lr-far-too-high-long-epochs",
+        "fault",
+        Recipe(digits_net(), "adamw", 0.3, 0.1),
+        epochs=2,
+        data_args={"repeat": 20},
+        expected=DIVERGED,
+    ),
+    Scenario(
+        "lr-far-too-high-long-epochs",
+        "fault",
+        Recipe(digits_net(), "adam", 1.0),
+        epochs=2,
+        data_args={"repeat": 20},
+        expected=DIVERGED,
+        held_out=True,
     ),
     # a schedule's peak far too high, then annealed: the alerts may fire at the peak, and the
     # run recovers (validation accuracy 0.98 to 0.99), so none of them is active at its end

@@ -25,6 +25,7 @@ from lightning_viz.functional._validation import (
     check_non_negative,
 )
 from lightning_viz.functional.alert_rules import (
+    FIRST_INTERVAL_STEPS,
     NOISE_MIN_KERNEL,
     FilterThresholds,
     Finding,
@@ -37,6 +38,7 @@ from lightning_viz.functional.alert_rules import (
     outside_forward_finding,
     reference_at_refit_finding,
     reference_at_resume_finding,
+    turn_reading,
     unfrozen_finding,
 )
 from lightning_viz.functional.captions import captioned, counted, footnote, stack_rows
@@ -118,8 +120,11 @@ class FilterMonitor(VizCallback):
     end of a training epoch, and within those epochs once ``every_n_steps`` optimizer steps have
     passed since the previous measurement (an epoch of hours tells a fault within minutes;
     epochs shorter than that are measured at their end only), with one host transfer per
-    measurement. The scalars, histogram and alerts come at every measurement, the image at
-    epoch ends.
+    measurement. Whatever the cadence, a layer's first interval, from its reference (train
+    start, an unfreeze), is measured
+    :data:`~lightning_viz.functional.alert_rules.FIRST_INTERVAL_STEPS` (25) optimizer steps in
+    where the epoch runs longer: the first-interval thresholds come from epochs of 7 to 46
+    steps. The scalars, histogram and alerts come at every measurement, the image at epoch ends.
 
     Alerts (each (layer, kind) once until it clears; see ``on_alert``; thresholds from the alert
     benchmark ``benchmarks/alerts.py``, whose table the README shows):
@@ -135,6 +140,9 @@ class FilterMonitor(VizCallback):
       interval, from the weights at train start, the median of the watched learning layers must
       be below it too: a small-init layer turns far from its random init in a healthy run, and
       a learning rate far too high turns most layers, from scratch or from pretrained weights.
+      An interval longer than the training before it is not read (the rest of a long first
+      epoch): young weights keep turning in a healthy run (the digits net's median cosine over
+      a first epoch of 450 steps: 0.36 at SGD lr 0.2, where it read 0.76 after 25 steps).
     - ``exploding``: drift above ``max_drift``, in the layer and in the median of the watched
       learning layers (a learning rate far too high moves them all; a single layer initialized
       small, like the stem of torchvision's ResNets, grows past it in healthy runs, so watching
@@ -194,7 +202,7 @@ class FilterMonitor(VizCallback):
         every_n_epochs: measure every this many training epochs.
         every_n_steps: within an epoch that ``every_n_epochs`` measures, measure once this many
             optimizer steps have passed since the previous measurement (no filter image: those
-            come at epoch ends); None: at epoch ends only.
+            come at epoch ends); None: at epoch ends only (and 25 steps into a first interval).
         noise_threshold: a filter with C at or above it counts as noisy in ``noisy_fraction``.
         warmup_steps: optimizer steps before ``not_learning`` and ``noisy_filters`` may fire.
         min_learned: ``not_learning`` below this; 0 turns the rule off.
@@ -568,15 +576,21 @@ class FilterMonitor(VizCallback):
                 self._measure(trainer, baseline=False, image=False)
 
     def _due_within_epoch(self, trainer: pl.Trainer) -> bool:
-        """Whether, in an epoch ``every_n_epochs`` measures, ``every_n_steps`` optimizer steps
-        have passed since the previous measurement, before the epoch's last batch (whose
-        measurement the epoch's end makes)."""
+        """Whether, before the epoch's last batch (whose measurement the epoch's end makes),
+        :data:`FIRST_INTERVAL_STEPS` optimizer steps have passed since a layer's reference,
+        its first interval still open; or, in an epoch ``every_n_epochs`` measures,
+        ``every_n_steps`` since the previous measurement."""
+        if self.previous_step is None or trainer.is_last_batch:
+            return False
+        since = trainer.global_step - self.previous_step
+        if since >= FIRST_INTERVAL_STEPS and any(
+            self._reference_step(name) == self.previous_step for name in self._layers
+        ):
+            return True
         return (
             self.every_n_steps is not None
             and self._epoch_due(trainer)
-            and self.previous_step is not None
-            and trainer.global_step - self.previous_step >= self.every_n_steps
-            and not trainer.is_last_batch
+            and since >= self.every_n_steps
         )
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
@@ -777,7 +791,8 @@ class FilterMonitor(VizCallback):
         median drift, step cosine and learned of the learning layers measured from it)."""
         metrics = {}
         for name in self._layers:
-            medians = network[self._reference_step(name)]
+            reference = self._reference_step(name)
+            medians = network[reference]
             self.previous[name] = host[name, "sample"].clone()
             planar = _is_image_conv(self._layers[name])  # Geary's C reads 2-D filters only
             keys = ["noise", "noisy_fraction"] * planar + ["drift", "learned"]
@@ -785,10 +800,18 @@ class FilterMonitor(VizCallback):
                 keys.append("update_noise")
             for key in keys:
                 metrics[tags.tag(tags.FILTER_SCALAR, name, key)] = host[name, key].item()
+            values = {key: host[name, key].item() for key in _RULE_INPUTS}
+            reading = (
+                None
+                if self.previous_step is None
+                else turn_reading(self.previous_step, trainer.global_step, reference)
+            )
+            if reading is None:
+                values["step_cosine"] = math.nan
             findings = filter_findings(
                 name,
-                {key: host[name, key].item() for key in _RULE_INPUTS},
-                steps=trainer.global_step - self._reference_step(name),
+                values,
+                steps=trainer.global_step - reference,
                 thresholds=self.thresholds,
                 learning=name not in self._frozen,
                 first_layer=name == self._first,
@@ -800,11 +823,7 @@ class FilterMonitor(VizCallback):
                 drift_base=self.drift_bases.get(name, 0.0),
                 network_drift=medians["drift"],
                 network_learned=medians["learned"],
-                network_cosine=(  # the first measurement after the layer's reference
-                    medians["step_cosine"]
-                    if self.previous_step == self._reference_step(name)
-                    else None
-                ),
+                network_cosine=medians["step_cosine"] if reading == "network" else None,
             )
             for finding in findings:
                 self.raise_alert(trainer, finding)

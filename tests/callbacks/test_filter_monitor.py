@@ -8,12 +8,13 @@ import torch
 import torchvision
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 import lightning_viz
 from lightning_viz import Alert, FilterMonitor, Probes, tags
 from lightning_viz.callbacks import filter_monitor
 from lightning_viz.functional import filter_noise
+from lightning_viz.functional.alert_rules import FIRST_INTERVAL_STEPS
 from lightning_viz.functional.captions import footnote
 from lightning_viz.functional.images import CARD_WIDTH, to_uint8
 from lightning_viz.testing import (
@@ -385,6 +386,40 @@ def test_exploding_settles_once_the_learning_rate_fell_across_a_resume(tmp_path,
     assert resumed.drift_bases[FIRST] == pytest.approx(drift[2 * STEPS_PER_EPOCH], rel=1e-6)
     assert drift[3 * STEPS_PER_EPOCH] > 5  # the weights stay far from their init
     assert resumed.peak_learning_rates == dict.fromkeys(CONVS, pytest.approx(0.05))
+
+
+def long_epoch_fit(module, callbacks, log_dir, passes: int = 10) -> pl.Trainer:
+    """One epoch of ``passes`` passes over the training digits (23 steps each), seeded."""
+    pl.seed_everything(0, verbose=False)
+    train, val = digits_loaders()
+    long = DataLoader(
+        ConcatDataset([train.dataset] * passes),
+        train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    trainer = make_trainer(log_dir, callbacks, max_epochs=1, deterministic=True)
+    trainer.fit(module, long, val)
+    return trainer
+
+
+def test_a_long_first_epoch_is_read_first_interval_steps_in(tmp_path):
+    """overwritten's first-interval threshold comes from first epochs of 7 to 46 steps; a
+    healthy first epoch of 225 (SGD at lr 0.2) turned the layers to a median cosine of 0.44 from
+    their random init, and, read at its end, raised overwritten at validation accuracy 0.95. The
+    first interval is now read FIRST_INTERVAL_STEPS in, the rest of that epoch not at all."""
+    monitor = FilterMonitor(strict=True)
+    trainer = long_epoch_fit(DigitsClassifier("sgd", 0.2), [monitor], tmp_path)
+    assert trainer.callback_metrics["val_acc"] > 0.9
+    assert [a.kind for a in monitor.alerts.raised] == []
+    drift = read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")
+    assert [entry.step for entry in drift] == [0, FIRST_INTERVAL_STEPS, trainer.global_step]
+    # a learning rate far too high turns the layers within those steps: told then, not at 225
+    faulty = FilterMonitor()
+    with pytest.warns(UserWarning, match="far too high"):
+        long_epoch_fit(DigitsClassifier("sgd", 5.0), [faulty], tmp_path / "faulty")
+    turned = {a.step for a in faulty.alerts.raised if a.kind in ("overwritten", "exploding")}
+    assert turned == {FIRST_INTERVAL_STEPS}
 
 
 def test_alerts_of_several_kinds_that_stop_training_say_so_once(tmp_path, caplog):

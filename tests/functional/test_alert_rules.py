@@ -17,6 +17,7 @@ from lightning_viz.functional.alert_rules import (
     nonfinite_activation_finding,
     over_budget_finding,
     saturation_finding,
+    turn_reading,
     unfrozen_finding,
 )
 
@@ -73,6 +74,15 @@ def test_overwritten_layer():
     assert "re-initialization" in finding.message
     baseline = {**HEALTHY_SGD, "step_cosine": math.nan}
     assert "overwritten" not in {f.kind for f in filter_findings("c", baseline, 0, DEFAULTS)}
+
+
+def test_overwritten_reads_the_first_interval_with_the_network_and_later_ones_alone():
+    assert turn_reading(0, 25, reference=0) == "network"
+    assert turn_reading(25, 450, reference=0) is None  # young weights over a long interval
+    assert turn_reading(450, 900, reference=0) == "layer"
+    assert turn_reading(25, 50, reference=0) == "layer"  # every_n_steps=25
+    assert turn_reading(69, 76, reference=69) == "network"  # unfrozen at step 69
+    assert turn_reading(76, 200, reference=69) is None
 
 
 def test_exploding_with_hysteresis():
