@@ -1,7 +1,7 @@
 """The alert benchmark: labelled runs (healthy, planted faults, frozen on purpose), both monitors
 at their defaults, and a confusion table of what fired when.
 
-    python -m benchmarks.alerts                 # every scenario (2-core CPU: about 10 minutes)
+    python -m benchmarks.alerts                 # every scenario (2-core CPU: about 15 minutes)
     python -m benchmarks.alerts --only adamw    # the scenarios whose name contains "adamw"
     python -m benchmarks.alerts --signals out.json  # also save every layer's signals per epoch
     python -m benchmarks.alerts --filter-every-n-steps 5  # FilterMonitor within the epochs too

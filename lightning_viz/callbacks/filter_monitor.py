@@ -339,8 +339,8 @@ class FilterMonitor(VizCallback):
         self.previous: dict[str, Tensor] = {}
         self.previous_step: int | None = None  # the optimizer step of the previous measurement
         self.drift_bases: dict[str, float] = {}  # where exploding settled on a fallen rate
-        # each layer's learning rate at the previous measurement; while its exploding is
-        # active, the highest since it was raised
+        # each layer's learning rate over the interval the previous measurement closed; while
+        # its exploding is active, the highest since it was raised
         self.peak_learning_rates: dict[str, float] = {}
         # the highest learning rate of each (optimizer, param group) the training batches since
         # the previous measurement ran at: an epoch's scheduler steps before its end is measured
