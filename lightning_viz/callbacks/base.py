@@ -104,7 +104,7 @@ class RunContext:
         # while the fit starts or a validation runs
         self.held_notices: list[tuple[Alert, OnAlert]] | None = None
         self.held_lines: list[str] = []  # log lines said meanwhile, after the notices
-        self.held_table: Callable[[], None] | None = None  # the step's alert table, meanwhile
+        self.held_table: tuple[int, Callable[[], None]] | None = None  # (step, write its table)
         self.held_count: tuple[int, Callable[[], None]] | None = None  # (step, write its count)
         self.stopped_at: int | None = None  # the step whose alerts stopped training
         self.first_renders: list[VizCallback] | None = None  # said before the first of them
@@ -195,15 +195,16 @@ class RunContext:
         else:
             self.held_lines.append(line)
 
-    def write_held_table(self) -> None:
+    def write_held_table(self, other_than: int | None = None) -> None:
         """Write the alert table and the alert count held (:meth:`write_alert_table`,
-        :meth:`hold_alert_count`), if any."""
-        if self.held_table is not None:
-            write, self.held_table = self.held_table, None
-            write()
-        if self.held_count is not None:
-            (_, write), self.held_count = self.held_count, None
-            write()
+        :meth:`hold_alert_count`), if any; with ``other_than``, only those of another step (a
+        row of a new step came: the count held for that step, written then, showed the total
+        before the step's other callbacks alerted, a second point above it)."""
+        for attribute in ("held_table", "held_count"):
+            held = getattr(self, attribute)
+            if held is not None and held[0] != other_than:
+                setattr(self, attribute, None)
+                held[1]()
 
     def hold_alert_count(self, callback: VizCallback, trainer: pl.Trainer) -> None:
         """Hold a point of ``alerts/count`` at this step, to be written with the step's alert
@@ -211,8 +212,7 @@ class RunContext:
         a step whose later callbacks raised alerts got several points (0, then 5), a vertical
         jump in the chart."""
         step = trainer.global_step
-        if self.held_count is not None and self.held_count[0] != step:
-            self.write_held_table()  # an earlier step's, not released yet
+        self.write_held_table(other_than=step)  # an earlier step's, not released yet
 
         def write() -> None:
             point = (step, self.alert_total(trainer))
@@ -229,7 +229,7 @@ class RunContext:
         in the Text tab (eight at the first step, three at the first validation of the default
         views)."""
         step, text = trainer.global_step, self.alert_text(trainer)
-        self.held_table = lambda: callback.log_text(trainer, tags.ALERTS, text, step=step)
+        self.held_table = (step, lambda: callback.log_text(trainer, tags.ALERTS, text, step=step))
 
     def alert_text(self, trainer: pl.Trainer) -> str:
         """The step's alert table: the alerts it raised, the health alerts of earlier steps
@@ -265,7 +265,7 @@ class RunContext:
         """Add a raised or cleared alert to its step's rows (TensorBoard's Text tab shows one
         entry per step and tag: every row of the step)."""
         if self.alert_rows and self.alert_rows[0][1].step != alert.step:
-            self.write_held_table()  # an earlier step's rows, not released yet
+            self.write_held_table(other_than=alert.step)  # an earlier step's, not released yet
             self.alert_rows = []
         self.alert_rows.append((status, alert))
 

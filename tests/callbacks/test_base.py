@@ -174,6 +174,35 @@ def test_a_validation_between_a_steps_count_and_its_epoch_end_alerts_leaves_one_
     assert [e.step for e in events.Tensors("alerts/text_summary")] == [2]
 
 
+class AlertsAtEpoch(VizCallback):
+    """Counts the alerts at every epoch's end, after raising two at epoch ``epoch``'s."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(on_alert=lambda alert: None)
+        self.alerting_epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.alerting_epoch:
+            for layer in ("a", "b"):
+                kind = f"flapping_{self.alerting_epoch}"
+                self.raise_alert(trainer, Finding(kind, layer, True, 1.0, 0.5, "look here"))
+        self.count_alerts(trainer)
+
+    def _state_key_fields(self):
+        return {"epoch": self.alerting_epoch}
+
+
+def test_a_steps_count_waits_for_the_alerts_of_later_callbacks_after_an_earlier_steps(tmp_path):
+    """A row of a new step wrote what was held, the new step's count among it, with the
+    total after the row's alert, then the total after the step's others: a vertical jump (a
+    user trial: 6 then 7)."""
+    callbacks = [AlertsAtEpoch(0), AlertsAtEpoch(1)]
+    fit(DigitsClassifier(), callbacks, tmp_path, epochs=2, limit_train_batches=2)
+    events = read_events(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("alerts/count")] == [(2, 2.0), (4, 4.0)]
+    assert [e.step for e in events.Tensors("alerts/text_summary")] == [2, 4]
+
+
 def test_a_cleared_alert_is_said_once_in_the_text_and_the_log(tmp_path, caplog):
     callback = Flapping(on_alert="stop")
     with pytest.warns(UserWarning, match="Flapping: look here"), caplog.at_level("INFO"):
