@@ -92,15 +92,19 @@ def also_in(alerts: Sequence[Alert]) -> str:
 
 
 def announce_cleared(alerts: Sequence[Alert]) -> None:
-    """One line for ``alerts`` of one kind that cleared together, naming every layer; for a
-    health alert, that clearing is no recovery (a diverged run's ``overwritten`` clears once
-    its weights stop turning, at 14% accuracy)."""
+    """One line for ``alerts`` of one kind that cleared together, naming every layer, with why
+    where the rule said (:attr:`~lightning_viz.functional.alert_rules.Finding.cleared`); else,
+    for a health alert, that clearing is no recovery (a diverged run's ``overwritten`` clears
+    once its weights stop turning, at 14% accuracy)."""
     first = alerts[0]
     line = (
         f"{first.source}: {first.kind} in {first.layer!r} cleared{also_in(alerts[1:])} at epoch "
         f"{first.epoch} (step {first.step})."
     )
-    if not first.is_notice:
+    because = first.message.partition(" cleared: ")[2]
+    if because:
+        line += f" Cleared because {because}"
+    elif not first.is_notice:
         line += (
             " The rule no longer fires; what happened stays in the weights (the run's metrics "
             "tell whether it recovered)."

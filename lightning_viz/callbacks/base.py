@@ -999,7 +999,8 @@ class VizCallback(*CALLBACK_BASES):
         source = source or type(self).__name__
         message = finding.message
         if status == "cleared":
-            message = f"{finding.kind} in {finding.layer!r} cleared"
+            because = f": {finding.cleared}" if finding.cleared else ""
+            message = f"{finding.kind} in {finding.layer!r} cleared{because}"
         alert = Alert(
             source=source,
             kind=finding.kind,

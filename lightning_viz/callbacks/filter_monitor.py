@@ -659,13 +659,13 @@ class FilterMonitor(VizCallback):
             self._outside_forward_notice(trainer)
         outside = self._outside or []
         learning = [n for n in self._layers if n not in self._frozen and n not in outside]
-        self._settle_exploding(trainer, host)
+        settled = self._settle_exploding(trainer, host)
         network = {
             step: self._medians(host, [n for n in learning if self._reference_step(n) == step])
             for step in {self._reference_step(n) for n in self._layers}
         }
         with self.alerts_together(trainer):
-            metrics = self._judge(trainer, host, baseline, network)
+            metrics = self._judge(trainer, host, baseline, network, settled)
         self.previous_step = trainer.global_step
         self.log_scalars(trainer, metrics)
         self.count_alerts(trainer)
@@ -715,11 +715,15 @@ class FilterMonitor(VizCallback):
         """The drift ``exploding`` reads: beyond where it settled on a fallen learning rate."""
         return host[name, "drift"].item() - self.drift_bases.get(name, 0.0)
 
-    def _settle_exploding(self, trainer: pl.Trainer, host: dict[Any, Tensor]) -> None:
+    def _settle_exploding(
+        self, trainer: pl.Trainer, host: dict[Any, Tensor]
+    ) -> dict[str, tuple[float, float]]:
         """Follow each layer's learning rate (while its ``exploding`` is active, the highest
         since it was raised) and settle the alert once the rate fell
-        (:func:`~lightning_viz.functional.alert_rules.exploding_base`)."""
+        (:func:`~lightning_viz.functional.alert_rules.exploding_base`); the layers settled
+        now, with their rate and its peak."""
         rates = self._learning_rates(trainer)
+        settled = {}
         for name in self._layers:
             rate = rates.get(name)
             if rate is None:
@@ -731,6 +735,8 @@ class FilterMonitor(VizCallback):
             drift, base = host[name, "drift"].item(), self.drift_bases.get(name, 0.0)
             if active and exploding_base(drift, base, rate, peak) != base:
                 self.drift_bases[name] = drift
+                settled[name] = rate, peak
+        return settled
 
     def _note_learning_rates(self, trainer: pl.Trainer) -> None:
         """Before a training batch: the highest rate each param group ran at since the previous
@@ -786,9 +792,11 @@ class FilterMonitor(VizCallback):
         host: dict[Any, Tensor],
         baseline: bool,
         network: dict[int, dict[str, float]],
+        settled: dict[str, tuple[float, float]],
     ) -> dict[str, float]:
         """Each layer's scalars to log; its alerts raised (``network``: per reference step, the
-        median drift, step cosine and learned of the learning layers measured from it)."""
+        median drift, step cosine and learned of the learning layers measured from it;
+        ``settled``: the layers whose ``exploding`` settled now, with their rate and peak)."""
         metrics = {}
         for name in self._layers:
             reference = self._reference_step(name)
@@ -821,6 +829,7 @@ class FilterMonitor(VizCallback):
                 in_forward=name not in (self._outside or []),
                 exploding=(name, "exploding") in self.alerts.active,
                 drift_base=self.drift_bases.get(name, 0.0),
+                settled=settled.get(name),
                 network_drift=medians["drift"],
                 network_learned=medians["learned"],
                 network_cosine=medians["step_cosine"] if reading == "network" else None,

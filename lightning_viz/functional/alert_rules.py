@@ -16,7 +16,9 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Finding:
-    """Whether alert ``kind`` fires for ``layer`` at this measurement, and why."""
+    """Whether alert ``kind`` fires for ``layer`` at this measurement, and why; ``cleared``:
+    why it stops, where that is not that the value came back within its threshold (empty: the
+    rule no longer fires)."""
 
     kind: str
     layer: str
@@ -24,6 +26,7 @@ class Finding:
     value: float = math.nan
     threshold: float = math.nan
     message: str = ""
+    cleared: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,16 @@ def exploding_base(
     return drift if learning_rate <= EXPLODING_SETTLED_LR * peak_learning_rate else base
 
 
+def _settled_reason(learning_rate: float, peak_learning_rate: float) -> str:
+    """Why ``exploding`` cleared where it settled (:func:`exploding_base`)."""
+    return (
+        f"the learning rate fell to {learning_rate:.3g}, at most {EXPLODING_SETTLED_LR:g} of "
+        f"its highest since the alert ({peak_learning_rate:.3g}). The weights stay where the "
+        "high rate moved them; the rule reads the drift beyond them from here on, and raises "
+        "the alert again if they move as far."
+    )
+
+
 def filter_findings(
     layer: str,
     values: Mapping[str, float],
@@ -127,6 +140,7 @@ def filter_findings(
     first_layer: bool = False,
     exploding: bool = False,
     drift_base: float = 0.0,
+    settled: tuple[float, float] | None = None,
     network_drift: float | None = None,
     network_cosine: float | None = None,
     network_learned: float | None = None,
@@ -156,6 +170,9 @@ def filter_findings(
             (:func:`exploding_base`): the rule reads the drift beyond it, so that weights a
             rate's peak moved far, and which stay there, are not flagged for the rest of the
             run, while weights that go on moving far are flagged again.
+        settled: the learning rate and its highest since ``exploding`` was raised, where the
+            alert settled at this measurement (``drift_base`` is the drift now): what its
+            clearing says.
         network_drift: the median drift of the watched learning layers at this measurement,
             each beyond its ``drift_base`` (:func:`network_median`); None: the layer's own.
             ``exploding`` needs both past ``max_drift``: a learning rate far too high moves
@@ -218,6 +235,7 @@ def filter_findings(
             f"{network:.3g}x in the median (threshold "
             f"max_drift={thresholds.max_drift:g}). The learning rate is likely far too high: "
             "lower it, add weight decay or a warm-up.",
+            cleared="" if settled is None else _settled_reason(*settled),
         ),
         Finding(
             "collapse",

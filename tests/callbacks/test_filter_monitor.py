@@ -379,7 +379,15 @@ def test_exploding_settles_once_the_learning_rate_fell_across_a_resume(tmp_path,
     assert not [key for key in resumed.alerts.active if key[1] == "exploding"]
     assert [a.kind for a in resumed.alerts.raised].count("exploding") == 3  # not raised again
     cleared = f"exploding in '{FIRST}' cleared (also in 2 more: '{CONVS[1]}', '{CONVS[2]}') at "
-    assert f"{cleared}epoch 1 (step {2 * STEPS_PER_EPOCH})" in caplog.text
+    because = "the learning rate fell to 0.05, at most 0.5 of its highest since the alert (5)."
+    assert f"{cleared}epoch 1 (step {2 * STEPS_PER_EPOCH}). Cleared because {because}" in (
+        caplog.text
+    )
+    table = read_events(tmp_path).Tensors("alerts/text_summary")[-1]
+    rows = tags.parse_alert_table(table.tensor_proto.string_val[0].decode())
+    assert next(r["what to check"] for r in rows if r["status"] == "cleared").startswith(
+        f"FilterMonitor: exploding in '{FIRST}' cleared: {because}"
+    )
     drift = {
         entry.step: entry.value for entry in read_events(tmp_path).Scalars(f"filters/{FIRST}/drift")
     }

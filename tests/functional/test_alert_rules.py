@@ -104,8 +104,14 @@ def test_exploding_settles_once_the_learning_rate_fell_and_reads_the_drift_beyon
     assert exploding_base(13.5, 0.0, learning_rate=0.1, peak_learning_rate=None) == 0.0
     recovered = {**HEALTHY_SGD, "drift": 13.5}
     assert "exploding" in firing(filter_findings("c", recovered, 161, DEFAULTS, exploding=True))
-    settled = filter_findings("c", recovered, 161, DEFAULTS, exploding=True, drift_base=13.5)
+    settled = filter_findings(
+        "c", recovered, 161, DEFAULTS, exploding=True, drift_base=13.5, settled=(0.4, 4.0)
+    )
     assert "exploding" not in firing(settled)
+    (clearing,) = [f for f in settled if f.kind == "exploding"]
+    assert clearing.cleared.startswith(
+        "the learning rate fell to 0.4, at most 0.5 of its highest since the alert (4)."
+    )
     # still moving far after the rate fell (the lowered rate is still far too high): again
     moving = {**HEALTHY_SGD, "drift": 19.0}
     (finding,) = [
