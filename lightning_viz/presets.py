@@ -60,9 +60,10 @@ def default_callbacks(
         on_alert: ``"warn"``, ``"stop"`` or a callable, for every callback.
         activations: include the ActivationMonitor (leave it out for a torch.compile'd model,
             whose compiled training forward cannot be hooked).
-        budget: the share of training time the callbacks may take together (2% by default):
-            past it, the ActivationMonitor stretches its cadence and the probe views skip epochs
-            until it holds, with one ``over_budget`` notice; None never skips. FilterMonitor
+        budget: the share of training time the callbacks may take together (2% by default;
+            counted from the first step: the work before it is done once): past it, the
+            ActivationMonitor stretches its cadence and the probe views skip epochs until it
+            holds, with one ``over_budget`` notice; None never skips. FilterMonitor
             measures every epoch (and every 500 optimizer steps within a longer one) whatever
             the budget (its health alerts should not wait; its time still counts in the share);
             only its filter images skip epochs.

@@ -491,7 +491,8 @@ class VizCallback(*CALLBACK_BASES):
 
     Budget: with ``budget`` (a share of training time, e.g. 0.02), before each piece of work it
     may skip (a sampled step, an epoch's measurement or visualization) a callback checks that
-    the share all lightning-viz callbacks took since training started stays within it, counting
+    the share all lightning-viz callbacks took since the first training step stays within it
+    (the work before it, done once, is not counted against the steps), counting
     what its costliest piece so far cost (:meth:`~lightning_viz.callbacks.cost.CostMeter.
     may_spend`). Past it, the callbacks whose own share is above an even part of the budget skip
     (cadences stretch, epochs are skipped) until it holds again; the cheap ones go on. One
@@ -686,6 +687,7 @@ class VizCallback(*CALLBACK_BASES):
     ) -> None:
         context = RunContext.of(trainer)
         context.release_notices()  # held still when a subclass's on_train_start skipped super's
+        context.cost.training()
         context.record_call_order(pl_module)
         context.epoch = trainer.current_epoch
 
@@ -803,20 +805,23 @@ class VizCallback(*CALLBACK_BASES):
             self._say_over_budget(trainer, self.budget, consequence)
         return fits
 
-    def _say_over_budget(self, trainer: pl.Trainer, budget: float, consequence: str) -> None:
-        """The fit's one ``over_budget`` notice: the share the callbacks took, the costliest
-        named, over ``budget``, and the ``consequence``."""
+    def _say_over_budget(
+        self, trainer: pl.Trainer, budget: float, consequence: str, whole_fit: bool = False
+    ) -> None:
+        """The fit's one ``over_budget`` notice: the share the callbacks took (that the budget
+        keeps, or with ``whole_fit`` the fit's), the costliest named, over ``budget``, and the
+        ``consequence``."""
         context = RunContext.of(trainer)
         context.over_budget_said = True
-        share = context.cost.share()
-        shares = sorted(
-            ((context.cost.share(name), name) for name in context.cost.spent), reverse=True
-        )
+        share = context.cost.share if whole_fit else context.cost.budget_share
+        shares = sorted(((share(name), name) for name in context.cost.spent), reverse=True)
+        shares = [(part, name) for part, name in shares if part > 0]  # none since the step
         named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
         parts = [(name, part) for part, name in named]
         if rest:
             parts.append((counted(len(rest), "other"), sum(part for part, _ in rest)))
-        finding = over_budget_finding(share, parts, budget, AIM, consequence)
+        span = "so far" if whole_fit else "since its first step"
+        finding = over_budget_finding(share(), parts, budget, AIM, consequence, span)
         self.raise_alert(trainer, finding, source="lightning-viz")
 
     def _said_over_budget_at_end(self, trainer: pl.Trainer) -> None:
@@ -834,6 +839,7 @@ class VizCallback(*CALLBACK_BASES):
             "nothing was skipped, since what they did the budget never skips: the baselines at "
             "train start, each view's first render and the fit's last, which in a fit this short "
             "are most of the work. For less: fewer views, probes or layers, or a longer fit.",
+            whole_fit=True,
         )
 
     def renders_at_start(self) -> bool:

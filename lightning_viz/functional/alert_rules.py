@@ -490,11 +490,17 @@ def reference_at_refit_finding(layers: Sequence[str], steps: int) -> Finding:
 
 
 def over_budget_finding(
-    share: float, parts: Sequence[tuple[str, float]], budget: float, aim: float, consequence: str
+    share: float,
+    parts: Sequence[tuple[str, float]],
+    budget: float,
+    aim: float,
+    consequence: str,
+    span: str = "so far",
 ) -> Finding:
     """The fit's one ``over_budget`` notice: the callbacks took ``share`` of the training time
-    (``parts``: the costliest named, in order) and their next piece of work would pass ``aim``
-    of the ``budget``, or the budget itself was passed; then what follows (``consequence``).
+    (``span``: since when; ``parts``: the costliest named, in order) and their next piece of
+    work would pass ``aim`` of the ``budget``, or the budget itself was passed; then what
+    follows (``consequence``).
     "took 1.9%, over the budget of 2.0%" read as a contradiction: the share may still be within
     the budget when its next piece would not be."""
     each = ", ".join(f"{name} {part:.1%}" for name, part in parts)
@@ -509,7 +515,7 @@ def over_budget_finding(
         True,
         share,
         budget,
-        f"the callbacks took {share:.1%} of the training time so far ({each}), {where}: "
+        f"the callbacks took {share:.1%} of the training time {span} ({each}), {where}: "
         f"{consequence}",
     )
 

@@ -68,6 +68,31 @@ def test_past_the_budget_the_costly_callback_waits_and_the_cheap_one_goes_on():
     assert meter.may_spend("costly", budget=0.02, sharing=2)
 
 
+def test_the_budget_counts_from_the_first_training_step():
+    """The baselines and first renders before the first step are paid once: counted against
+    the steps that followed, they made every run skip its early work and say over_budget (the
+    digits net with default_callbacks() in 900-step epochs: notice at step 99, samples skipped,
+    the fit at 1.5% of a 2% budget)."""
+    clock = Clock()
+    meter = CostMeter(clock)
+    meter.start()
+    clock.now = 2.0
+    meter.add("view", 2.0)  # its first render, before the first step
+    assert meter.may_spend("sampler", budget=0.02, sharing=2)  # a first piece: always
+    meter.training()
+    clock.now = 12.0
+    meter.add("sampler", 0.05)
+    assert meter.share() == pytest.approx(2.05 / 12)  # what the run paid: everything
+    assert meter.budget_share() == pytest.approx(0.05 / 10)
+    assert meter.budget_share("view") == 0.0
+    assert meter.may_spend("sampler", budget=0.02, sharing=2)  # (0.05 + 0.05) / 10 < 1.8%
+    meter.training()  # later steps do not move the mark
+    clock.now = 13.0
+    meter.add("sampler", 0.2)
+    assert meter.budget_share() == pytest.approx(0.25 / 11)
+    assert not meter.may_spend("sampler", budget=0.02, sharing=2)
+
+
 def test_overhead_is_logged_at_every_epoch_end_per_callback_and_in_total(tmp_path):
     images, labels = digits_tensors()
     callbacks = [
@@ -219,6 +244,7 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path, monkeypatch
     probes = Probes(images[:4], labels[:4])
     callbacks = [
         ActivationMonitor(every_n_steps=1, budget=0.001),
+        FilterMonitor(every_n_steps=1, budget=0.001),
         GradCAMLogger(probes=probes, budget=0.001),
     ]
     fit(DigitsClassifier(), callbacks, tmp_path, epochs=3, limit_train_batches=8)
@@ -231,16 +257,19 @@ def test_one_over_budget_notice_per_fit_for_every_callback(tmp_path, monkeypatch
     # ActivationMonitor, at 0.7%, for a notice that FeatureVisualizer's 65% caused)
     assert (notices[0].source, notices[0].layer) == ("lightning-viz", "budget")
     assert notices[0].message.startswith("lightning-viz: the callbacks took ")
-    assert re.search(r"skipped is .* \((ActivationMonitor|GradCAMLogger)\)", notices[0].message)
-    # each callback's share, costliest first: the notice is not the one that noticed's alone;
-    # past the few it names, the others' sum (a default run with every view has twelve)
-    shares = re.search(r"so far \((\w+) (\d+\.\d)%, ([\w ]+) (\d+\.\d)%\)", notices[0].message)
+    assert re.search(r"skipped is .* \((ActivationMonitor|FilterMonitor)\)", notices[0].message)
+    # each callback's share since the first step, costliest first: the notice is not the one
+    # that noticed's alone; past the few it names, the others' sum (a default run with every
+    # view has twelve); GradCAMLogger rendered only before the first step, and is not named
+    shares = re.search(
+        r"since its first step \((\w+) (\d+\.\d)%, ([\w ]+) (\d+\.\d)%\)", notices[0].message
+    )
     assert shares is not None, notices[0].message
     if named == 1:
-        assert shares[1] in ("ActivationMonitor", "GradCAMLogger")
+        assert shares[1] in ("ActivationMonitor", "FilterMonitor")
         assert shares[3] == "1 other"
     else:
-        assert {shares[1], shares[3]} == {"ActivationMonitor", "GradCAMLogger"}
+        assert {shares[1], shares[3]} == {"ActivationMonitor", "FilterMonitor"}
         assert float(shares[2]) >= float(shares[4])
 
 
