@@ -124,7 +124,8 @@ LOCALIZATION_KEYS = ("pointing_game", "energy_in_box")
 
 ALERTS = "alerts"
 """Text, every callback that alerts: the alerts of a step (and the health alerts of earlier steps
-still active) with what to check for each, over a markdown table of them (:func:`alert_table`);
+still active), a line of what happened, what to check for each, then a markdown table of them
+(:func:`alert_table`);
 when several callbacks alert at one step, the last entry of that step holds them all."""
 ALERT_COLUMNS = ("status", "kind", "layer", "epoch", "value", "threshold", "what to check")
 NOTICE_KINDS = frozenset(
@@ -228,9 +229,10 @@ def section_layers(title: str) -> list[str]:
 
 
 def alert_table(rows: Sequence[Sequence[object]]) -> str:
-    """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: what to check for
-    each row first (under a table of 24 rows it lay below the fold of TensorBoard's text card),
-    numbered as the rows of the table of the short columns under it. (In one table, the long
+    """The markdown of a step's alerts, rows of :data:`ALERT_COLUMNS` values: a line of what
+    happened (:func:`_alert_headline`), then what to check for each row (under a table of 24
+    rows it lay below the fold of TensorBoard's text card), numbered as the rows of the table
+    of the short columns under it. (In one table, the long
     column left the others a few characters each: "0.632" wrapped into three lines.) A
     paragraph that repeats an earlier row's but for the layer and the numbers refers to that
     row, and rows in a row that refer alike share a line (a divergence raises the same two
@@ -256,7 +258,12 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
         else:
             first_of[template] = (i, general)
         checks.append((i, i, message))
-    lines = [f"**{ALERT_COLUMNS[-1]}** (the rows of the table below)", ""]
+    lines = [
+        _alert_headline(rows),
+        "",
+        f"**{ALERT_COLUMNS[-1]}** (the rows of the table below)",
+        "",
+    ]
     for first, last, message in checks:
         rows_named = str(first) if first == last else f"{first} to {last}"
         lines += [f"**{rows_named}**: {cell(message)}", ""]
@@ -267,6 +274,33 @@ def alert_table(rows: Sequence[Sequence[object]]) -> str:
         for i, row in enumerate(rows, 1)
     ]
     return "\n".join(lines)
+
+
+def _alert_headline(rows: Sequence[Sequence[object]]) -> str:
+    """The step at a glance, over the paragraphs (six of a diverged run's filled TensorBoard's
+    text card and hid the table below them): per status, each kind with its layer, or how many;
+    notices apart, by kind alone."""
+    groups: dict[str, dict[str, list[str]]] = {
+        label: {} for label in ("raised", "still active", "cleared", "notices")
+    }
+    for row in rows:
+        status, kind, layer = str(row[0]), str(row[1]), str(row[2])
+        label = (
+            "notices" if kind in NOTICE_KINDS else {"active": "still active"}.get(status, status)
+        )
+        groups.setdefault(label, {}).setdefault(kind, []).append(layer)
+
+    def where(kind: str, layers: list[str], notice: bool) -> str:
+        if notice:
+            return kind
+        return f"{kind} ({layers[0]!r})" if len(layers) == 1 else f"{kind} ({len(layers)} layers)"
+
+    return " · ".join(
+        f"**{label}**: "
+        + ", ".join(where(kind, layers, label == "notices") for kind, layers in kinds.items())
+        for label, kinds in groups.items()
+        if kinds
+    )
 
 
 _NUMBER = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?")

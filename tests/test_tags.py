@@ -104,6 +104,14 @@ def test_alert_table_says_a_paragraph_once_per_step():
     ]
     assert "**3 to 4**: as for 1 (values in the table)" in text.splitlines()
     assert text.index("what to check") < text.index("| # |")  # above a table of many rows
+    # the step at a glance, first: a diverged run's six paragraphs filled the text card and hid
+    # the table below them
+    assert text.splitlines()[0] == (
+        "**raised**: exploding (3 layers), overwritten (2 layers) · **still active**: "
+        "overwritten ('conv3') · **cleared**: exploding ('conv4')"
+    )
+    notice = ("raised", "over_budget", "budget", 0, 0.1, 0.02, "lightning-viz: the callbacks")
+    assert tags.alert_table([notice]).splitlines()[0] == "**notices**: over_budget"
 
 
 def test_alert_tables_logged_before_read_back():

@@ -815,7 +815,7 @@ class VizCallback(*CALLBACK_BASES):
         context.over_budget_said = True
         share = context.cost.share if whole_fit else context.cost.budget_share
         shares = sorted(((share(name), name) for name in context.cost.spent), reverse=True)
-        shares = [(part, name) for part, name in shares if part > 0]  # none since the step
+        shares = [(part, name) for part, name in shares if part > 0]  # not those idle since
         named, rest = shares[:SHARES_NAMED], shares[SHARES_NAMED:]
         parts = [(name, part) for part, name in named]
         if rest:
