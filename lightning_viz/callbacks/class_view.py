@@ -99,6 +99,7 @@ def prediction_caption(
     predicted: str | None = None,
     labelled: bool = False,
     independent: bool = False,
+    names: Sequence[str] = (),
 ) -> str:
     """A map's caption on a tile ``width`` pixels wide: ``pred <class> <probability>`` when the
     map explains the predicted class ``name``; ``for <class> <probability>, pred <predicted>``
@@ -107,11 +108,12 @@ def prediction_caption(
     ``segmented`` class. Where the whole would not fit, the probability goes first (the text
     table gives the prediction's), then, for a class that is the probe's label
     (``labelled``: its own caption names it), the class, as ``✗ pred <predicted>`` (a wrong
-    prediction); a class name that still does not fit is shortened
-    (:func:`~lightning_viz.functional.captions.with_name`), never dropped ("pred temple 93%"
-    read "pred temple …" on the demo's 96-pixel tiles, and a wrong prediction hid behind "for
-    normal"). Classes read each through its own sigmoid (``independent``, a multi-label
-    model's) have no one prediction: ``<class> <its probability>``, with ``✗`` before a
+    prediction); a class name that still does not fit is shortened, told apart from the other
+    ``names`` (:func:`~lightning_viz.functional.captions.with_name`), never dropped ("pred
+    temple 93%" read "pred temple …" on the demo's 96-pixel tiles, and a wrong prediction hid
+    behind "for normal"; "✗ pred flowe…" was any of the flower's four quadrants). Classes read
+    each through its own sigmoid (``independent``, a multi-label model's) have no one
+    prediction: ``<class> <its probability>``, with ``✗`` before a
     probe's label the model gives under 50% (a correct "even" read "✗ pred even" beside a
     probe labelled "has loop")."""
     if independent:
@@ -129,7 +131,7 @@ def prediction_caption(
         ]
         template, shortened = ("✗ pred {}", predicted) if labelled else ("for {}", name)
     fitting = next((text for text in candidates if fits(text, width)), None)
-    return fitting or with_name(template, shortened, width)
+    return fitting or with_name(template, shortened, width, names)
 
 
 SCORES = ("stability", "sanity", "faithfulness")
@@ -443,6 +445,7 @@ class ClassView(ProbeCallback):
                 predicted=None if e == p else class_name(p, names),
                 labelled=e == label,
                 independent=independent,
+                names=names or (),
             )
             for e, p, v, label in zip(
                 explained.tolist(),

@@ -386,7 +386,11 @@ class ProbeCallback(VizCallback):
         if name is None:
             return f"probe {index}"
         labelled = f"true {name}"
-        return labelled if fits(labelled, width) else with_name("{}", name, width)
+        return (
+            labelled
+            if fits(labelled, width)
+            else with_name("{}", name, width, self.class_names or ())
+        )
 
     def probe_target(self, probes: Probes, index: int) -> str | None:
         """A probe's true class name or float target, as captions and tables give it; None

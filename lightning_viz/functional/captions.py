@@ -49,14 +49,20 @@ def fit_text(text: str, width: int) -> str:
     return text + "…" if text else ""
 
 
-def with_name(template: str, name: str, width: int) -> str:
+def with_name(template: str, name: str, width: int, names: Sequence[str] = ()) -> str:
     """``template`` with ``name`` in its ``{}``, the name shortened where the whole would not
     fit a caption band ``width`` pixels wide: cut at its end while that keeps half of it or
-    more ("plus s…"), else in its middle, so that names that differ only at their end
-    ("n01530575 brambling", "n01531178 goldfinch") do not all read "n015…"."""
+    more ("plus s…") and leaves no prefix of another of ``names`` (the names it could be
+    mistaken for), else in its middle, so that names that differ only at their end
+    ("n01530575 brambling", "n01531178 goldfinch"; "flower ↗", "flower ↘") do not all read
+    "n015…" or "flowe…"."""
     room = width - 4 - _font().getlength(template.format(""))
     end_cut = fit_text(name, room)
-    if len(end_cut) - 1 >= len(name) / 2 or end_cut == name:
+    if end_cut == name:
+        return template.format(name)
+    kept = end_cut.removesuffix("…")
+    ambiguous = any(other != name and other.startswith(kept) for other in names)
+    if len(kept) >= len(name) / 2 and not ambiguous:
         return template.format(end_cut)
     for kept in range(len(name) - 1, 0, -1):
         short = f"{name[: (kept + 1) // 2].rstrip()}…{name[len(name) - kept // 2 :].lstrip()}"

@@ -21,7 +21,13 @@ from lightning_viz.callbacks.deconv_logger import EVOLUTION_CELL, to_own_range
 from lightning_viz.callbacks.gradcam_logger import default_gradcam_layer
 from lightning_viz.callbacks.probe_base import eval_mode
 from lightning_viz.functional import grad_cam, guided_backprop, upsample
-from lightning_viz.functional.captions import BAND, _wrapped, table_label_width, text_band
+from lightning_viz.functional.captions import (
+    BAND,
+    _wrapped,
+    table_label_width,
+    text_band,
+    with_name,
+)
 from lightning_viz.functional.images import (
     CARD_WIDTH,
     LEGIBLE_WIDTH,
@@ -412,6 +418,22 @@ def test_probe_captions_of_names_alike_at_their_start_stay_apart():
     assert first != second
     assert first.startswith("n000")
     assert first.endswith("hrike")
+
+
+def test_captions_of_class_names_alike_but_for_their_end_stay_apart(tmp_path):
+    """The demo's diverged run captioned its maps "✗ pred flowe…": any of the flower's four
+    quadrants, which the arrow at the end of each class name tells apart."""
+    names = [f"the digit {i}" for i in range(10)]
+    module = DigitsClassifier()
+    with torch.no_grad():  # every probe predicted as 2
+        module.model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(2), 10) * 50.0)
+    logger = GradCAMLogger(class_names=names, strict=True)
+    fit(module, [logger], tmp_path, epochs=1, limit_train_batches=1)
+    pixels = image_pixels(read_events(tmp_path).Images("gradcam/model.features")[0])
+    assert with_name("✗ pred {}", names[2], 96) == "✗ pred the di…"  # cut as any class
+    assert_caption(pixels, "✗ pred the…2", x=6 + 98, y=6, width=96)
+    assert with_name("{}", names[0], 60) == "the dig…"
+    assert logger.probe_caption(logger.probes, 0, 60) == "the…it 0"
 
 
 def test_a_map_of_a_class_the_model_gets_wrong_names_that_class_before_the_prediction(tmp_path):

@@ -64,6 +64,17 @@ def test_a_name_too_long_for_its_band_is_cut_at_its_end_or_else_in_its_middle():
     assert with_name("pred {}", "cat", 96) == "pred cat"
 
 
+def test_a_name_cut_at_its_end_is_not_the_start_of_another_class_name():
+    """The demo's diverged run captioned wrong predictions "✗ pred flowe…": any of the flower's
+    four quadrants, which its arrow tells apart."""
+    classes = [f"{photo} {arrow}" for photo in ("temple", "flower") for arrow in "↖↗↙↘"]
+    shown = {name: with_name("✗ pred {}", name, 96, classes) for name in classes}
+    assert len(set(shown.values())) == len(classes)
+    assert all(fits(text, 96) and text.endswith(name[-1]) for name, text in shown.items())
+    assert with_name("✗ pred {}", "flower ↗", 96) == "✗ pred flowe…"  # no names: as before
+    assert with_name("✗ pred {}", "plus sign", 96, ["plus sign", "cross"]) == "✗ pred plus s…"
+
+
 def test_captioned_tiles_and_tables_have_their_bands():
     tiles = torch.rand(3, 3, 10, 12)
     out = captioned(tiles, ["a", "b", "c"])
