@@ -23,13 +23,34 @@ from lightning_viz.functional._validation import (
     check_pair,
 )
 from lightning_viz.functional.gradcam import OutputTransform
-from lightning_viz.functional.lime import LimeExplanation, grid_segments, lime, slic_segments
+from lightning_viz.functional.lime import (
+    POOR_FIT,
+    LimeExplanation,
+    grid_segments,
+    lime,
+    slic_segments,
+)
 from lightning_viz.probes import BatchToImages, Probes
 
 Segmentation = Literal["auto", "slic", "grid"]
 MIN_SEGMENTS = 8
 """A probe that SLIC cuts into fewer superpixels is segmented by the grid instead: with one or
 two, LIME credits the whole image, painted in one colour."""
+
+
+def poor_fit_note(scores: torch.Tensor) -> str | None:
+    """The note on the probes whose surrogate's R^2 (``scores``, (N,)) is under
+    :data:`~lightning_viz.functional.lime.POOR_FIT`: their maps look as confident as the
+    others' (a visual review: 5 of the digits' 10 probes at 0.39 to 0.48, told in the text
+    table alone)."""
+    poor = (scores < POOR_FIT).nonzero().flatten().tolist()
+    if not poor:
+        return None
+    probes = f"probe{'s' if len(poor) > 1 else ''} {', '.join(map(str, poor))}"
+    return (
+        f"The linear fit explains little of {probes} (R^2 under {POOR_FIT:g}, in the text "
+        "table): read their maps with care."
+    )
 
 
 def scikit_image_installed() -> bool:
@@ -95,9 +116,10 @@ class LIMELogger(ClassView):
 
     How to read it: red segments are those whose presence the surrogate credits with the
     class's probability; blue ones count against it. A trained net's red sits on the object's
-    segments. Trust a map only when its R^2 is high (above about 0.5): a low R^2 means the model
-    is not close to linear in the segments around this probe, and the weights say little; "-"
-    means hiding segments did not move the probability at all (a saturated one): no fit.
+    segments. Trust a map only when its R^2 is high (above about 0.5; a note under the image names
+    the probes under it): a low R^2 means the model is not close to linear in the segments
+    around this probe, and the weights say little; "-" means hiding segments did not move the
+    probability at all (a saturated one): no fit.
 
     Cost: per logged epoch ``probes x samples`` forwards without gradients (2,560 images with
     10 probes and the defaults), in batches of ``max_batch``, and one small batched solve; not
@@ -260,7 +282,8 @@ class LIMELogger(ClassView):
         title = f"LIME: segment weight for the {explained_class}'s {self.explained_quantity}"
         ends = ("lowers", "raises")
         faint = self.faint_note(explanation.weights.abs().amax(dim=1), "largest segment weight")
-        note = " ".join(filter(None, (rating[tags.LIME].note, faint))) or None
+        poor = poor_fit_note(explanation.score)
+        note = " ".join(filter(None, (rating[tags.LIME].note, faint, poor))) or None
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {
             "largest weight": [f"{w:.3g}" for w in explanation.weights.abs().amax(dim=1).tolist()],

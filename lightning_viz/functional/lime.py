@@ -183,6 +183,12 @@ def _masks(samples: int, width: int, keep: float, seed: int, device: torch.devic
     return masks
 
 
+POOR_FIT = 0.5
+"""A surrogate whose R^2 is under this explains too little of how the target moves over the
+variants for its segment weights to be read as the model's reasons (LIMELogger says which
+probes' maps these are, under the image: they look as confident as the others)."""
+
+
 FLAT_TARGET = 1e-6
 """A target whose weighted spread over the variants is at most this (relative to its size, at
 least 1) did not move: its fit has no R^2."""
