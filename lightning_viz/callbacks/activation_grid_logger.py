@@ -48,10 +48,11 @@ blue below 0, white at 0, red above."""
 
 
 def default_grid_layers(
-    model: nn.Module, images: Tensor, forward: Forward | None = None
+    model: nn.Module, images: Tensor, forward: Forward | None = None, past_first: bool = False
 ) -> list[str]:
     """The layers an activation grid shows by default: the first and the deepest conv feature
-    maps after their activation, found by one forward of ``images``.
+    maps after their activation, found by one forward of ``images``; with ``past_first``, the
+    second instead of the first, where there are three or more.
 
     Candidates are the activation modules (ReLU and the others ActivationMonitor watches) with a
     spatial (N, C, h, w) output of at least 2x2, at their first call; without any (a model that
@@ -79,7 +80,8 @@ def default_grid_layers(
     if not candidates:
         return []
     fine = [c for c in candidates if min(c[2][-2:]) >= MIN_MAP_SIDE]
-    return list(dict.fromkeys([candidates[0][0], (fine or candidates)[-1][0]]))
+    shallow = candidates[1 if past_first and len(candidates) >= 3 else 0]
+    return list(dict.fromkeys([shallow[0], (fine or candidates)[-1][0]]))
 
 
 class ActivationGridLogger(ProbeCallback):

@@ -69,9 +69,13 @@ class FeatureVisualizer(ProbeCallback):
 
     Args:
         layers: names from ``model.named_modules()`` with (N, C, H, W) outputs; default the
-            first and the deepest conv feature maps after their activation, as
-            :class:`~lightning_viz.ActivationGridLogger` (see ``default_grid_layers``), or the
-            layers of ``units`` when given.
+            second and the deepest conv feature maps after their activation (see
+            ``default_grid_layers``), or the layers of ``units`` when given. Not the first: its
+            units are a filter and a ReLU, so the image one responds to most is its filter's
+            sign pattern at full contrast, black and white blotches that change only where a
+            weight's sign does (the digits CNN's, 81% of pixels saturated, 1 to 4% of them
+            changed from fit start to epoch 5 for 4 of 6 units); FilterMonitor's filter image
+            shows those filters themselves.
         units: ``{layer: [channel, ...]}`` to visualize; layers without an entry get the
             ``num_units`` channels with the largest mean activation over the probes at fit
             start (fixed for the run).
@@ -231,7 +235,7 @@ class FeatureVisualizer(ProbeCallback):
         self._check_named_layers(pl_module, probes, tokens=False)
         forward = self.probe_forward(pl_module)
         if self.layer_names is None:
-            names = default_grid_layers(pl_module, probes.images[:1], forward)
+            names = default_grid_layers(pl_module, probes.images[:1], forward, past_first=True)
             if not names:
                 raise Unsuited(
                     f"{type(self).__name__}: {type(pl_module).__name__} has no activation or "

@@ -195,6 +195,16 @@ def test_default_layers_are_the_first_and_the_deepest_activated_maps():
         "model.relu",
         "model.layer4.1.relu",
     ]
+    # FeatureVisualizer's: past the stem, whose units' images are their filters' sign patterns
+    assert default_grid_layers(resnet, torch.randn(1, 3, 64, 64), past_first=True) == [
+        "model.layer1.0.relu",
+        "model.layer2.1.relu",
+    ]
+    two = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    assert default_grid_layers(two.eval(), torch.randn(1, 1, 16, 16), past_first=True) == [
+        "1",
+        "3",
+    ]  # where a second is the deepest, the first stays
     vgg = Classifier(torchvision.models.vgg11(num_classes=10)).eval()
     assert default_grid_layers(vgg, torch.randn(1, 3, 64, 64)) == [
         "model.features.1",

@@ -27,7 +27,8 @@ from tests.helpers import (
     text_rows,
 )
 
-LAYERS = ["model.features.2", "model.features.10"]
+LAYERS = ["model.features.6", "model.features.10"]
+"""The defaults: past the first conv, whose units' images are their filters' sign patterns."""
 LOGGED_STEPS = [0, 23, 46]
 """Fit start, then the end of each of the two epochs."""
 FAST = {"steps": 16, "warm_steps": 8}
