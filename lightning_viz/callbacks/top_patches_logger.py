@@ -40,6 +40,7 @@ from lightning_viz.functional.images import CARD_WIDTH, grid, to_rgb, to_uint8
 from lightning_viz.functional.receptive_field import ReceptiveField, receptive_fields
 from lightning_viz.functional.top_patches import (
     TopK,
+    all_tie,
     changed_fraction,
     empty_top_k,
     update_top_k,
@@ -397,7 +398,8 @@ class TopPatchesLogger(ValidationView):
         values = host["values"][:, :k].tolist()
         texts = [["" if v == float("-inf") else compact(v) for v in row] for row in values]
         blocks = captioned_blocks(tiles.unflatten(0, (units, k)), texts, self._columns)
-        labels = [f"ch {c}" for c in channels]
+        tied = [k > 1 and all_tie(row) for row in values]
+        labels = [f"ch {c}" + " (all tie)" * t for c, t in zip(channels, tied, strict=True)]
         headers = text_band(labels, blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
         image = grid(
             torch.cat([headers, blocks], dim=2), nrow=BLOCKS_PER_ROW, padding=BLOCK_PADDING
@@ -409,6 +411,11 @@ class TopPatchesLogger(ValidationView):
             "receptive field of that maximum (cut to the image's size; outside the image is "
             "padding)" + ("" if field.exact else "; the field is approximate (see the text)")
         )
+        if any(tied):
+            note += (
+                f". '(all tie)': the unit responds as strongly to more than {k} patches (flat "
+                "background, often): those shown are the first found, not a preference"
+            )
         return stack_rows(image, footnote(image.shape[-1], note, image.device, image.dtype))
 
     def _table(self, name: str, host: dict[str, Tensor], channels: list[int]) -> str:

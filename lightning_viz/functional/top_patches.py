@@ -7,6 +7,7 @@ without reading a value on the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,3 +186,11 @@ def _check_shapes(top: TopK, maps: Tensor, images: Tensor, units: Tensor | None)
         raise ValueError(
             f"the top-k holds {channels}-channel patches, `images` has {images.shape[1]}"
         )
+
+
+def all_tie(values: Sequence[float]) -> bool:
+    """Whether a unit's top ``values`` (strongest first) are all its strongest: a unit that
+    responds as much to many patches (a digits unit on flat background: nine black tiles all
+    0.98, the first nine validation images, read as a defect in a visual review)."""
+    first, last = values[0], values[-1]
+    return math.isfinite(first) and first - last <= 1e-6 * max(1.0, abs(first))

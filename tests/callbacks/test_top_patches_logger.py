@@ -8,11 +8,13 @@ from torch import nn
 
 import lightning_viz
 from lightning_viz import TopPatchesLogger
-from lightning_viz.callbacks.top_patches_logger import FRAME_GREY
+from lightning_viz.callbacks.top_patches_logger import BLOCK_PADDING, FRAME_GREY
+from lightning_viz.functional.top_patches import all_tie
 from lightning_viz.testing import ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
     DigitsClassifier,
+    assert_caption,
     fit,
     hook_count,
     image_pixels,
@@ -128,6 +130,24 @@ def test_first_layer_patches_are_the_5x5_fields_of_the_maxima(tmp_path):
         row, col = int(top.rows[0, slot]), int(top.cols[0, slot])
         padded = torch.nn.functional.pad(image, (2, 2, 2, 2))  # the conv's zero padding
         assert torch.allclose(top.patches[0, slot], padded[:, row : row + 5, col : col + 5])
+
+
+def test_a_unit_whose_top_values_all_tie_says_so(tmp_path):
+    """A digits unit on flat background showed nine black tiles all 0.98, the first nine
+    validation images, read as a defect in a visual review: its block now says they tie."""
+    assert all_tie([0.98] * 9)
+    assert not all_tie([2.96, 2.94, 2.9])
+    assert not all_tie([float("-inf")] * 2)  # fewer images than k
+    module = DigitsClassifier(freeze_first_conv=True)
+    with torch.no_grad():
+        module.model.features[0].weight[3] = 0.0  # channel 3 reads 0 everywhere
+    logger = TopPatchesLogger(layers=["model.features.0"], units=[3, 4], k=2, strict=True)
+    fit(module, [logger], tmp_path, epochs=1)
+    image = read_events(tmp_path).Images("top_patches/model.features.0")[-1]
+    pixels = image_pixels(image)
+    block = (image.width - 3 * BLOCK_PADDING) // 2
+    assert_caption(pixels, "ch 3 (all tie)", x=BLOCK_PADDING, y=BLOCK_PADDING, width=block)
+    assert_caption(pixels, "ch 4", x=2 * BLOCK_PADDING + block, y=BLOCK_PADDING, width=block)
 
 
 def test_resume_continues_the_changed_score(tmp_path):
