@@ -124,9 +124,9 @@ class FeatureVisualizer(ProbeCallback):
     image, on a batch of one image per unit at the probes' size plus 24 pixels of padding;
     the first render runs ``steps``, each later one ``warm_steps``. Batched over units, a step
     costs a quarter of lucent's per unit (4 units; less with more). On a 2-core CPU a warm
-    render of the default two layers and 6 units each takes about 2 s on the digits CNN (80
-    optimizer steps at batch 64: more than three of its 23-step epochs) and 6 s on resnet18 at
-    64 pixels (16 steps), little beside an epoch of a real dataset; ``every_n_epochs=``, fewer
+    render of the default two layers and 6 units each takes about 2 s on the digits CNN (about
+    90 optimizer steps at batch 64: about four of its 23-step epochs) and 6 s on resnet18 at 64
+    pixels (19 steps), little beside an epoch of a real dataset; ``every_n_epochs=``, fewer
     units or ``warm_steps=64`` (87-114% of lucent's objective) for less.
 
     Example::
