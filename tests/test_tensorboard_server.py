@@ -213,7 +213,7 @@ def test_the_projector_serves_every_epochs_embedding_with_metadata_and_sprite(se
     assert Image.open(io.BytesIO(sprite)).size == (19 * 32, 19 * 32)  # ceil(sqrt(360)) = 19
 
 
-@pytest.mark.parametrize("layer", ["model.features.2", "model.features.10"])
+@pytest.mark.parametrize("layer", ["model.features.6", "model.features.10"])
 def test_the_feature_visualization_grid_grows_a_column_per_render(server, layer):
     base, run = server
     tag = f"feature_vis/{layer}"
