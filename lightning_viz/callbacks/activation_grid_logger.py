@@ -130,7 +130,7 @@ class ActivationGridLogger(ProbeCallback):
     - ``activation_grid/<layer>/channels`` (text): per probe, its class, its block's scale (the
       largest absolute value among its maps, shown at the bright end), the share of the layer's
       values that are <= 0 on it, the share of the layer's channels that are dead on it (no
-      positive value), and the channels shown with their mean activation.
+      positive value); under it, each probe's channels shown, with their mean activation.
     - ``lightning_viz/overhead/<callback>`` and ``lightning_viz/overhead`` (every epoch's end,
       with the other lightning-viz callbacks): the share of training time spent in it, and in all.
 
@@ -323,14 +323,20 @@ class ActivationGridLogger(ProbeCallback):
 
     def _table(self, layer: str, probes: Probes, host: dict[str, Tensor]) -> str:
         """The markdown table of what each block shows, with the layer's sparsity on the probe,
-        under the note on how the maps are scaled."""
+        under the note on how the maps are scaled; then each probe's channels in a list. Short
+        headers, said in full above: TensorBoard's text card breaks words to squeeze a wide
+        table's columns, and the channels as its last column broke "probe" over two lines."""
         lines = [
             self._scale_note(layer, bool(host["signed"])),
             "",
-            "| probe | target | scale (largest absolute value) | values <= 0 | dead channels | "
-            "channels (mean activation) |",
-            "|---|---|---|---|---|---|",
+            "scale: the largest absolute value of the probe's maps; <= 0: the share of the "
+            "layer's values <= 0 on it; dead: the share of its channels with no positive value "
+            "on it.",
+            "",
+            "| probe | target | scale | <= 0 | dead |",
+            "|---|---|---|---|---|",
         ]
+        channels = []
         rows = zip(
             host["channels"].long().tolist(),
             host["means"].tolist(),
@@ -339,8 +345,11 @@ class ActivationGridLogger(ProbeCallback):
             host["dead"].tolist(),
             strict=True,
         )
-        for i, (channels, means, scale, zero, dead) in enumerate(rows):
+        for i, (indices, means, scale, zero, dead) in enumerate(rows):
             label = self.probe_target(probes, i) or "-"
-            shown = ", ".join(f"{c} ({m:.3g})" for c, m in zip(channels, means, strict=True))
-            lines.append(f"| {i} | {label} | {scale:.3g} | {zero:.0%} | {dead:.0%} | {shown} |")
+            lines.append(f"| {i} | {label} | {scale:.3g} | {zero:.0%} | {dead:.0%} |")
+            # a no-break space: a line that wraps keeps each channel beside its mean
+            shown = ", ".join(f"{c}\u00a0({m:.3g})" for c, m in zip(indices, means, strict=True))
+            channels.append(f"- probe {i}: {shown}")
+        lines += ["", "Channels shown, strongest first (mean activation):", "", *channels]
         return "\n".join(lines)

@@ -46,8 +46,20 @@ WIDTH = 3 * (TILE + 2) - 2 + 2 * GAP
 """Three tiles: as narrow as TensorBoard's card."""
 
 
-def shown_channels(row: list[str]) -> list[int]:
-    return [int(c) for c in re.findall(r"(\d+) \(", row[-1])]
+def shown_channels(events, layer: str) -> list[tuple[int, list[int], list[float]]]:
+    """``(probe, channels, means)`` of each line of the list under the text's table."""
+    text = events.Tensors(f"activation_grid/{layer}/channels/text_summary")[-1]
+    lines = text.tensor_proto.string_val[0].decode().splitlines()
+    listed = [re.fullmatch(r"- probe (\d+): (.+)", line) for line in lines]
+    return [
+        (
+            int(match[1]),
+            [int(c) for c in re.findall(r"(\d+)\u00a0\(", match[2])],
+            [float(m) for m in re.findall(r"\(([-\d.e]+)\)", match[2])],
+        )
+        for match in listed
+        if match
+    ]
 
 
 def assert_colour(pixel, cmap: str, index: int) -> None:
@@ -73,9 +85,14 @@ def test_grids_at_fit_start_and_every_epoch_show_the_final_models_top_channels(t
         assert {(i.width, i.height) for i in images} == {(width, LEGEND + GRID_HEIGHT)}
         rows = text_rows(events, f"activation_grid/{layer}/channels")
         assert [row[1] for row in rows] == [str(c) for c in range(10)]  # the probes' classes
-        channels = [shown_channels(row) for row in rows]
+        # the channels go in a list under the table: as its last column, their long line
+        # squeezed the others in TensorBoard's text card until "probe" broke over two lines
+        assert {len(row) for row in rows} == {5}
+        listed = shown_channels(events, layer)
+        assert [probe for probe, _, _ in listed] == list(range(10))
+        channels = [shown for _, shown, _ in listed]
         assert channels == expected[layer].channels.tolist()
-        means = [[float(m) for m in re.findall(r"\(([-\d.e]+)\)", row[-1])] for row in rows]
+        means = [means for _, _, means in listed]
         assert torch.allclose(torch.tensor(means), expected[layer].means, rtol=1e-2)
         dead = torch.tensor([float(row[4].rstrip("%")) for row in rows]) / 100
         assert torch.allclose(dead, expected[layer].dead_fraction, atol=0.005)
@@ -117,9 +134,7 @@ def test_a_map_zero_everywhere_says_so_in_its_caption(tmp_path):
     fit(module, [logger], tmp_path, epochs=1, limit_train_batches=1)
     events = read_events(tmp_path)
     for layer, dead in (("model.features.2", False), ("model.features.10", True)):
-        channels = [
-            shown_channels(row) for row in text_rows(events, f"activation_grid/{layer}/channels")
-        ]
+        channels = [shown for _, shown, _ in shown_channels(events, layer)]
         pixels = image_pixels(events.Images(f"activation_grid/{layer}")[-1])
         top, x = LEGEND + GAP, GAP + TILE + 2  # the first probe's first channel
         caption = f"ch {channels[0][0]}" + (" all 0" if dead else "")
