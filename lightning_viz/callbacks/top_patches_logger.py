@@ -40,9 +40,9 @@ from lightning_viz.functional.images import CARD_WIDTH, grid, to_rgb, to_uint8
 from lightning_viz.functional.receptive_field import ReceptiveField, receptive_fields
 from lightning_viz.functional.top_patches import (
     TopK,
-    all_tie,
     changed_fraction,
     empty_top_k,
+    tie,
     update_top_k,
 )
 from lightning_viz.probes import BatchToImages
@@ -119,10 +119,12 @@ class TopPatchesLogger(ValidationView):
 
     Logged keys:
 
-    - ``top_patches/<layer>`` (image): one block per unit (headed ``ch N``), its k patches
-      strongest first, row by row (3x3 for k = 9, as in Zeiler & Fergus's figure 2), each
-      captioned with the unit's maximum on that image; two blocks a row, as wide as
-      TensorBoard's card (53-pixel patches for k = 9).
+    - ``top_patches/<layer>`` (image): one block per unit (headed ``ch N``; ``ch N (all tie)``
+      where its k values tie, a unit that responds as much to more patches, and ``ch N (all
+      0)`` where they are all 0, a unit dead on the validation images: the k shown are then
+      the first found), its k patches strongest first, row by row (3x3 for k = 9, as in
+      Zeiler & Fergus's figure 2), each captioned with the unit's maximum on that image; two
+      blocks a row, as wide as TensorBoard's card (53-pixel patches for k = 9).
       The patches are drawn as the dataset had them before its torchvision ``Normalize``, else
       on one min-max scale for all of them.
     - ``top_patches/<layer>/changed``: from the second logged epoch, the mean over units of the
@@ -398,8 +400,8 @@ class TopPatchesLogger(ValidationView):
         values = host["values"][:, :k].tolist()
         texts = [["" if v == float("-inf") else compact(v) for v in row] for row in values]
         blocks = captioned_blocks(tiles.unflatten(0, (units, k)), texts, self._columns)
-        tied = [k > 1 and all_tie(row) for row in values]
-        labels = [f"ch {c}" + " (all tie)" * t for c, t in zip(channels, tied, strict=True)]
+        ties = [tie(row) if k > 1 else None for row in values]
+        labels = [f"ch {c}" + (f" ({t})" if t else "") for c, t in zip(channels, ties, strict=True)]
         headers = text_band(labels, blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
         image = grid(
             torch.cat([headers, blocks], dim=2), nrow=BLOCKS_PER_ROW, padding=BLOCK_PADDING
@@ -411,10 +413,15 @@ class TopPatchesLogger(ValidationView):
             "receptive field of that maximum (cut to the image's size; outside the image is "
             "padding)" + ("" if field.exact else "; the field is approximate (see the text)")
         )
-        if any(tied):
+        if "all tie" in ties:
             note += (
                 f". '(all tie)': the unit responds as strongly to more than {k} patches (flat "
                 "background, often): those shown are the first found, not a preference"
+            )
+        if "all 0" in ties:
+            note += (
+                ". '(all 0)': the unit is 0 on every validation image (dead): those shown are "
+                "the first found"
             )
         return stack_rows(image, footnote(image.shape[-1], note, image.device, image.dtype))
 

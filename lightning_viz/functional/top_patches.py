@@ -188,9 +188,13 @@ def _check_shapes(top: TopK, maps: Tensor, images: Tensor, units: Tensor | None)
         )
 
 
-def all_tie(values: Sequence[float]) -> bool:
-    """Whether a unit's top ``values`` (strongest first) are all its strongest: a unit that
-    responds as much to many patches (a digits unit on flat background: nine black tiles all
-    0.98, the first nine validation images, read as a defect in a visual review)."""
+def tie(values: Sequence[float]) -> str | None:
+    """What a unit's top ``values`` (strongest first) share, where they are all its strongest:
+    ``"all 0"`` for a unit that is 0 on every image (a dead ReLU unit: "all tie", said of it,
+    read as a unit that responds to everything), ``"all tie"`` for one that responds as much
+    to many patches (a digits unit on flat background: nine black tiles all 0.98, the first
+    nine validation images, read as a defect in a visual review); None where they differ."""
     first, last = values[0], values[-1]
-    return math.isfinite(first) and first - last <= 1e-6 * max(1.0, abs(first))
+    if not (math.isfinite(first) and first - last <= 1e-6 * max(1.0, abs(first))):
+        return None
+    return "all 0" if first == 0 else "all tie"

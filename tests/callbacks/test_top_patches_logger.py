@@ -9,7 +9,7 @@ from torch import nn
 import lightning_viz
 from lightning_viz import TopPatchesLogger
 from lightning_viz.callbacks.top_patches_logger import BLOCK_PADDING, FRAME_GREY
-from lightning_viz.functional.top_patches import all_tie
+from lightning_viz.functional.top_patches import tie
 from lightning_viz.testing import ImageClassifier, digits_loaders
 from tests.callbacks.test_neutrality import assert_same_training, train
 from tests.helpers import (
@@ -134,20 +134,26 @@ def test_first_layer_patches_are_the_5x5_fields_of_the_maxima(tmp_path):
 
 def test_a_unit_whose_top_values_all_tie_says_so(tmp_path):
     """A digits unit on flat background showed nine black tiles all 0.98, the first nine
-    validation images, read as a defect in a visual review: its block now says they tie."""
-    assert all_tie([0.98] * 9)
-    assert not all_tie([2.96, 2.94, 2.9])
-    assert not all_tie([float("-inf")] * 2)  # fewer images than k
+    validation images, read as a defect in a visual review: its block now says they tie. A
+    dead unit's, all 0, read "all tie" as if it responded to everything: it says "all 0"."""
+    assert tie([0.98] * 9) == "all tie"
+    assert tie([0.0] * 9) == "all 0"
+    assert tie([2.96, 2.94, 2.9]) is None
+    assert tie([float("-inf")] * 2) is None  # fewer images than k
     module = DigitsClassifier(freeze_first_conv=True)
     with torch.no_grad():
         module.model.features[0].weight[3] = 0.0  # channel 3 reads 0 everywhere
-    logger = TopPatchesLogger(layers=["model.features.0"], units=[3, 4], k=2, strict=True)
+        module.model.features[1].bias[3] = 1.0  # then its BatchNorm's shift: a constant
+        module.model.features[1].weight[5] = 0.0  # after the BatchNorm and ReLU, channel 5
+        module.model.features[1].bias[5] = -100.0  # reads 0 everywhere: dead
+    logger = TopPatchesLogger(layers=["model.features.2"], units=[3, 5], k=2, strict=True)
     fit(module, [logger], tmp_path, epochs=1)
-    image = read_events(tmp_path).Images("top_patches/model.features.0")[-1]
+    image = read_events(tmp_path).Images("top_patches/model.features.2")[-1]
     pixels = image_pixels(image)
     block = (image.width - 3 * BLOCK_PADDING) // 2
     assert_caption(pixels, "ch 3 (all tie)", x=BLOCK_PADDING, y=BLOCK_PADDING, width=block)
-    assert_caption(pixels, "ch 4", x=2 * BLOCK_PADDING + block, y=BLOCK_PADDING, width=block)
+    x = 2 * BLOCK_PADDING + block
+    assert_caption(pixels, "ch 5 (all 0)", x=x, y=BLOCK_PADDING, width=block)
 
 
 def test_resume_continues_the_changed_score(tmp_path):
