@@ -485,17 +485,17 @@ class ClassView(ProbeCallback):
         :data:`FAINT_BELOW` for a probability, none for a score, whose units are the model's."""
         return FAINT_BELOW if self.explained_quantity == "probability" else 0.0
 
-    def faint_note(self, largest: torch.Tensor, what: str) -> str | None:
+    def faint_note(self, probes: Probes, largest: torch.Tensor, what: str) -> str | None:
         """The note on the probes whose ``largest`` (N,) absolute map value is under
         :attr:`least_scale`: ``what`` (of the probability) hardly moves there, and their maps
         are drawn faint."""
         faint = (largest < self.least_scale).nonzero().flatten().tolist()
         if not faint:
             return None
-        probes = f"probe{'s' if len(faint) > 1 else ''} {', '.join(map(str, faint))}"
+        least = self.least_scale
         return (
-            f"The {what} of {probes} stays under {self.least_scale:g} of the probability: drawn "
-            f"on a scale of {self.least_scale:g}, faint, not stretched to full colour."
+            f"The {what} of {self.probe_names(probes, faint)} stays under {least:g} of the "
+            f"probability: drawn on a scale of {least:g}, faint, not stretched to full colour."
         )
 
     @staticmethod
@@ -542,8 +542,8 @@ class ClassView(ProbeCallback):
             empty = host.pop(f"{method}|empty").nonzero().flatten().tolist()
             if empty:
                 lines.append(
-                    f"The maps of probe{'s' if len(empty) > 1 else ''} "
-                    f"{', '.join(map(str, empty))} are empty (one value everywhere): the view "
+                    f"The maps of {self.probe_names(probes, empty)} are empty (one value "
+                    "everywhere): the view "
                     "found nothing there for the class explained, and the scores leave them out."
                 )
             ratings[method] = Rating(

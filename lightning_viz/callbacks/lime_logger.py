@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -38,15 +39,15 @@ MIN_SEGMENTS = 8
 two, LIME credits the whole image, painted in one colour."""
 
 
-def poor_fit_note(scores: torch.Tensor) -> str | None:
+def poor_fit_note(scores: torch.Tensor, named: Callable[[list[int]], str]) -> str | None:
     """The note on the probes whose surrogate's R^2 (``scores``, (N,)) is under
-    :data:`~lightning_viz.functional.lime.POOR_FIT`: their maps look as confident as the
-    others' (a visual review: 5 of the digits' 10 probes at 0.39 to 0.48, told in the text
-    table alone)."""
+    :data:`~lightning_viz.functional.lime.POOR_FIT`, ``named`` as the note names them: their
+    maps look as confident as the others' (a visual review: 5 of the digits' 10 probes at 0.39
+    to 0.48, told in the text table alone)."""
     poor = (scores < POOR_FIT).nonzero().flatten().tolist()
     if not poor:
         return None
-    probes = f"probe{'s' if len(poor) > 1 else ''} {', '.join(map(str, poor))}"
+    probes = named(poor)
     return (
         f"The linear fit explains little of {probes} (R^2 under {POOR_FIT:g}, in the text "
         "table): read their maps with care."
@@ -281,8 +282,9 @@ class LIMELogger(ClassView):
         explained_class = self._explained_class(targets)
         title = f"LIME: segment weight for the {explained_class}'s {self.explained_quantity}"
         ends = ("lowers", "raises")
-        faint = self.faint_note(explanation.weights.abs().amax(dim=1), "largest segment weight")
-        poor = poor_fit_note(explanation.score)
+        largest = explanation.weights.abs().amax(dim=1)
+        faint = self.faint_note(probes, largest, "largest segment weight")
+        poor = poor_fit_note(explanation.score, partial(self.probe_names, probes))
         note = " ".join(filter(None, (rating[tags.LIME].note, faint, poor))) or None
         self._log_panels(trainer, tags.LIME, display, maps, captions, ends, title, note=note)
         columns = {

@@ -198,7 +198,7 @@ class OcclusionLogger(ClassView):
             f"{self.explained_quantity}"
         )
         ends = ("rises", "drops")
-        faint = self.faint_note(sensitivity.abs().flatten(1).amax(dim=1), "largest change")
+        faint = self.faint_note(probes, sensitivity.abs().flatten(1).amax(dim=1), "largest change")
         note = " ".join(filter(None, (rating[tags.OCCLUSION].note, faint))) or None
         self._log_panels(
             trainer, tags.OCCLUSION, display, overlays, captions, ends, title, note=note

@@ -392,6 +392,16 @@ class ProbeCallback(VizCallback):
             else with_name("{}", name, width, self.class_names or ())
         )
 
+    def probe_names(self, probes: Probes, indices: Sequence[int]) -> str:
+        """Probes as a note under a picture names them, by index and by what their tile says:
+        "probes 2 (true 3), 5 (true 6)". The tiles carry no index, and a segmenter's probe 2
+        shows its class 3: a note that named the index alone pointed at the wrong tiles."""
+        names = []
+        for index in indices:
+            target = self.probe_target(probes, index)
+            names.append(str(index) if target is None else f"{index} (true {target})")
+        return f"probe{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
     def probe_target(self, probes: Probes, index: int) -> str | None:
         """A probe's true class name or float target, as captions and tables give it; None
         without either."""

@@ -46,11 +46,15 @@ def test_lime_images_at_every_logged_epoch_with_the_surrogates_numbers(tmp_path)
 def test_maps_of_a_poor_fit_are_named_under_the_image(tmp_path, monkeypatch):
     """A visual review found 5 of 10 maps from fits of R^2 0.39 to 0.48 (under the 0.5 the
     README trusts) as confident-looking as the rest, the R^2 in the text table alone."""
-    assert poor_fit_note(torch.tensor([0.9, 0.39, float("nan"), 0.48])) == (
-        "The linear fit explains little of probes 1, 3 (R^2 under 0.5, in the text table): "
+
+    def named(indices):
+        return f"probes {indices}"
+
+    assert poor_fit_note(torch.tensor([0.9, 0.39, float("nan"), 0.48]), named) == (
+        "The linear fit explains little of probes [1, 3] (R^2 under 0.5, in the text table): "
         "read their maps with care."
     )
-    assert poor_fit_note(torch.tensor([0.5, float("nan")])) is None
+    assert poor_fit_note(torch.tensor([0.5, float("nan")]), named) is None
     heights = {}
     for poor in (0.0, 1.01):  # no probe's fit poor, then every one's
         monkeypatch.setattr(lime_logger, "POOR_FIT", poor)

@@ -266,7 +266,7 @@ def test_maps_whose_probability_hardly_moves_are_drawn_faint(tmp_path, view):
     maps = pixels[6:118, 6 + 98 : 6 + 98 + 96]  # the first probe's map and its caption
     saturation = maps.max(axis=-1) - maps.min(axis=-1)
     assert saturation.max() <= 16  # grey digits under a near-white heat: no red, no blue
-    assert logger.faint_note(torch.tensor([0.2, 0.005, 0.0]), "largest change") == (
-        "The largest change of probes 1, 2 stays under 0.01 of the probability: drawn on a "
-        "scale of 0.01, faint, not stretched to full colour."
+    assert logger.faint_note(logger.probes, torch.tensor([0.2, 0.005, 0.0]), "largest change") == (
+        "The largest change of probes 1 (true 1), 2 (true 2) stays under 0.01 of the "
+        "probability: drawn on a scale of 0.01, faint, not stretched to full colour."
     )

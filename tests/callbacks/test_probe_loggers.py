@@ -1266,3 +1266,15 @@ def test_class_views_on_a_model_trained_without_labels_say_why_they_show_nothing
             assert "target='pred'" in message
         else:  # a classifier's validation batches without labels: the user says so
             assert shown == ["gradcam/encoder.1"]
+
+
+def test_notes_name_probes_by_index_and_by_what_their_tiles_say():
+    """The tiles carry no index: a segmenter's probe 2 showed "true 3", and a note under its
+    Grad-CAM that named "probes 3, 4, 5" pointed at the wrong tiles."""
+    images = torch.zeros(3, 1, 8, 8)
+    names = [f"digit {i}" for i in range(10)]
+    logger = GradCAMLogger(class_names=names)
+    labelled = Probes(images, torch.tensor([2, 3, 4]))
+    assert logger.probe_names(labelled, [1, 2]) == "probes 1 (true digit 3), 2 (true digit 4)"
+    assert logger.probe_names(labelled, [0]) == "probe 0 (true digit 2)"
+    assert logger.probe_names(Probes(images), [0, 2]) == "probes 0, 2"
