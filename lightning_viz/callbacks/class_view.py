@@ -498,6 +498,28 @@ class ClassView(ProbeCallback):
             f"probability: drawn on a scale of {least:g}, faint, not stretched to full colour."
         )
 
+    def unsegmented(self, explained: torch.Tensor | int | None, count: int) -> torch.Tensor | None:
+        """(count,) bool: the segmentation's probes whose ``explained`` class is predicted on
+        none of their pixels; None where the model does not segment."""
+        if self._pixel_shares is None or explained is None:
+            return None
+        shares = self._pixel_shares
+        classes = torch.as_tensor(explained, device=shares.device).expand(count)
+        return shares.gather(1, classes.view(-1, 1))[:, 0] == 0
+
+    def blank_unsegmented(
+        self, maps: torch.Tensor, explained: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """(N, ...) ``maps`` with those of :meth:`unsegmented` probes set to 0. Their class's
+        summed score is 0, and a perturbed copy (a noisy one, an occluded patch, hidden
+        segments) that has the class on a few pixels drew evidence for a class the caption
+        said covers 0% of the probe (a visual review of a segmenter: SmoothGrad, occlusion
+        and LIME bright where Grad-CAM, which reads the probe itself, was empty)."""
+        absent = self.unsegmented(explained, len(maps))
+        if absent is None:
+            return maps
+        return maps.masked_fill(absent.to(maps.device).view(-1, *[1] * (maps.dim() - 1)), 0)
+
     @staticmethod
     def _check_finite(maps: torch.Tensor, what: str) -> None:
         """Fail (as an alert) when a view's maps are not finite: nothing to show."""
@@ -541,10 +563,15 @@ class ClassView(ProbeCallback):
             lines = self._score_lines(trainer, method, mean, drop, rated)
             empty = host.pop(f"{method}|empty").nonzero().flatten().tolist()
             if empty:
+                absent = self.unsegmented(explained, len(probes))
+                why = (
+                    "the class explained is predicted on none of their pixels"
+                    if absent is not None and bool(absent[empty].all())
+                    else "the view found nothing there for the class explained"
+                )
                 lines.append(
                     f"The maps of {self.probe_names(probes, empty)} are empty (one value "
-                    "everywhere): the view "
-                    "found nothing there for the class explained, and the scores leave them out."
+                    f"everywhere): {why}, and the scores leave them out."
                 )
             ratings[method] = Rating(
                 note=" ".join(lines[1:]) or None,

@@ -241,7 +241,9 @@ class LIMELogger(ClassView):
     def _explanation(
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
     ) -> LimeExplanation:
-        return lime(
+        """The probes' LIME explanations; none where a segmentation's class is predicted on no
+        pixel (:meth:`blank_unsegmented`): weights 0, and no fit (R^2 NaN)."""
+        explanation = lime(
             pl_module,
             probes.images,
             self._labels,
@@ -254,6 +256,14 @@ class LIMELogger(ClassView):
             forward=self.probe_forward(pl_module),
             max_batch=self.max_batch,
             probabilities=self.measure_as,
+        )
+        absent = self.unsegmented(explained, len(explanation.score))
+        if absent is None:
+            return explanation
+        return explanation._replace(
+            maps=self.blank_unsegmented(explanation.maps, explained),
+            weights=self.blank_unsegmented(explanation.weights, explained),
+            score=explanation.score.masked_fill(absent.to(explanation.score.device), torch.nan),
         )
 
     @override

@@ -159,8 +159,9 @@ class OcclusionLogger(ClassView):
         self, pl_module: pl.LightningModule, probes: Probes, explained: torch.Tensor
     ) -> torch.Tensor:
         """(N, H, W): how much hiding the patch around each pixel lowers the probability (a
-        segmentation's score)."""
-        return occlusion(
+        segmentation's score; 0 where its class is predicted on no pixel:
+        :meth:`blank_unsegmented`)."""
+        sensitivity = occlusion(
             pl_module,
             probes.images,
             explained,
@@ -172,6 +173,7 @@ class OcclusionLogger(ClassView):
             max_batch=self.max_batch,
             probabilities=self.measure_as,
         )
+        return self.blank_unsegmented(sensitivity, explained)
 
     @override
     def score_maps(

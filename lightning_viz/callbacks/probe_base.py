@@ -395,7 +395,10 @@ class ProbeCallback(VizCallback):
     def probe_names(self, probes: Probes, indices: Sequence[int]) -> str:
         """Probes as a note under a picture names them, by index and by what their tile says:
         "probes 2 (true 3), 5 (true 6)". The tiles carry no index, and a segmenter's probe 2
-        shows its class 3: a note that named the index alone pointed at the wrong tiles."""
+        shows its class 3: a note that named the index alone pointed at the wrong tiles. All
+        of them (more than one): "every probe"."""
+        if len(indices) > 1 and len(set(indices)) == len(probes):
+            return "every probe"
         names = []
         for index in indices:
             target = self.probe_target(probes, index)

@@ -182,24 +182,27 @@ class SaliencyLogger(ClassView):
     def attributions(
         self, pl_module: pl.LightningModule, probes: Probes, targets: torch.Tensor | int | None
     ) -> torch.Tensor:
-        """(N, C, H, W) attributions of the probes by the callback's method."""
+        """(N, C, H, W) attributions of the probes by the callback's method (none where a
+        segmentation's class is predicted on no pixel: :meth:`blank_unsegmented`)."""
         images, forward = probes.images, self.probe_forward(pl_module)
-        if self.method == "vanilla":
-            return saliency(pl_module, images, targets, self.absolute, self._transform, forward)
         batched = {
             "output_transform": self._transform,
             "forward": forward,
             "max_batch": self.max_batch,
         }
-        if self.method == "smoothgrad":
-            return smooth_grad(
+        if self.method == "vanilla":
+            found = saliency(pl_module, images, targets, self.absolute, self._transform, forward)
+        elif self.method == "smoothgrad":
+            found = smooth_grad(
                 pl_module, images, targets, self.samples, self.stdev, self.absolute, **batched
             )
-        if self.method == "integrated_gradients":
-            return integrated_gradients(
+        elif self.method == "integrated_gradients":
+            found = integrated_gradients(
                 pl_module, images, targets, self.baseline, self.steps, **batched
             )
-        return expected_gradients(pl_module, images, images, targets, self.samples, **batched)
+        else:
+            found = expected_gradients(pl_module, images, images, targets, self.samples, **batched)
+        return self.blank_unsegmented(found, targets)
 
     def _reduced(self, attributions: torch.Tensor) -> torch.Tensor:
         """(N, H, W) maps of (N, C, H, W) attributions: signed ones summed over colour channels

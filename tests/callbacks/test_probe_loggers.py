@@ -491,7 +491,7 @@ def test_empty_gradcam_maps_are_said_and_left_out_of_the_scores(tmp_path):
         text.tensor_proto.string_val[0].decode()
         for text in events.Tensors("gradcam/model.features/targets/text_summary")
     ]
-    every_map_empty = "The maps of probes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 are empty"
+    every_map_empty = "The maps of every probe are empty"
     assert every_map_empty in first
     assert math.isnan(events.Scalars("sanity/gradcam/model.features")[0].value)
     # one step later, some maps are not empty, but they have nothing to compare with: no score,
@@ -751,6 +751,55 @@ def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_p
     assert {row[2] for row in rows} == {"0"}  # most of each digit's pixels: the background
 
 
+class ThresholdSegmenter(pl.LightningModule):
+    """Two per-pixel classes of a grey image, fixed: 1 where a pixel is above 2/3, else 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([-1.0, 5.0]).view(2, 1, 1, 1))
+            self.head.bias.copy_(torch.tensor([1.5, -2.5]))
+
+    def forward(self, x):
+        return self.head(x)
+
+    def training_step(self, batch, batch_idx):
+        return self(batch[0]).sum() * 0.0
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_a_class_a_segmenter_predicts_on_no_pixel_of_a_probe_has_no_map(tmp_path):
+    """A segmenter's SmoothGrad, occlusion and LIME drew evidence for classes its captions said
+    cover 0% of the probe, where Grad-CAM was empty: the copies they perturb (noise, a patch
+    hidden, segments hidden) have the class on a few pixels. Its maps are now empty, and the
+    note says why."""
+    images = 0.8 + 0.2 * torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    images[2:, :, :, :8] -= 0.7  # class 1 everywhere on the first two, class 0 on half of these
+    probes = Probes(images, torch.zeros(4, dtype=torch.long))  # explain class 0
+    common = {"probes": probes, "strict": True}
+    views = [
+        lightning_viz.OcclusionLogger(**common),
+        lightning_viz.SaliencyLogger(method="smoothgrad", **common),
+        lightning_viz.LIMELogger(segmentation="grid", cells=4, samples=32, **common),
+    ]
+    loader = DataLoader(TensorDataset(images, torch.zeros(4)), batch_size=4)
+    make_trainer(tmp_path, views, max_epochs=1).fit(ThresholdSegmenter(), loader)
+    events = read_events(tmp_path)
+    note = (
+        "The maps of probes 0 (true 0), 1 (true 0) are empty (one value everywhere): the class "
+        "explained is predicted on none of their pixels, and the scores leave them out."
+    )
+    for tag in ("occlusion/sensitivity", "saliency/smoothgrad", "lime/weights"):
+        text = events.Tensors(f"{tag}/targets/text_summary")[-1]
+        assert note in text.tensor_proto.string_val[0].decode(), tag
+    largest = [float(row[4]) for row in text_rows(events, "lime/weights/targets")]
+    assert largest[:2] == [0.0, 0.0]
+    assert min(largest[2:]) > 0
+
+
 class CountedOcclusion(lightning_viz.OcclusionLogger):
     """Records the batch sizes of the model's forwards in each render."""
 
@@ -834,10 +883,10 @@ def test_an_untrained_segmenters_curves_are_not_judged(tmp_path, monkeypatch):
     # an empty map ranks the pixels by position alone: it gets no faithfulness score, and the
     # mean leaves it out (its AUCs were in the table and the mean, under a note saying not)
     note = re.search(
-        r"The maps of probes? ([\d, ]+) are empty", texts[-1].tensor_proto.string_val[0].decode()
+        r"The maps of probes? (.+?) are empty", texts[-1].tensor_proto.string_val[0].decode()
     )
     assert note is not None
-    empty = {int(i) for i in note[1].split(", ")}
+    empty = {int(i) for i in re.findall(r"(\d+) \(true", note[1])}
     rows = text_rows(events, "gradcam/net.dec/targets")
     assert 0 < len(empty) < len(rows)
     for i, row in enumerate(rows):
@@ -1278,3 +1327,4 @@ def test_notes_name_probes_by_index_and_by_what_their_tiles_say():
     assert logger.probe_names(labelled, [1, 2]) == "probes 1 (true digit 3), 2 (true digit 4)"
     assert logger.probe_names(labelled, [0]) == "probe 0 (true digit 2)"
     assert logger.probe_names(Probes(images), [0, 2]) == "probes 0, 2"
+    assert logger.probe_names(labelled, [0, 1, 2]) == "every probe"
