@@ -395,6 +395,7 @@ class ActivationMonitor(VizCallback):
         self._bounds = {name: saturation_bounds(module) for name, module in self._layers.items()}
         self._selectors = set()
         self._batch_norm = any(isinstance(m, _BatchNorm) for m in pl_module.modules())
+        self._has_conv1d = any(isinstance(m, nn.Conv1d) for m in pl_module.modules())
         self._interval = self.every_n_steps or max(1, trainer.log_every_n_steps)
 
     @override
@@ -519,13 +520,14 @@ class ActivationMonitor(VizCallback):
             if problems:
                 raise ValueError("; ".join(problems))
             if agreed and not records and hooked:
-                returned = (
-                    f" ({self._other_output[0]!r} returned {self._other_output[1]}: token maps "
-                    "and 1-D signals are not watched; FilterMonitor reads a Conv1d net's "
-                    "weights)"
-                    if self._other_output is not None
-                    else ""
-                )
+                returned = ""
+                if self._other_output is not None:
+                    # a ViT was told of Conv1d nets: said where the model has a Conv1d only
+                    conv1d = "; FilterMonitor reads a Conv1d net's weights" * self._has_conv1d
+                    returned = (
+                        f" ({self._other_output[0]!r} returned {self._other_output[1]}: token "
+                        f"maps and 1-D signals are not watched{conv1d})"
+                    )
                 self.show_nothing(
                     f"none of the {len(self._layers)} watched activation modules returned a "
                     f"4-D (N, C, H, W) or 5-D (N, C, T, H, W) feature map{returned}. Pass "

@@ -689,6 +689,11 @@ def test_token_activations_get_one_notice_instead_of_silence(tmp_path):
     assert trainer.current_epoch == 2
     assert [a.kind for a in monitor.alerts.raised] == ["not_shown"]  # once, not every sample
     assert not monitor.showing
+    # a ViT was told that FilterMonitor reads a Conv1d net's weights: said of Conv1d nets only
+    (notice,) = monitor.alerts.raised
+    assert "('model.mlp.1' returned (64, 16, 32): token maps and 1-D signals are not watched)" in (
+        notice.message
+    )
 
 
 class Checkpointed(DigitsClassifier):
