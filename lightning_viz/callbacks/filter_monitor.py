@@ -828,6 +828,7 @@ class FilterMonitor(VizCallback):
                 input_noise=self._input_noise,
                 in_forward=name not in (self._outside or []),
                 exploding=(name, "exploding") in self.alerts.active,
+                not_learning=(name, "not_learning") in self.alerts.active,
                 drift_base=self.drift_bases.get(name, 0.0),
                 settled=settled.get(name),
                 network_drift=medians["drift"],

@@ -299,6 +299,19 @@ def test_far_too_low_learning_rate_is_not_learning(tmp_path):
     assert all(a.value < 1e-5 for a in monitor.alerts.raised)
 
 
+def test_not_learning_stays_while_the_layer_lags_though_the_network_passes(tmp_path):
+    """At a far too low learning rate each layer's learned grows a little every step. A user's
+    run stayed at chance while every alert cleared: the network's median passed min_learned,
+    which cleared the first layer too, though it still lagged below it."""
+    monitor = FilterMonitor(strict=True)
+    fit(DigitsClassifier("adamw", 1e-6), [monitor], tmp_path, epochs=5)
+    learned = read_events(tmp_path).Scalars(f"filters/{FIRST}/learned")
+    assert learned[-1].value < 1e-3  # still below min_learned at the end
+    assert ("not_learning", FIRST) in {(a.kind, a.layer) for a in monitor.alerts.raised}
+    assert (FIRST, "not_learning") in monitor.alerts.active
+    assert (CONVS[-1], "not_learning") not in monitor.alerts.active  # it passed it
+
+
 def test_weight_decay_alone_does_not_count_as_learning(tmp_path):
     class DecayOnly(DigitsClassifier):
         """Dead gradients in the first layer, but AdamW's decay still shrinks its weights."""

@@ -280,3 +280,17 @@ def test_endless_epoch_notice_speaks_of_filter_alerts_only_with_filter_monitor()
     assert (views_only.kind, views_only.value) == ("endless_epoch", 1)
     assert "FilterMonitor" not in views_only.message
     assert "what GradCAMLogger does at epoch ends" in views_only.message
+
+
+def test_not_learning_clears_on_the_layers_own_learning_not_the_networks():
+    """A user's run at AdamW lr 1e-6 stayed at chance to its end, and every layer's alert
+    cleared by its third epoch: the network's median rose to 0.00107, past min_learned, while
+    the first layer stayed at 0.00059, less than twice behind it."""
+    slow = {**HEALTHY_SGD, "learned": 5.9e-4}
+    args = ("model.0", slow, 69, DEFAULTS)
+    assert firing(filter_findings(*args, network_learned=1.07e-3)) == set()  # not yet raised
+    assert firing(filter_findings(*args, network_learned=1.07e-3, not_learning=True)) == {
+        "not_learning"
+    }
+    caught_up = {**slow, "learned": 1.4e-3}
+    assert firing(filter_findings("model.0", caught_up, 69, DEFAULTS, not_learning=True)) == set()
