@@ -232,10 +232,11 @@ class RunContext:
         self.held_table = (step, lambda: callback.log_text(trainer, tags.ALERTS, text, step=step))
 
     def alert_text(self, trainer: pl.Trainer) -> str:
-        """The step's alert table: the alerts it raised, the health alerts of earlier steps
-        still active, then those it cleared (TensorBoard opens the Text tab on a tag's latest
-        entry: a step that only cleared some alerts hid the ones still firing), each kind's
-        together (their paragraphs then share a line: "3 to 12: as for 2")."""
+        """The step's alert table: the health alerts it raised, those of earlier steps still
+        active, those it cleared (TensorBoard opens the Text tab on a tag's latest entry: a
+        step that only cleared some alerts hid the ones still firing), then its notices (an
+        ``over_budget`` late in a run put its paragraph above the alerts still firing), each
+        kind's together (their paragraphs then share a line: "3 to 12: as for 2")."""
         now = {(alert.layer, alert.kind) for _, alert in self.alert_rows}
         active = [
             ("active", alert)
@@ -243,8 +244,10 @@ class RunContext:
             for alert in callback.alerts.active_alerts()
             if not alert.is_notice and (alert.layer, alert.kind) not in now
         ]
-        rows = [row for row in self.alert_rows if row[0] == "raised"] + active
+        raised = [row for row in self.alert_rows if row[0] == "raised"]
+        rows = [row for row in raised if not row[1].is_notice] + active
         rows += [row for row in self.alert_rows if row[0] == "cleared"]
+        rows += [row for row in raised if row[1].is_notice]
         kinds = {(status, alert.kind): i for i, (status, alert) in reversed(list(enumerate(rows)))}
         rows.sort(key=lambda row: kinds[row[0], row[1].kind])  # a kind's rows together
         return tags.alert_table(

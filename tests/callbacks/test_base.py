@@ -760,24 +760,34 @@ def test_a_held_alert_table_is_written_before_a_later_step_s_rows_replace_it(tmp
 
 
 class ClearsOneOfTwo(VizCallback):
-    """Two health alerts and a notice at the first epoch's end; one alert clears at the next."""
+    """A notice and two health alerts at the first epoch's end; at the next, another notice and
+    one alert clears."""
 
     def epoch_end(self, trainer, pl_module):
         first = trainer.current_epoch == 0
+        notice = Finding("frozen", "c", True, message="frozen") if first else None
+        notice = notice or Finding("over_budget", "budget", True, 0.05, 0.02, "took 5%")
+        self.raise_alert(trainer, notice)
         self.raise_alert(trainer, Finding("exploding", "a", True, 9.0, 5.0, "moved 9x"))
         self.raise_alert(trainer, Finding("overwritten", "b", first, 0.1, 0.5, "turned"))
-        self.raise_alert(trainer, Finding("frozen", "c", True, message="frozen"))
 
 
 def test_a_step_s_alert_table_lists_the_alerts_still_active(tmp_path, capsys):
     """TensorBoard opens the Text tab on a tag's latest entry: a step that only cleared an alert
-    showed that row alone, and the exploding alert still firing was out of sight."""
+    showed that row alone, and the exploding alert still firing was out of sight. A step's
+    notices come last: an over_budget late in a run put its paragraph above the alerts."""
     fit(DigitsClassifier(), [ClearsOneOfTwo(on_alert=lambda alert: None)], tmp_path, epochs=2)
     tables = read_events(tmp_path).Tensors("alerts/text_summary")
     rows = {t.step: tags.parse_alert_table(t.tensor_proto.string_val[0].decode()) for t in tables}
+    assert [(r["status"], r["kind"]) for r in rows[23]] == [
+        ("raised", "exploding"),
+        ("raised", "overwritten"),
+        ("raised", "frozen"),
+    ]
     assert [(r["status"], r["kind"], r["layer"], r["epoch"], r["value"]) for r in rows[46]] == [
-        ("active", "exploding", "a", "0", "9"),  # as raised; the notice is not repeated
+        ("active", "exploding", "a", "0", "9"),  # as raised; the earlier notice is not repeated
         ("cleared", "overwritten", "b", "1", "0.1"),
+        ("raised", "over_budget", "budget", "1", "0.05"),
     ]
     assert rows[46][0]["what to check"] == "ClearsOneOfTwo: moved 9x"
     assert summary_main(["summary", str(tmp_path)]) == 0
