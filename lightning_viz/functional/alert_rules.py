@@ -321,7 +321,8 @@ def filter_findings(
                 f"{thresholds.max_update_noise:g}; healthy first layers stay below 0.85 in the "
                 "alert benchmark). Its gradients carry no image structure: check for random or "
                 "heavily noisy labels, memorization of a tiny dataset, or a broken input "
-                "pipeline.",
+                "pipeline. Where overwritten fired on it too, the layer was re-initialized or "
+                "loaded with other weights: the change is then those new weights, noise to W0.",
             )
         )
     return findings

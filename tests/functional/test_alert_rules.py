@@ -187,6 +187,11 @@ def test_noisy_filters_on_the_first_layer_once_it_learned():
     assert firing(filter_findings("c", barely, 50, DEFAULTS, first_layer=True)) == set()
     healthy_rgb_adamw = {**noise, "update_noise": 0.84}  # the noisiest healthy first layer
     assert firing(filter_findings("c", healthy_rgb_adamw, 50, DEFAULTS, first_layer=True)) == set()
+    # a trial's re-initialized layer raised it beside overwritten, with no word of either
+    (finding,) = [
+        f for f in filter_findings("c", noise, 50, DEFAULTS, first_layer=True) if f.firing
+    ]
+    assert "Where overwritten fired on it too, the layer was re-initialized" in finding.message
 
 
 def test_noisy_filters_reads_kernels_of_at_least_5x5():
