@@ -18,7 +18,7 @@ from lightning_viz.callbacks.base import to_host
 from lightning_viz.callbacks.layers import named_layers
 from lightning_viz.callbacks.probe_base import ProbeCallback, Unsuited
 from lightning_viz.functional import grid
-from lightning_viz.functional._capture import Forward, output_shapes
+from lightning_viz.functional._capture import Forward, output_shapes, returning_modules
 from lightning_viz.functional._validation import all_finite, check_int, not_finite_error
 from lightning_viz.functional.activation_grid import feature_map_tiles, top_feature_maps
 from lightning_viz.functional.captions import (
@@ -61,7 +61,8 @@ def default_grid_layers(
     one backward). The deepest is the last candidate at least
     ``MIN_MAP_SIDE`` (7) pixels a side, as Grad-CAM's default, else the last one: where maps
     are 2x2 blobs there is nothing to see of localization. One name when both are the same
-    layer; none without a candidate.
+    layer; none without a candidate. A module whose output the model returns at the input's
+    size is none (an autoencoder's last activation: its reconstruction, not a feature map).
     """
     height, width = images.shape[-2:]
     spatial = [
@@ -76,7 +77,13 @@ def default_grid_layers(
         c for c in spatial if isinstance(c[1], nn.Conv2d)
     ]
     reaching = set(on_the_scores_path(model, images, [c[0] for c in candidates], forward))
-    candidates = [c for c in candidates if c[0] in reaching]  # not an auxiliary head's
+    returned = returning_modules(model, images, forward)
+    candidates = [
+        c
+        for c in candidates
+        if c[0] in reaching  # not an auxiliary head's
+        and not (c[0] in returned and c[2][-2:] == (height, width))  # nor a reconstruction
+    ]
     if not candidates:
         return []
     fine = [c for c in candidates if min(c[2][-2:]) >= MIN_MAP_SIDE]

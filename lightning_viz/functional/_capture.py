@@ -214,15 +214,37 @@ def output_shapes(
     return finished
 
 
+def returning_modules(model: nn.Module, inputs: Tensor, forward: Forward | None = None) -> set[str]:
+    """The submodules whose output the model returns as it is (alone, or in a tuple, list or
+    dict), in one forward: an autoencoder's last activation gives its reconstruction, not a
+    feature map (shown as one, a visual review read "top 1 channels by mean" of a digit)."""
+    outputs: dict[str, Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, Tensor):
+                outputs.setdefault(name, output)
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    returned = hooked_forward(model, inputs, handles, forward)
+    if isinstance(returned, dict):
+        returned = list(returned.values())
+    returned = returned if isinstance(returned, (tuple, list)) else [returned]
+    ids = {id(value) for value in returned if isinstance(value, Tensor)}
+    return {name for name, output in outputs.items() if id(output) in ids}
+
+
 def hooked_forward(
     model: nn.Module, inputs: Tensor, handles: list[RemovableHandle], forward: Forward | None = None
-) -> None:
+) -> Any:
     """One forward of ``inputs`` (``forward(inputs)``, default ``model(inputs)``) without
     gradients, for what the hooks of ``handles`` record; they are removed when it ends, also on
-    an error."""
+    an error. Returns what the forward returned."""
     try:
         with torch.no_grad():
-            (forward or model)(inputs)
+            return (forward or model)(inputs)
     finally:
         for handle in handles:
             handle.remove()

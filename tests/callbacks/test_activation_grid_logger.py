@@ -225,6 +225,13 @@ def test_default_layers_are_the_first_and_the_deepest_activated_maps():
         "model.features.1",
         "model.features.14",
     ]
+    # an autoencoder's last activation is its reconstruction, at the input's size: a visual
+    # review read it as "top 1 channels by mean", a digit beside itself
+    autoencoder = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 1, 3, padding=1), nn.Sigmoid(),
+    )  # fmt: skip
+    assert default_grid_layers(autoencoder.eval(), torch.randn(1, 1, 16, 16)) == ["1", "3"]
     # ReLU called as a function: the conv outputs, before it
     functional = TinyFunctionalCNN().eval()
     assert default_grid_layers(functional, torch.randn(1, 3, 32, 32)) == ["conv1", "conv2"]
