@@ -404,7 +404,8 @@ class ClassView(ProbeCallback):
         independent = False  # a multi-label model's classes, each read on its own
         if segmented:  # the explained class's share of the pixels
             probabilities = self._pixel_shares.cpu()
-            headers = "predicted on most pixels | share of pixels predicted as the explained class"
+            # short headers: TensorBoard's text card breaks a wide table's words mid-word
+            headers = "most pixels | its share of pixels"
         elif self._single_output:
             outputs = self.measured(logits)[:, 0].cpu().tolist()
             if self.explained_quantity == "probability":  # a single-logit binary classifier

@@ -746,7 +746,7 @@ def test_a_segmenter_explains_what_each_probe_shows_besides_the_background(tmp_p
     assert min(drops) > 0  # hiding the stroke lowers its summed score
     gradcam = events.Tensors("gradcam/model.features/targets/text_summary")[-1]
     text = gradcam.tensor_proto.string_val[0].decode()
-    assert "| predicted on most pixels | share of pixels predicted as the explained class |" in text
+    assert "| probe | explains class | most pixels | its share of pixels |" in text
     rows = text_rows(events, "gradcam/model.features/targets")
     assert {row[2] for row in rows} == {"0"}  # most of each digit's pixels: the background
 
