@@ -285,8 +285,9 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
     attention internals such as (N, heads, tokens, head_dim), and a map per image: a detector's
     maps per region proposal, (proposals, C, 7, 7), are left out. For a vision transformer, whose
     token maps (N, tokens, dim) come after its last spatial map (the patch embedding), it is the
-    deepest token map whose Grad-CAM is not zero on ``images``: the last tokens often reach the
-    head only through the class token (pytorch-grad-cam recommends the last block's first norm).
+    deepest token map of the residual stream's width (the last token map's) whose Grad-CAM is
+    not zero on ``images``: the last tokens often reach the head only through the class token
+    (pytorch-grad-cam recommends the last block's first norm).
     It does not depend on the head's weights (torchvision's ViT starts with a zero head).
 
     Raises:
@@ -306,9 +307,11 @@ def default_gradcam_layer(model: nn.Module, images: Tensor, forward: Forward | N
         if per_image[i] and grid_side(shape) is not None
     ]
     if tokens and (not spatial or tokens[-1] > spatial[-1]):
-        return _deepest_token_map_reaching_the_class_token(
-            model, images, [finished[i][0] for i in tokens], forward
-        )
+        # the residual stream's width, the last token map's: not a fused q|k|v projection
+        # (timm's attn.qkv, 3x as wide), which read vivid frames on a user's ViT
+        width = finished[tokens[-1]][2][-1]
+        stream = [finished[i][0] for i in tokens if finished[i][2][-1] == width]
+        return _deepest_token_map_reaching_the_class_token(model, images, stream, forward)
     if not spatial:
         raise ValueError(
             f"{type(model).__name__} has no layer with a spatial output larger than 1x1 nor a "

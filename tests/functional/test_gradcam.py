@@ -243,6 +243,16 @@ def test_default_layer_of_a_vit_is_the_last_block_before_its_attention():
     assert default_gradcam_layer(vit, images) == "encoder.layers.encoder_layer_2.ln_1"
 
 
+def test_default_layer_of_a_timm_vit_is_its_last_blocks_first_norm():
+    """timm's attention has its q|k|v projection as a module of its own, three times the
+    residual stream's width: it was the default, and a user's ViT showed vivid frames."""
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, depth=2, in_chans=1
+    ).eval()
+    assert default_gradcam_layer(vit, torch.randn(2, 1, 32, 32)) == "blocks.1.norm1"
+
+
 def test_forward_runs_the_model_another_way_with_layers_named_from_the_model(tiny, images):
     holder = nn.Module()  # no forward(): a LightningModule whose training_step calls its parts
     holder.net = tiny
