@@ -22,7 +22,8 @@ from torch import Tensor
 from lightning_viz.functional.images import as_display, colormap_table, white
 
 FONT_SIZE = 12
-"""Pixel size of every label: readable where TensorBoard shows an image at its own size."""
+"""Pixel size of every label: readable where TensorBoard shows an image at about its own size
+(its Images tab fits each image to a card about 345 pixels wide)."""
 
 BAND = 16
 """Height of a caption band."""

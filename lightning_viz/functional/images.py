@@ -203,7 +203,8 @@ def grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) ->
 
 CARD_WIDTH = 350
 """The width of an image card in TensorBoard's Images tab (its ``tf-image-loader`` is 350 pixels
-wide whatever the window): a wider image is shrunk to it, and its 12-pixel captions with it."""
+wide whatever the window; its images about 345): a wider image is shrunk to it, and its 12-pixel
+captions with it, a narrower one enlarged (unless "Show actual image size" is ticked)."""
 
 LEGIBLE_WIDTH = CARD_WIDTH * 6 // 5
 """The widest image whose 12-pixel captions stay legible in the card: shrunk to it, they are 10
