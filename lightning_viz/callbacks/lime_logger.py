@@ -260,10 +260,11 @@ class LIMELogger(ClassView):
         absent = self.unsegmented(explained, len(explanation.score))
         if absent is None:
             return explanation
+        absent = absent.to(explanation.score.device)
         return explanation._replace(
-            maps=self.blank_unsegmented(explanation.maps, explained),
-            weights=self.blank_unsegmented(explanation.weights, explained),
-            score=explanation.score.masked_fill(absent.to(explanation.score.device), torch.nan),
+            maps=explanation.maps.masked_fill(absent[:, None, None], 0),
+            weights=explanation.weights.masked_fill(absent[:, None], 0),
+            score=explanation.score.masked_fill(absent, torch.nan),
         )
 
     @override
